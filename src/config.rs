@@ -1,0 +1,185 @@
+//! Configuration: built-in defaults, then `/etc/steadytext/steadytext.toml` (or `STEADYTEXT_CONFIG`),
+//! then `STEADYTEXT_*` environment variables; command-line flags are applied last by the binaries.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The system-wide configuration file.
+pub const SYSTEM_CONFIG: &str = "/etc/steadytext/steadytext.toml";
+
+/// Which ONNX Runtime execution provider runs the models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// The CPU execution provider (default).
+    #[default]
+    Cpu,
+    /// The CUDA execution provider; fails loudly when CUDA is unusable (no silent CPU fallback).
+    Cuda,
+}
+
+/// The whole configuration, one struct; see `man 5 steadytext.toml`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Folder holding model folders (`STEADYTEXT_MODEL_DIR`).
+    pub model_dir: PathBuf,
+    /// Generation model: a folder name under `model_dir` or a path.
+    pub generation_model: String,
+    /// Embedding model: a folder name under `model_dir` or a path.
+    pub embedding_model: String,
+    /// Path of `libonnxruntime.so` (`ORT_DYLIB_PATH`); default the packaged one.
+    pub onnxruntime: Option<PathBuf>,
+    /// Expected sha256 of the library; "any" disables the check.
+    pub onnxruntime_sha256: Option<String>,
+    /// Execution provider.
+    pub device: Device,
+    /// CUDA device ordinal when `device = "cuda"`.
+    pub cuda_device_id: i32,
+    /// Intra-op threads per session; 0 = one per core, at most 4. Results do not depend on it.
+    pub intra_threads: usize,
+    /// Seed used when a request names none (`STEADYTEXT_DEFAULT_SEED`).
+    pub default_seed: u64,
+    /// `max_new_tokens` used when a request names none.
+    pub max_new_tokens: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            model_dir: PathBuf::from("/var/lib/steadytext/models"),
+            generation_model: "SmolLM2-135M-Instruct".into(),
+            embedding_model: "all-MiniLM-L6-v2".into(),
+            onnxruntime: None,
+            onnxruntime_sha256: None,
+            device: Device::Cpu,
+            cuda_device_id: 0,
+            intra_threads: 0,
+            default_seed: 42,
+            max_new_tokens: 512,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration: `path` if given (must exist), else `STEADYTEXT_CONFIG`, else the
+    /// system file when present; then applies the environment.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let explicit = path.map(Path::to_path_buf).or_else(|| env_nonempty("STEADYTEXT_CONFIG").map(PathBuf::from));
+        let mut config = match explicit {
+            Some(p) => Self::from_file(&p)?,
+            None if Path::new(SYSTEM_CONFIG).exists() => Self::from_file(Path::new(SYSTEM_CONFIG))?,
+            None => Config::default(),
+        };
+        config.apply_env(|k| env_nonempty(k))?;
+        Ok(config)
+    }
+
+    /// Parses one TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_toml(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses TOML text; unknown keys are errors.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config(e.to_string().trim().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies `STEADYTEXT_*` variables and `ORT_DYLIB_PATH`, read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(v) = get("STEADYTEXT_MODEL_DIR") {
+            self.model_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("STEADYTEXT_GENERATION_MODEL") {
+            self.generation_model = v;
+        }
+        if let Some(v) = get("STEADYTEXT_EMBEDDING_MODEL") {
+            self.embedding_model = v;
+        }
+        if let Some(v) = get("ORT_DYLIB_PATH") {
+            self.onnxruntime = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("STEADYTEXT_DEFAULT_SEED") {
+            self.default_seed = parse_env("STEADYTEXT_DEFAULT_SEED", &v)?;
+        }
+        if let Some(v) = get("STEADYTEXT_MAX_NEW_TOKENS") {
+            self.max_new_tokens = parse_env("STEADYTEXT_MAX_NEW_TOKENS", &v)?;
+        }
+        if let Some(v) = get("STEADYTEXT_DEVICE") {
+            self.device = match v.as_str() {
+                "cpu" => Device::Cpu,
+                "cuda" => Device::Cuda,
+                other => return Err(Error::Config(format!("STEADYTEXT_DEVICE={other:?} is not one of cpu, cuda"))),
+            };
+        }
+        self.validate()
+    }
+
+    /// Checks value ranges.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == 0 {
+            return Err(Error::Config("max_new_tokens must be at least 1".into()));
+        }
+        if self.intra_threads > 256 {
+            return Err(Error::Config(format!("intra_threads = {} is out of range 0..=256", self.intra_threads)));
+        }
+        Ok(())
+    }
+
+    /// The number of intra-op threads to use.
+    pub fn effective_intra_threads(&self) -> usize {
+        match self.intra_threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4),
+            n => n,
+        }
+    }
+
+    /// The runtime library to load.
+    pub fn runtime_spec(&self) -> crate::runtime::RuntimeSpec {
+        crate::runtime::RuntimeSpec::resolve(self.onnxruntime.as_deref(), self.onnxruntime_sha256.as_deref())
+    }
+}
+
+fn env_nonempty(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+fn parse_env<T: std::str::FromStr>(key: &str, value: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse().map_err(|e| Error::Config(format!("{key}={value:?} is invalid: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let err = Config::from_toml("model_dirr = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("model_dirr"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut c = Config::from_toml("default_seed = 7\nmodel_dir = \"/a\"").unwrap();
+        assert_eq!(c.default_seed, 7);
+        c.apply_env(|k| (k == "STEADYTEXT_DEFAULT_SEED").then(|| "9".to_string())).unwrap();
+        assert_eq!(c.default_seed, 9);
+        assert_eq!(c.model_dir, PathBuf::from("/a"));
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let mut c = Config::default();
+        let err = c.apply_env(|k| (k == "STEADYTEXT_DEFAULT_SEED").then(|| "x".to_string())).unwrap_err();
+        assert!(err.to_string().contains("STEADYTEXT_DEFAULT_SEED"));
+    }
+}

@@ -1,0 +1,247 @@
+//! Inference backends behind two small traits, so CPU, CUDA and test fakes are swappable.
+//! Batching and scheduling live outside: a backend only runs the steps it is given.
+
+use std::borrow::Cow;
+use std::path::Path;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::{Session, SessionInputValue};
+use ort::value::{DynValue, Tensor, TensorElementType};
+
+use crate::config::Device;
+use crate::error::{Error, Result};
+
+/// One sequence's step in a decoder batch: feed `tokens` after what `state` already holds.
+pub struct Step<'a, S> {
+    /// The sequence's cache, updated in place.
+    pub state: &'a mut S,
+    /// New tokens: the whole prompt for a prefill, one token for a decode step.
+    pub tokens: &'a [u32],
+}
+
+/// A causal language model that runs prefill and decode steps.
+pub trait DecoderBackend: Send {
+    /// Per-sequence state (the KV cache).
+    type State: Send;
+    /// A fresh, empty state.
+    fn new_state(&self) -> Self::State;
+    /// Runs one step for every sequence of the batch and returns, per sequence, the logits of its
+    /// last new position. A sequence's result never depends on the others in the batch.
+    fn forward(&mut self, batch: &mut [Step<'_, Self::State>]) -> Result<Vec<Vec<f32>>>;
+    /// Number of positions the model can attend to.
+    fn context_length(&self) -> usize;
+}
+
+/// Token-level hidden states of an encoder for a right-padded batch.
+pub struct Hidden {
+    /// `[batch * seq * dim]`, row-major.
+    pub data: Vec<f32>,
+    /// Padded sequence length.
+    pub seq: usize,
+    /// Hidden size.
+    pub dim: usize,
+}
+
+/// An encoder (BERT-like) model.
+pub trait EncoderBackend: Send {
+    /// Runs a right-padded batch: `ids` and `mask` are `[batch * seq]`.
+    fn encode(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Hidden>;
+}
+
+/// Fixed session settings; every one of them is part of the determinism contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Intra-op threads.
+    pub intra_threads: usize,
+    /// Execution provider.
+    pub device: Device,
+    /// CUDA device ordinal.
+    pub cuda_device_id: i32,
+}
+
+/// Builds an ONNX Runtime session with the project's fixed options.
+pub fn build_session(env: &ort::environment::Environment, onnx: &Path, model: &str, s: SessionSettings) -> Result<Session> {
+    let fail = |e: String| {
+        Error::model(
+            model,
+            format!("cannot load {}: {e}; the file is corrupt or not an ONNX model, fetch the model again", onnx.display()),
+        )
+    };
+    let mut builder = Session::builder(env)
+        .map_err(|e| fail(e.to_string()))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .and_then(|b| b.with_intra_threads(s.intra_threads))
+        .and_then(|b| b.with_inter_threads(1))
+        .and_then(|b| b.with_parallel_execution(false))
+        .and_then(|b| b.with_intra_op_spinning(false))
+        .and_then(|b| b.with_inter_op_spinning(false))
+        .and_then(|b| b.with_deterministic_compute(true))
+        .map_err(|e| fail(e.to_string()))?;
+    if s.device == Device::Cuda {
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(s.cuda_device_id)
+            .with_tf32(false)
+            .build()
+            .error_on_failure();
+        builder = builder
+            .with_execution_providers([cuda])
+            .map_err(|e| Error::model(model, format!("CUDA execution provider unavailable: {e}; install the CUDA build of ONNX Runtime and CUDA 13 libraries, or set device = \"cpu\"")))?;
+    }
+    std::fs::File::open(onnx).map_err(|e| Error::io(onnx, e))?;
+    builder.commit_from_file(onnx).map_err(|e| fail(e.to_string()))
+}
+
+fn inference(model: &str) -> impl Fn(ort::Error) -> Error + '_ {
+    move |source| Error::Inference { model: model.to_string(), source }
+}
+
+fn i64_tensor(shape: [usize; 2], data: Vec<i64>, model: &str) -> Result<DynValue> {
+    Tensor::from_array((shape, data)).map(|t| t.into_dyn()).map_err(inference(model))
+}
+
+/// A decoder-only ONNX export with `past_key_values.N.{key,value}` inputs (Hugging Face layout).
+pub struct OnnxDecoder {
+    session: Session,
+    model: String,
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    context: usize,
+    has_position_ids: bool,
+}
+
+/// The KV cache of one sequence for [`OnnxDecoder`].
+pub struct OnnxKv {
+    past: Vec<(DynValue, DynValue)>,
+    len: usize,
+}
+
+impl OnnxDecoder {
+    /// Wraps a session, checking that its inputs follow the decoder contract.
+    pub fn new(session: Session, model: &str, kv_heads: usize, head_dim: usize, context: usize) -> Result<Self> {
+        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        for required in ["input_ids", "attention_mask"] {
+            if !names.contains(&required) {
+                return Err(Error::model(model, format!("decoder ONNX graph has no `{required}` input")));
+            }
+        }
+        let layers = names.iter().filter(|n| n.starts_with("past_key_values.") && n.ends_with(".key")).count();
+        if layers == 0 {
+            return Err(Error::model(model, "decoder ONNX graph has no past_key_values inputs; export it with KV cache (`--task text-generation-with-past`)"));
+        }
+        for input in session.inputs().iter().filter(|i| i.name().starts_with("past_key_values.")) {
+            if input.dtype().tensor_type() != Some(TensorElementType::Float32) {
+                return Err(Error::model(model, format!("input {} is not float32; only float32 KV caches are supported", input.name())));
+            }
+        }
+        let has_position_ids = names.contains(&"position_ids");
+        Ok(OnnxDecoder { session, model: model.to_string(), layers, kv_heads, head_dim, context, has_position_ids })
+    }
+
+    fn empty_kv(&self) -> Result<DynValue> {
+        Tensor::from_array(([1usize, self.kv_heads, 0, self.head_dim], Vec::<f32>::new()))
+            .map(|t| t.into_dyn())
+            .map_err(inference(&self.model))
+    }
+
+    fn forward_one(&mut self, state: &mut OnnxKv, tokens: &[u32]) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        let past = state.len;
+        let model = self.model.clone();
+        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(3 + 2 * self.layers);
+        inputs.push(("input_ids".into(), i64_tensor([1, n], tokens.iter().map(|&t| t as i64).collect(), &model)?.into()));
+        inputs.push(("attention_mask".into(), i64_tensor([1, past + n], vec![1; past + n], &model)?.into()));
+        if self.has_position_ids {
+            inputs.push(("position_ids".into(), i64_tensor([1, n], (past as i64..(past + n) as i64).collect(), &model)?.into()));
+        }
+        let mut past_values = std::mem::take(&mut state.past);
+        if past_values.is_empty() {
+            for _ in 0..self.layers {
+                past_values.push((self.empty_kv()?, self.empty_kv()?));
+            }
+        }
+        for (i, (k, v)) in past_values.into_iter().enumerate() {
+            inputs.push((format!("past_key_values.{i}.key").into(), k.into()));
+            inputs.push((format!("past_key_values.{i}.value").into(), v.into()));
+        }
+        let mut outputs = self.session.run(inputs).map_err(inference(&model))?;
+        let logits = outputs.get("logits").ok_or_else(|| Error::model(&model, "decoder ONNX graph has no `logits` output"))?;
+        let (shape, data) = logits.try_extract_tensor::<f32>().map_err(inference(&model))?;
+        let vocab = *shape.last().unwrap_or(&0) as usize;
+        if vocab == 0 || data.len() < vocab {
+            return Err(Error::model(&model, format!("unexpected logits shape {shape:?}")));
+        }
+        let last = data[data.len() - vocab..].to_vec();
+        let mut present = Vec::with_capacity(self.layers);
+        for i in 0..self.layers {
+            let missing = || Error::model(&model, format!("decoder ONNX graph has no present.{i} outputs"));
+            let k = outputs.remove(format!("present.{i}.key")).ok_or_else(missing)?;
+            let v = outputs.remove(format!("present.{i}.value")).ok_or_else(missing)?;
+            present.push((k, v));
+        }
+        state.past = present;
+        state.len = past + n;
+        Ok(last)
+    }
+}
+
+impl DecoderBackend for OnnxDecoder {
+    type State = OnnxKv;
+
+    fn new_state(&self) -> OnnxKv {
+        OnnxKv { past: Vec::new(), len: 0 }
+    }
+
+    fn forward(&mut self, batch: &mut [Step<'_, OnnxKv>]) -> Result<Vec<Vec<f32>>> {
+        // Each sequence runs alone: bit-identical to an unbatched run by construction.
+        batch.iter_mut().map(|step| self.forward_one(step.state, step.tokens)).collect()
+    }
+
+    fn context_length(&self) -> usize {
+        self.context
+    }
+}
+
+/// An encoder ONNX export with `input_ids`, `attention_mask` and optional `token_type_ids`.
+pub struct OnnxEncoder {
+    session: Session,
+    model: String,
+    has_token_type_ids: bool,
+}
+
+impl OnnxEncoder {
+    /// Wraps a session, checking its inputs.
+    pub fn new(session: Session, model: &str) -> Result<Self> {
+        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        for required in ["input_ids", "attention_mask"] {
+            if !names.contains(&required) {
+                return Err(Error::model(model, format!("encoder ONNX graph has no `{required}` input")));
+            }
+        }
+        let has_token_type_ids = names.contains(&"token_type_ids");
+        Ok(OnnxEncoder { session, model: model.to_string(), has_token_type_ids })
+    }
+}
+
+impl EncoderBackend for OnnxEncoder {
+    fn encode(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Hidden> {
+        let model = self.model.clone();
+        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = vec![
+            ("input_ids".into(), i64_tensor([batch, seq], ids.to_vec(), &model)?.into()),
+            ("attention_mask".into(), i64_tensor([batch, seq], mask.to_vec(), &model)?.into()),
+        ];
+        if self.has_token_type_ids {
+            inputs.push(("token_type_ids".into(), i64_tensor([batch, seq], vec![0; batch * seq], &model)?.into()));
+        }
+        let outputs = self.session.run(inputs).map_err(inference(&model))?;
+        let hidden = outputs
+            .get("last_hidden_state")
+            .or_else(|| outputs.get("token_embeddings"))
+            .ok_or_else(|| Error::model(&model, "encoder ONNX graph has no `last_hidden_state` output"))?;
+        let (shape, data) = hidden.try_extract_tensor::<f32>().map_err(inference(&model))?;
+        if shape.len() != 3 || shape[0] as usize != batch || shape[1] as usize != seq {
+            return Err(Error::model(&model, format!("unexpected hidden state shape {shape:?}")));
+        }
+        Ok(Hidden { data: data.to_vec(), seq, dim: shape[2] as usize })
+    }
+}

@@ -1,0 +1,318 @@
+//! Text generation: chat template, tokenization, decoding with a KV cache, streaming of valid
+//! UTF-8 pieces, stop strings.
+
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::engine::backend::{DecoderBackend, Step};
+use crate::engine::sampler::{self, Sampling};
+use crate::engine::template::ChatTemplate;
+use crate::error::{Error, Result};
+
+/// Most stop strings one request may carry.
+pub const MAX_STOP_STRINGS: usize = 16;
+
+/// What to generate. Every field is part of the answer's identity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// The user prompt (the chat template wraps it).
+    pub prompt: String,
+    /// Seed; greedy decoding ignores it, sampling is keyed by it.
+    pub seed: u64,
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Generation stops before the first occurrence of any of these strings.
+    pub stop: Vec<String>,
+    /// Sampling parameters (greedy by default).
+    pub sampling: Sampling,
+}
+
+impl GenerateRequest {
+    /// Checks the request's own limits.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == 0 {
+            return Err(Error::InvalidRequest("max_new_tokens must be at least 1".into()));
+        }
+        if self.stop.len() > MAX_STOP_STRINGS {
+            return Err(Error::InvalidRequest(format!("at most {MAX_STOP_STRINGS} stop strings")));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(Error::InvalidRequest("stop strings must not be empty".into()));
+        }
+        self.sampling.validate()
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence token.
+    Eos,
+    /// `max_new_tokens` was reached.
+    Length,
+    /// A stop string was found.
+    Stop,
+    /// The model's context window is full.
+    Context,
+}
+
+/// A finished generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The generated text (without the end token or stop string).
+    pub text: String,
+    /// Generated token ids, the end token excluded.
+    pub token_ids: Vec<u32>,
+    /// Tokens in the templated prompt.
+    pub prompt_tokens: usize,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+}
+
+/// A generator: one decoder backend with its tokenizer, template and end tokens.
+pub struct Generator<B: DecoderBackend> {
+    backend: B,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    eos: Vec<u32>,
+    model: String,
+}
+
+impl<B: DecoderBackend> Generator<B> {
+    /// Puts the parts together; `eos` must not be empty.
+    pub fn new(backend: B, tokenizer: Tokenizer, template: ChatTemplate, eos: Vec<u32>, model: &str) -> Result<Self> {
+        if eos.is_empty() {
+            return Err(Error::model(model, "no eos_token_id in config.json or generation_config.json"));
+        }
+        Ok(Generator { backend, tokenizer, template, eos, model: model.to_string() })
+    }
+
+    /// Renders and tokenizes the prompt.
+    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
+        let text = self.template.render_user(prompt)?;
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| Error::InvalidRequest(format!("cannot tokenize the prompt: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Starts a generation; the returned stream yields text pieces as they are decided.
+    pub fn stream(&mut self, request: &GenerateRequest) -> Result<GenerationStream<'_, B>> {
+        request.validate()?;
+        let prompt = self.prompt_ids(&request.prompt)?;
+        let context = self.backend.context_length();
+        if prompt.len() >= context {
+            return Err(Error::InvalidRequest(format!(
+                "the prompt is {} tokens after templating; model {} holds at most {} (prompt plus output): shorten the prompt",
+                prompt.len(),
+                self.model,
+                context
+            )));
+        }
+        let state = self.backend.new_state();
+        Ok(GenerationStream {
+            generator: self,
+            request: request.clone(),
+            state,
+            pending_input: prompt.clone(),
+            prompt_tokens: prompt.len(),
+            ids: Vec::new(),
+            detok: Detokenizer::default(),
+            held: String::new(),
+            text: String::new(),
+            finish: None,
+            failed: false,
+        })
+    }
+
+    /// Runs a whole generation.
+    pub fn generate(&mut self, request: &GenerateRequest) -> Result<Generation> {
+        let mut stream = self.stream(request)?;
+        for piece in stream.by_ref() {
+            piece?;
+        }
+        stream.finish()
+    }
+}
+
+/// Turns a growing list of token ids into text pieces that are always whole UTF-8 characters
+/// (byte-level BPE can split one character over several tokens).
+#[derive(Default)]
+struct Detokenizer {
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl Detokenizer {
+    fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
+        tokenizer.decode(ids, true).map_err(|e| Error::InvalidRequest(format!("cannot decode tokens: {e}")))
+    }
+
+    /// The new text that `ids` (all ids so far) completes, if any.
+    fn next(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<Option<String>> {
+        let prefix = Self::decode(tokenizer, &ids[self.prefix_offset..self.read_offset])?;
+        let full = Self::decode(tokenizer, &ids[self.prefix_offset..])?;
+        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+            self.prefix_offset = self.read_offset;
+            self.read_offset = ids.len();
+            return Ok(Some(full[prefix.len()..].to_string()));
+        }
+        Ok(None)
+    }
+
+    /// Whatever is left undecided at the end (possibly with replacement characters).
+    fn flush(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<Option<String>> {
+        if self.read_offset >= ids.len() {
+            return Ok(None);
+        }
+        let prefix = Self::decode(tokenizer, &ids[self.prefix_offset..self.read_offset])?;
+        let full = Self::decode(tokenizer, &ids[self.prefix_offset..])?;
+        self.read_offset = ids.len();
+        Ok(full.get(prefix.len()..).filter(|s| !s.is_empty()).map(str::to_string))
+    }
+}
+
+/// Length of the longest suffix of `text` that is a proper prefix of some stop string.
+fn held_back_len(text: &str, stops: &[String]) -> usize {
+    let mut best = 0;
+    for stop in stops {
+        for (i, _) in stop.char_indices().skip(1) {
+            if i > best && text.ends_with(&stop[..i]) {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
+/// An in-progress generation; iterate it for text pieces, then call [`GenerationStream::finish`].
+pub struct GenerationStream<'g, B: DecoderBackend> {
+    generator: &'g mut Generator<B>,
+    request: GenerateRequest,
+    state: B::State,
+    pending_input: Vec<u32>,
+    prompt_tokens: usize,
+    ids: Vec<u32>,
+    detok: Detokenizer,
+    held: String,
+    text: String,
+    finish: Option<FinishReason>,
+    failed: bool,
+}
+
+impl<B: DecoderBackend> GenerationStream<'_, B> {
+    /// Tokens generated so far.
+    pub fn generated_tokens(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Tokens in the templated prompt.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
+    /// The finished generation; an error if the stream was not run to its end.
+    pub fn finish(self) -> Result<Generation> {
+        let finish_reason = self.finish.ok_or(Error::Cancelled)?;
+        Ok(Generation { text: self.text, token_ids: self.ids, prompt_tokens: self.prompt_tokens, finish_reason })
+    }
+
+    /// Runs one decoding step; returns the text it releases (may be empty).
+    fn step(&mut self) -> Result<String> {
+        let logits = {
+            let g = &mut *self.generator;
+            let mut batch = [Step { state: &mut self.state, tokens: &self.pending_input }];
+            g.backend.forward(&mut batch)?.pop().ok_or_else(|| Error::model(&g.model, "backend returned no logits"))?
+        };
+        let token = sampler::select(&logits, &self.request.sampling, self.request.seed, self.ids.len() as u64)?;
+        if self.generator.eos.contains(&token) {
+            self.finish = Some(FinishReason::Eos);
+            return self.release_rest();
+        }
+        self.ids.push(token);
+        self.pending_input = vec![token];
+        let mut out = String::new();
+        if let Some(piece) = self.detok.next(&self.generator.tokenizer, &self.ids)? {
+            out = self.push_text(&piece);
+        }
+        if self.finish.is_none() {
+            if self.ids.len() >= self.request.max_new_tokens {
+                self.finish = Some(FinishReason::Length);
+            } else if self.prompt_tokens + self.ids.len() >= self.generator.backend.context_length() {
+                self.finish = Some(FinishReason::Context);
+            }
+            if self.finish.is_some() {
+                out.push_str(&self.release_rest()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds decoded text, applying stop strings; returns what may be shown now.
+    fn push_text(&mut self, piece: &str) -> String {
+        self.held.push_str(piece);
+        let stops = &self.request.stop;
+        if let Some(pos) = stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+            self.held.truncate(pos);
+            self.finish = Some(FinishReason::Stop);
+            return self.take_held(self.held.len());
+        }
+        let keep = held_back_len(&self.held, stops);
+        self.take_held(self.held.len() - keep)
+    }
+
+    fn take_held(&mut self, upto: usize) -> String {
+        let out: String = self.held.drain(..upto).collect();
+        self.text.push_str(&out);
+        out
+    }
+
+    /// At the end: flush the detokenizer and any text held back for stop strings.
+    fn release_rest(&mut self) -> Result<String> {
+        let mut out = String::new();
+        if let Some(tail) = self.detok.flush(&self.generator.tokenizer, &self.ids)? {
+            let finish = self.finish;
+            out = self.push_text(&tail);
+            if self.finish != Some(FinishReason::Stop) {
+                self.finish = finish;
+            }
+        }
+        if self.finish != Some(FinishReason::Stop) {
+            out.push_str(&self.take_held(self.held.len()));
+        }
+        Ok(out)
+    }
+}
+
+impl<B: DecoderBackend> Iterator for GenerationStream<'_, B> {
+    type Item = Result<String>;
+
+    fn next(&mut self) -> Option<Result<String>> {
+        while self.finish.is_none() && !self.failed {
+            match self.step() {
+                Ok(piece) if piece.is_empty() => continue,
+                Ok(piece) => return Some(Ok(piece)),
+                Err(e) => {
+                    self.failed = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_back_partial_stop_strings() {
+        let stops = vec!["<END>".to_string()];
+        assert_eq!(held_back_len("hello <E", &stops), 2);
+        assert_eq!(held_back_len("hello", &stops), 0);
+        assert_eq!(held_back_len("a<EN", &stops), 3);
+    }
+}

@@ -1,0 +1,109 @@
+//! The inference engine: loading models from their folders into generators and embedders.
+
+pub mod backend;
+pub mod embed;
+pub mod generate;
+pub mod sampler;
+pub mod template;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::model::{self, ModelFiles};
+use backend::{build_session, OnnxDecoder, OnnxEncoder, SessionSettings};
+use embed::{Embedder, Pooling};
+use generate::Generator;
+use template::ChatTemplate;
+
+/// A generator over ONNX Runtime.
+pub type OnnxGenerator = Generator<OnnxDecoder>;
+/// An embedder over ONNX Runtime.
+pub type OnnxEmbedder = Embedder<OnnxEncoder>;
+
+/// Identity of a loaded model, shown to users and part of every cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Folder name.
+    pub name: String,
+    /// `sha256:...` over weights, tokenizer and configs.
+    pub digest: String,
+    /// Where it was loaded from.
+    pub dir: PathBuf,
+}
+
+/// The model files, digest and session settings shared by both model kinds.
+struct Loaded {
+    files: ModelFiles,
+    info: ModelInfo,
+    config_json: serde_json::Value,
+    session: ort::session::Session,
+    tokenizer: Tokenizer,
+}
+
+fn load_common(config: &Config, name: &str) -> Result<Loaded> {
+    let env = crate::runtime::environment(&config.runtime_spec())?;
+    let dir = model::resolve_dir(&config.model_dir, name)?;
+    let files = ModelFiles::discover(&dir)?;
+    let config_json = files
+        .json("config.json")?
+        .ok_or_else(|| Error::model(&files.name, format!("{} has no config.json; copy the model's config.json there", dir.display())))?;
+    let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
+        .map_err(|e| Error::model(&files.name, format!("{} does not load: {e}", files.tokenizer.display())))?;
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| Error::model(&files.name, format!("cannot clear truncation: {e}")))?;
+    let digest = files.digest()?;
+    let settings = SessionSettings {
+        intra_threads: config.effective_intra_threads(),
+        device: config.device,
+        cuda_device_id: config.cuda_device_id,
+    };
+    let session = build_session(env, &files.onnx, &files.name, settings)?;
+    let info = ModelInfo { name: files.name.clone(), digest, dir };
+    Ok(Loaded { files, info, config_json, session, tokenizer })
+}
+
+/// Loads a generation model by name (under `config.model_dir`) or path.
+pub fn load_generator(config: &Config, name: &str) -> Result<(ModelInfo, OnnxGenerator)> {
+    let l = load_common(config, name)?;
+    let m = l.files.name.as_str();
+    let heads = model::usize_field(m, &l.config_json, "num_attention_heads")?;
+    let kv_heads = l.config_json.get("num_key_value_heads").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(heads);
+    let head_dim = match l.config_json.get("head_dim").and_then(|v| v.as_u64()) {
+        Some(d) => d as usize,
+        None => model::usize_field(m, &l.config_json, "hidden_size")? / heads.max(1),
+    };
+    let context = model::usize_field(m, &l.config_json, "max_position_embeddings")?;
+    let mut eos = model::token_ids(l.files.json("generation_config.json")?.as_ref().and_then(|g| g.get("eos_token_id")));
+    for id in model::token_ids(l.config_json.get("eos_token_id")) {
+        if !eos.contains(&id) {
+            eos.push(id);
+        }
+    }
+    let backend = OnnxDecoder::new(l.session, m, kv_heads, head_dim, context)?;
+    let template = ChatTemplate::load(&l.files)?;
+    let generator = Generator::new(backend, l.tokenizer, template, eos, m)?;
+    Ok((l.info, generator))
+}
+
+/// Loads an embedding model by name (under `config.model_dir`) or path.
+pub fn load_embedder(config: &Config, name: &str) -> Result<(ModelInfo, OnnxEmbedder)> {
+    let l = load_common(config, name)?;
+    let m = l.files.name.as_str();
+    let pooling = Pooling::from_config(m, l.files.json("1_Pooling/config.json")?.as_ref())?;
+    let max_tokens = l
+        .files
+        .json("sentence_bert_config.json")?
+        .and_then(|c| c.get("max_seq_length").and_then(|v| v.as_u64()))
+        .or_else(|| l.config_json.get("max_position_embeddings").and_then(|v| v.as_u64()))
+        .unwrap_or(512) as usize;
+    let pad_id = l.config_json.get("pad_token_id").and_then(|v| v.as_i64()).unwrap_or(0);
+    let backend = OnnxEncoder::new(l.session, m)?;
+    let embedder = Embedder::new(backend, l.tokenizer, pooling, max_tokens, pad_id)?;
+    Ok((l.info, embedder))
+}

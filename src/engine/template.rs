@@ -1,0 +1,81 @@
+//! Chat templates (Jinja, as Hugging Face ships them) rendered with minijinja.
+
+use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::ModelFiles;
+
+/// A model's chat template, ready to render a single user turn.
+pub struct ChatTemplate {
+    env: Option<Environment<'static>>,
+    bos_token: String,
+    eos_token: String,
+}
+
+fn raise_exception(message: String) -> std::result::Result<String, JinjaError> {
+    Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+}
+
+/// The text of a special-token entry of `tokenizer_config.json` (a string or `{ "content": ... }`).
+fn token_text(config: Option<&Value>, key: &str) -> String {
+    match config.and_then(|c| c.get(key)) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Object(o)) => o.get("content").and_then(Value::as_str).unwrap_or_default().to_string(),
+        _ => String::new(),
+    }
+}
+
+impl ChatTemplate {
+    /// Loads `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template`; a model without
+    /// one gets the prompt verbatim.
+    pub fn load(files: &ModelFiles) -> Result<Self> {
+        let tokenizer_config = files.json("tokenizer_config.json")?;
+        let path = files.dir.join("chat_template.jinja");
+        let source = if path.is_file() {
+            Some(std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?)
+        } else {
+            match tokenizer_config.as_ref().and_then(|c| c.get("chat_template")) {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(Value::Array(named)) => named
+                    .iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                    .and_then(|t| t.get("template"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+                _ => None,
+            }
+        };
+        let env = match source {
+            Some(source) => {
+                let mut env = Environment::new();
+                minijinja_contrib::add_to_environment(&mut env);
+                env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+                env.add_function("raise_exception", raise_exception);
+                env.add_template_owned("chat", source)
+                    .map_err(|e| Error::model(&files.name, format!("chat template does not parse: {e}")))?;
+                Some(env)
+            }
+            None => None,
+        };
+        Ok(ChatTemplate {
+            env,
+            bos_token: token_text(tokenizer_config.as_ref(), "bos_token"),
+            eos_token: token_text(tokenizer_config.as_ref(), "eos_token"),
+        })
+    }
+
+    /// Renders one user message with the generation prompt appended.
+    pub fn render_user(&self, prompt: &str) -> Result<String> {
+        let Some(env) = &self.env else { return Ok(prompt.to_string()) };
+        let template = env.get_template("chat").map_err(|e| Error::InvalidRequest(e.to_string()))?;
+        template
+            .render(context! {
+                messages => vec![context! { role => "user", content => prompt }],
+                add_generation_prompt => true,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+            })
+            .map_err(|e| Error::InvalidRequest(format!("chat template failed: {e}")))
+    }
+}

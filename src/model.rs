@@ -1,0 +1,248 @@
+//! Model folders in the Hugging Face export layout: finding the files, reading their configs,
+//! and the model's identity (a digest of everything that determines its outputs).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Files of one model folder, found and checked for presence.
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    /// Display name (the folder name).
+    pub name: String,
+    /// The model folder.
+    pub dir: PathBuf,
+    /// The ONNX graph.
+    pub onnx: PathBuf,
+    /// `tokenizer.json`.
+    pub tokenizer: PathBuf,
+}
+
+/// Files whose content, when present, changes a model's outputs and so enters its digest.
+const DIGESTED_EXTRAS: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+    "sentence_bert_config.json",
+    "modules.json",
+    "1_Pooling/config.json",
+];
+
+/// Turns a model name or path into a folder: an existing path is taken as is, otherwise the name
+/// is looked up under `model_dir`.
+pub fn resolve_dir(model_dir: &Path, name_or_path: &str) -> Result<PathBuf> {
+    if name_or_path.is_empty() {
+        return Err(Error::Config("empty model name".into()));
+    }
+    let as_path = Path::new(name_or_path);
+    if as_path.is_absolute() || name_or_path.starts_with('.') || as_path.is_dir() {
+        return Ok(as_path.to_path_buf());
+    }
+    let candidate = model_dir.join(name_or_path);
+    if candidate.is_dir() {
+        return Ok(candidate);
+    }
+    Err(Error::model(
+        name_or_path,
+        format!(
+            "no such model folder {}; put the model's files there, point STEADYTEXT_MODEL_DIR (or `model_dir` in the config) at the folder holding it, or pass a path",
+            candidate.display()
+        ),
+    ))
+}
+
+impl ModelFiles {
+    /// Finds the files of the model folder `dir`.
+    pub fn discover(dir: &Path) -> Result<Self> {
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
+        if !dir.is_dir() {
+            return Err(Error::model(&name, format!("{} is not a folder", dir.display())));
+        }
+        let onnx = find_onnx(dir, &name)?;
+        let tokenizer = dir.join("tokenizer.json");
+        if !tokenizer.is_file() {
+            return Err(Error::model(&name, format!("{} is missing; copy the model's tokenizer.json there", tokenizer.display())));
+        }
+        Ok(ModelFiles { name, dir: dir.to_path_buf(), onnx, tokenizer })
+    }
+
+    /// Reads a JSON file of the folder, `None` when absent.
+    pub fn json(&self, relative: &str) -> Result<Option<Value>> {
+        let path = self.dir.join(relative);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::model(&self.name, format!("{} is not valid JSON: {e}", path.display())))
+    }
+
+    /// The ONNX graph and its external data files (`model.onnx_data`, `model.onnx.data`...).
+    fn weight_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.onnx.clone()];
+        let stem = self.onnx.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(parent) = self.onnx.parent() {
+            if let Ok(entries) = std::fs::read_dir(parent) {
+                let mut extra: Vec<PathBuf> = entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        let f = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                        f != stem && f.starts_with(&stem) && (f.contains("_data") || f.contains(".data"))
+                    })
+                    .collect();
+                extra.sort();
+                files.extend(extra);
+            }
+        }
+        files
+    }
+
+    /// The model's identity: `sha256:` + hex digest over the weights, the tokenizer and every
+    /// config file that shapes its outputs (names, sizes and contents, in a fixed order).
+    pub fn digest(&self) -> Result<String> {
+        let mut manifest = Sha256::new();
+        let mut files = self.weight_files();
+        files.push(self.tokenizer.clone());
+        files.extend(DIGESTED_EXTRAS.iter().map(|f| self.dir.join(f)).filter(|p| p.is_file()));
+        for path in files {
+            let rel = path.strip_prefix(&self.dir).unwrap_or(&path).to_string_lossy().into_owned();
+            let (len, hash) = hash_file(&path)?;
+            manifest.update(format!("{rel}\0{len}\0{hash}\n").as_bytes());
+        }
+        Ok(format!("sha256:{}", hex::encode(manifest.finalize())))
+    }
+}
+
+fn find_onnx(dir: &Path, name: &str) -> Result<PathBuf> {
+    for candidate in ["model.onnx", "onnx/model.onnx"] {
+        let p = dir.join(candidate);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    let onnx_dir = dir.join("onnx");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&onnx_dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    let f = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                    f.starts_with("model") && f.ends_with(".onnx")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Error::model(
+            name,
+            format!("no model.onnx in {} (nor onnx/model*.onnx); copy the ONNX export of the model there", dir.display()),
+        )),
+        _ => Err(Error::model(
+            name,
+            format!(
+                "several ONNX files in {}: {}; keep one, or link the wanted one as model.onnx",
+                onnx_dir.display(),
+                found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+fn hash_file(path: &Path) -> Result<(u64, String)> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        len += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((len, hex::encode(hasher.finalize())))
+}
+
+/// A `u32` or list of `u32` from a JSON value (`eos_token_id` may be either).
+pub fn token_ids(value: Option<&Value>) -> Vec<u32> {
+    match value {
+        Some(Value::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+        Some(Value::Array(items)) => items.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A required unsigned integer field of a config JSON.
+pub fn usize_field(model: &str, json: &Value, key: &str) -> Result<usize> {
+    json.get(key)
+        .and_then(Value::as_u64)
+        .map(|v| v as usize)
+        .ok_or_else(|| Error::model(model, format!("config.json lacks the integer field `{key}`")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn folder(files: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for f in files {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, f.as_bytes()).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn finds_onnx_in_subfolder() {
+        let dir = folder(&["onnx/model_quantized.onnx", "tokenizer.json"]);
+        let files = ModelFiles::discover(dir.path()).unwrap();
+        assert!(files.onnx.ends_with("onnx/model_quantized.onnx"));
+    }
+
+    #[test]
+    fn missing_tokenizer_is_named() {
+        let dir = folder(&["model.onnx"]);
+        let err = ModelFiles::discover(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
+    }
+
+    #[test]
+    fn ambiguous_onnx_is_an_error() {
+        let dir = folder(&["onnx/model_a.onnx", "onnx/model_b.onnx", "tokenizer.json"]);
+        let err = ModelFiles::discover(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("several ONNX files"), "{err}");
+    }
+
+    #[test]
+    fn digest_changes_with_any_digested_file() {
+        let dir = folder(&["model.onnx", "tokenizer.json", "model.onnx_data"]);
+        let files = ModelFiles::discover(dir.path()).unwrap();
+        let a = files.digest().unwrap();
+        assert_eq!(a, files.digest().unwrap());
+        std::fs::write(dir.path().join("model.onnx_data"), b"other").unwrap();
+        let b = files.digest().unwrap();
+        assert_ne!(a, b);
+        std::fs::write(dir.path().join("chat_template.jinja"), b"{{x}}").unwrap();
+        assert_ne!(b, files.digest().unwrap());
+    }
+
+    #[test]
+    fn unknown_name_says_how_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = resolve_dir(dir.path(), "nope").unwrap_err().to_string();
+        assert!(err.contains("STEADYTEXT_MODEL_DIR"), "{err}");
+    }
+}

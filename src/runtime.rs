@@ -1,0 +1,124 @@
+//! Locating, verifying and loading the ONNX Runtime shared library, once per process.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::environment::Environment;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The ONNX Runtime version this build is made for.
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Where the packages install the library.
+pub const INSTALLED_LIBRARY: &str = "/usr/lib/steadytext/libonnxruntime.so.1.31.1";
+
+/// sha256 of `libonnxruntime.so.1.31.1` from the PyPI wheel `onnxruntime==1.31.1` (CPU build).
+pub const PINNED_SHA256: &str = "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3";
+
+/// How the library file is chosen and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSpec {
+    /// Path of `libonnxruntime.so`.
+    pub library: PathBuf,
+    /// Expected sha256 of that file; `None` skips the check (explicit opt-out only).
+    pub sha256: Option<String>,
+}
+
+impl RuntimeSpec {
+    /// Picks the library: configured path, then `ORT_DYLIB_PATH`, then the installed default.
+    pub fn resolve(configured: Option<&Path>, configured_sha256: Option<&str>) -> Self {
+        let library = configured
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(INSTALLED_LIBRARY));
+        let sha256 = match configured_sha256 {
+            Some("any") => None,
+            Some(other) => Some(other.to_ascii_lowercase()),
+            None => Some(PINNED_SHA256.to_string()),
+        };
+        RuntimeSpec { library, sha256 }
+    }
+}
+
+static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+static LOADED_FROM: Mutex<Option<RuntimeSpec>> = Mutex::new(None);
+
+/// Loads ONNX Runtime from `spec` (first call only) and returns the process-wide environment.
+///
+/// A later call naming another library is an error: a process can hold only one ONNX Runtime.
+pub fn environment(spec: &RuntimeSpec) -> Result<&'static Environment> {
+    let mut loaded = LOADED_FROM.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(env) = ENVIRONMENT.get() {
+        if loaded.as_ref().is_some_and(|l| l.library != spec.library) {
+            return Err(runtime_error(spec, "another ONNX Runtime library is already loaded in this process; restart to switch"));
+        }
+        return Ok(env);
+    }
+    verify_file(spec)?;
+    let builder = ort::init_from(&spec.library).map_err(|e| runtime_error(spec, e.to_string()))?;
+    let env = builder
+        .with_name("steadytext")
+        .build()
+        .map_err(|e| runtime_error(spec, e.to_string()))?;
+    *loaded = Some(spec.clone());
+    Ok(ENVIRONMENT.get_or_init(|| env))
+}
+
+fn runtime_error(spec: &RuntimeSpec, reason: impl Into<String>) -> Error {
+    Error::Runtime { path: spec.library.clone(), reason: reason.into() }
+}
+
+fn verify_file(spec: &RuntimeSpec) -> Result<()> {
+    let mut file = std::fs::File::open(&spec.library).map_err(|e| runtime_error(spec, format!("cannot open: {e}")))?;
+    let Some(expected) = &spec.sha256 else { return Ok(()) };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| runtime_error(spec, format!("cannot read: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let actual = hex::encode(hasher.finalize());
+    if &actual != expected {
+        return Err(runtime_error(
+            spec,
+            format!("sha256 is {actual}, expected {expected} (a different build; set `onnxruntime_sha256` in the config to its sha256, or \"any\", to accept it)"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_library_names_path_and_fix() {
+        let spec = RuntimeSpec { library: "/nonexistent/libonnxruntime.so".into(), sha256: None };
+        let msg = verify_file(&spec).unwrap_err().to_string();
+        assert!(msg.contains("/nonexistent/libonnxruntime.so"), "{msg}");
+        assert!(msg.contains("fetch-onnxruntime.sh"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_hash_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libonnxruntime.so");
+        std::fs::write(&lib, b"not a library").unwrap();
+        let spec = RuntimeSpec { library: lib, sha256: Some(PINNED_SHA256.into()) };
+        let msg = verify_file(&spec).unwrap_err().to_string();
+        assert!(msg.contains("sha256 is"), "{msg}");
+    }
+
+    #[test]
+    fn any_disables_the_pin() {
+        let spec = RuntimeSpec::resolve(Some(Path::new("/x.so")), Some("any"));
+        assert_eq!(spec.sha256, None);
+        assert_eq!(spec.library, PathBuf::from("/x.so"));
+    }
+}
