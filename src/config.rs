@@ -45,6 +45,59 @@ pub struct Config {
     pub default_seed: u64,
     /// `max_new_tokens` used when a request names none.
     pub max_new_tokens: usize,
+    /// Request limits, enforced in both daemon and direct mode.
+    pub limits: Limits,
+    /// Daemon settings.
+    pub daemon: DaemonConfig,
+}
+
+/// Settings of `steadytextd` (and where `stctl` looks for it).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// The Unix socket (`STEADYTEXT_SOCKET`); systemd's socket unit uses the same path.
+    pub socket: PathBuf,
+    /// Requests that may wait per model before new ones are refused as overload.
+    pub queue_depth: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_timeout_secs: u64,
+    /// Exit after this many seconds without clients (0 = never); systemd re-activates on demand.
+    pub idle_exit_secs: u64,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Pieces buffered per streaming request before generation waits for the client.
+    pub stream_buffer: usize,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: PathBuf::from("/run/steadytext/steadytext.sock"),
+            queue_depth: 64,
+            shutdown_timeout_secs: 30,
+            idle_exit_secs: 0,
+            max_connections: 256,
+            stream_buffer: 16,
+        }
+    }
+}
+
+/// Bounds on what one request may ask for.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest prompt or text, in bytes.
+    pub max_input_bytes: usize,
+    /// Largest `max_new_tokens` a request may name.
+    pub max_new_tokens: usize,
+    /// Most texts in one embed request.
+    pub max_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_input_bytes: 256 * 1024, max_new_tokens: 4096, max_batch: 256 }
+    }
 }
 
 impl Default for Config {
@@ -60,6 +113,8 @@ impl Default for Config {
             intra_threads: 0,
             default_seed: 42,
             max_new_tokens: 512,
+            limits: Limits::default(),
+            daemon: DaemonConfig::default(),
         }
     }
 }
@@ -125,6 +180,18 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.max_new_tokens == 0 {
             return Err(Error::Config("max_new_tokens must be at least 1".into()));
+        }
+        if self.max_new_tokens > self.limits.max_new_tokens {
+            return Err(Error::Config(format!(
+                "max_new_tokens = {} exceeds limits.max_new_tokens = {}",
+                self.max_new_tokens, self.limits.max_new_tokens
+            )));
+        }
+        if self.daemon.queue_depth == 0 || self.daemon.max_connections == 0 || self.daemon.stream_buffer == 0 {
+            return Err(Error::Config("daemon.queue_depth, max_connections and stream_buffer must be at least 1".into()));
+        }
+        if self.limits.max_batch == 0 || self.limits.max_input_bytes == 0 {
+            return Err(Error::Config("limits must be at least 1".into()));
         }
         if self.intra_threads > 256 {
             return Err(Error::Config(format!("intra_threads = {} is out of range 0..=256", self.intra_threads)));

@@ -1,10 +1,14 @@
 //! steadytext: deterministic text generation and embeddings on ONNX Runtime, served by a
 //! systemd-native daemon (`steadytextd`) and used through `stctl`.
 
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod model;
+pub mod protocol;
 pub mod runtime;
+pub mod service;
 
 pub use error::{Error, Result};

@@ -1,1 +1,315 @@
-fn main(){}
+//! `stctl`: generate text and embeddings with steadytext, through the daemon when one is
+//! reachable and in-process otherwise.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use steadytext::client::{target_from_env, Client, ClientError, Target};
+use steadytext::config::Config;
+use steadytext::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
+use steadytext::service::{EmbeddingService, GenerationService};
+
+#[derive(Parser)]
+#[command(name = "stctl", version, about = "Deterministic text generation and embeddings (steadytext client)")]
+struct Cli {
+    /// Configuration file (default: $STEADYTEXT_CONFIG, else /etc/steadytext/steadytext.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Daemon address: unix:PATH, tcp:HOST:PORT (default: $STEADYTEXT_SOCKET or the configured socket).
+    #[arg(long, global = true, value_name = "ADDR")]
+    socket: Option<String>,
+    /// Never run models in-process: fail when the daemon is unreachable.
+    #[arg(long, global = true, conflicts_with = "no_daemon")]
+    daemon_only: bool,
+    /// Always run models in-process (also STEADYTEXT_DISABLE_DAEMON=1).
+    #[arg(long, global = true)]
+    no_daemon: bool,
+    /// Say on stderr which mode served the request.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text for a prompt (from the argument, or stdin when absent or "-").
+    Generate(GenerateArgs),
+    /// Embed texts (arguments, or one text from stdin when absent or "-").
+    Embed(EmbedArgs),
+    /// Show the daemon's status.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the daemon's metrics in the Prometheus text format.
+    Metrics,
+    /// Check that the daemon answers.
+    Ping,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// The prompt.
+    prompt: Option<String>,
+    /// Seed (default 42, or STEADYTEXT_DEFAULT_SEED).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Most tokens to generate (default 512).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Generation model (name under the model folder, or a path).
+    #[arg(long)]
+    model: Option<String>,
+    /// Stop before this string (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+    /// Sampling temperature (0 = greedy, the default).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Top-k for sampling.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Top-p for sampling.
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Print a JSON object with the text, token ids, model digest and timings.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum EmbedFormat {
+    /// One JSON array of floats per text, one per line.
+    Json,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// Texts to embed.
+    texts: Vec<String>,
+    /// Embedding model (name under the model folder, or a path).
+    #[arg(long)]
+    model: Option<String>,
+    /// Output format of the vectors.
+    #[arg(long, value_enum, default_value = "json")]
+    format: EmbedFormat,
+    /// Print a JSON object with the vectors, model digest and timings.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How a command is served.
+enum Mode {
+    Daemon(Client),
+    Direct,
+}
+
+struct Ctx {
+    config: Config,
+    target: Target,
+    daemon_only: bool,
+    no_daemon: bool,
+    verbose: bool,
+}
+
+impl Ctx {
+    fn new(cli: &Cli) -> Result<Self> {
+        let config = Config::load(cli.config.as_deref()).context("cannot load the configuration")?;
+        let target = match &cli.socket {
+            Some(s) => Target::parse(s).map_err(anyhow::Error::msg)?,
+            None => target_from_env(&config.daemon.socket).map_err(anyhow::Error::msg)?,
+        };
+        let disabled = std::env::var("STEADYTEXT_DISABLE_DAEMON").is_ok_and(|v| !v.is_empty() && v != "0");
+        if cli.daemon_only && disabled {
+            bail!("--daemon-only conflicts with STEADYTEXT_DISABLE_DAEMON; unset one of them");
+        }
+        Ok(Ctx { config, target, daemon_only: cli.daemon_only, no_daemon: cli.no_daemon || disabled, verbose: cli.verbose })
+    }
+
+    fn note(&self, msg: impl std::fmt::Display) {
+        if self.verbose {
+            eprintln!("stctl: {msg}");
+        }
+    }
+
+    /// Connects to the daemon, or decides on direct mode.
+    fn mode(&self) -> Result<Mode> {
+        if self.no_daemon {
+            self.note("direct mode (daemon disabled)");
+            return Ok(Mode::Direct);
+        }
+        match Client::connect(&self.target) {
+            Ok(c) => {
+                self.note(format_args!("using the daemon at {}", self.target));
+                Ok(Mode::Daemon(c))
+            }
+            Err(e) if self.daemon_only => Err(anyhow::Error::new(e).context(
+                "--daemon-only: no daemon (start it with `systemctl start steadytext.socket`, or drop --daemon-only)",
+            )),
+            Err(e) => {
+                self.note(format_args!("{e}; falling back to direct mode"));
+                Ok(Mode::Direct)
+            }
+        }
+    }
+
+    /// A daemon connection for commands that only the daemon can answer.
+    fn daemon(&self) -> Result<Client> {
+        Client::connect(&self.target).context("no daemon to ask; start it with `systemctl start steadytext.socket`")
+    }
+
+    /// Runs `daemon_call` on the daemon, or `direct` when falling back is allowed.
+    fn serve<R>(
+        &self,
+        daemon_call: impl FnOnce(&mut Client) -> Result<R, ClientError>,
+        direct: impl FnOnce() -> Result<R>,
+    ) -> Result<(R, &'static str)> {
+        if let Mode::Daemon(mut client) = self.mode()? {
+            match daemon_call(&mut client) {
+                Ok(r) => return Ok((r, "daemon")),
+                Err(e) if e.allows_fallback() && !self.daemon_only => self.note(format_args!("{e}; falling back to direct mode")),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((direct()?, "direct"))
+    }
+}
+
+fn read_stdin() -> Result<String> {
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).context("cannot read standard input")?;
+    Ok(s)
+}
+
+fn print_piece(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
+    let prompt = match args.prompt.as_deref() {
+        None | Some("-") => read_stdin()?,
+        Some(p) => p.to_string(),
+    };
+    let params = GenerateParams {
+        prompt,
+        seed: args.seed,
+        max_new_tokens: args.max_new_tokens,
+        stop: args.stop,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        model: args.model,
+    };
+    let started = Instant::now();
+    let stream = !args.json;
+    let mut on_piece = |t: &str| {
+        if stream {
+            print_piece(t);
+        }
+    };
+    let method = if stream { "generate_stream" } else { "generate" };
+    let (result, mode): (GenerateResult, _) = ctx.serve(
+        |c| c.call_streaming(method, &params, &mut on_piece),
+        || {
+            let mut service = GenerationService::load(&ctx.config, params.model.as_deref())?;
+            let mut pieces = |t: &str| {
+                if stream {
+                    print_piece(t);
+                }
+                true
+            };
+            Ok(service.run(&ctx.config, &params, &mut pieces)?)
+        },
+    )?;
+    if args.json {
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut v = serde_json::to_value(&result)?;
+        v["mode"] = json!(mode);
+        v["timings"] = json!({
+            "total_ms": elapsed * 1e3,
+            "tokens_per_second": result.token_ids.len() as f64 / elapsed.max(1e-9),
+        });
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+fn embed(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
+    let texts = match args.texts.as_slice() {
+        [] => vec![read_stdin()?],
+        [one] if one == "-" => vec![read_stdin()?],
+        many => many.to_vec(),
+    };
+    let params = EmbedParams { texts, model: args.model };
+    let started = Instant::now();
+    let (result, mode): (EmbedResult, _) = ctx.serve(
+        |c| c.call("embed", &params),
+        || Ok(EmbeddingService::load(&ctx.config, params.model.as_deref())?.run(&ctx.config, &params)?),
+    )?;
+    if args.json {
+        let mut v = serde_json::to_value(&result)?;
+        v["mode"] = json!(mode);
+        v["timings"] = json!({ "total_ms": started.elapsed().as_secs_f64() * 1e3 });
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        match args.format {
+            EmbedFormat::Json => {
+                for e in &result.embeddings {
+                    println!("{}", serde_json::to_string(e)?);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx::new(&cli)?;
+    match cli.command {
+        Command::Generate(args) => generate(&ctx, args),
+        Command::Embed(args) => embed(&ctx, args),
+        Command::Status { json } => {
+            let status: Value = ctx.daemon()?.call("status", &json!({}))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", steadytext::daemon::metrics::render_text(&status));
+            }
+            Ok(())
+        }
+        Command::Metrics => {
+            let metrics: String = ctx.daemon()?.call("metrics", &json!({}))?;
+            print!("{metrics}");
+            Ok(())
+        }
+        Command::Ping => {
+            let started = Instant::now();
+            let pong: Value = ctx.daemon()?.call("ping", &json!({}))?;
+            println!("pong from steadytextd {} (protocol {}) in {:.3} ms", pong["version"].as_str().unwrap_or("?"), pong["protocol"], started.elapsed().as_secs_f64() * 1e3);
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stctl: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,114 @@
-fn main(){}
+//! `steadytextd`: the steadytext worker. Normally started by systemd through
+//! `steadytext.socket`; by hand it binds `--listen` addresses (or the configured socket).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::EnvFilter;
+
+use steadytext::client::Target;
+use steadytext::config::Config;
+use steadytext::daemon::{self, listen};
+
+#[derive(Parser)]
+#[command(name = "steadytextd", version, about = "Deterministic text generation and embeddings daemon (socket-activated by systemd)")]
+struct Cli {
+    /// Configuration file (default: $STEADYTEXT_CONFIG, else /etc/steadytext/steadytext.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Listen on unix:PATH or tcp:HOST:PORT (repeatable) when not socket-activated.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Exit after this many seconds without clients (overrides daemon.idle_exit_secs).
+    #[arg(long, value_name = "SECS")]
+    idle_exit: Option<u64>,
+    /// Allow running as root (all capabilities are dropped first).
+    #[arg(long)]
+    allow_root: bool,
+}
+
+/// Logs to the journal when stderr is connected to it (`JOURNAL_STREAM`), as text otherwise.
+fn init_logging() {
+    let filter = EnvFilter::try_from_env("STEADYTEXT_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let journal = journal_stderr().then(|| tracing_journald::layer().ok()).flatten().map(|l| l.with_field_prefix(None));
+    if let Some(layer) = journal {
+        tracing_subscriber::registry().with(filter).with(layer).init();
+    } else {
+        tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+    }
+}
+
+/// Whether stderr is the journal stream named by `JOURNAL_STREAM=dev:ino`.
+fn journal_stderr() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(spec) = std::env::var("JOURNAL_STREAM") else { return false };
+    let Some((dev, ino)) = spec.split_once(':') else { return false };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
+/// Refuses root unless allowed; when allowed, drops every capability (before any thread starts).
+fn drop_root_privileges(allow_root: bool) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    if !allow_root {
+        bail!("refusing to run as root: run as the steadytext user (the systemd unit does), or pass --allow-root to run with all capabilities dropped");
+    }
+    use caps::CapSet;
+    for cap in caps::all() {
+        caps::drop(None, CapSet::Bounding, cap).ok();
+    }
+    caps::clear(None, CapSet::Ambient).ok();
+    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
+        caps::clear(None, set).with_context(|| format!("cannot drop the {set:?} capabilities"))?;
+    }
+    tracing::info!("running as root with all capabilities dropped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    match start(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("steadytextd: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn start(cli: Cli) -> Result<()> {
+    // Everything that edits the environment or process credentials happens before threads exist.
+    drop_root_privileges(cli.allow_root)?;
+    // SAFETY: no other thread has been started yet.
+    let mut listeners = unsafe { listen::from_systemd() }?;
+    let mut config = Config::load(cli.config.as_deref()).context("cannot load the configuration")?;
+    if let Some(secs) = cli.idle_exit {
+        config.daemon.idle_exit_secs = secs;
+    }
+    if listeners.is_empty() {
+        let targets = if cli.listen.is_empty() {
+            vec![Target::Unix(config.daemon.socket.clone())]
+        } else {
+            cli.listen.iter().map(|s| Target::parse(s).map_err(anyhow::Error::msg)).collect::<Result<_>>()?
+        };
+        for target in &targets {
+            listeners.push(listen::bind(target)?);
+        }
+    } else if !cli.listen.is_empty() {
+        bail!("--listen given but systemd passed sockets; drop --listen or start without socket activation");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("steadytextd-io")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(daemon::run(daemon::Options { config_path: cli.config, config, listeners }))
+}

@@ -1,0 +1,188 @@
+//! `stctl`'s connection to the daemon: JSON-RPC 2.0 lines over a Unix or TCP stream.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::protocol::{codes, Piece, Request, Response, RpcError, PIECE_NOTIFICATION};
+
+/// Where the daemon listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A Unix stream socket.
+    Unix(PathBuf),
+    /// A TCP address `host:port`.
+    Tcp(String),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Unix(p) => write!(f, "unix:{}", p.display()),
+            Target::Tcp(a) => write!(f, "tcp:{a}"),
+        }
+    }
+}
+
+impl Target {
+    /// Parses `unix:PATH`, `tcp:HOST:PORT`, or a bare path.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(p) = s.strip_prefix("unix:") {
+            return Ok(Target::Unix(PathBuf::from(p)));
+        }
+        if let Some(a) = s.strip_prefix("tcp:") {
+            if !a.contains(':') {
+                return Err(format!("{s:?}: a TCP address needs a port, as in tcp:127.0.0.1:5557"));
+            }
+            return Ok(Target::Tcp(a.to_string()));
+        }
+        if s.starts_with('/') || s.starts_with('.') {
+            return Ok(Target::Unix(PathBuf::from(s)));
+        }
+        Err(format!("{s:?} is not unix:PATH, tcp:HOST:PORT or an absolute socket path"))
+    }
+}
+
+/// Failure of a daemon call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon could be reached (the caller may fall back to direct mode).
+    #[error("cannot reach the daemon at {target}: {source}")]
+    Unreachable {
+        /// The address tried.
+        target: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection broke or the daemon answered something that is not the protocol.
+    #[error("daemon connection failed: {0}")]
+    Protocol(String),
+    /// The daemon answered with an error.
+    #[error("{}", .0.message)]
+    Rpc(RpcError),
+}
+
+impl ClientError {
+    /// Whether direct mode can serve this call instead.
+    pub fn allows_fallback(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Rpc(e) => e.code == codes::MODEL_NOT_LOADED,
+            ClientError::Protocol(_) => false,
+        }
+    }
+}
+
+trait Stream: std::io::Read + Write + Send {}
+impl<T: std::io::Read + Write + Send> Stream for T {}
+
+/// One open connection; requests on it are answered in order.
+pub struct Client {
+    reader: BufReader<Box<dyn Stream>>,
+    writer: Box<dyn Stream>,
+    next_id: u64,
+}
+
+fn unreachable(target: &Target, source: std::io::Error) -> ClientError {
+    ClientError::Unreachable { target: target.to_string(), source }
+}
+
+impl Client {
+    /// Connects to `target`.
+    pub fn connect(target: &Target) -> Result<Self, ClientError> {
+        let (reader, writer): (Box<dyn Stream>, Box<dyn Stream>) = match target {
+            Target::Unix(path) => {
+                let s = UnixStream::connect(path).map_err(|e| unreachable(target, e))?;
+                (Box::new(s.try_clone().map_err(|e| unreachable(target, e))?), Box::new(s))
+            }
+            Target::Tcp(addr) => {
+                let s = TcpStream::connect(addr).map_err(|e| unreachable(target, e))?;
+                s.set_nodelay(true).ok();
+                (Box::new(s.try_clone().map_err(|e| unreachable(target, e))?), Box::new(s))
+            }
+        };
+        Ok(Client { reader: BufReader::new(reader), writer, next_id: 1 })
+    }
+
+    /// Sends a request and returns its id.
+    fn send(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let id = json!(self.next_id);
+        self.next_id += 1;
+        let req = Request { jsonrpc: "2.0".into(), method: method.into(), params, id: Some(id.clone()) };
+        let mut line = serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).map_err(|e| ClientError::Protocol(format!("sending: {e}")))?;
+        Ok(id)
+    }
+
+    fn read_line(&mut self) -> Result<Value, ClientError> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).map_err(|e| ClientError::Protocol(format!("reading: {e}")))?;
+        if n == 0 {
+            return Err(ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into()));
+        }
+        serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("unreadable answer: {e}")))
+    }
+
+    fn finish<R: DeserializeOwned>(response: Value) -> Result<R, ClientError> {
+        let response: Response = serde_json::from_value(response).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if let Some(error) = response.error {
+            return Err(ClientError::Rpc(error));
+        }
+        serde_json::from_value(response.result.unwrap_or(Value::Null)).map_err(|e| ClientError::Protocol(format!("unexpected result: {e}")))
+    }
+
+    /// Calls `method` and waits for its result.
+    pub fn call<P: Serialize, R: DeserializeOwned>(&mut self, method: &str, params: &P) -> Result<R, ClientError> {
+        self.call_streaming(method, params, &mut |_| {})
+    }
+
+    /// Calls `method`, passing each `generate.piece` notification's text to `on_piece`.
+    pub fn call_streaming<P: Serialize, R: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: &P,
+        on_piece: &mut dyn FnMut(&str),
+    ) -> Result<R, ClientError> {
+        let params = serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let id = self.send(method, params)?;
+        loop {
+            let msg = self.read_line()?;
+            if msg.get("method").and_then(Value::as_str) == Some(PIECE_NOTIFICATION) {
+                let piece: Piece = serde_json::from_value(msg["params"].clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                if piece.id == id {
+                    on_piece(&piece.text);
+                }
+                continue;
+            }
+            if msg.get("id") == Some(&id) {
+                return Self::finish(msg);
+            }
+        }
+    }
+}
+
+/// The daemon address from the environment: `STEADYTEXT_DAEMON_HOST`/`_PORT` for TCP, else
+/// `STEADYTEXT_SOCKET`, else `default_socket`.
+pub fn target_from_env(default_socket: &Path) -> Result<Target, String> {
+    let host = std::env::var("STEADYTEXT_DAEMON_HOST").ok().filter(|v| !v.is_empty());
+    let port = std::env::var("STEADYTEXT_DAEMON_PORT").ok().filter(|v| !v.is_empty());
+    if host.is_some() || port.is_some() {
+        let port: u16 = port
+            .as_deref()
+            .unwrap_or("5557")
+            .parse()
+            .map_err(|_| "STEADYTEXT_DAEMON_PORT must be a port number (1-65535)".to_string())?;
+        return Ok(Target::Tcp(format!("{}:{port}", host.as_deref().unwrap_or("127.0.0.1"))));
+    }
+    match std::env::var("STEADYTEXT_SOCKET").ok().filter(|v| !v.is_empty()) {
+        Some(s) => Target::parse(&s).map_err(|e| format!("STEADYTEXT_SOCKET: {e}")),
+        None => Ok(Target::Unix(default_socket.to_path_buf())),
+    }
+}

@@ -1,0 +1,300 @@
+//! The wire protocol between `stctl` and `steadytextd`: JSON-RPC 2.0, one JSON object per line
+//! (NDJSON) over a Unix or TCP stream. See `docs/protocol.md` for the full description.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{Config, Limits};
+use crate::engine::generate::{FinishReason, GenerateRequest};
+use crate::engine::sampler::Sampling;
+use crate::error::{Error, Result};
+
+/// Version of the method set and payloads below; reported by `ping` and `status`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest request line the daemon reads, in bytes.
+pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+
+/// JSON-RPC error codes used by the daemon.
+pub mod codes {
+    /// The line is not valid JSON.
+    pub const PARSE_ERROR: i64 = -32700;
+    /// Valid JSON but not a JSON-RPC 2.0 request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// Unknown method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Parameters do not fit the method.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The engine failed.
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// The queue is full; `data.retry_after_ms` says when to retry.
+    pub const OVERLOADED: i64 = -32000;
+    /// The named model is not loaded by this daemon.
+    pub const MODEL_NOT_LOADED: i64 = -32001;
+    /// The daemon is shutting down.
+    pub const SHUTTING_DOWN: i64 = -32002;
+    /// The request line is longer than [`super::MAX_LINE_BYTES`].
+    pub const TOO_LARGE: i64 = -32003;
+}
+
+/// A JSON-RPC request (or, without `id`, a notification).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Must be "2.0".
+    pub jsonrpc: String,
+    /// The method name.
+    pub method: String,
+    /// Method parameters.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub params: Value,
+    /// Request id, echoed in the response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RpcError {
+    /// One of [`codes`].
+    pub code: i64,
+    /// What happened and what to do.
+    pub message: String,
+    /// Extra machine-readable detail (`retry_after_ms` for overload).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    /// An error without data.
+    pub fn new(code: i64, message: impl Into<String>) -> Self {
+        RpcError { code, message: message.into(), data: None }
+    }
+}
+
+impl From<&Error> for RpcError {
+    fn from(e: &Error) -> Self {
+        let code = match e {
+            Error::InvalidRequest(_) => codes::INVALID_PARAMS,
+            Error::ModelNotLoaded(_) => codes::MODEL_NOT_LOADED,
+            _ => codes::INTERNAL_ERROR,
+        };
+        RpcError::new(code, e.to_string())
+    }
+}
+
+/// A JSON-RPC response line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// Always "2.0".
+    pub jsonrpc: String,
+    /// The result, on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// The error, on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RpcError>,
+    /// The request's id (null when it could not be read).
+    pub id: Value,
+}
+
+impl Response {
+    /// A success response.
+    pub fn ok(id: Value, result: Value) -> Self {
+        Response { jsonrpc: "2.0".into(), result: Some(result), error: None, id }
+    }
+
+    /// An error response.
+    pub fn err(id: Value, error: RpcError) -> Self {
+        Response { jsonrpc: "2.0".into(), result: None, error: Some(error), id }
+    }
+}
+
+/// Method name of the streaming notifications sent during `generate_stream`.
+pub const PIECE_NOTIFICATION: &str = "generate.piece";
+
+/// Parameters of a `generate.piece` notification.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Piece {
+    /// The id of the `generate_stream` request it belongs to.
+    pub id: Value,
+    /// The next text piece (whole UTF-8 characters).
+    pub text: String,
+}
+
+/// Parameters of `generate` and `generate_stream`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateParams {
+    /// The user prompt.
+    pub prompt: String,
+    /// Seed (default: the configured default seed, 42).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Most tokens to generate (default: configured, 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_new_tokens: Option<usize>,
+    /// Stop strings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    /// Sampling temperature; 0 (default) = greedy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// Top-k for sampling; 0 = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_k: Option<usize>,
+    /// Top-p for sampling; 0 or 1 = off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Model name; default the configured generation model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl GenerateParams {
+    /// Applies defaults and limits, giving the engine's request.
+    pub fn to_request(&self, config: &Config) -> Result<GenerateRequest> {
+        check_input(&config.limits, "prompt", &self.prompt)?;
+        let max_new_tokens = self.max_new_tokens.unwrap_or(config.max_new_tokens);
+        if max_new_tokens > config.limits.max_new_tokens {
+            return Err(Error::InvalidRequest(format!(
+                "max_new_tokens {max_new_tokens} is over this server's limit of {}",
+                config.limits.max_new_tokens
+            )));
+        }
+        for s in &self.stop {
+            check_input(&config.limits, "stop string", s)?;
+        }
+        let request = GenerateRequest {
+            prompt: self.prompt.clone(),
+            seed: self.seed.unwrap_or(config.default_seed),
+            max_new_tokens,
+            stop: self.stop.clone(),
+            sampling: Sampling {
+                temperature: self.temperature.unwrap_or(0.0),
+                top_k: self.top_k.unwrap_or(0),
+                top_p: self.top_p.unwrap_or(0.0),
+            },
+        };
+        request.validate()?;
+        Ok(request)
+    }
+}
+
+/// Result of `generate` / `generate_stream`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateResult {
+    /// The generated text.
+    pub text: String,
+    /// Generated token ids.
+    pub token_ids: Vec<u32>,
+    /// Tokens of the templated prompt.
+    pub prompt_tokens: usize,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// Model name.
+    pub model: String,
+    /// Model digest.
+    pub model_digest: String,
+    /// Whether the answer came from the cache.
+    #[serde(default)]
+    pub cached: bool,
+}
+
+/// Parameters of `embed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedParams {
+    /// Texts to embed.
+    pub texts: Vec<String>,
+    /// Model name; default the configured embedding model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl EmbedParams {
+    /// Checks the batch against the limits.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
+        if self.texts.is_empty() {
+            return Err(Error::InvalidRequest("texts must hold at least one text".into()));
+        }
+        if self.texts.len() > limits.max_batch {
+            return Err(Error::InvalidRequest(format!(
+                "{} texts in one request; this server's limit is {}: split the batch",
+                self.texts.len(),
+                limits.max_batch
+            )));
+        }
+        self.texts.iter().try_for_each(|t| check_input(limits, "text", t))
+    }
+}
+
+/// Result of `embed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedResult {
+    /// One unit vector per text, in order. Floats round-trip exactly through JSON.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Model name.
+    pub model: String,
+    /// Model digest.
+    pub model_digest: String,
+}
+
+fn check_input(limits: &Limits, what: &str, text: &str) -> Result<()> {
+    if text.len() > limits.max_input_bytes {
+        return Err(Error::InvalidRequest(format!(
+            "{what} is {} bytes; this server's limit is {} bytes",
+            text.len(),
+            limits.max_input_bytes
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_round_trip_bit_exactly() {
+        let mut x: u32 = 0x1234_5678;
+        let values: Vec<f32> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                f32::from_bits(x)
+            })
+            .filter(|f| f.is_finite())
+            .collect();
+        let result = EmbedResult { embeddings: vec![values.clone()], model: "m".into(), model_digest: "d".into() };
+        let line = serde_json::to_string(&result).unwrap();
+        let back: EmbedResult = serde_json::from_str(&line).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back.embeddings[0]), bits(&values));
+    }
+
+    #[test]
+    fn unknown_params_are_rejected() {
+        let err = serde_json::from_str::<GenerateParams>(r#"{"prompt":"x","sede":1}"#).unwrap_err();
+        assert!(err.to_string().contains("sede"));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let config = Config::default();
+        let p = GenerateParams { prompt: "x".into(), max_new_tokens: Some(1_000_000), ..Default::default() };
+        assert!(p.to_request(&config).is_err());
+        let e = EmbedParams { texts: vec![String::new(); 1000], model: None };
+        assert!(e.validate(&config.limits).is_err());
+        assert!(EmbedParams::default().validate(&config.limits).is_err());
+    }
+
+    #[test]
+    fn defaults_come_from_config() {
+        let mut config = Config::default();
+        config.default_seed = 7;
+        let r = GenerateParams { prompt: "x".into(), ..Default::default() }.to_request(&config).unwrap();
+        assert_eq!((r.seed, r.max_new_tokens), (7, 512));
+    }
+}
