@@ -123,7 +123,10 @@ impl Client {
 
     fn read_line(&mut self) -> Result<Value, ClientError> {
         let mut line = String::new();
-        let n = self.reader.read_line(&mut line).map_err(|e| ClientError::Protocol(format!("reading: {e}")))?;
+        let n = self.reader.read_line(&mut line).map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionReset => ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into()),
+            _ => ClientError::Protocol(format!("reading: {e}")),
+        })?;
         if n == 0 {
             return Err(ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into()));
         }

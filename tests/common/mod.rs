@@ -26,3 +26,213 @@ pub fn reference(path: &str) -> serde_json::Value {
     let p = models_dir().join(path);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
 }
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The environment every spawned steadytext process gets: library and models of the checkout.
+pub fn command(bin: &str) -> Command {
+    let mut c = Command::new(bin);
+    c.env("STEADYTEXT_MODEL_DIR", models_dir());
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        c.env("ORT_DYLIB_PATH", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so.1.31.1"));
+    }
+    c.env_remove("STEADYTEXT_SOCKET").env_remove("STEADYTEXT_DISABLE_DAEMON").env_remove("NOTIFY_SOCKET");
+    c
+}
+
+/// Extra daemon flags needed when the tests run as root (CI does).
+pub fn root_flags() -> Vec<&'static str> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        vec!["--allow-root"]
+    } else {
+        vec![]
+    }
+}
+
+/// Collects sd_notify datagrams sent to a socket in a temporary folder.
+pub struct NotifyListener {
+    /// The socket path to pass as NOTIFY_SOCKET.
+    pub path: PathBuf,
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl NotifyListener {
+    /// Binds the socket and starts collecting.
+    pub fn bind(dir: &Path) -> Self {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let m = messages.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = sock.recv(&mut buf) {
+                m.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        NotifyListener { path, messages }
+    }
+
+    /// All datagrams so far.
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Waits until a datagram after index `from` contains `needle`; returns its index.
+    pub fn wait_for(&self, needle: &str, from: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.messages().iter().enumerate().skip(from).find(|(_, m)| m.contains(needle)).map(|(i, _)| i) {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no {needle:?} within {timeout:?}; got {:?}", self.messages());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A running daemon, killed on drop.
+pub struct Daemon {
+    /// The process (systemd-socket-activate exec()s into steadytextd, same pid).
+    pub child: Child,
+    /// Its Unix socket.
+    pub socket: PathBuf,
+    /// Its stderr log file.
+    pub log: PathBuf,
+    /// sd_notify messages.
+    pub notify: NotifyListener,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts steadytextd the way systemd does: `systemd-socket-activate` holds the socket and
+    /// execs the daemon on the first connection, with LISTEN_FDS/LISTEN_FDNAMES and NOTIFY_SOCKET.
+    pub fn socket_activated(config_toml: &str, extra_env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("steadytext.sock");
+        let notify = NotifyListener::bind(dir.path());
+        let config = dir.path().join("steadytext.toml");
+        std::fs::write(&config, config_toml).unwrap();
+        let log = dir.path().join("daemon.log");
+        let mut cmd = command("systemd-socket-activate");
+        cmd.arg("-l").arg(&socket).arg("--fdname=unix");
+        // systemd-socket-activate passes on only the variables named with -E, like systemd does.
+        let ort = std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so.1.31.1"));
+        let mut env = vec![
+            ("ORT_DYLIB_PATH".to_string(), ort.display().to_string()),
+            ("STEADYTEXT_MODEL_DIR".to_string(), models_dir().display().to_string()),
+            ("NOTIFY_SOCKET".to_string(), notify.path.display().to_string()),
+        ];
+        env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        for (k, v) in env {
+            cmd.arg(format!("--setenv={k}={v}"));
+        }
+        cmd.arg(env!("CARGO_BIN_EXE_steadytextd")).arg("--config").arg(&config);
+        cmd.args(root_flags());
+        cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("systemd-socket-activate (package systemd) must be installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            assert!(Instant::now() < deadline, "socket never appeared");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Daemon { child, socket, log, notify, _dir: dir }
+    }
+
+    /// Opens a connection.
+    pub fn connect(&self) -> Conn {
+        Conn::new(UnixStream::connect(&self.socket).unwrap())
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit and returns its status code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "daemon did not exit; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw JSON-RPC connection for tests.
+pub struct Conn {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next: u64,
+}
+
+impl Conn {
+    /// Wraps a connected stream.
+    pub fn new(s: UnixStream) -> Self {
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        Conn { reader: BufReader::new(s.try_clone().unwrap()), writer: s, next: 1 }
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// Reads one JSON line.
+    pub fn read(&mut self) -> Value {
+        let mut line = String::new();
+        assert!(self.reader.read_line(&mut line).unwrap() > 0, "connection closed");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Sends a request, returns its id.
+    pub fn send(&mut self, method: &str, params: Value) -> Value {
+        let id = json!(self.next);
+        self.next += 1;
+        let line = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": id});
+        self.send_raw(format!("{line}\n").as_bytes());
+        id
+    }
+
+    /// Calls and returns the whole response (pieces of a stream are collected into "pieces").
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params);
+        let mut pieces = Vec::new();
+        loop {
+            let msg = self.read();
+            if msg["method"] == "generate.piece" {
+                pieces.push(msg["params"]["text"].as_str().unwrap().to_string());
+                continue;
+            }
+            assert_eq!(msg["id"], id);
+            let mut msg = msg;
+            msg["pieces"] = json!(pieces);
+            return msg;
+        }
+    }
+}

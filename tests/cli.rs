@@ -1,0 +1,132 @@
+//! `stctl` as a user runs it: exact output, direct vs daemon bytes, and one-line errors.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Output, Stdio};
+
+use common::{command, Daemon};
+
+fn stctl(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = command(env!("CARGO_BIN_EXE_stctl"));
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// Asserts a clean failure: non-zero exit, one line on stderr containing `needle`, no panic.
+fn assert_clean_error(o: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "should fail");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains(needle), "{needle:?} not in {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn generate_prints_exactly_the_text_and_a_newline() {
+    let reference = common::reference("SmolLM2-135M-Instruct/reference_ort.json");
+    let case = &reference["cases"][0];
+    let expected = format!("{}\n", case["greedy_text"].as_str().unwrap());
+    let prompt = case["prompt"].as_str().unwrap();
+    let out = stctl(&["--no-daemon", "generate", prompt, "--max-new-tokens", "48"], None, &[]);
+    assert_eq!(stdout(&out), expected);
+    let from_stdin = stctl(&["--no-daemon", "generate", "--max-new-tokens", "48"], Some(prompt), &[]);
+    assert_eq!(stdout(&from_stdin), expected);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&stctl(
+        &["--no-daemon", "generate", prompt, "--max-new-tokens", "48", "--json"],
+        None,
+        &[],
+    )))
+    .unwrap();
+    assert_eq!(json["token_ids"], case["greedy_ids"]);
+    assert!(json["model_digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(json["mode"], "direct");
+}
+
+#[test]
+fn daemon_and_direct_mode_give_the_same_bytes() {
+    let d = Daemon::socket_activated("", &[]);
+    let socket = d.socket.to_str().unwrap();
+    let via = |args: &[&str]| {
+        let mut a = vec!["--daemon-only", "--socket", socket];
+        a.extend_from_slice(args);
+        stdout(&stctl(&a, None, &[]))
+    };
+    let direct = |args: &[&str]| {
+        let mut a = vec!["--socket", socket];
+        a.extend_from_slice(args);
+        stdout(&stctl(&a, None, &[("STEADYTEXT_DISABLE_DAEMON", "1")]))
+    };
+    for args in [
+        &["generate", "Tell me about bees.", "--max-new-tokens", "40"][..],
+        &["generate", "Ünïcödé: write 漢字 and an emoji", "--max-new-tokens", "30", "--seed", "7"][..],
+        &["generate", "Sample a poem", "--max-new-tokens", "20", "--temperature", "0.8", "--top-k", "40"][..],
+        &["embed", "hello world", "a second text"][..],
+    ] {
+        assert_eq!(via(args), direct(args), "{args:?}");
+    }
+    // Embedding floats survive the wire bit for bit.
+    let line = via(&["embed", "bits"]);
+    let v: Vec<f32> = serde_json::from_str(line.trim()).unwrap();
+    let mut embedder = steadytext::service::EmbeddingService::load(&common::config(0), None).unwrap();
+    let params = steadytext::protocol::EmbedParams { texts: vec!["bits".into()], model: None };
+    let local = embedder.run(&common::config(0), &params).unwrap().embeddings.remove(0);
+    assert_eq!(v.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), local.iter().map(|f| f.to_bits()).collect::<Vec<_>>());
+    let verbose = stctl(&["--socket", socket, "-v", "ping"], None, &[]);
+    assert!(stdout(&verbose).starts_with("pong"));
+}
+
+#[test]
+fn falls_back_to_direct_mode_unless_told_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.sock");
+    let m = missing.to_str().unwrap();
+    let out = stctl(&["--socket", m, "-v", "embed", "x"], None, &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("falling back to direct mode"));
+    assert!(stdout(&out).starts_with('['));
+    let out = stctl(&["--socket", m, "--daemon-only", "embed", "x"], None, &[]);
+    assert_clean_error(&out, "--daemon-only");
+}
+
+#[test]
+fn user_errors_are_one_clear_line() {
+    let out = stctl(&["--no-daemon", "generate", "hi"], None, &[("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")]);
+    assert_clean_error(&out, "/nonexistent/libonnxruntime.so");
+    assert_clean_error(&out, "fetch-onnxruntime.sh");
+
+    let out = stctl(&["--no-daemon", "generate", "hi", "--model", "no-such-model"], None, &[]);
+    assert_clean_error(&out, "STEADYTEXT_MODEL_DIR");
+
+    // A model folder whose model.onnx is garbage.
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::models_dir().join("SmolLM2-135M-Instruct");
+    for f in ["tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja"] {
+        std::os::unix::fs::symlink(src.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::write(dir.path().join("model.onnx"), b"\x08\x07garbage that is not protobuf").unwrap();
+    let out = stctl(&["--no-daemon", "generate", "hi", "--model", dir.path().to_str().unwrap()], None, &[]);
+    assert_clean_error(&out, "corrupt");
+
+    let long_prompt = "word ".repeat(9000);
+    let out = stctl(&["--no-daemon", "generate", "--max-new-tokens", "4"], Some(&long_prompt), &[]);
+    assert_clean_error(&out, "shorten the prompt");
+
+    let out = stctl(&["--no-daemon", "generate", "hi", "--temperature=-1"], None, &[]);
+    assert_clean_error(&out, "temperature");
+
+    let out = stctl(&["--no-daemon", "generate", "hi"], None, &[("STEADYTEXT_DEFAULT_SEED", "abc")]);
+    assert_clean_error(&out, "STEADYTEXT_DEFAULT_SEED");
+}

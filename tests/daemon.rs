@@ -1,0 +1,167 @@
+//! steadytextd started the way systemd starts it, with a test NOTIFY_SOCKET listener.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use steadytext::protocol::codes;
+use steadytext::service::{EmbeddingService, GenerationService};
+
+use common::Daemon;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Direct-mode answer for a generate request, as the protocol's JSON.
+fn direct_generate(params: &Value) -> Value {
+    let config = common::config(0);
+    let mut service = GenerationService::load(&config, None).unwrap();
+    let params = serde_json::from_value(params.clone()).unwrap();
+    serde_json::to_value(service.run(&config, &params, &mut |_| true).unwrap()).unwrap()
+}
+
+#[test]
+fn lifecycle_ready_watchdog_reload_and_graceful_stop() {
+    let mut d = Daemon::socket_activated("", &[("WATCHDOG_USEC", "1000000")]);
+    // This connection triggers activation and is made before READY: it waits in the queue.
+    let mut early = d.connect();
+    let id = early.send("ping", json!({}));
+    let pong = early.read();
+    assert_eq!(pong["id"], id);
+    assert_eq!(pong["result"]["protocol"], 1);
+    let ready = d.notify.wait_for("READY=1", 0, LONG);
+    assert!(d.notify.messages()[..ready].iter().any(|m| m.contains("STATUS=loading models")), "{:?}", d.notify.messages());
+
+    // Watchdog pings at half of WATCHDOG_USEC while the workers are healthy.
+    let first = d.notify.wait_for("WATCHDOG=1", ready, Duration::from_secs(5));
+    d.notify.wait_for("WATCHDOG=1", first + 1, Duration::from_secs(5));
+
+    // SIGHUP: RELOADING=1 with MONOTONIC_USEC, then READY=1 again; models unchanged, still serving.
+    let before = d.notify.messages().len();
+    d.signal(libc::SIGHUP);
+    let reloading = d.notify.wait_for("RELOADING=1", before, LONG);
+    assert!(d.notify.messages()[reloading].contains("MONOTONIC_USEC="));
+    d.notify.wait_for("READY=1", reloading, LONG);
+    assert_eq!(early.call("ping", json!({}))["result"]["protocol"], 1);
+
+    // SIGTERM while a stream is in flight: STOPPING=1, and the request still completes.
+    let params = json!({"prompt": "Write a long story about a lighthouse keeper.", "max_new_tokens": 64});
+    let mut conn = d.connect();
+    let id = conn.send("generate_stream", params.clone());
+    let first_piece = conn.read();
+    assert_eq!(first_piece["method"], "generate.piece");
+    let before = d.notify.messages().len();
+    d.signal(libc::SIGTERM);
+    d.notify.wait_for("STOPPING=1", before, LONG);
+    let mut text = first_piece["params"]["text"].as_str().unwrap().to_string();
+    let done = loop {
+        let msg = conn.read();
+        if msg["method"] == "generate.piece" {
+            text.push_str(msg["params"]["text"].as_str().unwrap());
+        } else {
+            break msg;
+        }
+    };
+    assert_eq!(done["id"], id);
+    let expected = direct_generate(&params);
+    assert_eq!(done["result"]["text"], expected["text"]);
+    assert_eq!(done["result"]["token_ids"], expected["token_ids"]);
+    assert_eq!(text, expected["text"].as_str().unwrap());
+    assert_eq!(d.wait_exit(LONG), Some(0), "log:\n{}", d.log());
+}
+
+#[test]
+fn protocol_errors_concurrency_and_cancellation() {
+    let d = Daemon::socket_activated("", &[]);
+    let mut conn = d.connect();
+
+    // Malformed input gets JSON-RPC errors; the same connection keeps being served.
+    conn.send_raw(b"this is not json\n");
+    assert_eq!(conn.read()["error"]["code"], codes::PARSE_ERROR);
+    conn.send_raw(b"{\"jsonrpc\":\"1.0\",\"method\":\"ping\",\"id\":5}\n");
+    assert_eq!(conn.read()["error"]["code"], codes::INVALID_REQUEST);
+    assert_eq!(conn.call("nope", json!({}))["error"]["code"], codes::METHOD_NOT_FOUND);
+    assert_eq!(conn.call("generate", json!({"prompt": "x", "sede": 3}))["error"]["code"], codes::INVALID_PARAMS);
+    assert_eq!(conn.call("generate", json!({"prompt": "x", "max_new_tokens": 0}))["error"]["code"], codes::INVALID_PARAMS);
+    assert_eq!(conn.call("embed", json!({"texts": []}))["error"]["code"], codes::INVALID_PARAMS);
+    assert_eq!(conn.call("generate", json!({"prompt": "x", "model": "other"}))["error"]["code"], codes::MODEL_NOT_LOADED);
+    let mut huge = vec![b'x'; steadytext::protocol::MAX_LINE_BYTES + 1];
+    huge.push(b'\n');
+    conn.send_raw(&huge);
+    assert_eq!(conn.read()["error"]["code"], codes::TOO_LARGE);
+    assert_eq!(conn.call("ping", json!({}))["result"]["protocol"], 1);
+
+    // 32 concurrent clients mixing generate, stream and embed all get the direct-mode answers.
+    let config = common::config(0);
+    let mut generator = GenerationService::load(&config, None).unwrap();
+    let mut embedder = EmbeddingService::load(&config, None).unwrap();
+    let jobs: Vec<(String, Value, Value)> = (0..32)
+        .map(|i| match i % 3 {
+            0 | 1 => {
+                let params = json!({"prompt": format!("Give me fact number {} about the sea.", i % 6), "max_new_tokens": 12});
+                let p = serde_json::from_value(params.clone()).unwrap();
+                let expected = serde_json::to_value(generator.run(&config, &p, &mut |_| true).unwrap()).unwrap();
+                (if i % 3 == 0 { "generate" } else { "generate_stream" }.to_string(), params, expected)
+            }
+            _ => {
+                let params = json!({"texts": [format!("sentence {i}"), "shared text"]});
+                let p = serde_json::from_value(params.clone()).unwrap();
+                (("embed").to_string(), params, serde_json::to_value(embedder.run(&config, &p).unwrap()).unwrap())
+            }
+        })
+        .collect();
+    let d = Arc::new(d);
+    let handles: Vec<_> = jobs
+        .into_iter()
+        .map(|(method, params, expected)| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let mut c = d.connect();
+                let r = c.call(&method, params);
+                assert!(r["error"].is_null(), "{method}: {r}");
+                assert_eq!(r["result"], expected, "{method}");
+                if method == "generate_stream" {
+                    assert_eq!(r["pieces"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect::<String>(), expected["text"].as_str().unwrap());
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+
+    // A client that hangs up cancels its own generation.
+    let mut gone = d.connect();
+    gone.send("generate", json!({"prompt": "Count from one to one thousand in words.", "max_new_tokens": 2000}));
+    std::thread::sleep(Duration::from_millis(300));
+    drop(gone);
+    let mut c = d.connect();
+    assert!(c.call("generate", json!({"prompt": "hi", "max_new_tokens": 2}))["error"].is_null());
+    assert!(d.log().contains("cancelled"), "log:\n{}", d.log());
+
+    let status = c.call("status", json!({}))["result"].clone();
+    assert_eq!(status["models"].as_array().unwrap().len(), 2);
+    assert!(status["metrics"]["requests_total"].as_u64().unwrap() >= 40);
+    assert!(status["metrics"]["rss_bytes"].as_u64().unwrap() > 0);
+    let metrics = c.call("metrics", json!({}))["result"].as_str().unwrap().to_string();
+    assert!(metrics.contains("steadytext_requests_total{method=\"embed\"}"), "{metrics}");
+}
+
+#[test]
+fn overload_is_refused_at_once_with_a_retry_hint() {
+    let d = Arc::new(Daemon::socket_activated("[daemon]\nqueue_depth = 1\n", &[]));
+    d.connect().call("ping", json!({}));
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let d = d.clone();
+            std::thread::spawn(move || d.connect().call("generate", json!({"prompt": format!("Story {i}"), "max_new_tokens": 24})))
+        })
+        .collect();
+    let results: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let overloaded: Vec<&Value> = results.iter().filter(|r| r["error"]["code"] == codes::OVERLOADED).collect();
+    assert!(!overloaded.is_empty(), "{results:?}");
+    assert!(overloaded.iter().all(|r| r["error"]["data"]["retry_after_ms"].as_u64().unwrap() > 0));
+    assert!(overloaded[0]["error"]["message"].as_str().unwrap().contains("retry in"));
+    assert!(results.iter().any(|r| r["error"].is_null()), "{results:?}");
+}
