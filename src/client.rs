@@ -52,13 +52,12 @@ impl Target {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No daemon could be reached (the caller may fall back to direct mode).
-    #[error("cannot reach the daemon at {target}: {source}")]
+    #[error("cannot reach the daemon at {target}: {cause}")]
     Unreachable {
         /// The address tried.
         target: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
+        /// Why (shown in the message, so not chained again).
+        cause: std::io::Error,
     },
     /// The connection broke or the daemon answered something that is not the protocol.
     #[error("daemon connection failed: {0}")]
@@ -89,8 +88,8 @@ pub struct Client {
     next_id: u64,
 }
 
-fn unreachable(target: &Target, source: std::io::Error) -> ClientError {
-    ClientError::Unreachable { target: target.to_string(), source }
+fn unreachable(target: &Target, cause: std::io::Error) -> ClientError {
+    ClientError::Unreachable { target: target.to_string(), cause }
 }
 
 impl Client {

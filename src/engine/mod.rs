@@ -45,7 +45,6 @@ struct Loaded {
 }
 
 fn load_common(config: &Config, name: &str) -> Result<Loaded> {
-    let env = crate::runtime::environment(&config.runtime_spec())?;
     let dir = model::resolve_dir(&config.model_dir, name)?;
     let files = ModelFiles::discover(&dir)?;
     let config_json = files
@@ -58,6 +57,7 @@ fn load_common(config: &Config, name: &str) -> Result<Loaded> {
         .with_truncation(None)
         .map_err(|e| Error::model(&files.name, format!("cannot clear truncation: {e}")))?;
     let digest = files.digest()?;
+    let env = crate::runtime::environment(&config.runtime_spec())?;
     let settings = SessionSettings {
         intra_threads: config.effective_intra_threads(),
         device: config.device,

@@ -1,0 +1,36 @@
+# Two entry points for a fresh machine:
+#   make demo   set up, build, and generate + embed with the shared models (direct and daemon)
+#   make test   set up and run the whole test suite (what CI runs)
+
+CARGO ?= cargo
+export ORT_DYLIB_PATH ?= $(CURDIR)/.ort/libonnxruntime.so.1.31.1
+export STEADYTEXT_MODEL_DIR ?= $(abspath $(CURDIR)/../shared/models)
+DEMO_SOCKET := $(CURDIR)/target/demo.sock
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
+.PHONY: setup build demo test bench clean-demo
+
+setup:
+	./packaging/dev-setup.sh
+
+build: setup
+	$(CARGO) build --release --locked
+
+demo: build
+	@echo '== direct mode: stctl generate'
+	./target/release/stctl --no-daemon generate "Write a haiku about determinism." --max-new-tokens 48
+	@echo '== direct mode: stctl embed (first 8 of 384 floats)'
+	./target/release/stctl --no-daemon embed "The same text gives the same vector." | cut -c1-120
+	@echo '== daemon mode: steadytextd on $(DEMO_SOCKET)'
+	@rm -f $(DEMO_SOCKET)
+	@./target/release/steadytextd $(ROOT_FLAG) --listen unix:$(DEMO_SOCKET) 2>target/demo-daemon.log & echo $$! > target/demo.pid
+	./target/release/stctl --socket unix:$(DEMO_SOCKET) --daemon-only generate "Write a haiku about determinism." --max-new-tokens 48
+	./target/release/stctl --socket unix:$(DEMO_SOCKET) --daemon-only embed "The same text gives the same vector." | cut -c1-120
+	./target/release/stctl --socket unix:$(DEMO_SOCKET) status
+	@kill $$(cat target/demo.pid) && rm -f target/demo.pid
+
+test: setup
+	$(CARGO) test --release --locked
+
+bench: setup
+	$(CARGO) bench --locked --bench engine
