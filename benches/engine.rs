@@ -1,0 +1,138 @@
+//! Throughput and latency figures: generation tokens/s, embedding sentences/s, and the cost of a
+//! daemon round trip against direct (in-process) execution of the same request.
+//! Run with `make bench` (or `cargo bench --bench engine`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use steadytext::config::Config;
+use steadytext::protocol::{EmbedParams, GenerateParams};
+use steadytext::service::{EmbeddingService, GenerationService};
+
+fn config() -> Config {
+    let mut c = Config::default();
+    c.apply_env(|k| std::env::var(k).ok().filter(|v| !v.is_empty())).expect("environment");
+    if std::env::var_os("STEADYTEXT_MODEL_DIR").is_none() {
+        c.model_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models");
+    }
+    c
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn p(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+struct Rpc {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Rpc {
+    fn call(&mut self, line: &str) -> String {
+        self.writer.write_all(line.as_bytes()).unwrap();
+        self.writer.write_all(b"\n").unwrap();
+        loop {
+            let mut out = String::new();
+            self.reader.read_line(&mut out).unwrap();
+            if !out.contains("generate.piece") {
+                return out;
+            }
+        }
+    }
+}
+
+fn main() {
+    let config = config();
+    println!("steadytext benchmark ({} intra-op threads, {} cores)", config.effective_intra_threads(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+
+    // Generation throughput.
+    let t = Instant::now();
+    let mut generator = GenerationService::load(&config, None).expect("generation model");
+    println!("generation model load: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    let prompts = ["Write a story about a lighthouse keeper.", "Explain how a compiler works.", "List ten facts about the ocean."];
+    let mut tokens = 0usize;
+    let t = Instant::now();
+    for prompt in prompts {
+        let params = GenerateParams { prompt: prompt.into(), max_new_tokens: Some(128), ..Default::default() };
+        tokens += generator.run(&config, &params, &mut |_| true).unwrap().token_ids.len();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("generate: {tokens} tokens in {secs:.2} s = {:.1} tokens/s (greedy, prefill included)", tokens as f64 / secs);
+
+    // Embedding throughput.
+    let mut embedder = EmbeddingService::load(&config, None).expect("embedding model");
+    let texts: Vec<String> = (0..256).map(|i| format!("Sentence number {i} about deterministic embeddings and systemd services.")).collect();
+    let t = Instant::now();
+    for chunk in texts.chunks(64) {
+        embedder.run(&config, &EmbedParams { texts: chunk.to_vec(), model: None }).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!("embed: {} sentences in {secs:.2} s = {:.1} sentences/s (batches of 64)", texts.len(), texts.len() as f64 / secs);
+    let t = Instant::now();
+    for text in &texts[..64] {
+        embedder.run(&config, &EmbedParams { texts: vec![text.clone()], model: None }).unwrap();
+    }
+    println!("embed: {:.1} sentences/s one at a time", 64.0 / t.elapsed().as_secs_f64());
+
+    // Daemon round trip against direct execution, same requests.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bench.sock");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_steadytextd"));
+    cmd.arg("--listen").arg(format!("unix:{}", socket.display())).env("STEADYTEXT_MODEL_DIR", &config.model_dir).stderr(Stdio::null());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.arg("--allow-root");
+    }
+    let mut daemon = cmd.spawn().expect("steadytextd");
+    while !socket.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let s = UnixStream::connect(&socket).unwrap();
+    let mut rpc = Rpc { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
+    rpc.call(r#"{"jsonrpc":"2.0","method":"ping","id":0}"#); // waits for READY
+    let pings: Vec<f64> = (0..500)
+        .map(|_| {
+            let t = Instant::now();
+            rpc.call(r#"{"jsonrpc":"2.0","method":"ping","id":1}"#);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    println!("daemon ping round trip: p50 {:.3} ms, p99 {:.3} ms (kept-open Unix socket)", p(&pings, 0.5), p(&pings, 0.99));
+    let embed_line = r#"{"jsonrpc":"2.0","method":"embed","params":{"texts":["hello world"]},"id":2}"#;
+    let via_daemon = median((0..200).map(|_| { let t = Instant::now(); rpc.call(embed_line); t.elapsed().as_secs_f64() * 1e3 }).collect());
+    let params = EmbedParams { texts: vec!["hello world".into()], model: None };
+    let direct = median((0..200).map(|_| { let t = Instant::now(); embedder.run(&config, &params).unwrap(); t.elapsed().as_secs_f64() * 1e3 }).collect());
+    println!("embed 1 text: daemon {via_daemon:.3} ms vs direct {direct:.3} ms median (overhead {:.3} ms)", via_daemon - direct);
+    let gen_line = r#"{"jsonrpc":"2.0","method":"generate","params":{"prompt":"Say hi.","max_new_tokens":8},"id":3}"#;
+    let via_daemon = median((0..20).map(|_| { let t = Instant::now(); rpc.call(gen_line); t.elapsed().as_secs_f64() * 1e3 }).collect());
+    let gp = GenerateParams { prompt: "Say hi.".into(), max_new_tokens: Some(8), ..Default::default() };
+    let direct = median((0..20).map(|_| { let t = Instant::now(); generator.run(&config, &gp, &mut |_| true).unwrap(); t.elapsed().as_secs_f64() * 1e3 }).collect());
+    println!("generate 8 tokens: daemon {via_daemon:.2} ms vs direct {direct:.2} ms median (overhead {:.2} ms)", via_daemon - direct);
+    let cold = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_stctl"))
+        .args(["--no-daemon", "embed", "hello world"])
+        .env("STEADYTEXT_MODEL_DIR", &config.model_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    println!("stctl direct mode, whole process (load + embed): {:.0} ms", cold.elapsed().as_secs_f64() * 1e3);
+    let warm = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_stctl"))
+        .args(["--daemon-only", "--socket", &format!("unix:{}", socket.display()), "embed", "hello world"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    println!("stctl via daemon, whole process: {:.1} ms", warm.elapsed().as_secs_f64() * 1e3);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
