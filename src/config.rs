@@ -49,6 +49,43 @@ pub struct Config {
     pub limits: Limits,
     /// Daemon settings.
     pub daemon: DaemonConfig,
+    /// Result cache settings.
+    pub cache: CacheConfig,
+}
+
+/// The result cache (`[cache]`); SteadyText's `STEADYTEXT_*_CACHE_*` variables override it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Whether results are cached at all.
+    pub enabled: bool,
+    /// Most generation entries.
+    pub generation_capacity: usize,
+    /// Most generation bytes, in MiB.
+    pub generation_max_size_mb: usize,
+    /// Most embedding entries.
+    pub embedding_capacity: usize,
+    /// Most embedding bytes, in MiB.
+    pub embedding_max_size_mb: usize,
+    /// Seconds between snapshots while entries change (0 = only at shutdown and on request).
+    pub snapshot_interval_secs: u64,
+    /// Snapshot folder; default `$STATE_DIRECTORY` (systemd) or /var/lib/steadytext for the
+    /// daemon, the user's cache folder for `stctl`'s direct mode.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            generation_capacity: 256,
+            generation_max_size_mb: 50,
+            embedding_capacity: 512,
+            embedding_max_size_mb: 100,
+            snapshot_interval_secs: 300,
+            dir: None,
+        }
+    }
 }
 
 /// Settings of `steadytextd` (and where `stctl` looks for it).
@@ -115,6 +152,7 @@ impl Default for Config {
             max_new_tokens: 512,
             limits: Limits::default(),
             daemon: DaemonConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -165,6 +203,17 @@ impl Config {
         }
         if let Some(v) = get("STEADYTEXT_MAX_NEW_TOKENS") {
             self.max_new_tokens = parse_env("STEADYTEXT_MAX_NEW_TOKENS", &v)?;
+        }
+        let cache_vars: [(&str, &mut usize); 4] = [
+            ("STEADYTEXT_GENERATION_CACHE_CAPACITY", &mut self.cache.generation_capacity),
+            ("STEADYTEXT_GENERATION_CACHE_MAX_SIZE_MB", &mut self.cache.generation_max_size_mb),
+            ("STEADYTEXT_EMBEDDING_CACHE_CAPACITY", &mut self.cache.embedding_capacity),
+            ("STEADYTEXT_EMBEDDING_CACHE_MAX_SIZE_MB", &mut self.cache.embedding_max_size_mb),
+        ];
+        for (key, slot) in cache_vars {
+            if let Some(v) = get(key) {
+                *slot = parse_env(key, &v)?;
+            }
         }
         if let Some(v) = get("STEADYTEXT_DEVICE") {
             self.device = match v.as_str() {

@@ -4,8 +4,11 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod direct;
 pub mod engine;
+pub mod cache;
 pub mod error;
+pub mod fsutil;
 pub mod model;
 pub mod protocol;
 pub mod runtime;

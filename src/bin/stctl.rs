@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use steadytext::client::{target_from_env, Client, ClientError, Target};
 use steadytext::config::Config;
 use steadytext::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
-use steadytext::service::{EmbeddingService, GenerationService};
+use steadytext::direct;
 
 #[derive(Parser)]
 #[command(name = "stctl", version, about = "Deterministic text generation and embeddings (steadytext client)")]
@@ -53,6 +53,27 @@ enum Command {
     Metrics,
     /// Check that the daemon answers.
     Ping,
+    /// Inspect or manage the result cache (the daemon's, or the per-user one in direct mode).
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Entries, bytes, hits, misses, hit rate, last snapshot.
+    Stats {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached results.
+    Clear {
+        /// Which cache; both when absent.
+        #[arg(value_parser = ["generation", "embedding"])]
+        which: Option<String>,
+    },
+    /// Write a snapshot now.
+    Snapshot,
 }
 
 #[derive(Args)]
@@ -221,14 +242,13 @@ fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
     let (result, mode): (GenerateResult, _) = ctx.serve(
         |c| c.call_streaming(method, &params, &mut on_piece),
         || {
-            let mut service = GenerationService::load(&ctx.config, params.model.as_deref())?;
             let mut pieces = |t: &str| {
                 if stream {
                     print_piece(t);
                 }
                 true
             };
-            Ok(service.run(&ctx.config, &params, &mut pieces)?)
+            Ok(direct::generate(&ctx.config, &params, &mut pieces)?)
         },
     )?;
     if args.json {
@@ -256,7 +276,7 @@ fn embed(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
     let started = Instant::now();
     let (result, mode): (EmbedResult, _) = ctx.serve(
         |c| c.call("embed", &params),
-        || Ok(EmbeddingService::load(&ctx.config, params.model.as_deref())?.run(&ctx.config, &params)?),
+        || Ok(direct::embed(&ctx.config, &params)?),
     )?;
     if args.json {
         let mut v = serde_json::to_value(&result)?;
@@ -273,6 +293,60 @@ fn embed(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn cache(ctx: &Ctx, command: CacheCommand) -> Result<()> {
+    let (method, params) = match &command {
+        CacheCommand::Stats { .. } => ("cache.stats", json!({})),
+        CacheCommand::Clear { which } => ("cache.clear", json!({ "cache": which })),
+        CacheCommand::Snapshot => ("cache.snapshot", json!({})),
+    };
+    let (result, mode): (Value, _) = ctx.serve(
+        |c| c.call(method, &params),
+        || {
+            let mut cache = direct::user_cache(&ctx.config).context("the cache is disabled ([cache] enabled = false)")?;
+            match &command {
+                CacheCommand::Stats { .. } => Ok(cache.stats()),
+                CacheCommand::Clear { which } => {
+                    cache.clear(which.as_deref()).map_err(anyhow::Error::msg)?;
+                    cache.snapshot()?;
+                    Ok(json!({ "cleared": which.as_deref().unwrap_or("all") }))
+                }
+                CacheCommand::Snapshot => Ok(json!(cache.snapshot()?)),
+            }
+        },
+    )?;
+    match command {
+        CacheCommand::Stats { json: false } => print!("{}", render_cache_stats(&result, mode)),
+        _ => println!("{}", serde_json::to_string_pretty(&result)?),
+    }
+    Ok(())
+}
+
+fn render_cache_stats(s: &Value, mode: &str) -> String {
+    let mut out = format!("cache ({mode}){}\n", s["dir"].as_str().map(|d| format!(" in {d}")).unwrap_or_default());
+    for kind in ["generation", "embedding"] {
+        let c = &s[kind];
+        out.push_str(&format!(
+            "{kind:<11} {} entries, {:.1} KiB, {} hits, {} misses, hit rate {:.1}%, {} evictions\n",
+            c["entries"],
+            c["bytes"].as_f64().unwrap_or(0.0) / 1024.0,
+            c["hits"],
+            c["misses"],
+            c["hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            c["evictions"]
+        ));
+    }
+    match s["last_snapshot"].as_object() {
+        Some(snap) => out.push_str(&format!(
+            "snapshot    {} ({} bytes, created {} ms after the epoch)\n",
+            snap["path"].as_str().unwrap_or("?"),
+            snap["bytes"],
+            snap["created_unix_ms"]
+        )),
+        None => out.push_str("snapshot    none yet\n"),
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -294,6 +368,7 @@ fn run(cli: Cli) -> Result<()> {
             print!("{metrics}");
             Ok(())
         }
+        Command::Cache(command) => cache(&ctx, command),
         Command::Ping => {
             let started = Instant::now();
             let pong: Value = ctx.daemon()?.call("ping", &json!({}))?;

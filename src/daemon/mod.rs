@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::cache::Cache;
 use crate::config::Config;
 use listen::StdListener;
 use scheduler::{Job, Kind, Worker};
@@ -53,7 +54,14 @@ pub async fn run(options: Options) -> Result<()> {
         .context("model loading panicked")?
         .context("cannot load the models")?
     };
-    let daemon = Daemon::new(config.clone(), workers);
+    let cache = config.cache.enabled.then(|| {
+        let mut cache = Cache::new(&config.cache, Some(daemon_cache_dir(&config)));
+        let digests: Vec<String> = workers.iter().map(|w| w.info().digest).collect();
+        let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
+        cache.load(Some(&keep));
+        cache
+    });
+    let daemon = Daemon::new(config.clone(), workers, cache);
     for w in &daemon.workers {
         let info = w.info();
         tracing::info!(kind = w.kind().as_str(), model = %info.name, digest = %info.digest, "model loaded");
@@ -101,6 +109,7 @@ pub async fn run(options: Options) -> Result<()> {
     notify::ready(&daemon.status_line());
     spawn_watchdog(&daemon);
     spawn_status(&daemon);
+    spawn_snapshots(&daemon);
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -128,6 +137,15 @@ pub async fn run(options: Options) -> Result<()> {
         tracing::warn!(timeout_secs = timeout.as_secs(), "shutdown timeout: cancelling in-flight requests");
         daemon.abort.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), daemon.tracker.wait()).await;
+    }
+    if daemon.with_cache(|c| c.is_dirty()).unwrap_or(false) {
+        let d = daemon.clone();
+        match tokio::task::spawn_blocking(move || d.snapshot_cache()).await {
+            Ok(Ok(Some(info))) => tracing::info!(path = %info.path.display(), bytes = info.bytes, "cache snapshot written"),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the cache snapshot at shutdown"),
+            Err(e) => tracing::error!(error = %e, "snapshot task failed"),
+        }
     }
     for path in owned_paths {
         let _ = std::fs::remove_file(path);
@@ -178,6 +196,43 @@ fn spawn_watchdog(daemon: &Arc<Daemon>) {
             match d.workers.iter().find(|w| w.since_heartbeat() > half) {
                 None => notify::watchdog(),
                 Some(w) => tracing::error!(kind = w.kind().as_str(), stalled_ms = w.since_heartbeat().as_millis() as u64, "worker shows no progress; withholding the watchdog ping"),
+            }
+        }
+    });
+}
+
+/// Where the daemon keeps cache snapshots: `[cache] dir`, else systemd's `STATE_DIRECTORY`,
+/// else /var/lib/steadytext.
+fn daemon_cache_dir(config: &Config) -> PathBuf {
+    config
+        .cache
+        .dir
+        .clone()
+        .or_else(|| std::env::var("STATE_DIRECTORY").ok().and_then(|v| v.split(':').next().filter(|s| !s.is_empty()).map(PathBuf::from)))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/steadytext"))
+}
+
+/// Writes a snapshot every `snapshot_interval_secs` while the cache changes.
+fn spawn_snapshots(daemon: &Arc<Daemon>) {
+    let secs = daemon.config().cache.snapshot_interval_secs;
+    if secs == 0 || daemon.cache.is_none() {
+        return;
+    }
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(secs));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if !d.with_cache(|c| c.is_dirty()).unwrap_or(false) {
+                continue;
+            }
+            let d2 = d.clone();
+            match tokio::task::spawn_blocking(move || d2.snapshot_cache()).await {
+                Ok(Ok(Some(info))) => tracing::debug!(path = %info.path.display(), bytes = info.bytes, "cache snapshot written"),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot write the cache snapshot"),
+                Err(e) => tracing::error!(error = %e, "snapshot task failed"),
             }
         }
     });

@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -16,8 +16,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::daemon::metrics::{prometheus, Metrics};
 use crate::daemon::scheduler::{Job, Kind, SubmitError, Worker};
+use crate::cache::{Cache, EmbedPlan, SnapshotInfo};
 use crate::error::Error;
-use crate::protocol::{codes, EmbedParams, GenerateParams, Piece, Request, Response, RpcError, MAX_LINE_BYTES, PIECE_NOTIFICATION, PROTOCOL_VERSION};
+use crate::service::check_model;
+use crate::protocol::{codes, EmbedParams, EmbedResult, GenerateParams, Piece, Request, Response, RpcError, MAX_LINE_BYTES, PIECE_NOTIFICATION, PROTOCOL_VERSION};
 
 /// How often a waiting request checks whether its client hung up.
 const PEER_POLL: Duration = Duration::from_millis(50);
@@ -36,6 +38,8 @@ pub struct Daemon {
     pub abort: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// The shared result cache (None when disabled).
+    pub cache: Option<Mutex<Cache>>,
     connection_slots: Arc<Semaphore>,
     last_activity: Mutex<Instant>,
     next_request: AtomicU64,
@@ -43,7 +47,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Wraps loaded workers.
-    pub fn new(config: Arc<Config>, workers: Vec<Worker>) -> Arc<Self> {
+    pub fn new(config: Arc<Config>, workers: Vec<Worker>, cache: Option<Cache>) -> Arc<Self> {
         Arc::new(Daemon {
             connection_slots: Arc::new(Semaphore::new(config.daemon.max_connections)),
             config: RwLock::new(config),
@@ -52,6 +56,7 @@ impl Daemon {
             shutdown: CancellationToken::new(),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            cache: cache.map(Mutex::new),
             last_activity: Mutex::new(Instant::now()),
             next_request: AtomicU64::new(1),
         })
@@ -64,6 +69,23 @@ impl Daemon {
 
     fn worker(&self, kind: Kind) -> &Worker {
         self.workers.iter().find(|w| w.kind() == kind).expect("both workers are always started")
+    }
+
+    /// Runs `f` on the cache, if caching is on.
+    pub fn with_cache<R>(&self, f: impl FnOnce(&mut Cache) -> R) -> Option<R> {
+        self.lock_cache().map(|mut c| f(&mut c))
+    }
+
+    fn lock_cache(&self) -> Option<MutexGuard<'_, Cache>> {
+        self.cache.as_ref().map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Writes a snapshot of the cache (the file write happens outside the lock).
+    pub fn snapshot_cache(&self) -> crate::Result<Option<SnapshotInfo>> {
+        let taken = self.with_cache(Cache::begin_snapshot).flatten();
+        Cache::write_snapshot(taken, |done| {
+            self.with_cache(|c| c.finish_snapshot(done));
+        })
     }
 
     fn touch(&self) {
@@ -100,6 +122,7 @@ impl Daemon {
             "pid": std::process::id(),
             "models": models,
             "metrics": self.metrics.snapshot(),
+            "cache": self.with_cache(|c| c.stats()),
         })
     }
 
@@ -192,9 +215,16 @@ impl Daemon {
             "generate" => self.generate(request.params, None::<&mut W>, &id, fd).await,
             "generate_stream" => self.generate(request.params, Some(write), &id, fd).await,
             "embed" => self.embed(request.params, fd).await,
+            "cache.stats" => self.with_cache(|c| c.stats()).ok_or_else(cache_off),
+            "cache.clear" => self.cache_clear(request.params),
+            "cache.snapshot" => match self.snapshot_cache() {
+                Ok(Some(info)) => Ok(json!(info)),
+                Ok(None) => Err(cache_off()),
+                Err(e) => Err(RpcError::new(codes::INTERNAL_ERROR, format!("cannot write the snapshot: {e}"))),
+            },
             other => Err(RpcError::new(
                 codes::METHOD_NOT_FOUND,
-                format!("unknown method {other:?}; methods: ping, status, metrics, generate, generate_stream, embed"),
+                format!("unknown method {other:?}; methods: ping, status, metrics, generate, generate_stream, embed, cache.stats, cache.clear, cache.snapshot"),
             )),
         };
         let elapsed = started.elapsed();
@@ -228,8 +258,34 @@ impl Daemon {
         }
     }
 
-    async fn generate<W: AsyncWrite + Unpin>(&self, params: Value, stream_to: Option<&mut W>, id: &Value, fd: RawFd) -> Result<Value, RpcError> {
+    fn cache_clear(&self, params: Value) -> Result<Value, RpcError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Clear {
+            #[serde(default)]
+            cache: Option<String>,
+        }
+        let p: Clear = parse_params(if params.is_null() { json!({}) } else { params })?;
+        match self.with_cache(|c| c.clear(p.cache.as_deref())) {
+            None => Err(cache_off()),
+            Some(Err(e)) => Err(RpcError::new(codes::INVALID_PARAMS, e)),
+            Some(Ok(())) => Ok(json!({ "cleared": p.cache.unwrap_or_else(|| "all".into()) })),
+        }
+    }
+
+    async fn generate<W: AsyncWrite + Unpin>(&self, params: Value, mut stream_to: Option<&mut W>, id: &Value, fd: RawFd) -> Result<Value, RpcError> {
         let params: GenerateParams = parse_params(params)?;
+        let info = self.worker(Kind::Generation).info();
+        check_model(params.model.as_deref(), &info).map_err(|e| RpcError::from(&e))?;
+        let request = params.to_request(&self.config()).map_err(|e| RpcError::from(&e))?;
+        if let Some(hit) = self.with_cache(|c| c.lookup_generation(&info, &request)).flatten() {
+            if let Some(w) = stream_to.as_deref_mut() {
+                if !hit.text.is_empty() {
+                    let _ = write_piece(w, id, hit.text.clone()).await;
+                }
+            }
+            return serde_json::to_value(hit).map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string()));
+        }
         let cancel = self.abort.child_token();
         let (reply_tx, mut reply) = oneshot::channel();
         let (piece_tx, mut pieces) = mpsc::channel(self.config().daemon.stream_buffer);
@@ -258,13 +314,25 @@ impl Daemon {
                 let _ = write_piece(w, id, text).await;
             }
         }
+        if let Ok(Ok(fresh)) = &result {
+            self.with_cache(|c| c.store_generation(&request, fresh));
+        }
         finish(result)
     }
 
     async fn embed(&self, params: Value, fd: RawFd) -> Result<Value, RpcError> {
         let params: EmbedParams = parse_params(params)?;
+        let info = self.worker(Kind::Embedding).info();
+        check_model(params.model.as_deref(), &info).map_err(|e| RpcError::from(&e))?;
+        params.validate(&self.config().limits).map_err(|e| RpcError::from(&e))?;
+        let plan = EmbedPlan::new(self.lock_cache().as_deref_mut(), &info.digest, &params.texts);
+        if plan.is_complete() {
+            let embeddings = plan.complete(Vec::new(), None, &info.digest, &params.texts);
+            return Ok(json!(EmbedResult { embeddings, model: info.name, model_digest: info.digest }));
+        }
+        let job_params = EmbedParams { texts: plan.missing.clone(), model: params.model.clone() };
         let (reply_tx, mut reply) = oneshot::channel();
-        self.submit(Kind::Embedding, Job::Embed { params, reply: reply_tx })?;
+        self.submit(Kind::Embedding, Job::Embed { params: job_params, reply: reply_tx })?;
         let mut poll = tokio::time::interval(PEER_POLL);
         let result = loop {
             tokio::select! {
@@ -272,8 +340,18 @@ impl Daemon {
                 _ = poll.tick() => if peer_gone(fd) { return Err(RpcError::new(codes::INTERNAL_ERROR, "client went away")); },
             }
         };
+        let result = result.map(|r| {
+            r.map(|fresh| {
+                let embeddings = plan.complete(fresh.embeddings, self.lock_cache().as_deref_mut(), &fresh.model_digest, &params.texts);
+                EmbedResult { embeddings, ..fresh }
+            })
+        });
         finish(result)
     }
+}
+
+fn cache_off() -> RpcError {
+    RpcError::new(codes::INVALID_PARAMS, "the cache is disabled in this daemon's configuration ([cache] enabled = false)")
 }
 
 fn parse_params<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {

@@ -43,6 +43,8 @@ pub fn command(bin: &str) -> Command {
     if std::env::var_os("ORT_DYLIB_PATH").is_none() {
         c.env("ORT_DYLIB_PATH", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so.1.31.1"));
     }
+    // Direct mode's per-user cache goes to a folder of this test process, not the real home.
+    c.env("XDG_CACHE_HOME", std::env::temp_dir().join(format!("steadytext-test-cache-{}", std::process::id())));
     c.env_remove("STEADYTEXT_SOCKET").env_remove("STEADYTEXT_DISABLE_DAEMON").env_remove("NOTIFY_SOCKET");
     c
 }
@@ -116,6 +118,12 @@ impl Daemon {
     /// execs the daemon on the first connection, with LISTEN_FDS/LISTEN_FDNAMES and NOTIFY_SOCKET.
     pub fn socket_activated(config_toml: &str, extra_env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        Self::socket_activated_in(dir, &state, config_toml, extra_env)
+    }
+
+    /// Like [`Daemon::socket_activated`], with the cache snapshots in `state` (which may outlive it).
+    pub fn socket_activated_in(dir: tempfile::TempDir, state: &Path, config_toml: &str, extra_env: &[(&str, &str)]) -> Self {
         let socket = dir.path().join("steadytext.sock");
         let notify = NotifyListener::bind(dir.path());
         let config = dir.path().join("steadytext.toml");
@@ -131,6 +139,7 @@ impl Daemon {
             ("ORT_DYLIB_PATH".to_string(), ort.display().to_string()),
             ("STEADYTEXT_MODEL_DIR".to_string(), models_dir().display().to_string()),
             ("NOTIFY_SOCKET".to_string(), notify.path.display().to_string()),
+            ("STATE_DIRECTORY".to_string(), state.display().to_string()),
         ];
         env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         for (k, v) in env {

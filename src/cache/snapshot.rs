@@ -1,0 +1,301 @@
+//! Cache snapshots on disk: a fixed header (magic, format version, creation time, payload length,
+//! checksum) followed by an `rkyv` archive that is validated before use. Files are written
+//! atomically; a damaged or foreign file is moved aside, never trusted.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use rkyv::rancor::Error as RkyvError;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil::{write_atomic, TEMP_MARK};
+
+/// First bytes of every snapshot file.
+pub const MAGIC: [u8; 8] = *b"STXCACHE";
+/// Version of the layout below; another version is refused.
+pub const FORMAT_VERSION: u32 = 1;
+/// Header size; the archive starts at this (16-aligned) offset.
+pub const HEADER_LEN: usize = 64;
+/// Snapshots kept on disk (the newest ones).
+pub const KEEP: usize = 2;
+
+/// The archived payload.
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize, Default)]
+pub struct SnapshotData {
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Digests of the models the entries belong to; entries refer to them by index.
+    pub models: Vec<String>,
+    /// Logical clock of the generation map.
+    pub generation_clock: u64,
+    /// Logical clock of the embedding map.
+    pub embedding_clock: u64,
+    /// Generation entries.
+    pub generation: Vec<GenerationRecord>,
+    /// Embedding entries.
+    pub embedding: Vec<EmbeddingRecord>,
+}
+
+/// One cached generation.
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    /// Cache key.
+    pub key: [u8; 32],
+    /// Index into `models`.
+    pub model: u32,
+    /// Aged hit count.
+    pub hits: u32,
+    /// Logical time of last use.
+    pub last_used: u64,
+    /// Generated text.
+    pub text: String,
+    /// Generated token ids.
+    pub token_ids: Vec<u32>,
+    /// Prompt length in tokens.
+    pub prompt_tokens: u32,
+    /// Finish reason code.
+    pub finish_reason: u8,
+}
+
+/// One cached embedding.
+#[derive(Debug, Clone, PartialEq, Archive, Serialize, Deserialize)]
+pub struct EmbeddingRecord {
+    /// Cache key.
+    pub key: [u8; 32],
+    /// Index into `models`.
+    pub model: u32,
+    /// Aged hit count.
+    pub hits: u32,
+    /// Logical time of last use.
+    pub last_used: u64,
+    /// The vector.
+    pub vector: Vec<f32>,
+}
+
+/// Serializes `data` into the file format (header + archive).
+pub fn encode(data: &SnapshotData) -> Result<Vec<u8>> {
+    let payload = rkyv::to_bytes::<RkyvError>(data).map_err(|e| Error::Config(format!("cannot serialize the cache: {e}")))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.extend_from_slice(&header(data.created_unix_ms, &payload));
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+fn header(created: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&created.to_le_bytes());
+    h[24..32].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    let sum = checksum(&h, payload);
+    h[32..48].copy_from_slice(&sum.to_le_bytes());
+    h
+}
+
+/// xxh3-128 over every header byte except the checksum field, then the payload.
+fn checksum(header: &[u8], payload: &[u8]) -> u128 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&header[0..32]);
+    hasher.update(&header[48..HEADER_LEN]);
+    hasher.update(payload);
+    hasher.digest128()
+}
+
+/// A validated snapshot, read into aligned memory; access the archive without copying.
+#[derive(Debug)]
+pub struct Loaded {
+    payload: AlignedVec<16>,
+}
+
+impl Loaded {
+    /// The archived data (validated at load).
+    pub fn data(&self) -> &ArchivedSnapshotData {
+        // SAFETY: `decode` ran the validating `rkyv::access` on exactly these bytes.
+        unsafe { rkyv::access_unchecked::<ArchivedSnapshotData>(&self.payload) }
+    }
+}
+
+/// Checks and opens a snapshot held in `bytes`; every failure is an error, never a panic.
+pub fn decode(bytes: &[u8]) -> std::result::Result<Loaded, String> {
+    if bytes.len() < HEADER_LEN {
+        return Err(format!("truncated: {} bytes, shorter than the header", bytes.len()));
+    }
+    let (h, rest) = bytes.split_at(HEADER_LEN);
+    if h[0..8] != MAGIC {
+        return Err("not a steadytext cache snapshot (bad magic)".into());
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
+    }
+    let len = u64::from_le_bytes(h[24..32].try_into().expect("8 bytes"));
+    if len != rest.len() as u64 {
+        return Err(format!("truncated or padded: header says {len} payload bytes, file has {}", rest.len()));
+    }
+    let sum = u128::from_le_bytes(h[32..48].try_into().expect("16 bytes"));
+    if checksum(h, rest) != sum {
+        return Err("checksum mismatch (damaged file)".into());
+    }
+    let mut payload = AlignedVec::<16>::with_capacity(rest.len());
+    payload.extend_from_slice(rest);
+    rkyv::access::<ArchivedSnapshotData, RkyvError>(&payload).map_err(|e| format!("invalid archive: {e}"))?;
+    Ok(Loaded { payload })
+}
+
+fn snapshot_name(created_unix_ms: u64) -> String {
+    format!("cache-{created_unix_ms:016}.snapshot")
+}
+
+fn is_snapshot(name: &str) -> bool {
+    name.starts_with("cache-") && name.ends_with(".snapshot") && !name.contains(TEMP_MARK)
+}
+
+/// Writes a snapshot into `dir` atomically and prunes older ones; returns its path and size.
+pub fn write(dir: &Path, data: &SnapshotData) -> Result<(PathBuf, u64)> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let bytes = encode(data)?;
+    let path = dir.join(snapshot_name(data.created_unix_ms));
+    write_atomic(&path, &[&bytes])?;
+    let mut existing = list(dir);
+    existing.retain(|p| p != &path);
+    for old in existing.into_iter().skip(KEEP - 1) {
+        let _ = std::fs::remove_file(old);
+    }
+    Ok((path, bytes.len() as u64))
+}
+
+/// Snapshot files in `dir`, newest first.
+fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_snapshot)).collect())
+        .unwrap_or_default();
+    files.sort();
+    files.reverse();
+    files
+}
+
+/// Loads the newest valid snapshot of `dir`. Damaged or foreign files are logged and renamed to
+/// `*.rejected`; leftovers of interrupted writes are removed.
+pub fn load_newest(dir: &Path) -> Option<(PathBuf, Loaded)> {
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for entry in rd.flatten() {
+            if entry.file_name().to_string_lossy().contains(TEMP_MARK) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    for path in list(dir) {
+        let read = std::fs::File::open(&path).and_then(|mut f| {
+            let mut bytes = Vec::new();
+            f.read_to_end(&mut bytes).map(|_| bytes)
+        });
+        let outcome = read.map_err(|e| e.to_string()).and_then(|bytes| decode(&bytes));
+        match outcome {
+            Ok(loaded) => return Some((path, loaded)),
+            Err(why) => {
+                let aside = path.with_extension("snapshot.rejected");
+                tracing::warn!(path = %path.display(), reason = %why, moved_to = %aside.display(), "ignoring a cache snapshot");
+                let _ = std::fs::rename(&path, &aside);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SnapshotData {
+        SnapshotData {
+            created_unix_ms: 1_700_000_000_000,
+            models: vec!["sha256:aa".into(), "sha256:bb".into()],
+            generation_clock: 9,
+            embedding_clock: 4,
+            generation: vec![GenerationRecord {
+                key: [7; 32],
+                model: 0,
+                hits: 3,
+                last_used: 8,
+                text: "héllo".into(),
+                token_ids: vec![1, 2, 3],
+                prompt_tokens: 12,
+                finish_reason: 1,
+            }],
+            embedding: vec![EmbeddingRecord { key: [9; 32], model: 1, hits: 1, last_used: 2, vector: vec![0.5, -1.25, f32::MIN_POSITIVE] }],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let data = sample();
+        let bytes = encode(&data).unwrap();
+        let loaded = decode(&bytes).unwrap();
+        let back: SnapshotData = rkyv::deserialize::<SnapshotData, RkyvError>(loaded.data()).unwrap();
+        assert_eq!(back, data);
+    }
+
+    #[test]
+    fn damage_is_always_detected_never_a_panic() {
+        let bytes = encode(&sample()).unwrap();
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for len in 0..bytes.len() {
+            assert!(decode(&bytes[..len]).is_err(), "truncation to {len} accepted");
+        }
+        for i in 0..bytes.len() * 8 {
+            let mut b = bytes.clone();
+            b[i / 8] ^= 1 << (i % 8);
+            assert!(decode(&b).is_err(), "bit flip {i} accepted");
+        }
+        for _ in 0..2000 {
+            let n = (next() % 512) as usize;
+            let junk: Vec<u8> = (0..n).map(|_| next() as u8).collect();
+            assert!(decode(&junk).is_err());
+            let mut with_magic = bytes[..HEADER_LEN].to_vec();
+            with_magic.extend_from_slice(&junk);
+            assert!(decode(&with_magic).is_err());
+        }
+    }
+
+    #[test]
+    fn foreign_version_is_refused() {
+        let mut bytes = encode(&sample()).unwrap();
+        bytes[8] = 2;
+        assert!(decode(&bytes).unwrap_err().contains("format version 2"));
+    }
+
+    #[test]
+    fn newest_valid_wins_and_bad_ones_are_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut old = sample();
+        old.created_unix_ms = 1;
+        write(dir.path(), &old).unwrap();
+        let mut new = sample();
+        new.created_unix_ms = 2;
+        let (newest, _) = write(dir.path(), &new).unwrap();
+        std::fs::write(&newest, b"STXCACHE garbage").unwrap();
+        std::fs::write(dir.path().join(format!("cache-x.snapshot{TEMP_MARK}1-1")), b"partial").unwrap();
+        let (path, loaded) = load_newest(dir.path()).unwrap();
+        assert!(path.ends_with(snapshot_name(1)));
+        assert_eq!(loaded.data().created_unix_ms, 1);
+        assert!(dir.path().join(format!("{}.rejected", snapshot_name(2))).exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "temp file removed");
+    }
+
+    #[test]
+    fn only_the_newest_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for t in 1..=5 {
+            write(dir.path(), &SnapshotData { created_unix_ms: t, ..Default::default() }).unwrap();
+        }
+        assert_eq!(list(dir.path()).len(), KEEP);
+    }
+}
