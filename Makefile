@@ -31,7 +31,7 @@ demo: build
 	@kill $$(cat target/demo.pid) && rm -f target/demo.pid
 
 test: setup
-	$(CARGO) test --release --locked
+	$(CARGO) test --release --locked --lib --bins --tests
 
 bench: setup
 	$(CARGO) bench --locked --bench engine

@@ -167,7 +167,7 @@ impl Config {
             None if Path::new(SYSTEM_CONFIG).exists() => Self::from_file(Path::new(SYSTEM_CONFIG))?,
             None => Config::default(),
         };
-        config.apply_env(|k| env_nonempty(k))?;
+        config.apply_env(env_nonempty)?;
         Ok(config)
     }
 

@@ -292,8 +292,7 @@ mod tests {
 
     #[test]
     fn defaults_come_from_config() {
-        let mut config = Config::default();
-        config.default_seed = 7;
+        let config = Config { default_seed: 7, ..Default::default() };
         let r = GenerateParams { prompt: "x".into(), ..Default::default() }.to_request(&config).unwrap();
         assert_eq!((r.seed, r.max_new_tokens), (7, 512));
     }

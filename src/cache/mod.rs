@@ -30,26 +30,24 @@ const KEY_VERSION: &str = "steadytext-cache-v1";
 /// Fixed bytes charged per entry on top of its payload (key, bookkeeping).
 const ENTRY_OVERHEAD: usize = 96;
 
+fn key(method: &str, model_digest: &str, material: &[u8]) -> Key {
+    let mut h = Sha256::new();
+    for part in [KEY_VERSION.as_bytes(), method.as_bytes(), model_digest.as_bytes()] {
+        h.update(part);
+        h.update(b"\0");
+    }
+    h.update(material);
+    h.finalize().into()
+}
+
 /// The key of a generation: model digest and the whole normalized request.
 pub fn generation_key(model_digest: &str, request: &GenerateRequest) -> Key {
-    let mut h = Sha256::new();
-    h.update(KEY_VERSION.as_bytes());
-    h.update(b"\0generate\0");
-    h.update(model_digest.as_bytes());
-    h.update(b"\0");
-    h.update(serde_json::to_vec(request).expect("a request always serializes"));
-    h.finalize().into()
+    key("generate", model_digest, &serde_json::to_vec(request).expect("a request always serializes"))
 }
 
 /// The key of one text's embedding.
 pub fn embedding_key(model_digest: &str, text: &str) -> Key {
-    let mut h = Sha256::new();
-    h.update(KEY_VERSION.as_bytes());
-    h.update(b"\0embed\0");
-    h.update(model_digest.as_bytes());
-    h.update(b"\0");
-    h.update(text.as_bytes());
-    h.finalize().into()
+    key("embed", model_digest, text.as_bytes())
 }
 
 /// A cached generation.
@@ -354,6 +352,50 @@ impl Cache {
     }
 }
 
+/// An embedding batch split into cached vectors and texts still to compute.
+pub struct EmbedPlan {
+    found: Vec<Option<Vec<f32>>>,
+    /// Texts the cache lacks, in order (duplicates kept once).
+    pub missing: Vec<String>,
+}
+
+impl EmbedPlan {
+    /// Looks every text up (with no cache, everything is missing).
+    pub fn new(cache: Option<&mut Cache>, model_digest: &str, texts: &[String]) -> Self {
+        let found = match cache {
+            Some(c) => c.lookup_embeddings(model_digest, texts),
+            None => vec![None; texts.len()],
+        };
+        let mut missing: Vec<String> = Vec::new();
+        for (t, f) in texts.iter().zip(&found) {
+            if f.is_none() && !missing.contains(t) {
+                missing.push(t.clone());
+            }
+        }
+        EmbedPlan { found, missing }
+    }
+
+    /// Whether every vector came from the cache.
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty()
+    }
+
+    /// Fills the gaps with `computed` (one vector per `missing` text), stores them, and returns
+    /// one vector per original text.
+    pub fn complete(self, computed: Vec<Vec<f32>>, cache: Option<&mut Cache>, model_digest: &str, texts: &[String]) -> Vec<Vec<f32>> {
+        if let Some(c) = cache {
+            c.store_embeddings(model_digest, &self.missing, &computed);
+        }
+        let by_text: HashMap<&str, &Vec<f32>> = self.missing.iter().map(String::as_str).zip(&computed).collect();
+        self.found
+            .into_iter()
+            .zip(texts)
+            .map(|(f, t)| f.unwrap_or_else(|| by_text.get(t.as_str()).map(|v| (*v).clone()).unwrap_or_default()))
+            .collect()
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,48 +455,5 @@ mod tests {
         assert!(cache.clear(Some("nope")).is_err());
         cache.clear(Some("embedding")).unwrap();
         assert_eq!(cache.stats()["embedding"]["entries"], 0);
-    }
-}
-
-/// An embedding batch split into cached vectors and texts still to compute.
-pub struct EmbedPlan {
-    found: Vec<Option<Vec<f32>>>,
-    /// Texts the cache lacks, in order (duplicates kept once).
-    pub missing: Vec<String>,
-}
-
-impl EmbedPlan {
-    /// Looks every text up (with no cache, everything is missing).
-    pub fn new(cache: Option<&mut Cache>, model_digest: &str, texts: &[String]) -> Self {
-        let found = match cache {
-            Some(c) => c.lookup_embeddings(model_digest, texts),
-            None => vec![None; texts.len()],
-        };
-        let mut missing: Vec<String> = Vec::new();
-        for (t, f) in texts.iter().zip(&found) {
-            if f.is_none() && !missing.contains(t) {
-                missing.push(t.clone());
-            }
-        }
-        EmbedPlan { found, missing }
-    }
-
-    /// Whether every vector came from the cache.
-    pub fn is_complete(&self) -> bool {
-        self.missing.is_empty()
-    }
-
-    /// Fills the gaps with `computed` (one vector per `missing` text), stores them, and returns
-    /// one vector per original text.
-    pub fn complete(self, computed: Vec<Vec<f32>>, cache: Option<&mut Cache>, model_digest: &str, texts: &[String]) -> Vec<Vec<f32>> {
-        if let Some(c) = cache {
-            c.store_embeddings(model_digest, &self.missing, &computed);
-        }
-        let by_text: HashMap<&str, &Vec<f32>> = self.missing.iter().map(String::as_str).zip(&computed).collect();
-        self.found
-            .into_iter()
-            .zip(texts)
-            .map(|(f, t)| f.unwrap_or_else(|| by_text.get(t.as_str()).map(|v| (*v).clone()).unwrap_or_default()))
-            .collect()
     }
 }

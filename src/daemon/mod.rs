@@ -72,34 +72,22 @@ pub async fn run(options: Options) -> Result<()> {
         match listener {
             StdListener::Unix { listener, owned_path, .. } => {
                 listener.set_nonblocking(true)?;
-                let listener = tokio::net::UnixListener::from_std(listener)?;
+                let listener = Arc::new(tokio::net::UnixListener::from_std(listener)?);
                 owned_paths.extend(owned_path);
-                let d = daemon.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = d.shutdown.cancelled() => break,
-                            r = listener.accept() => match r {
-                                Ok((s, _)) => d.spawn_connection(s),
-                                Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; }
-                            }
-                        }
-                    }
+                spawn_accept_loop(&daemon, move || {
+                    let l = listener.clone();
+                    async move { l.accept().await.map(|(s, _)| s) }
                 });
             }
             StdListener::Tcp { listener, .. } => {
                 listener.set_nonblocking(true)?;
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                let d = daemon.clone();
-                tokio::spawn(async move {
-                    loop {
-                        tokio::select! {
-                            _ = d.shutdown.cancelled() => break,
-                            r = listener.accept() => match r {
-                                Ok((s, _)) => { let _ = s.set_nodelay(true); d.spawn_connection(s) }
-                                Err(e) => { tracing::warn!(error = %e, "accept failed"); tokio::time::sleep(Duration::from_millis(50)).await; }
-                            }
-                        }
+                let listener = Arc::new(tokio::net::TcpListener::from_std(listener)?);
+                spawn_accept_loop(&daemon, move || {
+                    let l = listener.clone();
+                    async move {
+                        let (s, _) = l.accept().await?;
+                        s.set_nodelay(true)?;
+                        Ok(s)
                     }
                 });
             }
@@ -152,6 +140,30 @@ pub async fn run(options: Options) -> Result<()> {
     }
     tracing::info!(requests = %daemon.metrics.snapshot()["requests_total"], "stopped");
     Ok(())
+}
+
+/// Accepts connections until shutdown begins; each one is served by its own task.
+fn spawn_accept_loop<S, F, Fut>(daemon: &Arc<Daemon>, mut accept: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<S>> + Send,
+{
+    let d = daemon.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = d.shutdown.cancelled() => break,
+                r = accept() => match r {
+                    Ok(stream) => d.spawn_connection(stream),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// SIGHUP: re-read the configuration and reload models whose files or names changed.

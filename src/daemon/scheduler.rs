@@ -68,15 +68,15 @@ pub enum Job {
 }
 
 enum Loaded {
-    Generation(GenerationService),
-    Embedding(EmbeddingService),
+    Generation(Box<GenerationService>),
+    Embedding(Box<EmbeddingService>),
 }
 
 impl Loaded {
     fn load(kind: Kind, config: &Config) -> Result<Self> {
         Ok(match kind {
-            Kind::Generation => Loaded::Generation(GenerationService::load(config, None)?),
-            Kind::Embedding => Loaded::Embedding(EmbeddingService::load(config, None)?),
+            Kind::Generation => Loaded::Generation(Box::new(GenerationService::load(config, None)?)),
+            Kind::Embedding => Loaded::Embedding(Box::new(EmbeddingService::load(config, None)?)),
         })
     }
 

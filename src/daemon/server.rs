@@ -309,7 +309,7 @@ impl Daemon {
                 _ = poll.tick() => if peer_gone(fd) { cancel.cancel(); },
             }
         };
-        if let Some(w) = out.as_deref_mut() {
+        if let Some(w) = out {
             while let Ok(text) = pieces.try_recv() {
                 let _ = write_piece(w, id, text).await;
             }

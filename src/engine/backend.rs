@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::path::Path;
 
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType};
 
@@ -60,6 +60,7 @@ pub struct SessionSettings {
 }
 
 /// Builds an ONNX Runtime session with the project's fixed options.
+#[allow(clippy::result_large_err)] // the large error type is ort's own builder error
 pub fn build_session(env: &ort::environment::Environment, onnx: &Path, model: &str, s: SessionSettings) -> Result<Session> {
     let fail = |e: String| {
         Error::model(
@@ -67,16 +68,17 @@ pub fn build_session(env: &ort::environment::Environment, onnx: &Path, model: &s
             format!("cannot load {}: {e}; the file is corrupt or not an ONNX model, fetch the model again", onnx.display()),
         )
     };
-    let mut builder = Session::builder(env)
-        .map_err(|e| fail(e.to_string()))?
-        .with_optimization_level(GraphOptimizationLevel::All)
-        .and_then(|b| b.with_intra_threads(s.intra_threads))
-        .and_then(|b| b.with_inter_threads(1))
-        .and_then(|b| b.with_parallel_execution(false))
-        .and_then(|b| b.with_intra_op_spinning(false))
-        .and_then(|b| b.with_inter_op_spinning(false))
-        .and_then(|b| b.with_deterministic_compute(true))
-        .map_err(|e| fail(e.to_string()))?;
+    let configure = |b: SessionBuilder| -> std::result::Result<SessionBuilder, ort::Error<SessionBuilder>> {
+        b.with_optimization_level(GraphOptimizationLevel::All)?
+            .with_intra_threads(s.intra_threads)?
+            .with_inter_threads(1)?
+            .with_parallel_execution(false)?
+            .with_intra_op_spinning(false)?
+            .with_inter_op_spinning(false)?
+            .with_deterministic_compute(true)
+    };
+    let builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
+    let mut builder = configure(builder).map_err(|e| fail(e.to_string()))?;
     if s.device == Device::Cuda {
         let cuda = ort::ep::CUDA::default()
             .with_device_id(s.cuda_device_id)
