@@ -278,6 +278,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_packaged_default_file_parses_to_the_defaults() {
+        let c = Config::from_toml(include_str!("../packaging/steadytext.toml")).unwrap();
+        assert_eq!(c.model_dir, Config::default().model_dir);
+        assert_eq!(c.cache, CacheConfig::default());
+        assert_eq!(c.daemon, DaemonConfig::default());
+    }
+
+    #[test]
     fn unknown_key_is_rejected() {
         let err = Config::from_toml("model_dirr = \"/x\"").unwrap_err().to_string();
         assert!(err.contains("model_dirr"), "{err}");

@@ -53,6 +53,11 @@ enum Command {
     Metrics,
     /// Check that the daemon answers.
     Ping,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Inspect or manage the result cache (the daemon's, or the per-user one in direct mode).
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -350,6 +355,11 @@ fn render_cache_stats(s: &Value, mode: &str) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "stctl", &mut std::io::stdout());
+        return Ok(());
+    }
     let ctx = Ctx::new(&cli)?;
     match cli.command {
         Command::Generate(args) => generate(&ctx, args),
@@ -369,6 +379,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Cache(command) => cache(&ctx, command),
+        Command::Completions { .. } => Ok(()),
         Command::Ping => {
             let started = Instant::now();
             let pong: Value = ctx.daemon()?.call("ping", &json!({}))?;
