@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine:
 #   make demo   set up, build, and generate + embed with the shared models (direct and daemon)
-#   make test   set up and run the whole test suite (what CI runs)
+#   make test   set up and run the whole test suite (what CI runs): unit and integration tests,
+#               then the package end to end on a real systemd (needs root)
 
 CARGO ?= cargo
 export ORT_DYLIB_PATH ?= $(CURDIR)/.ort/libonnxruntime.so.1.31.1
@@ -8,7 +9,7 @@ export STEADYTEXT_MODEL_DIR ?= $(abspath $(CURDIR)/../shared/models)
 DEMO_SOCKET := $(CURDIR)/target/demo.sock
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup build demo test bench clean-demo
+.PHONY: setup build demo test test-cargo test-e2e bench
 
 setup:
 	./packaging/dev-setup.sh
@@ -30,8 +31,13 @@ demo: build
 	./target/release/stctl --socket unix:$(DEMO_SOCKET) status
 	@kill $$(cat target/demo.pid) && rm -f target/demo.pid
 
-test: setup
+test: test-cargo test-e2e
+
+test-cargo: setup
 	$(CARGO) test --release --locked --lib --bins --tests
+
+test-e2e: setup
+	./tests/e2e-systemd.sh
 
 bench: setup
 	$(CARGO) bench --locked --bench engine
