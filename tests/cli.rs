@@ -130,3 +130,46 @@ fn user_errors_are_one_clear_line() {
     let out = stctl(&["--no-daemon", "generate", "hi"], None, &[("STEADYTEXT_DEFAULT_SEED", "abc")]);
     assert_clean_error(&out, "STEADYTEXT_DEFAULT_SEED");
 }
+
+#[test]
+fn tcp_listener_and_idle_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let mut daemon = command(env!("CARGO_BIN_EXE_steadytextd"))
+        .args(common::root_flags())
+        .arg("--listen")
+        .arg(format!("unix:{}", sock.display()))
+        .arg("--listen")
+        .arg(format!("tcp:127.0.0.1:{port}"))
+        .args(["--idle-exit", "2"])
+        .env("STATE_DIRECTORY", dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = port.to_string();
+    let tcp = [("STEADYTEXT_DAEMON_HOST", "127.0.0.1"), ("STEADYTEXT_DAEMON_PORT", port.as_str())];
+    let mut out = None;
+    for _ in 0..100 {
+        let o = stctl(&["--daemon-only", "embed", "over tcp"], None, &tcp);
+        if o.status.success() {
+            out = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let via_tcp = stdout(&out.expect("the daemon answers over TCP"));
+    let via_unix = stdout(&stctl(&["--daemon-only", "--socket", sock.to_str().unwrap(), "embed", "over tcp"], None, &[]));
+    assert_eq!(via_tcp, via_unix);
+    // No client for 2 seconds: the daemon exits cleanly and removes the socket it bound.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = daemon.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "no idle exit");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success());
+    assert!(!sock.exists());
+}

@@ -103,6 +103,10 @@ c useradd -m bob
 check "steadytext.socket is enabled and listening" c systemctl is-active --quiet steadytext.socket
 check "the service waits for its first connection" bash -c "! nsenter -t $init -a systemctl is-active --quiet steadytext.service"
 check "systemd-analyze verify (installed units)" c systemd-analyze verify steadytext.socket steadytext.service
+for page in stctl.1 steadytextd.8 steadytext.toml.5; do
+    sec=${page##*.}
+    check "man -l renders $page without warnings" bash -c "test -z \"\$(nsenter -t $init -a man --warnings -l /usr/share/man/man$sec/$page.gz 2>&1 >/dev/null)\""
+done
 exposure=$(c systemd-analyze security steadytext.service --no-pager | tail -1)
 echo "$exposure"
 

@@ -5,7 +5,7 @@ pub mod frecency;
 pub mod snapshot;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -344,11 +344,6 @@ impl Cache {
         tracing::info!(path = %path.display(), entries = count, bytes, load_ms = started.elapsed().as_secs_f64() * 1e3, "cache snapshot loaded");
         self.last_snapshot = Some(SnapshotInfo { path, bytes, created_unix_ms: data.created_unix_ms.to_native() });
         count
-    }
-
-    /// The snapshot directory, if any.
-    pub fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
     }
 }
 

@@ -86,7 +86,6 @@ pub struct Embedder<B: EncoderBackend> {
     backend: B,
     tokenizer: Tokenizer,
     pooling: Pooling,
-    max_tokens: usize,
     pad_id: i64,
 }
 
@@ -97,12 +96,7 @@ impl<B: EncoderBackend> Embedder<B> {
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| Error::InvalidRequest(format!("cannot set truncation: {e}")))?;
-        Ok(Embedder { backend, tokenizer, pooling, max_tokens, pad_id })
-    }
-
-    /// Longest input in tokens; longer texts are truncated.
-    pub fn max_tokens(&self) -> usize {
-        self.max_tokens
+        Ok(Embedder { backend, tokenizer, pooling, pad_id })
     }
 
     /// Embeds each text; the result has one unit-length vector per text, in order.

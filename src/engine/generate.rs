@@ -203,16 +203,6 @@ pub struct GenerationStream<'g, B: DecoderBackend> {
 }
 
 impl<B: DecoderBackend> GenerationStream<'_, B> {
-    /// Tokens generated so far.
-    pub fn generated_tokens(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// Tokens in the templated prompt.
-    pub fn prompt_tokens(&self) -> usize {
-        self.prompt_tokens
-    }
-
     /// The finished generation; an error if the stream was not run to its end.
     pub fn finish(self) -> Result<Generation> {
         let finish_reason = self.finish.ok_or(Error::Cancelled)?;
