@@ -32,8 +32,8 @@ impl GenerationService {
         &self.info
     }
 
-    /// Runs a generation, calling `on_piece` with each text piece; `on_piece` returning false
-    /// cancels the generation (the client went away).
+    /// Runs a generation, calling `on_piece` after every model call with the text it released
+    /// (often empty); `on_piece` returning false cancels the generation (the client went away).
     pub fn run(&mut self, config: &Config, params: &GenerateParams, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<GenerateResult> {
         check_model(params.model.as_deref(), &self.info)?;
         let request = params.to_request(config)?;

@@ -69,6 +69,24 @@ fn generation_is_identical_across_runs_and_thread_counts() {
 }
 
 #[test]
+fn long_prompts_are_fed_in_fixed_chunks_deterministically() {
+    use steadytext::engine::generate::PREFILL_CHUNK;
+    let prompt = "The history of the lighthouse, told slowly. ".repeat(130);
+    let req = request(&prompt, 8);
+    let (_, mut one) = load_generator(&common::config(1), "SmolLM2-135M-Instruct").unwrap();
+    let mut stream = one.stream(&req).unwrap();
+    let pieces: Vec<String> = stream.by_ref().map(Result::unwrap).collect();
+    let first = stream.finish().unwrap();
+    assert!(first.prompt_tokens > 2 * PREFILL_CHUNK, "prompt of {} tokens", first.prompt_tokens);
+    // One (empty) piece per prefill call before any text: the watchdog and cancellation see progress.
+    let prefill_calls = first.prompt_tokens.div_ceil(PREFILL_CHUNK) - 1;
+    assert!(pieces[..prefill_calls].iter().all(String::is_empty), "{pieces:?}");
+    assert_eq!(one.generate(&req).unwrap(), first, "repeated run");
+    let (_, mut two) = load_generator(&common::config(2), "SmolLM2-135M-Instruct").unwrap();
+    assert_eq!(two.generate(&req).unwrap(), first, "2 intra-op threads");
+}
+
+#[test]
 fn seeded_sampling_is_reproducible_and_seed_dependent() {
     let (_, mut generator) = load_generator(&common::config(1), "SmolLM2-135M-Instruct").unwrap();
     let mut req = request("Tell me a story about a robot.", 24);

@@ -216,6 +216,9 @@ fn read_stdin() -> Result<String> {
 }
 
 fn print_piece(text: &str) {
+    if text.is_empty() {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();

@@ -208,8 +208,8 @@ fn run(mut loaded: Loaded, mut config: Arc<Config>, rx: Receiver<Job>, queued: A
                         return false;
                     }
                     match &pieces {
-                        Some(tx) => tx.blocking_send(text.to_string()).is_ok(),
-                        None => true,
+                        Some(tx) if !text.is_empty() => tx.blocking_send(text.to_string()).is_ok(),
+                        _ => true,
                     }
                 };
                 let result = if cancel.is_cancelled() { Err(Error::Cancelled) } else { service.run(&config, &params, &mut on_piece) };

@@ -12,6 +12,11 @@ use crate::error::{Error, Result};
 /// Most stop strings one request may carry.
 pub const MAX_STOP_STRINGS: usize = 16;
 
+/// Prompt tokens fed to the model per call. Bounds the time and memory of one model call (the
+/// watchdog and cancellation act between calls). A constant: results never depend on anything
+/// but the request.
+pub const PREFILL_CHUNK: usize = 512;
+
 /// What to generate. Every field is part of the answer's identity.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {
@@ -187,7 +192,8 @@ fn held_back_len(text: &str, stops: &[String]) -> usize {
     best
 }
 
-/// An in-progress generation; iterate it for text pieces, then call [`GenerationStream::finish`].
+/// An in-progress generation; iterate it for text pieces (one per model call, empty when a call
+/// released no text), then call [`GenerationStream::finish`].
 pub struct GenerationStream<'g, B: DecoderBackend> {
     generator: &'g mut Generator<B>,
     request: GenerateRequest,
@@ -211,11 +217,17 @@ impl<B: DecoderBackend> GenerationStream<'_, B> {
 
     /// Runs one decoding step; returns the text it releases (may be empty).
     fn step(&mut self) -> Result<String> {
+        let take = self.pending_input.len().min(PREFILL_CHUNK);
         let logits = {
             let g = &mut *self.generator;
-            let mut batch = [Step { state: &mut self.state, tokens: &self.pending_input }];
+            let mut batch = [Step { state: &mut self.state, tokens: &self.pending_input[..take] }];
             g.backend.forward(&mut batch)?.pop().ok_or_else(|| Error::model(&g.model, "backend returned no logits"))?
         };
+        if take < self.pending_input.len() {
+            // More of the prompt to feed: this call's logits are not needed.
+            self.pending_input.drain(..take);
+            return Ok(String::new());
+        }
         let token = sampler::select(&logits, &self.request.sampling, self.request.seed, self.ids.len() as u64)?;
         if self.generator.eos.contains(&token) {
             self.finish = Some(FinishReason::Eos);
@@ -280,17 +292,12 @@ impl<B: DecoderBackend> Iterator for GenerationStream<'_, B> {
     type Item = Result<String>;
 
     fn next(&mut self) -> Option<Result<String>> {
-        while self.finish.is_none() && !self.failed {
-            match self.step() {
-                Ok(piece) if piece.is_empty() => continue,
-                Ok(piece) => return Some(Ok(piece)),
-                Err(e) => {
-                    self.failed = true;
-                    return Some(Err(e));
-                }
-            }
+        if self.finish.is_some() || self.failed {
+            return None;
         }
-        None
+        let step = self.step();
+        self.failed = step.is_err();
+        Some(step)
     }
 }
 
