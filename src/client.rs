@@ -52,7 +52,7 @@ impl Target {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No daemon could be reached (the caller may fall back to direct mode).
-    #[error("cannot reach the daemon at {target}: {cause}")]
+    #[error("cannot reach the daemon at {target}: {cause}{}", permission_hint(.cause))]
     Unreachable {
         /// The address tried.
         target: String,
@@ -75,6 +75,14 @@ impl ClientError {
             ClientError::Rpc(e) => e.code == codes::MODEL_NOT_LOADED,
             ClientError::Protocol(_) => false,
         }
+    }
+}
+
+fn permission_hint(cause: &std::io::Error) -> &'static str {
+    if cause.kind() == std::io::ErrorKind::PermissionDenied {
+        " (only members of the steadytext group may use the socket: `usermod -aG steadytext $USER`, then log in again)"
+    } else {
+        ""
     }
 }
 
