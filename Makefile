@@ -24,7 +24,7 @@ demo: build
 	./target/release/stctl --no-daemon embed "The same text gives the same vector." | cut -c1-120
 	@echo '== daemon mode: steadytextd on $(DEMO_SOCKET)'
 	@rm -f $(DEMO_SOCKET)
-	@./target/release/steadytextd $(ROOT_FLAG) --listen unix:$(DEMO_SOCKET) >/dev/null 2>target/demo-daemon.log & echo $$! > target/demo.pid
+	@STATE_DIRECTORY=$(CURDIR)/target/demo-state ./target/release/steadytextd $(ROOT_FLAG) --listen unix:$(DEMO_SOCKET) >/dev/null 2>target/demo-daemon.log & echo $$! > target/demo.pid
 	@for i in $$(seq 100); do [ -S $(DEMO_SOCKET) ] && break; sleep 0.1; done
 	./target/release/stctl --socket unix:$(DEMO_SOCKET) --daemon-only generate "Write a haiku about determinism." --max-new-tokens 48
 	./target/release/stctl --socket unix:$(DEMO_SOCKET) --daemon-only embed "The same text gives the same vector." | cut -c1-120
