@@ -9,6 +9,7 @@ pub mod engine;
 pub mod cache;
 pub mod error;
 pub mod fsutil;
+pub mod hub;
 pub mod model;
 pub mod protocol;
 pub mod runtime;

@@ -53,6 +53,20 @@ enum Command {
     Metrics,
     /// Check that the daemon answers.
     Ping,
+    /// Download a model folder from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN) into the model folder.
+    Pull {
+        /// Repository, as owner/name.
+        repo: String,
+        /// Branch, tag or commit.
+        #[arg(long, default_value = "main")]
+        revision: String,
+        /// ONNX file to take when the repository has several (e.g. onnx/model_quantized.onnx).
+        #[arg(long)]
+        onnx_file: Option<String>,
+        /// Where to put it (default: the configured model folder).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -383,6 +397,19 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Cache(command) => cache(&ctx, command),
         Command::Completions { .. } => Ok(()),
+        Command::Pull { repo, revision, onnx_file, model_dir } => {
+            let mut pull = steadytext::hub::Pull::new(&repo, model_dir.as_deref().unwrap_or(&ctx.config.model_dir))?;
+            pull.revision = revision;
+            pull.onnx_file = onnx_file;
+            let progress = indicatif::MultiProgress::new();
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let dest = pull.run(&progress)?;
+            let digest = steadytext::model::ModelFiles::discover(&dest)?.digest()?;
+            println!("{} ({digest})", dest.display());
+            Ok(())
+        }
         Command::Ping => {
             let started = Instant::now();
             let pong: Value = ctx.daemon()?.call("ping", &json!({}))?;
