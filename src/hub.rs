@@ -16,19 +16,6 @@ use crate::fsutil::TEMP_MARK;
 /// The public Hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
-/// Files taken besides the ONNX graph, when the repository has them.
-const MODEL_FILES: &[&str] = &[
-    "tokenizer.json",
-    "config.json",
-    "generation_config.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-    "sentence_bert_config.json",
-    "config_sentence_transformers.json",
-    "modules.json",
-    "1_Pooling/config.json",
-];
 
 /// What to pull.
 #[derive(Debug, Clone)]
@@ -129,7 +116,8 @@ impl Pull {
             .map_err(|e| hub_error(&self.repo, format!("cannot read {api}: {e}")))?;
         let info: RepoInfo = serde_json::from_str(&text).map_err(|e| hub_error(&self.repo, format!("unexpected answer from {api}: {e}")))?;
         let onnx = self.pick_onnx(&info)?;
-        let mut wanted: Vec<&Sibling> = info.siblings.iter().filter(|s| MODEL_FILES.contains(&s.rfilename.as_str())).collect();
+        let is_config = |f: &str| f == "tokenizer.json" || crate::model::CONFIG_FILES.contains(&f);
+        let mut wanted: Vec<&Sibling> = info.siblings.iter().filter(|s| is_config(&s.rfilename)).collect();
         wanted.extend(info.siblings.iter().filter(|s| {
             s.rfilename == onnx || (s.rfilename.starts_with(&onnx) && (s.rfilename.contains("_data") || s.rfilename.contains(".data")))
         }));

@@ -22,8 +22,10 @@ pub struct ModelFiles {
     pub tokenizer: PathBuf,
 }
 
-/// Files whose content, when present, changes a model's outputs and so enters its digest.
-const DIGESTED_EXTRAS: &[&str] = &[
+/// Configuration files of a model folder (besides the ONNX graph and `tokenizer.json`). Their
+/// content, when present, changes the model's outputs: they enter its digest, and `stctl pull`
+/// fetches them.
+pub const CONFIG_FILES: &[&str] = &[
     "config.json",
     "generation_config.json",
     "tokenizer_config.json",
@@ -111,7 +113,7 @@ impl ModelFiles {
         let mut manifest = Sha256::new();
         let mut files = self.weight_files();
         files.push(self.tokenizer.clone());
-        files.extend(DIGESTED_EXTRAS.iter().map(|f| self.dir.join(f)).filter(|p| p.is_file()));
+        files.extend(CONFIG_FILES.iter().map(|f| self.dir.join(f)).filter(|p| p.is_file()));
         for path in files {
             let rel = path.strip_prefix(&self.dir).unwrap_or(&path).to_string_lossy().into_owned();
             let (len, hash) = hash_file(&path)?;

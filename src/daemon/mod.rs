@@ -126,15 +126,7 @@ pub async fn run(options: Options) -> Result<()> {
         daemon.abort.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), daemon.tracker.wait()).await;
     }
-    if daemon.with_cache(|c| c.is_dirty()).unwrap_or(false) {
-        let d = daemon.clone();
-        match tokio::task::spawn_blocking(move || d.snapshot_cache()).await {
-            Ok(Ok(Some(info))) => tracing::info!(path = %info.path.display(), bytes = info.bytes, "cache snapshot written"),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the cache snapshot at shutdown"),
-            Err(e) => tracing::error!(error = %e, "snapshot task failed"),
-        }
-    }
+    snapshot_if_dirty(&daemon).await;
     for path in owned_paths {
         let _ = std::fs::remove_file(path);
     }
@@ -224,6 +216,20 @@ fn daemon_cache_dir(config: &Config) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/var/lib/steadytext"))
 }
 
+/// Writes a cache snapshot (off the async threads) when entries changed since the last one.
+async fn snapshot_if_dirty(daemon: &Arc<Daemon>) {
+    if !daemon.with_cache(|c| c.is_dirty()).unwrap_or(false) {
+        return;
+    }
+    let d = daemon.clone();
+    match tokio::task::spawn_blocking(move || d.snapshot_cache()).await {
+        Ok(Ok(Some(info))) => tracing::info!(path = %info.path.display(), bytes = info.bytes, "cache snapshot written"),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot write the cache snapshot"),
+        Err(e) => tracing::error!(error = %e, "snapshot task failed"),
+    }
+}
+
 /// Writes a snapshot every `snapshot_interval_secs` while the cache changes.
 fn spawn_snapshots(daemon: &Arc<Daemon>) {
     let secs = daemon.config().cache.snapshot_interval_secs;
@@ -236,16 +242,7 @@ fn spawn_snapshots(daemon: &Arc<Daemon>) {
         tick.tick().await;
         loop {
             tick.tick().await;
-            if !d.with_cache(|c| c.is_dirty()).unwrap_or(false) {
-                continue;
-            }
-            let d2 = d.clone();
-            match tokio::task::spawn_blocking(move || d2.snapshot_cache()).await {
-                Ok(Ok(Some(info))) => tracing::debug!(path = %info.path.display(), bytes = info.bytes, "cache snapshot written"),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot write the cache snapshot"),
-                Err(e) => tracing::error!(error = %e, "snapshot task failed"),
-            }
+            snapshot_if_dirty(&d).await;
         }
     });
 }
