@@ -157,8 +157,15 @@ fn protocol_errors_concurrency_and_cancellation() {
 
 #[test]
 fn overload_is_refused_at_once_with_a_retry_hint() {
-    let d = Arc::new(Daemon::socket_activated("[daemon]\nqueue_depth = 1\n", &[]));
-    d.connect().call("ping", json!({}));
+    let d = Arc::new(Daemon::socket_activated("[daemon]\nqueue_depth = 1\n[cache]\nenabled = false\n", &[]));
+    let mut c = d.connect();
+    c.call("ping", json!({}));
+    // With the cache off, repeated requests are computed again and cache methods say why they fail.
+    for _ in 0..2 {
+        assert_eq!(c.call("generate", json!({"prompt": "Story", "max_new_tokens": 2}))["result"]["cached"], false);
+    }
+    let off = c.call("cache.stats", json!({}));
+    assert!(off["error"]["message"].as_str().unwrap().contains("enabled = false"), "{off}");
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let d = d.clone();
