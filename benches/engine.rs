@@ -160,6 +160,27 @@ fn main() {
     println!("cached generate through the daemon: p50 {:.3} ms, p99 {:.3} ms (goal: p50 < 1 ms)", p(&cached, 0.5), p(&cached, 0.99));
     let embed_cached: Vec<f64> = (0..2000).map(|_| { let t = Instant::now(); rpc.call(embed_line); t.elapsed().as_secs_f64() * 1e3 }).collect();
     println!("cached embed through the daemon: p50 {:.3} ms, p99 {:.3} ms", p(&embed_cached, 0.5), p(&embed_cached, 0.99));
+    // Concurrent single-text embed requests: the worker merges what is queued into one run.
+    let clients = 8;
+    let per_client = 40;
+    let t = Instant::now();
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let s = UnixStream::connect(&socket).unwrap();
+                let mut rpc = Rpc { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
+                for i in 0..per_client {
+                    rpc.call(&format!(r#"{{"jsonrpc":"2.0","method":"embed","params":{{"texts":["client {c} sentence {i} about deterministic services"]}},"id":5}}"#));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let n = (clients * per_client) as f64;
+    println!("embed via daemon, {clients} concurrent clients sending single texts: {:.1} sentences/s (requests merged into shared encoder runs)", n / t.elapsed().as_secs_f64());
     let _ = daemon.kill();
     let _ = daemon.wait();
 

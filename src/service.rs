@@ -76,12 +76,34 @@ impl EmbeddingService {
 
     /// Embeds a batch.
     pub fn run(&mut self, config: &Config, params: &EmbedParams) -> Result<EmbedResult> {
-        check_model(params.model.as_deref(), &self.info)?;
-        params.validate(&config.limits)?;
-        Ok(EmbedResult {
-            embeddings: self.embedder.embed(&params.texts)?,
-            model: self.info.name.clone(),
-            model_digest: self.info.digest.clone(),
-        })
+        self.run_many(config, std::slice::from_ref(params)).pop().expect("one result per request")
+    }
+
+    /// Embeds several requests in one model run (a text's vector does not depend on its batch);
+    /// each request is validated on its own and gets its own result.
+    pub fn run_many(&mut self, config: &Config, requests: &[EmbedParams]) -> Vec<Result<EmbedResult>> {
+        let checks: Vec<Result<()>> = requests
+            .iter()
+            .map(|p| check_model(p.model.as_deref(), &self.info).and_then(|()| p.validate(&config.limits)))
+            .collect();
+        let texts: Vec<String> = requests.iter().zip(&checks).filter(|(_, c)| c.is_ok()).flat_map(|(p, _)| p.texts.iter().cloned()).collect();
+        let mut vectors = match self.embedder.embed(&texts) {
+            Ok(v) => v.into_iter(),
+            Err(e) => {
+                let reason = e.to_string();
+                return checks.into_iter().map(|c| c.and(Err(Error::model(&self.info.name, reason.clone())))).collect();
+            }
+        };
+        requests
+            .iter()
+            .zip(checks)
+            .map(|(p, check)| {
+                check.map(|()| EmbedResult {
+                    embeddings: vectors.by_ref().take(p.texts.len()).collect(),
+                    model: self.info.name.clone(),
+                    model_digest: self.info.digest.clone(),
+                })
+            })
+            .collect()
     }
 }

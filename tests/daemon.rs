@@ -138,6 +138,28 @@ fn protocol_errors_concurrency_and_cancellation() {
         h.join().unwrap();
     }
 
+    // Embed requests queued together are merged into one encoder run, with the same answers.
+    let bursts: Vec<Vec<String>> = (0..12).map(|i| (0..16).map(|j| format!("burst {i} text {j}")).collect()).collect();
+    let expected: Vec<Value> = bursts
+        .iter()
+        .map(|texts| {
+            let p = steadytext::protocol::EmbedParams { texts: texts.clone(), model: None };
+            serde_json::to_value(embedder.run(&config, &p).unwrap().embeddings).unwrap()
+        })
+        .collect();
+    let handles: Vec<_> = bursts
+        .into_iter()
+        .map(|texts| {
+            let d = d.clone();
+            std::thread::spawn(move || d.connect().call("embed", json!({ "texts": texts }))["result"]["embeddings"].clone())
+        })
+        .collect();
+    for (h, want) in handles.into_iter().zip(expected) {
+        assert_eq!(h.join().unwrap(), want);
+    }
+    let merged = d.connect().call("status", json!({}))["result"]["models"][1]["merged_requests"].as_u64().unwrap();
+    assert!(merged > 0, "no embed requests were merged");
+
     // A client that hangs up cancels its own generation.
     let mut gone = d.connect();
     gone.send("generate", json!({"prompt": "Count from one to one thousand in words.", "max_new_tokens": 2000}));

@@ -117,6 +117,11 @@ impl<K: Eq + Hash + Ord + Clone, V> FrecencyMap<K, V> {
         }
     }
 
+    /// Makes room for `additional` more entries without rehashing (snapshot loading).
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional.min(self.capacity));
+    }
+
     /// Removes `key`.
     pub fn remove(&mut self, key: &K) -> Option<V> {
         let entry = self.entries.remove(key)?;

@@ -320,6 +320,8 @@ impl Cache {
             .collect();
         let model = |i: u32| models.get(i as usize).cloned().flatten();
         let mut count = 0;
+        self.generation.reserve(data.generation.len());
+        self.embedding.reserve(data.embedding.len());
         for r in data.generation.iter() {
             let (Some(digest), Some(&finish_reason)) = (model(r.model.to_native()), FINISH_CODES.get(r.finish_reason as usize)) else { continue };
             let value = CachedGeneration {

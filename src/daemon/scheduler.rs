@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,10 @@ use crate::service::{EmbeddingService, GenerationService};
 
 /// How often an idle worker proves it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Most texts the embedding worker merges from queued requests into one encoder run. Rows do not
+/// depend on their batch, so merging changes no result, only throughput.
+const MERGE_TEXTS: usize = 64;
 
 /// Which kind of model a worker serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +99,7 @@ pub struct Worker {
     tx: SyncSender<Job>,
     queued: Arc<AtomicUsize>,
     heartbeat_ms: Arc<AtomicU64>,
+    merged: Arc<AtomicU64>,
     epoch: Instant,
     info: Arc<RwLock<ModelInfo>>,
 }
@@ -117,13 +123,14 @@ impl Worker {
         let heartbeat_ms = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
-        let (q, hb) = (queued.clone(), heartbeat_ms.clone());
+        let merged = Arc::new(AtomicU64::new(0));
+        let progress = Progress { queued: queued.clone(), heartbeat_ms: heartbeat_ms.clone(), merged: merged.clone(), epoch };
         std::thread::Builder::new()
             .name(format!("{}-worker", kind.as_str()))
             .spawn(move || match Loaded::load(kind, &config) {
                 Ok(loaded) => {
                     let _ = loaded_tx.send(Ok(loaded.info().clone()));
-                    run(loaded, config, rx, q, hb, epoch);
+                    run(loaded, config, rx, progress);
                 }
                 Err(e) => {
                     let _ = loaded_tx.send(Err(e));
@@ -131,7 +138,7 @@ impl Worker {
             })
             .map_err(|e| Error::io("worker thread", e))?;
         let info = loaded_rx.recv().map_err(|_| Error::Cancelled)??;
-        Ok(Worker { kind, tx, queued, heartbeat_ms, epoch, info: Arc::new(RwLock::new(info)) })
+        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: Arc::new(RwLock::new(info)) })
     }
 
     /// The model kind.
@@ -147,6 +154,11 @@ impl Worker {
     /// Replaces the recorded identity after a reload.
     pub fn set_info(&self, info: ModelInfo) {
         *self.info.write().unwrap_or_else(|p| p.into_inner()) = info;
+    }
+
+    /// Requests that were merged into another request's model run.
+    pub fn merged(&self) -> u64 {
+        self.merged.load(Ordering::Relaxed)
     }
 
     /// Jobs waiting or running.
@@ -185,25 +197,37 @@ impl Worker {
     }
 }
 
-fn beat(hb: &AtomicU64, epoch: Instant) {
-    hb.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+/// The worker's shared counters.
+struct Progress {
+    queued: Arc<AtomicUsize>,
+    heartbeat_ms: Arc<AtomicU64>,
+    merged: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
-fn run(mut loaded: Loaded, mut config: Arc<Config>, rx: Receiver<Job>, queued: Arc<AtomicUsize>, hb: Arc<AtomicU64>, epoch: Instant) {
-    beat(&hb, epoch);
+impl Progress {
+    fn beat(&self) {
+        self.heartbeat_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+fn run(mut loaded: Loaded, mut config: Arc<Config>, rx: Receiver<Job>, p: Progress) {
+    p.beat();
+    let mut backlog: VecDeque<Job> = VecDeque::new();
     loop {
-        let job = match rx.recv_timeout(HEARTBEAT) {
+        let job = match backlog.pop_front().map(Ok).unwrap_or_else(|| rx.recv_timeout(HEARTBEAT)) {
             Ok(job) => job,
             Err(RecvTimeoutError::Timeout) => {
-                beat(&hb, epoch);
+                p.beat();
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let mut done = 1;
         match (job, &mut loaded) {
             (Job::Generate { params, pieces, cancel, reply }, Loaded::Generation(service)) => {
                 let mut on_piece = |text: &str| {
-                    beat(&hb, epoch);
+                    p.beat();
                     if cancel.is_cancelled() {
                         return false;
                     }
@@ -216,7 +240,28 @@ fn run(mut loaded: Loaded, mut config: Arc<Config>, rx: Receiver<Job>, queued: A
                 let _ = reply.send(result);
             }
             (Job::Embed { params, reply }, Loaded::Embedding(service)) => {
-                let _ = reply.send(service.run(&config, &params));
+                // Take the embed requests already waiting along, up to MERGE_TEXTS texts.
+                let mut texts = params.texts.len();
+                let mut batch = vec![(params, reply)];
+                while texts < MERGE_TEXTS {
+                    match rx.try_recv() {
+                        Ok(Job::Embed { params, reply }) => {
+                            texts += params.texts.len();
+                            batch.push((params, reply));
+                        }
+                        Ok(other) => {
+                            backlog.push_back(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                done = batch.len();
+                p.merged.fetch_add(done as u64 - 1, Ordering::Relaxed);
+                let (all, replies): (Vec<EmbedParams>, Vec<_>) = batch.into_iter().unzip();
+                for (result, reply) in service.run_many(&config, &all).into_iter().zip(replies) {
+                    let _ = reply.send(result);
+                }
             }
             (Job::Reload { config: new, reply }, current) => {
                 let kind = match current {
@@ -234,8 +279,8 @@ fn run(mut loaded: Loaded, mut config: Arc<Config>, rx: Receiver<Job>, queued: A
                 let _ = reply.send(Err(Error::InvalidRequest("this worker does not embed".into())));
             }
         }
-        queued.fetch_sub(1, Ordering::Relaxed);
-        beat(&hb, epoch);
+        p.queued.fetch_sub(done, Ordering::Relaxed);
+        p.beat();
     }
 }
 

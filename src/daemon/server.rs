@@ -113,6 +113,7 @@ impl Daemon {
                     "digest": info.digest,
                     "dir": info.dir,
                     "queue_depth": w.queued(),
+                    "merged_requests": w.merged(),
                 })
             })
             .collect();
