@@ -1,6 +1,6 @@
 //! Crash-safe file writing: temp file, fsync, rename, fsync of the directory.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,6 +10,23 @@ use crate::error::{Error, Result};
 pub const TEMP_MARK: &str = ".tmp-";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Streams `path` through sha256; returns its length and hex digest.
+pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::{Digest, Sha256};
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((len, hex::encode(hasher.finalize())));
+        }
+        len += n as u64;
+        hasher.update(&buf[..n]);
+    }
+}
 
 /// Writes `parts` to `path` atomically: readers see the old file or the whole new one.
 pub fn write_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {

@@ -186,7 +186,6 @@ impl Pull {
             let mut reader = resp.body_mut().as_reader();
             let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let mut sha256 = Sha256::new();
-            let mut sha1 = Sha1::new();
             let mut buf = vec![0u8; 1 << 16];
             let mut len = 0u64;
             let mut chunks: Vec<u8> = Vec::new();
@@ -205,11 +204,7 @@ impl Pull {
             }
             let ok = match expected {
                 Expected::Sha256(want) => hex::encode(sha256.finalize()) == *want,
-                Expected::GitBlobSha1(want) => {
-                    sha1.update(format!("blob {}\0", chunks.len()).as_bytes());
-                    sha1.update(&chunks);
-                    hex::encode(sha1.finalize()) == *want
-                }
+                Expected::GitBlobSha1(want) => git_blob_sha1(&chunks) == *want,
             };
             if !ok {
                 return Err(hub_error(&self.repo, format!("{url}: the downloaded bytes do not match the hash the Hub published; nothing was kept, try again")));
@@ -228,16 +223,18 @@ impl Pull {
 
 /// Whether `path` exists and has the expected content hash.
 fn matches_hash(path: &Path, expected: &Expected) -> bool {
-    let Ok(bytes) = std::fs::read(path) else { return false };
     match expected {
-        Expected::Sha256(want) => hex::encode(Sha256::digest(&bytes)) == *want,
-        Expected::GitBlobSha1(want) => {
-            let mut h = Sha1::new();
-            h.update(format!("blob {}\0", bytes.len()).as_bytes());
-            h.update(&bytes);
-            hex::encode(h.finalize()) == *want
-        }
+        Expected::Sha256(want) => crate::fsutil::sha256_file(path).is_ok_and(|(_, got)| got == *want),
+        Expected::GitBlobSha1(want) => std::fs::read(path).is_ok_and(|bytes| git_blob_sha1(&bytes) == *want),
     }
+}
+
+/// The id git gives a file's content: sha1 over `blob <len>\0` and the bytes.
+fn git_blob_sha1(bytes: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(format!("blob {}\0", bytes.len()).as_bytes());
+    h.update(bytes);
+    hex::encode(h.finalize())
 }
 
 #[cfg(test)]

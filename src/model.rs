@@ -1,8 +1,9 @@
 //! Model folders in the Hugging Face export layout: finding the files, reading their configs,
 //! and the model's identity (a digest of everything that determines its outputs).
 
-use std::io::Read;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -160,20 +161,21 @@ fn find_onnx(dir: &Path, name: &str) -> Result<PathBuf> {
     }
 }
 
+/// A file's length and sha256, remembered per (path, length, mtime, inode) within the process:
+/// loading a model after computing its identity (direct mode, reload checks) hashes it once.
 fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        len += n as u64;
-        hasher.update(&buf[..n]);
+    use std::os::unix::fs::MetadataExt;
+    type Memo = Mutex<HashMap<(PathBuf, u64, i64, i64, u64), (u64, String)>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    let key = (path.to_path_buf(), meta.len(), meta.mtime(), meta.mtime_nsec(), meta.ino());
+    let memo = MEMO.get_or_init(Memo::default);
+    if let Some(hit) = memo.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(hit.clone());
     }
-    Ok((len, hex::encode(hasher.finalize())))
+    let hashed = crate::fsutil::sha256_file(path).map_err(|e| Error::io(path, e))?;
+    memo.lock().unwrap_or_else(|p| p.into_inner()).insert(key, hashed.clone());
+    Ok(hashed)
 }
 
 /// A `u32` or list of `u32` from a JSON value (`eos_token_id` may be either).

@@ -1,11 +1,9 @@
 //! Locating, verifying and loading the ONNX Runtime shared library, once per process.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
-use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
@@ -72,18 +70,9 @@ fn runtime_error(spec: &RuntimeSpec, reason: impl Into<String>) -> Error {
 }
 
 fn verify_file(spec: &RuntimeSpec) -> Result<()> {
-    let mut file = std::fs::File::open(&spec.library).map_err(|e| runtime_error(spec, format!("cannot open: {e}")))?;
+    std::fs::File::open(&spec.library).map_err(|e| runtime_error(spec, format!("cannot open: {e}")))?;
     let Some(expected) = &spec.sha256 else { return Ok(()) };
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| runtime_error(spec, format!("cannot read: {e}")))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let actual = hex::encode(hasher.finalize());
+    let (_, actual) = crate::fsutil::sha256_file(&spec.library).map_err(|e| runtime_error(spec, format!("cannot read: {e}")))?;
     if &actual != expected {
         return Err(runtime_error(
             spec,
