@@ -53,13 +53,21 @@ impl Rpc {
 
 fn main() {
     let config = config();
-    println!("steadytext benchmark ({} intra-op threads, {} cores)", config.effective_intra_threads(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "steadytext benchmark ({} intra-op threads, {} cores)",
+        config.effective_intra_threads(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
 
     // Generation throughput.
     let t = Instant::now();
     let mut generator = GenerationService::load(&config, None).expect("generation model");
     println!("generation model load: {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
-    let prompts = ["Write a story about a lighthouse keeper.", "Explain how a compiler works.", "List ten facts about the ocean."];
+    let prompts = [
+        "Write a story about a lighthouse keeper.",
+        "Explain how a compiler works.",
+        "List ten facts about the ocean.",
+    ];
     let mut tokens = 0usize;
     let t = Instant::now();
     for prompt in prompts {
@@ -67,17 +75,25 @@ fn main() {
         tokens += generator.run(&config, &params, &mut |_| true).unwrap().token_ids.len();
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("generate: {tokens} tokens in {secs:.2} s = {:.1} tokens/s (greedy, prefill included)", tokens as f64 / secs);
+    println!(
+        "generate: {tokens} tokens in {secs:.2} s = {:.1} tokens/s (greedy, prefill included)",
+        tokens as f64 / secs
+    );
 
     // Embedding throughput.
     let mut embedder = EmbeddingService::load(&config, None).expect("embedding model");
-    let texts: Vec<String> = (0..256).map(|i| format!("Sentence number {i} about deterministic embeddings and systemd services.")).collect();
+    let texts: Vec<String> =
+        (0..256).map(|i| format!("Sentence number {i} about deterministic embeddings and systemd services.")).collect();
     let t = Instant::now();
     for chunk in texts.chunks(64) {
         embedder.run(&config, &EmbedParams { texts: chunk.to_vec(), model: None }).unwrap();
     }
     let secs = t.elapsed().as_secs_f64();
-    println!("embed: {} sentences in {secs:.2} s = {:.1} sentences/s (batches of 64)", texts.len(), texts.len() as f64 / secs);
+    println!(
+        "embed: {} sentences in {secs:.2} s = {:.1} sentences/s (batches of 64)",
+        texts.len(),
+        texts.len() as f64 / secs
+    );
     let t = Instant::now();
     for text in &texts[..64] {
         embedder.run(&config, &EmbedParams { texts: vec![text.clone()], model: None }).unwrap();
@@ -111,22 +127,38 @@ fn main() {
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    println!("daemon ping round trip: p50 {:.3} ms, p99 {:.3} ms (kept-open Unix socket)", p(&pings, 0.5), p(&pings, 0.99));
+    println!(
+        "daemon ping round trip: p50 {:.3} ms, p99 {:.3} ms (kept-open Unix socket)",
+        p(&pings, 0.5),
+        p(&pings, 0.99)
+    );
     // Uncached round trips: every request is new to the cache (another text; another seed, which
     // greedy decoding ignores, so the work is the same), against the same work in-process.
-    let via_daemon = median((0..200).map(|i| {
-        let line = format!(r#"{{"jsonrpc":"2.0","method":"embed","params":{{"texts":["hello world {i}"]}},"id":2}}"#);
-        let t = Instant::now();
-        rpc.call(&line);
-        t.elapsed().as_secs_f64() * 1e3
-    }).collect());
-    let direct = median((0..200).map(|i| {
-        let params = EmbedParams { texts: vec![format!("hello world {i}")], model: None };
-        let t = Instant::now();
-        embedder.run(&config, &params).unwrap();
-        t.elapsed().as_secs_f64() * 1e3
-    }).collect());
-    println!("embed 1 text, uncached: daemon {via_daemon:.3} ms vs direct {direct:.3} ms median (round-trip cost {:.3} ms)", via_daemon - direct);
+    let via_daemon = median(
+        (0..200)
+            .map(|i| {
+                let line =
+                    format!(r#"{{"jsonrpc":"2.0","method":"embed","params":{{"texts":["hello world {i}"]}},"id":2}}"#);
+                let t = Instant::now();
+                rpc.call(&line);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    let direct = median(
+        (0..200)
+            .map(|i| {
+                let params = EmbedParams { texts: vec![format!("hello world {i}")], model: None };
+                let t = Instant::now();
+                embedder.run(&config, &params).unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
+    println!(
+        "embed 1 text, uncached: daemon {via_daemon:.3} ms vs direct {direct:.3} ms median (round-trip cost {:.3} ms)",
+        via_daemon - direct
+    );
     let via_daemon = median((0..20).map(|i| {
         let line = format!(r#"{{"jsonrpc":"2.0","method":"generate","params":{{"prompt":"Say hi.","max_new_tokens":8,"seed":{i}}},"id":3}}"#);
         let t = Instant::now();
@@ -134,7 +166,15 @@ fn main() {
         t.elapsed().as_secs_f64() * 1e3
     }).collect());
     let gp = GenerateParams { prompt: "Say hi.".into(), max_new_tokens: Some(8), ..Default::default() };
-    let direct = median((0..20).map(|_| { let t = Instant::now(); generator.run(&config, &gp, &mut |_| true).unwrap(); t.elapsed().as_secs_f64() * 1e3 }).collect());
+    let direct = median(
+        (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                generator.run(&config, &gp, &mut |_| true).unwrap();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect(),
+    );
     println!("generate 8 tokens, uncached: daemon {via_daemon:.2} ms vs direct {direct:.2} ms median (round-trip cost {:.2} ms)", via_daemon - direct);
     let embed_line = r#"{"jsonrpc":"2.0","method":"embed","params":{"texts":["hello world 0"]},"id":2}"#;
     let cold = Instant::now();
@@ -154,12 +194,33 @@ fn main() {
     assert!(out.status.success());
     println!("stctl via daemon, whole process: {:.1} ms", warm.elapsed().as_secs_f64() * 1e3);
     // Cached requests through the daemon (the first call fills the cache).
-    let cached_line = r#"{"jsonrpc":"2.0","method":"generate","params":{"prompt":"Cached prompt.","max_new_tokens":16},"id":4}"#;
+    let cached_line =
+        r#"{"jsonrpc":"2.0","method":"generate","params":{"prompt":"Cached prompt.","max_new_tokens":16},"id":4}"#;
     rpc.call(cached_line);
-    let cached: Vec<f64> = (0..2000).map(|_| { let t = Instant::now(); rpc.call(cached_line); t.elapsed().as_secs_f64() * 1e3 }).collect();
-    println!("cached generate through the daemon: p50 {:.3} ms, p99 {:.3} ms (goal: p50 < 1 ms)", p(&cached, 0.5), p(&cached, 0.99));
-    let embed_cached: Vec<f64> = (0..2000).map(|_| { let t = Instant::now(); rpc.call(embed_line); t.elapsed().as_secs_f64() * 1e3 }).collect();
-    println!("cached embed through the daemon: p50 {:.3} ms, p99 {:.3} ms", p(&embed_cached, 0.5), p(&embed_cached, 0.99));
+    let cached: Vec<f64> = (0..2000)
+        .map(|_| {
+            let t = Instant::now();
+            rpc.call(cached_line);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    println!(
+        "cached generate through the daemon: p50 {:.3} ms, p99 {:.3} ms (goal: p50 < 1 ms)",
+        p(&cached, 0.5),
+        p(&cached, 0.99)
+    );
+    let embed_cached: Vec<f64> = (0..2000)
+        .map(|_| {
+            let t = Instant::now();
+            rpc.call(embed_line);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    println!(
+        "cached embed through the daemon: p50 {:.3} ms, p99 {:.3} ms",
+        p(&embed_cached, 0.5),
+        p(&embed_cached, 0.99)
+    );
     // Concurrent single-text embed requests: the worker merges what is queued into one run.
     let clients = 8;
     let per_client = 40;
@@ -199,7 +260,13 @@ fn snapshot_load(config: &Config) {
     let mut cache = Cache::new(&cache_config, Some(dir.path().to_path_buf()));
     let digest: Arc<str> = Arc::from("sha256:bench");
     for i in 0..100_000u32 {
-        let request = GenerateRequest { prompt: format!("prompt {i}"), seed: 42, max_new_tokens: 32, stop: vec![], sampling: Default::default() };
+        let request = GenerateRequest {
+            prompt: format!("prompt {i}"),
+            seed: 42,
+            max_new_tokens: 32,
+            stop: vec![],
+            sampling: Default::default(),
+        };
         let value = CachedGeneration {
             model_digest: digest.clone(),
             text: format!("A cached answer number {i}, about as long as a short sentence or two of output."),
@@ -211,7 +278,11 @@ fn snapshot_load(config: &Config) {
     }
     let t = Instant::now();
     let info = cache.snapshot().unwrap().unwrap();
-    println!("snapshot write: 100000 entries, {:.1} MiB in {:.0} ms", info.bytes as f64 / 1048576.0, t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "snapshot write: 100000 entries, {:.1} MiB in {:.0} ms",
+        info.bytes as f64 / 1048576.0,
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let times: Vec<f64> = (0..5)
         .map(|_| {
             let mut fresh = Cache::new(&cache_config, Some(dir.path().to_path_buf()));
@@ -220,5 +291,8 @@ fn snapshot_load(config: &Config) {
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    println!("snapshot load: 100000 entries in {:.1} ms median (validate + rebuild maps; goal < 100 ms)", median(times));
+    println!(
+        "snapshot load: 100000 entries in {:.1} ms median (validate + rebuild maps; goal < 100 ms)",
+        median(times)
+    );
 }

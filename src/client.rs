@@ -131,11 +131,15 @@ impl Client {
     fn read_line(&mut self) -> Result<Value, ClientError> {
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionReset => ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into()),
+            std::io::ErrorKind::ConnectionReset => {
+                ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into())
+            }
             _ => ClientError::Protocol(format!("reading: {e}")),
         })?;
         if n == 0 {
-            return Err(ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into()));
+            return Err(ClientError::Protocol(
+                "the daemon closed the connection (see `journalctl -u steadytext`)".into(),
+            ));
         }
         serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("unreadable answer: {e}")))
     }
@@ -145,7 +149,8 @@ impl Client {
         if let Some(error) = response.error {
             return Err(ClientError::Rpc(error));
         }
-        serde_json::from_value(response.result.unwrap_or(Value::Null)).map_err(|e| ClientError::Protocol(format!("unexpected result: {e}")))
+        serde_json::from_value(response.result.unwrap_or(Value::Null))
+            .map_err(|e| ClientError::Protocol(format!("unexpected result: {e}")))
     }
 
     /// Calls `method` and waits for its result.
@@ -165,7 +170,8 @@ impl Client {
         loop {
             let msg = self.read_line()?;
             if msg.get("method").and_then(Value::as_str) == Some(PIECE_NOTIFICATION) {
-                let piece: Piece = serde_json::from_value(msg["params"].clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+                let piece: Piece =
+                    serde_json::from_value(msg["params"].clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 if piece.id == id {
                     on_piece(&piece.text);
                 }

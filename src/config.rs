@@ -237,7 +237,9 @@ impl Config {
             )));
         }
         if self.daemon.queue_depth == 0 || self.daemon.max_connections == 0 || self.daemon.stream_buffer == 0 {
-            return Err(Error::Config("daemon.queue_depth, max_connections and stream_buffer must be at least 1".into()));
+            return Err(Error::Config(
+                "daemon.queue_depth, max_connections and stream_buffer must be at least 1".into(),
+            ));
         }
         if self.limits.max_batch == 0 || self.limits.max_input_bytes == 0 {
             return Err(Error::Config("limits must be at least 1".into()));

@@ -42,7 +42,11 @@ fn persist(cache: Option<&mut Cache>) {
 }
 
 /// Generates in-process; a cached answer is served without loading the model.
-pub fn generate(config: &Config, params: &GenerateParams, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<GenerateResult> {
+pub fn generate(
+    config: &Config,
+    params: &GenerateParams,
+    on_piece: &mut dyn FnMut(&str) -> bool,
+) -> Result<GenerateResult> {
     let request = params.to_request(config)?;
     let info = identity(config, params.model.as_deref().unwrap_or(&config.generation_model))?;
     let mut cache = user_cache(config);

@@ -49,7 +49,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The request names a model this process has not loaded.
-    #[error("model {0} is not loaded here; configure it as the daemon's model, or use direct mode (stctl --no-daemon)")]
+    #[error(
+        "model {0} is not loaded here; configure it as the daemon's model, or use direct mode (stctl --no-daemon)"
+    )]
     ModelNotLoaded(String),
     /// The work was cancelled (client gone, shutdown).
     #[error("cancelled")]

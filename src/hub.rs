@@ -16,7 +16,6 @@ use crate::fsutil::TEMP_MARK;
 /// The public Hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
-
 /// What to pull.
 #[derive(Debug, Clone)]
 pub struct Pull {
@@ -76,7 +75,10 @@ impl Pull {
             revision: "main".into(),
             onnx_file: None,
             model_dir: model_dir.to_path_buf(),
-            endpoint: std::env::var("HF_ENDPOINT").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+            endpoint: std::env::var("HF_ENDPOINT")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
             token: std::env::var("HF_TOKEN").ok().filter(|v| !v.is_empty()),
         })
     }
@@ -95,10 +97,15 @@ impl Pull {
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        let resp = req.call().map_err(|e| hub_error(&self.repo, format!("cannot reach {url}: {e}; check the network or HF_ENDPOINT")))?;
+        let resp = req
+            .call()
+            .map_err(|e| hub_error(&self.repo, format!("cannot reach {url}: {e}; check the network or HF_ENDPOINT")))?;
         match resp.status().as_u16() {
             200 => Ok(resp),
-            401 | 403 => Err(hub_error(&self.repo, format!("{url}: access denied; set HF_TOKEN to a token that may read this repository"))),
+            401 | 403 => Err(hub_error(
+                &self.repo,
+                format!("{url}: access denied; set HF_TOKEN to a token that may read this repository"),
+            )),
             404 => Err(hub_error(&self.repo, format!("{url}: not found; check the repository name and --revision"))),
             code => Err(hub_error(&self.repo, format!("{url}: HTTP {code}"))),
         }
@@ -114,15 +121,20 @@ impl Pull {
             .body_mut()
             .read_to_string()
             .map_err(|e| hub_error(&self.repo, format!("cannot read {api}: {e}")))?;
-        let info: RepoInfo = serde_json::from_str(&text).map_err(|e| hub_error(&self.repo, format!("unexpected answer from {api}: {e}")))?;
+        let info: RepoInfo = serde_json::from_str(&text)
+            .map_err(|e| hub_error(&self.repo, format!("unexpected answer from {api}: {e}")))?;
         let onnx = self.pick_onnx(&info)?;
         let is_config = |f: &str| f == "tokenizer.json" || crate::model::CONFIG_FILES.contains(&f);
         let mut wanted: Vec<&Sibling> = info.siblings.iter().filter(|s| is_config(&s.rfilename)).collect();
         wanted.extend(info.siblings.iter().filter(|s| {
-            s.rfilename == onnx || (s.rfilename.starts_with(&onnx) && (s.rfilename.contains("_data") || s.rfilename.contains(".data")))
+            s.rfilename == onnx
+                || (s.rfilename.starts_with(&onnx) && (s.rfilename.contains("_data") || s.rfilename.contains(".data")))
         }));
         if !wanted.iter().any(|s| s.rfilename == "tokenizer.json") {
-            return Err(hub_error(&self.repo, "the repository has no tokenizer.json; steadytext needs the fast tokenizer file"));
+            return Err(hub_error(
+                &self.repo,
+                "the repository has no tokenizer.json; steadytext needs the fast tokenizer file",
+            ));
         }
         let name = self.repo.rsplit('/').next().unwrap_or(&self.repo);
         let dest = self.model_dir.join(name);
@@ -152,14 +164,19 @@ impl Pull {
     fn pick_onnx(&self, info: &RepoInfo) -> Result<String> {
         let has = |f: &str| info.siblings.iter().any(|s| s.rfilename == f);
         if let Some(f) = &self.onnx_file {
-            return if has(f) { Ok(f.clone()) } else { Err(hub_error(&self.repo, format!("no file {f} in the repository"))) };
+            return if has(f) {
+                Ok(f.clone())
+            } else {
+                Err(hub_error(&self.repo, format!("no file {f} in the repository")))
+            };
         }
         for f in ["model.onnx", "onnx/model.onnx"] {
             if has(f) {
                 return Ok(f.to_string());
             }
         }
-        let all: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).filter(|f| f.ends_with(".onnx")).collect();
+        let all: Vec<&str> =
+            info.siblings.iter().map(|s| s.rfilename.as_str()).filter(|f| f.ends_with(".onnx")).collect();
         Err(hub_error(
             &self.repo,
             if all.is_empty() {
@@ -170,7 +187,15 @@ impl Pull {
         ))
     }
 
-    fn download(&self, agent: &ureq::Agent, url: &str, target: &Path, expected: &Expected, size: u64, progress: &indicatif::MultiProgress) -> Result<()> {
+    fn download(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+        target: &Path,
+        expected: &Expected,
+        size: u64,
+        progress: &indicatif::MultiProgress,
+    ) -> Result<()> {
         let dir = target.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let file_name = target.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
@@ -190,7 +215,9 @@ impl Pull {
             let mut len = 0u64;
             let mut chunks: Vec<u8> = Vec::new();
             loop {
-                let n = reader.read(&mut buf).map_err(|e| hub_error(&self.repo, format!("{url}: download broke off: {e}")))?;
+                let n = reader
+                    .read(&mut buf)
+                    .map_err(|e| hub_error(&self.repo, format!("{url}: download broke off: {e}")))?;
                 if n == 0 {
                     break;
                 }

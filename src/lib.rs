@@ -1,12 +1,12 @@
 //! steadytext: deterministic text generation and embeddings on ONNX Runtime, served by a
 //! systemd-native daemon (`steadytextd`) and used through `stctl`.
 
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod direct;
 pub mod engine;
-pub mod cache;
 pub mod error;
 pub mod fsutil;
 pub mod hub;

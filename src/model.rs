@@ -63,14 +63,18 @@ pub fn resolve_dir(model_dir: &Path, name_or_path: &str) -> Result<PathBuf> {
 impl ModelFiles {
     /// Finds the files of the model folder `dir`.
     pub fn discover(dir: &Path) -> Result<Self> {
-        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
+        let name =
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
         if !dir.is_dir() {
             return Err(Error::model(&name, format!("{} is not a folder", dir.display())));
         }
         let onnx = find_onnx(dir, &name)?;
         let tokenizer = dir.join("tokenizer.json");
         if !tokenizer.is_file() {
-            return Err(Error::model(&name, format!("{} is missing; copy the model's tokenizer.json there", tokenizer.display())));
+            return Err(Error::model(
+                &name,
+                format!("{} is missing; copy the model's tokenizer.json there", tokenizer.display()),
+            ));
         }
         Ok(ModelFiles { name, dir: dir.to_path_buf(), onnx, tokenizer })
     }
@@ -148,7 +152,10 @@ fn find_onnx(dir: &Path, name: &str) -> Result<PathBuf> {
         1 => Ok(found.remove(0)),
         0 => Err(Error::model(
             name,
-            format!("no model.onnx in {} (nor onnx/model*.onnx); copy the ONNX export of the model there", dir.display()),
+            format!(
+                "no model.onnx in {} (nor onnx/model*.onnx); copy the ONNX export of the model there",
+                dir.display()
+            ),
         )),
         _ => Err(Error::model(
             name,

@@ -51,16 +51,16 @@ pub fn environment(spec: &RuntimeSpec) -> Result<&'static Environment> {
     let mut loaded = LOADED_FROM.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(env) = ENVIRONMENT.get() {
         if loaded.as_ref().is_some_and(|l| l.library != spec.library) {
-            return Err(runtime_error(spec, "another ONNX Runtime library is already loaded in this process; restart to switch"));
+            return Err(runtime_error(
+                spec,
+                "another ONNX Runtime library is already loaded in this process; restart to switch",
+            ));
         }
         return Ok(env);
     }
     verify_file(spec)?;
     let builder = ort::init_from(&spec.library).map_err(|e| runtime_error(spec, e.to_string()))?;
-    let env = builder
-        .with_name("steadytext")
-        .build()
-        .map_err(|e| runtime_error(spec, e.to_string()))?;
+    let env = builder.with_name("steadytext").build().map_err(|e| runtime_error(spec, e.to_string()))?;
     *loaded = Some(spec.clone());
     Ok(ENVIRONMENT.get_or_init(|| env))
 }
@@ -72,7 +72,8 @@ fn runtime_error(spec: &RuntimeSpec, reason: impl Into<String>) -> Error {
 fn verify_file(spec: &RuntimeSpec) -> Result<()> {
     std::fs::File::open(&spec.library).map_err(|e| runtime_error(spec, format!("cannot open: {e}")))?;
     let Some(expected) = &spec.sha256 else { return Ok(()) };
-    let (_, actual) = crate::fsutil::sha256_file(&spec.library).map_err(|e| runtime_error(spec, format!("cannot read: {e}")))?;
+    let (_, actual) =
+        crate::fsutil::sha256_file(&spec.library).map_err(|e| runtime_error(spec, format!("cannot read: {e}")))?;
     if &actual != expected {
         return Err(runtime_error(
             spec,

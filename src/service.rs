@@ -9,7 +9,9 @@ use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
 /// Checks that a request's `model` (if any) names the loaded model.
 pub fn check_model(requested: Option<&str>, info: &ModelInfo) -> Result<()> {
     match requested {
-        Some(name) if name != info.name && Some(name) != info.dir.to_str() => Err(Error::ModelNotLoaded(name.to_string())),
+        Some(name) if name != info.name && Some(name) != info.dir.to_str() => {
+            Err(Error::ModelNotLoaded(name.to_string()))
+        }
         _ => Ok(()),
     }
 }
@@ -34,7 +36,12 @@ impl GenerationService {
 
     /// Runs a generation, calling `on_piece` after every model call with the text it released
     /// (often empty); `on_piece` returning false cancels the generation (the client went away).
-    pub fn run(&mut self, config: &Config, params: &GenerateParams, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<GenerateResult> {
+    pub fn run(
+        &mut self,
+        config: &Config,
+        params: &GenerateParams,
+        on_piece: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerateResult> {
         check_model(params.model.as_deref(), &self.info)?;
         let request = params.to_request(config)?;
         let mut stream = self.generator.stream(&request)?;
@@ -86,7 +93,12 @@ impl EmbeddingService {
             .iter()
             .map(|p| check_model(p.model.as_deref(), &self.info).and_then(|()| p.validate(&config.limits)))
             .collect();
-        let texts: Vec<String> = requests.iter().zip(&checks).filter(|(_, c)| c.is_ok()).flat_map(|(p, _)| p.texts.iter().cloned()).collect();
+        let texts: Vec<String> = requests
+            .iter()
+            .zip(&checks)
+            .filter(|(_, c)| c.is_ok())
+            .flat_map(|(p, _)| p.texts.iter().cloned())
+            .collect();
         let mut vectors = match self.embedder.embed(&texts) {
             Ok(v) => v.into_iter(),
             Err(e) => {

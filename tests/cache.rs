@@ -48,15 +48,27 @@ fn a_restarted_daemon_answers_from_its_snapshot() {
 
     // stctl cache commands through the daemon.
     let stctl = |args: &[&str]| {
-        let out = common::command(env!("CARGO_BIN_EXE_stctl")).arg("--daemon-only").arg("--socket").arg(&d.socket).args(args).output().unwrap();
+        let out = common::command(env!("CARGO_BIN_EXE_stctl"))
+            .arg("--daemon-only")
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     assert!(stctl(&["cache", "stats"]).contains("generation  1 entries"));
     assert!(stctl(&["cache", "snapshot"]).contains("\"bytes\""));
     stctl(&["cache", "clear", "generation"]);
-    assert_eq!(c.call("generate", json!({"prompt": "Name three rivers.", "max_new_tokens": 16}))["result"]["cached"], false);
-    assert_eq!(c.call("cache.clear", json!({"cache": "bogus"}))["error"]["code"], steadytext::protocol::codes::INVALID_PARAMS);
+    assert_eq!(
+        c.call("generate", json!({"prompt": "Name three rivers.", "max_new_tokens": 16}))["result"]["cached"],
+        false
+    );
+    assert_eq!(
+        c.call("cache.clear", json!({"cache": "bogus"}))["error"]["code"],
+        steadytext::protocol::codes::INVALID_PARAMS
+    );
 }
 
 #[test]
@@ -74,10 +86,15 @@ fn direct_mode_uses_a_per_user_cache() {
     };
     let first = run(&["generate", "Say something.", "--max-new-tokens", "8", "--json"]);
     let second = run(&["generate", "Say something.", "--max-new-tokens", "8", "--json"]);
-    let (a, b): (serde_json::Value, serde_json::Value) = (serde_json::from_str(&first).unwrap(), serde_json::from_str(&second).unwrap());
+    let (a, b): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&first).unwrap(), serde_json::from_str(&second).unwrap());
     assert_eq!((a["cached"].clone(), b["cached"].clone()), (json!(false), json!(true)));
     assert_eq!(a["text"], b["text"]);
-    assert!(home.path().join("steadytext").read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".snapshot")));
+    assert!(home.path().join("steadytext").read_dir().unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".snapshot")));
     assert!(run(&["cache", "stats"]).contains("generation  1 entries"));
 }
 
@@ -94,7 +111,10 @@ fn snapshot_writer_child() {
     let mut cache = Cache::new(&config, Some(Path::new(&dir).to_path_buf()));
     let digest: Arc<str> = Arc::from("sha256:test");
     for i in 0u32.. {
-        cache.put_embedding(embedding_key(&digest, &i.to_string()), CachedEmbedding { model_digest: digest.clone(), vector: vector_for(i) });
+        cache.put_embedding(
+            embedding_key(&digest, &i.to_string()),
+            CachedEmbedding { model_digest: digest.clone(), vector: vector_for(i) },
+        );
         if i % 50 == 0 {
             cache.snapshot().unwrap();
         }
@@ -122,7 +142,10 @@ fn snapshots_survive_sigkill() {
         child.wait().unwrap();
 
         // Whatever the moment, the newest valid snapshot loads and holds only right answers.
-        let mut cache = Cache::new(&CacheConfig { embedding_capacity: 100_000, ..Default::default() }, Some(dir.path().to_path_buf()));
+        let mut cache = Cache::new(
+            &CacheConfig { embedding_capacity: 100_000, ..Default::default() },
+            Some(dir.path().to_path_buf()),
+        );
         let n = cache.load(None);
         if n > 0 {
             loaded_any += 1;
@@ -131,7 +154,10 @@ fn snapshots_survive_sigkill() {
             let got = cache.get_embedding(&embedding_key("sha256:test", &i.to_string()));
             assert_eq!(got, Some(vector_for(i)), "round {round}: entry {i} of {n} wrong or missing");
         }
-        let rejected = std::fs::read_dir(dir.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("rejected")).count();
+        let rejected = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("rejected"))
+            .count();
         assert_eq!(rejected, 0, "round {round}: a snapshot was damaged by a kill");
     }
     assert!(loaded_any > 100, "the writer rarely got a snapshot out: {loaded_any}");

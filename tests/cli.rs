@@ -84,7 +84,10 @@ fn daemon_and_direct_mode_give_the_same_bytes() {
     let mut embedder = steadytext::service::EmbeddingService::load(&common::config(0), None).unwrap();
     let params = steadytext::protocol::EmbedParams { texts: vec!["bits".into()], model: None };
     let local = embedder.run(&common::config(0), &params).unwrap().embeddings.remove(0);
-    assert_eq!(v.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), local.iter().map(|f| f.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        v.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
+        local.iter().map(|f| f.to_bits()).collect::<Vec<_>>()
+    );
     let verbose = stctl(&["--socket", socket, "-v", "ping"], None, &[]);
     assert!(stdout(&verbose).starts_with("pong"));
 }
@@ -113,7 +116,8 @@ fn user_errors_are_one_clear_line() {
     // A model folder whose model.onnx is garbage.
     let dir = tempfile::tempdir().unwrap();
     let src = common::models_dir().join("SmolLM2-135M-Instruct");
-    for f in ["tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja"] {
+    for f in ["tokenizer.json", "config.json", "generation_config.json", "tokenizer_config.json", "chat_template.jinja"]
+    {
         std::os::unix::fs::symlink(src.join(f), dir.path().join(f)).unwrap();
     }
     std::fs::write(dir.path().join("model.onnx"), b"\x08\x07garbage that is not protobuf").unwrap();
@@ -159,7 +163,8 @@ fn tcp_listener_and_idle_exit() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let via_tcp = stdout(&out.expect("the daemon answers over TCP"));
-    let via_unix = stdout(&stctl(&["--daemon-only", "--socket", sock.to_str().unwrap(), "embed", "over tcp"], None, &[]));
+    let via_unix =
+        stdout(&stctl(&["--daemon-only", "--socket", sock.to_str().unwrap(), "embed", "over tcp"], None, &[]));
     assert_eq!(via_tcp, via_unix);
     // No client for 2 seconds: the daemon exits cleanly and removes the socket it bound.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -31,7 +31,11 @@ fn lifecycle_ready_watchdog_reload_and_graceful_stop() {
     assert_eq!(pong["id"], id);
     assert_eq!(pong["result"]["protocol"], 1);
     let ready = d.notify.wait_for("READY=1", 0, LONG);
-    assert!(d.notify.messages()[..ready].iter().any(|m| m.contains("STATUS=loading models")), "{:?}", d.notify.messages());
+    assert!(
+        d.notify.messages()[..ready].iter().any(|m| m.contains("STATUS=loading models")),
+        "{:?}",
+        d.notify.messages()
+    );
 
     // Watchdog pings at half of WATCHDOG_USEC while the workers are healthy.
     let first = d.notify.wait_for("WATCHDOG=1", ready, Duration::from_secs(5));
@@ -83,9 +87,15 @@ fn protocol_errors_concurrency_and_cancellation() {
     assert_eq!(conn.read()["error"]["code"], codes::INVALID_REQUEST);
     assert_eq!(conn.call("nope", json!({}))["error"]["code"], codes::METHOD_NOT_FOUND);
     assert_eq!(conn.call("generate", json!({"prompt": "x", "sede": 3}))["error"]["code"], codes::INVALID_PARAMS);
-    assert_eq!(conn.call("generate", json!({"prompt": "x", "max_new_tokens": 0}))["error"]["code"], codes::INVALID_PARAMS);
+    assert_eq!(
+        conn.call("generate", json!({"prompt": "x", "max_new_tokens": 0}))["error"]["code"],
+        codes::INVALID_PARAMS
+    );
     assert_eq!(conn.call("embed", json!({"texts": []}))["error"]["code"], codes::INVALID_PARAMS);
-    assert_eq!(conn.call("generate", json!({"prompt": "x", "model": "other"}))["error"]["code"], codes::MODEL_NOT_LOADED);
+    assert_eq!(
+        conn.call("generate", json!({"prompt": "x", "model": "other"}))["error"]["code"],
+        codes::MODEL_NOT_LOADED
+    );
     let mut huge = vec![b'x'; steadytext::protocol::MAX_LINE_BYTES + 1];
     huge.push(b'\n');
     conn.send_raw(&huge);
@@ -99,7 +109,8 @@ fn protocol_errors_concurrency_and_cancellation() {
     let jobs: Vec<(String, Value, Value)> = (0..32)
         .map(|i| match i % 3 {
             0 | 1 => {
-                let params = json!({"prompt": format!("Give me fact number {} about the sea.", i % 6), "max_new_tokens": 12});
+                let params =
+                    json!({"prompt": format!("Give me fact number {} about the sea.", i % 6), "max_new_tokens": 12});
                 let p = serde_json::from_value(params.clone()).unwrap();
                 let expected = serde_json::to_value(generator.run(&config, &p, &mut |_| true).unwrap()).unwrap();
                 (if i % 3 == 0 { "generate" } else { "generate_stream" }.to_string(), params, expected)
@@ -129,7 +140,10 @@ fn protocol_errors_concurrency_and_cancellation() {
                 }
                 assert_eq!(r["result"], expected, "{method}");
                 if method == "generate_stream" {
-                    assert_eq!(r["pieces"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect::<String>(), expected["text"].as_str().unwrap());
+                    assert_eq!(
+                        r["pieces"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect::<String>(),
+                        expected["text"].as_str().unwrap()
+                    );
                 }
             })
         })
@@ -151,7 +165,9 @@ fn protocol_errors_concurrency_and_cancellation() {
         .into_iter()
         .map(|texts| {
             let d = d.clone();
-            std::thread::spawn(move || d.connect().call("embed", json!({ "texts": texts }))["result"]["embeddings"].clone())
+            std::thread::spawn(move || {
+                d.connect().call("embed", json!({ "texts": texts }))["result"]["embeddings"].clone()
+            })
         })
         .collect();
     for (h, want) in handles.into_iter().zip(expected) {
@@ -191,7 +207,9 @@ fn overload_is_refused_at_once_with_a_retry_hint() {
     let handles: Vec<_> = (0..8)
         .map(|i| {
             let d = d.clone();
-            std::thread::spawn(move || d.connect().call("generate", json!({"prompt": format!("Story {i}"), "max_new_tokens": 24})))
+            std::thread::spawn(move || {
+                d.connect().call("generate", json!({"prompt": format!("Story {i}"), "max_new_tokens": 24}))
+            })
         })
         .collect();
     let results: Vec<Value> = handles.into_iter().map(|h| h.join().unwrap()).collect();

@@ -60,7 +60,9 @@ fn serve(root: PathBuf) -> Hub {
                 }
             }
             let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let (status, headers, body): (&str, String, Vec<u8>) = if path == format!("/api/models/test/{name}/revision/main?blobs=true") {
+            let (status, headers, body): (&str, String, Vec<u8>) = if path
+                == format!("/api/models/test/{name}/revision/main?blobs=true")
+            {
                 let siblings: Vec<serde_json::Value> = files(&root)
                     .into_iter()
                     .map(|(rel, p)| {
@@ -75,7 +77,11 @@ fn serve(root: PathBuf) -> Hub {
                         }
                     })
                     .collect();
-                ("200 OK", String::new(), serde_json::to_vec(&serde_json::json!({"sha": "c0ffee", "siblings": siblings})).unwrap())
+                (
+                    "200 OK",
+                    String::new(),
+                    serde_json::to_vec(&serde_json::json!({"sha": "c0ffee", "siblings": siblings})).unwrap(),
+                )
             } else if let Some(rel) = path.strip_prefix(&format!("/test/{name}/resolve/c0ffee/")) {
                 ("302 Found", format!("Location: /cdn/{rel}\r\n"), Vec::new())
             } else if let Some(rel) = path.strip_prefix("/cdn/") {
@@ -88,7 +94,8 @@ fn serve(root: PathBuf) -> Hub {
             } else {
                 ("404 Not Found", String::new(), b"{\"error\":\"Repository not found\"}".to_vec())
             };
-            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n", body.len());
+            let head =
+                format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n", body.len());
             let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body));
         }
     });
@@ -96,7 +103,12 @@ fn serve(root: PathBuf) -> Hub {
 }
 
 fn stctl(args: &[&str], hub: &Hub) -> std::process::Output {
-    common::command(env!("CARGO_BIN_EXE_stctl")).args(args).env("HF_ENDPOINT", &hub.endpoint).env_remove("HF_TOKEN").output().unwrap()
+    common::command(env!("CARGO_BIN_EXE_stctl"))
+        .args(args)
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env_remove("HF_TOKEN")
+        .output()
+        .unwrap()
 }
 
 #[test]

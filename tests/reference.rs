@@ -93,9 +93,8 @@ fn seeded_sampling_is_reproducible_and_seed_dependent() {
     req.sampling = Sampling { temperature: 1.0, top_k: 50, top_p: 0.95 };
     let a = generator.generate(&req).unwrap();
     assert_eq!(generator.generate(&req).unwrap(), a);
-    let others: Vec<_> = (1..4u64)
-        .map(|seed| generator.generate(&GenerateRequest { seed, ..req.clone() }).unwrap().token_ids)
-        .collect();
+    let others: Vec<_> =
+        (1..4u64).map(|seed| generator.generate(&GenerateRequest { seed, ..req.clone() }).unwrap().token_ids).collect();
     assert!(others.iter().any(|ids| *ids != a.token_ids), "different seeds all gave the same sample");
 }
 

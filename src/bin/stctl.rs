@@ -12,8 +12,8 @@ use serde_json::{json, Value};
 
 use steadytext::client::{target_from_env, Client, ClientError, Target};
 use steadytext::config::Config;
-use steadytext::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
 use steadytext::direct;
+use steadytext::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
 
 #[derive(Parser)]
 #[command(name = "stctl", version, about = "Deterministic text generation and embeddings (steadytext client)")]
@@ -171,7 +171,13 @@ impl Ctx {
         if cli.daemon_only && disabled {
             bail!("--daemon-only conflicts with STEADYTEXT_DISABLE_DAEMON; unset one of them");
         }
-        Ok(Ctx { config, target, daemon_only: cli.daemon_only, no_daemon: cli.no_daemon || disabled, verbose: cli.verbose })
+        Ok(Ctx {
+            config,
+            target,
+            daemon_only: cli.daemon_only,
+            no_daemon: cli.no_daemon || disabled,
+            verbose: cli.verbose,
+        })
     }
 
     fn note(&self, msg: impl std::fmt::Display) {
@@ -215,7 +221,9 @@ impl Ctx {
         if let Mode::Daemon(mut client) = self.mode()? {
             match daemon_call(&mut client) {
                 Ok(r) => return Ok((r, "daemon")),
-                Err(e) if e.allows_fallback() && !self.daemon_only => self.note(format_args!("{e}; falling back to direct mode")),
+                Err(e) if e.allows_fallback() && !self.daemon_only => {
+                    self.note(format_args!("{e}; falling back to direct mode"))
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -296,10 +304,8 @@ fn embed(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
     };
     let params = EmbedParams { texts, model: args.model };
     let started = Instant::now();
-    let (result, mode): (EmbedResult, _) = ctx.serve(
-        |c| c.call("embed", &params),
-        || Ok(direct::embed(&ctx.config, &params)?),
-    )?;
+    let (result, mode): (EmbedResult, _) =
+        ctx.serve(|c| c.call("embed", &params), || Ok(direct::embed(&ctx.config, &params)?))?;
     if args.json {
         let mut v = serde_json::to_value(&result)?;
         v["mode"] = json!(mode);
@@ -326,7 +332,8 @@ fn cache(ctx: &Ctx, command: CacheCommand) -> Result<()> {
     let (result, mode): (Value, _) = ctx.serve(
         |c| c.call(method, &params),
         || {
-            let mut cache = direct::user_cache(&ctx.config).context("the cache is disabled ([cache] enabled = false)")?;
+            let mut cache =
+                direct::user_cache(&ctx.config).context("the cache is disabled ([cache] enabled = false)")?;
             match &command {
                 CacheCommand::Stats { .. } => Ok(cache.stats()),
                 CacheCommand::Clear { which } => {
@@ -413,7 +420,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ping => {
             let started = Instant::now();
             let pong: Value = ctx.daemon()?.call("ping", &json!({}))?;
-            println!("pong from steadytextd {} (protocol {}) in {:.3} ms", pong["version"].as_str().unwrap_or("?"), pong["protocol"], started.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "pong from steadytextd {} (protocol {}) in {:.3} ms",
+                pong["version"].as_str().unwrap_or("?"),
+                pong["protocol"],
+                started.elapsed().as_secs_f64() * 1e3
+            );
             Ok(())
         }
     }

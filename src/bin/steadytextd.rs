@@ -14,7 +14,11 @@ use steadytext::config::Config;
 use steadytext::daemon::{self, listen};
 
 #[derive(Parser)]
-#[command(name = "steadytextd", version, about = "Deterministic text generation and embeddings daemon (socket-activated by systemd)")]
+#[command(
+    name = "steadytextd",
+    version,
+    about = "Deterministic text generation and embeddings daemon (socket-activated by systemd)"
+)]
 struct Cli {
     /// Configuration file (default: $STEADYTEXT_CONFIG, else /etc/steadytext/steadytext.toml).
     #[arg(long, value_name = "FILE")]
@@ -37,7 +41,10 @@ fn init_logging() {
     if let Some(layer) = journal {
         tracing_subscriber::registry().with(filter).with(layer).init();
     } else {
-        tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
     }
 }
 

@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use crate::config::CacheConfig;
 use crate::engine::generate::{FinishReason, GenerateRequest};
 use crate::engine::ModelInfo;
-use crate::protocol::GenerateResult;
 use crate::error::Result;
+use crate::protocol::GenerateResult;
 use frecency::{Entry, FrecencyMap};
 use snapshot::{EmbeddingRecord, GenerationRecord, SnapshotData};
 
@@ -74,7 +74,8 @@ pub struct CachedEmbedding {
     pub vector: Vec<f32>,
 }
 
-const FINISH_CODES: [FinishReason; 4] = [FinishReason::Eos, FinishReason::Length, FinishReason::Stop, FinishReason::Context];
+const FINISH_CODES: [FinishReason; 4] =
+    [FinishReason::Eos, FinishReason::Length, FinishReason::Stop, FinishReason::Context];
 
 fn finish_code(r: FinishReason) -> u8 {
     FINISH_CODES.iter().position(|x| *x == r).expect("listed") as u8
@@ -212,7 +213,13 @@ impl Cache {
         let embedding = self
             .embedding
             .iter()
-            .map(|(k, e)| EmbeddingRecord { key: *k, model: model_index(&e.value.model_digest), hits: e.hits, last_used: e.last_used, vector: e.value.vector.clone() })
+            .map(|(k, e)| EmbeddingRecord {
+                key: *k,
+                model: model_index(&e.value.model_digest),
+                hits: e.hits,
+                last_used: e.last_used,
+                vector: e.value.vector.clone(),
+            })
             .collect();
         SnapshotData {
             created_unix_ms: now_ms(),
@@ -299,7 +306,10 @@ impl Cache {
     pub fn store_embeddings(&mut self, model_digest: &str, texts: &[String], vectors: &[Vec<f32>]) {
         let digest: Arc<str> = Arc::from(model_digest);
         for (t, v) in texts.iter().zip(vectors) {
-            self.put_embedding(embedding_key(model_digest, t), CachedEmbedding { model_digest: digest.clone(), vector: v.clone() });
+            self.put_embedding(
+                embedding_key(model_digest, t),
+                CachedEmbedding { model_digest: digest.clone(), vector: v.clone() },
+            );
         }
     }
 
@@ -323,7 +333,11 @@ impl Cache {
         self.generation.reserve(data.generation.len());
         self.embedding.reserve(data.embedding.len());
         for r in data.generation.iter() {
-            let (Some(digest), Some(&finish_reason)) = (model(r.model.to_native()), FINISH_CODES.get(r.finish_reason as usize)) else { continue };
+            let (Some(digest), Some(&finish_reason)) =
+                (model(r.model.to_native()), FINISH_CODES.get(r.finish_reason as usize))
+            else {
+                continue;
+            };
             let value = CachedGeneration {
                 model_digest: digest,
                 text: r.text.as_str().to_string(),
@@ -332,14 +346,23 @@ impl Cache {
                 finish_reason,
             };
             let size = ENTRY_OVERHEAD + value.text.len() + 4 * value.token_ids.len();
-            self.generation.restore(r.key, Entry { value, hits: r.hits.to_native(), last_used: r.last_used.to_native(), size });
+            self.generation
+                .restore(r.key, Entry { value, hits: r.hits.to_native(), last_used: r.last_used.to_native(), size });
             count += 1;
         }
         for r in data.embedding.iter() {
             let Some(digest) = model(r.model.to_native()) else { continue };
             let vector: Vec<f32> = r.vector.iter().map(|f| f.to_native()).collect();
             let size = ENTRY_OVERHEAD + 4 * vector.len();
-            self.embedding.restore(r.key, Entry { value: CachedEmbedding { model_digest: digest, vector }, hits: r.hits.to_native(), last_used: r.last_used.to_native(), size });
+            self.embedding.restore(
+                r.key,
+                Entry {
+                    value: CachedEmbedding { model_digest: digest, vector },
+                    hits: r.hits.to_native(),
+                    last_used: r.last_used.to_native(),
+                    size,
+                },
+            );
             count += 1;
         }
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -379,7 +402,13 @@ impl EmbedPlan {
 
     /// Fills the gaps with `computed` (one vector per `missing` text), stores them, and returns
     /// one vector per original text.
-    pub fn complete(self, computed: Vec<Vec<f32>>, cache: Option<&mut Cache>, model_digest: &str, texts: &[String]) -> Vec<Vec<f32>> {
+    pub fn complete(
+        self,
+        computed: Vec<Vec<f32>>,
+        cache: Option<&mut Cache>,
+        model_digest: &str,
+        texts: &[String],
+    ) -> Vec<Vec<f32>> {
         if let Some(c) = cache {
             c.store_embeddings(model_digest, &self.missing, &computed);
         }
@@ -392,18 +421,29 @@ impl EmbedPlan {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::sampler::Sampling;
 
     fn request(prompt: &str) -> GenerateRequest {
-        GenerateRequest { prompt: prompt.into(), seed: 42, max_new_tokens: 8, stop: vec![], sampling: Sampling::default() }
+        GenerateRequest {
+            prompt: prompt.into(),
+            seed: 42,
+            max_new_tokens: 8,
+            stop: vec![],
+            sampling: Sampling::default(),
+        }
     }
 
     fn generation(digest: &str, text: &str) -> CachedGeneration {
-        CachedGeneration { model_digest: Arc::from(digest), text: text.into(), token_ids: vec![1, 2], prompt_tokens: 5, finish_reason: FinishReason::Length }
+        CachedGeneration {
+            model_digest: Arc::from(digest),
+            text: text.into(),
+            token_ids: vec![1, 2],
+            prompt_tokens: 5,
+            finish_reason: FinishReason::Length,
+        }
     }
 
     #[test]
@@ -414,7 +454,13 @@ mod tests {
         assert_ne!(k, generation_key("d", &GenerateRequest { seed: 1, ..base.clone() }));
         assert_ne!(k, generation_key("d", &GenerateRequest { max_new_tokens: 9, ..base.clone() }));
         assert_ne!(k, generation_key("d", &GenerateRequest { stop: vec!["x".into()], ..base.clone() }));
-        assert_ne!(k, generation_key("d", &GenerateRequest { sampling: Sampling { temperature: 0.5, ..Default::default() }, ..base.clone() }));
+        assert_ne!(
+            k,
+            generation_key(
+                "d",
+                &GenerateRequest { sampling: Sampling { temperature: 0.5, ..Default::default() }, ..base.clone() }
+            )
+        );
         assert_ne!(embedding_key("d", "p"), embedding_key("e", "p"));
     }
 

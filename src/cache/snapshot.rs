@@ -76,7 +76,8 @@ pub struct EmbeddingRecord {
 
 /// Serializes `data` into the file format (header + archive).
 pub fn encode(data: &SnapshotData) -> Result<Vec<u8>> {
-    let payload = rkyv::to_bytes::<RkyvError>(data).map_err(|e| Error::Config(format!("cannot serialize the cache: {e}")))?;
+    let payload =
+        rkyv::to_bytes::<RkyvError>(data).map_err(|e| Error::Config(format!("cannot serialize the cache: {e}")))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&header(data.created_unix_ms, &payload));
     out.extend_from_slice(&payload);
@@ -169,7 +170,12 @@ pub fn write(dir: &Path, data: &SnapshotData) -> Result<(PathBuf, u64)> {
 /// Snapshot files in `dir`, newest first.
 fn list(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_snapshot)).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_snapshot))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files.reverse();
@@ -224,7 +230,13 @@ mod tests {
                 prompt_tokens: 12,
                 finish_reason: 1,
             }],
-            embedding: vec![EmbeddingRecord { key: [9; 32], model: 1, hits: 1, last_used: 2, vector: vec![0.5, -1.25, f32::MIN_POSITIVE] }],
+            embedding: vec![EmbeddingRecord {
+                key: [9; 32],
+                model: 1,
+                hits: 1,
+                last_used: 2,
+                vector: vec![0.5, -1.25, f32::MIN_POSITIVE],
+            }],
         }
     }
 

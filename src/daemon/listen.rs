@@ -30,7 +30,9 @@ fn socket_domain(fd: RawFd) -> std::io::Result<i32> {
     let mut domain: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: fd is a descriptor passed by systemd; getsockopt writes at most `len` bytes.
-    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&mut domain as *mut libc::c_int).cast(), &mut len) };
+    let rc = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN, (&mut domain as *mut libc::c_int).cast(), &mut len)
+    };
     if rc == 0 {
         Ok(domain)
     } else {
@@ -44,7 +46,8 @@ fn socket_domain(fd: RawFd) -> std::io::Result<i32> {
 /// Edits the environment: call it before any other thread exists.
 pub unsafe fn from_systemd() -> Result<Vec<StdListener>> {
     // SAFETY: the caller guarantees that no other thread runs yet.
-    let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }.context("invalid LISTEN_FDS / LISTEN_FDNAMES")?;
+    let fds =
+        unsafe { sd_notify::listen_fds_with_names_and_unset_env() }.context("invalid LISTEN_FDS / LISTEN_FDNAMES")?;
     let mut out = Vec::new();
     for (fd, name) in fds {
         let domain = socket_domain(fd).with_context(|| format!("passed fd {fd} ({name}) is not a socket"))?;
@@ -87,7 +90,8 @@ fn bind_unix(path: &Path) -> Result<StdListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    let listener =
+        std::os::unix::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set permissions of {}", path.display()))?;
     Ok(StdListener::Unix { listener, name: format!("unix:{}", path.display()), owned_path: Some(path.to_path_buf()) })

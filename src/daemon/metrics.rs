@@ -117,7 +117,11 @@ pub fn prometheus(status: &Value) -> String {
     let m = &status["metrics"];
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: &Value| {
-        let _ = writeln!(out, "# HELP steadytext_{name} {help}\n# TYPE steadytext_{name} {kind}\nsteadytext_{name} {}", value.as_f64().unwrap_or(0.0));
+        let _ = writeln!(
+            out,
+            "# HELP steadytext_{name} {help}\n# TYPE steadytext_{name} {kind}\nsteadytext_{name} {}",
+            value.as_f64().unwrap_or(0.0)
+        );
     };
     gauge("uptime_seconds", "Seconds since the daemon started.", "gauge", &m["uptime_seconds"]);
     gauge("errors_total", "Requests answered with an error.", "counter", &m["errors_total"]);
@@ -125,7 +129,10 @@ pub fn prometheus(status: &Value) -> String {
     gauge("connections", "Open client connections.", "gauge", &m["connections"]);
     gauge("in_flight", "Requests being served.", "gauge", &m["in_flight"]);
     gauge("resident_memory_bytes", "Resident set size.", "gauge", &m["rss_bytes"]);
-    let _ = writeln!(out, "# HELP steadytext_requests_total Requests served, by method.\n# TYPE steadytext_requests_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP steadytext_requests_total Requests served, by method.\n# TYPE steadytext_requests_total counter"
+    );
     if let Some(map) = m["requests"].as_object() {
         for (method, n) in map {
             let _ = writeln!(out, "steadytext_requests_total{{method=\"{method}\"}} {}", n.as_u64().unwrap_or(0));
@@ -137,7 +144,8 @@ pub fn prometheus(status: &Value) -> String {
         let secs = m["latency_ms"][q].as_f64().unwrap_or(0.0) / 1e3;
         let _ = writeln!(out, "steadytext_request_duration_seconds{{quantile=\"{quantile}\"}} {secs}");
     }
-    let _ = writeln!(out, "# HELP steadytext_queue_depth Requests waiting, by model.\n# TYPE steadytext_queue_depth gauge");
+    let _ =
+        writeln!(out, "# HELP steadytext_queue_depth Requests waiting, by model.\n# TYPE steadytext_queue_depth gauge");
     if let Some(models) = status["models"].as_array() {
         for model in models {
             let _ = writeln!(
@@ -156,7 +164,13 @@ pub fn prometheus(status: &Value) -> String {
 pub fn render_text(status: &Value) -> String {
     let m = &status["metrics"];
     let mut out = String::new();
-    let _ = writeln!(out, "steadytextd {} (protocol {}), pid {}", status["version"].as_str().unwrap_or("?"), status["protocol"], status["pid"]);
+    let _ = writeln!(
+        out,
+        "steadytextd {} (protocol {}), pid {}",
+        status["version"].as_str().unwrap_or("?"),
+        status["protocol"],
+        status["pid"]
+    );
     let _ = writeln!(out, "uptime:      {:.0} s", m["uptime_seconds"].as_f64().unwrap_or(0.0));
     if let Some(models) = status["models"].as_array() {
         for model in models {
@@ -170,7 +184,11 @@ pub fn render_text(status: &Value) -> String {
             );
         }
     }
-    let _ = writeln!(out, "requests:    {} ({} errors, {} overloaded)", m["requests_total"], m["errors_total"], m["overloaded_total"]);
+    let _ = writeln!(
+        out,
+        "requests:    {} ({} errors, {} overloaded)",
+        m["requests_total"], m["errors_total"], m["overloaded_total"]
+    );
     let _ = writeln!(out, "in flight:   {} on {} connections", m["in_flight"], m["connections"]);
     let l = &m["latency_ms"];
     let _ = writeln!(

@@ -117,7 +117,11 @@ pub async fn run(options: Options) -> Result<()> {
         }
     };
     let timeout = Duration::from_secs(daemon.config().daemon.shutdown_timeout_secs);
-    tracing::info!(reason = why, in_flight = daemon.metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed), "stopping");
+    tracing::info!(
+        reason = why,
+        in_flight = daemon.metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+        "stopping"
+    );
     notify::stopping(&format!("stopping ({why}): finishing in-flight requests"));
     daemon.shutdown.cancel();
     daemon.tracker.close();
@@ -199,7 +203,11 @@ fn spawn_watchdog(daemon: &Arc<Daemon>) {
             tick.tick().await;
             match d.workers.iter().find(|w| w.since_heartbeat() > half) {
                 None => notify::watchdog(),
-                Some(w) => tracing::error!(kind = w.kind().as_str(), stalled_ms = w.since_heartbeat().as_millis() as u64, "worker shows no progress; withholding the watchdog ping"),
+                Some(w) => tracing::error!(
+                    kind = w.kind().as_str(),
+                    stalled_ms = w.since_heartbeat().as_millis() as u64,
+                    "worker shows no progress; withholding the watchdog ping"
+                ),
             }
         }
     });
@@ -212,7 +220,11 @@ fn daemon_cache_dir(config: &Config) -> PathBuf {
         .cache
         .dir
         .clone()
-        .or_else(|| std::env::var("STATE_DIRECTORY").ok().and_then(|v| v.split(':').next().filter(|s| !s.is_empty()).map(PathBuf::from)))
+        .or_else(|| {
+            std::env::var("STATE_DIRECTORY")
+                .ok()
+                .and_then(|v| v.split(':').next().filter(|s| !s.is_empty()).map(PathBuf::from))
+        })
         .unwrap_or_else(|| PathBuf::from("/var/lib/steadytext"))
 }
 

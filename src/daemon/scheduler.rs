@@ -2,9 +2,9 @@
 //! bounded queue. It decides what runs when (today: one request at a time per model, in
 //! arrival order); the engine below never sees more than the steps it is given.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -124,7 +124,8 @@ impl Worker {
         let epoch = Instant::now();
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
         let merged = Arc::new(AtomicU64::new(0));
-        let progress = Progress { queued: queued.clone(), heartbeat_ms: heartbeat_ms.clone(), merged: merged.clone(), epoch };
+        let progress =
+            Progress { queued: queued.clone(), heartbeat_ms: heartbeat_ms.clone(), merged: merged.clone(), epoch };
         std::thread::Builder::new()
             .name(format!("{}-worker", kind.as_str()))
             .spawn(move || match Loaded::load(kind, &config) {
@@ -236,7 +237,11 @@ fn run(mut loaded: Loaded, mut config: Arc<Config>, rx: Receiver<Job>, p: Progre
                         _ => true,
                     }
                 };
-                let result = if cancel.is_cancelled() { Err(Error::Cancelled) } else { service.run(&config, &params, &mut on_piece) };
+                let result = if cancel.is_cancelled() {
+                    Err(Error::Cancelled)
+                } else {
+                    service.run(&config, &params, &mut on_piece)
+                };
                 let _ = reply.send(result);
             }
             (Job::Embed { params, reply }, Loaded::Embedding(service)) => {

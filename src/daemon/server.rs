@@ -13,13 +13,16 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::{Cache, EmbedPlan, SnapshotInfo};
 use crate::config::Config;
 use crate::daemon::metrics::{prometheus, Metrics};
 use crate::daemon::scheduler::{Job, Kind, SubmitError, Worker};
-use crate::cache::{Cache, EmbedPlan, SnapshotInfo};
 use crate::error::Error;
+use crate::protocol::{
+    codes, EmbedParams, EmbedResult, GenerateParams, Piece, Request, Response, RpcError, MAX_LINE_BYTES,
+    PIECE_NOTIFICATION, PROTOCOL_VERSION,
+};
 use crate::service::check_model;
-use crate::protocol::{codes, EmbedParams, EmbedResult, GenerateParams, Piece, Request, Response, RpcError, MAX_LINE_BYTES, PIECE_NOTIFICATION, PROTOCOL_VERSION};
 
 /// How often a waiting request checks whether its client hung up.
 const PEER_POLL: Duration = Duration::from_millis(50);
@@ -178,7 +181,10 @@ impl Daemon {
                 Ok(Line::Eof) | Err(_) => break,
                 Ok(Line::TooLong) => Some(Response::err(
                     Value::Null,
-                    RpcError::new(codes::TOO_LARGE, format!("request line over {MAX_LINE_BYTES} bytes; send less per request")),
+                    RpcError::new(
+                        codes::TOO_LARGE,
+                        format!("request line over {MAX_LINE_BYTES} bytes; send less per request"),
+                    ),
                 )),
                 Ok(Line::Text(bytes)) => {
                     self.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -200,13 +206,23 @@ impl Daemon {
         let started = Instant::now();
         let value: Value = match serde_json::from_slice(line) {
             Ok(v) => v,
-            Err(e) => return Some(Response::err(Value::Null, RpcError::new(codes::PARSE_ERROR, format!("not valid JSON: {e}")))),
+            Err(e) => {
+                return Some(Response::err(
+                    Value::Null,
+                    RpcError::new(codes::PARSE_ERROR, format!("not valid JSON: {e}")),
+                ))
+            }
         };
         let id = value.get("id").cloned().unwrap_or(Value::Null);
         let request = match serde_json::from_value::<Request>(value) {
             Ok(r) if r.jsonrpc == "2.0" => r,
             Ok(_) => return Some(Response::err(id, RpcError::new(codes::INVALID_REQUEST, "jsonrpc must be \"2.0\""))),
-            Err(e) => return Some(Response::err(id, RpcError::new(codes::INVALID_REQUEST, format!("not a JSON-RPC 2.0 request: {e}")))),
+            Err(e) => {
+                return Some(Response::err(
+                    id,
+                    RpcError::new(codes::INVALID_REQUEST, format!("not a JSON-RPC 2.0 request: {e}")),
+                ))
+            }
         };
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let result = match request.method.as_str() {
@@ -232,8 +248,12 @@ impl Daemon {
         let model = result.as_ref().ok().and_then(|v| v.get("model")).and_then(Value::as_str).unwrap_or("");
         let cached = result.as_ref().ok().and_then(|v| v.get("cached")).and_then(Value::as_bool).unwrap_or(false);
         match &result {
-            Ok(_) => tracing::info!(request_id, method = %request.method, duration_ms = elapsed.as_secs_f64() * 1e3, cached, model, "request served"),
-            Err(e) => tracing::warn!(request_id, method = %request.method, duration_ms = elapsed.as_secs_f64() * 1e3, code = e.code, error = %e.message, "request failed"),
+            Ok(_) => {
+                tracing::info!(request_id, method = %request.method, duration_ms = elapsed.as_secs_f64() * 1e3, cached, model, "request served")
+            }
+            Err(e) => {
+                tracing::warn!(request_id, method = %request.method, duration_ms = elapsed.as_secs_f64() * 1e3, code = e.code, error = %e.message, "request failed")
+            }
         }
         self.metrics.record(&request.method, elapsed, result.is_ok());
         request.id.as_ref()?;
@@ -248,14 +268,20 @@ impl Daemon {
             Ok(()) => Ok(()),
             Err(SubmitError::Overloaded { queued }) => {
                 self.metrics.record_overload();
-                let retry = (self.metrics.mean_latency_ms() * (queued as f64 + 1.0)).clamp(50.0, 60_000.0).round() as u64;
+                let retry =
+                    (self.metrics.mean_latency_ms() * (queued as f64 + 1.0)).clamp(50.0, 60_000.0).round() as u64;
                 Err(RpcError {
                     code: codes::OVERLOADED,
-                    message: format!("daemon overloaded: {queued} {} requests already queued; retry in {retry} ms", kind.as_str()),
+                    message: format!(
+                        "daemon overloaded: {queued} {} requests already queued; retry in {retry} ms",
+                        kind.as_str()
+                    ),
                     data: Some(json!({ "retry_after_ms": retry })),
                 })
             }
-            Err(SubmitError::Stopped) => Err(RpcError::new(codes::SHUTTING_DOWN, "the worker has stopped; the daemon is shutting down")),
+            Err(SubmitError::Stopped) => {
+                Err(RpcError::new(codes::SHUTTING_DOWN, "the worker has stopped; the daemon is shutting down"))
+            }
         }
     }
 
@@ -274,7 +300,13 @@ impl Daemon {
         }
     }
 
-    async fn generate<W: AsyncWrite + Unpin>(&self, params: Value, mut stream_to: Option<&mut W>, id: &Value, fd: RawFd) -> Result<Value, RpcError> {
+    async fn generate<W: AsyncWrite + Unpin>(
+        &self,
+        params: Value,
+        mut stream_to: Option<&mut W>,
+        id: &Value,
+        fd: RawFd,
+    ) -> Result<Value, RpcError> {
         let params: GenerateParams = parse_params(params)?;
         let info = self.worker(Kind::Generation).info();
         check_model(params.model.as_deref(), &info).map_err(|e| RpcError::from(&e))?;
@@ -291,7 +323,8 @@ impl Daemon {
         let (reply_tx, mut reply) = oneshot::channel();
         let (piece_tx, mut pieces) = mpsc::channel(self.config().daemon.stream_buffer);
         let streaming = stream_to.is_some();
-        let job = Job::Generate { params, pieces: streaming.then_some(piece_tx), cancel: cancel.clone(), reply: reply_tx };
+        let job =
+            Job::Generate { params, pieces: streaming.then_some(piece_tx), cancel: cancel.clone(), reply: reply_tx };
         self.submit(Kind::Generation, job)?;
         let _cancel_on_drop = cancel.clone().drop_guard();
         let mut out = stream_to;
@@ -343,7 +376,12 @@ impl Daemon {
         };
         let result = result.map(|r| {
             r.map(|fresh| {
-                let embeddings = plan.complete(fresh.embeddings, self.lock_cache().as_deref_mut(), &fresh.model_digest, &params.texts);
+                let embeddings = plan.complete(
+                    fresh.embeddings,
+                    self.lock_cache().as_deref_mut(),
+                    &fresh.model_digest,
+                    &params.texts,
+                );
                 EmbedResult { embeddings, ..fresh }
             })
         });
@@ -352,7 +390,10 @@ impl Daemon {
 }
 
 fn cache_off() -> RpcError {
-    RpcError::new(codes::INVALID_PARAMS, "the cache is disabled in this daemon's configuration ([cache] enabled = false)")
+    RpcError::new(
+        codes::INVALID_PARAMS,
+        "the cache is disabled in this daemon's configuration ([cache] enabled = false)",
+    )
 }
 
 fn parse_params<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
@@ -362,9 +403,14 @@ fn parse_params<T: DeserializeOwned>(params: Value) -> Result<T, RpcError> {
 fn finish<T: serde::Serialize>(result: Result<crate::Result<T>, oneshot::error::RecvError>) -> Result<Value, RpcError> {
     match result {
         Ok(Ok(v)) => serde_json::to_value(v).map_err(|e| RpcError::new(codes::INTERNAL_ERROR, e.to_string())),
-        Ok(Err(Error::Cancelled)) => Err(RpcError::new(codes::SHUTTING_DOWN, "request cancelled (client gone or daemon stopping)")),
+        Ok(Err(Error::Cancelled)) => {
+            Err(RpcError::new(codes::SHUTTING_DOWN, "request cancelled (client gone or daemon stopping)"))
+        }
         Ok(Err(e)) => Err(RpcError::from(&e)),
-        Err(_) => Err(RpcError::new(codes::INTERNAL_ERROR, "the worker stopped before answering; see `journalctl -u steadytext`")),
+        Err(_) => Err(RpcError::new(
+            codes::INTERNAL_ERROR,
+            "the worker stopped before answering; see `journalctl -u steadytext`",
+        )),
     }
 }
 
@@ -390,7 +436,13 @@ async fn read_line<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Resul
     loop {
         let buf = reader.fill_buf().await?;
         if buf.is_empty() {
-            return Ok(if line.is_empty() && !too_long { Line::Eof } else if too_long { Line::TooLong } else { Line::Text(line) });
+            return Ok(if line.is_empty() && !too_long {
+                Line::Eof
+            } else if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(line)
+            });
         }
         let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
             Some(i) => (&buf[..i], i + 1),

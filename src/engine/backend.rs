@@ -61,11 +61,19 @@ pub struct SessionSettings {
 
 /// Builds an ONNX Runtime session with the project's fixed options.
 #[allow(clippy::result_large_err)] // the large error type is ort's own builder error
-pub fn build_session(env: &ort::environment::Environment, onnx: &Path, model: &str, s: SessionSettings) -> Result<Session> {
+pub fn build_session(
+    env: &ort::environment::Environment,
+    onnx: &Path,
+    model: &str,
+    s: SessionSettings,
+) -> Result<Session> {
     let fail = |e: String| {
         Error::model(
             model,
-            format!("cannot load {}: {e}; the file is corrupt or not an ONNX model, fetch the model again", onnx.display()),
+            format!(
+                "cannot load {}: {e}; the file is corrupt or not an ONNX model, fetch the model again",
+                onnx.display()
+            ),
         )
     };
     let configure = |b: SessionBuilder| -> std::result::Result<SessionBuilder, ort::Error<SessionBuilder>> {
@@ -80,11 +88,8 @@ pub fn build_session(env: &ort::environment::Environment, onnx: &Path, model: &s
     let builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
     let mut builder = configure(builder).map_err(|e| fail(e.to_string()))?;
     if s.device == Device::Cuda {
-        let cuda = ort::ep::CUDA::default()
-            .with_device_id(s.cuda_device_id)
-            .with_tf32(false)
-            .build()
-            .error_on_failure();
+        let cuda =
+            ort::ep::CUDA::default().with_device_id(s.cuda_device_id).with_tf32(false).build().error_on_failure();
         builder = builder
             .with_execution_providers([cuda])
             .map_err(|e| Error::model(model, format!("CUDA execution provider unavailable: {e}; install the CUDA build of ONNX Runtime and CUDA 13 libraries, or set device = \"cpu\"")))?;
@@ -133,7 +138,10 @@ impl OnnxDecoder {
         }
         for input in session.inputs().iter().filter(|i| i.name().starts_with("past_key_values.")) {
             if input.dtype().tensor_type() != Some(TensorElementType::Float32) {
-                return Err(Error::model(model, format!("input {} is not float32; only float32 KV caches are supported", input.name())));
+                return Err(Error::model(
+                    model,
+                    format!("input {} is not float32; only float32 KV caches are supported", input.name()),
+                ));
             }
         }
         let has_position_ids = names.contains(&"position_ids");
@@ -151,10 +159,14 @@ impl OnnxDecoder {
         let past = state.len;
         let model = self.model.clone();
         let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(3 + 2 * self.layers);
-        inputs.push(("input_ids".into(), i64_tensor([1, n], tokens.iter().map(|&t| t as i64).collect(), &model)?.into()));
+        inputs
+            .push(("input_ids".into(), i64_tensor([1, n], tokens.iter().map(|&t| t as i64).collect(), &model)?.into()));
         inputs.push(("attention_mask".into(), i64_tensor([1, past + n], vec![1; past + n], &model)?.into()));
         if self.has_position_ids {
-            inputs.push(("position_ids".into(), i64_tensor([1, n], (past as i64..(past + n) as i64).collect(), &model)?.into()));
+            inputs.push((
+                "position_ids".into(),
+                i64_tensor([1, n], (past as i64..(past + n) as i64).collect(), &model)?.into(),
+            ));
         }
         let mut past_values = std::mem::take(&mut state.past);
         if past_values.is_empty() {
@@ -167,7 +179,8 @@ impl OnnxDecoder {
             inputs.push((format!("past_key_values.{i}.value").into(), v.into()));
         }
         let mut outputs = self.session.run(inputs).map_err(inference(&model))?;
-        let logits = outputs.get("logits").ok_or_else(|| Error::model(&model, "decoder ONNX graph has no `logits` output"))?;
+        let logits =
+            outputs.get("logits").ok_or_else(|| Error::model(&model, "decoder ONNX graph has no `logits` output"))?;
         let (shape, data) = logits.try_extract_tensor::<f32>().map_err(inference(&model))?;
         let vocab = *shape.last().unwrap_or(&0) as usize;
         if vocab == 0 || data.len() < vocab {

@@ -41,7 +41,10 @@ impl Pooling {
         match chosen.as_slice() {
             [one] => Ok(*one),
             [] => Err(Error::model(model, "1_Pooling/config.json enables no pooling mode")),
-            _ => Err(Error::model(model, "1_Pooling/config.json enables several pooling modes; concatenated pooling is not supported")),
+            _ => Err(Error::model(
+                model,
+                "1_Pooling/config.json enables several pooling modes; concatenated pooling is not supported",
+            )),
         }
     }
 

@@ -47,15 +47,13 @@ struct Loaded {
 fn load_common(config: &Config, name: &str) -> Result<Loaded> {
     let dir = model::resolve_dir(&config.model_dir, name)?;
     let files = ModelFiles::discover(&dir)?;
-    let config_json = files
-        .json("config.json")?
-        .ok_or_else(|| Error::model(&files.name, format!("{} has no config.json; copy the model's config.json there", dir.display())))?;
+    let config_json = files.json("config.json")?.ok_or_else(|| {
+        Error::model(&files.name, format!("{} has no config.json; copy the model's config.json there", dir.display()))
+    })?;
     let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
         .map_err(|e| Error::model(&files.name, format!("{} does not load: {e}", files.tokenizer.display())))?;
     tokenizer.with_padding(None);
-    tokenizer
-        .with_truncation(None)
-        .map_err(|e| Error::model(&files.name, format!("cannot clear truncation: {e}")))?;
+    tokenizer.with_truncation(None).map_err(|e| Error::model(&files.name, format!("cannot clear truncation: {e}")))?;
     let digest = files.digest()?;
     let env = crate::runtime::environment(&config.runtime_spec())?;
     let settings = SessionSettings {
@@ -73,13 +71,15 @@ pub fn load_generator(config: &Config, name: &str) -> Result<(ModelInfo, OnnxGen
     let l = load_common(config, name)?;
     let m = l.files.name.as_str();
     let heads = model::usize_field(m, &l.config_json, "num_attention_heads")?;
-    let kv_heads = l.config_json.get("num_key_value_heads").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(heads);
+    let kv_heads =
+        l.config_json.get("num_key_value_heads").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(heads);
     let head_dim = match l.config_json.get("head_dim").and_then(|v| v.as_u64()) {
         Some(d) => d as usize,
         None => model::usize_field(m, &l.config_json, "hidden_size")? / heads.max(1),
     };
     let context = model::usize_field(m, &l.config_json, "max_position_embeddings")?;
-    let mut eos = model::token_ids(l.files.json("generation_config.json")?.as_ref().and_then(|g| g.get("eos_token_id")));
+    let mut eos =
+        model::token_ids(l.files.json("generation_config.json")?.as_ref().and_then(|g| g.get("eos_token_id")));
     for id in model::token_ids(l.config_json.get("eos_token_id")) {
         if !eos.contains(&id) {
             eos.push(id);

@@ -91,7 +91,9 @@ impl NotifyListener {
     pub fn wait_for(&self, needle: &str, from: usize, timeout: Duration) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(i) = self.messages().iter().enumerate().skip(from).find(|(_, m)| m.contains(needle)).map(|(i, _)| i) {
+            if let Some(i) =
+                self.messages().iter().enumerate().skip(from).find(|(_, m)| m.contains(needle)).map(|(i, _)| i)
+            {
                 return i;
             }
             assert!(Instant::now() < deadline, "no {needle:?} within {timeout:?}; got {:?}", self.messages());
@@ -123,7 +125,12 @@ impl Daemon {
     }
 
     /// Like [`Daemon::socket_activated`], with the cache snapshots in `state` (which may outlive it).
-    pub fn socket_activated_in(dir: tempfile::TempDir, state: &Path, config_toml: &str, extra_env: &[(&str, &str)]) -> Self {
+    pub fn socket_activated_in(
+        dir: tempfile::TempDir,
+        state: &Path,
+        config_toml: &str,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let socket = dir.path().join("steadytext.sock");
         let notify = NotifyListener::bind(dir.path());
         let config = dir.path().join("steadytext.toml");
