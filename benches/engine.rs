@@ -72,7 +72,8 @@ fn main() {
     let t = Instant::now();
     for prompt in prompts {
         let params = GenerateParams { prompt: prompt.into(), max_new_tokens: Some(128), ..Default::default() };
-        tokens += generator.run(&config, &params, &mut |_| true).unwrap().token_ids.len();
+        tokens +=
+            generator.run(&params.to_request(&config).unwrap(), &mut |_| true).unwrap().generation.token_ids.len();
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
@@ -86,7 +87,7 @@ fn main() {
         (0..256).map(|i| format!("Sentence number {i} about deterministic embeddings and systemd services.")).collect();
     let t = Instant::now();
     for chunk in texts.chunks(64) {
-        embedder.run(&config, &EmbedParams { texts: chunk.to_vec(), model: None }).unwrap();
+        embedder.run(chunk).unwrap();
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
@@ -96,7 +97,7 @@ fn main() {
     );
     let t = Instant::now();
     for text in &texts[..64] {
-        embedder.run(&config, &EmbedParams { texts: vec![text.clone()], model: None }).unwrap();
+        embedder.run(std::slice::from_ref(text)).unwrap();
     }
     println!("embed: {:.1} sentences/s one at a time", 64.0 / t.elapsed().as_secs_f64());
 
@@ -150,7 +151,7 @@ fn main() {
             .map(|i| {
                 let params = EmbedParams { texts: vec![format!("hello world {i}")], model: None };
                 let t = Instant::now();
-                embedder.run(&config, &params).unwrap();
+                embedder.run(&params.texts).unwrap();
                 t.elapsed().as_secs_f64() * 1e3
             })
             .collect(),
@@ -165,12 +166,14 @@ fn main() {
         rpc.call(&line);
         t.elapsed().as_secs_f64() * 1e3
     }).collect());
-    let gp = GenerateParams { prompt: "Say hi.".into(), max_new_tokens: Some(8), ..Default::default() };
+    let gp = GenerateParams { prompt: "Say hi.".into(), max_new_tokens: Some(8), ..Default::default() }
+        .to_request(&config)
+        .unwrap();
     let direct = median(
         (0..20)
             .map(|_| {
                 let t = Instant::now();
-                generator.run(&config, &gp, &mut |_| true).unwrap();
+                generator.run(&gp, &mut |_| true).unwrap();
                 t.elapsed().as_secs_f64() * 1e3
             })
             .collect(),
@@ -251,8 +254,8 @@ fn main() {
 /// Load time of a 100,000-entry snapshot (goal: under 100 ms).
 fn snapshot_load(config: &Config) {
     use std::sync::Arc;
-    use steadytext::cache::{generation_key, Cache, CachedGeneration};
-    use steadytext::engine::generate::{FinishReason, GenerateRequest};
+    use steadytext::cache::{generation_key, Cache, Stored};
+    use steadytext::engine::generate::{FinishReason, GenerateRequest, Generation};
     let dir = tempfile::tempdir().unwrap();
     let mut cache_config = config.cache.clone();
     cache_config.generation_capacity = 100_000;
@@ -267,13 +270,13 @@ fn snapshot_load(config: &Config) {
             stop: vec![],
             sampling: Default::default(),
         };
-        let value = CachedGeneration {
-            model_digest: digest.clone(),
+        let generation = Generation {
             text: format!("A cached answer number {i}, about as long as a short sentence or two of output."),
             token_ids: (0..24).map(|t| t + i).collect(),
             prompt_tokens: 30,
             finish_reason: FinishReason::Length,
         };
+        let value = Stored { model_digest: digest.clone(), value: generation };
         cache.put_generation(generation_key(&digest, &request), value);
     }
     let t = Instant::now();

@@ -9,6 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::config::env::ClientEnv;
 use crate::protocol::{codes, Piece, Request, Response, RpcError, PIECE_NOTIFICATION};
 
 /// Where the daemon listens.
@@ -184,21 +185,20 @@ impl Client {
     }
 }
 
-/// The daemon address from the environment: `STEADYTEXT_DAEMON_HOST`/`_PORT` for TCP, else
-/// `STEADYTEXT_SOCKET`, else `default_socket`.
-pub fn target_from_env(default_socket: &Path) -> Result<Target, String> {
-    let host = std::env::var("STEADYTEXT_DAEMON_HOST").ok().filter(|v| !v.is_empty());
-    let port = std::env::var("STEADYTEXT_DAEMON_PORT").ok().filter(|v| !v.is_empty());
-    if host.is_some() || port.is_some() {
-        let port: u16 = port
+/// The daemon address from the environment ([`crate::config::env::client`]):
+/// `STEADYTEXT_DAEMON_HOST`/`_PORT` for TCP, else `STEADYTEXT_SOCKET`, else `default_socket`.
+pub fn target_from_env(env: &ClientEnv, default_socket: &Path) -> Result<Target, String> {
+    if env.host.is_some() || env.port.is_some() {
+        let port: u16 = env
+            .port
             .as_deref()
             .unwrap_or("5557")
             .parse()
             .map_err(|_| "STEADYTEXT_DAEMON_PORT must be a port number (1-65535)".to_string())?;
-        return Ok(Target::Tcp(format!("{}:{port}", host.as_deref().unwrap_or("127.0.0.1"))));
+        return Ok(Target::Tcp(format!("{}:{port}", env.host.as_deref().unwrap_or("127.0.0.1"))));
     }
-    match std::env::var("STEADYTEXT_SOCKET").ok().filter(|v| !v.is_empty()) {
-        Some(s) => Target::parse(&s).map_err(|e| format!("STEADYTEXT_SOCKET: {e}")),
+    match &env.socket {
+        Some(s) => Target::parse(s).map_err(|e| format!("STEADYTEXT_SOCKET: {e}")),
         None => Ok(Target::Unix(default_socket.to_path_buf())),
     }
 }

@@ -1,5 +1,6 @@
 //! Configuration: built-in defaults, then `/etc/steadytext/steadytext.toml` (or `STEADYTEXT_CONFIG`),
 //! then `STEADYTEXT_*` environment variables; command-line flags are applied last by the binaries.
+//! Every environment variable steadytext reads is read here (see [`env`]).
 
 use std::path::{Path, PathBuf};
 
@@ -102,8 +103,12 @@ pub struct DaemonConfig {
     pub idle_exit_secs: u64,
     /// Most connections served at once.
     pub max_connections: usize,
-    /// Pieces buffered per streaming request before generation waits for the client.
+    /// Accepted for old configuration files and ignored: a request's stream pieces are buffered
+    /// whole (bounded by its `max_new_tokens`), so generation never waits for a client.
     pub stream_buffer: usize,
+    /// Seconds a client may leave an answer or a stream piece unread; then its request is
+    /// cancelled and its connection closed (a stalled reader stalls only itself).
+    pub send_timeout_secs: u64,
 }
 
 impl Default for DaemonConfig {
@@ -115,6 +120,7 @@ impl Default for DaemonConfig {
             idle_exit_secs: 0,
             max_connections: 256,
             stream_buffer: 16,
+            send_timeout_secs: 30,
         }
     }
 }
@@ -161,13 +167,13 @@ impl Config {
     /// Loads the configuration: `path` if given (must exist), else `STEADYTEXT_CONFIG`, else the
     /// system file when present; then applies the environment.
     pub fn load(path: Option<&Path>) -> Result<Self> {
-        let explicit = path.map(Path::to_path_buf).or_else(|| env_nonempty("STEADYTEXT_CONFIG").map(PathBuf::from));
+        let explicit = path.map(Path::to_path_buf).or_else(|| env::get("STEADYTEXT_CONFIG").map(PathBuf::from));
         let mut config = match explicit {
             Some(p) => Self::from_file(&p)?,
             None if Path::new(SYSTEM_CONFIG).exists() => Self::from_file(Path::new(SYSTEM_CONFIG))?,
             None => Config::default(),
         };
-        config.apply_env(env_nonempty)?;
+        config.apply_env(env::get)?;
         Ok(config)
     }
 
@@ -236,9 +242,10 @@ impl Config {
                 self.max_new_tokens, self.limits.max_new_tokens
             )));
         }
-        if self.daemon.queue_depth == 0 || self.daemon.max_connections == 0 || self.daemon.stream_buffer == 0 {
+        let d = &self.daemon;
+        if d.queue_depth == 0 || d.max_connections == 0 || d.stream_buffer == 0 || d.send_timeout_secs == 0 {
             return Err(Error::Config(
-                "daemon.queue_depth, max_connections and stream_buffer must be at least 1".into(),
+                "daemon.queue_depth, max_connections, stream_buffer and send_timeout_secs must be at least 1".into(),
             ));
         }
         if self.limits.max_batch == 0 || self.limits.max_input_bytes == 0 {
@@ -262,10 +269,73 @@ impl Config {
     pub fn runtime_spec(&self) -> crate::runtime::RuntimeSpec {
         crate::runtime::RuntimeSpec::resolve(self.onnxruntime.as_deref(), self.onnxruntime_sha256.as_deref())
     }
+
+    /// Where the daemon keeps cache snapshots: `[cache] dir`, else systemd's `STATE_DIRECTORY`,
+    /// else /var/lib/steadytext.
+    pub fn daemon_state_dir(&self) -> PathBuf {
+        self.cache.dir.clone().or_else(env::state_directory).unwrap_or_else(|| PathBuf::from("/var/lib/steadytext"))
+    }
 }
 
-fn env_nonempty(key: &str) -> Option<String> {
-    std::env::var(key).ok().filter(|v| !v.is_empty())
+/// The environment, read in this one place. Empty variables count as unset.
+pub mod env {
+    use std::path::PathBuf;
+
+    /// Reads `key`; empty counts as unset.
+    pub fn get(key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+
+    /// `ORT_DYLIB_PATH`: the ONNX Runtime library to load.
+    pub fn ort_dylib_path() -> Option<PathBuf> {
+        get("ORT_DYLIB_PATH").map(PathBuf::from)
+    }
+
+    /// The first folder of systemd's `STATE_DIRECTORY`.
+    pub fn state_directory() -> Option<PathBuf> {
+        get("STATE_DIRECTORY").and_then(|v| v.split(':').next().filter(|s| !s.is_empty()).map(PathBuf::from))
+    }
+
+    /// systemd's `JOURNAL_STREAM` (`dev:inode` of the journal stream on stderr).
+    pub fn journal_stream() -> Option<(u64, u64)> {
+        let spec = get("JOURNAL_STREAM")?;
+        let (dev, ino) = spec.split_once(':')?;
+        Some((dev.parse().ok()?, ino.parse().ok()?))
+    }
+
+    /// `STEADYTEXT_LOG`: the daemon's log filter.
+    pub fn log_filter() -> Option<String> {
+        get("STEADYTEXT_LOG")
+    }
+
+    /// How `stctl` finds the daemon, from `STEADYTEXT_DAEMON_HOST`/`_PORT`, `STEADYTEXT_SOCKET`
+    /// and `STEADYTEXT_DISABLE_DAEMON`.
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct ClientEnv {
+        /// `STEADYTEXT_DAEMON_HOST`.
+        pub host: Option<String>,
+        /// `STEADYTEXT_DAEMON_PORT`.
+        pub port: Option<String>,
+        /// `STEADYTEXT_SOCKET`.
+        pub socket: Option<String>,
+        /// `STEADYTEXT_DISABLE_DAEMON` set to anything but `0`.
+        pub disable_daemon: bool,
+    }
+
+    /// Reads [`ClientEnv`].
+    pub fn client() -> ClientEnv {
+        ClientEnv {
+            host: get("STEADYTEXT_DAEMON_HOST"),
+            port: get("STEADYTEXT_DAEMON_PORT"),
+            socket: get("STEADYTEXT_SOCKET"),
+            disable_daemon: get("STEADYTEXT_DISABLE_DAEMON").is_some_and(|v| v != "0"),
+        }
+    }
+
+    /// `HF_ENDPOINT` (a Hub mirror) and `HF_TOKEN` (for gated repositories).
+    pub fn hub() -> (Option<String>, Option<String>) {
+        (get("HF_ENDPOINT"), get("HF_TOKEN"))
+    }
 }
 
 fn parse_env<T: std::str::FromStr>(key: &str, value: &str) -> Result<T>

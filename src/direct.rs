@@ -1,12 +1,13 @@
-//! Direct mode: what `stctl` does when no daemon answers. Same engine and same cache format as
-//! the daemon, with a per-user snapshot folder (`~/.cache/steadytext`).
+//! Direct mode: what `stctl` does when no daemon answers. Same engine and the same cache routine
+//! as the daemon ([`SharedCache`]), with a per-user snapshot folder (`~/.cache/steadytext`).
 
+use std::future::Future;
 use std::path::PathBuf;
 
-use crate::cache::{Cache, EmbedPlan};
+use crate::cache::{Cache, SharedCache};
 use crate::config::Config;
 use crate::engine::ModelInfo;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
 use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
 use crate::service::{EmbeddingService, GenerationService};
@@ -33,15 +34,20 @@ fn identity(config: &Config, name: &str) -> Result<ModelInfo> {
     Ok(ModelInfo { name: files.name.clone(), digest: files.digest()?, dir })
 }
 
-fn persist(cache: Option<&mut Cache>) {
-    if let Some(c) = cache.filter(|c| c.is_dirty()) {
-        if let Err(e) = c.snapshot() {
-            tracing::warn!(error = %e, "cannot write the per-user cache snapshot");
-        }
+/// Runs one of the cache routines to completion on this thread.
+fn block_on<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().build().map_err(|e| Error::io("the in-process runtime", e))?;
+    runtime.block_on(work)
+}
+
+fn persist(cache: &SharedCache) {
+    if let Err(e) = cache.snapshot_if_dirty() {
+        tracing::warn!(error = %e, "cannot write the per-user cache snapshot");
     }
 }
 
-/// Generates in-process; a cached answer is served without loading the model.
+/// Generates in-process; a cached answer is served (as one piece) without loading the model.
 pub fn generate(
     config: &Config,
     params: &GenerateParams,
@@ -49,18 +55,14 @@ pub fn generate(
 ) -> Result<GenerateResult> {
     let request = params.to_request(config)?;
     let info = identity(config, params.model.as_deref().unwrap_or(&config.generation_model))?;
-    let mut cache = user_cache(config);
-    if let Some(hit) = cache.as_mut().and_then(|c| c.lookup_generation(&info, &request)) {
-        if !hit.text.is_empty() {
-            on_piece(&hit.text);
-        }
-        return Ok(hit);
+    let cache = SharedCache::new(user_cache(config));
+    let result = block_on(cache.generate(&info, &request, || async {
+        GenerationService::load(config, params.model.as_deref())?.run(&request, &mut *on_piece)
+    }))?;
+    if result.cached && !result.generation.text.is_empty() {
+        on_piece(&result.generation.text);
     }
-    let result = GenerationService::load(config, params.model.as_deref())?.run(config, params, on_piece)?;
-    if let Some(c) = cache.as_mut() {
-        c.store_generation(&request, &result);
-    }
-    persist(cache.as_mut());
+    persist(&cache);
     Ok(result)
 }
 
@@ -68,15 +70,10 @@ pub fn generate(
 pub fn embed(config: &Config, params: &EmbedParams) -> Result<EmbedResult> {
     params.validate(&config.limits)?;
     let info = identity(config, params.model.as_deref().unwrap_or(&config.embedding_model))?;
-    let mut cache = user_cache(config);
-    let plan = EmbedPlan::new(cache.as_mut(), &info.digest, &params.texts);
-    let computed = if plan.is_complete() {
-        Vec::new()
-    } else {
-        let missing = EmbedParams { texts: plan.missing.clone(), model: params.model.clone() };
-        EmbeddingService::load(config, params.model.as_deref())?.run(config, &missing)?.embeddings
-    };
-    let embeddings = plan.complete(computed, cache.as_mut(), &info.digest, &params.texts);
-    persist(cache.as_mut());
-    Ok(EmbedResult { embeddings, model: info.name, model_digest: info.digest })
+    let cache = SharedCache::new(user_cache(config));
+    let result = block_on(cache.embed(&info, &params.texts, |missing| async move {
+        EmbeddingService::load(config, params.model.as_deref())?.run(&missing)
+    }))?;
+    persist(&cache);
+    Ok(result)
 }

@@ -1,13 +1,73 @@
-//! Typed errors of the library. Every message says what happened and what to do about it.
+//! Typed errors of the library, one enum for every layer below the binaries. Every message says
+//! what happened and what to do about it. The JSON-RPC code of each variant is chosen in exactly
+//! one place: `impl From<&Error> for RpcError` in [`crate::protocol`].
 
 use std::path::PathBuf;
 
 /// Result alias used throughout the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything the engine, the models and the runtime loader can report.
+/// Everything the engine, the models, the cache, the daemon and the runtime loader can report.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    // --- the request ---
+    /// The request itself is invalid (bad parameter, prompt too long...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The request line is not JSON.
+    #[error("not valid JSON: {0}")]
+    Parse(String),
+    /// Valid JSON, but not a JSON-RPC 2.0 request.
+    #[error("{0}")]
+    NotJsonRpc(String),
+    /// The method does not exist.
+    #[error("unknown method {name:?}; methods: {known}")]
+    UnknownMethod {
+        /// What the client asked for.
+        name: String,
+        /// The methods this daemon serves, comma-separated.
+        known: String,
+    },
+    /// A request line longer than the protocol allows.
+    #[error("request line over {limit} bytes; send less per request")]
+    LineTooLong {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// The request names a model this process has not loaded.
+    #[error(
+        "model {0} is not loaded here; configure it as the daemon's model, or use direct mode (stctl --no-daemon)"
+    )]
+    ModelNotLoaded(String),
+    /// A cache method was called on a daemon whose cache is off.
+    #[error("the cache is disabled in this daemon's configuration ([cache] enabled = false)")]
+    CacheDisabled,
+
+    // --- load and scheduling ---
+    /// A model's queue is full.
+    #[error("daemon overloaded: {queued} {kind} requests already queued; retry in {retry_after_ms} ms")]
+    Overloaded {
+        /// Which model kind.
+        kind: &'static str,
+        /// Jobs already waiting.
+        queued: usize,
+        /// When a retry is likely to be accepted.
+        retry_after_ms: u64,
+    },
+    /// Every connection slot is taken.
+    #[error("too many connections ({open} open); retry in a second")]
+    TooManyConnections {
+        /// Connections open now.
+        open: usize,
+    },
+    /// The daemon is stopping, or its worker has stopped.
+    #[error("the worker has stopped; the daemon is shutting down")]
+    ShuttingDown,
+    /// The work was cancelled (client gone, shutdown timeout).
+    #[error("request cancelled (client gone or daemon stopping)")]
+    Cancelled,
+
+    // --- the engine ---
     /// The ONNX Runtime shared library could not be found or loaded.
     #[error("ONNX Runtime library not usable at {path}: {reason}; run `packaging/fetch-onnxruntime.sh` or set `onnxruntime` in the config / ORT_DYLIB_PATH to libonnxruntime.so.{version}", version = crate::runtime::ORT_VERSION)]
     Runtime {
@@ -33,9 +93,16 @@ pub enum Error {
         #[source]
         source: ort::Error,
     },
-    /// The request itself is invalid (bad parameter, prompt too long...).
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
+    /// The engine produced something it cannot use (NaN logits, undecodable tokens).
+    #[error("engine fault in model {model}: {reason}; see `journalctl -u steadytext` and report it")]
+    Engine {
+        /// The model concerned.
+        model: String,
+        /// What went wrong.
+        reason: String,
+    },
+
+    // --- files and the outside world ---
     /// The configuration file or an environment variable is invalid.
     #[error("configuration: {0}")]
     Config(String),
@@ -48,20 +115,28 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The request names a model this process has not loaded.
-    #[error(
-        "model {0} is not loaded here; configure it as the daemon's model, or use direct mode (stctl --no-daemon)"
-    )]
-    ModelNotLoaded(String),
-    /// The work was cancelled (client gone, shutdown).
-    #[error("cancelled")]
-    Cancelled,
+    /// A cache snapshot could not be written or read.
+    #[error("cache snapshot: {0}")]
+    Snapshot(String),
+    /// A Hugging Face Hub download failed.
+    #[error("hub: {repo}: {reason}")]
+    Hub {
+        /// The repository concerned.
+        repo: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
 }
 
 impl Error {
     /// Builds a [`Error::Model`] for the model `model`.
     pub fn model(model: impl std::fmt::Display, reason: impl Into<String>) -> Self {
         Error::Model { model: model.to_string(), reason: reason.into() }
+    }
+
+    /// Builds an [`Error::Engine`] fault of the model `model`.
+    pub fn engine(model: impl std::fmt::Display, reason: impl Into<String>) -> Self {
+        Error::Engine { model: model.to_string(), reason: reason.into() }
     }
 
     /// Builds an [`Error::Io`] for `path`.

@@ -61,7 +61,7 @@ enum Expected {
 }
 
 fn hub_error(repo: &str, reason: impl Into<String>) -> Error {
-    Error::model(repo, reason)
+    Error::Hub { repo: repo.to_string(), reason: reason.into() }
 }
 
 impl Pull {
@@ -70,16 +70,14 @@ impl Pull {
         if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
             return Err(Error::InvalidRequest(format!("{repo:?} is not a Hub repository name like owner/name")));
         }
+        let (endpoint, token) = crate::config::env::hub();
         Ok(Pull {
             repo: repo.to_string(),
             revision: "main".into(),
             onnx_file: None,
             model_dir: model_dir.to_path_buf(),
-            endpoint: std::env::var("HF_ENDPOINT")
-                .ok()
-                .filter(|v| !v.is_empty())
-                .unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
-            token: std::env::var("HF_TOKEN").ok().filter(|v| !v.is_empty()),
+            endpoint: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+            token,
         })
     }
 

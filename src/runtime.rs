@@ -30,7 +30,7 @@ impl RuntimeSpec {
     pub fn resolve(configured: Option<&Path>, configured_sha256: Option<&str>) -> Self {
         let library = configured
             .map(Path::to_path_buf)
-            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()).map(PathBuf::from))
+            .or_else(crate::config::env::ort_dylib_path)
             .unwrap_or_else(|| PathBuf::from(INSTALLED_LIBRARY));
         let sha256 = match configured_sha256 {
             Some("any") => None,

@@ -1,17 +1,56 @@
-//! Request execution shared by the daemon's workers and `stctl`'s direct mode, so that both give
-//! the same bytes: protocol parameters in, protocol results out.
+//! Loaded models as the scheduler and direct mode see them: validated requests in, protocol
+//! results out. [`Model`] is the small trait a worker drives (ONNX services here, scripted fakes
+//! in tests), so both modes give the same bytes.
 
 use crate::config::Config;
+use crate::engine::generate::GenerateRequest;
 use crate::engine::{load_embedder, load_generator, ModelInfo, OnnxEmbedder, OnnxGenerator};
 use crate::error::{Error, Result};
-use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
+use crate::protocol::{EmbedResult, GenerateResult, ModelKind};
 
-/// Checks that a request's `model` (if any) names the loaded model.
+/// One loaded model, driven by one worker thread.
+pub trait Model: Send {
+    /// What it serves.
+    fn kind(&self) -> ModelKind;
+    /// Its identity.
+    fn info(&self) -> &ModelInfo;
+    /// Runs a generation, calling `on_piece` after every model call with the text it released
+    /// (often empty); `on_piece` returning false cancels it.
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        on_piece: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerateResult> {
+        let _ = (request, on_piece);
+        Err(Error::InvalidRequest(format!("model {} does not generate text", self.info().name)))
+    }
+    /// Embeds a batch; one vector per text, in order.
+    fn embed(&mut self, texts: &[String]) -> Result<EmbedResult> {
+        let _ = texts;
+        Err(Error::InvalidRequest(format!("model {} does not embed", self.info().name)))
+    }
+}
+
+/// Loads the model of `kind` named `name` (default: the configured one of that kind).
+pub fn load(kind: ModelKind, config: &Config, name: Option<&str>) -> Result<Box<dyn Model>> {
+    Ok(match kind {
+        ModelKind::Generation => Box::new(GenerationService::load(config, name)?),
+        ModelKind::Embedding => Box::new(EmbeddingService::load(config, name)?),
+    })
+}
+
+/// The configured model name of `kind`.
+pub fn configured(kind: ModelKind, config: &Config) -> &str {
+    match kind {
+        ModelKind::Generation => &config.generation_model,
+        ModelKind::Embedding => &config.embedding_model,
+    }
+}
+
+/// Checks that a request's `model` (if any) names the model `info`.
 pub fn check_model(requested: Option<&str>, info: &ModelInfo) -> Result<()> {
     match requested {
-        Some(name) if name != info.name && Some(name) != info.dir.to_str() => {
-            Err(Error::ModelNotLoaded(name.to_string()))
-        }
+        Some(name) if !info.answers_to(name) => Err(Error::ModelNotLoaded(name.to_string())),
         _ => Ok(()),
     }
 }
@@ -29,37 +68,38 @@ impl GenerationService {
         Ok(GenerationService { info, generator })
     }
 
-    /// The model's identity.
-    pub fn info(&self) -> &ModelInfo {
-        &self.info
-    }
-
-    /// Runs a generation, calling `on_piece` after every model call with the text it released
-    /// (often empty); `on_piece` returning false cancels the generation (the client went away).
-    pub fn run(
-        &mut self,
-        config: &Config,
-        params: &GenerateParams,
-        on_piece: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<GenerateResult> {
-        check_model(params.model.as_deref(), &self.info)?;
-        let request = params.to_request(config)?;
-        let mut stream = self.generator.stream(&request)?;
+    /// Runs a validated generation (see [`Model::generate`]).
+    pub fn run(&mut self, request: &GenerateRequest, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<GenerateResult> {
+        let mut stream = self.generator.stream(request)?;
         for piece in stream.by_ref() {
             if !on_piece(&piece?) {
                 return Err(Error::Cancelled);
             }
         }
-        let generation = stream.finish()?;
         Ok(GenerateResult {
-            text: generation.text,
-            token_ids: generation.token_ids,
-            prompt_tokens: generation.prompt_tokens,
-            finish_reason: generation.finish_reason,
+            generation: stream.finish()?,
             model: self.info.name.clone(),
             model_digest: self.info.digest.clone(),
             cached: false,
         })
+    }
+}
+
+impl Model for GenerationService {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Generation
+    }
+
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn generate(
+        &mut self,
+        request: &GenerateRequest,
+        on_piece: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<GenerateResult> {
+        self.run(request, on_piece)
     }
 }
 
@@ -76,46 +116,26 @@ impl EmbeddingService {
         Ok(EmbeddingService { info, embedder })
     }
 
-    /// The model's identity.
-    pub fn info(&self) -> &ModelInfo {
+    /// Embeds a validated batch (see [`Model::embed`]).
+    pub fn run(&mut self, texts: &[String]) -> Result<EmbedResult> {
+        Ok(EmbedResult {
+            embeddings: self.embedder.embed(texts)?,
+            model: self.info.name.clone(),
+            model_digest: self.info.digest.clone(),
+        })
+    }
+}
+
+impl Model for EmbeddingService {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Embedding
+    }
+
+    fn info(&self) -> &ModelInfo {
         &self.info
     }
 
-    /// Embeds a batch.
-    pub fn run(&mut self, config: &Config, params: &EmbedParams) -> Result<EmbedResult> {
-        self.run_many(config, std::slice::from_ref(params)).pop().expect("one result per request")
-    }
-
-    /// Embeds several requests in one model run (a text's vector does not depend on its batch);
-    /// each request is validated on its own and gets its own result.
-    pub fn run_many(&mut self, config: &Config, requests: &[EmbedParams]) -> Vec<Result<EmbedResult>> {
-        let checks: Vec<Result<()>> = requests
-            .iter()
-            .map(|p| check_model(p.model.as_deref(), &self.info).and_then(|()| p.validate(&config.limits)))
-            .collect();
-        let texts: Vec<String> = requests
-            .iter()
-            .zip(&checks)
-            .filter(|(_, c)| c.is_ok())
-            .flat_map(|(p, _)| p.texts.iter().cloned())
-            .collect();
-        let mut vectors = match self.embedder.embed(&texts) {
-            Ok(v) => v.into_iter(),
-            Err(e) => {
-                let reason = e.to_string();
-                return checks.into_iter().map(|c| c.and(Err(Error::model(&self.info.name, reason.clone())))).collect();
-            }
-        };
-        requests
-            .iter()
-            .zip(checks)
-            .map(|(p, check)| {
-                check.map(|()| EmbedResult {
-                    embeddings: vectors.by_ref().take(p.texts.len()).collect(),
-                    model: self.info.name.clone(),
-                    model_digest: self.info.digest.clone(),
-                })
-            })
-            .collect()
+    fn embed(&mut self, texts: &[String]) -> Result<EmbedResult> {
+        self.run(texts)
     }
 }

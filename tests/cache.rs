@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use steadytext::cache::{embedding_key, Cache, CachedEmbedding};
+use steadytext::cache::{embedding_key, Cache, Stored};
 use steadytext::config::CacheConfig;
 
 use common::Daemon;
@@ -113,7 +113,7 @@ fn snapshot_writer_child() {
     for i in 0u32.. {
         cache.put_embedding(
             embedding_key(&digest, &i.to_string()),
-            CachedEmbedding { model_digest: digest.clone(), vector: vector_for(i) },
+            Stored { model_digest: digest.clone(), value: vector_for(i) },
         );
         if i % 50 == 0 {
             cache.snapshot().unwrap();

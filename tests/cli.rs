@@ -83,7 +83,7 @@ fn daemon_and_direct_mode_give_the_same_bytes() {
     let v: Vec<f32> = serde_json::from_str(line.trim()).unwrap();
     let mut embedder = steadytext::service::EmbeddingService::load(&common::config(0), None).unwrap();
     let params = steadytext::protocol::EmbedParams { texts: vec!["bits".into()], model: None };
-    let local = embedder.run(&common::config(0), &params).unwrap().embeddings.remove(0);
+    let local = embedder.run(&params.texts).unwrap().embeddings.remove(0);
     assert_eq!(
         v.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
         local.iter().map(|f| f.to_bits()).collect::<Vec<_>>()

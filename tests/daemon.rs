@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use steadytext::protocol::codes;
+use steadytext::protocol::{codes, EmbedParams, GenerateParams};
 use steadytext::service::{EmbeddingService, GenerationService};
 
 use common::Daemon;
@@ -17,8 +17,8 @@ const LONG: Duration = Duration::from_secs(60);
 fn direct_generate(params: &Value) -> Value {
     let config = common::config(0);
     let mut service = GenerationService::load(&config, None).unwrap();
-    let params = serde_json::from_value(params.clone()).unwrap();
-    serde_json::to_value(service.run(&config, &params, &mut |_| true).unwrap()).unwrap()
+    let params: GenerateParams = serde_json::from_value(params.clone()).unwrap();
+    serde_json::to_value(service.run(&params.to_request(&config).unwrap(), &mut |_| true).unwrap()).unwrap()
 }
 
 #[test]
@@ -111,14 +111,15 @@ fn protocol_errors_concurrency_and_cancellation() {
             0 | 1 => {
                 let params =
                     json!({"prompt": format!("Give me fact number {} about the sea.", i % 6), "max_new_tokens": 12});
-                let p = serde_json::from_value(params.clone()).unwrap();
-                let expected = serde_json::to_value(generator.run(&config, &p, &mut |_| true).unwrap()).unwrap();
+                let p: GenerateParams = serde_json::from_value(params.clone()).unwrap();
+                let request = p.to_request(&config).unwrap();
+                let expected = serde_json::to_value(generator.run(&request, &mut |_| true).unwrap()).unwrap();
                 (if i % 3 == 0 { "generate" } else { "generate_stream" }.to_string(), params, expected)
             }
             _ => {
                 let params = json!({"texts": [format!("sentence {i}"), "shared text"]});
-                let p = serde_json::from_value(params.clone()).unwrap();
-                (("embed").to_string(), params, serde_json::to_value(embedder.run(&config, &p).unwrap()).unwrap())
+                let p: EmbedParams = serde_json::from_value(params.clone()).unwrap();
+                (("embed").to_string(), params, serde_json::to_value(embedder.run(&p.texts).unwrap()).unwrap())
             }
         })
         .collect();
@@ -158,7 +159,7 @@ fn protocol_errors_concurrency_and_cancellation() {
         .iter()
         .map(|texts| {
             let p = steadytext::protocol::EmbedParams { texts: texts.clone(), model: None };
-            serde_json::to_value(embedder.run(&config, &p).unwrap().embeddings).unwrap()
+            serde_json::to_value(embedder.run(&p.texts).unwrap().embeddings).unwrap()
         })
         .collect();
     let handles: Vec<_> = bursts

@@ -10,10 +10,13 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use steadytext::cache::SharedCache;
 use steadytext::client::{target_from_env, Client, ClientError, Target};
 use steadytext::config::Config;
 use steadytext::direct;
-use steadytext::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
+use steadytext::protocol::{
+    CacheStats, EmbedParams, EmbedResult, GenerateParams, GenerateResult, SnapshotInfo, Status,
+};
 
 #[derive(Parser)]
 #[command(name = "stctl", version, about = "Deterministic text generation and embeddings (steadytext client)")]
@@ -163,11 +166,12 @@ struct Ctx {
 impl Ctx {
     fn new(cli: &Cli) -> Result<Self> {
         let config = Config::load(cli.config.as_deref()).context("cannot load the configuration")?;
+        let env = steadytext::config::env::client();
         let target = match &cli.socket {
             Some(s) => Target::parse(s).map_err(anyhow::Error::msg)?,
-            None => target_from_env(&config.daemon.socket).map_err(anyhow::Error::msg)?,
+            None => target_from_env(&env, &config.daemon.socket).map_err(anyhow::Error::msg)?,
         };
-        let disabled = std::env::var("STEADYTEXT_DISABLE_DAEMON").is_ok_and(|v| !v.is_empty() && v != "0");
+        let disabled = env.disable_daemon;
         if cli.daemon_only && disabled {
             bail!("--daemon-only conflicts with STEADYTEXT_DISABLE_DAEMON; unset one of them");
         }
@@ -287,7 +291,7 @@ fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
         v["mode"] = json!(mode);
         v["timings"] = json!({
             "total_ms": elapsed * 1e3,
-            "tokens_per_second": result.token_ids.len() as f64 / elapsed.max(1e-9),
+            "tokens_per_second": result.generation.token_ids.len() as f64 / elapsed.max(1e-9),
         });
         println!("{}", serde_json::to_string(&v)?);
     } else {
@@ -323,55 +327,63 @@ fn embed(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
     Ok(())
 }
 
+/// The per-user cache of direct mode.
+fn user_cache(ctx: &Ctx) -> SharedCache {
+    SharedCache::new(direct::user_cache(&ctx.config))
+}
+
 fn cache(ctx: &Ctx, command: CacheCommand) -> Result<()> {
-    let (method, params) = match &command {
-        CacheCommand::Stats { .. } => ("cache.stats", json!({})),
-        CacheCommand::Clear { which } => ("cache.clear", json!({ "cache": which })),
-        CacheCommand::Snapshot => ("cache.snapshot", json!({})),
-    };
-    let (result, mode): (Value, _) = ctx.serve(
-        |c| c.call(method, &params),
-        || {
-            let mut cache =
-                direct::user_cache(&ctx.config).context("the cache is disabled ([cache] enabled = false)")?;
-            match &command {
-                CacheCommand::Stats { .. } => Ok(cache.stats()),
-                CacheCommand::Clear { which } => {
-                    cache.clear(which.as_deref()).map_err(anyhow::Error::msg)?;
+    match command {
+        CacheCommand::Stats { json } => {
+            let (stats, mode): (CacheStats, _) =
+                ctx.serve(|c| c.call("cache.stats", &json!({})), || Ok(user_cache(ctx).stats()?))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", render_cache_stats(&stats, mode));
+            }
+        }
+        CacheCommand::Clear { which } => {
+            let (cleared, _): (Value, _) = ctx.serve(
+                |c| c.call("cache.clear", &json!({ "cache": which })),
+                || {
+                    let cache = user_cache(ctx);
+                    cache.clear(which.as_deref())?;
                     cache.snapshot()?;
                     Ok(json!({ "cleared": which.as_deref().unwrap_or("all") }))
-                }
-                CacheCommand::Snapshot => Ok(json!(cache.snapshot()?)),
-            }
-        },
-    )?;
-    match command {
-        CacheCommand::Stats { json: false } => print!("{}", render_cache_stats(&result, mode)),
-        _ => println!("{}", serde_json::to_string_pretty(&result)?),
+                },
+            )?;
+            println!("{}", serde_json::to_string_pretty(&cleared)?);
+        }
+        CacheCommand::Snapshot => {
+            let (written, _): (Option<SnapshotInfo>, _) =
+                ctx.serve(|c| c.call("cache.snapshot", &json!({})), || Ok(user_cache(ctx).snapshot()?))?;
+            println!("{}", serde_json::to_string_pretty(&written)?);
+        }
     }
     Ok(())
 }
 
-fn render_cache_stats(s: &Value, mode: &str) -> String {
-    let mut out = format!("cache ({mode}){}\n", s["dir"].as_str().map(|d| format!(" in {d}")).unwrap_or_default());
-    for kind in ["generation", "embedding"] {
-        let c = &s[kind];
+fn render_cache_stats(s: &CacheStats, mode: &str) -> String {
+    let dir = s.dir.as_ref().map(|d| format!(" in {}", d.display())).unwrap_or_default();
+    let mut out = format!("cache ({mode}){dir}\n");
+    for (kind, c) in [("generation", &s.generation), ("embedding", &s.embedding)] {
         out.push_str(&format!(
             "{kind:<11} {} entries, {:.1} KiB, {} hits, {} misses, hit rate {:.1}%, {} evictions\n",
-            c["entries"],
-            c["bytes"].as_f64().unwrap_or(0.0) / 1024.0,
-            c["hits"],
-            c["misses"],
-            c["hit_rate"].as_f64().unwrap_or(0.0) * 100.0,
-            c["evictions"]
+            c.entries,
+            c.bytes as f64 / 1024.0,
+            c.hits,
+            c.misses,
+            c.hit_rate * 100.0,
+            c.evictions
         ));
     }
-    match s["last_snapshot"].as_object() {
+    match &s.last_snapshot {
         Some(snap) => out.push_str(&format!(
             "snapshot    {} ({} bytes, created {} ms after the epoch)\n",
-            snap["path"].as_str().unwrap_or("?"),
-            snap["bytes"],
-            snap["created_unix_ms"]
+            snap.path.display(),
+            snap.bytes,
+            snap.created_unix_ms
         )),
         None => out.push_str("snapshot    none yet\n"),
     }
@@ -389,7 +401,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(&ctx, args),
         Command::Embed(args) => embed(&ctx, args),
         Command::Status { json } => {
-            let status: Value = ctx.daemon()?.call("status", &json!({}))?;
+            let status: Status = ctx.daemon()?.call("status", &json!({}))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

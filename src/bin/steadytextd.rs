@@ -10,7 +10,7 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 use steadytext::client::Target;
-use steadytext::config::Config;
+use steadytext::config::{env, Config};
 use steadytext::daemon::{self, listen};
 
 #[derive(Parser)]
@@ -36,7 +36,7 @@ struct Cli {
 
 /// Logs to the journal when stderr is connected to it (`JOURNAL_STREAM`), as text otherwise.
 fn init_logging() {
-    let filter = EnvFilter::try_from_env("STEADYTEXT_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let filter = EnvFilter::new(env::log_filter().as_deref().unwrap_or("info,ort=warn"));
     let journal = journal_stderr().then(|| tracing_journald::layer().ok()).flatten().map(|l| l.with_field_prefix(None));
     if let Some(layer) = journal {
         tracing_subscriber::registry().with(filter).with(layer).init();
@@ -51,10 +51,8 @@ fn init_logging() {
 /// Whether stderr is the journal stream named by `JOURNAL_STREAM=dev:ino`.
 fn journal_stderr() -> bool {
     use std::os::unix::fs::MetadataExt;
-    let Ok(spec) = std::env::var("JOURNAL_STREAM") else { return false };
-    let Some((dev, ino)) = spec.split_once(':') else { return false };
-    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else { return false };
-    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+    let Some((dev, ino)) = env::journal_stream() else { return false };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|meta| meta.dev() == dev && meta.ino() == ino)
 }
 
 /// Refuses root unless allowed; when allowed, drops every capability (before any thread starts).

@@ -1,23 +1,24 @@
 //! The shared result cache: generations and embeddings keyed by a hash of everything that
-//! determines the answer, with frecency eviction and crash-safe `rkyv` snapshots.
+//! determines the answer, with frecency eviction and crash-safe `rkyv` snapshots. [`SharedCache`]
+//! holds the one look-up / compute / store routine that the daemon and direct mode both use.
 
+mod flow;
 pub mod frecency;
 pub mod snapshot;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+pub use flow::SharedCache;
+
 use crate::config::CacheConfig;
-use crate::engine::generate::{FinishReason, GenerateRequest};
+use crate::engine::generate::{FinishReason, GenerateRequest, Generation};
 use crate::engine::ModelInfo;
-use crate::error::Result;
-use crate::protocol::GenerateResult;
+use crate::error::{Error, Result};
+use crate::protocol::{CacheKindStats, CacheStats, GenerateResult, SnapshotInfo};
 use frecency::{Entry, FrecencyMap};
 use snapshot::{EmbeddingRecord, GenerationRecord, SnapshotData};
 
@@ -50,28 +51,13 @@ pub fn embedding_key(model_digest: &str, text: &str) -> Key {
     key("embed", model_digest, text.as_bytes())
 }
 
-/// A cached generation.
+/// A cached answer and the digest of the model that gave it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CachedGeneration {
+pub struct Stored<T> {
     /// The model digest it belongs to.
     pub model_digest: Arc<str>,
-    /// Generated text.
-    pub text: String,
-    /// Generated token ids.
-    pub token_ids: Vec<u32>,
-    /// Prompt length in tokens.
-    pub prompt_tokens: usize,
-    /// Why it ended.
-    pub finish_reason: FinishReason,
-}
-
-/// A cached embedding.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CachedEmbedding {
-    /// The model digest it belongs to.
-    pub model_digest: Arc<str>,
-    /// The vector.
-    pub vector: Vec<f32>,
+    /// The answer: a [`Generation`] or an embedding vector.
+    pub value: T,
 }
 
 const FINISH_CODES: [FinishReason; 4] =
@@ -81,23 +67,16 @@ fn finish_code(r: FinishReason) -> u8 {
     FINISH_CODES.iter().position(|x| *x == r).expect("listed") as u8
 }
 
-/// Facts about the last snapshot written or loaded.
-#[derive(Debug, Clone, Serialize)]
-pub struct SnapshotInfo {
-    /// File path.
-    pub path: PathBuf,
-    /// Size in bytes.
-    pub bytes: u64,
-    /// Creation time, ms since the epoch.
-    pub created_unix_ms: u64,
+fn generation_size(g: &Generation) -> usize {
+    ENTRY_OVERHEAD + g.text.len() + 4 * g.token_ids.len()
 }
 
 /// Both caches, their limits and snapshot bookkeeping.
 pub struct Cache {
     /// Generations.
-    pub generation: FrecencyMap<Key, CachedGeneration>,
+    pub generation: FrecencyMap<Key, Stored<Generation>>,
     /// Embeddings.
-    pub embedding: FrecencyMap<Key, CachedEmbedding>,
+    pub embedding: FrecencyMap<Key, Stored<Vec<f32>>>,
     dir: Option<PathBuf>,
     last_snapshot: Option<SnapshotInfo>,
     dirty: bool,
@@ -126,31 +105,31 @@ impl Cache {
     }
 
     /// Looks a generation up.
-    pub fn get_generation(&mut self, key: &Key) -> Option<CachedGeneration> {
-        self.generation.get(key).cloned()
+    pub fn get_generation(&mut self, key: &Key) -> Option<Generation> {
+        self.generation.get(key).map(|s| s.value.clone())
     }
 
     /// Stores a generation.
-    pub fn put_generation(&mut self, key: Key, value: CachedGeneration) {
-        let size = ENTRY_OVERHEAD + value.text.len() + 4 * value.token_ids.len();
+    pub fn put_generation(&mut self, key: Key, value: Stored<Generation>) {
+        let size = generation_size(&value.value);
         self.generation.insert(key, value, size);
         self.dirty = true;
     }
 
     /// Looks an embedding up.
     pub fn get_embedding(&mut self, key: &Key) -> Option<Vec<f32>> {
-        self.embedding.get(key).map(|e| e.vector.clone())
+        self.embedding.get(key).map(|e| e.value.clone())
     }
 
     /// Stores an embedding.
-    pub fn put_embedding(&mut self, key: Key, value: CachedEmbedding) {
-        let size = ENTRY_OVERHEAD + 4 * value.vector.len();
+    pub fn put_embedding(&mut self, key: Key, value: Stored<Vec<f32>>) {
+        let size = ENTRY_OVERHEAD + 4 * value.value.len();
         self.embedding.insert(key, value, size);
         self.dirty = true;
     }
 
     /// Empties one cache (`generation`, `embedding`) or both (`None`).
-    pub fn clear(&mut self, which: Option<&str>) -> std::result::Result<(), String> {
+    pub fn clear(&mut self, which: Option<&str>) -> Result<()> {
         match which {
             None => {
                 self.generation.clear();
@@ -158,38 +137,40 @@ impl Cache {
             }
             Some("generation") => self.generation.clear(),
             Some("embedding") => self.embedding.clear(),
-            Some(other) => return Err(format!("unknown cache {other:?}: use generation or embedding")),
+            Some(other) => {
+                return Err(Error::InvalidRequest(format!("unknown cache {other:?}: use generation or embedding")))
+            }
         }
         self.dirty = true;
         Ok(())
     }
 
     /// Entries, bytes, hits, misses, hit rate, last snapshot.
-    pub fn stats(&self) -> Value {
-        fn one<V>(m: &FrecencyMap<Key, V>) -> Value {
+    pub fn stats(&self) -> CacheStats {
+        fn one<V>(m: &FrecencyMap<Key, V>) -> CacheKindStats {
             let c = m.counters;
             let lookups = c.hits + c.misses;
-            json!({
-                "entries": m.len(),
-                "bytes": m.bytes(),
-                "hits": c.hits,
-                "misses": c.misses,
-                "evictions": c.evictions,
-                "hit_rate": if lookups == 0 { 0.0 } else { c.hits as f64 / lookups as f64 },
-            })
+            CacheKindStats {
+                entries: m.len(),
+                bytes: m.bytes(),
+                hits: c.hits,
+                misses: c.misses,
+                evictions: c.evictions,
+                hit_rate: if lookups == 0 { 0.0 } else { c.hits as f64 / lookups as f64 },
+            }
         }
-        json!({
-            "generation": one(&self.generation),
-            "embedding": one(&self.embedding),
-            "dir": self.dir,
-            "last_snapshot": self.last_snapshot,
-        })
+        CacheStats {
+            generation: one(&self.generation),
+            embedding: one(&self.embedding),
+            dir: self.dir.clone(),
+            last_snapshot: self.last_snapshot.clone(),
+        }
     }
 
     /// The snapshot payload of the current contents.
     pub fn to_snapshot(&self) -> SnapshotData {
         let mut models: Vec<String> = Vec::new();
-        let mut index: HashMap<Arc<str>, u32> = HashMap::new();
+        let mut index: std::collections::HashMap<Arc<str>, u32> = std::collections::HashMap::new();
         let mut model_index = |d: &Arc<str>| {
             *index.entry(d.clone()).or_insert_with(|| {
                 models.push(d.to_string());
@@ -199,15 +180,18 @@ impl Cache {
         let generation = self
             .generation
             .iter()
-            .map(|(k, e)| GenerationRecord {
-                key: *k,
-                model: model_index(&e.value.model_digest),
-                hits: e.hits,
-                last_used: e.last_used,
-                text: e.value.text.clone(),
-                token_ids: e.value.token_ids.clone(),
-                prompt_tokens: e.value.prompt_tokens as u32,
-                finish_reason: finish_code(e.value.finish_reason),
+            .map(|(k, e)| {
+                let g = &e.value.value;
+                GenerationRecord {
+                    key: *k,
+                    model: model_index(&e.value.model_digest),
+                    hits: e.hits,
+                    last_used: e.last_used,
+                    text: g.text.clone(),
+                    token_ids: g.token_ids.clone(),
+                    prompt_tokens: g.prompt_tokens as u32,
+                    finish_reason: finish_code(g.finish_reason),
+                }
             })
             .collect();
         let embedding = self
@@ -218,7 +202,7 @@ impl Cache {
                 model: model_index(&e.value.model_digest),
                 hits: e.hits,
                 last_used: e.last_used,
-                vector: e.value.vector.clone(),
+                vector: e.value.value.clone(),
             })
             .collect();
         SnapshotData {
@@ -273,27 +257,13 @@ impl Cache {
 
     /// A cached answer for `request` on the model `info`, marked `cached`.
     pub fn lookup_generation(&mut self, info: &ModelInfo, request: &GenerateRequest) -> Option<GenerateResult> {
-        let hit = self.get_generation(&generation_key(&info.digest, request))?;
-        Some(GenerateResult {
-            text: hit.text,
-            token_ids: hit.token_ids,
-            prompt_tokens: hit.prompt_tokens,
-            finish_reason: hit.finish_reason,
-            model: info.name.clone(),
-            model_digest: info.digest.clone(),
-            cached: true,
-        })
+        let generation = self.get_generation(&generation_key(&info.digest, request))?;
+        Some(GenerateResult { generation, model: info.name.clone(), model_digest: info.digest.clone(), cached: true })
     }
 
     /// Stores a fresh answer.
     pub fn store_generation(&mut self, request: &GenerateRequest, result: &GenerateResult) {
-        let value = CachedGeneration {
-            model_digest: Arc::from(result.model_digest.as_str()),
-            text: result.text.clone(),
-            token_ids: result.token_ids.clone(),
-            prompt_tokens: result.prompt_tokens,
-            finish_reason: result.finish_reason,
-        };
+        let value = Stored { model_digest: Arc::from(result.model_digest.as_str()), value: result.generation.clone() };
         self.put_generation(generation_key(&result.model_digest, request), value);
     }
 
@@ -308,7 +278,7 @@ impl Cache {
         for (t, v) in texts.iter().zip(vectors) {
             self.put_embedding(
                 embedding_key(model_digest, t),
-                CachedEmbedding { model_digest: digest.clone(), vector: v.clone() },
+                Stored { model_digest: digest.clone(), value: v.clone() },
             );
         }
     }
@@ -338,14 +308,14 @@ impl Cache {
             else {
                 continue;
             };
-            let value = CachedGeneration {
-                model_digest: digest,
+            let generation = Generation {
                 text: r.text.as_str().to_string(),
                 token_ids: r.token_ids.iter().map(|t| t.to_native()).collect(),
                 prompt_tokens: r.prompt_tokens.to_native() as usize,
                 finish_reason,
             };
-            let size = ENTRY_OVERHEAD + value.text.len() + 4 * value.token_ids.len();
+            let size = generation_size(&generation);
+            let value = Stored { model_digest: digest, value: generation };
             self.generation
                 .restore(r.key, Entry { value, hits: r.hits.to_native(), last_used: r.last_used.to_native(), size });
             count += 1;
@@ -357,7 +327,7 @@ impl Cache {
             self.embedding.restore(
                 r.key,
                 Entry {
-                    value: CachedEmbedding { model_digest: digest, vector },
+                    value: Stored { model_digest: digest, value: vector },
                     hits: r.hits.to_native(),
                     last_used: r.last_used.to_native(),
                     size,
@@ -369,55 +339,6 @@ impl Cache {
         tracing::info!(path = %path.display(), entries = count, bytes, load_ms = started.elapsed().as_secs_f64() * 1e3, "cache snapshot loaded");
         self.last_snapshot = Some(SnapshotInfo { path, bytes, created_unix_ms: data.created_unix_ms.to_native() });
         count
-    }
-}
-
-/// An embedding batch split into cached vectors and texts still to compute.
-pub struct EmbedPlan {
-    found: Vec<Option<Vec<f32>>>,
-    /// Texts the cache lacks, in order (duplicates kept once).
-    pub missing: Vec<String>,
-}
-
-impl EmbedPlan {
-    /// Looks every text up (with no cache, everything is missing).
-    pub fn new(cache: Option<&mut Cache>, model_digest: &str, texts: &[String]) -> Self {
-        let found = match cache {
-            Some(c) => c.lookup_embeddings(model_digest, texts),
-            None => vec![None; texts.len()],
-        };
-        let mut missing: Vec<String> = Vec::new();
-        for (t, f) in texts.iter().zip(&found) {
-            if f.is_none() && !missing.contains(t) {
-                missing.push(t.clone());
-            }
-        }
-        EmbedPlan { found, missing }
-    }
-
-    /// Whether every vector came from the cache.
-    pub fn is_complete(&self) -> bool {
-        self.missing.is_empty()
-    }
-
-    /// Fills the gaps with `computed` (one vector per `missing` text), stores them, and returns
-    /// one vector per original text.
-    pub fn complete(
-        self,
-        computed: Vec<Vec<f32>>,
-        cache: Option<&mut Cache>,
-        model_digest: &str,
-        texts: &[String],
-    ) -> Vec<Vec<f32>> {
-        if let Some(c) = cache {
-            c.store_embeddings(model_digest, &self.missing, &computed);
-        }
-        let by_text: HashMap<&str, &Vec<f32>> = self.missing.iter().map(String::as_str).zip(&computed).collect();
-        self.found
-            .into_iter()
-            .zip(texts)
-            .map(|(f, t)| f.unwrap_or_else(|| by_text.get(t.as_str()).map(|v| (*v).clone()).unwrap_or_default()))
-            .collect()
     }
 }
 
@@ -436,14 +357,14 @@ mod tests {
         }
     }
 
-    fn generation(digest: &str, text: &str) -> CachedGeneration {
-        CachedGeneration {
-            model_digest: Arc::from(digest),
+    fn generation(digest: &str, text: &str) -> Stored<Generation> {
+        let value = Generation {
             text: text.into(),
             token_ids: vec![1, 2],
             prompt_tokens: 5,
             finish_reason: FinishReason::Length,
-        }
+        };
+        Stored { model_digest: Arc::from(digest), value }
     }
 
     #[test]
@@ -473,7 +394,7 @@ mod tests {
         cache.put_generation(a, generation("A", "from A"));
         cache.put_generation(b, generation("B", "from B"));
         let e = embedding_key("A", "t");
-        cache.put_embedding(e, CachedEmbedding { model_digest: Arc::from("A"), vector: vec![0.1, f32::EPSILON] });
+        cache.put_embedding(e, Stored { model_digest: Arc::from("A"), value: vec![0.1, f32::EPSILON] });
         cache.snapshot().unwrap();
 
         let mut all = Cache::new(&config, Some(dir.path().to_path_buf()));
@@ -490,13 +411,13 @@ mod tests {
     fn clear_and_stats() {
         let mut cache = Cache::new(&CacheConfig::default(), None);
         let k = embedding_key("A", "t");
-        cache.put_embedding(k, CachedEmbedding { model_digest: Arc::from("A"), vector: vec![1.0] });
+        cache.put_embedding(k, Stored { model_digest: Arc::from("A"), value: vec![1.0] });
         assert!(cache.get_embedding(&k).is_some());
         assert!(cache.get_embedding(&embedding_key("A", "u")).is_none());
         let s = cache.stats();
-        assert_eq!(s["embedding"]["hit_rate"], 0.5);
+        assert_eq!(s.embedding.hit_rate, 0.5);
         assert!(cache.clear(Some("nope")).is_err());
         cache.clear(Some("embedding")).unwrap();
-        assert_eq!(cache.stats()["embedding"]["entries"], 0);
+        assert_eq!(cache.stats().embedding.entries, 0);
     }
 }

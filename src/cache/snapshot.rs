@@ -77,7 +77,7 @@ pub struct EmbeddingRecord {
 /// Serializes `data` into the file format (header + archive).
 pub fn encode(data: &SnapshotData) -> Result<Vec<u8>> {
     let payload =
-        rkyv::to_bytes::<RkyvError>(data).map_err(|e| Error::Config(format!("cannot serialize the cache: {e}")))?;
+        rkyv::to_bytes::<RkyvError>(data).map_err(|e| Error::Snapshot(format!("cannot serialize the cache: {e}")))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.extend_from_slice(&header(data.created_unix_ms, &payload));
     out.extend_from_slice(&payload);

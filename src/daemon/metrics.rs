@@ -1,4 +1,5 @@
-//! Counters and latency percentiles of the daemon, as the `status` JSON and Prometheus text.
+//! Counters and latency percentiles of the daemon, rendered from the typed [`Status`] as
+//! Prometheus text and as `stctl status` text.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -6,29 +7,36 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use crate::protocol::{Latency, MetricsSnapshot, Status};
+
+use super::methods;
 
 /// Latencies kept for percentiles.
 const WINDOW: usize = 4096;
 
+/// Name under which requests for unknown methods are counted (client-chosen names are never
+/// kept, so they cannot grow the daemon's memory).
+const OTHER_METHOD: &str = "(unknown)";
+
 /// Shared counters; cheap to update from any task.
-pub struct Metrics {
+pub(crate) struct Metrics {
     started: Instant,
-    requests: Mutex<BTreeMap<String, u64>>,
+    /// Per method of [`methods::NAMES`], then one for unknown methods.
+    requests: Vec<AtomicU64>,
+    requests_total: AtomicU64,
     errors: AtomicU64,
     overloads: AtomicU64,
     latencies_ms: Mutex<VecDeque<f64>>,
-    /// Open connections.
-    pub connections: AtomicUsize,
-    /// Requests being served.
-    pub in_flight: AtomicUsize,
+    connections: AtomicUsize,
+    in_flight: AtomicUsize,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             started: Instant::now(),
-            requests: Mutex::default(),
+            requests: (0..=methods::NAMES.len()).map(|_| AtomicU64::new(0)).collect(),
+            requests_total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             overloads: AtomicU64::new(0),
             latencies_ms: Mutex::default(),
@@ -55,10 +63,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// Adds one to a gauge for as long as the guard lives.
+pub(crate) struct GaugeGuard<'a>(&'a AtomicUsize);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn hold(gauge: &AtomicUsize) -> GaugeGuard<'_> {
+    gauge.fetch_add(1, Ordering::Relaxed);
+    GaugeGuard(gauge)
+}
+
 impl Metrics {
     /// Records one finished request.
-    pub fn record(&self, method: &str, elapsed: Duration, ok: bool) {
-        *self.requests.lock().unwrap_or_else(|p| p.into_inner()).entry(method.to_string()).or_default() += 1;
+    pub(crate) fn record(&self, method: &str, elapsed: Duration, ok: bool) {
+        let slot = methods::NAMES.iter().position(|m| *m == method).unwrap_or(methods::NAMES.len());
+        self.requests[slot].fetch_add(1, Ordering::Relaxed);
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
@@ -70,17 +94,37 @@ impl Metrics {
     }
 
     /// Records a request refused for overload.
-    pub fn record_overload(&self) {
+    pub(crate) fn record_overload(&self) {
         self.overloads.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Seconds since start.
-    pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
+    /// Counts an open connection while the guard lives.
+    pub(crate) fn connection(&self) -> GaugeGuard<'_> {
+        hold(&self.connections)
+    }
+
+    /// Counts a request in flight while the guard lives.
+    pub(crate) fn request(&self) -> GaugeGuard<'_> {
+        hold(&self.in_flight)
+    }
+
+    /// Open connections.
+    pub(crate) fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Requests being served.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests served since start.
+    pub(crate) fn requests_total(&self) -> u64 {
+        self.requests_total.load(Ordering::Relaxed)
     }
 
     /// Mean latency of recent requests, for retry hints.
-    pub fn mean_latency_ms(&self) -> f64 {
+    pub(crate) fn mean_latency_ms(&self) -> f64 {
         let lat = self.latencies_ms.lock().unwrap_or_else(|p| p.into_inner());
         if lat.is_empty() {
             return 100.0;
@@ -88,116 +132,104 @@ impl Metrics {
         lat.iter().sum::<f64>() / lat.len() as f64
     }
 
-    /// The counters as JSON (part of `status`).
-    pub fn snapshot(&self) -> Value {
-        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    /// The counters (part of `status`).
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        let names = methods::NAMES.iter().copied().chain([OTHER_METHOD]);
+        let requests: BTreeMap<String, u64> = names
+            .zip(&self.requests)
+            .map(|(name, n)| (name.to_string(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         let mut lat: Vec<f64> = self.latencies_ms.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
         lat.sort_by(f64::total_cmp);
-        json!({
-            "uptime_seconds": self.uptime().as_secs_f64(),
-            "requests": requests,
-            "requests_total": requests.values().sum::<u64>(),
-            "errors_total": self.errors.load(Ordering::Relaxed),
-            "overloaded_total": self.overloads.load(Ordering::Relaxed),
-            "connections": self.connections.load(Ordering::Relaxed),
-            "in_flight": self.in_flight.load(Ordering::Relaxed),
-            "latency_ms": {
-                "p50": percentile(&lat, 50.0),
-                "p90": percentile(&lat, 90.0),
-                "p99": percentile(&lat, 99.0),
-                "samples": lat.len(),
+        MetricsSnapshot {
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            requests,
+            requests_total: self.requests_total(),
+            errors_total: self.errors.load(Ordering::Relaxed),
+            overloaded_total: self.overloads.load(Ordering::Relaxed),
+            connections: self.connections(),
+            in_flight: self.in_flight(),
+            latency_ms: Latency {
+                p50: percentile(&lat, 50.0),
+                p90: percentile(&lat, 90.0),
+                p99: percentile(&lat, 99.0),
+                samples: lat.len(),
             },
-            "rss_bytes": rss_bytes(),
-        })
+            rss_bytes: rss_bytes(),
+        }
     }
 }
 
 /// Renders a `status` result as Prometheus text exposition format.
-pub fn prometheus(status: &Value) -> String {
-    let m = &status["metrics"];
+pub fn prometheus(status: &Status) -> String {
+    let m = &status.metrics;
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: &Value| {
+    let mut metric = |name: &str, help: &str, kind: &str, value: f64| {
         let _ = writeln!(
             out,
-            "# HELP steadytext_{name} {help}\n# TYPE steadytext_{name} {kind}\nsteadytext_{name} {}",
-            value.as_f64().unwrap_or(0.0)
+            "# HELP steadytext_{name} {help}\n# TYPE steadytext_{name} {kind}\nsteadytext_{name} {value}"
         );
     };
-    gauge("uptime_seconds", "Seconds since the daemon started.", "gauge", &m["uptime_seconds"]);
-    gauge("errors_total", "Requests answered with an error.", "counter", &m["errors_total"]);
-    gauge("overloaded_total", "Requests refused because a queue was full.", "counter", &m["overloaded_total"]);
-    gauge("connections", "Open client connections.", "gauge", &m["connections"]);
-    gauge("in_flight", "Requests being served.", "gauge", &m["in_flight"]);
-    gauge("resident_memory_bytes", "Resident set size.", "gauge", &m["rss_bytes"]);
+    metric("uptime_seconds", "Seconds since the daemon started.", "gauge", m.uptime_seconds);
+    metric("errors_total", "Requests answered with an error.", "counter", m.errors_total as f64);
+    metric("overloaded_total", "Requests refused because a queue was full.", "counter", m.overloaded_total as f64);
+    metric("connections", "Open client connections.", "gauge", m.connections as f64);
+    metric("in_flight", "Requests being served.", "gauge", m.in_flight as f64);
+    metric("resident_memory_bytes", "Resident set size.", "gauge", m.rss_bytes as f64);
     let _ = writeln!(
         out,
         "# HELP steadytext_requests_total Requests served, by method.\n# TYPE steadytext_requests_total counter"
     );
-    if let Some(map) = m["requests"].as_object() {
-        for (method, n) in map {
-            let _ = writeln!(out, "steadytext_requests_total{{method=\"{method}\"}} {}", n.as_u64().unwrap_or(0));
-        }
+    for (method, n) in &m.requests {
+        let _ = writeln!(out, "steadytext_requests_total{{method=\"{method}\"}} {n}");
     }
-    let _ = writeln!(out, "# HELP steadytext_request_duration_seconds Request latency over recent requests.\n# TYPE steadytext_request_duration_seconds summary");
-    for q in ["p50", "p90", "p99"] {
-        let quantile = format!("0.{}", &q[1..]);
-        let secs = m["latency_ms"][q].as_f64().unwrap_or(0.0) / 1e3;
-        let _ = writeln!(out, "steadytext_request_duration_seconds{{quantile=\"{quantile}\"}} {secs}");
+    let _ = writeln!(
+        out,
+        "# HELP steadytext_request_duration_seconds Request latency over recent requests.\n# TYPE steadytext_request_duration_seconds summary"
+    );
+    let l = &m.latency_ms;
+    for (quantile, ms) in [("0.50", l.p50), ("0.90", l.p90), ("0.99", l.p99)] {
+        let _ = writeln!(out, "steadytext_request_duration_seconds{{quantile=\"{quantile}\"}} {}", ms / 1e3);
     }
     let _ =
         writeln!(out, "# HELP steadytext_queue_depth Requests waiting, by model.\n# TYPE steadytext_queue_depth gauge");
-    if let Some(models) = status["models"].as_array() {
-        for model in models {
-            let _ = writeln!(
-                out,
-                "steadytext_queue_depth{{model=\"{}\",kind=\"{}\"}} {}",
-                model["name"].as_str().unwrap_or(""),
-                model["kind"].as_str().unwrap_or(""),
-                model["queue_depth"].as_u64().unwrap_or(0)
-            );
-        }
+    for model in &status.models {
+        let _ = writeln!(
+            out,
+            "steadytext_queue_depth{{model=\"{}\",kind=\"{}\"}} {}",
+            model.name,
+            model.kind.as_str(),
+            model.queue_depth
+        );
     }
     out
 }
 
 /// Renders a `status` result for people (`stctl status`).
-pub fn render_text(status: &Value) -> String {
-    let m = &status["metrics"];
+pub fn render_text(status: &Status) -> String {
+    let m = &status.metrics;
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "steadytextd {} (protocol {}), pid {}",
-        status["version"].as_str().unwrap_or("?"),
-        status["protocol"],
-        status["pid"]
-    );
-    let _ = writeln!(out, "uptime:      {:.0} s", m["uptime_seconds"].as_f64().unwrap_or(0.0));
-    if let Some(models) = status["models"].as_array() {
-        for model in models {
-            let _ = writeln!(
-                out,
-                "model:       {} {} ({}, queue {})",
-                model["kind"].as_str().unwrap_or(""),
-                model["name"].as_str().unwrap_or(""),
-                model["digest"].as_str().unwrap_or(""),
-                model["queue_depth"]
-            );
-        }
+    let _ = writeln!(out, "steadytextd {} (protocol {}), pid {}", status.version, status.protocol, status.pid);
+    let _ = writeln!(out, "uptime:      {:.0} s", m.uptime_seconds);
+    for model in &status.models {
+        let _ = writeln!(
+            out,
+            "model:       {} {} ({}, queue {})",
+            model.kind.as_str(),
+            model.name,
+            model.digest,
+            model.queue_depth
+        );
     }
     let _ = writeln!(
         out,
         "requests:    {} ({} errors, {} overloaded)",
-        m["requests_total"], m["errors_total"], m["overloaded_total"]
+        m.requests_total, m.errors_total, m.overloaded_total
     );
-    let _ = writeln!(out, "in flight:   {} on {} connections", m["in_flight"], m["connections"]);
-    let l = &m["latency_ms"];
-    let _ = writeln!(
-        out,
-        "latency:     p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
-        l["p50"].as_f64().unwrap_or(0.0),
-        l["p90"].as_f64().unwrap_or(0.0),
-        l["p99"].as_f64().unwrap_or(0.0)
-    );
-    let _ = writeln!(out, "memory:      {:.1} MiB resident", m["rss_bytes"].as_f64().unwrap_or(0.0) / 1048576.0);
+    let _ = writeln!(out, "in flight:   {} on {} connections", m.in_flight, m.connections);
+    let l = &m.latency_ms;
+    let _ = writeln!(out, "latency:     p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms", l.p50, l.p90, l.p99);
+    let _ = writeln!(out, "memory:      {:.1} MiB resident", m.rss_bytes as f64 / 1048576.0);
     out
 }

@@ -1,11 +1,15 @@
 //! `steadytextd`: listeners, lifecycle (READY, WATCHDOG, STOPPING, RELOADING), signals and the
-//! accept loops. Connection handling is in [`server`], scheduling in [`scheduler`].
+//! accept loops. The server loop owns shutdown. Connections are in [`connection`], each method
+//! in its own file under `methods/`, scheduling in [`scheduler`], shared state in `state`.
 
+mod connection;
 pub mod listen;
+mod methods;
 pub mod metrics;
 pub mod notify;
-pub mod scheduler;
-pub mod server;
+mod registry;
+mod scheduler;
+mod state;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,12 +17,17 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, SharedCache};
 use crate::config::Config;
 use listen::StdListener;
-use scheduler::{Job, Kind, Worker};
-use server::Daemon;
+use registry::Registry;
+use scheduler::Loader;
+use state::Daemon;
+
+pub use methods::NAMES as METHODS;
 
 /// What the binary decided before the runtime started.
 pub struct Options {
@@ -37,35 +46,26 @@ pub async fn run(options: Options) -> Result<()> {
     // Loading can exceed TimeoutStartSec on slow disks: ask for more time while it runs.
     notify::extend_timeout(300_000_000);
     let started = std::time::Instant::now();
-    let workers = {
-        let c = config.clone();
-        tokio::task::spawn_blocking(move || -> crate::Result<Vec<Worker>> {
-            let g = std::thread::scope(|s| {
-                let g = s.spawn(|| Worker::start(Kind::Generation, c.clone()));
-                let e = Worker::start(Kind::Embedding, c.clone());
-                (g.join(), e)
-            });
-            match g {
-                (Ok(gen), emb) => Ok(vec![gen?, emb?]),
-                (Err(_), _) => Err(crate::Error::Cancelled),
-            }
-        })
-        .await
-        .context("model loading panicked")?
-        .context("cannot load the models")?
+    let loader: Loader = Arc::new(|kind, config: &Config| crate::service::load(kind, config, None));
+    let registry = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Registry::start(&config, &loader))
+            .await
+            .context("model loading panicked")?
+            .context("cannot load the models")?
     };
-    let cache = config.cache.enabled.then(|| {
-        let mut cache = Cache::new(&config.cache, Some(daemon_cache_dir(&config)));
-        let digests: Vec<String> = workers.iter().map(|w| w.info().digest).collect();
+    let cache = SharedCache::new(config.cache.enabled.then(|| {
+        let mut cache = Cache::new(&config.cache, Some(config.daemon_state_dir()));
+        let digests: Vec<String> = registry.iter().map(|w| w.info().digest).collect();
         let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
         cache.load(Some(&keep));
         cache
-    });
-    let daemon = Daemon::new(config.clone(), workers, cache);
-    for w in &daemon.workers {
+    }));
+    for w in registry.iter() {
         let info = w.info();
         tracing::info!(kind = w.kind().as_str(), model = %info.name, digest = %info.digest, "model loaded");
     }
+    let daemon = Daemon::new(config.clone(), registry, cache);
     let mut owned_paths = Vec::new();
     for listener in options.listeners {
         tracing::info!(listener = listener.name(), "listening");
@@ -95,9 +95,12 @@ pub async fn run(options: Options) -> Result<()> {
     }
     tracing::info!(load_ms = started.elapsed().as_millis() as u64, "ready");
     notify::ready(&daemon.status_line());
-    spawn_watchdog(&daemon);
-    spawn_status(&daemon);
-    spawn_snapshots(&daemon);
+    // Background tasks run until `stopped` (after the drain and the last snapshot).
+    let stopped = CancellationToken::new();
+    let background = TaskTracker::new();
+    spawn_watchdog(&background, &daemon, &stopped);
+    spawn_status(&background, &daemon, &stopped);
+    spawn_snapshots(&background, &daemon, &stopped);
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -117,24 +120,22 @@ pub async fn run(options: Options) -> Result<()> {
         }
     };
     let timeout = Duration::from_secs(daemon.config().daemon.shutdown_timeout_secs);
-    tracing::info!(
-        reason = why,
-        in_flight = daemon.metrics.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-        "stopping"
-    );
+    tracing::info!(reason = why, in_flight = daemon.metrics().in_flight(), "stopping");
     notify::stopping(&format!("stopping ({why}): finishing in-flight requests"));
-    daemon.shutdown.cancel();
-    daemon.tracker.close();
-    if tokio::time::timeout(timeout, daemon.tracker.wait()).await.is_err() {
+    daemon.begin_shutdown();
+    if tokio::time::timeout(timeout, daemon.drained()).await.is_err() {
         tracing::warn!(timeout_secs = timeout.as_secs(), "shutdown timeout: cancelling in-flight requests");
-        daemon.abort.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), daemon.tracker.wait()).await;
+        daemon.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), daemon.drained()).await;
     }
     snapshot_if_dirty(&daemon).await;
+    stopped.cancel();
+    background.close();
+    background.wait().await;
     for path in owned_paths {
         let _ = std::fs::remove_file(path);
     }
-    tracing::info!(requests = %daemon.metrics.snapshot()["requests_total"], "stopped");
+    tracing::info!(requests = daemon.metrics().requests_total(), "stopped");
     Ok(())
 }
 
@@ -149,9 +150,9 @@ where
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = d.shutdown.cancelled() => break,
+                _ = d.shutdown().cancelled() => break,
                 r = accept() => match r {
-                    Ok(stream) => d.spawn_connection(stream),
+                    Ok(stream) => connection::spawn(&d, stream),
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -168,21 +169,15 @@ async fn reload(daemon: &Arc<Daemon>, config_path: Option<PathBuf>) {
     tracing::info!("reloading configuration");
     let outcome = async {
         let config = Arc::new(Config::load(config_path.as_deref())?);
-        for worker in &daemon.workers {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let job = Job::Reload { config: config.clone(), reply: tx };
-            if worker.submit_blocking(job).is_err() {
-                return Err(crate::Error::Cancelled);
-            }
-            match rx.await.map_err(|_| crate::Error::Cancelled)?? {
+        for worker in daemon.registry().iter() {
+            match worker.reload(config.clone()).await? {
                 Some(info) => {
-                    tracing::info!(kind = worker.kind().as_str(), model = %info.name, digest = %info.digest, "model reloaded");
-                    worker.set_info(info);
+                    tracing::info!(kind = worker.kind().as_str(), model = %info.name, digest = %info.digest, "model reloaded")
                 }
                 None => tracing::info!(kind = worker.kind().as_str(), "model unchanged"),
             }
         }
-        *daemon.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+        daemon.set_config(config);
         Ok::<_, crate::Error>(())
     }
     .await;
@@ -192,49 +187,47 @@ async fn reload(daemon: &Arc<Daemon>, config_path: Option<PathBuf>) {
     notify::ready(&daemon.status_line());
 }
 
-/// Pings the watchdog at half its period, only while every worker shows progress.
-fn spawn_watchdog(daemon: &Arc<Daemon>) {
-    let Some(period) = sd_notify::watchdog_enabled() else { return };
-    let half = period / 2;
-    let d = daemon.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(half);
+/// Runs `tick` every `period` until `stopped`.
+fn every<F>(tasks: &TaskTracker, stopped: &CancellationToken, period: Duration, mut tick: F)
+where
+    F: FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
+{
+    let stopped = stopped.clone();
+    tasks.spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.tick().await;
         loop {
-            tick.tick().await;
-            match d.workers.iter().find(|w| w.since_heartbeat() > half) {
-                None => notify::watchdog(),
-                Some(w) => tracing::error!(
-                    kind = w.kind().as_str(),
-                    stalled_ms = w.since_heartbeat().as_millis() as u64,
-                    "worker shows no progress; withholding the watchdog ping"
-                ),
+            tokio::select! {
+                _ = stopped.cancelled() => break,
+                _ = interval.tick() => tick().await,
             }
         }
     });
 }
 
-/// Where the daemon keeps cache snapshots: `[cache] dir`, else systemd's `STATE_DIRECTORY`,
-/// else /var/lib/steadytext.
-fn daemon_cache_dir(config: &Config) -> PathBuf {
-    config
-        .cache
-        .dir
-        .clone()
-        .or_else(|| {
-            std::env::var("STATE_DIRECTORY")
-                .ok()
-                .and_then(|v| v.split(':').next().filter(|s| !s.is_empty()).map(PathBuf::from))
-        })
-        .unwrap_or_else(|| PathBuf::from("/var/lib/steadytext"))
+/// Pings the watchdog at half its period, only while every worker shows progress.
+fn spawn_watchdog(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
+    let Some(period) = sd_notify::watchdog_enabled() else { return };
+    let half = period / 2;
+    notify::watchdog();
+    let d = daemon.clone();
+    every(tasks, stopped, half, move || {
+        match d.registry().iter().find(|w| w.since_heartbeat() > half) {
+            None => notify::watchdog(),
+            Some(w) => tracing::error!(
+                kind = w.kind().as_str(),
+                stalled_ms = w.since_heartbeat().as_millis() as u64,
+                "worker shows no progress; withholding the watchdog ping"
+            ),
+        }
+        Box::pin(async {})
+    });
 }
 
 /// Writes a cache snapshot (off the async threads) when entries changed since the last one.
 async fn snapshot_if_dirty(daemon: &Arc<Daemon>) {
-    if !daemon.with_cache(|c| c.is_dirty()).unwrap_or(false) {
-        return;
-    }
     let d = daemon.clone();
-    match tokio::task::spawn_blocking(move || d.snapshot_cache()).await {
+    match tokio::task::spawn_blocking(move || d.cache().snapshot_if_dirty()).await {
         Ok(Ok(Some(info))) => tracing::info!(path = %info.path.display(), bytes = info.bytes, "cache snapshot written"),
         Ok(Ok(None)) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "cannot write the cache snapshot"),
@@ -243,35 +236,118 @@ async fn snapshot_if_dirty(daemon: &Arc<Daemon>) {
 }
 
 /// Writes a snapshot every `snapshot_interval_secs` while the cache changes.
-fn spawn_snapshots(daemon: &Arc<Daemon>) {
+fn spawn_snapshots(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
     let secs = daemon.config().cache.snapshot_interval_secs;
-    if secs == 0 || daemon.cache.is_none() {
+    if secs == 0 || !daemon.cache().is_enabled() {
         return;
     }
     let d = daemon.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(secs));
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            snapshot_if_dirty(&d).await;
-        }
+    every(tasks, stopped, Duration::from_secs(secs), move || {
+        let d = d.clone();
+        Box::pin(async move { snapshot_if_dirty(&d).await })
     });
 }
 
 /// Keeps systemd's STATUS= line current.
-fn spawn_status(daemon: &Arc<Daemon>) {
+fn spawn_status(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
     let d = daemon.clone();
-    tokio::spawn(async move {
-        let mut last = String::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last = String::new();
+    every(tasks, stopped, Duration::from_secs(1), move || {
+        let line = d.status_line();
+        if line != last {
+            notify::status(&line);
+            last = line;
+        }
+        Box::pin(async {})
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::scheduler::tests::{loader, Fake};
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// A daemon of fake models listening on a Unix socket in `dir`.
+    async fn fake_daemon(dir: &std::path::Path, config: Config) -> (Arc<Daemon>, PathBuf) {
+        let config = Arc::new(config);
+        let registry =
+            Registry::start(&config, &loader(|k| Fake { pieces: vec!["ab".into(); 4000], ..Fake::new(k) })).unwrap();
+        let daemon = Daemon::new(config, registry, SharedCache::new(None));
+        let path = dir.join("d.sock");
+        let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());
+        spawn_accept_loop(&daemon, move || {
+            let l = listener.clone();
+            async move { l.accept().await.map(|(s, _)| s) }
+        });
+        (daemon, path)
+    }
+
+    async fn call(path: &std::path::Path, line: Value) -> Value {
+        let mut s = tokio::net::UnixStream::connect(path).await.unwrap();
+        s.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        let mut reader = BufReader::new(s);
         loop {
-            tick.tick().await;
-            let line = d.status_line();
-            if line != last {
-                notify::status(&line);
-                last = line;
+            let mut answer = String::new();
+            reader.read_line(&mut answer).await.unwrap();
+            let v: Value = serde_json::from_str(&answer).unwrap();
+            if v.get("id").is_some() {
+                return v;
             }
         }
-    });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_that_never_reads_its_stream_stalls_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.daemon.send_timeout_secs = 1;
+        config.limits.max_new_tokens = 4000;
+        let (daemon, path) = fake_daemon(dir.path(), config).await;
+        // 4000 pieces of ~70 bytes each overflow the socket buffers of a client that never reads.
+        let mut stalled = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let request = json!({"jsonrpc": "2.0", "id": 1, "method": "generate_stream",
+                             "params": {"prompt": "p", "max_new_tokens": 4000}});
+        stalled.write_all(format!("{request}\n").as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Others are served meanwhile, and the worker keeps beating.
+        let started = std::time::Instant::now();
+        let answer = call(
+            &path,
+            json!({"jsonrpc": "2.0", "id": 2, "method": "generate",
+                                        "params": {"prompt": "q", "max_new_tokens": 2}}),
+        )
+        .await;
+        assert_eq!(answer["result"]["text"], "abab", "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(5), "an honest client waited {:?}", started.elapsed());
+        let worker = daemon.worker(crate::protocol::ModelKind::Generation, None).unwrap();
+        assert!(worker.since_heartbeat() < Duration::from_secs(1));
+        // The stalled connection is cut off at its send deadline.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while daemon.metrics().connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the stalled connection was never closed");
+        drop(stalled);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn methods_answer_through_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_daemon, path) = fake_daemon(dir.path(), Config::default()).await;
+        let status = call(&path, json!({"jsonrpc": "2.0", "id": 1, "method": "status"})).await;
+        let status: crate::protocol::Status = serde_json::from_value(status["result"].clone()).unwrap();
+        assert_eq!(status.models.len(), 2);
+        let unknown = call(&path, json!({"jsonrpc": "2.0", "id": 2, "method": "nope"})).await;
+        let message = unknown["error"]["message"].as_str().unwrap();
+        assert!(METHODS.iter().all(|m| message.contains(m)), "{message}");
+        let off = call(&path, json!({"jsonrpc": "2.0", "id": 3, "method": "cache.stats"})).await;
+        assert_eq!(off["error"]["code"], crate::protocol::codes::INVALID_PARAMS);
+        let embed =
+            call(&path, json!({"jsonrpc": "2.0", "id": 4, "method": "embed", "params": {"texts": ["abc"]}})).await;
+        assert_eq!(embed["result"]["embeddings"][0][0], 3.0);
+    }
 }

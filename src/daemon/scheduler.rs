@@ -1,6 +1,8 @@
-//! The scheduler: one worker thread per loaded model, each owning its ONNX session, fed by a
-//! bounded queue. It decides what runs when (today: one request at a time per model, in
-//! arrival order); the engine below never sees more than the steps it is given.
+//! The scheduler: one worker thread per loaded model, each owning its [`Model`], fed by a
+//! bounded queue. It decides what runs when (one generation at a time per model, in arrival
+//! order; queued embed requests merged into one model run). Jobs carry validated requests: the
+//! worker never re-checks them, and never blocks on a client (stream pieces go to a per-request
+//! buffer that the connection task drains; a stalled reader is cut off there).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,54 +14,43 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::engine::generate::GenerateRequest;
 use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
-use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
-use crate::service::{EmbeddingService, GenerationService};
+use crate::protocol::{EmbedResult, GenerateResult, ModelKind};
+use crate::service::Model;
 
 /// How often an idle worker proves it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// How long a reload waits between tries while a queue is full.
+const RELOAD_RETRY: Duration = Duration::from_millis(20);
 
 /// Most texts the embedding worker merges from queued requests into one encoder run. Rows do not
 /// depend on their batch, so merging changes no result, only throughput.
 const MERGE_TEXTS: usize = 64;
 
-/// Which kind of model a worker serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Text generation.
-    Generation,
-    /// Embeddings.
-    Embedding,
-}
-
-impl Kind {
-    /// Lower-case name for status output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Generation => "generation",
-            Kind::Embedding => "embedding",
-        }
-    }
-}
+/// Loads the model of a kind for a configuration (the ONNX loader, or a fake in tests).
+pub(crate) type Loader = Arc<dyn Fn(ModelKind, &Config) -> Result<Box<dyn Model>> + Send + Sync>;
 
 /// Work for a worker.
-pub enum Job {
+pub(crate) enum Job {
     /// A generation; `pieces` streams text, `cancel` stops it early.
     Generate {
-        /// Request parameters.
-        params: GenerateParams,
-        /// Where text pieces go (bounded: a slow reader slows generation, memory stays bounded).
-        pieces: Option<mpsc::Sender<String>>,
+        /// The validated request.
+        request: GenerateRequest,
+        /// Where text pieces go. Unbounded on purpose: a request's pieces are bounded by its
+        /// `max_new_tokens`, and the worker must never wait for a client.
+        pieces: Option<mpsc::UnboundedSender<String>>,
         /// Cancelled when the client goes away or shutdown times out.
         cancel: CancellationToken,
         /// The answer.
         reply: oneshot::Sender<Result<GenerateResult>>,
     },
-    /// An embedding batch.
+    /// A validated embedding batch.
     Embed {
-        /// Request parameters.
-        params: EmbedParams,
+        /// Texts to embed.
+        texts: Vec<String>,
         /// The answer.
         reply: oneshot::Sender<Result<EmbedResult>>,
     },
@@ -72,129 +63,109 @@ pub enum Job {
     },
 }
 
-enum Loaded {
-    Generation(Box<GenerationService>),
-    Embedding(Box<EmbeddingService>),
-}
-
-impl Loaded {
-    fn load(kind: Kind, config: &Config) -> Result<Self> {
-        Ok(match kind {
-            Kind::Generation => Loaded::Generation(Box::new(GenerationService::load(config, None)?)),
-            Kind::Embedding => Loaded::Embedding(Box::new(EmbeddingService::load(config, None)?)),
-        })
-    }
-
-    fn info(&self) -> &ModelInfo {
-        match self {
-            Loaded::Generation(s) => s.info(),
-            Loaded::Embedding(s) => s.info(),
-        }
-    }
-}
-
 /// A worker thread and its queue.
-pub struct Worker {
-    kind: Kind,
+pub(crate) struct Worker {
+    kind: ModelKind,
     tx: SyncSender<Job>,
     queued: Arc<AtomicUsize>,
     heartbeat_ms: Arc<AtomicU64>,
     merged: Arc<AtomicU64>,
     epoch: Instant,
-    info: Arc<RwLock<ModelInfo>>,
-}
-
-/// Why a job was not queued.
-pub enum SubmitError {
-    /// The queue is full.
-    Overloaded {
-        /// Jobs already waiting.
-        queued: usize,
-    },
-    /// The worker is gone.
-    Stopped,
+    info: RwLock<ModelInfo>,
 }
 
 impl Worker {
-    /// Starts a worker thread and loads its model; returns once the model is loaded.
-    pub fn start(kind: Kind, config: Arc<Config>) -> Result<Self> {
+    /// Starts a worker thread and loads its model with `loader`; returns once it is loaded.
+    pub(crate) fn start(kind: ModelKind, config: Arc<Config>, loader: Loader) -> Result<Self> {
         let (tx, rx) = sync_channel(config.daemon.queue_depth);
-        let queued = Arc::new(AtomicUsize::new(0));
-        let heartbeat_ms = Arc::new(AtomicU64::new(0));
-        let epoch = Instant::now();
+        let progress = Progress {
+            queued: Arc::new(AtomicUsize::new(0)),
+            heartbeat_ms: Arc::new(AtomicU64::new(0)),
+            merged: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+        };
+        let (queued, heartbeat_ms, merged, epoch) =
+            (progress.queued.clone(), progress.heartbeat_ms.clone(), progress.merged.clone(), progress.epoch);
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
-        let merged = Arc::new(AtomicU64::new(0));
-        let progress =
-            Progress { queued: queued.clone(), heartbeat_ms: heartbeat_ms.clone(), merged: merged.clone(), epoch };
         std::thread::Builder::new()
             .name(format!("{}-worker", kind.as_str()))
-            .spawn(move || match Loaded::load(kind, &config) {
-                Ok(loaded) => {
-                    let _ = loaded_tx.send(Ok(loaded.info().clone()));
-                    run(loaded, config, rx, progress);
+            .spawn(move || match loader(kind, &config) {
+                Ok(model) => {
+                    let _ = loaded_tx.send(Ok(model.info().clone()));
+                    run(model, rx, progress, loader);
                 }
                 Err(e) => {
                     let _ = loaded_tx.send(Err(e));
                 }
             })
             .map_err(|e| Error::io("worker thread", e))?;
-        let info = loaded_rx.recv().map_err(|_| Error::Cancelled)??;
-        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: Arc::new(RwLock::new(info)) })
+        let info = loaded_rx.recv().map_err(|_| Error::ShuttingDown)??;
+        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: RwLock::new(info) })
     }
 
     /// The model kind.
-    pub fn kind(&self) -> Kind {
+    pub(crate) fn kind(&self) -> ModelKind {
         self.kind
     }
 
     /// The loaded model's identity.
-    pub fn info(&self) -> ModelInfo {
+    pub(crate) fn info(&self) -> ModelInfo {
         self.info.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Replaces the recorded identity after a reload.
-    pub fn set_info(&self, info: ModelInfo) {
-        *self.info.write().unwrap_or_else(|p| p.into_inner()) = info;
+    /// Whether a request's `model` field (None: the default) selects this worker's model.
+    pub(crate) fn answers_to(&self, requested: &str) -> bool {
+        self.info.read().unwrap_or_else(|p| p.into_inner()).answers_to(requested)
     }
 
     /// Requests that were merged into another request's model run.
-    pub fn merged(&self) -> u64 {
+    pub(crate) fn merged(&self) -> u64 {
         self.merged.load(Ordering::Relaxed)
     }
 
     /// Jobs waiting or running.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
 
     /// Time since the worker last showed progress (a step, a finished job, or an idle tick).
-    pub fn since_heartbeat(&self) -> Duration {
+    pub(crate) fn since_heartbeat(&self) -> Duration {
         let now = self.epoch.elapsed().as_millis() as u64;
         Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
     }
 
-    /// Queues a job without waiting; a full queue is refused at once.
-    pub fn submit(&self, job: Job) -> std::result::Result<(), SubmitError> {
+    /// Queues a job without waiting; a full queue is refused at once with the jobs waiting.
+    pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), (Job, Option<usize>)> {
         self.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let queued = self.queued.fetch_sub(1, Ordering::Relaxed) - 1;
-                Err(match e {
-                    TrySendError::Full(_) => SubmitError::Overloaded { queued },
-                    TrySendError::Disconnected(_) => SubmitError::Stopped,
-                })
+        self.tx.try_send(job).map_err(|e| {
+            let queued = self.queued.fetch_sub(1, Ordering::Relaxed) - 1;
+            match e {
+                TrySendError::Full(job) => (job, Some(queued)),
+                TrySendError::Disconnected(job) => (job, None),
             }
-        }
+        })
     }
 
-    /// Queues a job, waiting for room (used for reloads, which must not be refused).
-    pub fn submit_blocking(&self, job: Job) -> std::result::Result<(), SubmitError> {
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        self.tx.send(job).map_err(|_| {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            SubmitError::Stopped
-        })
+    /// Reloads the model for `config` when its files or name changed, waiting (asynchronously)
+    /// for room in the queue: a reload is never refused. Records the new identity.
+    pub(crate) async fn reload(&self, config: Arc<Config>) -> Result<Option<ModelInfo>> {
+        let (reply, answer) = oneshot::channel();
+        let mut job = Job::Reload { config, reply };
+        loop {
+            match self.submit(job) {
+                Ok(()) => break,
+                Err((back, Some(_))) => {
+                    job = back;
+                    tokio::time::sleep(RELOAD_RETRY).await;
+                }
+                Err((_, None)) => return Err(Error::ShuttingDown),
+            }
+        }
+        let changed = answer.await.map_err(|_| Error::ShuttingDown)??;
+        if let Some(info) = &changed {
+            *self.info.write().unwrap_or_else(|p| p.into_inner()) = info.clone();
+        }
+        Ok(changed)
     }
 }
 
@@ -212,7 +183,7 @@ impl Progress {
     }
 }
 
-fn run(mut loaded: Loaded, mut config: Arc<Config>, rx: Receiver<Job>, p: Progress) {
+fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader) {
     p.beat();
     let mut backlog: VecDeque<Job> = VecDeque::new();
     loop {
@@ -224,83 +195,303 @@ fn run(mut loaded: Loaded, mut config: Arc<Config>, rx: Receiver<Job>, p: Progre
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let mut done = 1;
-        match (job, &mut loaded) {
-            (Job::Generate { params, pieces, cancel, reply }, Loaded::Generation(service)) => {
+        let done = match job {
+            Job::Generate { request, pieces, cancel, reply } => {
                 let mut on_piece = |text: &str| {
                     p.beat();
                     if cancel.is_cancelled() {
                         return false;
                     }
                     match &pieces {
-                        Some(tx) if !text.is_empty() => tx.blocking_send(text.to_string()).is_ok(),
+                        Some(tx) if !text.is_empty() => tx.send(text.to_string()).is_ok(),
                         _ => true,
                     }
                 };
-                let result = if cancel.is_cancelled() {
-                    Err(Error::Cancelled)
-                } else {
-                    service.run(&config, &params, &mut on_piece)
-                };
+                let result =
+                    if cancel.is_cancelled() { Err(Error::Cancelled) } else { model.generate(&request, &mut on_piece) };
                 let _ = reply.send(result);
+                1
             }
-            (Job::Embed { params, reply }, Loaded::Embedding(service)) => {
-                // Take the embed requests already waiting along, up to MERGE_TEXTS texts.
-                let mut texts = params.texts.len();
-                let mut batch = vec![(params, reply)];
-                while texts < MERGE_TEXTS {
-                    match rx.try_recv() {
-                        Ok(Job::Embed { params, reply }) => {
-                            texts += params.texts.len();
-                            batch.push((params, reply));
-                        }
-                        Ok(other) => {
-                            backlog.push_back(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                done = batch.len();
-                p.merged.fetch_add(done as u64 - 1, Ordering::Relaxed);
-                let (all, replies): (Vec<EmbedParams>, Vec<_>) = batch.into_iter().unzip();
-                for (result, reply) in service.run_many(&config, &all).into_iter().zip(replies) {
-                    let _ = reply.send(result);
-                }
+            Job::Embed { texts, reply } => {
+                let batch = take_embed_batch(texts, reply, &rx, &mut backlog);
+                p.merged.fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
+                let done = batch.len();
+                embed_merged(model.as_mut(), batch);
+                done
             }
-            (Job::Reload { config: new, reply }, current) => {
-                let kind = match current {
-                    Loaded::Generation(_) => Kind::Generation,
-                    Loaded::Embedding(_) => Kind::Embedding,
-                };
-                let outcome = reload(kind, current, &new);
-                config = new;
-                let _ = reply.send(outcome);
+            Job::Reload { config, reply } => {
+                let _ = reply.send(reload(&mut model, &config, &loader));
+                1
             }
-            (Job::Generate { reply, .. }, _) => {
-                let _ = reply.send(Err(Error::InvalidRequest("this worker does not generate".into())));
-            }
-            (Job::Embed { reply, .. }, _) => {
-                let _ = reply.send(Err(Error::InvalidRequest("this worker does not embed".into())));
-            }
-        }
+        };
         p.queued.fetch_sub(done, Ordering::Relaxed);
         p.beat();
     }
 }
 
+type EmbedJob = (Vec<String>, oneshot::Sender<Result<EmbedResult>>);
+
+/// The embed request at hand plus those already waiting, up to [`MERGE_TEXTS`] texts; another
+/// kind of job found on the way is kept for next.
+fn take_embed_batch(
+    texts: Vec<String>,
+    reply: oneshot::Sender<Result<EmbedResult>>,
+    rx: &Receiver<Job>,
+    backlog: &mut VecDeque<Job>,
+) -> Vec<EmbedJob> {
+    let mut count = texts.len();
+    let mut batch = vec![(texts, reply)];
+    while count < MERGE_TEXTS {
+        match rx.try_recv() {
+            Ok(Job::Embed { texts, reply }) => {
+                count += texts.len();
+                batch.push((texts, reply));
+            }
+            Ok(other) => {
+                backlog.push_back(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// Runs merged embed requests as one model call and gives each its own rows.
+fn embed_merged(model: &mut dyn Model, batch: Vec<EmbedJob>) {
+    let all: Vec<String> = batch.iter().flat_map(|(texts, _)| texts.iter().cloned()).collect();
+    match model.embed(&all) {
+        Ok(result) => {
+            let mut rows = result.embeddings.into_iter();
+            for (texts, reply) in batch {
+                let _ = reply.send(Ok(EmbedResult {
+                    embeddings: rows.by_ref().take(texts.len()).collect(),
+                    model: result.model.clone(),
+                    model_digest: result.model_digest.clone(),
+                }));
+            }
+        }
+        Err(e) => {
+            let reason = e.to_string();
+            for (_, reply) in batch {
+                let _ = reply.send(Err(Error::engine(&model.info().name, reason.clone())));
+            }
+        }
+    }
+}
+
 /// Loads the configured model again when its name, folder or digest changed.
-fn reload(kind: Kind, current: &mut Loaded, config: &Config) -> Result<Option<ModelInfo>> {
-    let name = match kind {
-        Kind::Generation => &config.generation_model,
-        Kind::Embedding => &config.embedding_model,
-    };
-    let dir = crate::model::resolve_dir(&config.model_dir, name)?;
+fn reload(model: &mut Box<dyn Model>, config: &Config, loader: &Loader) -> Result<Option<ModelInfo>> {
+    let kind = model.kind();
+    let dir = crate::model::resolve_dir(&config.model_dir, crate::service::configured(kind, config))?;
     let digest = crate::model::ModelFiles::discover(&dir)?.digest()?;
-    let info = current.info();
-    if info.dir == dir && info.digest == digest {
+    if model.info().dir == dir && model.info().digest == digest {
         return Ok(None);
     }
-    *current = Loaded::load(kind, config)?;
-    Ok(Some(current.info().clone()))
+    *model = loader(kind, config)?;
+    Ok(Some(model.info().clone()))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::engine::generate::{FinishReason, Generation};
+    use std::path::PathBuf;
+    use std::sync::Mutex;
+
+    /// A scripted model: generation emits `pieces` one per step (waiting `step` between them);
+    /// embedding gives each text the vector `[len, calls]` and records every batch it ran.
+    pub(crate) struct Fake {
+        pub(crate) kind: ModelKind,
+        pub(crate) info: ModelInfo,
+        pub(crate) pieces: Vec<String>,
+        pub(crate) step: Duration,
+        pub(crate) batches: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Fake {
+        pub(crate) fn new(kind: ModelKind) -> Self {
+            Fake {
+                kind,
+                info: ModelInfo {
+                    name: format!("fake-{}", kind.as_str()),
+                    digest: "sha256:fake".into(),
+                    dir: PathBuf::from("/fake"),
+                },
+                pieces: ["Hel", "lo", ", ", "world"].map(String::from).to_vec(),
+                step: Duration::from_millis(1),
+                batches: Arc::default(),
+            }
+        }
+    }
+
+    impl Model for Fake {
+        fn kind(&self) -> ModelKind {
+            self.kind
+        }
+
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+
+        fn generate(
+            &mut self,
+            request: &GenerateRequest,
+            on_piece: &mut dyn FnMut(&str) -> bool,
+        ) -> Result<GenerateResult> {
+            let mut text = String::new();
+            for piece in self.pieces.iter().take(request.max_new_tokens) {
+                std::thread::sleep(self.step);
+                if !on_piece(piece) {
+                    return Err(Error::Cancelled);
+                }
+                text.push_str(piece);
+            }
+            let n = self.pieces.len().min(request.max_new_tokens);
+            Ok(GenerateResult {
+                generation: Generation {
+                    text,
+                    token_ids: (0..n as u32).collect(),
+                    prompt_tokens: request.prompt.len(),
+                    finish_reason: FinishReason::Length,
+                },
+                model: self.info.name.clone(),
+                model_digest: self.info.digest.clone(),
+                cached: false,
+            })
+        }
+
+        fn embed(&mut self, texts: &[String]) -> Result<EmbedResult> {
+            std::thread::sleep(self.step);
+            let mut batches = self.batches.lock().unwrap();
+            batches.push(texts.len());
+            let call = batches.len() as f32;
+            Ok(EmbedResult {
+                embeddings: texts.iter().map(|t| vec![t.len() as f32, call]).collect(),
+                model: self.info.name.clone(),
+                model_digest: self.info.digest.clone(),
+            })
+        }
+    }
+
+    /// A loader that hands out `make()` for every kind.
+    pub(crate) fn loader(make: impl Fn(ModelKind) -> Fake + Send + Sync + 'static) -> Loader {
+        Arc::new(move |kind, _config| Ok(Box::new(make(kind)) as Box<dyn Model>))
+    }
+
+    pub(crate) fn request(max_new_tokens: usize) -> GenerateRequest {
+        GenerateRequest { prompt: "p".into(), seed: 1, max_new_tokens, stop: vec![], sampling: Default::default() }
+    }
+
+    fn generate_job(
+        max_new_tokens: usize,
+        streaming: bool,
+    ) -> (Job, oneshot::Receiver<Result<GenerateResult>>, mpsc::UnboundedReceiver<String>, CancellationToken) {
+        let (reply, answer) = oneshot::channel();
+        let (tx, pieces) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let job = Job::Generate {
+            request: request(max_new_tokens),
+            pieces: streaming.then_some(tx),
+            cancel: cancel.clone(),
+            reply,
+        };
+        (job, answer, pieces, cancel)
+    }
+
+    #[test]
+    fn queued_embed_requests_are_merged_and_each_gets_its_rows() {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let b = batches.clone();
+        let worker = Worker::start(
+            ModelKind::Embedding,
+            Arc::new(Config::default()),
+            loader(move |k| Fake { batches: b.clone(), step: Duration::from_millis(30), ..Fake::new(k) }),
+        )
+        .unwrap();
+        // The first request runs alone; the three queued while it runs are merged.
+        let mut answers = Vec::new();
+        for i in 0..4 {
+            let (reply, answer) = oneshot::channel();
+            let texts: Vec<String> = (0..=i).map(|j| "x".repeat(j + 1)).collect();
+            assert!(worker.submit(Job::Embed { texts, reply }).is_ok());
+            answers.push(answer);
+        }
+        for (i, answer) in answers.into_iter().enumerate() {
+            let result = answer.blocking_recv().unwrap().unwrap();
+            let lens: Vec<f32> = result.embeddings.iter().map(|v| v[0]).collect();
+            assert_eq!(lens, (1..=i + 1).map(|l| l as f32).collect::<Vec<_>>(), "request {i} got its own rows");
+        }
+        let runs = batches.lock().unwrap().clone();
+        assert_eq!(runs.iter().sum::<usize>(), 1 + 2 + 3 + 4);
+        assert!(runs.len() < 4, "queued requests were merged: {runs:?}");
+        assert_eq!(worker.merged() as usize, 4 - runs.len());
+    }
+
+    #[test]
+    fn a_stalled_reader_never_blocks_the_worker() {
+        let worker = Worker::start(
+            ModelKind::Generation,
+            Arc::new(Config::default()),
+            loader(|k| Fake { pieces: vec!["x".into(); 1000], ..Fake::new(k) }),
+        )
+        .unwrap();
+        // A streaming request whose pieces nobody reads: all 1000 pieces are produced.
+        let (job, answer, unread, _cancel) = generate_job(1000, true);
+        assert!(worker.submit(job).is_ok());
+        let (job, second, _, _) = generate_job(2, false);
+        assert!(worker.submit(job).is_ok());
+        assert_eq!(answer.blocking_recv().unwrap().unwrap().generation.text.len(), 1000);
+        assert_eq!(second.blocking_recv().unwrap().unwrap().generation.text, "xx");
+        drop(unread);
+    }
+
+    #[test]
+    fn cancellation_stops_a_generation_and_a_gone_reader_cancels_it() {
+        let worker = Worker::start(
+            ModelKind::Generation,
+            Arc::new(Config::default()),
+            loader(|k| Fake { pieces: vec!["x".into(); 10_000], ..Fake::new(k) }),
+        )
+        .unwrap();
+        let (job, answer, _pieces, cancel) = generate_job(10_000, true);
+        assert!(worker.submit(job).is_ok());
+        std::thread::sleep(Duration::from_millis(20));
+        cancel.cancel();
+        assert!(matches!(answer.blocking_recv().unwrap(), Err(Error::Cancelled)));
+
+        let (job, answer, pieces, _cancel) = generate_job(10_000, true);
+        drop(pieces);
+        assert!(worker.submit(job).is_ok());
+        assert!(matches!(answer.blocking_recv().unwrap(), Err(Error::Cancelled)));
+        assert!(worker.since_heartbeat() < Duration::from_secs(1), "the worker kept beating");
+    }
+
+    #[test]
+    fn a_full_queue_is_refused_at_once() {
+        let config = Config {
+            daemon: crate::config::DaemonConfig { queue_depth: 1, ..Default::default() },
+            ..Default::default()
+        };
+        let worker = Worker::start(
+            ModelKind::Generation,
+            Arc::new(config),
+            loader(|k| Fake { step: Duration::from_millis(50), ..Fake::new(k) }),
+        )
+        .unwrap();
+        let mut refused = 0;
+        let mut answers = Vec::new();
+        for _ in 0..6 {
+            let (job, answer, _, _) = generate_job(4, false);
+            match worker.submit(job) {
+                Ok(()) => answers.push(answer),
+                Err((_, Some(_))) => refused += 1,
+                Err((_, None)) => panic!("worker stopped"),
+            }
+        }
+        assert!(refused > 0, "a queue of depth 1 refused nothing");
+        for a in answers {
+            assert!(a.blocking_recv().unwrap().is_ok());
+        }
+    }
 }

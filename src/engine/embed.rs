@@ -98,7 +98,7 @@ impl<B: EncoderBackend> Embedder<B> {
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
-            .map_err(|e| Error::InvalidRequest(format!("cannot set truncation: {e}")))?;
+            .map_err(|e| Error::model("encoder", format!("cannot set truncation: {e}")))?;
         Ok(Embedder { backend, tokenizer, pooling, pad_id })
     }
 

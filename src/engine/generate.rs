@@ -104,8 +104,8 @@ impl<B: DecoderBackend> Generator<B> {
     }
 
     /// Starts a generation; the returned stream yields text pieces as they are decided.
+    /// The request must have passed [`GenerateRequest::validate`] (the protocol edge does it).
     pub fn stream(&mut self, request: &GenerateRequest) -> Result<GenerationStream<'_, B>> {
-        request.validate()?;
         let prompt = self.prompt_ids(&request.prompt)?;
         let context = self.backend.context_length();
         if prompt.len() >= context {
@@ -152,7 +152,7 @@ struct Detokenizer {
 
 impl Detokenizer {
     fn decode(tokenizer: &Tokenizer, ids: &[u32]) -> Result<String> {
-        tokenizer.decode(ids, true).map_err(|e| Error::InvalidRequest(format!("cannot decode tokens: {e}")))
+        tokenizer.decode(ids, true).map_err(|e| Error::engine("decoder", format!("cannot decode tokens: {e}")))
     }
 
     /// The new text that `ids` (all ids so far) completes, if any.

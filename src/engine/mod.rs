@@ -35,6 +35,13 @@ pub struct ModelInfo {
     pub dir: PathBuf,
 }
 
+impl ModelInfo {
+    /// Whether a request's `model` field names this model (its folder name or its path).
+    pub fn answers_to(&self, requested: &str) -> bool {
+        requested == self.name || Some(requested) == self.dir.to_str()
+    }
+}
+
 /// The model files, digest and session settings shared by both model kinds.
 struct Loaded {
     files: ModelFiles,

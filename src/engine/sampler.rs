@@ -42,7 +42,7 @@ pub fn argmax(logits: &[f32]) -> Result<u32> {
     let mut best = 0usize;
     for (i, &v) in logits.iter().enumerate() {
         if v.is_nan() {
-            return Err(Error::InvalidRequest("model produced NaN logits".into()));
+            return Err(Error::engine("decoder", "the model produced NaN logits"));
         }
         if v > logits[best] {
             best = i;

@@ -1,11 +1,15 @@
 //! The wire protocol between `stctl` and `steadytextd`: JSON-RPC 2.0, one JSON object per line
 //! (NDJSON) over a Unix or TCP stream. See `docs/protocol.md` for the full description.
 
+mod status;
+
+pub use status::{CacheKindStats, CacheStats, Latency, MetricsSnapshot, ModelKind, ModelStatus, SnapshotInfo, Status};
+
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::config::{Config, Limits};
-use crate::engine::generate::{FinishReason, GenerateRequest};
+use crate::engine::generate::{GenerateRequest, Generation};
 use crate::engine::sampler::Sampling;
 use crate::error::{Error, Result};
 
@@ -72,14 +76,39 @@ impl RpcError {
     }
 }
 
+/// The one mapping from the library's errors to JSON-RPC codes.
 impl From<&Error> for RpcError {
     fn from(e: &Error) -> Self {
         let code = match e {
-            Error::InvalidRequest(_) => codes::INVALID_PARAMS,
+            Error::Parse(_) => codes::PARSE_ERROR,
+            Error::NotJsonRpc(_) => codes::INVALID_REQUEST,
+            Error::UnknownMethod { .. } => codes::METHOD_NOT_FOUND,
+            Error::InvalidRequest(_) | Error::CacheDisabled => codes::INVALID_PARAMS,
+            Error::LineTooLong { .. } => codes::TOO_LARGE,
             Error::ModelNotLoaded(_) => codes::MODEL_NOT_LOADED,
-            _ => codes::INTERNAL_ERROR,
+            Error::Overloaded { .. } | Error::TooManyConnections { .. } => codes::OVERLOADED,
+            Error::ShuttingDown | Error::Cancelled => codes::SHUTTING_DOWN,
+            Error::Runtime { .. }
+            | Error::Model { .. }
+            | Error::Inference { .. }
+            | Error::Engine { .. }
+            | Error::Config(_)
+            | Error::Io { .. }
+            | Error::Snapshot(_)
+            | Error::Hub { .. } => codes::INTERNAL_ERROR,
         };
-        RpcError::new(code, e.to_string())
+        let data = match e {
+            Error::Overloaded { retry_after_ms, .. } => Some(json!({ "retry_after_ms": retry_after_ms })),
+            Error::TooManyConnections { .. } => Some(json!({ "retry_after_ms": 1000 })),
+            _ => None,
+        };
+        RpcError { code, message: e.to_string(), data }
+    }
+}
+
+impl From<Error> for RpcError {
+    fn from(e: Error) -> Self {
+        RpcError::from(&e)
     }
 }
 
@@ -181,17 +210,13 @@ impl GenerateParams {
     }
 }
 
-/// Result of `generate` / `generate_stream`.
+/// Result of `generate` / `generate_stream`: the engine's [`Generation`] (flattened on the
+/// wire) with the model's identity. Engine, cache and protocol share this one shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateResult {
-    /// The generated text.
-    pub text: String,
-    /// Generated token ids.
-    pub token_ids: Vec<u32>,
-    /// Tokens of the templated prompt.
-    pub prompt_tokens: usize,
-    /// Why generation ended.
-    pub finish_reason: FinishReason,
+    /// What the engine produced.
+    #[serde(flatten)]
+    pub generation: Generation,
     /// Model name.
     pub model: String,
     /// Model digest.

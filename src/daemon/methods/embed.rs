@@ -1,0 +1,31 @@
+//! `embed`: validated here; cached vectors are reused and only the missing texts go to the
+//! embedding worker (which merges queued requests into one model run).
+
+use tokio::sync::oneshot;
+
+use super::{Call, PEER_POLL};
+use crate::daemon::scheduler::{Job, Worker};
+use crate::error::{Error, Result};
+use crate::protocol::{EmbedParams, EmbedResult, ModelKind};
+
+pub(crate) async fn call(call: &mut Call<'_>, params: EmbedParams) -> Result<EmbedResult> {
+    let daemon = call.daemon;
+    let worker = daemon.worker(ModelKind::Embedding, params.model.as_deref())?;
+    params.validate(&daemon.config().limits)?;
+    let info = worker.info();
+    let result = daemon.cache().embed(&info, &params.texts, |missing| run(call, worker, missing)).await?;
+    call.served.model = result.model.clone();
+    Ok(result)
+}
+
+async fn run(call: &mut Call<'_>, worker: &Worker, texts: Vec<String>) -> Result<EmbedResult> {
+    let (reply, mut answer) = oneshot::channel();
+    call.daemon.submit(worker, Job::Embed { texts, reply })?;
+    let mut poll = tokio::time::interval(PEER_POLL);
+    loop {
+        tokio::select! {
+            r = &mut answer => return r.map_err(|_| Error::ShuttingDown)?,
+            _ = poll.tick() => if call.out.peer_gone() { return Err(Error::Cancelled) },
+        }
+    }
+}

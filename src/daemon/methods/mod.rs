@@ -1,0 +1,89 @@
+//! The daemon's methods, one file each. [`methods!`] below is the one table: it gives the method
+//! list (error messages, metrics, the protocol doc's test) and the dispatch. Adding a method
+//! means a file here with `call(&mut Call, Params) -> Result<R>` and one line in the table.
+
+mod cache;
+mod embed;
+mod generate;
+mod metrics;
+mod ping;
+mod status;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+use super::connection::{Out, Served};
+use super::state::Daemon;
+
+/// How often a request waiting for a worker checks whether its client hung up.
+const PEER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// What a method gets: the daemon, the request's id and connection (for stream pieces), and
+/// where it records what it served for the log line.
+pub(crate) struct Call<'a> {
+    /// Shared state.
+    pub(crate) daemon: &'a Daemon,
+    /// The request's id.
+    pub(crate) id: &'a Value,
+    /// The connection's writing side.
+    pub(crate) out: &'a mut Out,
+    /// Filled in by the method.
+    pub(crate) served: Served,
+}
+
+/// Parses a method's params; absent params read as `{}`.
+fn parse<T: DeserializeOwned>(params: Value) -> Result<T> {
+    let params = if params.is_null() { Value::Object(Default::default()) } else { params };
+    serde_json::from_value(params).map_err(|e| Error::InvalidRequest(format!("invalid params: {e}")))
+}
+
+fn to_value<T: Serialize>(result: T) -> Result<Value> {
+    serde_json::to_value(result).map_err(|e| Error::engine("daemon", format!("cannot encode the result: {e}")))
+}
+
+macro_rules! methods {
+    ($($name:literal => $module:ident::$function:ident,)*) => {
+        /// Every method the daemon serves, in the order `docs/protocol.md` lists them.
+        pub const NAMES: &[&str] = &[$($name),*];
+
+        /// Runs the method `name` with its raw params.
+        pub(crate) async fn dispatch(call: &mut Call<'_>, name: &str, params: Value) -> Result<Value> {
+            match name {
+                $($name => to_value($module::$function(call, parse(params)?).await?),)*
+                other => Err(Error::UnknownMethod { name: other.to_string(), known: NAMES.join(", ") }),
+            }
+        }
+    };
+}
+
+methods! {
+    "ping" => ping::call,
+    "status" => status::call,
+    "metrics" => metrics::call,
+    "generate" => generate::call,
+    "generate_stream" => generate::call_stream,
+    "embed" => embed::call,
+    "cache.stats" => cache::stats,
+    "cache.clear" => cache::clear,
+    "cache.snapshot" => cache::snapshot,
+}
+
+/// Params of methods that take none (anything given is ignored, as before version 1 had them).
+#[derive(serde::Deserialize)]
+pub(crate) struct NoParams {}
+
+#[cfg(test)]
+mod tests {
+    use super::NAMES;
+
+    #[test]
+    fn the_protocol_doc_lists_every_method_and_no_other() {
+        let doc = include_str!("../../../docs/protocol.md");
+        let documented: Vec<&str> =
+            doc.lines().filter_map(|l| l.strip_prefix("### `")).filter_map(|l| l.split('`').next()).collect();
+        assert_eq!(documented, NAMES, "docs/protocol.md method headings (### `name`) must follow the table");
+    }
+}

@@ -1,0 +1,191 @@
+//! State shared by every connection, behind a small API: configuration, models, cache, counters
+//! and the shutdown tokens.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::SharedCache;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::protocol::{ModelKind, ModelStatus, Status, PROTOCOL_VERSION};
+
+use super::metrics::Metrics;
+use super::registry::Registry;
+use super::scheduler::{Job, Worker};
+
+/// The daemon's shared state.
+pub(crate) struct Daemon {
+    config: RwLock<Arc<Config>>,
+    registry: Registry,
+    metrics: Metrics,
+    cache: SharedCache,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+    tracker: TaskTracker,
+    connection_slots: Arc<Semaphore>,
+    last_activity: Mutex<Instant>,
+    next_request: AtomicU64,
+}
+
+impl Daemon {
+    /// Wraps loaded models and the cache.
+    pub(crate) fn new(config: Arc<Config>, registry: Registry, cache: SharedCache) -> Arc<Self> {
+        Arc::new(Daemon {
+            connection_slots: Arc::new(Semaphore::new(config.daemon.max_connections)),
+            config: RwLock::new(config),
+            registry,
+            metrics: Metrics::default(),
+            cache,
+            shutdown: CancellationToken::new(),
+            abort: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            last_activity: Mutex::new(Instant::now()),
+            next_request: AtomicU64::new(1),
+        })
+    }
+
+    /// The configuration in force.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts a reloaded configuration in force.
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    /// The loaded models.
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The counters.
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The result cache.
+    pub(crate) fn cache(&self) -> &SharedCache {
+        &self.cache
+    }
+
+    /// Cancelled when shutdown begins: stop accepting and reading new requests.
+    pub(crate) fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// A token cancelled when the shutdown timeout expires: in-flight work is aborted.
+    pub(crate) fn abort_token(&self) -> CancellationToken {
+        self.abort.child_token()
+    }
+
+    /// Begins shutdown: no new connections or requests.
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+    }
+
+    /// Aborts in-flight work (the shutdown timeout expired).
+    pub(crate) fn abort(&self) {
+        self.abort.cancel();
+    }
+
+    /// Waits until every connection task has ended.
+    pub(crate) async fn drained(&self) {
+        self.tracker.wait().await
+    }
+
+    /// Tracks a connection task so shutdown can wait for it.
+    pub(crate) fn track<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task);
+    }
+
+    /// A connection slot, or None when `max_connections` are open.
+    pub(crate) fn connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.connection_slots.clone().try_acquire_owned().ok()
+    }
+
+    /// A fresh id for log lines.
+    pub(crate) fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Notes client activity (for idle exit).
+    pub(crate) fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Time without any connection open, or zero while one is.
+    pub(crate) fn idle_for(&self) -> Duration {
+        if self.metrics.connections() > 0 {
+            return Duration::ZERO;
+        }
+        self.last_activity.lock().unwrap_or_else(|p| p.into_inner()).elapsed()
+    }
+
+    /// Queues `job` on `worker`; a full queue is an [`Error::Overloaded`] with a retry hint.
+    pub(crate) fn submit(&self, worker: &Worker, job: Job) -> Result<()> {
+        match worker.submit(job) {
+            Ok(()) => Ok(()),
+            Err((_, Some(queued))) => {
+                self.metrics.record_overload();
+                let retry = (self.metrics.mean_latency_ms() * (queued as f64 + 1.0)).clamp(50.0, 60_000.0).round();
+                Err(Error::Overloaded { kind: worker.kind().as_str(), queued, retry_after_ms: retry as u64 })
+            }
+            Err((_, None)) => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// The `status` result.
+    pub(crate) fn status(&self) -> Status {
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            protocol: PROTOCOL_VERSION,
+            pid: std::process::id(),
+            models: self
+                .registry
+                .iter()
+                .map(|w| {
+                    let info = w.info();
+                    ModelStatus {
+                        kind: w.kind(),
+                        name: info.name,
+                        digest: info.digest,
+                        dir: info.dir,
+                        queue_depth: w.queued(),
+                        merged_requests: w.merged(),
+                    }
+                })
+                .collect(),
+            metrics: self.metrics.snapshot(),
+            cache: self.cache.stats().ok(),
+        }
+    }
+
+    /// A one-line summary for systemd's STATUS=, from counters only (cheap every second).
+    pub(crate) fn status_line(&self) -> String {
+        let m = &self.metrics;
+        let queues: Vec<String> =
+            self.registry.iter().map(|w| format!("{}={}", w.kind().as_str(), w.queued())).collect();
+        format!(
+            "serving: {} requests, {} in flight, {} connections, queues {}",
+            m.requests_total(),
+            m.in_flight(),
+            m.connections(),
+            queues.join(" ")
+        )
+    }
+
+    /// The worker serving a request of `kind` for `model`.
+    pub(crate) fn worker(&self, kind: ModelKind, model: Option<&str>) -> Result<&Worker> {
+        self.registry.get(kind, model)
+    }
+}
