@@ -4,12 +4,13 @@
 #               then the package end to end on a real systemd (needs root)
 
 CARGO ?= cargo
-export ORT_DYLIB_PATH ?= $(CURDIR)/.ort/libonnxruntime.so.1.31.1
+include packaging/onnxruntime.env
+export ORT_DYLIB_PATH ?= $(CURDIR)/.ort/libonnxruntime.so
 export STEADYTEXT_MODEL_DIR ?= $(abspath $(CURDIR)/../shared/models)
 DEMO_SOCKET := $(CURDIR)/target/demo.sock
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup build demo test test-cargo test-e2e bench
+.PHONY: setup build demo test test-cargo test-style test-e2e bench package-build install
 
 setup:
 	./packaging/dev-setup.sh
@@ -31,7 +32,12 @@ demo: build
 	./target/release/stctl --socket unix:$(DEMO_SOCKET) status
 	@kill $$(cat target/demo.pid) && rm -f target/demo.pid
 
-test: test-cargo test-e2e
+test: test-style test-cargo test-e2e
+
+# Style gates: formatting, clippy (warnings are errors, missing docs included).
+test-style:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 
 test-cargo: setup
 	$(CARGO) test --release --locked --lib --bins --tests
@@ -41,3 +47,32 @@ test-e2e: setup
 
 bench: setup
 	$(CARGO) bench --locked --bench engine
+
+# What the .deb (debian/rules) and the .rpm (rpm/steadytext.spec) both build and install.
+package-build:
+	./packaging/fetch-onnxruntime.sh
+	$(CARGO) build --release --locked --bins
+	mkdir -p target/completions
+	./target/release/stctl completions bash > target/completions/stctl
+	./target/release/stctl completions zsh > target/completions/_stctl
+	./target/release/stctl completions fish > target/completions/stctl.fish
+
+DESTDIR ?=
+PREFIX ?= /usr
+SYSCONFDIR ?= /etc
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+ZSH_COMPLETIONS ?= $(PREFIX)/share/zsh/vendor-completions
+DOCDIR ?= $(PREFIX)/share/doc/steadytext
+install:
+	install -D -m 0755 target/release/steadytextd $(DESTDIR)$(PREFIX)/bin/steadytextd
+	install -D -m 0755 target/release/stctl $(DESTDIR)$(PREFIX)/bin/stctl
+	install -D -m 0644 .ort/libonnxruntime.so.$(ORT_VERSION) $(DESTDIR)$(PREFIX)/lib/steadytext/libonnxruntime.so.$(ORT_VERSION)
+	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext.service
+	install -D -m 0644 packaging/steadytext.toml $(DESTDIR)$(SYSCONFDIR)/steadytext/steadytext.toml
+	install -D -m 0644 man/stctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/stctl.1
+	install -D -m 0644 man/steadytextd.8 $(DESTDIR)$(PREFIX)/share/man/man8/steadytextd.8
+	install -D -m 0644 man/steadytext.toml.5 $(DESTDIR)$(PREFIX)/share/man/man5/steadytext.toml.5
+	install -D -m 0644 target/completions/stctl $(DESTDIR)$(PREFIX)/share/bash-completion/completions/stctl
+	install -D -m 0644 target/completions/_stctl $(DESTDIR)$(ZSH_COMPLETIONS)/_stctl
+	install -D -m 0644 target/completions/stctl.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/stctl.fish
+	install -D -m 0644 -t $(DESTDIR)$(DOCDIR) docs/protocol.md systemd/steadytext.service.d/cuda.conf.example README.md

@@ -1,17 +1,20 @@
 #!/bin/sh
-# Fetches ONNX Runtime 1.31.1 (CPU) from its PyPI wheel, checks both the wheel's and the library's
-# sha256, and installs libonnxruntime.so.1.31.1 into DEST (default: .ort/ at the repository root).
+# Fetches ONNX Runtime (CPU; version and pins in packaging/onnxruntime.env) from its PyPI wheel,
+# checks both the wheel's and the library's sha256, and installs libonnxruntime.so.VERSION into
+# DEST (default: .ort/ at the repository root), with the link libonnxruntime.so beside it.
 # Idempotent: a present library with the right hash is kept.
 set -eu
 
-VERSION=1.31.1
-WHEEL_SHA256=5752bd508126ae7c49894d3b9d2e83f0c3d487319246d04c444b393308d7ad7f
-LIB_SHA256=fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3
+here=$(cd "$(dirname "$0")/.." && pwd)
+. "$here/packaging/onnxruntime.env"
+VERSION=$ORT_VERSION
+WHEEL_SHA256=$ORT_WHEEL_SHA256
+LIB_SHA256=$ORT_LIB_SHA256
 LIB=libonnxruntime.so.$VERSION
 
-here=$(cd "$(dirname "$0")/.." && pwd)
 dest=${1:-$here/.ort}
 mkdir -p "$dest"
+ln -sfn "$LIB" "$dest/libonnxruntime.so"
 
 if [ -f "$dest/$LIB" ] && echo "$LIB_SHA256  $dest/$LIB" | sha256sum -c --status; then
     echo "ONNX Runtime $VERSION already in $dest"
@@ -33,9 +36,9 @@ python3 -m pip download --quiet --no-deps --only-binary=:all: \
 wheel=$(ls "$work"/onnxruntime-"$VERSION"-*.whl)
 echo "$WHEEL_SHA256  $wheel" | sha256sum -c --status || {
     echo "error: $wheel does not have the pinned sha256 $WHEEL_SHA256; refusing it" >&2; exit 1; }
-python3 - "$wheel" "$work" <<'PY'
+python3 - "$wheel" "$work" "$LIB" <<'PY'
 import sys, zipfile
-zipfile.ZipFile(sys.argv[1]).extract("onnxruntime/capi/libonnxruntime.so.1.31.1", sys.argv[2])
+zipfile.ZipFile(sys.argv[1]).extract("onnxruntime/capi/" + sys.argv[3], sys.argv[2])
 PY
 echo "$LIB_SHA256  $work/onnxruntime/capi/$LIB" | sha256sum -c --status || {
     echo "error: the library in the wheel does not have the pinned sha256 $LIB_SHA256" >&2; exit 1; }

@@ -296,13 +296,6 @@ pub mod env {
         get("STATE_DIRECTORY").and_then(|v| v.split(':').next().filter(|s| !s.is_empty()).map(PathBuf::from))
     }
 
-    /// systemd's `JOURNAL_STREAM` (`dev:inode` of the journal stream on stderr).
-    pub fn journal_stream() -> Option<(u64, u64)> {
-        let spec = get("JOURNAL_STREAM")?;
-        let (dev, ino) = spec.split_once(':')?;
-        Some((dev.parse().ok()?, ino.parse().ok()?))
-    }
-
     /// `STEADYTEXT_LOG`: the daemon's log filter.
     pub fn log_filter() -> Option<String> {
         get("STEADYTEXT_LOG")

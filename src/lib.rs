@@ -1,5 +1,8 @@
 //! steadytext: deterministic text generation and embeddings on ONNX Runtime, served by a
 //! systemd-native daemon (`steadytextd`) and used through `stctl`.
+//!
+//! The modules the binaries and the integration tests use are public; the rest is `pub(crate)`.
+#![warn(missing_docs)]
 
 pub mod cache;
 pub mod client;
@@ -8,11 +11,11 @@ pub mod daemon;
 pub mod direct;
 pub mod engine;
 pub mod error;
-pub mod fsutil;
+pub(crate) mod fsutil;
 pub mod hub;
 pub mod model;
 pub mod protocol;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod service;
 
 pub use error::{Error, Result};

@@ -7,14 +7,14 @@ use ort::environment::Environment;
 
 use crate::error::{Error, Result};
 
-/// The ONNX Runtime version this build is made for.
-pub const ORT_VERSION: &str = "1.31.1";
+/// The ONNX Runtime version this build is made for (from `packaging/onnxruntime.env`).
+pub const ORT_VERSION: &str = env!("STEADYTEXT_ORT_VERSION");
 
 /// Where the packages install the library.
-pub const INSTALLED_LIBRARY: &str = "/usr/lib/steadytext/libonnxruntime.so.1.31.1";
+pub const INSTALLED_LIBRARY: &str = concat!("/usr/lib/steadytext/libonnxruntime.so.", env!("STEADYTEXT_ORT_VERSION"));
 
-/// sha256 of `libonnxruntime.so.1.31.1` from the PyPI wheel `onnxruntime==1.31.1` (CPU build).
-pub const PINNED_SHA256: &str = "fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3";
+/// sha256 of the library from the PyPI wheel `onnxruntime==ORT_VERSION` (CPU build).
+pub const PINNED_SHA256: &str = env!("STEADYTEXT_ORT_LIB_SHA256");
 
 /// How the library file is chosen and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

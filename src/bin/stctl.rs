@@ -1,5 +1,6 @@
 //! `stctl`: generate text and embeddings with steadytext, through the daemon when one is
 //! reachable and in-process otherwise.
+#![warn(missing_docs)]
 
 use std::io::{Read, Write};
 use std::path::PathBuf;

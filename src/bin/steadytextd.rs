@@ -1,5 +1,6 @@
 //! `steadytextd`: the steadytext worker. Normally started by systemd through
 //! `steadytext.socket`; by hand it binds `--listen` addresses (or the configured socket).
+#![warn(missing_docs)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,34 +38,28 @@ struct Cli {
 /// Logs to the journal when stderr is connected to it (`JOURNAL_STREAM`), as text otherwise.
 fn init_logging() {
     let filter = EnvFilter::new(env::log_filter().as_deref().unwrap_or("info,ort=warn"));
-    let journal = journal_stderr().then(|| tracing_journald::layer().ok()).flatten().map(|l| l.with_field_prefix(None));
+    let journal = libsystemd::logging::connected_to_journal()
+        .then(|| tracing_journald::layer().ok())
+        .flatten()
+        .map(|l| l.with_field_prefix(None));
     if let Some(layer) = journal {
         tracing_subscriber::registry().with(filter).with(layer).init();
     } else {
-        tracing_subscriber::registry()
-            .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .init();
+        let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        tracing_subscriber::registry().with(filter).with(text).init();
     }
 }
 
-/// Whether stderr is the journal stream named by `JOURNAL_STREAM=dev:ino`.
-fn journal_stderr() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let Some((dev, ino)) = env::journal_stream() else { return false };
-    std::fs::metadata("/proc/self/fd/2").is_ok_and(|meta| meta.dev() == dev && meta.ino() == ino)
-}
-
-/// Refuses root unless allowed; when allowed, drops every capability (before any thread starts).
-fn drop_root_privileges(allow_root: bool) -> Result<()> {
+/// Refuses root unless allowed; then drops every capability left (before any thread starts)
+/// and checks that the effective, permitted, inheritable and ambient sets are empty.
+fn drop_privileges(allow_root: bool) -> Result<()> {
+    use caps::CapSet;
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Ok(());
-    }
-    if !allow_root {
+    if unsafe { libc::geteuid() } == 0 && !allow_root {
         bail!("refusing to run as root: run as the steadytext user (the systemd unit does), or pass --allow-root to run with all capabilities dropped");
     }
-    use caps::CapSet;
+    // Emptying the bounding set needs CAP_SETPCAP: it works as root and is a no-op otherwise
+    // (the unit's empty CapabilityBoundingSet= has emptied it already).
     for cap in caps::all() {
         caps::drop(None, CapSet::Bounding, cap).ok();
     }
@@ -72,7 +67,14 @@ fn drop_root_privileges(allow_root: bool) -> Result<()> {
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
         caps::clear(None, set).with_context(|| format!("cannot drop the {set:?} capabilities"))?;
     }
-    tracing::info!("running as root with all capabilities dropped");
+    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable, CapSet::Ambient] {
+        let left = caps::read(None, set).with_context(|| format!("cannot read the {set:?} capabilities"))?;
+        if !left.is_empty() {
+            bail!("capabilities left in the {set:?} set after dropping them all: {left:?}");
+        }
+    }
+    let bounding = caps::read(None, CapSet::Bounding).map(|c| c.len()).unwrap_or(0);
+    tracing::info!(bounding_set = bounding, "no capabilities held (effective, permitted, inheritable, ambient)");
     Ok(())
 }
 
@@ -90,7 +92,7 @@ fn main() -> ExitCode {
 
 fn start(cli: Cli) -> Result<()> {
     // Everything that edits the environment or process credentials happens before threads exist.
-    drop_root_privileges(cli.allow_root)?;
+    drop_privileges(cli.allow_root)?;
     // SAFETY: no other thread has been started yet.
     let mut listeners = unsafe { listen::from_systemd() }?;
     let mut config = Config::load(cli.config.as_deref()).context("cannot load the configuration")?;

@@ -12,9 +12,21 @@ use crate::client::Target;
 /// A listening socket, still in blocking std form.
 pub enum StdListener {
     /// A Unix stream socket; `path` is set when we bound it and must remove it at exit.
-    Unix { listener: std::os::unix::net::UnixListener, name: String, owned_path: Option<PathBuf> },
+    Unix {
+        /// The socket.
+        listener: std::os::unix::net::UnixListener,
+        /// Name for logs.
+        name: String,
+        /// The path we bound, removed at exit.
+        owned_path: Option<PathBuf>,
+    },
     /// A TCP socket.
-    Tcp { listener: std::net::TcpListener, name: String },
+    Tcp {
+        /// The socket.
+        listener: std::net::TcpListener,
+        /// Name for logs.
+        name: String,
+    },
 }
 
 impl StdListener {

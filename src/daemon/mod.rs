@@ -6,7 +6,7 @@ mod connection;
 pub mod listen;
 mod methods;
 pub mod metrics;
-pub mod notify;
+mod notify;
 mod registry;
 mod scheduler;
 mod state;

@@ -304,6 +304,7 @@ impl<B: DecoderBackend> Iterator for GenerationStream<'_, B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::sampler::Sampling;
 
     #[test]
     fn holds_back_partial_stop_strings() {
@@ -311,5 +312,142 @@ mod tests {
         assert_eq!(held_back_len("hello <E", &stops), 2);
         assert_eq!(held_back_len("hello", &stops), 0);
         assert_eq!(held_back_len("a<EN", &stops), 3);
+    }
+
+    /// The end-of-sequence token of [`byte_tokenizer`].
+    const EOS: u32 = 256;
+
+    /// A byte-level tokenizer whose token `b` is the byte `b` (GPT-2's byte-to-character map),
+    /// plus `<eos>` = 256: one character may take several tokens, as with real BPE models.
+    fn byte_tokenizer() -> Tokenizer {
+        let mut bytes: Vec<u32> =
+            ('!' as u32..='~' as u32).chain('¡' as u32..='¬' as u32).chain('®' as u32..='ÿ' as u32).collect();
+        let mut chars = bytes.clone();
+        for b in 0..256 {
+            if !bytes.contains(&b) {
+                bytes.push(b);
+                chars.push(256 + chars.len() as u32 - 188);
+            }
+        }
+        let vocab: serde_json::Map<String, serde_json::Value> = bytes
+            .iter()
+            .zip(&chars)
+            .map(|(b, c)| (char::from_u32(*c).unwrap().to_string(), serde_json::json!(b)))
+            .collect();
+        let byte_level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
+        let spec = serde_json::json!({
+            "version": "1.0",
+            "added_tokens": [{"id": EOS, "content": "<eos>", "single_word": false, "lstrip": false, "rstrip": false,
+                              "normalized": false, "special": true}],
+            "pre_tokenizer": byte_level,
+            "decoder": byte_level,
+            "model": {"type": "BPE", "vocab": vocab, "merges": []},
+        });
+        Tokenizer::from_bytes(serde_json::to_vec(&spec).unwrap()).unwrap()
+    }
+
+    /// A decoder that puts all probability on the next token of a script.
+    struct Scripted {
+        script: Vec<u32>,
+        context: usize,
+    }
+
+    /// Per sequence: tokens fed so far, and the prompt's length.
+    #[derive(Default)]
+    struct Fed {
+        total: usize,
+        prompt: Option<usize>,
+    }
+
+    impl DecoderBackend for Scripted {
+        type State = Fed;
+
+        fn new_state(&self) -> Fed {
+            Fed::default()
+        }
+
+        fn forward(&mut self, batch: &mut [Step<'_, Fed>]) -> Result<Vec<Vec<f32>>> {
+            Ok(batch
+                .iter_mut()
+                .map(|step| {
+                    step.state.total += step.tokens.len();
+                    let prompt = *step.state.prompt.get_or_insert(step.tokens.len());
+                    let next = self.script.get(step.state.total - prompt).copied().unwrap_or(EOS);
+                    let mut logits = vec![0.0; EOS as usize + 1];
+                    logits[next as usize] = 1.0;
+                    logits
+                })
+                .collect())
+        }
+
+        fn context_length(&self) -> usize {
+            self.context
+        }
+    }
+
+    fn generator(text: &str, then_eos: bool, context: usize) -> Generator<Scripted> {
+        let mut script: Vec<u32> = text.bytes().map(u32::from).collect();
+        if !then_eos {
+            script.extend(std::iter::repeat_n(u32::from(b'.'), 1000));
+        }
+        Generator::new(Scripted { script, context }, byte_tokenizer(), ChatTemplate::verbatim(), vec![EOS], "scripted")
+            .unwrap()
+    }
+
+    fn run(g: &mut Generator<Scripted>, max_new_tokens: usize, stop: &[&str]) -> (Vec<String>, Generation) {
+        let request = GenerateRequest {
+            prompt: "prompt".into(),
+            seed: 0,
+            max_new_tokens,
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+            sampling: Sampling::default(),
+        };
+        let mut stream = g.stream(&request).unwrap();
+        let pieces: Vec<String> = stream.by_ref().map(|p| p.unwrap()).filter(|p| !p.is_empty()).collect();
+        (pieces, stream.finish().unwrap())
+    }
+
+    #[test]
+    fn pieces_are_whole_characters_and_add_up_to_the_text() {
+        let text = "héllo wörld, 日本 🎉!";
+        let (pieces, generation) = run(&mut generator(text, true, 4096), 100, &[]);
+        assert_eq!(generation.text, text);
+        assert_eq!(pieces.concat(), text);
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')), "{pieces:?}");
+        assert_eq!(generation.finish_reason, FinishReason::Eos);
+        assert_eq!(generation.token_ids.len(), text.len(), "one token per byte, the end token excluded");
+    }
+
+    #[test]
+    fn stop_strings_cut_the_text_even_across_tokens() {
+        let (pieces, generation) = run(&mut generator("hello <END> more", true, 4096), 100, &["<END>", "zz"]);
+        assert_eq!(generation.text, "hello ");
+        assert_eq!(pieces.concat(), "hello ");
+        assert_eq!(generation.finish_reason, FinishReason::Stop);
+        // A partial stop string at the very end is released, not swallowed.
+        let (_, generation) = run(&mut generator("ends with <EN", true, 4096), 100, &["<END>"]);
+        assert_eq!((generation.text.as_str(), generation.finish_reason), ("ends with <EN", FinishReason::Eos));
+    }
+
+    #[test]
+    fn length_and_context_end_a_generation() {
+        let (_, generation) = run(&mut generator("abc", false, 4096), 5, &[]);
+        assert_eq!((generation.text.as_str(), generation.finish_reason), ("abc..", FinishReason::Length));
+        // "prompt" is 6 tokens; a context of 10 leaves room for 4.
+        let (_, generation) = run(&mut generator("abcdefgh", false, 10), 100, &[]);
+        assert_eq!((generation.text.as_str(), generation.finish_reason), ("abcd", FinishReason::Context));
+    }
+
+    #[test]
+    fn a_prompt_that_fills_the_context_is_refused() {
+        let mut g = generator("x", true, 6);
+        let request = GenerateRequest {
+            prompt: "prompt".into(),
+            seed: 0,
+            max_new_tokens: 4,
+            stop: vec![],
+            sampling: Sampling::default(),
+        };
+        assert!(matches!(g.stream(&request), Err(Error::InvalidRequest(m)) if m.contains("shorten the prompt")));
     }
 }

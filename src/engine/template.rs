@@ -65,6 +65,12 @@ impl ChatTemplate {
         })
     }
 
+    /// No template: prompts are used verbatim (for tests with scripted backends).
+    #[cfg(test)]
+    pub(crate) fn verbatim() -> Self {
+        ChatTemplate { env: None, bos_token: String::new(), eos_token: String::new() }
+    }
+
     /// Renders one user message with the generation prompt appended.
     pub fn render_user(&self, prompt: &str) -> Result<String> {
         let Some(env) = &self.env else { return Ok(prompt.to_string()) };

@@ -41,7 +41,7 @@ pub fn command(bin: &str) -> Command {
     let mut c = Command::new(bin);
     c.env("STEADYTEXT_MODEL_DIR", models_dir());
     if std::env::var_os("ORT_DYLIB_PATH").is_none() {
-        c.env("ORT_DYLIB_PATH", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so.1.31.1"));
+        c.env("ORT_DYLIB_PATH", PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so"));
     }
     // Direct mode's per-user cache goes to a folder of this test process, not the real home.
     c.env("XDG_CACHE_HOME", std::env::temp_dir().join(format!("steadytext-test-cache-{}", std::process::id())));
@@ -141,7 +141,7 @@ impl Daemon {
         // systemd-socket-activate passes on only the variables named with -E, like systemd does.
         let ort = std::env::var_os("ORT_DYLIB_PATH")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so.1.31.1"));
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".ort/libonnxruntime.so"));
         let mut env = vec![
             ("ORT_DYLIB_PATH".to_string(), ort.display().to_string()),
             ("STEADYTEXT_MODEL_DIR".to_string(), models_dir().display().to_string()),
