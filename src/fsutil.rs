@@ -1,6 +1,8 @@
-//! Crash-safe file writing: temp file, fsync, rename, fsync of the directory.
+//! Crash-safe file writing (temp file, fsync, rename, fsync of the directory) and private state
+//! folders (0700, files 0600), whatever the umask.
 
 use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -28,14 +30,33 @@ pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
     }
 }
 
-/// Writes `parts` to `path` atomically: readers see the old file or the whole new one.
-pub fn write_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
+/// Creates `dir` (and missing parents) as 0700, or makes an existing one 0700: state folders are
+/// private whatever the umask. A folder we do not own is left as it is, with a warning.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| Error::io(dir, e))?;
+    let mode = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        if let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(dir = %dir.display(), error = %e, "state folder is readable by others and cannot be made private");
+        }
+    }
+    Ok(())
+}
+
+/// Writes `parts` to `path` atomically: readers see the old file or the whole new one. The file
+/// gets exactly `mode` (e.g. 0o600 for state), whatever the umask.
+pub fn write_atomic(path: &Path, parts: &[&[u8]], mode: u32) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!("{name}{TEMP_MARK}{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let result = (|| {
-        let mut file =
-            std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
+        file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(&tmp, e))?;
         for part in parts {
             file.write_all(part).map_err(|e| Error::io(&tmp, e))?;
         }
@@ -47,4 +68,28 @@ pub fn write_atomic(path: &Path, parts: &[&[u8]]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_is_private_whatever_the_umask() {
+        // SAFETY: umask has no preconditions; 022 is what a shell usually sets.
+        let old = unsafe { libc::umask(0o022) };
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/state");
+        private_dir(&dir).unwrap();
+        write_atomic(&dir.join("f"), &[b"x"], 0o600).unwrap();
+        let loose = root.path().join("loose");
+        std::fs::create_dir(&loose).unwrap();
+        private_dir(&loose).unwrap();
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("f")), 0o600);
+        assert_eq!(mode(&loose), 0o700, "an existing folder is made private");
+    }
 }

@@ -90,7 +90,8 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 [ -n "$init" ] || { cat "$work/console.log"; echo "error: the container did not boot" >&2; exit 1; }
-c() { nsenter -t "$init" -a -- "$@"; }
+# Every command in the container is bounded: a daemon that never answers fails the test, never hangs it.
+c() { timeout 180 nsenter -t "$init" -a -- "$@"; }
 c systemctl is-system-running --wait >/dev/null 2>&1 || true
 state=$(c systemctl is-system-running 2>/dev/null || true)
 ok "container booted (${state:-starting})"

@@ -64,8 +64,11 @@ fn drop_privileges(allow_root: bool) -> Result<()> {
         caps::drop(None, CapSet::Bounding, cap).ok();
     }
     caps::clear(None, CapSet::Ambient).ok();
+    // capset(2) only where something is held: the unit's seccomp filter refuses the call itself.
     for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        caps::clear(None, set).with_context(|| format!("cannot drop the {set:?} capabilities"))?;
+        if !caps::read(None, set).with_context(|| format!("cannot read the {set:?} capabilities"))?.is_empty() {
+            caps::clear(None, set).with_context(|| format!("cannot drop the {set:?} capabilities"))?;
+        }
     }
     for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable, CapSet::Ambient] {
         let left = caps::read(None, set).with_context(|| format!("cannot read the {set:?} capabilities"))?;

@@ -10,7 +10,7 @@ use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsutil::{write_atomic, TEMP_MARK};
+use crate::fsutil::{private_dir, write_atomic, TEMP_MARK};
 
 /// First bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"STXCACHE";
@@ -155,10 +155,10 @@ fn is_snapshot(name: &str) -> bool {
 
 /// Writes a snapshot into `dir` atomically and prunes older ones; returns its path and size.
 pub fn write(dir: &Path, data: &SnapshotData) -> Result<(PathBuf, u64)> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    private_dir(dir)?;
     let bytes = encode(data)?;
     let path = dir.join(snapshot_name(data.created_unix_ms));
-    write_atomic(&path, &[&bytes])?;
+    write_atomic(&path, &[&bytes], 0o600)?;
     let mut existing = list(dir);
     existing.retain(|p| p != &path);
     for old in existing.into_iter().skip(KEEP - 1) {

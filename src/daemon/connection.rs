@@ -5,12 +5,13 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::error::Error;
-use crate::protocol::{Piece, Request, Response, RpcError, MAX_LINE_BYTES, PIECE_NOTIFICATION};
+use crate::protocol::{RpcError, MAX_BATCH_REQUESTS, MAX_LINE_BYTES, PIECE_NOTIFICATION};
 
 use super::methods::{self, Call};
 use super::state::Daemon;
@@ -31,7 +32,7 @@ where
             Some(_slot) => serve(&d, BufReader::new(read), &mut out).await,
             None => {
                 let error = Error::TooManyConnections { open: d.metrics().connections() };
-                let _ = out.send(&Response::err(Value::Null, RpcError::from(&error))).await;
+                let _ = out.send(&Reply::error(null_id(), &error)).await;
             }
         }
         d.touch();
@@ -44,25 +45,40 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
             _ = daemon.shutdown().cancelled() => break,
             line = read_line(&mut reader) => line,
         };
-        let response = match line {
+        let written = match line {
             Ok(Line::Eof) | Err(_) => break,
             Ok(Line::TooLong) => {
-                Some(Response::err(Value::Null, RpcError::from(&Error::LineTooLong { limit: MAX_LINE_BYTES })))
+                out.send(&Reply::error(null_id(), &Error::LineTooLong { limit: MAX_LINE_BYTES })).await
+            }
+            Ok(Line::Text(bytes)) if looks_like_http(&bytes) => {
+                let error = Error::NotJsonRpc(
+                    "this is steadytext's JSON-RPC port (one JSON object per line), not HTTP; closing the connection"
+                        .into(),
+                );
+                let _ = out.send(&Reply::error(null_id(), &error)).await;
+                break;
             }
             Ok(Line::Text(bytes)) => {
                 let _busy = daemon.metrics().request();
-                handle(daemon, &bytes, out).await
+                match handle_line(daemon, &bytes, out).await {
+                    Some(reply) => out.send_raw(reply).await,
+                    None => Ok(()),
+                }
             }
         };
-        if let Some(response) = response {
-            if out.send(&response).await.is_err() {
-                break;
-            }
-        }
-        if out.is_broken() {
+        if written.is_err() || out.is_broken() {
             break;
         }
     }
+}
+
+/// Whether a line is an HTTP request line (a browser or curl pointed at this port): it is
+/// refused before any header or body line can run as a request.
+fn looks_like_http(line: &[u8]) -> bool {
+    const METHODS: [&[u8]; 9] =
+        [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
+    let line = line.trim_ascii();
+    METHODS.iter().any(|m| line.starts_with(m)) || line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")
 }
 
 /// What a method served, for the request's log line.
@@ -74,38 +90,132 @@ pub(crate) struct Served {
     pub(crate) cached: bool,
 }
 
-/// Handles one request line; `None` for notifications (no id), which get no response.
-async fn handle(daemon: &Daemon, line: &[u8], out: &mut Out) -> Option<Response> {
-    let started = Instant::now();
-    let value: Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
-        Err(e) => return Some(Response::err(Value::Null, RpcError::from(&Error::Parse(e.to_string())))),
+/// A request as it arrives; its id is kept as raw JSON and echoed byte for byte.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Incoming<'a> {
+    jsonrpc: String,
+    method: String,
+    #[serde(default)]
+    params: Value,
+    /// Absent: a notification. Present (`null` included): answered with this id.
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A response line; `id` is the request's, as it was sent.
+#[derive(Serialize)]
+pub(crate) struct Reply<'a> {
+    jsonrpc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<RpcError>,
+    id: &'a RawValue,
+}
+
+impl<'a> Reply<'a> {
+    fn new(id: &'a RawValue, outcome: Result<Value, &Error>) -> Self {
+        match outcome {
+            Ok(result) => Reply { jsonrpc: "2.0", result: Some(result), error: None, id },
+            Err(e) => Reply { jsonrpc: "2.0", result: None, error: Some(RpcError::from(e)), id },
+        }
+    }
+
+    fn error(id: &'a RawValue, error: &Error) -> Self {
+        Reply::new(id, Err(error))
+    }
+}
+
+/// The `null` id, for answers to requests whose id could not be read.
+fn null_id() -> &'static RawValue {
+    static NULL: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| RawValue::from_string("null".into()).expect("null is JSON"))
+}
+
+/// Handles one line: a request, or a batch (a JSON array of requests, answered by one array of
+/// the responses, notifications left out). Returns the serialized answer, if any.
+async fn handle_line(daemon: &Daemon, line: &[u8], out: &mut Out) -> Option<Vec<u8>> {
+    if line.trim_ascii_start().first() != Some(&b'[') {
+        return handle(daemon, line, out).await.map(|r| encode(&r));
+    }
+    let items: Vec<&RawValue> = match serde_json::from_slice(line) {
+        Ok(items) => items,
+        Err(e) => return Some(encode(&Reply::error(null_id(), &Error::Parse(e.to_string())))),
     };
-    let id = value.get("id").cloned().unwrap_or(Value::Null);
-    let request = match serde_json::from_value::<Request>(value) {
-        Ok(r) if r.jsonrpc == "2.0" => r,
-        Ok(_) => return Some(Response::err(id, Error::NotJsonRpc("jsonrpc must be \"2.0\"".into()).into())),
+    if items.is_empty() || items.len() > MAX_BATCH_REQUESTS {
+        let error = Error::NotJsonRpc(format!("a batch holds 1 to {MAX_BATCH_REQUESTS} requests"));
+        return Some(encode(&Reply::error(null_id(), &error)));
+    }
+    let mut replies = Vec::new();
+    for item in items {
+        if let Some(reply) = handle(daemon, item.get().as_bytes(), out).await {
+            replies.push(reply);
+        }
+    }
+    (!replies.is_empty()).then(|| encode(&replies))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Handles one request; `None` for notifications (no id), which get no response.
+async fn handle<'l>(daemon: &Daemon, line: &'l [u8], out: &mut Out) -> Option<Reply<'l>> {
+    let started = Instant::now();
+    if line.trim_ascii_start().first() != Some(&b'{') {
+        // serde would read a JSON array positionally as a struct: only objects are requests.
+        let error = match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+            Ok(_) => Error::NotJsonRpc("a request is a JSON object".into()),
+            Err(e) => Error::Parse(e.to_string()),
+        };
+        return Some(Reply::error(null_id(), &error));
+    }
+    let request: Incoming<'l> = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) if e.is_syntax() || e.is_eof() => return Some(Reply::error(null_id(), &Error::Parse(e.to_string()))),
         Err(e) => {
             let error = Error::NotJsonRpc(format!("not a JSON-RPC 2.0 request: {e}"));
-            return Some(Response::err(id, error.into()));
+            return Some(Reply::error(readable_id(line).unwrap_or(null_id()), &error));
         }
     };
+    let id = request.id;
+    if request.jsonrpc != "2.0" {
+        return Some(Reply::error(id.unwrap_or(null_id()), &Error::NotJsonRpc("jsonrpc must be \"2.0\"".into())));
+    }
+    if let Some(bad) = id.filter(|id| !matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n'))) {
+        let error = Error::NotJsonRpc(format!("the id must be a string, a number or null, not {}", bad.get()));
+        return Some(Reply::error(null_id(), &error));
+    }
     let request_id = daemon.next_request_id();
-    let mut call = Call { daemon, id: &id, out, served: Served::default() };
+    let mut call = Call { daemon, id: id.unwrap_or(null_id()), out, served: Served::default() };
     let result = methods::dispatch(&mut call, &request.method, request.params).await;
     let Served { model, cached } = call.served;
     let duration_ms = started.elapsed().as_secs_f64() * 1e3;
     let method = &request.method;
     match &result {
+        Ok(_) if cached || matches!(method.as_str(), "ping" | "status" | "metrics") => {
+            tracing::debug!(request_id, method = %method, duration_ms, cached, model, "request served")
+        }
         Ok(_) => tracing::info!(request_id, method = %method, duration_ms, cached, model, "request served"),
         Err(e) => tracing::warn!(request_id, method = %method, duration_ms, error = %e, "request failed"),
     }
     daemon.metrics().record(method, started.elapsed(), result.is_ok());
-    request.id.as_ref()?;
-    Some(match result {
-        Ok(v) => Response::ok(id, v),
-        Err(e) => Response::err(id, e.into()),
-    })
+    Some(Reply::new(id?, result.as_ref().map(Value::clone)))
+}
+
+/// The id of a request that parsed as JSON but not as a request, when it has a usable one.
+fn readable_id(line: &[u8]) -> Option<&RawValue> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    serde_json::from_slice::<IdOnly>(line).ok()?.id
 }
 
 /// The writing side of a connection. Every write has a deadline: a client that leaves its
@@ -124,10 +234,14 @@ impl Out {
 
     /// Writes one JSON line; fails on an I/O error or when the deadline passes.
     pub(crate) async fn send<T: Serialize>(&mut self, value: &T) -> std::io::Result<()> {
+        self.send_raw(serde_json::to_vec(value).map_err(std::io::Error::other)?).await
+    }
+
+    /// Writes one already encoded JSON value as a line (see [`Out::send`]).
+    async fn send_raw(&mut self, mut bytes: Vec<u8>) -> std::io::Result<()> {
         if self.broken {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
-        let mut bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
         bytes.push(b'\n');
         let write = async {
             self.write.write_all(&bytes).await?;
@@ -145,9 +259,19 @@ impl Out {
     }
 
     /// Sends a `generate.piece` notification for the request `id`.
-    pub(crate) async fn piece(&mut self, id: &Value, text: String) -> std::io::Result<()> {
-        self.send(&json!({ "jsonrpc": "2.0", "method": PIECE_NOTIFICATION, "params": Piece { id: id.clone(), text } }))
-            .await
+    pub(crate) async fn piece(&mut self, id: &RawValue, text: String) -> std::io::Result<()> {
+        #[derive(Serialize)]
+        struct Params<'a> {
+            id: &'a RawValue,
+            text: String,
+        }
+        #[derive(Serialize)]
+        struct Notification<'a> {
+            jsonrpc: &'static str,
+            method: &'static str,
+            params: Params<'a>,
+        }
+        self.send(&Notification { jsonrpc: "2.0", method: PIECE_NOTIFICATION, params: Params { id, text } }).await
     }
 
     /// Whether a write failed or timed out (the connection is then closed).
@@ -233,7 +357,7 @@ mod tests {
         let (near, _far) = tokio::io::duplex(64);
         let mut out = Out::new(Box::new(near), -1, Duration::from_millis(50));
         let started = Instant::now();
-        let err = out.piece(&json!(1), "x".repeat(1000)).await.unwrap_err();
+        let err = out.piece(null_id(), "x".repeat(1000)).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(out.is_broken());

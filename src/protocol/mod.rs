@@ -19,6 +19,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Longest request line the daemon reads, in bytes.
 pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Most requests in one JSON-RPC batch (an array on one line).
+pub const MAX_BATCH_REQUESTS: usize = 256;
+
 /// JSON-RPC error codes used by the daemon.
 pub mod codes {
     /// The line is not valid JSON.

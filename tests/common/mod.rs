@@ -219,6 +219,22 @@ impl Conn {
         self.writer.write_all(bytes).unwrap();
     }
 
+    /// Sends raw bytes to a daemon that may have closed the connection.
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    /// Reads one line as it came; None when the daemon closed the connection.
+    pub fn read_raw(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(line),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("reading from the daemon: {e}"),
+        }
+    }
+
     /// Reads one JSON line.
     pub fn read(&mut self) -> Value {
         let mut line = String::new();

@@ -26,17 +26,22 @@ const PEER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 pub(crate) struct Call<'a> {
     /// Shared state.
     pub(crate) daemon: &'a Daemon,
-    /// The request's id.
-    pub(crate) id: &'a Value,
+    /// The request's id, as sent.
+    pub(crate) id: &'a serde_json::value::RawValue,
     /// The connection's writing side.
     pub(crate) out: &'a mut Out,
     /// Filled in by the method.
     pub(crate) served: Served,
 }
 
-/// Parses a method's params; absent params read as `{}`.
+/// Parses a method's params, which must be an object (serde would read an array positionally);
+/// absent params read as `{}`.
 fn parse<T: DeserializeOwned>(params: Value) -> Result<T> {
-    let params = if params.is_null() { Value::Object(Default::default()) } else { params };
+    let params = match params {
+        Value::Null => Value::Object(Default::default()),
+        Value::Object(_) => params,
+        _ => return Err(Error::InvalidRequest("params must be a JSON object (named parameters)".into())),
+    };
     serde_json::from_value(params).map_err(|e| Error::InvalidRequest(format!("invalid params: {e}")))
 }
 
