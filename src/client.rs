@@ -4,6 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -90,11 +91,40 @@ fn permission_hint(cause: &std::io::Error) -> &'static str {
 trait Stream: std::io::Read + Write + Send {}
 impl<T: std::io::Read + Write + Send> Stream for T {}
 
+/// How a client talks to the daemon: key, deadlines, retries.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The API key, sent as the first request over TCP.
+    pub api_key: Option<String>,
+    /// Longest wait for a TCP connection.
+    pub connect_timeout: Duration,
+    /// Longest wait for any line of an answer (a streamed generation sends one per piece).
+    pub read_timeout: Duration,
+    /// How often a call refused as overloaded is tried again, each time after the daemon's
+    /// `retry_after_ms` (at most [`MAX_RETRY_WAIT`]).
+    pub retries: u32,
+}
+
+/// The longest single wait between retries, whatever the daemon suggests.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            api_key: None,
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(600),
+            retries: 3,
+        }
+    }
+}
+
 /// One open connection; requests on it are answered in order.
 pub struct Client {
     reader: BufReader<Box<dyn Stream>>,
     writer: Box<dyn Stream>,
     next_id: u64,
+    options: ClientOptions,
 }
 
 fn unreachable(target: &Target, cause: std::io::Error) -> ClientError {
@@ -102,20 +132,33 @@ fn unreachable(target: &Target, cause: std::io::Error) -> ClientError {
 }
 
 impl Client {
-    /// Connects to `target`.
+    /// Connects to `target` with default options.
     pub fn connect(target: &Target) -> Result<Self, ClientError> {
+        Self::connect_with(target, ClientOptions::default())
+    }
+
+    /// Connects to `target`; over TCP, authenticates with `options.api_key` first.
+    pub fn connect_with(target: &Target, options: ClientOptions) -> Result<Self, ClientError> {
+        let deadline = Some(options.read_timeout);
         let (reader, writer): (Box<dyn Stream>, Box<dyn Stream>) = match target {
             Target::Unix(path) => {
                 let s = UnixStream::connect(path).map_err(|e| unreachable(target, e))?;
+                s.set_read_timeout(deadline).and(s.set_write_timeout(deadline)).map_err(|e| unreachable(target, e))?;
                 (Box::new(s.try_clone().map_err(|e| unreachable(target, e))?), Box::new(s))
             }
             Target::Tcp(addr) => {
-                let s = TcpStream::connect(addr).map_err(|e| unreachable(target, e))?;
+                let s = connect_tcp(addr, options.connect_timeout).map_err(|e| unreachable(target, e))?;
                 s.set_nodelay(true).ok();
+                s.set_read_timeout(deadline).and(s.set_write_timeout(deadline)).map_err(|e| unreachable(target, e))?;
                 (Box::new(s.try_clone().map_err(|e| unreachable(target, e))?), Box::new(s))
             }
         };
-        Ok(Client { reader: BufReader::new(reader), writer, next_id: 1 })
+        let key = options.api_key.clone();
+        let mut client = Client { reader: BufReader::new(reader), writer, next_id: 1, options };
+        if let (Target::Tcp(_), Some(key)) = (target, key) {
+            let _: Value = client.call("auth", &json!({ "key": key }))?;
+        }
+        Ok(client)
     }
 
     /// Sends a request and returns its id.
@@ -125,22 +168,32 @@ impl Client {
         let req = Request { jsonrpc: "2.0".into(), method: method.into(), params, id: Some(id.clone()) };
         let mut line = serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).map_err(|e| ClientError::Protocol(format!("sending: {e}")))?;
+        if let Err(e) = self.writer.write_all(&line) {
+            // A daemon that refused the connection said why before closing it: show that.
+            if let Ok(answer) = self.read_line() {
+                if let Err(refusal @ ClientError::Rpc(_)) = Self::finish::<Value>(answer) {
+                    return Err(refusal);
+                }
+            }
+            return Err(ClientError::Protocol(format!("sending: {e}")));
+        }
         Ok(id)
     }
 
     fn read_line(&mut self) -> Result<Value, ClientError> {
         let mut line = String::new();
+        let closed =
+            || ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into());
+        let timeout = self.options.read_timeout.as_secs();
         let n = self.reader.read_line(&mut line).map_err(|e| match e.kind() {
-            std::io::ErrorKind::ConnectionReset => {
-                ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into())
-            }
+            std::io::ErrorKind::ConnectionReset => closed(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Protocol(format!(
+                "no answer from the daemon within {timeout} s; raise --timeout or see `journalctl -u steadytext`"
+            )),
             _ => ClientError::Protocol(format!("reading: {e}")),
         })?;
         if n == 0 {
-            return Err(ClientError::Protocol(
-                "the daemon closed the connection (see `journalctl -u steadytext`)".into(),
-            ));
+            return Err(closed());
         }
         serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("unreadable answer: {e}")))
     }
@@ -159,7 +212,9 @@ impl Client {
         self.call_streaming(method, params, &mut |_| {})
     }
 
-    /// Calls `method`, passing each `generate.piece` notification's text to `on_piece`.
+    /// Calls `method`, passing each `generate.piece` notification's text to `on_piece`. A call
+    /// refused as overloaded is tried again after the daemon's `retry_after_ms`, up to
+    /// `options.retries` times (no piece has been sent then).
     pub fn call_streaming<P: Serialize, R: DeserializeOwned>(
         &mut self,
         method: &str,
@@ -167,6 +222,29 @@ impl Client {
         on_piece: &mut dyn FnMut(&str),
     ) -> Result<R, ClientError> {
         let params = serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut tries = 0;
+        loop {
+            match self.call_once(method, params.clone(), on_piece) {
+                Err(ClientError::Rpc(e)) if e.code == codes::OVERLOADED && tries < self.options.retries => {
+                    tries += 1;
+                    let hint = e.data.as_ref().and_then(|d| d["retry_after_ms"].as_u64()).unwrap_or(100);
+                    std::thread::sleep(Duration::from_millis(hint).min(MAX_RETRY_WAIT));
+                }
+                Err(ClientError::Rpc(mut e)) if e.code == codes::OVERLOADED => {
+                    e.message = format!("{} (gave up after {tries} retries)", e.message);
+                    return Err(ClientError::Rpc(e));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn call_once<R: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        params: Value,
+        on_piece: &mut dyn FnMut(&str),
+    ) -> Result<R, ClientError> {
         let id = self.send(method, params)?;
         loop {
             let msg = self.read_line()?;
@@ -183,6 +261,18 @@ impl Client {
             }
         }
     }
+}
+
+/// Connects to the first address of `addr` that answers within `timeout`.
+fn connect_tcp(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr} resolves to no address"));
+    for a in std::net::ToSocketAddrs::to_socket_addrs(addr)? {
+        match TcpStream::connect_timeout(&a, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// The daemon address from the environment ([`crate::config::env::client`]):

@@ -109,6 +109,9 @@ pub struct DaemonConfig {
     /// Seconds a client may leave an answer or a stream piece unread; then its request is
     /// cancelled and its connection closed (a stalled reader stalls only itself).
     pub send_timeout_secs: u64,
+    /// File holding the API key TCP clients must present (`STEADYTEXT_API_KEY_FILE`); the
+    /// systemd credential `api-key` takes precedence. Required when a TCP listener is used.
+    pub api_key_file: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -121,6 +124,7 @@ impl Default for DaemonConfig {
             max_connections: 256,
             stream_buffer: 16,
             send_timeout_secs: 30,
+            api_key_file: None,
         }
     }
 }
@@ -200,6 +204,9 @@ impl Config {
         }
         if let Some(v) = get("STEADYTEXT_EMBEDDING_MODEL") {
             self.embedding_model = v;
+        }
+        if let Some(v) = get("STEADYTEXT_API_KEY_FILE") {
+            self.daemon.api_key_file = Some(PathBuf::from(v));
         }
         if let Some(v) = get("ORT_DYLIB_PATH") {
             self.onnxruntime = Some(PathBuf::from(v));
@@ -313,6 +320,8 @@ pub mod env {
         pub socket: Option<String>,
         /// `STEADYTEXT_DISABLE_DAEMON` set to anything but `0`.
         pub disable_daemon: bool,
+        /// `STEADYTEXT_API_KEY`: the key sent to a daemon over TCP.
+        pub api_key: Option<String>,
     }
 
     /// Reads [`ClientEnv`].
@@ -322,6 +331,7 @@ pub mod env {
             port: get("STEADYTEXT_DAEMON_PORT"),
             socket: get("STEADYTEXT_SOCKET"),
             disable_daemon: get("STEADYTEXT_DISABLE_DAEMON").is_some_and(|v| v != "0"),
+            api_key: get("STEADYTEXT_API_KEY"),
         }
     }
 

@@ -39,6 +39,9 @@ pub enum Error {
         "model {0} is not loaded here; configure it as the daemon's model, or use direct mode (stctl --no-daemon)"
     )]
     ModelNotLoaded(String),
+    /// A TCP client did not present the API key first, or presented a wrong one.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     /// A cache method was called on a daemon whose cache is off.
     #[error("the cache is disabled in this daemon's configuration ([cache] enabled = false)")]
     CacheDisabled,

@@ -4,6 +4,7 @@
 //! The modules the binaries and the integration tests use are public; the rest is `pub(crate)`.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod cache;
 pub mod client;
 pub mod config;

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::process::{Output, Stdio};
 
 use common::{command, Daemon};
+use serde_json::Value;
 
 fn stctl(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
     let mut cmd = command(env!("CARGO_BIN_EXE_stctl"));
@@ -140,7 +141,10 @@ fn tcp_listener_and_idle_exit() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
     let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, "test-key-0123456789abcdef\n").unwrap();
     let mut daemon = command(env!("CARGO_BIN_EXE_steadytextd"))
+        .env("STEADYTEXT_API_KEY_FILE", &key_file)
         .args(common::root_flags())
         .arg("--listen")
         .arg(format!("unix:{}", sock.display()))
@@ -152,7 +156,11 @@ fn tcp_listener_and_idle_exit() {
         .spawn()
         .unwrap();
     let port = port.to_string();
-    let tcp = [("STEADYTEXT_DAEMON_HOST", "127.0.0.1"), ("STEADYTEXT_DAEMON_PORT", port.as_str())];
+    let tcp = [
+        ("STEADYTEXT_DAEMON_HOST", "127.0.0.1"),
+        ("STEADYTEXT_DAEMON_PORT", port.as_str()),
+        ("STEADYTEXT_API_KEY", "test-key-0123456789abcdef"),
+    ];
     let mut out = None;
     for _ in 0..100 {
         let o = stctl(&["--daemon-only", "embed", "over tcp"], None, &tcp);
@@ -177,4 +185,97 @@ fn tcp_listener_and_idle_exit() {
     };
     assert!(status.success());
     assert!(!sock.exists());
+}
+
+/// Starts a daemon on a Unix socket and a TCP port with the given key file; returns it, the
+/// socket and the port.
+fn tcp_daemon(dir: &std::path::Path, key_file: Option<&std::path::Path>, host: &str) -> (std::process::Child, u16) {
+    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let mut cmd = command(env!("CARGO_BIN_EXE_steadytextd"));
+    if let Some(key) = key_file {
+        cmd.env("STEADYTEXT_API_KEY_FILE", key);
+    }
+    let child = cmd
+        .args(common::root_flags())
+        .arg("--listen")
+        .arg(format!("unix:{}", dir.join("s.sock").display()))
+        .arg("--listen")
+        .arg(format!("tcp:{host}:{port}"))
+        .env("STATE_DIRECTORY", dir)
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    (child, port)
+}
+
+fn tcp_lines(port: u16, lines: &[&[u8]]) -> Vec<Value> {
+    use std::io::{BufRead, Write};
+    let mut s = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    };
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    for line in lines {
+        let _ = s.write_all(line);
+    }
+    std::io::BufReader::new(s).lines().map_while(Result::ok).map(|l| serde_json::from_str(&l).unwrap()).collect()
+}
+
+#[test]
+fn tcp_needs_the_api_key_first_and_refuses_http() {
+    use steadytext::protocol::codes;
+    let dir = tempfile::tempdir().unwrap();
+    // Without a key, or on a non-loopback address, the daemon refuses to start.
+    let (mut no_key, _) = tcp_daemon(dir.path(), None, "127.0.0.1");
+    assert!(!no_key.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("needs an API key") && log.contains("api_key_file"), "{log}");
+    let key_file = dir.path().join("api-key");
+    std::fs::write(&key_file, "right-key-0123456789abcdef\n").unwrap();
+    let (mut public, _) = tcp_daemon(dir.path(), Some(&key_file), "0.0.0.0");
+    assert!(!public.wait().unwrap().success());
+    let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    assert!(log.contains("not a loopback address"), "{log}");
+
+    let (mut daemon, port) = tcp_daemon(dir.path(), Some(&key_file), "127.0.0.1");
+    let ping = b"{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1}\n";
+    // Anything before auth: unauthorized, and the connection is closed (the ping never runs).
+    let answers = tcp_lines(port, &[ping, ping]);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["error"]["code"], codes::UNAUTHORIZED);
+    assert!(answers[0]["error"]["message"].as_str().unwrap().contains("STEADYTEXT_API_KEY"));
+    // A wrong key: the same.
+    let wrong =
+        b"{\"jsonrpc\":\"2.0\",\"method\":\"auth\",\"params\":{\"key\":\"wrong-key-0123456789abcdef\"},\"id\":1}\n";
+    let answers = tcp_lines(port, &[wrong, ping]);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["error"]["code"], codes::UNAUTHORIZED);
+    // The right key: then requests are served on that connection.
+    let right =
+        b"{\"jsonrpc\":\"2.0\",\"method\":\"auth\",\"params\":{\"key\":\"right-key-0123456789abcdef\"},\"id\":1}\n";
+    let answers = tcp_lines(port, &[right, b"{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":2}\n"]);
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    assert_eq!(answers[1]["result"]["protocol"], 1);
+    // What a web page can make a browser send: refused at the request line, the body never runs.
+    let clear = b"{\"jsonrpc\":\"2.0\",\"method\":\"cache.clear\",\"id\":9}\n";
+    let answers = tcp_lines(port, &[b"POST / HTTP/1.1\r\nContent-Type: text/plain\r\n\r\n", right, clear]);
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(answers[0]["error"]["code"], codes::INVALID_REQUEST);
+    let status = stdout(&stctl(
+        &["--daemon-only", "--socket", dir.path().join("s.sock").to_str().unwrap(), "status", "--json"],
+        None,
+        &[],
+    ));
+    assert!(!status.contains("cache.clear"), "the HTTP body ran: {status}");
+    // stctl sends the key from STEADYTEXT_API_KEY; without it, the daemon's reason is shown.
+    let port = port.to_string();
+    let tcp = [("STEADYTEXT_DAEMON_HOST", "127.0.0.1"), ("STEADYTEXT_DAEMON_PORT", port.as_str())];
+    let refused = stctl(&["--daemon-only", "ping"], None, &tcp);
+    assert_clean_error(&refused, "unauthorized");
+    let with_key = [tcp[0], tcp[1], ("STEADYTEXT_API_KEY", "right-key-0123456789abcdef")];
+    assert!(stctl(&["--daemon-only", "ping"], None, &with_key).status.success());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
 }

@@ -5,14 +5,14 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use steadytext::cache::SharedCache;
-use steadytext::client::{target_from_env, Client, ClientError, Target};
+use steadytext::client::{target_from_env, Client, ClientError, ClientOptions, Target};
 use steadytext::config::Config;
 use steadytext::direct;
 use steadytext::protocol::{
@@ -37,6 +37,18 @@ struct Cli {
     /// Say on stderr which mode served the request.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// File holding the API key for a daemon over TCP (default: $STEADYTEXT_API_KEY).
+    #[arg(long, global = true, value_name = "FILE")]
+    api_key_file: Option<PathBuf>,
+    /// Seconds to wait for each line of the daemon's answer.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 600)]
+    timeout: u64,
+    /// Seconds to wait for a TCP connection.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 5)]
+    connect_timeout: u64,
+    /// Times a request refused as overloaded is retried (after the daemon's retry hint).
+    #[arg(long, global = true, value_name = "N", default_value_t = 3)]
+    retries: u32,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,6 +171,7 @@ enum Mode {
 struct Ctx {
     config: Config,
     target: Target,
+    client: ClientOptions,
     daemon_only: bool,
     no_daemon: bool,
     verbose: bool,
@@ -173,12 +186,28 @@ impl Ctx {
             None => target_from_env(&env, &config.daemon.socket).map_err(anyhow::Error::msg)?,
         };
         let disabled = env.disable_daemon;
+        let api_key = match &cli.api_key_file {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read the API key file {}", file.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => env.api_key.clone(),
+        };
+        let client = ClientOptions {
+            api_key,
+            connect_timeout: Duration::from_secs(cli.connect_timeout),
+            read_timeout: Duration::from_secs(cli.timeout.max(1)),
+            retries: cli.retries,
+        };
         if cli.daemon_only && disabled {
             bail!("--daemon-only conflicts with STEADYTEXT_DISABLE_DAEMON; unset one of them");
         }
         Ok(Ctx {
             config,
             target,
+            client,
             daemon_only: cli.daemon_only,
             no_daemon: cli.no_daemon || disabled,
             verbose: cli.verbose,
@@ -197,7 +226,7 @@ impl Ctx {
             self.note("direct mode (daemon disabled)");
             return Ok(Mode::Direct);
         }
-        match Client::connect(&self.target) {
+        match Client::connect_with(&self.target, self.client.clone()) {
             Ok(c) => {
                 self.note(format_args!("using the daemon at {}", self.target));
                 Ok(Mode::Daemon(c))
@@ -214,7 +243,8 @@ impl Ctx {
 
     /// A daemon connection for commands that only the daemon can answer.
     fn daemon(&self) -> Result<Client> {
-        Client::connect(&self.target).context("no daemon to ask; start it with `systemctl start steadytext.socket`")
+        Client::connect_with(&self.target, self.client.clone())
+            .context("no daemon to ask; start it with `systemctl start steadytext.socket`")
     }
 
     /// Runs `daemon_call` on the daemon, or `direct` when falling back is allowed.

@@ -16,8 +16,14 @@ use crate::protocol::{RpcError, MAX_BATCH_REQUESTS, MAX_LINE_BYTES, PIECE_NOTIFI
 use super::methods::{self, Call};
 use super::state::Daemon;
 
-/// Serves one accepted connection until the client leaves or shutdown begins.
-pub(crate) fn spawn<S>(daemon: &Arc<Daemon>, stream: S)
+/// The first request a TCP client must send.
+const AUTH_FIRST: &str = "on a TCP connection the first request must be \
+    {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"auth\",\"params\":{\"key\":\"...\"}} with the daemon's API key \
+    (stctl sends it from STEADYTEXT_API_KEY or --api-key-file); the connection is closed";
+
+/// Serves one accepted connection until the client leaves or shutdown begins. A TCP connection
+/// (`tcp`) must authenticate first.
+pub(crate) fn spawn<S>(daemon: &Arc<Daemon>, stream: S, tcp: bool)
 where
     S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
 {
@@ -29,7 +35,7 @@ where
         let (read, write) = tokio::io::split(stream);
         let mut out = Out::new(Box::new(write), fd, Duration::from_secs(d.config().daemon.send_timeout_secs));
         match d.connection_slot() {
-            Some(_slot) => serve(&d, BufReader::new(read), &mut out).await,
+            Some(_slot) => serve(&d, BufReader::new(read), &mut out, !tcp).await,
             None => {
                 let error = Error::TooManyConnections { open: d.metrics().connections() };
                 let _ = out.send(&Reply::error(null_id(), &error)).await;
@@ -39,7 +45,8 @@ where
     });
 }
 
-async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, out: &mut Out) {
+async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, out: &mut Out, trusted: bool) {
+    let mut session = Session { authenticated: trusted };
     loop {
         let line = tokio::select! {
             _ = daemon.shutdown().cancelled() => break,
@@ -60,10 +67,14 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
             }
             Ok(Line::Text(bytes)) => {
                 let _busy = daemon.metrics().request();
-                match handle_line(daemon, &bytes, out).await {
+                let written = match handle_line(daemon, &bytes, out, &mut session).await {
                     Some(reply) => out.send_raw(reply).await,
                     None => Ok(()),
+                };
+                if !session.authenticated {
+                    break;
                 }
+                written
             }
         };
         if written.is_err() || out.is_broken() {
@@ -79,6 +90,12 @@ fn looks_like_http(line: &[u8]) -> bool {
         [b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
     let line = line.trim_ascii();
     METHODS.iter().any(|m| line.starts_with(m)) || line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0")
+}
+
+/// What a connection has established.
+struct Session {
+    /// Whether requests may run: always on Unix sockets, after `auth` on TCP.
+    authenticated: bool,
 }
 
 /// What a method served, for the request's log line.
@@ -139,9 +156,9 @@ fn null_id() -> &'static RawValue {
 
 /// Handles one line: a request, or a batch (a JSON array of requests, answered by one array of
 /// the responses, notifications left out). Returns the serialized answer, if any.
-async fn handle_line(daemon: &Daemon, line: &[u8], out: &mut Out) -> Option<Vec<u8>> {
+async fn handle_line(daemon: &Daemon, line: &[u8], out: &mut Out, session: &mut Session) -> Option<Vec<u8>> {
     if line.trim_ascii_start().first() != Some(&b'[') {
-        return handle(daemon, line, out).await.map(|r| encode(&r));
+        return handle(daemon, line, out, session).await.map(|r| encode(&r));
     }
     let items: Vec<&RawValue> = match serde_json::from_slice(line) {
         Ok(items) => items,
@@ -153,7 +170,7 @@ async fn handle_line(daemon: &Daemon, line: &[u8], out: &mut Out) -> Option<Vec<
     }
     let mut replies = Vec::new();
     for item in items {
-        if let Some(reply) = handle(daemon, item.get().as_bytes(), out).await {
+        if let Some(reply) = handle(daemon, item.get().as_bytes(), out, session).await {
             replies.push(reply);
         }
     }
@@ -165,7 +182,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Handles one request; `None` for notifications (no id), which get no response.
-async fn handle<'l>(daemon: &Daemon, line: &'l [u8], out: &mut Out) -> Option<Reply<'l>> {
+async fn handle<'l>(daemon: &Daemon, line: &'l [u8], out: &mut Out, session: &mut Session) -> Option<Reply<'l>> {
     let started = Instant::now();
     if line.trim_ascii_start().first() != Some(&b'{') {
         // serde would read a JSON array positionally as a struct: only objects are requests.
@@ -191,6 +208,9 @@ async fn handle<'l>(daemon: &Daemon, line: &'l [u8], out: &mut Out) -> Option<Re
         let error = Error::NotJsonRpc(format!("the id must be a string, a number or null, not {}", bad.get()));
         return Some(Reply::error(null_id(), &error));
     }
+    if !session.authenticated && request.method != "auth" {
+        return Some(Reply::error(id.unwrap_or(null_id()), &Error::Unauthorized(AUTH_FIRST.into())));
+    }
     let request_id = daemon.next_request_id();
     let mut call = Call { daemon, id: id.unwrap_or(null_id()), out, served: Served::default() };
     let result = methods::dispatch(&mut call, &request.method, request.params).await;
@@ -205,7 +225,10 @@ async fn handle<'l>(daemon: &Daemon, line: &'l [u8], out: &mut Out) -> Option<Re
         Err(e) => tracing::warn!(request_id, method = %method, duration_ms, error = %e, "request failed"),
     }
     daemon.metrics().record(method, started.elapsed(), result.is_ok());
-    Some(Reply::new(id?, result.as_ref().map(Value::clone)))
+    if method == "auth" {
+        session.authenticated = result.is_ok();
+    }
+    Some(Reply::new(id.or((!session.authenticated).then(null_id))?, result.as_ref().map(Value::clone)))
 }
 
 /// The id of a request that parsed as JSON but not as a request, when it has a usable one.

@@ -20,6 +20,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::ApiKey;
 use crate::cache::{Cache, SharedCache};
 use crate::config::Config;
 use listen::StdListener;
@@ -42,6 +43,8 @@ pub struct Options {
 /// Runs the daemon until SIGTERM/SIGINT (or idle exit); returns after draining.
 pub async fn run(options: Options) -> Result<()> {
     let config = Arc::new(options.config);
+    let api_key = ApiKey::load(config.daemon.api_key_file.as_deref()).context("cannot read the API key")?;
+    check_tcp_listeners(&options.listeners, api_key.is_some())?;
     notify::status("loading models");
     // Loading can exceed TimeoutStartSec on slow disks: ask for more time while it runs.
     notify::extend_timeout(300_000_000);
@@ -65,7 +68,7 @@ pub async fn run(options: Options) -> Result<()> {
         let info = w.info();
         tracing::info!(kind = w.kind().as_str(), model = %info.name, digest = %info.digest, "model loaded");
     }
-    let daemon = Daemon::new(config.clone(), registry, cache);
+    let daemon = Daemon::new(config.clone(), registry, cache, api_key);
     let mut owned_paths = Vec::new();
     for listener in options.listeners {
         tracing::info!(listener = listener.name(), "listening");
@@ -74,7 +77,7 @@ pub async fn run(options: Options) -> Result<()> {
                 listener.set_nonblocking(true)?;
                 let listener = Arc::new(tokio::net::UnixListener::from_std(listener)?);
                 owned_paths.extend(owned_path);
-                spawn_accept_loop(&daemon, move || {
+                spawn_accept_loop(&daemon, false, move || {
                     let l = listener.clone();
                     async move { l.accept().await.map(|(s, _)| s) }
                 });
@@ -82,7 +85,7 @@ pub async fn run(options: Options) -> Result<()> {
             StdListener::Tcp { listener, .. } => {
                 listener.set_nonblocking(true)?;
                 let listener = Arc::new(tokio::net::TcpListener::from_std(listener)?);
-                spawn_accept_loop(&daemon, move || {
+                spawn_accept_loop(&daemon, true, move || {
                     let l = listener.clone();
                     async move {
                         let (s, _) = l.accept().await?;
@@ -139,8 +142,32 @@ pub async fn run(options: Options) -> Result<()> {
     Ok(())
 }
 
-/// Accepts connections until shutdown begins; each one is served by its own task.
-fn spawn_accept_loop<S, F, Fut>(daemon: &Arc<Daemon>, mut accept: F)
+/// Refuses TCP listeners the daemon cannot guard: without an API key, or on a non-loopback
+/// address (keys and answers would cross the network in clear text).
+fn check_tcp_listeners(listeners: &[StdListener], have_key: bool) -> Result<()> {
+    for listener in listeners {
+        let StdListener::Tcp { listener, name } = listener else { continue };
+        let addr = listener.local_addr().with_context(|| format!("listener {name}"))?;
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to serve JSON-RPC on {addr} ({name}): it is not a loopback address and the protocol has no TLS; \
+                 listen on 127.0.0.1 or ::1 and put a TLS-terminating proxy in front for remote clients"
+            );
+        }
+        if !have_key {
+            anyhow::bail!(
+                "the TCP listener {addr} ({name}) needs an API key: write one (`openssl rand -hex 32`) to a file readable \
+                 only by the daemon and name it in [daemon] api_key_file or STEADYTEXT_API_KEY_FILE, or pass it as the \
+                 systemd credential `api-key` (LoadCredential=api-key:FILE)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Accepts connections until shutdown begins; each one is served by its own task. TCP
+/// connections (`tcp`) must authenticate first.
+fn spawn_accept_loop<S, F, Fut>(daemon: &Arc<Daemon>, tcp: bool, mut accept: F)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
     F: FnMut() -> Fut + Send + 'static,
@@ -152,7 +179,7 @@ where
             tokio::select! {
                 _ = d.shutdown().cancelled() => break,
                 r = accept() => match r {
-                    Ok(stream) => connection::spawn(&d, stream),
+                    Ok(stream) => connection::spawn(&d, stream, tcp),
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -169,6 +196,9 @@ async fn reload(daemon: &Arc<Daemon>, config_path: Option<PathBuf>) {
     tracing::info!("reloading configuration");
     let outcome = async {
         let config = Arc::new(Config::load(config_path.as_deref())?);
+        if let Some(key) = ApiKey::load(config.daemon.api_key_file.as_deref())? {
+            daemon.set_api_key(key);
+        }
         for worker in daemon.registry().iter() {
             match worker.reload(config.clone()).await? {
                 Some(info) => {
@@ -274,10 +304,10 @@ mod tests {
         let config = Arc::new(config);
         let registry =
             Registry::start(&config, &loader(|k| Fake { pieces: vec!["ab".into(); 4000], ..Fake::new(k) })).unwrap();
-        let daemon = Daemon::new(config, registry, SharedCache::new(None));
+        let daemon = Daemon::new(config, registry, SharedCache::new(None), None);
         let path = dir.join("d.sock");
         let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());
-        spawn_accept_loop(&daemon, move || {
+        spawn_accept_loop(&daemon, false, move || {
             let l = listener.clone();
             async move { l.accept().await.map(|(s, _)| s) }
         });

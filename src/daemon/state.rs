@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::ApiKey;
 use crate::cache::SharedCache;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -24,6 +25,7 @@ pub(crate) struct Daemon {
     registry: Registry,
     metrics: Metrics,
     cache: SharedCache,
+    api_key: RwLock<Option<Arc<ApiKey>>>,
     shutdown: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
@@ -33,14 +35,20 @@ pub(crate) struct Daemon {
 }
 
 impl Daemon {
-    /// Wraps loaded models and the cache.
-    pub(crate) fn new(config: Arc<Config>, registry: Registry, cache: SharedCache) -> Arc<Self> {
+    /// Wraps loaded models, the cache and the API key for TCP clients.
+    pub(crate) fn new(
+        config: Arc<Config>,
+        registry: Registry,
+        cache: SharedCache,
+        api_key: Option<ApiKey>,
+    ) -> Arc<Self> {
         Arc::new(Daemon {
             connection_slots: Arc::new(Semaphore::new(config.daemon.max_connections)),
             config: RwLock::new(config),
             registry,
             metrics: Metrics::default(),
             cache,
+            api_key: RwLock::new(api_key.map(Arc::new)),
             shutdown: CancellationToken::new(),
             abort: CancellationToken::new(),
             tracker: TaskTracker::new(),
@@ -57,6 +65,16 @@ impl Daemon {
     /// Puts a reloaded configuration in force.
     pub(crate) fn set_config(&self, config: Arc<Config>) {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
+
+    /// The API key TCP clients must present, if one is configured.
+    pub(crate) fn api_key(&self) -> Option<Arc<ApiKey>> {
+        self.api_key.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts a re-read API key in force.
+    pub(crate) fn set_api_key(&self, key: ApiKey) {
+        *self.api_key.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(key));
     }
 
     /// The loaded models.

@@ -42,6 +42,8 @@ pub mod codes {
     pub const SHUTTING_DOWN: i64 = -32002;
     /// The request line is longer than [`super::MAX_LINE_BYTES`].
     pub const TOO_LARGE: i64 = -32003;
+    /// A TCP connection did not authenticate first (or used a wrong key); it is closed.
+    pub const UNAUTHORIZED: i64 = -32004;
 }
 
 /// A JSON-RPC request (or, without `id`, a notification).
@@ -88,6 +90,7 @@ impl From<&Error> for RpcError {
             Error::UnknownMethod { .. } => codes::METHOD_NOT_FOUND,
             Error::InvalidRequest(_) | Error::CacheDisabled => codes::INVALID_PARAMS,
             Error::LineTooLong { .. } => codes::TOO_LARGE,
+            Error::Unauthorized(_) => codes::UNAUTHORIZED,
             Error::ModelNotLoaded(_) => codes::MODEL_NOT_LOADED,
             Error::Overloaded { .. } | Error::TooManyConnections { .. } => codes::OVERLOADED,
             Error::ShuttingDown | Error::Cancelled => codes::SHUTTING_DOWN,

@@ -2,6 +2,7 @@
 //! list (error messages, metrics, the protocol doc's test) and the dispatch. Adding a method
 //! means a file here with `call(&mut Call, Params) -> Result<R>` and one line in the table.
 
+mod auth;
 mod cache;
 mod embed;
 mod generate;
@@ -65,6 +66,7 @@ macro_rules! methods {
 }
 
 methods! {
+    "auth" => auth::call,
     "ping" => ping::call,
     "status" => status::call,
     "metrics" => metrics::call,
