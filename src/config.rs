@@ -103,6 +103,14 @@ pub struct DaemonConfig {
     pub idle_exit_secs: u64,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Most connections of one user (Unix socket) or one address (TCP).
+    pub max_connections_per_peer: usize,
+    /// Seconds a connection may wait between requests before it is closed (0 = no limit).
+    pub idle_timeout_secs: u64,
+    /// Seconds a client has to finish a request line once it has started it.
+    pub line_timeout_secs: u64,
+    /// Group whose members may run admin methods (`cache.clear`, `cache.snapshot`) besides root.
+    pub admin_group: Option<String>,
     /// Accepted for old configuration files and ignored: a request's stream pieces are buffered
     /// whole (bounded by its `max_new_tokens`), so generation never waits for a client.
     pub stream_buffer: usize,
@@ -122,6 +130,10 @@ impl Default for DaemonConfig {
             shutdown_timeout_secs: 30,
             idle_exit_secs: 0,
             max_connections: 256,
+            max_connections_per_peer: 64,
+            idle_timeout_secs: 300,
+            line_timeout_secs: 30,
+            admin_group: None,
             stream_buffer: 16,
             send_timeout_secs: 30,
             api_key_file: None,
@@ -250,9 +262,12 @@ impl Config {
             )));
         }
         let d = &self.daemon;
-        if d.queue_depth == 0 || d.max_connections == 0 || d.stream_buffer == 0 || d.send_timeout_secs == 0 {
+        let counts = [d.queue_depth, d.max_connections, d.max_connections_per_peer, d.stream_buffer];
+        if counts.contains(&0) || d.send_timeout_secs == 0 || d.line_timeout_secs == 0 {
             return Err(Error::Config(
-                "daemon.queue_depth, max_connections, stream_buffer and send_timeout_secs must be at least 1".into(),
+                "daemon.queue_depth, max_connections, max_connections_per_peer, stream_buffer, send_timeout_secs and \
+                 line_timeout_secs must be at least 1"
+                    .into(),
             ));
         }
         if self.limits.max_batch == 0 || self.limits.max_input_bytes == 0 {

@@ -42,6 +42,15 @@ pub enum Error {
     /// A TCP client did not present the API key first, or presented a wrong one.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// An admin method was called by a client that is not an admin.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A request line was started but not finished in time.
+    #[error("request line not finished within {secs} s; the connection is closed")]
+    LineTimeout {
+        /// The limit.
+        secs: u64,
+    },
     /// A cache method was called on a daemon whose cache is off.
     #[error("the cache is disabled in this daemon's configuration ([cache] enabled = false)")]
     CacheDisabled,
@@ -57,11 +66,13 @@ pub enum Error {
         /// When a retry is likely to be accepted.
         retry_after_ms: u64,
     },
-    /// Every connection slot is taken.
-    #[error("too many connections ({open} open); retry in a second")]
+    /// Every connection slot is taken, or every slot this peer may have.
+    #[error("too many connections ({open} open, {limit}); retry in a second")]
     TooManyConnections {
-        /// Connections open now.
+        /// Connections open now (in all, or of this peer).
         open: usize,
+        /// Which limit: `max_connections` or `max_connections_per_peer`.
+        limit: &'static str,
     },
     /// The daemon is stopping, or its worker has stopped.
     #[error("the worker has stopped; the daemon is shutting down")]

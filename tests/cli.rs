@@ -208,7 +208,9 @@ fn tcp_daemon(dir: &std::path::Path, key_file: Option<&std::path::Path>, host: &
     (child, port)
 }
 
-fn tcp_lines(port: u16, lines: &[&[u8]]) -> Vec<Value> {
+/// Sends `lines` on a new TCP connection; reads answers until the daemon closes it or `most`
+/// have come.
+fn tcp_lines(port: u16, lines: &[&[u8]], most: usize) -> Vec<Value> {
     use std::io::{BufRead, Write};
     let mut s = loop {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
@@ -220,7 +222,12 @@ fn tcp_lines(port: u16, lines: &[&[u8]]) -> Vec<Value> {
     for line in lines {
         let _ = s.write_all(line);
     }
-    std::io::BufReader::new(s).lines().map_while(Result::ok).map(|l| serde_json::from_str(&l).unwrap()).collect()
+    std::io::BufReader::new(s)
+        .lines()
+        .map_while(Result::ok)
+        .take(most)
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -242,25 +249,25 @@ fn tcp_needs_the_api_key_first_and_refuses_http() {
     let (mut daemon, port) = tcp_daemon(dir.path(), Some(&key_file), "127.0.0.1");
     let ping = b"{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1}\n";
     // Anything before auth: unauthorized, and the connection is closed (the ping never runs).
-    let answers = tcp_lines(port, &[ping, ping]);
+    let answers = tcp_lines(port, &[ping, ping], 9);
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert_eq!(answers[0]["error"]["code"], codes::UNAUTHORIZED);
     assert!(answers[0]["error"]["message"].as_str().unwrap().contains("STEADYTEXT_API_KEY"));
     // A wrong key: the same.
     let wrong =
         b"{\"jsonrpc\":\"2.0\",\"method\":\"auth\",\"params\":{\"key\":\"wrong-key-0123456789abcdef\"},\"id\":1}\n";
-    let answers = tcp_lines(port, &[wrong, ping]);
+    let answers = tcp_lines(port, &[wrong, ping], 9);
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert_eq!(answers[0]["error"]["code"], codes::UNAUTHORIZED);
     // The right key: then requests are served on that connection.
     let right =
         b"{\"jsonrpc\":\"2.0\",\"method\":\"auth\",\"params\":{\"key\":\"right-key-0123456789abcdef\"},\"id\":1}\n";
-    let answers = tcp_lines(port, &[right, b"{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":2}\n"]);
+    let answers = tcp_lines(port, &[right, b"{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":2}\n"], 2);
     assert_eq!(answers.len(), 2, "{answers:?}");
     assert_eq!(answers[1]["result"]["protocol"], 1);
     // What a web page can make a browser send: refused at the request line, the body never runs.
     let clear = b"{\"jsonrpc\":\"2.0\",\"method\":\"cache.clear\",\"id\":9}\n";
-    let answers = tcp_lines(port, &[b"POST / HTTP/1.1\r\nContent-Type: text/plain\r\n\r\n", right, clear]);
+    let answers = tcp_lines(port, &[b"POST / HTTP/1.1\r\nContent-Type: text/plain\r\n\r\n", right, clear], 9);
     assert_eq!(answers.len(), 1, "{answers:?}");
     assert_eq!(answers[0]["error"]["code"], codes::INVALID_REQUEST);
     let status = stdout(&stctl(

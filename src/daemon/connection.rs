@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::protocol::{RpcError, MAX_BATCH_REQUESTS, MAX_LINE_BYTES, PIECE_NOTIFICATION};
 
 use super::methods::{self, Call};
+use super::peer::Peer;
 use super::state::Daemon;
 
 /// The first request a TCP client must send.
@@ -21,9 +22,9 @@ const AUTH_FIRST: &str = "on a TCP connection the first request must be \
     {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"auth\",\"params\":{\"key\":\"...\"}} with the daemon's API key \
     (stctl sends it from STEADYTEXT_API_KEY or --api-key-file); the connection is closed";
 
-/// Serves one accepted connection until the client leaves or shutdown begins. A TCP connection
-/// (`tcp`) must authenticate first.
-pub(crate) fn spawn<S>(daemon: &Arc<Daemon>, stream: S, tcp: bool)
+/// Serves one accepted connection of `peer` until the client leaves, idles too long, or shutdown
+/// begins. A TCP connection must authenticate first.
+pub(crate) fn spawn<S>(daemon: &Arc<Daemon>, stream: S, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
 {
@@ -34,10 +35,10 @@ where
         let fd = stream.as_raw_fd();
         let (read, write) = tokio::io::split(stream);
         let mut out = Out::new(Box::new(write), fd, Duration::from_secs(d.config().daemon.send_timeout_secs));
-        match d.connection_slot() {
-            Some(_slot) => serve(&d, BufReader::new(read), &mut out, !tcp).await,
-            None => {
-                let error = Error::TooManyConnections { open: d.metrics().connections() };
+        match d.admit(&peer) {
+            Ok(_slots) => serve(&d, BufReader::new(read), &mut out, peer).await,
+            Err(error) => {
+                tracing::debug!(?peer, error = %error, "connection refused");
                 let _ = out.send(&Reply::error(null_id(), &error)).await;
             }
         }
@@ -45,15 +46,28 @@ where
     });
 }
 
-async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, out: &mut Out, trusted: bool) {
-    let mut session = Session { authenticated: trusted };
+async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, out: &mut Out, peer: Peer) {
+    let mut session = Session { authenticated: !peer.is_tcp(), peer };
+    let config = daemon.config();
+    let limits = LineLimits {
+        idle: (config.daemon.idle_timeout_secs > 0).then(|| Duration::from_secs(config.daemon.idle_timeout_secs)),
+        line: Duration::from_secs(config.daemon.line_timeout_secs),
+    };
     loop {
         let line = tokio::select! {
             _ = daemon.shutdown().cancelled() => break,
-            line = read_line(&mut reader) => line,
+            line = read_line(&mut reader, &limits) => line,
         };
+        // Lines a client sent before it hung up are not run: nobody would read the answers.
+        if out.peer_gone() {
+            break;
+        }
         let written = match line {
-            Ok(Line::Eof) | Err(_) => break,
+            Ok(Line::Eof) | Err(_) | Ok(Line::Idle) => break,
+            Ok(Line::Unfinished) => {
+                let _ = out.send(&Reply::error(null_id(), &Error::LineTimeout { secs: limits.line.as_secs() })).await;
+                break;
+            }
             Ok(Line::TooLong) => {
                 out.send(&Reply::error(null_id(), &Error::LineTooLong { limit: MAX_LINE_BYTES })).await
             }
@@ -93,9 +107,11 @@ fn looks_like_http(line: &[u8]) -> bool {
 }
 
 /// What a connection has established.
-struct Session {
+pub(crate) struct Session {
     /// Whether requests may run: always on Unix sockets, after `auth` on TCP.
     authenticated: bool,
+    /// Who the client is.
+    pub(crate) peer: Peer,
 }
 
 /// What a method served, for the request's log line.
@@ -212,7 +228,7 @@ async fn handle<'l>(daemon: &Daemon, line: &'l [u8], out: &mut Out, session: &mu
         return Some(Reply::error(id.unwrap_or(null_id()), &Error::Unauthorized(AUTH_FIRST.into())));
     }
     let request_id = daemon.next_request_id();
-    let mut call = Call { daemon, id: id.unwrap_or(null_id()), out, served: Served::default() };
+    let mut call = Call { daemon, id: id.unwrap_or(null_id()), out, peer: session.peer, served: Served::default() };
     let result = methods::dispatch(&mut call, &request.method, request.params).await;
     let Served { model, cached } = call.served;
     let duration_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -302,12 +318,13 @@ impl Out {
         self.broken
     }
 
-    /// Whether the peer has fully closed the connection (POLLHUP), without reading from it.
+    /// Whether the peer has closed the connection, or shut down its sending side (POLLRDHUP:
+    /// how a closed TCP client shows while its answer is pending), without reading from it.
     pub(crate) fn peer_gone(&self) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd, events: 0, revents: 0 };
+        let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLRDHUP, revents: 0 };
         // SAFETY: one valid pollfd, zero timeout; fd belongs to this live connection.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0
+        n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP) != 0
     }
 }
 
@@ -316,14 +333,37 @@ enum Line {
     Text(Vec<u8>),
     TooLong,
     Eof,
+    /// No request began within the idle limit.
+    Idle,
+    /// A request began but was not finished within the line limit.
+    Unfinished,
+}
+
+/// How long a connection may wait before a request, and take to send one.
+struct LineLimits {
+    idle: Option<Duration>,
+    line: Duration,
 }
 
 /// Reads one `\n`-terminated line of at most [`MAX_LINE_BYTES`]; a longer one is skipped whole.
-async fn read_line<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Result<Line> {
+/// The first byte must come within `limits.idle`, the rest within `limits.line` of it.
+async fn read_line<R: AsyncBufReadExt + Unpin>(reader: &mut R, limits: &LineLimits) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
+    let mut deadline = limits.idle.map(|idle| tokio::time::Instant::now() + idle);
     loop {
-        let buf = reader.fill_buf().await?;
+        let fill = reader.fill_buf();
+        let buf = match deadline {
+            None => fill.await?,
+            Some(at) => match tokio::time::timeout_at(at, fill).await {
+                Ok(buf) => buf?,
+                Err(_) if line.is_empty() && !too_long => return Ok(Line::Idle),
+                Err(_) => return Ok(Line::Unfinished),
+            },
+        };
+        if !buf.is_empty() && line.is_empty() && !too_long && !buf.iter().all(u8::is_ascii_whitespace) {
+            deadline = Some(tokio::time::Instant::now() + limits.line);
+        }
         if buf.is_empty() {
             return Ok(match (line.is_empty(), too_long) {
                 (_, true) => Line::TooLong,
@@ -369,10 +409,23 @@ mod tests {
         input.extend_from_slice(&big);
         input.extend_from_slice(b"\nlast");
         let mut reader = BufReader::new(&input[..]);
-        assert!(matches!(read_line(&mut reader).await.unwrap(), Line::Text(t) if t == b"{\"a\":1}"));
-        assert!(matches!(read_line(&mut reader).await.unwrap(), Line::TooLong));
-        assert!(matches!(read_line(&mut reader).await.unwrap(), Line::Text(t) if t == b"last"));
-        assert!(matches!(read_line(&mut reader).await.unwrap(), Line::Eof));
+        let limits = LineLimits { idle: None, line: Duration::from_secs(5) };
+        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Text(t) if t == b"{\"a\":1}"));
+        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::TooLong));
+        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Text(t) if t == b"last"));
+        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Eof));
+    }
+
+    #[tokio::test]
+    async fn idle_and_unfinished_lines_time_out() {
+        let limits = LineLimits { idle: Some(Duration::from_millis(50)), line: Duration::from_millis(50) };
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = BufReader::new(server);
+        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Idle));
+        client.write_all(b"{\"jsonrpc\"").await.unwrap();
+        let started = Instant::now();
+        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Unfinished));
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ pub mod listen;
 mod methods;
 pub mod metrics;
 mod notify;
+mod peer;
 mod registry;
 mod scheduler;
 mod state;
@@ -24,6 +25,7 @@ use crate::auth::ApiKey;
 use crate::cache::{Cache, SharedCache};
 use crate::config::Config;
 use listen::StdListener;
+use peer::Peer;
 use registry::Registry;
 use scheduler::Loader;
 use state::Daemon;
@@ -77,20 +79,20 @@ pub async fn run(options: Options) -> Result<()> {
                 listener.set_nonblocking(true)?;
                 let listener = Arc::new(tokio::net::UnixListener::from_std(listener)?);
                 owned_paths.extend(owned_path);
-                spawn_accept_loop(&daemon, false, move || {
+                spawn_accept_loop(&daemon, move || {
                     let l = listener.clone();
-                    async move { l.accept().await.map(|(s, _)| s) }
+                    async move { unix_peer(l.accept().await?.0) }
                 });
             }
             StdListener::Tcp { listener, .. } => {
                 listener.set_nonblocking(true)?;
                 let listener = Arc::new(tokio::net::TcpListener::from_std(listener)?);
-                spawn_accept_loop(&daemon, true, move || {
+                spawn_accept_loop(&daemon, move || {
                     let l = listener.clone();
                     async move {
-                        let (s, _) = l.accept().await?;
+                        let (s, addr) = l.accept().await?;
                         s.set_nodelay(true)?;
-                        Ok(s)
+                        Ok((s, Peer::Remote(addr.ip())))
                     }
                 });
             }
@@ -165,13 +167,18 @@ fn check_tcp_listeners(listeners: &[StdListener], have_key: bool) -> Result<()> 
     Ok(())
 }
 
-/// Accepts connections until shutdown begins; each one is served by its own task. TCP
-/// connections (`tcp`) must authenticate first.
-fn spawn_accept_loop<S, F, Fut>(daemon: &Arc<Daemon>, tcp: bool, mut accept: F)
+/// A Unix connection with its peer's credentials.
+fn unix_peer(stream: tokio::net::UnixStream) -> std::io::Result<(tokio::net::UnixStream, Peer)> {
+    let peer = Peer::of_unix(&stream).ok_or_else(|| std::io::Error::other("no peer credentials"))?;
+    Ok((stream, peer))
+}
+
+/// Accepts connections until shutdown begins; each one is served by its own task.
+fn spawn_accept_loop<S, F, Fut>(daemon: &Arc<Daemon>, mut accept: F)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
     F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = std::io::Result<S>> + Send,
+    Fut: std::future::Future<Output = std::io::Result<(S, Peer)>> + Send,
 {
     let d = daemon.clone();
     tokio::spawn(async move {
@@ -179,7 +186,7 @@ where
             tokio::select! {
                 _ = d.shutdown().cancelled() => break,
                 r = accept() => match r {
-                    Ok(stream) => connection::spawn(&d, stream, tcp),
+                    Ok((stream, peer)) => connection::spawn(&d, stream, peer),
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -307,9 +314,9 @@ mod tests {
         let daemon = Daemon::new(config, registry, SharedCache::new(None), None);
         let path = dir.join("d.sock");
         let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());
-        spawn_accept_loop(&daemon, false, move || {
+        spawn_accept_loop(&daemon, move || {
             let l = listener.clone();
-            async move { l.accept().await.map(|(s, _)| s) }
+            async move { unix_peer(l.accept().await?.0) }
         });
         (daemon, path)
     }

@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::protocol::{ModelKind, ModelStatus, Status, PROTOCOL_VERSION};
 
 use super::metrics::Metrics;
+use super::peer::{Peer, PeerSlot, PeerTable};
 use super::registry::Registry;
 use super::scheduler::{Job, Worker};
 
@@ -30,6 +31,8 @@ pub(crate) struct Daemon {
     abort: CancellationToken,
     tracker: TaskTracker,
     connection_slots: Arc<Semaphore>,
+    peers: PeerTable,
+    admin_gid: Option<u32>,
     last_activity: Mutex<Instant>,
     next_request: AtomicU64,
 }
@@ -44,6 +47,8 @@ impl Daemon {
     ) -> Arc<Self> {
         Arc::new(Daemon {
             connection_slots: Arc::new(Semaphore::new(config.daemon.max_connections)),
+            peers: PeerTable::default(),
+            admin_gid: config.daemon.admin_group.as_deref().and_then(super::peer::group_id),
             config: RwLock::new(config),
             registry,
             metrics: Metrics::default(),
@@ -126,9 +131,30 @@ impl Daemon {
         self.tracker.spawn(task);
     }
 
-    /// A connection slot, or None when `max_connections` are open.
-    pub(crate) fn connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.connection_slots.clone().try_acquire_owned().ok()
+    /// Slots for a connection of `peer`: one of `max_connections`, and one of the peer's
+    /// `max_connections_per_peer`; the error says which limit was hit.
+    pub(crate) fn admit(&self, peer: &Peer) -> Result<(tokio::sync::OwnedSemaphorePermit, PeerSlot)> {
+        let open = self.metrics.connections();
+        let global = self
+            .connection_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::TooManyConnections { open, limit: "max_connections" })?;
+        let mine = self
+            .peers
+            .admit(peer, self.config().daemon.max_connections_per_peer)
+            .map_err(|open| Error::TooManyConnections { open, limit: "max_connections_per_peer" })?;
+        Ok((global, mine))
+    }
+
+    /// Refuses admin methods to peers that are not root, the daemon's user or the admin group.
+    pub(crate) fn require_admin(&self, peer: &Peer, method: &str) -> Result<()> {
+        if peer.is_admin(self.admin_gid) {
+            return Ok(());
+        }
+        Err(Error::Forbidden(format!(
+            "{method} is for root or members of the admin group ([daemon] admin_group); ask an administrator"
+        )))
     }
 
     /// A fresh id for log lines.

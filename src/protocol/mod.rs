@@ -44,6 +44,8 @@ pub mod codes {
     pub const TOO_LARGE: i64 = -32003;
     /// A TCP connection did not authenticate first (or used a wrong key); it is closed.
     pub const UNAUTHORIZED: i64 = -32004;
+    /// An admin method called by a client that is not root or in the admin group.
+    pub const FORBIDDEN: i64 = -32005;
 }
 
 /// A JSON-RPC request (or, without `id`, a notification).
@@ -91,6 +93,8 @@ impl From<&Error> for RpcError {
             Error::InvalidRequest(_) | Error::CacheDisabled => codes::INVALID_PARAMS,
             Error::LineTooLong { .. } => codes::TOO_LARGE,
             Error::Unauthorized(_) => codes::UNAUTHORIZED,
+            Error::Forbidden(_) => codes::FORBIDDEN,
+            Error::LineTimeout { .. } => codes::INVALID_REQUEST,
             Error::ModelNotLoaded(_) => codes::MODEL_NOT_LOADED,
             Error::Overloaded { .. } | Error::TooManyConnections { .. } => codes::OVERLOADED,
             Error::ShuttingDown | Error::Cancelled => codes::SHUTTING_DOWN,

@@ -26,11 +26,13 @@ pub(crate) struct Cleared {
 }
 
 pub(crate) async fn clear(call: &mut Call<'_>, params: Clear) -> Result<Cleared> {
+    call.daemon.require_admin(&call.peer, "cache.clear")?;
     call.daemon.cache().clear(params.cache.as_deref())?;
     Ok(Cleared { cleared: params.cache.unwrap_or_else(|| "all".into()) })
 }
 
 pub(crate) async fn snapshot(call: &mut Call<'_>, _: NoParams) -> Result<SnapshotInfo> {
+    call.daemon.require_admin(&call.peer, "cache.snapshot")?;
     let cache = call.daemon.cache();
     if !cache.is_enabled() {
         return Err(Error::CacheDisabled);

@@ -31,6 +31,8 @@ pub(crate) struct Call<'a> {
     pub(crate) id: &'a serde_json::value::RawValue,
     /// The connection's writing side.
     pub(crate) out: &'a mut Out,
+    /// Who sent the request.
+    pub(crate) peer: super::peer::Peer,
     /// Filled in by the method.
     pub(crate) served: Served,
 }

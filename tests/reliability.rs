@@ -1,0 +1,77 @@
+//! Connection hygiene against a real daemon: per-peer caps with a refusal the client can read,
+//! idle and half-sent connections closed on time, admin methods for admins only.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{command, Daemon};
+use serde_json::json;
+use steadytext::protocol::codes;
+
+const CONFIG: &str = "[daemon]\nmax_connections_per_peer = 8\nidle_timeout_secs = 2\nline_timeout_secs = 1\n";
+
+#[test]
+fn idle_and_half_sent_connections_are_cut_off_and_refusals_are_readable() {
+    let d = Daemon::socket_activated(CONFIG, &[]);
+    assert_eq!(d.connect().call("ping", json!({}))["result"]["protocol"], 1);
+    // Eight idle connections take this user's share; the ninth is refused with a reason.
+    let idle: Vec<_> = (0..8).map(|_| d.connect()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut refused = d.connect();
+    let answer = refused.read();
+    assert_eq!(answer["error"]["code"], codes::OVERLOADED, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("max_connections_per_peer"), "{answer}");
+    let out = command(env!("CARGO_BIN_EXE_stctl"))
+        .args(["--daemon-only", "--retries", "0", "--socket", d.socket.to_str().unwrap(), "ping"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("too many connections") && !err.contains("Broken pipe"), "{err}");
+    // The idle ones are closed after idle_timeout_secs; then others are served again.
+    let started = Instant::now();
+    for mut c in idle {
+        assert!(c.read_raw().is_none(), "an idle connection stayed open");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(d.connect().call("ping", json!({}))["result"]["protocol"], 1);
+    // A request line that is started and never finished gets an error and is closed.
+    let mut half = d.connect();
+    half.send_raw(b"{\"jsonrpc\":\"2.0\",\"method\":");
+    let answer = half.read();
+    assert_eq!(answer["error"]["code"], codes::INVALID_REQUEST, "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("not finished"), "{answer}");
+    assert!(half.read_raw().is_none());
+}
+
+#[test]
+fn admin_methods_are_for_admins() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let d = Daemon::socket_activated("", &[]);
+    // The daemon's own user (and root) may clear the cache.
+    assert!(d.connect().call("cache.clear", json!({}))["error"].is_null());
+    if !root {
+        return; // running as another user needs root; CI runs as root
+    }
+    // Another user may generate but not clear everyone's cache.
+    let dir = d.socket.parent().unwrap();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_stctl"), "--daemon-only"])
+            .args(["--socket", d.socket.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ping = as_nobody(&["ping"]);
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stderr));
+    let clear = as_nobody(&["cache", "clear"]);
+    assert!(!clear.status.success());
+    let err = String::from_utf8_lossy(&clear.stderr);
+    assert!(err.contains("forbidden") && err.contains("admin_group"), "{err}");
+}
