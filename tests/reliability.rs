@@ -75,3 +75,20 @@ fn admin_methods_are_for_admins() {
     let err = String::from_utf8_lossy(&clear.stderr);
     assert!(err.contains("forbidden") && err.contains("admin_group"), "{err}");
 }
+
+#[test]
+fn a_huge_embed_request_does_not_leave_the_daemon_bloated() {
+    let d = Daemon::socket_activated("", &[]);
+    let rss = |d: &Daemon| d.connect().call("status", json!({}))["result"]["metrics"]["rss_bytes"].as_u64().unwrap();
+    let mut c = d.connect();
+    assert!(c.call("embed", json!({"texts": ["warm up"]}))["error"].is_null());
+    let before = rss(&d);
+    // 31 texts of 256 KB: the largest request line the protocol takes.
+    let texts: Vec<String> = (0..31).map(|i| format!("word{i} ").repeat(256 * 1024 / 7)).collect();
+    let answer = c.call("embed", json!({ "texts": texts }));
+    assert!(answer["error"].is_null(), "{}", answer["error"]);
+    let after = rss(&d);
+    let grown = after.saturating_sub(before) / (1 << 20);
+    eprintln!("RSS {} MiB before, {} MiB after a 31 x 256 KB embed request", before >> 20, after >> 20);
+    assert!(grown < 150, "RSS grew by {grown} MiB");
+}

@@ -85,6 +85,10 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
                     Some(reply) => out.send_raw(reply).await,
                     None => Ok(()),
                 };
+                if bytes.len() > super::LARGE_REQUEST_BYTES {
+                    drop(bytes);
+                    super::release_memory();
+                }
                 if !session.authenticated {
                     break;
                 }

@@ -32,6 +32,18 @@ use state::Daemon;
 
 pub use methods::NAMES as METHODS;
 
+/// Requests (and jobs) larger than this many bytes leave memory behind that is worth giving back.
+const LARGE_REQUEST_BYTES: usize = 1 << 20;
+
+/// Returns freed heap memory to the system (glibc keeps it in its arenas otherwise).
+fn release_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What the binary decided before the runtime started.
 pub struct Options {
     /// The configuration file to re-read on SIGHUP (None: the default search).

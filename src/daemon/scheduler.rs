@@ -30,6 +30,10 @@ const RELOAD_RETRY: Duration = Duration::from_millis(20);
 /// depend on their batch, so merging changes no result, only throughput.
 const MERGE_TEXTS: usize = 64;
 
+/// Inputs above this many bytes are large: after such a job the worker gives freed memory back
+/// to the system, so one big request does not leave the daemon's RSS high.
+const LARGE_JOB_BYTES: usize = super::LARGE_REQUEST_BYTES;
+
 /// Loads the model of a kind for a configuration (the ONNX loader, or a fake in tests).
 pub(crate) type Loader = Arc<dyn Fn(ModelKind, &Config) -> Result<Box<dyn Model>> + Send + Sync>;
 
@@ -195,6 +199,11 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let large = match &job {
+            Job::Generate { request, .. } => request.prompt.len() > LARGE_JOB_BYTES,
+            Job::Embed { texts, .. } => texts.iter().map(String::len).sum::<usize>() > LARGE_JOB_BYTES,
+            Job::Reload { .. } => true,
+        };
         let done = match job {
             Job::Generate { request, pieces, cancel, reply } => {
                 let mut on_piece = |text: &str| {
@@ -225,6 +234,9 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
             }
         };
         p.queued.fetch_sub(done, Ordering::Relaxed);
+        if large {
+            super::release_memory();
+        }
         p.beat();
     }
 }

@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 /// Texts sent to the encoder in one run.
 pub const ENCODER_CHUNK: usize = 32;
 
+/// Texts longer than this (bytes) are cut to the words truncation keeps before tokenizing.
+const LONG_TEXT_BYTES: usize = 4096;
+
 /// How token vectors become one sentence vector (`1_Pooling/config.json`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pooling {
@@ -84,12 +87,89 @@ pub fn l2_normalize(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x /= norm);
 }
 
+/// Whether no token of `tokenizer` can span whitespace: its normalizer only maps characters
+/// (never removes or replaces spaces) and its pre-tokenizer splits at whitespace. Then the tokens
+/// of a text's first words are the first tokens of the text, and a long text can be cut before
+/// tokenizing without changing what truncation keeps.
+fn splits_at_whitespace(tokenizer: &Tokenizer) -> bool {
+    fn types(v: &Value) -> Vec<&Value> {
+        match v.get("type").and_then(Value::as_str) {
+            Some("Sequence") => v
+                .get("pretokenizers")
+                .or_else(|| v.get("normalizers"))
+                .and_then(Value::as_array)
+                .map(|a| a.iter().flat_map(types).collect())
+                .unwrap_or_default(),
+            _ => vec![v],
+        }
+    }
+    let safe_normalizer = match tokenizer.get_normalizer().map(serde_json::to_value) {
+        None => true,
+        Some(Ok(n)) => types(&n).iter().all(|n| {
+            matches!(
+                n.get("type").and_then(Value::as_str),
+                Some("BertNormalizer" | "Lowercase" | "NFC" | "NFD" | "NFKC" | "NFKD" | "StripAccents" | "Strip")
+            )
+        }),
+        Some(Err(_)) => false,
+    };
+    let splitting = match tokenizer.get_pre_tokenizer().map(serde_json::to_value) {
+        Some(Ok(p)) => types(&p).iter().any(|p| match p.get("type").and_then(Value::as_str) {
+            Some("BertPreTokenizer" | "Whitespace" | "WhitespaceSplit") => true,
+            Some("ByteLevel") => p.get("use_regex").and_then(Value::as_bool).unwrap_or(true),
+            Some("Metaspace") => p.get("split").and_then(Value::as_bool).unwrap_or(true),
+            _ => false,
+        }),
+        _ => false,
+    };
+    safe_normalizer && splitting
+}
+
+/// `text` up to its `words`-th whitespace-separated word (the whole text when it has fewer).
+fn first_words(text: &str, words: usize) -> &str {
+    let mut seen = 0;
+    let mut in_word = false;
+    for (i, c) in text.char_indices() {
+        if !c.is_whitespace() {
+            in_word = true;
+        } else if std::mem::take(&mut in_word) {
+            seen += 1;
+            if seen == words {
+                return &text[..i];
+            }
+        }
+    }
+    text
+}
+
+/// The part of `text` that truncation keeps, found without tokenizing all of it: whole words,
+/// doubling their number until the truncated prefix overflows (so the cut falls inside it).
+/// `tokenizer` must truncate at `max_tokens` and split at whitespace ([`splits_at_whitespace`]).
+fn usable_prefix<'t>(tokenizer: &Tokenizer, text: &'t str, max_tokens: usize) -> Result<&'t str> {
+    let mut words = max_tokens.max(1);
+    loop {
+        let prefix = first_words(text, words);
+        if prefix.len() == text.len() {
+            return Ok(text);
+        }
+        let encoding =
+            tokenizer.encode(prefix, true).map_err(|e| Error::InvalidRequest(format!("cannot tokenize: {e}")))?;
+        if !encoding.get_overflowing().is_empty() {
+            return Ok(prefix);
+        }
+        words = words.saturating_mul(2);
+    }
+}
+
 /// An embedder: one encoder backend with its tokenizer and pooling.
 pub struct Embedder<B: EncoderBackend> {
     backend: B,
     tokenizer: Tokenizer,
     pooling: Pooling,
     pad_id: i64,
+    max_tokens: usize,
+    /// Whether long texts may be cut before tokenizing ([`usable_prefix`]).
+    cut_long_texts: bool,
 }
 
 impl<B: EncoderBackend> Embedder<B> {
@@ -99,7 +179,8 @@ impl<B: EncoderBackend> Embedder<B> {
         tokenizer
             .with_truncation(Some(tokenizers::TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| Error::model("encoder", format!("cannot set truncation: {e}")))?;
-        Ok(Embedder { backend, tokenizer, pooling, pad_id })
+        let cut_long_texts = splits_at_whitespace(&tokenizer);
+        Ok(Embedder { backend, tokenizer, pooling, pad_id, max_tokens, cut_long_texts })
     }
 
     /// Embeds each text; the result has one unit-length vector per text, in order.
@@ -112,9 +193,18 @@ impl<B: EncoderBackend> Embedder<B> {
     }
 
     fn embed_chunk(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        // Texts longer than truncation keeps are cut first: tokenizing 256 KB whole costs far
+        // more memory than the 256 tokens it yields (and gives exactly the same tokens).
+        let inputs: Vec<&str> = texts
+            .iter()
+            .map(|t| match self.cut_long_texts && t.len() > LONG_TEXT_BYTES {
+                true => usable_prefix(&self.tokenizer, t, self.max_tokens),
+                false => Ok(t.as_str()),
+            })
+            .collect::<Result<_>>()?;
         let encodings = self
             .tokenizer
-            .encode_batch(texts.to_vec(), true)
+            .encode_batch(inputs, true)
             .map_err(|e| Error::InvalidRequest(format!("cannot tokenize: {e}")))?;
         let seq = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
         let batch = encodings.len();
@@ -160,6 +250,41 @@ mod tests {
         assert_eq!(Pooling::from_config("m", Some(&cfg)).unwrap(), Pooling::Cls);
         let none = serde_json::json!({});
         assert!(Pooling::from_config("m", Some(&none)).is_err());
+    }
+
+    /// The shared MiniLM tokenizer, truncating at 256 as the embedder does.
+    fn minilm() -> Tokenizer {
+        let dir = std::env::var_os("STEADYTEXT_MODEL_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
+        let mut t = Tokenizer::from_file(dir.join("all-MiniLM-L6-v2/tokenizer.json")).unwrap();
+        t.with_padding(None);
+        t.with_truncation(Some(tokenizers::TruncationParams { max_length: 256, ..Default::default() })).unwrap();
+        t
+    }
+
+    #[test]
+    fn cutting_long_texts_first_gives_the_same_tokens() {
+        let t = minilm();
+        assert!(splits_at_whitespace(&t));
+        let long_word = "x".repeat(5000);
+        let texts = [
+            "word ".repeat(60_000),
+            format!("{long_word} {long_word} tail ").repeat(20),
+            "日本語のテキスト、".repeat(20_000),
+            "a,b.c;d!e?f ".repeat(20_000),
+            "\u{7}\u{1} ".repeat(5000) + &"real words here ".repeat(500),
+            "  \t\n  spaced   out\u{a0}text\u{3000}ideo ".repeat(10_000),
+            "short text".to_string(),
+        ];
+        for text in &texts {
+            let prefix = usable_prefix(&t, text, 256).unwrap();
+            let full = t.encode(text.as_str(), true).unwrap();
+            let cut = t.encode(prefix, true).unwrap();
+            assert_eq!(cut.get_ids(), full.get_ids(), "{:?}...", &text[..40.min(text.len())]);
+            assert!(prefix.len() <= text.len());
+        }
+        assert!(usable_prefix(&t, &texts[0], 256).unwrap().len() < 10_000, "a long text is cut");
     }
 
     #[test]
