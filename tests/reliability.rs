@@ -92,3 +92,19 @@ fn a_huge_embed_request_does_not_leave_the_daemon_bloated() {
     eprintln!("RSS {} MiB before, {} MiB after a 31 x 256 KB embed request", before >> 20, after >> 20);
     assert!(grown < 150, "RSS grew by {grown} MiB");
 }
+
+#[test]
+fn identical_requests_in_flight_are_computed_once() {
+    let d = std::sync::Arc::new(Daemon::socket_activated("[cache]\nenabled = false\n", &[]));
+    let params = json!({"prompt": "Name three rivers.", "max_new_tokens": 24});
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (d, params) = (d.clone(), params.clone());
+            std::thread::spawn(move || d.connect().call("generate", params))
+        })
+        .collect();
+    let answers: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()["result"].clone()).collect();
+    let fresh = answers.iter().filter(|a| a["cached"] == false).count();
+    assert_eq!(fresh, 1, "one computation, the others coalesced: {answers:?}");
+    assert!(answers.iter().all(|a| a["text"] == answers[0]["text"] && a["token_ids"] == answers[0]["token_ids"]));
+}

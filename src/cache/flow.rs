@@ -5,25 +5,48 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Mutex, MutexGuard};
 
-use super::Cache;
+use tokio::sync::watch;
+
+use super::{generation_key, Cache, Key};
 use crate::engine::generate::GenerateRequest;
 use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
 use crate::protocol::{CacheStats, EmbedResult, GenerateResult, SnapshotInfo};
 
-/// A cache that tasks share (the daemon) or one process owns (direct mode); empty when caching
-/// is off, in which case every routine simply computes.
+/// Generations being computed, by cache key: later identical requests wait for the first one's
+/// answer instead of running the model again.
+type InFlight = Mutex<HashMap<Key, watch::Receiver<Option<GenerateResult>>>>;
+
+/// A cache that tasks share (the daemon) or one process owns (direct mode); without a cache
+/// (caching off) every routine computes, identical concurrent generations still only once.
 #[derive(Default)]
-pub struct SharedCache(Option<Mutex<Cache>>);
+pub struct SharedCache {
+    cache: Option<Mutex<Cache>>,
+    in_flight: InFlight,
+}
+
+/// Removes an in-flight entry when its computation ends or is dropped (cancelled): waiters then
+/// see the channel close and compute (or find the cache) themselves.
+struct InFlightEntry<'a> {
+    map: &'a InFlight,
+    key: Key,
+    answer: watch::Sender<Option<GenerateResult>>,
+}
+
+impl Drop for InFlightEntry<'_> {
+    fn drop(&mut self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
 
 impl SharedCache {
     /// Wraps `cache` (None: caching off).
     pub fn new(cache: Option<Cache>) -> Self {
-        SharedCache(cache.map(Mutex::new))
+        SharedCache { cache: cache.map(Mutex::new), in_flight: InFlight::default() }
     }
 
     fn lock(&self) -> Option<MutexGuard<'_, Cache>> {
-        self.0.as_ref().map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
+        self.cache.as_ref().map(|c| c.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Runs `f` on the cache, if caching is on.
@@ -33,7 +56,7 @@ impl SharedCache {
 
     /// Whether caching is on.
     pub fn is_enabled(&self) -> bool {
-        self.0.is_some()
+        self.cache.is_some()
     }
 
     /// Hit/miss figures, or [`Error::CacheDisabled`].
@@ -63,8 +86,8 @@ impl SharedCache {
         self.snapshot()
     }
 
-    /// The answer to `request` on the model `info`: from the cache (marked `cached`), or from
-    /// `compute`, whose answer is then stored.
+    /// The answer to `request` on the model `info`: from the cache, or from an identical request
+    /// being computed now (both marked `cached`), or from `compute`, whose answer is then stored.
     pub async fn generate<F, Fut>(
         &self,
         info: &ModelInfo,
@@ -75,12 +98,41 @@ impl SharedCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<GenerateResult>>,
     {
-        if let Some(hit) = self.with(|c| c.lookup_generation(info, request)).flatten() {
-            return Ok(hit);
+        let key = generation_key(&info.digest, request);
+        let mut compute = Some(compute);
+        loop {
+            if let Some(hit) = self.with(|c| c.lookup_generation(info, request)).flatten() {
+                return Ok(hit);
+            }
+            let entry = {
+                let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+                match map.get(&key) {
+                    Some(waiting) => Err(waiting.clone()),
+                    None => {
+                        let (answer, waiting) = watch::channel(None);
+                        map.insert(key, waiting);
+                        Ok(InFlightEntry { map: &self.in_flight, key, answer })
+                    }
+                }
+            };
+            match entry {
+                Ok(entry) => {
+                    let compute = compute.take().expect("only the first pass through here computes");
+                    let fresh = compute().await?;
+                    self.with(|c| c.store_generation(request, &fresh));
+                    entry.answer.send_replace(Some(fresh.clone()));
+                    return Ok(fresh);
+                }
+                Err(mut waiting) => {
+                    // The first request's answer; or, when it failed or was cancelled, try again.
+                    if let Ok(answer) = waiting.wait_for(Option::is_some).await {
+                        if let Some(answer) = answer.clone() {
+                            return Ok(GenerateResult { cached: true, ..answer });
+                        }
+                    }
+                }
+            }
         }
-        let fresh = compute().await?;
-        self.with(|c| c.store_generation(request, &fresh));
-        Ok(fresh)
     }
 
     /// Embeddings of `texts` on the model `info`: cached vectors are reused, and `compute` gets
@@ -158,6 +210,71 @@ mod tests {
         .unwrap();
         assert_eq!(*asked.borrow(), vec!["ccc".to_string()], "only the uncached text is computed");
         assert_eq!(second.embeddings, vec![vec![3.0], vec![2.0]]);
+    }
+
+    #[test]
+    fn identical_concurrent_generations_run_once() {
+        let cache = SharedCache::new(None);
+        let runs = std::sync::atomic::AtomicUsize::new(0);
+        let request = GenerateRequest {
+            prompt: "p".into(),
+            seed: 1,
+            max_new_tokens: 4,
+            stop: vec![],
+            sampling: Default::default(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let answers = runtime.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            let cache = std::sync::Arc::new(cache);
+            let runs = std::sync::Arc::new(runs);
+            for _ in 0..8 {
+                let (cache, runs, request) = (cache.clone(), runs.clone(), request.clone());
+                set.spawn(async move {
+                    cache
+                        .generate(&info(), &request, || async move {
+                            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            compute_answer()
+                        })
+                        .await
+                });
+            }
+            let answers = set.join_all().await;
+            (answers, runs.load(std::sync::atomic::Ordering::SeqCst), cache)
+        });
+        let (answers, runs, cache) = answers;
+        assert_eq!(runs, 1, "one computation for eight requests");
+        assert_eq!(answers.iter().filter(|a| !a.as_ref().unwrap().cached).count(), 1);
+        assert!(answers.iter().all(|a| a.as_ref().unwrap().generation.text == "t"));
+        // A failed computation does not poison its waiters: they compute themselves.
+        let (first, second) = runtime.block_on(async {
+            let failing = || async {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Err(Error::Cancelled)
+            };
+            let model = info();
+            tokio::join!(
+                cache.generate(&model, &request, failing),
+                cache.generate(&model, &request, || async { compute_answer() })
+            )
+        });
+        assert!(first.is_err() && second.is_ok());
+        assert!(cache.in_flight.lock().unwrap().is_empty());
+    }
+
+    fn compute_answer() -> Result<GenerateResult> {
+        Ok(GenerateResult {
+            generation: Generation {
+                text: "t".into(),
+                token_ids: vec![7],
+                prompt_tokens: 3,
+                finish_reason: FinishReason::Eos,
+            },
+            model: "m".into(),
+            model_digest: "sha256:m".into(),
+            cached: false,
+        })
     }
 
     #[test]
