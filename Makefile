@@ -10,7 +10,7 @@ export STEADYTEXT_MODEL_DIR ?= $(abspath $(CURDIR)/../shared/models)
 DEMO_SOCKET := $(CURDIR)/target/demo.sock
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup build demo test test-cargo test-style test-e2e bench package-build install
+.PHONY: setup build demo test test-cargo test-style test-fuzz test-e2e bench package-build install
 
 setup:
 	./packaging/dev-setup.sh
@@ -32,12 +32,24 @@ demo: build
 	./target/release/stctl --socket unix:$(DEMO_SOCKET) status
 	@kill $$(cat target/demo.pid) && rm -f target/demo.pid
 
-test: test-style test-cargo test-e2e
+test: test-style test-cargo test-fuzz test-e2e
 
 # Style gates: formatting, clippy (warnings are errors, missing docs included).
 test-style:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+# A short fuzz pass of the protocol decoder and the snapshot loader (longer: FUZZ_SECS=600).
+# cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain build it.
+# New inputs go to target/fuzz-corpus; fuzz/corpus (the seeds) is only read.
+FUZZ_SECS ?= 20
+test-fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz@0.13.2
+	for t in protocol_line snapshot; do \
+		mkdir -p target/fuzz-corpus/$$t && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECS) -timeout=10 -print_final_stats=1 || exit 1; \
+	done
 
 test-cargo: setup
 	$(CARGO) test --release --locked --lib --bins --tests

@@ -216,13 +216,7 @@ mod tests {
     fn identical_concurrent_generations_run_once() {
         let cache = SharedCache::new(None);
         let runs = std::sync::atomic::AtomicUsize::new(0);
-        let request = GenerateRequest {
-            prompt: "p".into(),
-            seed: 1,
-            max_new_tokens: 4,
-            stop: vec![],
-            sampling: Default::default(),
-        };
+        let request = request();
         let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
         let answers = runtime.block_on(async {
             let mut set = tokio::task::JoinSet::new();
@@ -263,6 +257,10 @@ mod tests {
         assert!(cache.in_flight.lock().unwrap().is_empty());
     }
 
+    fn request() -> GenerateRequest {
+        GenerateRequest { prompt: "p".into(), seed: 1, max_new_tokens: 4, stop: vec![], sampling: Default::default() }
+    }
+
     fn compute_answer() -> Result<GenerateResult> {
         Ok(GenerateResult {
             generation: Generation {
@@ -280,24 +278,8 @@ mod tests {
     #[test]
     fn a_stored_generation_comes_back_marked_cached() {
         let cache = SharedCache::new(Some(Cache::new(&CacheConfig::default(), None)));
-        let request = GenerateRequest {
-            prompt: "p".into(),
-            seed: 1,
-            max_new_tokens: 4,
-            stop: vec![],
-            sampling: Default::default(),
-        };
-        let fresh = GenerateResult {
-            generation: Generation {
-                text: "t".into(),
-                token_ids: vec![7],
-                prompt_tokens: 3,
-                finish_reason: FinishReason::Eos,
-            },
-            model: "m".into(),
-            model_digest: "sha256:m".into(),
-            cached: false,
-        };
+        let request = request();
+        let fresh = compute_answer().unwrap();
         let first = block_on(cache.generate(&info(), &request, || async { Ok(fresh.clone()) })).unwrap();
         assert!(!first.cached);
         let again = block_on(cache.generate(&info(), &request, || async { Err(Error::Cancelled) })).unwrap();

@@ -139,6 +139,13 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Loaded, String> {
     if checksum(h, rest) != sum {
         return Err("checksum mismatch (damaged file)".into());
     }
+    decode_payload(rest)
+}
+
+/// Validates a snapshot's payload (the rkyv archive after the header). The checksum guards
+/// against damage, not against someone who can write the state folder: this validation is what
+/// keeps a crafted archive from doing harm.
+pub fn decode_payload(rest: &[u8]) -> std::result::Result<Loaded, String> {
     let mut payload = AlignedVec::<16>::with_capacity(rest.len());
     payload.extend_from_slice(rest);
     rkyv::access::<ArchivedSnapshotData, RkyvError>(&payload).map_err(|e| format!("invalid archive: {e}"))?;

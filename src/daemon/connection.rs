@@ -5,13 +5,14 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::error::Error;
-use crate::protocol::{RpcError, MAX_BATCH_REQUESTS, MAX_LINE_BYTES, PIECE_NOTIFICATION};
+use crate::protocol::wire::{self, Decoded, Incoming, Refused};
+use crate::protocol::{RpcError, MAX_LINE_BYTES, PIECE_NOTIFICATION};
 
 use super::methods::{self, Call};
 use super::peer::Peer;
@@ -127,23 +128,6 @@ pub(crate) struct Served {
     pub(crate) cached: bool,
 }
 
-/// A request as it arrives; its id is kept as raw JSON and echoed byte for byte.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Incoming<'a> {
-    jsonrpc: String,
-    method: String,
-    #[serde(default)]
-    params: Value,
-    /// Absent: a notification. Present (`null` included): answered with this id.
-    #[serde(default, borrow, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-}
-
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
-}
-
 /// A response line; `id` is the request's, as it was sent.
 #[derive(Serialize)]
 pub(crate) struct Reply<'a> {
@@ -177,57 +161,38 @@ fn null_id() -> &'static RawValue {
 /// Handles one line: a request, or a batch (a JSON array of requests, answered by one array of
 /// the responses, notifications left out). Returns the serialized answer, if any.
 async fn handle_line(daemon: &Daemon, line: &[u8], out: &mut Out, session: &mut Session) -> Option<Vec<u8>> {
-    if line.trim_ascii_start().first() != Some(&b'[') {
-        return handle(daemon, line, out, session).await.map(|r| encode(&r));
-    }
-    let items: Vec<&RawValue> = match serde_json::from_slice(line) {
-        Ok(items) => items,
-        Err(e) => return Some(encode(&Reply::error(null_id(), &Error::Parse(e.to_string())))),
-    };
-    if items.is_empty() || items.len() > MAX_BATCH_REQUESTS {
-        let error = Error::NotJsonRpc(format!("a batch holds 1 to {MAX_BATCH_REQUESTS} requests"));
-        return Some(encode(&Reply::error(null_id(), &error)));
-    }
-    let mut replies = Vec::new();
-    for item in items {
-        if let Some(reply) = handle(daemon, item.get().as_bytes(), out, session).await {
-            replies.push(reply);
+    match wire::decode(line) {
+        Decoded::One(request) => handle(daemon, request, out, session).await.map(|r| encode(&r)),
+        Decoded::BadBatch(error) => Some(encode(&Reply::error(null_id(), &error))),
+        Decoded::Batch(requests) => {
+            let mut replies = Vec::new();
+            for request in requests {
+                if let Some(reply) = handle(daemon, request, out, session).await {
+                    replies.push(reply);
+                }
+            }
+            (!replies.is_empty()).then(|| encode(&replies))
         }
     }
-    (!replies.is_empty()).then(|| encode(&replies))
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-/// Handles one request; `None` for notifications (no id), which get no response.
-async fn handle<'l>(daemon: &Daemon, line: &'l [u8], out: &mut Out, session: &mut Session) -> Option<Reply<'l>> {
+/// Handles one decoded request; `None` for notifications (no id), which get no response.
+async fn handle<'l>(
+    daemon: &Daemon,
+    request: Result<Incoming<'l>, Refused<'l>>,
+    out: &mut Out,
+    session: &mut Session,
+) -> Option<Reply<'l>> {
     let started = Instant::now();
-    if line.trim_ascii_start().first() != Some(&b'{') {
-        // serde would read a JSON array positionally as a struct: only objects are requests.
-        let error = match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
-            Ok(_) => Error::NotJsonRpc("a request is a JSON object".into()),
-            Err(e) => Error::Parse(e.to_string()),
-        };
-        return Some(Reply::error(null_id(), &error));
-    }
-    let request: Incoming<'l> = match serde_json::from_slice(line) {
-        Ok(r) => r,
-        Err(e) if e.is_syntax() || e.is_eof() => return Some(Reply::error(null_id(), &Error::Parse(e.to_string()))),
-        Err(e) => {
-            let error = Error::NotJsonRpc(format!("not a JSON-RPC 2.0 request: {e}"));
-            return Some(Reply::error(readable_id(line).unwrap_or(null_id()), &error));
-        }
+    let request = match request {
+        Ok(request) => request,
+        Err((id, error)) => return Some(Reply::error(id.unwrap_or(null_id()), &error)),
     };
     let id = request.id;
-    if request.jsonrpc != "2.0" {
-        return Some(Reply::error(id.unwrap_or(null_id()), &Error::NotJsonRpc("jsonrpc must be \"2.0\"".into())));
-    }
-    if let Some(bad) = id.filter(|id| !matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n'))) {
-        let error = Error::NotJsonRpc(format!("the id must be a string, a number or null, not {}", bad.get()));
-        return Some(Reply::error(null_id(), &error));
-    }
     if !session.authenticated && request.method != "auth" {
         return Some(Reply::error(id.unwrap_or(null_id()), &Error::Unauthorized(AUTH_FIRST.into())));
     }
@@ -249,16 +214,6 @@ async fn handle<'l>(daemon: &Daemon, line: &'l [u8], out: &mut Out, session: &mu
         session.authenticated = result.is_ok();
     }
     Some(Reply::new(id.or((!session.authenticated).then(null_id))?, result.as_ref().map(Value::clone)))
-}
-
-/// The id of a request that parsed as JSON but not as a request, when it has a usable one.
-fn readable_id(line: &[u8]) -> Option<&RawValue> {
-    #[derive(Deserialize)]
-    struct IdOnly<'a> {
-        #[serde(borrow)]
-        id: Option<&'a RawValue>,
-    }
-    serde_json::from_slice::<IdOnly>(line).ok()?.id
 }
 
 /// The writing side of a connection. Every write has a deadline: a client that leaves its

@@ -59,57 +59,9 @@ pub async fn run(options: Options) -> Result<()> {
     let config = Arc::new(options.config);
     let api_key = ApiKey::load(config.daemon.api_key_file.as_deref()).context("cannot read the API key")?;
     check_tcp_listeners(&options.listeners, api_key.is_some())?;
-    notify::status("loading models");
-    // Loading can exceed TimeoutStartSec on slow disks: ask for more time while it runs.
-    notify::extend_timeout(300_000_000);
     let started = std::time::Instant::now();
-    let loader: Loader = Arc::new(|kind, config: &Config| crate::service::load(kind, config, None));
-    let registry = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Registry::start(&config, &loader))
-            .await
-            .context("model loading panicked")?
-            .context("cannot load the models")?
-    };
-    let cache = SharedCache::new(config.cache.enabled.then(|| {
-        let mut cache = Cache::new(&config.cache, Some(config.daemon_state_dir()));
-        let digests: Vec<String> = registry.iter().map(|w| w.info().digest).collect();
-        let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
-        cache.load(Some(&keep));
-        cache
-    }));
-    for w in registry.iter() {
-        let info = w.info();
-        tracing::info!(kind = w.kind().as_str(), model = %info.name, digest = %info.digest, "model loaded");
-    }
-    let daemon = Daemon::new(config.clone(), registry, cache, api_key);
-    let mut owned_paths = Vec::new();
-    for listener in options.listeners {
-        tracing::info!(listener = listener.name(), "listening");
-        match listener {
-            StdListener::Unix { listener, owned_path, .. } => {
-                listener.set_nonblocking(true)?;
-                let listener = Arc::new(tokio::net::UnixListener::from_std(listener)?);
-                owned_paths.extend(owned_path);
-                spawn_accept_loop(&daemon, move || {
-                    let l = listener.clone();
-                    async move { unix_peer(l.accept().await?.0) }
-                });
-            }
-            StdListener::Tcp { listener, .. } => {
-                listener.set_nonblocking(true)?;
-                let listener = Arc::new(tokio::net::TcpListener::from_std(listener)?);
-                spawn_accept_loop(&daemon, move || {
-                    let l = listener.clone();
-                    async move {
-                        let (s, addr) = l.accept().await?;
-                        s.set_nodelay(true)?;
-                        Ok((s, Peer::Remote(addr.ip())))
-                    }
-                });
-            }
-        }
-    }
+    let daemon = load(config.clone(), api_key).await?;
+    let owned_paths = listen(&daemon, options.listeners)?;
     tracing::info!(load_ms = started.elapsed().as_millis() as u64, "ready");
     notify::ready(&daemon.status_line());
     // Background tasks run until `stopped` (after the drain and the last snapshot).
@@ -136,6 +88,79 @@ pub async fn run(options: Options) -> Result<()> {
             }
         }
     };
+    drain(&daemon, why).await;
+    stopped.cancel();
+    background.close();
+    background.wait().await;
+    for path in owned_paths {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!(requests = daemon.metrics().requests_total(), "stopped");
+    Ok(())
+}
+
+/// Loads the models (in parallel, off the async threads) and the cache snapshot.
+async fn load(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon>> {
+    notify::status("loading models");
+    // Loading can exceed TimeoutStartSec on slow disks: ask for more time while it runs.
+    notify::extend_timeout(300_000_000);
+    let loader: Loader = Arc::new(|kind, config: &Config| crate::service::load(kind, config, None));
+    let registry = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Registry::start(&config, &loader))
+            .await
+            .context("model loading panicked")?
+            .context("cannot load the models")?
+    };
+    let cache = SharedCache::new(config.cache.enabled.then(|| {
+        let mut cache = Cache::new(&config.cache, Some(config.daemon_state_dir()));
+        let digests: Vec<String> = registry.iter().map(|w| w.info().digest).collect();
+        let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
+        cache.load(Some(&keep));
+        cache
+    }));
+    for w in registry.iter() {
+        let info = w.info();
+        tracing::info!(kind = w.kind().as_str(), model = %info.name, digest = %info.digest, "model loaded");
+    }
+    Ok(Daemon::new(config, registry, cache, api_key))
+}
+
+/// Starts an accept loop per listener; returns the socket files to remove at exit.
+fn listen(daemon: &Arc<Daemon>, listeners: Vec<StdListener>) -> Result<Vec<PathBuf>> {
+    let mut owned_paths = Vec::new();
+    for listener in listeners {
+        tracing::info!(listener = listener.name(), "listening");
+        match listener {
+            StdListener::Unix { listener, owned_path, .. } => {
+                listener.set_nonblocking(true)?;
+                let listener = Arc::new(tokio::net::UnixListener::from_std(listener)?);
+                owned_paths.extend(owned_path);
+                spawn_accept_loop(daemon, move || {
+                    let l = listener.clone();
+                    async move { unix_peer(l.accept().await?.0) }
+                });
+            }
+            StdListener::Tcp { listener, .. } => {
+                listener.set_nonblocking(true)?;
+                let listener = Arc::new(tokio::net::TcpListener::from_std(listener)?);
+                spawn_accept_loop(daemon, move || {
+                    let l = listener.clone();
+                    async move {
+                        let (s, addr) = l.accept().await?;
+                        s.set_nodelay(true)?;
+                        Ok((s, Peer::Remote(addr.ip())))
+                    }
+                });
+            }
+        }
+    }
+    Ok(owned_paths)
+}
+
+/// Shutdown: no new requests, in-flight ones finish (or are aborted after the timeout), then
+/// the last snapshot.
+async fn drain(daemon: &Arc<Daemon>, why: &str) {
     let timeout = Duration::from_secs(daemon.config().daemon.shutdown_timeout_secs);
     tracing::info!(reason = why, in_flight = daemon.metrics().in_flight(), "stopping");
     notify::stopping(&format!("stopping ({why}): finishing in-flight requests"));
@@ -145,15 +170,7 @@ pub async fn run(options: Options) -> Result<()> {
         daemon.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), daemon.drained()).await;
     }
-    snapshot_if_dirty(&daemon).await;
-    stopped.cancel();
-    background.close();
-    background.wait().await;
-    for path in owned_paths {
-        let _ = std::fs::remove_file(path);
-    }
-    tracing::info!(requests = daemon.metrics().requests_total(), "stopped");
-    Ok(())
+    snapshot_if_dirty(daemon).await;
 }
 
 /// Refuses TCP listeners the daemon cannot guard: without an API key, or on a non-loopback

@@ -2,6 +2,7 @@
 //! (NDJSON) over a Unix or TCP stream. See `docs/protocol.md` for the full description.
 
 mod status;
+pub mod wire;
 
 pub use status::{CacheKindStats, CacheStats, Latency, MetricsSnapshot, ModelKind, ModelStatus, SnapshotInfo, Status};
 

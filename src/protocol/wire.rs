@@ -1,0 +1,119 @@
+//! Decoding request lines: one JSON-RPC request, or a batch of them. Pure functions over bytes
+//! (the daemon's connection layer uses them; the fuzz target `protocol_line` drives them).
+
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::MAX_BATCH_REQUESTS;
+use crate::error::Error;
+
+/// A request as it arrived; its id is kept as raw JSON and echoed byte for byte.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incoming<'a> {
+    jsonrpc: String,
+    /// The method name.
+    pub method: String,
+    /// The params (an object, or absent).
+    #[serde(default)]
+    pub params: Value,
+    /// Absent: a notification. Present (`null` included): answered with this id.
+    #[serde(default, borrow, deserialize_with = "present")]
+    pub id: Option<&'a RawValue>,
+}
+
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A request that cannot run, with the id to answer it with (None: `null`).
+pub type Refused<'a> = (Option<&'a RawValue>, Error);
+
+/// What one line holds.
+#[derive(Debug)]
+pub enum Decoded<'a> {
+    /// One request (or why it is not one).
+    One(Result<Incoming<'a>, Refused<'a>>),
+    /// A batch: each entry decoded on its own.
+    Batch(Vec<Result<Incoming<'a>, Refused<'a>>>),
+    /// A line that is not a usable batch (not JSON, empty, too many entries).
+    BadBatch(Error),
+}
+
+/// Decodes a line: a JSON array is a batch, anything else one request.
+pub fn decode(line: &[u8]) -> Decoded<'_> {
+    if line.trim_ascii_start().first() != Some(&b'[') {
+        return Decoded::One(decode_one(line));
+    }
+    let items: Vec<&RawValue> = match serde_json::from_slice(line) {
+        Ok(items) => items,
+        Err(e) => return Decoded::BadBatch(Error::Parse(e.to_string())),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH_REQUESTS {
+        return Decoded::BadBatch(Error::NotJsonRpc(format!("a batch holds 1 to {MAX_BATCH_REQUESTS} requests")));
+    }
+    Decoded::Batch(items.into_iter().map(|item| decode_one(item.get().as_bytes())).collect())
+}
+
+/// Decodes one request object.
+pub fn decode_one(line: &[u8]) -> Result<Incoming<'_>, Refused<'_>> {
+    if line.trim_ascii_start().first() != Some(&b'{') {
+        // serde would read a JSON array positionally as a struct: only objects are requests.
+        let error = match serde_json::from_slice::<serde::de::IgnoredAny>(line) {
+            Ok(_) => Error::NotJsonRpc("a request is a JSON object".into()),
+            Err(e) => Error::Parse(e.to_string()),
+        };
+        return Err((None, error));
+    }
+    let request: Incoming = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) if e.is_syntax() || e.is_eof() => return Err((None, Error::Parse(e.to_string()))),
+        Err(e) => return Err((readable_id(line), Error::NotJsonRpc(format!("not a JSON-RPC 2.0 request: {e}")))),
+    };
+    if request.jsonrpc != "2.0" {
+        return Err((request.id, Error::NotJsonRpc("jsonrpc must be \"2.0\"".into())));
+    }
+    if let Some(bad) = request.id.filter(|id| !is_valid_id(id)) {
+        return Err((None, Error::NotJsonRpc(format!("the id must be a string, a number or null, not {}", bad.get()))));
+    }
+    Ok(request)
+}
+
+/// JSON-RPC ids are strings, numbers or null.
+fn is_valid_id(id: &RawValue) -> bool {
+    matches!(id.get().as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9' | b'n'))
+}
+
+/// The id of an object that parsed as JSON but not as a request, when it has a usable one.
+fn readable_id(line: &[u8]) -> Option<&RawValue> {
+    #[derive(Deserialize)]
+    struct IdOnly<'a> {
+        #[serde(borrow)]
+        id: Option<&'a RawValue>,
+    }
+    serde_json::from_slice::<IdOnly>(line).ok()?.id.filter(|id| is_valid_id(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_decode_into_requests_batches_and_refusals() {
+        let Decoded::One(Ok(r)) = decode(br#"{"jsonrpc":"2.0","method":"ping","id":null}"#) else { panic!() };
+        assert_eq!((r.method.as_str(), r.id.map(RawValue::get)), ("ping", Some("null")));
+        let Decoded::One(Ok(r)) = decode(br#"{"jsonrpc":"2.0","method":"ping"}"#) else { panic!() };
+        assert!(r.id.is_none(), "a notification");
+        let Decoded::One(Err((id, Error::NotJsonRpc(_)))) = decode(br#"{"jsonrpc":"2.0","method":"p","id":3,"x":1}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(id.map(RawValue::get), Some("3"));
+        assert!(matches!(decode(b"[]"), Decoded::BadBatch(_)));
+        assert!(matches!(decode(b"[1, {}]"), Decoded::Batch(v) if v.len() == 2 && v.iter().all(Result::is_err)));
+        assert!(matches!(decode(b"{oops"), Decoded::One(Err((None, Error::Parse(_))))));
+        assert!(matches!(decode(br#"["jsonrpc","2.0"]"#), Decoded::Batch(_)));
+        assert!(matches!(decode(br#""str""#), Decoded::One(Err((None, Error::NotJsonRpc(_))))));
+    }
+}
