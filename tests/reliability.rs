@@ -62,7 +62,7 @@ fn admin_methods_are_for_admins() {
     std::fs::set_permissions(&d.socket, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
     let as_nobody = |args: &[&str]| {
         command("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_stctl"), "--daemon-only"])
+            .args(["--reuid=4242", "--regid=4242", "--clear-groups", env!("CARGO_BIN_EXE_stctl"), "--daemon-only"])
             .args(["--socket", d.socket.to_str().unwrap()])
             .args(args)
             .output()

@@ -12,7 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use steadytext::client::Target;
 use steadytext::config::{env, Config};
-use steadytext::daemon::{self, listen};
+use steadytext::daemon::{self, listen, privileges};
 
 #[derive(Parser)]
 #[command(
@@ -50,37 +50,6 @@ fn init_logging() {
     }
 }
 
-/// Refuses root unless allowed; then drops every capability left (before any thread starts)
-/// and checks that the effective, permitted, inheritable and ambient sets are empty.
-fn drop_privileges(allow_root: bool) -> Result<()> {
-    use caps::CapSet;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 && !allow_root {
-        bail!("refusing to run as root: run as the steadytext user (the systemd unit does), or pass --allow-root to run with all capabilities dropped");
-    }
-    // Emptying the bounding set needs CAP_SETPCAP: it works as root and is a no-op otherwise
-    // (the unit's empty CapabilityBoundingSet= has emptied it already).
-    for cap in caps::all() {
-        caps::drop(None, CapSet::Bounding, cap).ok();
-    }
-    caps::clear(None, CapSet::Ambient).ok();
-    // capset(2) only where something is held: the unit's seccomp filter refuses the call itself.
-    for set in [CapSet::Inheritable, CapSet::Effective, CapSet::Permitted] {
-        if !caps::read(None, set).with_context(|| format!("cannot read the {set:?} capabilities"))?.is_empty() {
-            caps::clear(None, set).with_context(|| format!("cannot drop the {set:?} capabilities"))?;
-        }
-    }
-    for set in [CapSet::Effective, CapSet::Permitted, CapSet::Inheritable, CapSet::Ambient] {
-        let left = caps::read(None, set).with_context(|| format!("cannot read the {set:?} capabilities"))?;
-        if !left.is_empty() {
-            bail!("capabilities left in the {set:?} set after dropping them all: {left:?}");
-        }
-    }
-    let bounding = caps::read(None, CapSet::Bounding).map(|c| c.len()).unwrap_or(0);
-    tracing::info!(bounding_set = bounding, "no capabilities held (effective, permitted, inheritable, ambient)");
-    Ok(())
-}
-
 fn main() -> ExitCode {
     init_logging();
     match start(Cli::parse()) {
@@ -95,7 +64,6 @@ fn main() -> ExitCode {
 
 fn start(cli: Cli) -> Result<()> {
     // Everything that edits the environment or process credentials happens before threads exist.
-    drop_privileges(cli.allow_root)?;
     // SAFETY: no other thread has been started yet.
     let mut listeners = unsafe { listen::from_systemd() }?;
     let mut config = Config::load(cli.config.as_deref()).context("cannot load the configuration")?;
@@ -114,6 +82,9 @@ fn start(cli: Cli) -> Result<()> {
     } else if !cli.listen.is_empty() {
         bail!("--listen given but systemd passed sockets; drop --listen or start without socket activation");
     }
+    // Sockets are bound and the configuration read; nothing is loaded yet.
+    let owned: Vec<&std::path::Path> = listeners.iter().filter_map(listen::StdListener::owned_path).collect();
+    privileges::drop_privileges(cli.allow_root, &config.daemon_state_dir(), &owned)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("steadytextd-io")

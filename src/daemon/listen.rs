@@ -30,6 +30,14 @@ pub enum StdListener {
 }
 
 impl StdListener {
+    /// The socket file this process bound (and removes at exit), if any.
+    pub fn owned_path(&self) -> Option<&Path> {
+        match self {
+            StdListener::Unix { owned_path, .. } => owned_path.as_deref(),
+            StdListener::Tcp { .. } => None,
+        }
+    }
+
     /// A name for logs: the systemd FileDescriptorName or the address.
     pub fn name(&self) -> &str {
         match self {

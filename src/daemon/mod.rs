@@ -8,6 +8,7 @@ mod methods;
 pub mod metrics;
 mod notify;
 mod peer;
+pub mod privileges;
 mod registry;
 mod scheduler;
 mod state;
