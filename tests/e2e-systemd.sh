@@ -172,14 +172,14 @@ check "a user outside the group is refused" bash -c "! nsenter -t $init -a runus
 grep -qi 'permission denied' "$work/bob.err" && ok "... with 'permission denied'" || bad "bob's error: $(cat "$work/bob.err")"
 
 say "started by hand as root (--allow-root)"
-c sh -c 'steadytextd --allow-root --listen unix:/tmp/by-hand.sock >/tmp/by-hand.log 2>&1 & echo $! > /tmp/by-hand.pid'
+c env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -c 'steadytextd --allow-root --listen unix:/tmp/by-hand.sock >/tmp/by-hand.log 2>&1 & echo $! > /tmp/by-hand.pid'
 for _ in $(seq 100); do c test -S /tmp/by-hand.sock && break; sleep 0.1; done
 hand=$(c cat /tmp/by-hand.pid)
-check "it answers" c stctl --daemon-only --socket unix:/tmp/by-hand.sock ping
+if c stctl --daemon-only --socket unix:/tmp/by-hand.sock ping >/dev/null; then ok "it answers"; else bad "it answers"; c cat /tmp/by-hand.log; fi
 su_uid=$(c id -u steadytext)
 check "it switched to the steadytext user" bash -c "nsenter -t $init -a grep -Eq '^Uid:[[:space:]]+$su_uid[[:space:]]+$su_uid' /proc/$hand/status"
 check "with no-new-privileges and no capabilities" bash -c "nsenter -t $init -a grep -Eq '^NoNewPrivs:[[:space:]]+1' /proc/$hand/status && nsenter -t $init -a grep -Eq '^CapEff:[[:space:]]+0+$' /proc/$hand/status && nsenter -t $init -a grep -Eq '^CapPrm:[[:space:]]+0+$' /proc/$hand/status && nsenter -t $init -a grep -Eq '^CapBnd:[[:space:]]+0+$' /proc/$hand/status"
-c kill "$hand"
+c sh -c "kill $hand"
 for _ in $(seq 50); do c test -e /tmp/by-hand.sock || break; sleep 0.1; done
 check "it removed its socket at exit" bash -c "! nsenter -t $init -a test -e /tmp/by-hand.sock"
 
