@@ -256,7 +256,9 @@ impl Client {
                 }
                 continue;
             }
-            if msg.get("id") == Some(&id) {
+            // An error with a null id is about this connection (refused, closed): it is ours too.
+            let connection_error = msg.get("id") == Some(&Value::Null) && msg.get("error").is_some();
+            if msg.get("id") == Some(&id) || connection_error {
                 return Self::finish(msg);
             }
         }

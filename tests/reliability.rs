@@ -87,7 +87,7 @@ fn a_huge_embed_request_does_not_leave_the_daemon_bloated() {
     let texts: Vec<String> = (0..31).map(|i| format!("word{i} ").repeat(256 * 1024 / 7)).collect();
     let answer = c.call("embed", json!({ "texts": texts }));
     assert!(answer["error"].is_null(), "{}", answer["error"]);
-    let after = rss(&d);
+    let after = settled_rss(&d, before);
     let grown = after.saturating_sub(before) / (1 << 20);
     eprintln!("RSS {} MiB before, {} MiB after a 31 x 256 KB embed request", before >> 20, after >> 20);
     assert!(grown < 150, "RSS grew by {grown} MiB");
@@ -107,4 +107,31 @@ fn identical_requests_in_flight_are_computed_once() {
     let fresh = answers.iter().filter(|a| a["cached"] == false).count();
     assert_eq!(fresh, 1, "one computation, the others coalesced: {answers:?}");
     assert!(answers.iter().all(|a| a["text"] == answers[0]["text"] && a["token_ids"] == answers[0]["token_ids"]));
+}
+
+#[test]
+fn a_long_generation_gives_its_memory_back() {
+    let d = Daemon::socket_activated("[cache]\nenabled = false\n", &[]);
+    let rss = |d: &Daemon| d.connect().call("status", json!({}))["result"]["metrics"]["rss_bytes"].as_u64().unwrap();
+    assert!(d.connect().call("generate", json!({"prompt": "warm up", "max_new_tokens": 4}))["error"].is_null());
+    let before = rss(&d);
+    let params = json!({"prompt": "Write a very long story about the sea.", "max_new_tokens": 600});
+    let answer = d.connect().call("generate", params);
+    assert_eq!(answer["result"]["token_ids"].as_array().map(Vec::len), Some(600), "{}", answer["error"]);
+    let after = settled_rss(&d, before);
+    eprintln!("RSS {} MiB before, {} MiB after a 600-token generation", before >> 20, after >> 20);
+    assert!(after.saturating_sub(before) < 40 << 20, "RSS grew by {} MiB", (after - before) >> 20);
+}
+
+/// The daemon's RSS once it has given memory back (it does so right after answering): polled
+/// for up to 3 s until it is within 40 MiB of `before`.
+fn settled_rss(d: &Daemon, before: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let rss = d.connect().call("status", json!({}))["result"]["metrics"]["rss_bytes"].as_u64().unwrap();
+        if rss < before + (40 << 20) || Instant::now() > deadline {
+            return rss;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

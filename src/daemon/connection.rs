@@ -41,6 +41,7 @@ where
             Err(error) => {
                 tracing::debug!(?peer, error = %error, "connection refused");
                 let _ = out.send(&Reply::error(null_id(), &error)).await;
+                out.close_politely(&mut BufReader::new(read)).await;
             }
         }
         d.touch();
@@ -67,6 +68,7 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
             Ok(Line::Eof) | Err(_) | Ok(Line::Idle) => break,
             Ok(Line::Unfinished) => {
                 let _ = out.send(&Reply::error(null_id(), &Error::LineTimeout { secs: limits.line.as_secs() })).await;
+                out.close_politely(&mut reader).await;
                 break;
             }
             Ok(Line::TooLong) => {
@@ -78,6 +80,7 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
                         .into(),
                 );
                 let _ = out.send(&Reply::error(null_id(), &error)).await;
+                out.close_politely(&mut reader).await;
                 break;
             }
             Ok(Line::Text(bytes)) => {
@@ -91,6 +94,7 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
                     super::release_memory();
                 }
                 if !session.authenticated {
+                    out.close_politely(&mut reader).await;
                     break;
                 }
                 written
@@ -272,6 +276,26 @@ impl Out {
         self.send(&Notification { jsonrpc: "2.0", method: PIECE_NOTIFICATION, params: Params { id, text } }).await
     }
 
+    /// Closes a connection after an error answer so that the client can read that answer: shuts
+    /// the sending side, then reads and discards what the client still sends (a socket closed
+    /// with unread input is reset, and a reset can discard the answer on its way), for at most
+    /// [`LINGER`] and [`LINGER_BYTES`].
+    pub(crate) async fn close_politely<R: AsyncRead + Unpin>(&mut self, reader: &mut R) {
+        let _ = tokio::time::timeout(LINGER, self.write.shutdown()).await;
+        let mut sink = [0u8; 4096];
+        let mut drained = 0;
+        let _ = tokio::time::timeout(LINGER, async {
+            while drained < LINGER_BYTES {
+                match tokio::io::AsyncReadExt::read(reader, &mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => drained += n,
+                }
+            }
+        })
+        .await;
+        self.broken = true;
+    }
+
     /// Whether a write failed or timed out (the connection is then closed).
     pub(crate) fn is_broken(&self) -> bool {
         self.broken
@@ -286,6 +310,10 @@ impl Out {
         n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP) != 0
     }
 }
+
+/// How long, and how many bytes, a connection closed on an error still reads its client's input.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// One line read from a connection.
 enum Line {

@@ -34,6 +34,10 @@ const MERGE_TEXTS: usize = 64;
 /// to the system, so one big request does not leave the daemon's RSS high.
 const LARGE_JOB_BYTES: usize = super::LARGE_REQUEST_BYTES;
 
+/// Generations of at least this many tokens (prompt and output) are followed by giving freed
+/// memory back too.
+const LONG_SEQUENCE_TOKENS: usize = 512;
+
 /// Loads the model of a kind for a configuration (the ONNX loader, or a fake in tests).
 pub(crate) type Loader = Arc<dyn Fn(ModelKind, &Config) -> Result<Box<dyn Model>> + Send + Sync>;
 
@@ -199,7 +203,7 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let large = match &job {
+        let mut large = match &job {
             Job::Generate { request, .. } => request.prompt.len() > LARGE_JOB_BYTES,
             Job::Embed { texts, .. } => texts.iter().map(String::len).sum::<usize>() > LARGE_JOB_BYTES,
             Job::Reload { .. } => true,
@@ -218,6 +222,10 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
                 };
                 let result =
                     if cancel.is_cancelled() { Err(Error::Cancelled) } else { model.generate(&request, &mut on_piece) };
+                // A long sequence leaves its KV cache's memory behind: give it back.
+                large |= result
+                    .as_ref()
+                    .is_ok_and(|r| r.generation.prompt_tokens + r.generation.token_ids.len() >= LONG_SEQUENCE_TOKENS);
                 let _ = reply.send(result);
                 1
             }
