@@ -244,6 +244,21 @@ fn connections_that_vanish_mid_request_leave_the_daemon_serving() {
         drop(c);
         assert_eq!(honest(&d), expected);
     }
+    // A Unix client that shuts down its sending side after its request (`echo ... | socat`)
+    // still gets the answer.
+    {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+        s.write_all(
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"embed\",\"params\":{\"texts\":[\"an honest request\"]},\"id\":1}\n",
+        )
+        .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        let answer: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(answer["result"]["embeddings"], expected);
+    }
     // Whitespace-only lines are skipped; the next request on the connection is answered.
     let mut c = d.connect();
     c.send_raw(b"\n\n   \n\t\n");

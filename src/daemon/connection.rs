@@ -35,7 +35,8 @@ where
         d.touch();
         let fd = stream.as_raw_fd();
         let (read, write) = tokio::io::split(stream);
-        let mut out = Out::new(Box::new(write), fd, Duration::from_secs(d.config().daemon.send_timeout_secs));
+        let deadline = Duration::from_secs(d.config().daemon.send_timeout_secs);
+        let mut out = Out::new(Box::new(write), fd, peer.is_tcp(), deadline);
         match d.admit(&peer) {
             Ok(_slots) => serve(&d, BufReader::new(read), &mut out, peer).await,
             Err(error) => {
@@ -225,13 +226,14 @@ async fn handle<'l>(
 pub(crate) struct Out {
     write: Box<dyn AsyncWrite + Send + Unpin>,
     fd: RawFd,
+    tcp: bool,
     deadline: Duration,
     broken: bool,
 }
 
 impl Out {
-    fn new(write: Box<dyn AsyncWrite + Send + Unpin>, fd: RawFd, deadline: Duration) -> Self {
-        Out { write, fd, deadline, broken: false }
+    fn new(write: Box<dyn AsyncWrite + Send + Unpin>, fd: RawFd, tcp: bool, deadline: Duration) -> Self {
+        Out { write, fd, tcp, deadline, broken: false }
     }
 
     /// Writes one JSON line; fails on an I/O error or when the deadline passes.
@@ -301,10 +303,13 @@ impl Out {
         self.broken
     }
 
-    /// Whether the peer has closed the connection, or shut down its sending side (POLLRDHUP:
-    /// how a closed TCP client shows while its answer is pending), without reading from it.
+    /// Whether the peer has closed the connection, without reading from it. On a Unix socket a
+    /// full close is exact (POLLHUP; a client that only shuts down its sending side, like
+    /// `echo ... | socat`, still gets its answers). Over TCP a closed client is indistinguishable
+    /// from one that shut down sending, so its FIN (POLLRDHUP) counts as gone.
     pub(crate) fn peer_gone(&self) -> bool {
-        let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLRDHUP, revents: 0 };
+        let events = if self.tcp { libc::POLLRDHUP } else { 0 };
+        let mut pfd = libc::pollfd { fd: self.fd, events, revents: 0 };
         // SAFETY: one valid pollfd, zero timeout; fd belongs to this live connection.
         let n = unsafe { libc::poll(&mut pfd, 1, 0) };
         n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP) != 0
@@ -418,7 +423,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_nobody_reads_fails_at_its_deadline() {
         let (near, _far) = tokio::io::duplex(64);
-        let mut out = Out::new(Box::new(near), -1, Duration::from_millis(50));
+        let mut out = Out::new(Box::new(near), -1, false, Duration::from_millis(50));
         let started = Instant::now();
         let err = out.piece(null_id(), "x".repeat(1000)).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
