@@ -448,14 +448,15 @@ pub(crate) mod tests {
         assert_eq!(worker.merged() as usize, 4 - runs.len());
     }
 
+    /// A generation worker whose fake model emits `pieces` pieces of "x".
+    fn generation_worker(pieces: usize) -> Worker {
+        let make = move |k| Fake { pieces: vec!["x".into(); pieces], ..Fake::new(k) };
+        Worker::start(ModelKind::Generation, Arc::new(Config::default()), loader(make)).unwrap()
+    }
+
     #[test]
     fn a_stalled_reader_never_blocks_the_worker() {
-        let worker = Worker::start(
-            ModelKind::Generation,
-            Arc::new(Config::default()),
-            loader(|k| Fake { pieces: vec!["x".into(); 1000], ..Fake::new(k) }),
-        )
-        .unwrap();
+        let worker = generation_worker(1000);
         // A streaming request whose pieces nobody reads: all 1000 pieces are produced.
         let (job, answer, unread, _cancel) = generate_job(1000, true);
         assert!(worker.submit(job).is_ok());
@@ -468,12 +469,7 @@ pub(crate) mod tests {
 
     #[test]
     fn cancellation_stops_a_generation_and_a_gone_reader_cancels_it() {
-        let worker = Worker::start(
-            ModelKind::Generation,
-            Arc::new(Config::default()),
-            loader(|k| Fake { pieces: vec!["x".into(); 10_000], ..Fake::new(k) }),
-        )
-        .unwrap();
+        let worker = generation_worker(10_000);
         let (job, answer, _pieces, cancel) = generate_job(10_000, true);
         assert!(worker.submit(job).is_ok());
         std::thread::sleep(Duration::from_millis(20));
