@@ -46,16 +46,11 @@ impl ApiKey {
     /// The key from the systemd credential `api-key` (`$CREDENTIALS_DIRECTORY`), else from
     /// `file`; None when neither is there.
     pub fn load(file: Option<&Path>) -> Result<Option<Self>> {
-        if let Ok(loader) = libsystemd::credentials::CredentialsLoader::open() {
-            if let Ok(mut f) = loader.get(CREDENTIAL) {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut f, &mut text)
-                    .map_err(|e| Error::Config(format!("cannot read the credential {CREDENTIAL}: {e}")))?;
-                return Self::new(&text, &format!("the credential {CREDENTIAL}")).map(Some);
-            }
+        if let Some(text) = crate::config::env::credential(CREDENTIAL)? {
+            return Self::new(&text, &format!("the credential {CREDENTIAL}")).map(Some);
         }
         let Some(file) = file else { return Ok(None) };
-        let text = std::fs::read_to_string(file).map_err(|e| Error::io(file, e))?;
+        let text = crate::config::read_secret_file(file)?;
         Self::new(&text, &file.display().to_string()).map(Some)
     }
 }

@@ -20,6 +20,8 @@ pub enum Target {
     Unix(PathBuf),
     /// A TCP address `host:port`.
     Tcp(String),
+    /// A TCP address `host:port` spoken to over TLS; the certificate must name `host`.
+    Tls(String),
 }
 
 impl std::fmt::Display for Target {
@@ -27,26 +29,34 @@ impl std::fmt::Display for Target {
         match self {
             Target::Unix(p) => write!(f, "unix:{}", p.display()),
             Target::Tcp(a) => write!(f, "tcp:{a}"),
+            Target::Tls(a) => write!(f, "tls:{a}"),
         }
     }
 }
 
 impl Target {
-    /// Parses `unix:PATH`, `tcp:HOST:PORT`, or a bare path.
+    /// Parses `unix:PATH`, `tcp:HOST:PORT`, `tls:HOST:PORT`, or a bare path.
     pub fn parse(s: &str) -> Result<Self, String> {
         if let Some(p) = s.strip_prefix("unix:") {
             return Ok(Target::Unix(PathBuf::from(p)));
         }
-        if let Some(a) = s.strip_prefix("tcp:") {
-            if !a.contains(':') {
-                return Err(format!("{s:?}: a TCP address needs a port, as in tcp:127.0.0.1:5557"));
+        for (scheme, make) in [("tcp:", Target::Tcp as fn(String) -> Target), ("tls:", Target::Tls)] {
+            if let Some(a) = s.strip_prefix(scheme) {
+                if !a.contains(':') {
+                    return Err(format!("{s:?}: a TCP address needs a port, as in {scheme}127.0.0.1:5557"));
+                }
+                return Ok(make(a.to_string()));
             }
-            return Ok(Target::Tcp(a.to_string()));
         }
         if s.starts_with('/') || s.starts_with('.') {
             return Ok(Target::Unix(PathBuf::from(s)));
         }
-        Err(format!("{s:?} is not unix:PATH, tcp:HOST:PORT or an absolute socket path"))
+        Err(format!("{s:?} is not unix:PATH, tcp:HOST:PORT, tls:HOST:PORT or an absolute socket path"))
+    }
+
+    /// Whether the daemon wants the API key on this connection (TCP, with or without TLS).
+    fn is_tcp(&self) -> bool {
+        matches!(self, Target::Tcp(_) | Target::Tls(_))
     }
 }
 
@@ -67,6 +77,9 @@ pub enum ClientError {
     /// The daemon answered with an error.
     #[error("{}", .0.message)]
     Rpc(RpcError),
+    /// TLS could not be set up, or the daemon's certificate was not trusted.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -75,7 +88,7 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. } => true,
             ClientError::Rpc(e) => e.code == codes::MODEL_NOT_LOADED,
-            ClientError::Protocol(_) => false,
+            ClientError::Protocol(_) | ClientError::Tls(_) => false,
         }
     }
 }
@@ -96,6 +109,8 @@ impl<T: std::io::Read + Write + Send> Stream for T {}
 pub struct ClientOptions {
     /// The API key, sent as the first request over TCP.
     pub api_key: Option<String>,
+    /// PEM certificates a TLS daemon's certificate must chain to (None: the system's store).
+    pub ca_file: Option<PathBuf>,
     /// Longest wait for a TCP connection.
     pub connect_timeout: Duration,
     /// Longest wait for any line of an answer (a streamed generation sends one per piece).
@@ -112,6 +127,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             api_key: None,
+            ca_file: None,
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(600),
             retries: 3,
@@ -121,8 +137,7 @@ impl Default for ClientOptions {
 
 /// One open connection; requests on it are answered in order.
 pub struct Client {
-    reader: BufReader<Box<dyn Stream>>,
-    writer: Box<dyn Stream>,
+    stream: BufReader<Box<dyn Stream>>,
     next_id: u64,
     options: ClientOptions,
 }
@@ -140,22 +155,25 @@ impl Client {
     /// Connects to `target`; over TCP, authenticates with `options.api_key` first.
     pub fn connect_with(target: &Target, options: ClientOptions) -> Result<Self, ClientError> {
         let deadline = Some(options.read_timeout);
-        let (reader, writer): (Box<dyn Stream>, Box<dyn Stream>) = match target {
+        let stream: Box<dyn Stream> = match target {
             Target::Unix(path) => {
                 let s = UnixStream::connect(path).map_err(|e| unreachable(target, e))?;
                 s.set_read_timeout(deadline).and(s.set_write_timeout(deadline)).map_err(|e| unreachable(target, e))?;
-                (Box::new(s.try_clone().map_err(|e| unreachable(target, e))?), Box::new(s))
+                Box::new(s)
             }
-            Target::Tcp(addr) => {
+            Target::Tcp(addr) | Target::Tls(addr) => {
                 let s = connect_tcp(addr, options.connect_timeout).map_err(|e| unreachable(target, e))?;
                 s.set_nodelay(true).ok();
                 s.set_read_timeout(deadline).and(s.set_write_timeout(deadline)).map_err(|e| unreachable(target, e))?;
-                (Box::new(s.try_clone().map_err(|e| unreachable(target, e))?), Box::new(s))
+                match target {
+                    Target::Tls(_) => Box::new(tls_session(addr, options.ca_file.as_deref(), s)?),
+                    _ => Box::new(s),
+                }
             }
         };
         let key = options.api_key.clone();
-        let mut client = Client { reader: BufReader::new(reader), writer, next_id: 1, options };
-        if let (Target::Tcp(_), Some(key)) = (target, key) {
+        let mut client = Client { stream: BufReader::new(stream), next_id: 1, options };
+        if let (true, Some(key)) = (target.is_tcp(), key) {
             let _: Value = client.call("auth", &json!({ "key": key }))?;
         }
         Ok(client)
@@ -168,12 +186,16 @@ impl Client {
         let req = Request { jsonrpc: "2.0".into(), method: method.into(), params, id: Some(id.clone()) };
         let mut line = serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        if let Err(e) = self.writer.write_all(&line) {
+        let writer = self.stream.get_mut();
+        if let Err(e) = writer.write_all(&line).and_then(|()| writer.flush()) {
             // A daemon that refused the connection said why before closing it: show that.
             if let Ok(answer) = self.read_line() {
                 if let Err(refusal @ ClientError::Rpc(_)) = Self::finish::<Value>(answer) {
                     return Err(refusal);
                 }
+            }
+            if let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                return Err(ClientError::Tls(format!("{tls}{}", tls_hint(tls))));
             }
             return Err(ClientError::Protocol(format!("sending: {e}")));
         }
@@ -185,7 +207,7 @@ impl Client {
         let closed =
             || ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into());
         let timeout = self.options.read_timeout.as_secs();
-        let n = self.reader.read_line(&mut line).map_err(|e| match e.kind() {
+        let n = self.stream.read_line(&mut line).map_err(|e| match e.kind() {
             std::io::ErrorKind::ConnectionReset => closed(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Protocol(format!(
                 "no answer from the daemon within {timeout} s; raise --timeout or see `journalctl -u steadytext`"
@@ -194,6 +216,11 @@ impl Client {
         })?;
         if n == 0 {
             return Err(closed());
+        }
+        if line.as_bytes().starts_with(&[0x15, 0x03]) {
+            return Err(ClientError::Protocol(
+                "the daemon answered with a TLS alert: this port speaks TLS, use tls:HOST:PORT".into(),
+            ));
         }
         serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("unreadable answer: {e}")))
     }
@@ -263,6 +290,37 @@ impl Client {
             }
         }
     }
+}
+
+/// What to do about a refused daemon certificate.
+fn tls_hint(error: &rustls::Error) -> &'static str {
+    use rustls::CertificateError::*;
+    match error {
+        rustls::Error::InvalidCertificate(UnknownIssuer | BadSignature | Other(_)) => {
+            "; pass the CA certificate that signed the daemon's certificate (or a self-signed certificate made \
+             with basicConstraints CA:FALSE) with --ca-file or STEADYTEXT_CA_FILE"
+        }
+        rustls::Error::InvalidCertificate(NotValidForName | NotValidForNameContext { .. }) => {
+            "; connect with a host name the certificate names (tls:HOST:PORT)"
+        }
+        _ => "",
+    }
+}
+
+/// A TLS session over `tcp` to `addr` (`host:port`), checking the certificate against `ca_file`
+/// (or the system's store) and the host name. The handshake runs with the first request.
+fn tls_session(
+    addr: &str,
+    ca_file: Option<&Path>,
+    tcp: TcpStream,
+) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, ClientError> {
+    let config = crate::tls::client_config(ca_file).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = rustls_pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| ClientError::Tls(format!("{host:?} is not a host name or address: {e}")))?;
+    let session = rustls::ClientConnection::new(config, name).map_err(|e| ClientError::Tls(e.to_string()))?;
+    Ok(rustls::StreamOwned::new(session, tcp))
 }
 
 /// Connects to the first address of `addr` that answers within `timeout`.

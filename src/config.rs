@@ -11,6 +11,21 @@ use crate::error::{Error, Result};
 /// The system-wide configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/steadytext/steadytext.toml";
 
+/// Largest key, certificate or credential file read, in bytes.
+pub const MAX_SECRET_BYTES: u64 = 1 << 20;
+
+/// Reads a key or certificate file of at most [`MAX_SECRET_BYTES`].
+pub(crate) fn read_secret_file(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_SECRET_BYTES + 1), &mut text)
+        .map_err(|e| Error::io(path, e))?;
+    if text.len() as u64 > MAX_SECRET_BYTES {
+        return Err(Error::Config(format!("{} is larger than {MAX_SECRET_BYTES} bytes", path.display())));
+    }
+    Ok(text)
+}
+
 /// Which ONNX Runtime execution provider runs the models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -120,6 +135,12 @@ pub struct DaemonConfig {
     /// File holding the API key TCP clients must present (`STEADYTEXT_API_KEY_FILE`); the
     /// systemd credential `api-key` takes precedence. Required when a TCP listener is used.
     pub api_key_file: Option<PathBuf>,
+    /// PEM certificate chain served on TCP listeners (`STEADYTEXT_TLS_CERT_FILE`); the systemd
+    /// credential `tls-cert` takes precedence. With it, every TCP listener speaks TLS, and
+    /// non-loopback addresses are allowed.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file` (`STEADYTEXT_TLS_KEY_FILE`; credential `tls-key`).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for DaemonConfig {
@@ -137,6 +158,8 @@ impl Default for DaemonConfig {
             stream_buffer: 16,
             send_timeout_secs: 30,
             api_key_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -217,8 +240,15 @@ impl Config {
         if let Some(v) = get("STEADYTEXT_EMBEDDING_MODEL") {
             self.embedding_model = v;
         }
-        if let Some(v) = get("STEADYTEXT_API_KEY_FILE") {
-            self.daemon.api_key_file = Some(PathBuf::from(v));
+        let files = [
+            ("STEADYTEXT_API_KEY_FILE", &mut self.daemon.api_key_file),
+            ("STEADYTEXT_TLS_CERT_FILE", &mut self.daemon.tls_cert_file),
+            ("STEADYTEXT_TLS_KEY_FILE", &mut self.daemon.tls_key_file),
+        ];
+        for (key, slot) in files {
+            if let Some(v) = get(key) {
+                *slot = Some(PathBuf::from(v));
+            }
         }
         if let Some(v) = get("ORT_DYLIB_PATH") {
             self.onnxruntime = Some(PathBuf::from(v));
@@ -308,6 +338,17 @@ pub mod env {
         std::env::var(key).ok().filter(|v| !v.is_empty())
     }
 
+    /// The systemd credential `name` (`LoadCredential=name:FILE`, read from
+    /// `$CREDENTIALS_DIRECTORY`); None when the service has no such credential.
+    pub fn credential(name: &str) -> crate::error::Result<Option<String>> {
+        let Ok(loader) = libsystemd::credentials::CredentialsLoader::open() else { return Ok(None) };
+        let Ok(file) = loader.get(name) else { return Ok(None) };
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(file, super::MAX_SECRET_BYTES), &mut text)
+            .map_err(|e| crate::error::Error::Config(format!("cannot read the credential {name}: {e}")))?;
+        Ok(Some(text))
+    }
+
     /// `ORT_DYLIB_PATH`: the ONNX Runtime library to load.
     pub fn ort_dylib_path() -> Option<PathBuf> {
         get("ORT_DYLIB_PATH").map(PathBuf::from)
@@ -337,6 +378,8 @@ pub mod env {
         pub disable_daemon: bool,
         /// `STEADYTEXT_API_KEY`: the key sent to a daemon over TCP.
         pub api_key: Option<String>,
+        /// `STEADYTEXT_CA_FILE`: the PEM certificates that a TLS daemon's certificate must chain to.
+        pub ca_file: Option<PathBuf>,
     }
 
     /// Reads [`ClientEnv`].
@@ -347,6 +390,7 @@ pub mod env {
             socket: get("STEADYTEXT_SOCKET"),
             disable_daemon: get("STEADYTEXT_DISABLE_DAEMON").is_some_and(|v| v != "0"),
             api_key: get("STEADYTEXT_API_KEY"),
+            ca_file: get("STEADYTEXT_CA_FILE").map(PathBuf::from),
         }
     }
 

@@ -18,5 +18,6 @@ pub mod model;
 pub mod protocol;
 pub(crate) mod runtime;
 pub mod service;
+pub mod tls;
 
 pub use error::{Error, Result};

@@ -189,9 +189,15 @@ fn tcp_listener_and_idle_exit() {
 
 /// Starts a daemon on a Unix socket and a TCP port with the given key file; returns it, the
 /// socket and the port.
-fn tcp_daemon(dir: &std::path::Path, key_file: Option<&std::path::Path>, host: &str) -> (std::process::Child, u16) {
+fn tcp_daemon(
+    dir: &std::path::Path,
+    key_file: Option<&std::path::Path>,
+    host: &str,
+    env: &[(&str, &std::path::Path)],
+) -> (std::process::Child, u16) {
     let port = 40_000 + (std::process::id() % 20_000) as u16;
     let mut cmd = command(env!("CARGO_BIN_EXE_steadytextd"));
+    cmd.envs(env.iter().copied());
     if let Some(key) = key_file {
         cmd.env("STEADYTEXT_API_KEY_FILE", key);
     }
@@ -235,18 +241,18 @@ fn tcp_needs_the_api_key_first_and_refuses_http() {
     use steadytext::protocol::codes;
     let dir = tempfile::tempdir().unwrap();
     // Without a key, or on a non-loopback address, the daemon refuses to start.
-    let (mut no_key, _) = tcp_daemon(dir.path(), None, "127.0.0.1");
+    let (mut no_key, _) = tcp_daemon(dir.path(), None, "127.0.0.1", &[]);
     assert!(!no_key.wait().unwrap().success());
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(log.contains("needs an API key") && log.contains("api_key_file"), "{log}");
     let key_file = dir.path().join("api-key");
     std::fs::write(&key_file, "right-key-0123456789abcdef\n").unwrap();
-    let (mut public, _) = tcp_daemon(dir.path(), Some(&key_file), "0.0.0.0");
+    let (mut public, _) = tcp_daemon(dir.path(), Some(&key_file), "0.0.0.0", &[]);
     assert!(!public.wait().unwrap().success());
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(log.contains("not a loopback address"), "{log}");
 
-    let (mut daemon, port) = tcp_daemon(dir.path(), Some(&key_file), "127.0.0.1");
+    let (mut daemon, port) = tcp_daemon(dir.path(), Some(&key_file), "127.0.0.1", &[]);
     let ping = b"{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1}\n";
     // Anything before auth: unauthorized, and the connection is closed (the ping never runs).
     let answers = tcp_lines(port, &[ping, ping], 9);
@@ -283,6 +289,83 @@ fn tcp_needs_the_api_key_first_and_refuses_http() {
     assert_clean_error(&refused, "unauthorized");
     let with_key = [tcp[0], tcp[1], ("STEADYTEXT_API_KEY", "right-key-0123456789abcdef")];
     assert!(stctl(&["--daemon-only", "ping"], None, &with_key).status.success());
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+#[test]
+fn tls_lets_remote_addresses_in_with_a_checked_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (ca, cert, key) = common::test_pki();
+    let (ca, cert, key) = (write("ca.pem", &ca), write("cert.pem", &cert), write("key.pem", &key));
+    let api_key = write("api-key", "right-key-0123456789abcdef\n");
+    let other_ca = write("other-ca.pem", &common::test_pki().0);
+    let daemon_log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
+    // Misconfigured TLS stops the start with the reason: a certificate without its key, files swapped.
+    let (mut alone, _) = tcp_daemon(dir.path(), Some(&api_key), "0.0.0.0", &[("STEADYTEXT_TLS_CERT_FILE", &cert)]);
+    assert!(!alone.wait().unwrap().success());
+    assert!(daemon_log().contains("both a certificate and its key"), "{}", daemon_log());
+    let swapped = [("STEADYTEXT_TLS_CERT_FILE", key.as_path()), ("STEADYTEXT_TLS_KEY_FILE", cert.as_path())];
+    let (mut swapped, _) = tcp_daemon(dir.path(), Some(&api_key), "0.0.0.0", &swapped);
+    assert!(!swapped.wait().unwrap().success());
+    assert!(daemon_log().contains("no PEM certificate"), "{}", daemon_log());
+
+    // With a certificate, a non-loopback address is served, over TLS only.
+    let config = write("steadytext.toml", "[daemon]\nline_timeout_secs = 2\n");
+    let tls = [
+        ("STEADYTEXT_TLS_CERT_FILE", cert.as_path()),
+        ("STEADYTEXT_TLS_KEY_FILE", key.as_path()),
+        ("STEADYTEXT_CONFIG", config.as_path()),
+    ];
+    let (mut daemon, port) = tcp_daemon(dir.path(), Some(&api_key), "0.0.0.0", &tls);
+    let addr = format!("tls:localhost:{port}");
+    let ca_arg = ca.to_str().unwrap();
+    let keyed = [("STEADYTEXT_API_KEY", "right-key-0123456789abcdef")];
+    let embed = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec!["--daemon-only", "--socket", &addr];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["embed", "over tls"]);
+        stctl(&args, None, env)
+    };
+    let mut answered = None;
+    for _ in 0..150 {
+        let o = embed(&["--ca-file", ca_arg], &keyed);
+        if o.status.success() {
+            answered = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let via_tls = stdout(&answered.unwrap_or_else(|| panic!("no answer over TLS: {}", daemon_log())));
+    let unix = dir.path().join("s.sock");
+    let via_unix =
+        stdout(&stctl(&["--daemon-only", "--socket", unix.to_str().unwrap(), "embed", "over tls"], None, &[]));
+    assert_eq!(via_tls, via_unix);
+    // The CA can also come from the environment.
+    assert!(embed(&[], &[keyed[0], ("STEADYTEXT_CA_FILE", ca_arg)]).status.success());
+    // A certificate from another CA is refused, saying how to trust the right one.
+    assert_clean_error(&embed(&["--ca-file", other_ca.to_str().unwrap()], &keyed), "--ca-file");
+    // TLS does not replace the key.
+    assert_clean_error(&embed(&["--ca-file", ca_arg], &[]), "unauthorized");
+    // Clear-text JSON-RPC on the TLS port is never run or answered.
+    let mut plain = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    plain.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut plain, b"{\"jsonrpc\":\"2.0\",\"method\":\"ping\",\"id\":1}\n").unwrap();
+    let mut reply = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut reply);
+    assert!(!String::from_utf8_lossy(&reply).contains("jsonrpc"), "answered in clear text: {reply:?}");
+    // A client that never starts its handshake is cut off after line_timeout_secs.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let started = std::time::Instant::now();
+    let closed = std::io::Read::read(&mut silent, &mut [0u8; 64]);
+    assert!(matches!(closed, Ok(0)) || closed.is_err(), "{closed:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "held for {:?}", started.elapsed());
     let _ = daemon.kill();
     let _ = daemon.wait();
 }

@@ -25,7 +25,8 @@ struct Cli {
     /// Configuration file (default: $STEADYTEXT_CONFIG, else /etc/steadytext/steadytext.toml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Daemon address: unix:PATH, tcp:HOST:PORT (default: $STEADYTEXT_SOCKET or the configured socket).
+    /// Daemon address: unix:PATH, tcp:HOST:PORT, tls:HOST:PORT (default: $STEADYTEXT_SOCKET or the
+    /// configured socket).
     #[arg(long, global = true, value_name = "ADDR")]
     socket: Option<String>,
     /// Never run models in-process: fail when the daemon is unreachable.
@@ -40,6 +41,10 @@ struct Cli {
     /// File holding the API key for a daemon over TCP (default: $STEADYTEXT_API_KEY).
     #[arg(long, global = true, value_name = "FILE")]
     api_key_file: Option<PathBuf>,
+    /// PEM CA certificates to check a TLS daemon's certificate with (default: $STEADYTEXT_CA_FILE,
+    /// else the system's store).
+    #[arg(long, global = true, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Seconds to wait for each line of the daemon's answer.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 600)]
     timeout: u64,
@@ -197,6 +202,7 @@ impl Ctx {
         };
         let client = ClientOptions {
             api_key,
+            ca_file: cli.ca_file.clone().or(env.ca_file.clone()),
             connect_timeout: Duration::from_secs(cli.connect_timeout),
             read_timeout: Duration::from_secs(cli.timeout.max(1)),
             retries: cli.retries,
@@ -231,9 +237,12 @@ impl Ctx {
                 self.note(format_args!("using the daemon at {}", self.target));
                 Ok(Mode::Daemon(c))
             }
-            Err(e) if self.daemon_only => Err(anyhow::Error::new(e).context(
+            Err(e @ ClientError::Unreachable { .. }) if self.daemon_only => Err(anyhow::Error::new(e).context(
                 "--daemon-only: no daemon (start it with `systemctl start steadytext.socket`, or drop --daemon-only)",
             )),
+            // A daemon that is there but refuses us (key, certificate) is an error, not a reason
+            // to run the model here.
+            Err(e) if self.daemon_only || !e.allows_fallback() => Err(e.into()),
             Err(e) => {
                 self.note(format_args!("{e}; falling back to direct mode"));
                 Ok(Mode::Direct)
@@ -243,8 +252,12 @@ impl Ctx {
 
     /// A daemon connection for commands that only the daemon can answer.
     fn daemon(&self) -> Result<Client> {
-        Client::connect_with(&self.target, self.client.clone())
-            .context("no daemon to ask; start it with `systemctl start steadytext.socket`")
+        Client::connect_with(&self.target, self.client.clone()).map_err(|e| match e {
+            ClientError::Unreachable { .. } => {
+                anyhow::Error::new(e).context("no daemon to ask; start it with `systemctl start steadytext.socket`")
+            }
+            other => other.into(),
+        })
     }
 
     /// Runs `daemon_call` on the daemon, or `direct` when falling back is allowed.

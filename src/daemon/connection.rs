@@ -24,20 +24,30 @@ const AUTH_FIRST: &str = "on a TCP connection the first request must be \
     (stctl sends it from STEADYTEXT_API_KEY or --api-key-file); the connection is closed";
 
 /// Serves one accepted connection of `peer` until the client leaves, idles too long, or shutdown
-/// begins. A TCP connection must authenticate first.
-pub(crate) fn spawn<S>(daemon: &Arc<Daemon>, stream: S, peer: Peer)
+/// begins. `stream` yields the connection once it is set up (a TLS handshake, bounded by the
+/// line timeout); it counts against the connection limits meanwhile. A TCP connection must
+/// authenticate first.
+pub(crate) fn spawn<S, F>(daemon: &Arc<Daemon>, stream: F, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
+    F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
 {
     let d = daemon.clone();
     daemon.track(async move {
         let _open = d.metrics().connection();
         d.touch();
+        let admitted = d.admit(&peer);
+        let setup = Duration::from_secs(d.config().daemon.line_timeout_secs);
+        let stream = match tokio::time::timeout(setup, stream).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return tracing::debug!(?peer, error = %e, "connection setup failed"),
+            Err(_) => return tracing::debug!(?peer, "connection setup timed out"),
+        };
         let fd = stream.as_raw_fd();
         let (read, write) = tokio::io::split(stream);
         let deadline = Duration::from_secs(d.config().daemon.send_timeout_secs);
         let mut out = Out::new(Box::new(write), fd, peer.is_tcp(), deadline);
-        match d.admit(&peer) {
+        match admitted {
             Ok(_slots) => serve(&d, BufReader::new(read), &mut out, peer).await,
             Err(error) => {
                 tracing::debug!(?peer, error = %error, "connection refused");

@@ -38,6 +38,11 @@ impl StdListener {
         }
     }
 
+    /// Whether this is a TCP socket.
+    pub fn is_tcp(&self) -> bool {
+        matches!(self, StdListener::Tcp { .. })
+    }
+
     /// A name for logs: the systemd FileDescriptorName or the address.
     pub fn name(&self) -> &str {
         match self {
@@ -91,6 +96,10 @@ pub fn bind(target: &Target) -> Result<StdListener> {
                 .with_context(|| format!("cannot listen on tcp:{addr} (is another daemon serving it?)"))?;
             Ok(StdListener::Tcp { listener, name: format!("tcp:{addr}") })
         }
+        Target::Tls(addr) => bail!(
+            "--listen tls:{addr}: listen with tcp:{addr}; TCP listeners speak TLS when [daemon] tls_cert_file and \
+             tls_key_file (or the credentials tls-cert and tls-key) are set"
+        ),
     }
 }
 

@@ -59,10 +59,13 @@ pub struct Options {
 pub async fn run(options: Options) -> Result<()> {
     let config = Arc::new(options.config);
     let api_key = ApiKey::load(config.daemon.api_key_file.as_deref()).context("cannot read the API key")?;
-    check_tcp_listeners(&options.listeners, api_key.is_some())?;
+    let tls = crate::tls::server_config(config.daemon.tls_cert_file.as_deref(), config.daemon.tls_key_file.as_deref())
+        .context("cannot set up TLS")?
+        .map(tokio_rustls::TlsAcceptor::from);
+    check_tcp_listeners(&options.listeners, api_key.is_some(), tls.is_some())?;
     let started = std::time::Instant::now();
     let daemon = load(config.clone(), api_key).await?;
-    let owned_paths = listen(&daemon, options.listeners)?;
+    let owned_paths = listen(&daemon, options.listeners, tls)?;
     tracing::info!(load_ms = started.elapsed().as_millis() as u64, "ready");
     notify::ready(&daemon.status_line());
     // Background tasks run until `stopped` (after the drain and the last snapshot).
@@ -127,11 +130,16 @@ async fn load(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon
     Ok(Daemon::new(config, registry, cache, api_key))
 }
 
-/// Starts an accept loop per listener; returns the socket files to remove at exit.
-fn listen(daemon: &Arc<Daemon>, listeners: Vec<StdListener>) -> Result<Vec<PathBuf>> {
+/// Starts an accept loop per listener (TCP ones speak TLS when `tls` is set); returns the
+/// socket files to remove at exit.
+fn listen(
+    daemon: &Arc<Daemon>,
+    listeners: Vec<StdListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<Vec<PathBuf>> {
     let mut owned_paths = Vec::new();
     for listener in listeners {
-        tracing::info!(listener = listener.name(), "listening");
+        tracing::info!(listener = listener.name(), tls = tls.is_some() && listener.is_tcp(), "listening");
         match listener {
             StdListener::Unix { listener, owned_path, .. } => {
                 listener.set_nonblocking(true)?;
@@ -145,14 +153,24 @@ fn listen(daemon: &Arc<Daemon>, listeners: Vec<StdListener>) -> Result<Vec<PathB
             StdListener::Tcp { listener, .. } => {
                 listener.set_nonblocking(true)?;
                 let listener = Arc::new(tokio::net::TcpListener::from_std(listener)?);
-                spawn_accept_loop(daemon, move || {
+                let accept = move || {
                     let l = listener.clone();
                     async move {
                         let (s, addr) = l.accept().await?;
                         s.set_nodelay(true)?;
                         Ok((s, Peer::Remote(addr.ip())))
                     }
-                });
+                };
+                match tls.clone() {
+                    None => spawn_accept_loop(daemon, move || {
+                        let accepted = accept();
+                        async move { accepted.await.map(|(s, peer)| (std::future::ready(Ok(s)), peer)) }
+                    }),
+                    Some(acceptor) => spawn_accept_loop(daemon, move || {
+                        let (accepted, acceptor) = (accept(), acceptor.clone());
+                        async move { accepted.await.map(|(s, peer)| (acceptor.accept(s), peer)) }
+                    }),
+                }
             }
         }
     }
@@ -175,15 +193,16 @@ async fn drain(daemon: &Arc<Daemon>, why: &str) {
 }
 
 /// Refuses TCP listeners the daemon cannot guard: without an API key, or on a non-loopback
-/// address (keys and answers would cross the network in clear text).
-fn check_tcp_listeners(listeners: &[StdListener], have_key: bool) -> Result<()> {
+/// address without TLS (keys and answers would cross the network in clear text).
+fn check_tcp_listeners(listeners: &[StdListener], have_key: bool, have_tls: bool) -> Result<()> {
     for listener in listeners {
         let StdListener::Tcp { listener, name } = listener else { continue };
         let addr = listener.local_addr().with_context(|| format!("listener {name}"))?;
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && !have_tls {
             anyhow::bail!(
-                "refusing to serve JSON-RPC on {addr} ({name}): it is not a loopback address and the protocol has no TLS; \
-                 listen on 127.0.0.1 or ::1 and put a TLS-terminating proxy in front for remote clients"
+                "refusing to serve JSON-RPC on {addr} ({name}) in clear text: it is not a loopback address; \
+                 configure TLS ([daemon] tls_cert_file and tls_key_file, or the credentials tls-cert and tls-key) \
+                 or listen on 127.0.0.1 or ::1"
             );
         }
         if !have_key {
@@ -197,18 +216,22 @@ fn check_tcp_listeners(listeners: &[StdListener], have_key: bool) -> Result<()> 
     Ok(())
 }
 
-/// A Unix connection with its peer's credentials.
-fn unix_peer(stream: tokio::net::UnixStream) -> std::io::Result<(tokio::net::UnixStream, Peer)> {
+/// A Unix connection (ready at once) with its peer's credentials.
+fn unix_peer(
+    stream: tokio::net::UnixStream,
+) -> std::io::Result<(std::future::Ready<std::io::Result<tokio::net::UnixStream>>, Peer)> {
     let peer = Peer::of_unix(&stream).ok_or_else(|| std::io::Error::other("no peer credentials"))?;
-    Ok((stream, peer))
+    Ok((std::future::ready(Ok(stream)), peer))
 }
 
-/// Accepts connections until shutdown begins; each one is served by its own task.
-fn spawn_accept_loop<S, F, Fut>(daemon: &Arc<Daemon>, mut accept: F)
+/// Accepts connections until shutdown begins; each one is set up (`Setup`: a TLS handshake or
+/// nothing) and served by its own task.
+fn spawn_accept_loop<S, Setup, F, Fut>(daemon: &Arc<Daemon>, mut accept: F)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
+    Setup: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = std::io::Result<(S, Peer)>> + Send,
+    Fut: std::future::Future<Output = std::io::Result<(Setup, Peer)>> + Send,
 {
     let d = daemon.clone();
     tokio::spawn(async move {

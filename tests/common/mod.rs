@@ -49,6 +49,19 @@ pub fn command(bin: &str) -> Command {
     c
 }
 
+/// PEM texts of a fresh test CA, and of a certificate for `localhost` / 127.0.0.1 it signed with
+/// that certificate's key: (ca, cert, key).
+pub fn test_pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
 /// Extra daemon flags needed when the tests run as root (CI does).
 pub fn root_flags() -> Vec<&'static str> {
     // SAFETY: geteuid has no preconditions.
@@ -164,9 +177,19 @@ impl Daemon {
         Daemon { child, socket, log, notify, _dir: dir }
     }
 
-    /// Opens a connection.
+    /// Opens a connection. systemd-socket-activate binds the socket file before it listens on
+    /// it: a refusal in between is retried.
     pub fn connect(&self) -> Conn {
-        Conn::new(UnixStream::connect(&self.socket).unwrap())
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match UnixStream::connect(&self.socket) {
+                Ok(s) => return Conn::new(s),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => panic!("cannot connect to {}: {e}", self.socket.display()),
+            }
+        }
     }
 
     /// Sends a signal to the daemon.
