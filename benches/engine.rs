@@ -265,6 +265,8 @@ fn snapshot_load(config: &Config) {
     for i in 0..100_000u32 {
         let request = GenerateRequest {
             prompt: format!("prompt {i}"),
+            messages: Vec::new(),
+            raw: false,
             seed: 42,
             max_new_tokens: 32,
             stop: vec![],

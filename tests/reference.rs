@@ -2,12 +2,20 @@
 
 mod common;
 
-use steadytext::engine::generate::{FinishReason, GenerateRequest};
+use steadytext::engine::generate::{ChatMessage, FinishReason, GenerateRequest};
 use steadytext::engine::sampler::Sampling;
 use steadytext::engine::{load_embedder, load_generator};
 
 fn request(prompt: &str, max_new_tokens: usize) -> GenerateRequest {
-    GenerateRequest { prompt: prompt.into(), seed: 42, max_new_tokens, stop: vec![], sampling: Sampling::default() }
+    GenerateRequest {
+        prompt: prompt.into(),
+        messages: Vec::new(),
+        raw: false,
+        seed: 42,
+        max_new_tokens,
+        stop: vec![],
+        sampling: Sampling::default(),
+    }
 }
 
 #[test]
@@ -19,7 +27,11 @@ fn greedy_ids_match_onnxruntime_python_reference() {
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
         let input_ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
-        assert_eq!(generator.prompt_ids(prompt).unwrap(), input_ids, "prompt ids for {prompt:?}");
+        assert_eq!(generator.prompt_ids(&request(prompt, 1)).unwrap(), input_ids, "prompt ids for {prompt:?}");
+        // The same prompt as a one-message conversation renders to the same tokens.
+        let user = ChatMessage { role: "user".into(), content: prompt.into() };
+        let chat = GenerateRequest { prompt: String::new(), messages: vec![user], ..request("", 1) };
+        assert_eq!(generator.prompt_ids(&chat).unwrap(), input_ids, "chat ids for {prompt:?}");
         let expected: Vec<u32> = serde_json::from_value(case["greedy_ids"].clone()).unwrap();
         let max = case["max_new_tokens"].as_u64().unwrap() as usize;
         let generation = generator.generate(&request(prompt, max)).unwrap();

@@ -144,6 +144,9 @@ struct GenerateArgs {
     /// Print a JSON object with the text, token ids, model digest and timings.
     #[arg(long)]
     json: bool,
+    /// Use the prompt verbatim, without the model's chat template (a plain completion).
+    #[arg(long)]
+    raw: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -308,6 +311,8 @@ fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
         top_k: args.top_k,
         top_p: args.top_p,
         model: args.model,
+        raw: args.raw,
+        messages: Vec::new(),
     };
     let started = Instant::now();
     let stream = !args.json;

@@ -24,7 +24,8 @@ struct Cli {
     /// Configuration file (default: $STEADYTEXT_CONFIG, else /etc/steadytext/steadytext.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Listen on unix:PATH or tcp:HOST:PORT (repeatable) when not socket-activated.
+    /// Listen on unix:PATH or tcp:HOST:PORT (JSON-RPC), http:HOST:PORT or http+unix:PATH (HTTP), repeatable,
+    /// when not socket-activated.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
     /// Exit after this many seconds without clients (overrides daemon.idle_exit_secs).
@@ -72,12 +73,12 @@ fn start(cli: Cli) -> Result<()> {
     }
     if listeners.is_empty() {
         let targets = if cli.listen.is_empty() {
-            vec![Target::Unix(config.daemon.socket.clone())]
+            vec![(listen::Protocol::JsonRpc, Target::Unix(config.daemon.socket.clone()))]
         } else {
-            cli.listen.iter().map(|s| Target::parse(s).map_err(anyhow::Error::msg)).collect::<Result<_>>()?
+            cli.listen.iter().map(|s| listen::parse(s)).collect::<Result<_>>()?
         };
-        for target in &targets {
-            listeners.push(listen::bind(target)?);
+        for (protocol, target) in &targets {
+            listeners.push(listen::bind(*protocol, target)?);
         }
     } else if !cli.listen.is_empty() {
         bail!("--listen given but systemd passed sockets; drop --listen or start without socket activation");

@@ -258,7 +258,15 @@ mod tests {
     }
 
     fn request() -> GenerateRequest {
-        GenerateRequest { prompt: "p".into(), seed: 1, max_new_tokens: 4, stop: vec![], sampling: Default::default() }
+        GenerateRequest {
+            prompt: "p".into(),
+            messages: Vec::new(),
+            raw: false,
+            seed: 1,
+            max_new_tokens: 4,
+            stop: vec![],
+            sampling: Default::default(),
+        }
     }
 
     fn compute_answer() -> Result<GenerateResult> {

@@ -350,6 +350,8 @@ mod tests {
     fn request(prompt: &str) -> GenerateRequest {
         GenerateRequest {
             prompt: prompt.into(),
+            messages: Vec::new(),
+            raw: false,
             seed: 42,
             max_new_tokens: 8,
             stop: vec![],

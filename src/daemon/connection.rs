@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::protocol::wire::{self, Decoded, Incoming, Refused};
 use crate::protocol::{RpcError, MAX_LINE_BYTES, PIECE_NOTIFICATION};
 
-use super::methods::{self, Call};
+use super::methods::{self, Call, Sink};
 use super::peer::Peer;
 use super::state::Daemon;
 
@@ -168,7 +168,7 @@ impl<'a> Reply<'a> {
 }
 
 /// The `null` id, for answers to requests whose id could not be read.
-fn null_id() -> &'static RawValue {
+pub(crate) fn null_id() -> &'static RawValue {
     static NULL: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
     NULL.get_or_init(|| RawValue::from_string("null".into()).expect("null is JSON"))
 }
@@ -211,21 +211,15 @@ async fn handle<'l>(
     if !session.authenticated && request.method != "auth" {
         return Some(Reply::error(id.unwrap_or(null_id()), &Error::Unauthorized(AUTH_FIRST.into())));
     }
-    let request_id = daemon.next_request_id();
-    let mut call = Call { daemon, id: id.unwrap_or(null_id()), out, peer: session.peer, served: Served::default() };
-    let result = methods::dispatch(&mut call, &request.method, request.params).await;
-    let Served { model, cached } = call.served;
-    let duration_ms = started.elapsed().as_secs_f64() * 1e3;
-    let method = &request.method;
-    match &result {
-        Ok(_) if cached || matches!(method.as_str(), "ping" | "status" | "metrics") => {
-            tracing::debug!(request_id, method = %method, duration_ms, cached, model, "request served")
-        }
-        Ok(_) => tracing::info!(request_id, method = %method, duration_ms, cached, model, "request served"),
-        Err(e) => tracing::warn!(request_id, method = %method, duration_ms, error = %e, "request failed"),
-    }
-    daemon.metrics().record(method, started.elapsed(), result.is_ok());
-    if method == "auth" {
+    let mut call = Call {
+        daemon,
+        id: id.unwrap_or(null_id()),
+        out: Sink::Line(out),
+        peer: session.peer,
+        served: Served::default(),
+    };
+    let result = methods::run(&mut call, &request.method, request.params, started).await;
+    if request.method == "auth" {
         session.authenticated = result.is_ok();
     }
     Some(Reply::new(id.or((!session.authenticated).then(null_id))?, result.as_ref().map(Value::clone)))

@@ -9,46 +9,74 @@ use anyhow::{bail, Context, Result};
 
 use crate::client::Target;
 
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// JSON-RPC lines (`docs/protocol.md`).
+    JsonRpc,
+    /// HTTP: the OpenAI-compatible front.
+    Http,
+}
+
+impl Protocol {
+    /// The protocol of a socket systemd passed, from its `FileDescriptorName=`: names starting
+    /// with `http` are HTTP.
+    fn of_fd_name(name: &str) -> Self {
+        if name.starts_with("http") {
+            Protocol::Http
+        } else {
+            Protocol::JsonRpc
+        }
+    }
+}
+
 /// A listening socket, still in blocking std form.
-pub enum StdListener {
-    /// A Unix stream socket; `path` is set when we bound it and must remove it at exit.
-    Unix {
-        /// The socket.
-        listener: std::os::unix::net::UnixListener,
-        /// Name for logs.
-        name: String,
-        /// The path we bound, removed at exit.
-        owned_path: Option<PathBuf>,
-    },
+pub enum Socket {
+    /// A Unix stream socket.
+    Unix(std::os::unix::net::UnixListener),
     /// A TCP socket.
-    Tcp {
-        /// The socket.
-        listener: std::net::TcpListener,
-        /// Name for logs.
-        name: String,
-    },
+    Tcp(std::net::TcpListener),
+}
+
+/// A listening socket with what it speaks.
+pub struct StdListener {
+    /// The socket.
+    pub socket: Socket,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// Name for logs: the systemd FileDescriptorName or the address.
+    pub name: String,
+    /// The socket file this process bound (removed at exit).
+    pub owned_path: Option<PathBuf>,
 }
 
 impl StdListener {
     /// The socket file this process bound (and removes at exit), if any.
     pub fn owned_path(&self) -> Option<&Path> {
-        match self {
-            StdListener::Unix { owned_path, .. } => owned_path.as_deref(),
-            StdListener::Tcp { .. } => None,
-        }
+        self.owned_path.as_deref()
     }
 
     /// Whether this is a TCP socket.
     pub fn is_tcp(&self) -> bool {
-        matches!(self, StdListener::Tcp { .. })
+        matches!(self.socket, Socket::Tcp(_))
     }
+}
 
-    /// A name for logs: the systemd FileDescriptorName or the address.
-    pub fn name(&self) -> &str {
-        match self {
-            StdListener::Unix { name, .. } | StdListener::Tcp { name, .. } => name,
-        }
+/// Parses a `--listen` address: `unix:PATH`, `tcp:HOST:PORT` (JSON-RPC), `http:HOST:PORT` or
+/// `http+unix:PATH` (HTTP).
+pub fn parse(spec: &str) -> Result<(Protocol, Target)> {
+    if let Some(path) = spec.strip_prefix("http+unix:") {
+        return Ok((Protocol::Http, Target::Unix(PathBuf::from(path))));
     }
+    if let Some(addr) = spec.strip_prefix("http:") {
+        let addr = addr.trim_start_matches("//");
+        if !addr.contains(':') {
+            bail!("{spec:?}: an HTTP address needs a port, as in http:127.0.0.1:5558");
+        }
+        return Ok((Protocol::Http, Target::Tcp(addr.to_string())));
+    }
+    let target = Target::parse(spec).map_err(anyhow::Error::msg)?;
+    Ok((Protocol::JsonRpc, target))
 }
 
 fn socket_domain(fd: RawFd) -> std::io::Result<i32> {
@@ -78,23 +106,30 @@ pub unsafe fn from_systemd() -> Result<Vec<StdListener>> {
         let domain = socket_domain(fd).with_context(|| format!("passed fd {fd} ({name}) is not a socket"))?;
         // SAFETY: systemd passed us ownership of this descriptor.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        match domain {
-            libc::AF_UNIX => out.push(StdListener::Unix { listener: owned.into(), name, owned_path: None }),
-            libc::AF_INET | libc::AF_INET6 => out.push(StdListener::Tcp { listener: owned.into(), name }),
+        let socket = match domain {
+            libc::AF_UNIX => Socket::Unix(owned.into()),
+            libc::AF_INET | libc::AF_INET6 => Socket::Tcp(owned.into()),
             other => bail!("passed socket {name} has unsupported address family {other}"),
-        }
+        };
+        out.push(StdListener { socket, protocol: Protocol::of_fd_name(&name), name, owned_path: None });
     }
     Ok(out)
 }
 
-/// Binds `target` by hand.
-pub fn bind(target: &Target) -> Result<StdListener> {
+/// Binds `target` by hand, to speak `protocol`.
+pub fn bind(protocol: Protocol, target: &Target) -> Result<StdListener> {
+    let scheme = if protocol == Protocol::Http { "http+" } else { "" };
     match target {
-        Target::Unix(path) => bind_unix(path),
+        Target::Unix(path) => {
+            let (listener, name) = bind_unix(path)?;
+            let name = format!("{scheme}{name}");
+            Ok(StdListener { socket: Socket::Unix(listener), protocol, name, owned_path: Some(path.to_path_buf()) })
+        }
         Target::Tcp(addr) => {
             let listener = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("cannot listen on tcp:{addr} (is another daemon serving it?)"))?;
-            Ok(StdListener::Tcp { listener, name: format!("tcp:{addr}") })
+            let name = if protocol == Protocol::Http { format!("http:{addr}") } else { format!("tcp:{addr}") };
+            Ok(StdListener { socket: Socket::Tcp(listener), protocol, name, owned_path: None })
         }
         Target::Tls(addr) => bail!(
             "--listen tls:{addr}: listen with tcp:{addr}; TCP listeners speak TLS when [daemon] tls_cert_file and \
@@ -103,7 +138,7 @@ pub fn bind(target: &Target) -> Result<StdListener> {
     }
 }
 
-fn bind_unix(path: &Path) -> Result<StdListener> {
+fn bind_unix(path: &Path) -> Result<(std::os::unix::net::UnixListener, String)> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => {
             bail!("refusing to listen on {}: it is a symbolic link; remove it or choose another path", path.display())
@@ -123,7 +158,7 @@ fn bind_unix(path: &Path) -> Result<StdListener> {
         std::os::unix::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set permissions of {}", path.display()))?;
-    Ok(StdListener::Unix { listener, name: format!("unix:{}", path.display()), owned_path: Some(path.to_path_buf()) })
+    Ok((listener, format!("unix:{}", path.display())))
 }
 
 #[cfg(test)]
@@ -136,18 +171,18 @@ mod tests {
         let sock = dir.path().join("s.sock");
         let link = dir.path().join("link.sock");
         std::os::unix::fs::symlink(&sock, &link).unwrap();
-        let err = bind(&Target::Unix(link)).err().unwrap().to_string();
+        let err = bind(Protocol::JsonRpc, &Target::Unix(link)).err().unwrap().to_string();
         assert!(err.contains("symbolic link"), "{err}");
 
-        let live = bind(&Target::Unix(sock.clone())).unwrap();
-        let err = bind(&Target::Unix(sock.clone())).err().unwrap().to_string();
+        let live = bind(Protocol::JsonRpc, &Target::Unix(sock.clone())).unwrap();
+        let err = bind(Protocol::JsonRpc, &Target::Unix(sock.clone())).err().unwrap().to_string();
         assert!(err.contains("live daemon"), "{err}");
         drop(live); // leaves a stale socket file behind
         assert!(sock.exists());
-        bind(&Target::Unix(sock.clone())).expect("stale socket is replaced");
+        bind(Protocol::JsonRpc, &Target::Unix(sock.clone())).expect("stale socket is replaced");
 
         let plain = dir.path().join("plain");
         std::fs::write(&plain, b"x").unwrap();
-        assert!(bind(&Target::Unix(plain)).is_err());
+        assert!(bind(Protocol::JsonRpc, &Target::Unix(plain)).is_err());
     }
 }

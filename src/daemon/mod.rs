@@ -3,6 +3,7 @@
 //! in its own file under `methods/`, scheduling in [`scheduler`], shared state in `state`.
 
 mod connection;
+mod http;
 pub mod listen;
 mod methods;
 pub mod metrics;
@@ -25,7 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::ApiKey;
 use crate::cache::{Cache, SharedCache};
 use crate::config::Config;
-use listen::StdListener;
+use listen::{Protocol, Socket, StdListener};
 use peer::Peer;
 use registry::Registry;
 use scheduler::Loader;
@@ -64,8 +65,13 @@ pub async fn run(options: Options) -> Result<()> {
         .map(tokio_rustls::TlsAcceptor::from);
     check_tcp_listeners(&options.listeners, api_key.is_some(), tls.is_some())?;
     let started = std::time::Instant::now();
+    // The HTTP front answers from the start (503 while loading); JSON-RPC once loaded.
+    let front = http::Front::new(config.clone());
+    let (web, rpc): (Vec<_>, Vec<_>) = options.listeners.into_iter().partition(|l| l.protocol == Protocol::Http);
+    let mut owned_paths = listen(&Server::Http(front.clone()), web, tls.clone())?;
     let daemon = load(config.clone(), api_key).await?;
-    let owned_paths = listen(&daemon, options.listeners, tls)?;
+    front.serve(daemon.clone());
+    owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls)?);
     tracing::info!(load_ms = started.elapsed().as_millis() as u64, "ready");
     notify::ready(&daemon.status_line());
     // Background tasks run until `stopped` (after the drain and the last snapshot).
@@ -92,7 +98,7 @@ pub async fn run(options: Options) -> Result<()> {
             }
         }
     };
-    drain(&daemon, why).await;
+    drain(&daemon, &front, why).await;
     stopped.cancel();
     background.close();
     background.wait().await;
@@ -130,27 +136,65 @@ async fn load(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon
     Ok(Daemon::new(config, registry, cache, api_key))
 }
 
+/// What serves a listener's connections.
+enum Server {
+    /// JSON-RPC lines.
+    Rpc(Arc<Daemon>),
+    /// The HTTP front.
+    Http(Arc<http::Front>),
+}
+
+impl Server {
+    /// Serves one accepted connection once `setup` (a TLS handshake or nothing) gives it.
+    fn spawn<S, F>(&self, setup: F, peer: Peer)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
+        F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+    {
+        match self {
+            Server::Rpc(daemon) => connection::spawn(daemon, setup, peer),
+            Server::Http(front) => front.spawn_connection(setup, peer),
+        }
+    }
+
+    /// Cancelled when accepting must stop.
+    fn shutdown(&self) -> CancellationToken {
+        match self {
+            Server::Rpc(daemon) => daemon.shutdown().clone(),
+            Server::Http(front) => front.shutdown().clone(),
+        }
+    }
+
+    fn clone(&self) -> Self {
+        match self {
+            Server::Rpc(daemon) => Server::Rpc(daemon.clone()),
+            Server::Http(front) => Server::Http(front.clone()),
+        }
+    }
+}
+
 /// Starts an accept loop per listener (TCP ones speak TLS when `tls` is set); returns the
 /// socket files to remove at exit.
 fn listen(
-    daemon: &Arc<Daemon>,
+    server: &Server,
     listeners: Vec<StdListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> Result<Vec<PathBuf>> {
     let mut owned_paths = Vec::new();
     for listener in listeners {
-        tracing::info!(listener = listener.name(), tls = tls.is_some() && listener.is_tcp(), "listening");
-        match listener {
-            StdListener::Unix { listener, owned_path, .. } => {
+        let tls = tls.clone().filter(|_| listener.is_tcp());
+        tracing::info!(listener = %listener.name, tls = tls.is_some(), "listening");
+        owned_paths.extend(listener.owned_path);
+        match listener.socket {
+            Socket::Unix(listener) => {
                 listener.set_nonblocking(true)?;
                 let listener = Arc::new(tokio::net::UnixListener::from_std(listener)?);
-                owned_paths.extend(owned_path);
-                spawn_accept_loop(daemon, move || {
+                spawn_accept_loop(server, move || {
                     let l = listener.clone();
                     async move { unix_peer(l.accept().await?.0) }
                 });
             }
-            StdListener::Tcp { listener, .. } => {
+            Socket::Tcp(listener) => {
                 listener.set_nonblocking(true)?;
                 let listener = Arc::new(tokio::net::TcpListener::from_std(listener)?);
                 let accept = move || {
@@ -161,12 +205,12 @@ fn listen(
                         Ok((s, Peer::Remote(addr.ip())))
                     }
                 };
-                match tls.clone() {
-                    None => spawn_accept_loop(daemon, move || {
+                match tls {
+                    None => spawn_accept_loop(server, move || {
                         let accepted = accept();
                         async move { accepted.await.map(|(s, peer)| (std::future::ready(Ok(s)), peer)) }
                     }),
-                    Some(acceptor) => spawn_accept_loop(daemon, move || {
+                    Some(acceptor) => spawn_accept_loop(server, move || {
                         let (accepted, acceptor) = (accept(), acceptor.clone());
                         async move { accepted.await.map(|(s, peer)| (acceptor.accept(s), peer)) }
                     }),
@@ -179,12 +223,17 @@ fn listen(
 
 /// Shutdown: no new requests, in-flight ones finish (or are aborted after the timeout), then
 /// the last snapshot.
-async fn drain(daemon: &Arc<Daemon>, why: &str) {
+async fn drain(daemon: &Arc<Daemon>, front: &http::Front, why: &str) {
     let timeout = Duration::from_secs(daemon.config().daemon.shutdown_timeout_secs);
     tracing::info!(reason = why, in_flight = daemon.metrics().in_flight(), "stopping");
     notify::stopping(&format!("stopping ({why}): finishing in-flight requests"));
     daemon.begin_shutdown();
-    if tokio::time::timeout(timeout, daemon.drained()).await.is_err() {
+    front.begin_shutdown();
+    let drained = async {
+        daemon.drained().await;
+        front.drained().await;
+    };
+    if tokio::time::timeout(timeout, drained).await.is_err() {
         tracing::warn!(timeout_secs = timeout.as_secs(), "shutdown timeout: cancelling in-flight requests");
         daemon.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), daemon.drained()).await;
@@ -195,8 +244,8 @@ async fn drain(daemon: &Arc<Daemon>, why: &str) {
 /// Refuses TCP listeners the daemon cannot guard: without an API key, or on a non-loopback
 /// address without TLS (keys and answers would cross the network in clear text).
 fn check_tcp_listeners(listeners: &[StdListener], have_key: bool, have_tls: bool) -> Result<()> {
-    for listener in listeners {
-        let StdListener::Tcp { listener, name } = listener else { continue };
+    for StdListener { socket, name, .. } in listeners {
+        let Socket::Tcp(listener) = socket else { continue };
         let addr = listener.local_addr().with_context(|| format!("listener {name}"))?;
         if !addr.ip().is_loopback() && !have_tls {
             anyhow::bail!(
@@ -226,20 +275,21 @@ fn unix_peer(
 
 /// Accepts connections until shutdown begins; each one is set up (`Setup`: a TLS handshake or
 /// nothing) and served by its own task.
-fn spawn_accept_loop<S, Setup, F, Fut>(daemon: &Arc<Daemon>, mut accept: F)
+fn spawn_accept_loop<S, Setup, F, Fut>(server: &Server, mut accept: F)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
     Setup: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = std::io::Result<(Setup, Peer)>> + Send,
 {
-    let d = daemon.clone();
+    let server = server.clone();
+    let shutdown = server.shutdown();
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                _ = d.shutdown().cancelled() => break,
+                _ = shutdown.cancelled() => break,
                 r = accept() => match r {
-                    Ok((stream, peer)) => connection::spawn(&d, stream, peer),
+                    Ok((stream, peer)) => server.spawn(stream, peer),
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -367,7 +417,7 @@ mod tests {
         let daemon = Daemon::new(config, registry, SharedCache::new(None), None);
         let path = dir.join("d.sock");
         let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());
-        spawn_accept_loop(&daemon, move || {
+        spawn_accept_loop(&Server::Rpc(daemon.clone()), move || {
             let l = listener.clone();
             async move { unix_peer(l.accept().await?.0) }
         });

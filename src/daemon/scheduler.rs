@@ -143,6 +143,8 @@ impl Worker {
     }
 
     /// Queues a job without waiting; a full queue is refused at once with the jobs waiting.
+    /// (The refused job comes back whole, for a retry: boxing it would cost every submit.)
+    #[allow(clippy::result_large_err)]
     pub(crate) fn submit(&self, job: Job) -> std::result::Result<(), (Job, Option<usize>)> {
         self.queued.fetch_add(1, Ordering::Relaxed);
         self.tx.try_send(job).map_err(|e| {
@@ -204,7 +206,9 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
             Err(RecvTimeoutError::Disconnected) => return,
         };
         let mut large = match &job {
-            Job::Generate { request, .. } => request.prompt.len() > LARGE_JOB_BYTES,
+            Job::Generate { request, .. } => {
+                request.prompt.len() + request.messages.iter().map(|m| m.content.len()).sum::<usize>() > LARGE_JOB_BYTES
+            }
             Job::Embed { texts, .. } => texts.iter().map(String::len).sum::<usize>() > LARGE_JOB_BYTES,
             Job::Reload { .. } => true,
         };
@@ -400,7 +404,15 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn request(max_new_tokens: usize) -> GenerateRequest {
-        GenerateRequest { prompt: "p".into(), seed: 1, max_new_tokens, stop: vec![], sampling: Default::default() }
+        GenerateRequest {
+            prompt: "p".into(),
+            messages: Vec::new(),
+            raw: false,
+            seed: 1,
+            max_new_tokens,
+            stop: vec![],
+            sampling: Default::default(),
+        }
     }
 
     fn generate_job(

@@ -17,11 +17,31 @@ pub const MAX_STOP_STRINGS: usize = 16;
 /// but the request.
 pub const PREFILL_CHUNK: usize = 512;
 
-/// What to generate. Every field is part of the answer's identity.
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text of the turn.
+    pub content: String,
+}
+
+/// Roles a chat message may have.
+pub const CHAT_ROLES: [&str; 3] = ["system", "user", "assistant"];
+
+/// What to generate. Every field is part of the answer's identity (fields at their default are
+/// left out of the serialized form, so adding one keeps the keys of older requests).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateRequest {
-    /// The user prompt (the chat template wraps it).
+    /// The user prompt (the chat template wraps it); empty when `messages` is given.
     pub prompt: String,
+    /// A whole conversation for the chat template, instead of `prompt`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<ChatMessage>,
+    /// Use `prompt` verbatim, without the chat template (a plain completion).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw: bool,
     /// Seed; greedy decoding ignores it, sampling is keyed by it.
     pub seed: u64,
     /// Most tokens to generate.
@@ -43,6 +63,18 @@ impl GenerateRequest {
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(Error::InvalidRequest("stop strings must not be empty".into()));
+        }
+        if !self.messages.is_empty() && (!self.prompt.is_empty() || self.raw) {
+            return Err(Error::InvalidRequest(
+                "give either prompt or messages, not both (messages are never raw)".into(),
+            ));
+        }
+        if let Some(m) = self.messages.iter().find(|m| !CHAT_ROLES.contains(&m.role.as_str())) {
+            return Err(Error::InvalidRequest(format!(
+                "message role {:?} is not one of {}",
+                m.role,
+                CHAT_ROLES.join(", ")
+            )));
         }
         self.sampling.validate()
     }
@@ -93,9 +125,15 @@ impl<B: DecoderBackend> Generator<B> {
         Ok(Generator { backend, tokenizer, template, eos, model: model.to_string() })
     }
 
-    /// Renders and tokenizes the prompt.
-    pub fn prompt_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        let text = self.template.render_user(prompt)?;
+    /// Renders (unless raw) and tokenizes the request's prompt or conversation.
+    pub fn prompt_ids(&self, request: &GenerateRequest) -> Result<Vec<u32>> {
+        let text = if request.raw {
+            request.prompt.clone()
+        } else if request.messages.is_empty() {
+            self.template.render_user(&request.prompt)?
+        } else {
+            self.template.render(&request.messages)?
+        };
         let encoding = self
             .tokenizer
             .encode(text, false)
@@ -106,7 +144,7 @@ impl<B: DecoderBackend> Generator<B> {
     /// Starts a generation; the returned stream yields text pieces as they are decided.
     /// The request must have passed [`GenerateRequest::validate`] (the protocol edge does it).
     pub fn stream(&mut self, request: &GenerateRequest) -> Result<GenerationStream<'_, B>> {
-        let prompt = self.prompt_ids(&request.prompt)?;
+        let prompt = self.prompt_ids(request)?;
         let context = self.backend.context_length();
         if prompt.len() >= context {
             return Err(Error::InvalidRequest(format!(
@@ -397,6 +435,8 @@ mod tests {
     fn run(g: &mut Generator<Scripted>, max_new_tokens: usize, stop: &[&str]) -> (Vec<String>, Generation) {
         let request = GenerateRequest {
             prompt: "prompt".into(),
+            messages: Vec::new(),
+            raw: false,
             seed: 0,
             max_new_tokens,
             stop: stop.iter().map(|s| s.to_string()).collect(),
@@ -443,6 +483,8 @@ mod tests {
         let mut g = generator("x", true, 6);
         let request = GenerateRequest {
             prompt: "prompt".into(),
+            messages: Vec::new(),
+            raw: false,
             seed: 0,
             max_new_tokens: 4,
             stop: vec![],

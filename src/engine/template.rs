@@ -3,6 +3,7 @@
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde_json::Value;
 
+use crate::engine::generate::ChatMessage;
 use crate::error::{Error, Result};
 use crate::model::ModelFiles;
 
@@ -74,13 +75,27 @@ impl ChatTemplate {
     /// Renders one user message with the generation prompt appended.
     pub fn render_user(&self, prompt: &str) -> Result<String> {
         let Some(env) = &self.env else { return Ok(prompt.to_string()) };
+        Self::render_with(env, self, vec![context! { role => "user", content => prompt }])
+    }
+
+    /// Renders a conversation with the generation prompt appended; without a template, the
+    /// turns' texts joined by newlines.
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String> {
+        let Some(env) = &self.env else {
+            return Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"));
+        };
+        let turns = messages.iter().map(|m| context! { role => &m.role, content => &m.content }).collect();
+        Self::render_with(env, self, turns)
+    }
+
+    fn render_with(env: &Environment<'static>, tokens: &Self, messages: Vec<minijinja::Value>) -> Result<String> {
         let template = env.get_template("chat").map_err(|e| Error::InvalidRequest(e.to_string()))?;
         template
             .render(context! {
-                messages => vec![context! { role => "user", content => prompt }],
+                messages => messages,
                 add_generation_prompt => true,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
+                bos_token => &tokens.bos_token,
+                eos_token => &tokens.eos_token,
             })
             .map_err(|e| Error::InvalidRequest(format!("chat template failed: {e}")))
     }

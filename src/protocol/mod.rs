@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{Config, Limits};
-use crate::engine::generate::{GenerateRequest, Generation};
+use crate::engine::generate::{ChatMessage, GenerateRequest, Generation};
 use crate::engine::sampler::Sampling;
 use crate::error::{Error, Result};
 
@@ -166,8 +166,16 @@ pub struct Piece {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateParams {
-    /// The user prompt.
+    /// The user prompt (or `messages`).
+    #[serde(default)]
     pub prompt: String,
+    /// A conversation (`role`: system, user or assistant; `content`), rendered by the model's
+    /// chat template, instead of `prompt`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<ChatMessage>,
+    /// Use `prompt` verbatim, without the chat template.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub raw: bool,
     /// Seed (default: the configured default seed, 42).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
@@ -194,7 +202,12 @@ pub struct GenerateParams {
 impl GenerateParams {
     /// Applies defaults and limits, giving the engine's request.
     pub fn to_request(&self, config: &Config) -> Result<GenerateRequest> {
+        if self.prompt.is_empty() && self.messages.is_empty() {
+            return Err(Error::InvalidRequest("give a prompt (or messages)".into()));
+        }
         check_input(&config.limits, "prompt", &self.prompt)?;
+        let conversation: usize = self.messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+        check_input_len(&config.limits, "the messages", conversation)?;
         let max_new_tokens = self.max_new_tokens.unwrap_or(config.max_new_tokens);
         if max_new_tokens > config.limits.max_new_tokens {
             return Err(Error::InvalidRequest(format!(
@@ -205,8 +218,15 @@ impl GenerateParams {
         for s in &self.stop {
             check_input(&config.limits, "stop string", s)?;
         }
+        // A conversation of one user turn is that prompt (it renders the same): one cache entry.
+        let (prompt, messages) = match self.messages.as_slice() {
+            [only] if only.role == "user" && self.prompt.is_empty() => (only.content.clone(), Vec::new()),
+            _ => (self.prompt.clone(), self.messages.clone()),
+        };
         let request = GenerateRequest {
-            prompt: self.prompt.clone(),
+            prompt,
+            messages,
+            raw: self.raw,
             seed: self.seed.unwrap_or(config.default_seed),
             max_new_tokens,
             stop: self.stop.clone(),
@@ -277,10 +297,13 @@ pub struct EmbedResult {
 }
 
 fn check_input(limits: &Limits, what: &str, text: &str) -> Result<()> {
-    if text.len() > limits.max_input_bytes {
+    check_input_len(limits, what, text.len())
+}
+
+fn check_input_len(limits: &Limits, what: &str, len: usize) -> Result<()> {
+    if len > limits.max_input_bytes {
         return Err(Error::InvalidRequest(format!(
-            "{what} is {} bytes; this server's limit is {} bytes",
-            text.len(),
+            "{what} is {len} bytes; this server's limit is {} bytes",
             limits.max_input_bytes
         )));
     }
@@ -324,6 +347,34 @@ mod tests {
         let e = EmbedParams { texts: vec![String::new(); 1000], model: None };
         assert!(e.validate(&config.limits).is_err());
         assert!(EmbedParams::default().validate(&config.limits).is_err());
+    }
+
+    #[test]
+    fn conversations_are_checked_and_one_user_turn_is_its_prompt() {
+        let config = Config::default();
+        let turn = |role: &str, content: &str| ChatMessage { role: role.into(), content: content.into() };
+        let one = GenerateParams { messages: vec![turn("user", "hi")], ..Default::default() };
+        let plain = GenerateParams { prompt: "hi".into(), ..Default::default() };
+        assert_eq!(one.to_request(&config).unwrap(), plain.to_request(&config).unwrap());
+        let two =
+            GenerateParams { messages: vec![turn("system", "be brief"), turn("user", "hi")], ..Default::default() };
+        let request = two.to_request(&config).unwrap();
+        assert_eq!((request.prompt.as_str(), request.messages.len()), ("", 2));
+        assert_ne!(
+            crate::cache::generation_key("d", &request),
+            crate::cache::generation_key("d", &plain.to_request(&config).unwrap())
+        );
+        let bad_role = GenerateParams { messages: vec![turn("tool", "x"), turn("user", "y")], ..Default::default() };
+        assert!(bad_role.to_request(&config).unwrap_err().to_string().contains("role"));
+        let both = GenerateParams { prompt: "p".into(), ..two.clone() };
+        assert!(both.to_request(&config).unwrap_err().to_string().contains("not both"));
+        assert!(GenerateParams::default().to_request(&config).unwrap_err().to_string().contains("prompt"));
+        // raw is part of the answer's identity.
+        let raw = GenerateParams { raw: true, ..plain.clone() }.to_request(&config).unwrap();
+        assert_ne!(
+            crate::cache::generation_key("d", &raw),
+            crate::cache::generation_key("d", &plain.to_request(&config).unwrap())
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 use super::connection::{Out, Served};
+use super::http::BodySink;
 use super::state::Daemon;
 
 /// How often a request waiting for a worker checks whether its client hung up.
@@ -29,12 +30,46 @@ pub(crate) struct Call<'a> {
     pub(crate) daemon: &'a Daemon,
     /// The request's id, as sent.
     pub(crate) id: &'a serde_json::value::RawValue,
-    /// The connection's writing side.
-    pub(crate) out: &'a mut Out,
+    /// Where stream pieces go.
+    pub(crate) out: Sink<'a>,
     /// Who sent the request.
     pub(crate) peer: super::peer::Peer,
     /// Filled in by the method.
     pub(crate) served: Served,
+}
+
+/// Where a method's stream pieces go, and how it learns that its client left.
+pub(crate) enum Sink<'a> {
+    /// A JSON-RPC connection: pieces are `generate.piece` notifications.
+    Line(&'a mut Out),
+    /// An HTTP response body (server-sent events or NDJSON).
+    Body(&'a mut BodySink),
+}
+
+impl Sink<'_> {
+    /// Sends one piece of the request `id`; fails when the client stopped reading.
+    pub(crate) async fn piece(&mut self, id: &serde_json::value::RawValue, text: String) -> std::io::Result<()> {
+        match self {
+            Sink::Line(out) => out.piece(id, text).await,
+            Sink::Body(body) => body.piece(text).await,
+        }
+    }
+
+    /// Whether a piece could not be delivered (the request is then cancelled).
+    pub(crate) fn is_broken(&self) -> bool {
+        match self {
+            Sink::Line(out) => out.is_broken(),
+            Sink::Body(body) => body.is_broken(),
+        }
+    }
+
+    /// Whether the client has gone.
+    pub(crate) fn peer_gone(&self) -> bool {
+        match self {
+            Sink::Line(out) => out.peer_gone(),
+            Sink::Body(body) => body.is_closed(),
+        }
+    }
 }
 
 /// Parses a method's params, which must be an object (serde would read an array positionally);
@@ -78,6 +113,24 @@ methods! {
     "cache.stats" => cache::stats,
     "cache.clear" => cache::clear,
     "cache.snapshot" => cache::snapshot,
+}
+
+/// Runs the method `name` for a JSON-RPC or HTTP client, with its log line and metrics;
+/// `started` is when the request arrived.
+pub(crate) async fn run(call: &mut Call<'_>, name: &str, params: Value, started: std::time::Instant) -> Result<Value> {
+    let request_id = call.daemon.next_request_id();
+    let result = dispatch(call, name, params).await;
+    let Served { model, cached } = &call.served;
+    let duration_ms = started.elapsed().as_secs_f64() * 1e3;
+    match &result {
+        Ok(_) if *cached || matches!(name, "ping" | "status" | "metrics") => {
+            tracing::debug!(request_id, method = %name, duration_ms, cached, model, "request served")
+        }
+        Ok(_) => tracing::info!(request_id, method = %name, duration_ms, cached, model, "request served"),
+        Err(e) => tracing::warn!(request_id, method = %name, duration_ms, error = %e, "request failed"),
+    }
+    call.daemon.metrics().record(name, started.elapsed(), result.is_ok());
+    result
 }
 
 /// Params of methods that take none (anything given is ignored, as before version 1 had them).

@@ -1,0 +1,461 @@
+//! The HTTP front (hyper + axum on the daemon's runtime): OpenAI-compatible routes in
+//! [`openai`], health, Prometheus metrics, and steadytext's own methods as JSON-RPC over HTTP
+//! (`POST /v1/rpc`). Every route runs the same methods as the JSON-RPC listeners (same
+//! validation, cache, log lines and metrics), so the answers are the same bytes.
+//!
+//! The front starts before the models load and answers 503 until they are, and again once
+//! shutdown begins. Over TCP every route but `/health` needs `Authorization: Bearer KEY`.
+
+mod openai;
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, State};
+use axum::http::{header, request::Parts, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::connection::{null_id, Served};
+use super::methods::{self, Call, Sink};
+use super::peer::Peer;
+use super::state::Daemon;
+use crate::config::Config;
+use crate::error::Error;
+use crate::protocol::{codes, RpcError, MAX_LINE_BYTES};
+
+/// Largest request head (request line and headers) a client may send.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Largest request body, the same bound as a JSON-RPC line.
+const MAX_BODY_BYTES: usize = MAX_LINE_BYTES;
+
+/// Stream events buffered per request before the sender waits for the client.
+const EVENTS_BUFFERED: usize = 64;
+
+/// The HTTP front's shared state.
+pub(crate) struct Front {
+    daemon: OnceLock<Arc<Daemon>>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+    connections: TaskTracker,
+}
+
+impl Front {
+    /// A front that answers 503 until [`Front::serve`] hands it the loaded daemon.
+    pub(crate) fn new(config: Arc<Config>) -> Arc<Self> {
+        Arc::new(Front {
+            daemon: OnceLock::new(),
+            config,
+            shutdown: CancellationToken::new(),
+            connections: TaskTracker::new(),
+        })
+    }
+
+    /// The models are loaded: requests are served from now on.
+    pub(crate) fn serve(&self, daemon: Arc<Daemon>) {
+        let _ = self.daemon.set(daemon);
+    }
+
+    /// Shutdown began: `/health` says so, idle connections close, new ones are not accepted.
+    pub(crate) fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Cancelled when shutdown begins.
+    pub(crate) fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Waits until every HTTP connection has closed.
+    pub(crate) async fn drained(&self) {
+        self.connections.close();
+        self.connections.wait().await;
+    }
+
+    /// The daemon, when it serves: not while loading or stopping.
+    fn ready(&self) -> Result<&Arc<Daemon>, ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown.into());
+        }
+        self.daemon.get().ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon is loading its models; try again shortly")
+                .retry_after(1)
+        })
+    }
+
+    /// Serves one accepted connection: `setup` (a TLS handshake or nothing) within the line
+    /// timeout, then HTTP/1.1 with bounded heads, until the client leaves or shutdown.
+    pub(crate) fn spawn_connection<S, F>(self: &Arc<Self>, setup: F, peer: Peer)
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
+    {
+        let front = self.clone();
+        self.connections.spawn(async move {
+            let daemon = front.daemon.get().cloned();
+            let _open = daemon.as_ref().map(|d| d.metrics().connection());
+            let admitted = daemon.as_ref().map(|d| d.admit(&peer)).transpose();
+            let timeout = Duration::from_secs(front.config.daemon.line_timeout_secs);
+            let Ok(Ok(mut stream)) = tokio::time::timeout(timeout, setup).await else { return };
+            let _slots = match admitted {
+                Ok(slots) => slots,
+                Err(refusal) => return refuse(&mut stream, ApiError::from(refusal)).await,
+            };
+            if let Some(d) = &daemon {
+                d.touch();
+            }
+            let router = router(front.clone());
+            let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer);
+                let router = router.clone();
+                async move { Ok::<_, Infallible>(tower::ServiceExt::oneshot(router, request).await.into_response()) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(timeout).max_buf_size(MAX_HEAD_BYTES);
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = front.shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            if let Some(d) = &daemon {
+                d.touch();
+            }
+        });
+    }
+}
+
+/// Answers a connection over the limits with one response, then closes it.
+async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, error: ApiError) {
+    let body = error.body().to_string();
+    let head = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n",
+        error.status.as_u16(),
+        error.status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+fn router(front: Arc<Front>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/rpc", post(rpc))
+        .route("/v1/cache/stats", get(cache_stats))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "no such route; see docs/http.md").kind("not_found")
+        })
+        .with_state(front)
+}
+
+/// `GET /health`: 200 while serving, 503 while loading or stopping (no key needed).
+async fn health(State(front): State<Arc<Front>>) -> Response {
+    let (status, state) = if front.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "stopping")
+    } else if front.daemon.get().is_none() {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    (status, axum::Json(json!({ "status": state }))).into_response()
+}
+
+/// `GET /metrics`: the Prometheus text of the `metrics` method.
+async fn metrics(ready: Ready) -> Result<Response, ApiError> {
+    let text: String = ready.call("metrics", Value::Null).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+/// `GET /v1/cache/stats`: the `cache.stats` method.
+async fn cache_stats(ready: Ready) -> Result<Response, ApiError> {
+    let stats: Value = ready.call("cache.stats", Value::Null).await?;
+    Ok(axum::Json(stats).into_response())
+}
+
+/// `POST /v1/rpc`: one JSON-RPC request in the body; the answer is NDJSON: a streaming
+/// method's `generate.piece` notifications, then the response line, as on the socket.
+async fn rpc(ready: Ready, body: Body) -> Result<Response, ApiError> {
+    let request: crate::protocol::Request = read_json(body, &ready.daemon).await?;
+    if request.jsonrpc != "2.0" {
+        return Err(Error::InvalidRequest("jsonrpc must be \"2.0\"".into()).into());
+    }
+    let id = request.id.clone().unwrap_or(Value::Null);
+    let events = ready.start(&request.method, request.params);
+    let line = move |value: Value| {
+        let mut bytes = serde_json::to_vec(&value).unwrap_or_default();
+        bytes.push(b'\n');
+        Bytes::from(bytes)
+    };
+    let frames = event_stream(None, events, move |event| match event {
+        Event::Piece(text) => vec![line(json!({"jsonrpc": "2.0", "method": crate::protocol::PIECE_NOTIFICATION,
+                                               "params": {"id": id, "text": text}}))],
+        Event::Done(Ok(result)) => vec![line(json!({"jsonrpc": "2.0", "result": result, "id": id}))],
+        Event::Done(Err(error)) => vec![line(json!({"jsonrpc": "2.0", "error": error, "id": id}))],
+    });
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(frames)).into_response())
+}
+
+/// What a running method sends to its HTTP response.
+pub(crate) enum Event {
+    /// A stream piece.
+    Piece(String),
+    /// The method's result.
+    Done(Result<Value, RpcError>),
+}
+
+/// The [`Sink`] of a method run for an HTTP request: pieces go to its response body through a
+/// bounded channel; a client that leaves them unread for `send_timeout_secs`, or hangs up,
+/// cancels the request.
+pub(crate) struct BodySink {
+    events: mpsc::Sender<Event>,
+    deadline: Duration,
+    broken: bool,
+}
+
+impl BodySink {
+    /// Queues a piece for the response body.
+    pub(crate) async fn piece(&mut self, text: String) -> std::io::Result<()> {
+        if self.broken {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        }
+        let sent = tokio::time::timeout(self.deadline, self.events.send(Event::Piece(text))).await;
+        self.broken = !matches!(sent, Ok(Ok(())));
+        match sent {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::ErrorKind::BrokenPipe.into()),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the HTTP client stopped reading")),
+        }
+    }
+
+    /// Whether a piece could not be delivered.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Whether the response (and so the client) is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.events.is_closed()
+    }
+}
+
+/// A request that may be served: the daemon is loaded and not stopping, and a TCP client
+/// presented the API key.
+pub(crate) struct Ready {
+    daemon: Arc<Daemon>,
+    peer: Peer,
+}
+
+impl FromRequestParts<Arc<Front>> for Ready {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, front: &Arc<Front>) -> Result<Self, ApiError> {
+        let daemon = front.ready()?.clone();
+        let peer = *parts.extensions.get::<Peer>().ok_or_else(|| ApiError::internal("no peer on the request"))?;
+        if peer.is_tcp() {
+            let given = parts
+                .headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let valid = match (daemon.api_key(), given) {
+                (Some(key), Some(given)) => key.verify(given.trim()),
+                _ => false,
+            };
+            if !valid {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing or wrong API key: send `Authorization: Bearer KEY` with the daemon's key",
+                )
+                .kind("invalid_request_error")
+                .code("invalid_api_key"));
+            }
+        }
+        Ok(Ready { daemon, peer })
+    }
+}
+
+impl Ready {
+    /// Runs `method` in its own task (tracked for the drain); its pieces and then its result
+    /// arrive as events. The method is cancelled when the receiver is dropped.
+    fn start(&self, method: &str, params: Value) -> mpsc::Receiver<Event> {
+        let (events, receiver) = mpsc::channel(EVENTS_BUFFERED);
+        let deadline = Duration::from_secs(self.daemon.config().daemon.send_timeout_secs);
+        let (daemon, peer, method) = (self.daemon.clone(), self.peer, method.to_string());
+        self.daemon.track(async move {
+            let started = Instant::now();
+            let _busy = daemon.metrics().request();
+            let mut sink = BodySink { events: events.clone(), deadline, broken: false };
+            let mut call =
+                Call { daemon: &daemon, id: null_id(), out: Sink::Body(&mut sink), peer, served: Served::default() };
+            let result = methods::run(&mut call, &method, params, started).await;
+            let done = Event::Done(result.map_err(|e| RpcError::from(&e)));
+            let _ = tokio::time::timeout(deadline, events.send(done)).await;
+        });
+        receiver
+    }
+
+    /// Runs a method that does not stream and returns its typed result.
+    async fn call<R: DeserializeOwned>(&self, method: &str, params: Value) -> Result<R, ApiError> {
+        let mut events = self.start(method, params);
+        loop {
+            match events.recv().await {
+                Some(Event::Piece(_)) => continue,
+                Some(Event::Done(result)) => {
+                    return serde_json::from_value(result?).map_err(|e| ApiError::internal(&e.to_string()))
+                }
+                None => return Err(ApiError::internal("the request ended without a result")),
+            }
+        }
+    }
+}
+
+/// The response body of a running method: `first` (an event already taken) and then each
+/// event mapped to frames by `frame`, ending after its result.
+fn event_stream<F>(
+    first: Option<Event>,
+    events: mpsc::Receiver<Event>,
+    frame: F,
+) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> + Send
+where
+    F: FnMut(Event) -> Vec<Bytes> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    futures_util::stream::unfold((first, events, frame, false), |(first, mut events, mut frame, done)| async move {
+        if done {
+            return None;
+        }
+        let event = match first {
+            Some(event) => event,
+            None => events.recv().await?,
+        };
+        let last = matches!(event, Event::Done(_));
+        let frames = futures_util::stream::iter(frame(event).into_iter().map(Ok));
+        Some((frames, (None, events, frame, last)))
+    })
+    .flatten()
+}
+
+/// Reads a JSON body of at most [`MAX_BODY_BYTES`] within the line timeout.
+async fn read_json<T: DeserializeOwned>(body: Body, daemon: &Daemon) -> Result<T, ApiError> {
+    let timeout = Duration::from_secs(daemon.config().daemon.line_timeout_secs);
+    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("the request body did not arrive within {} s", timeout.as_secs()),
+            ))
+        }
+        Ok(Err(_)) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the request body is over {MAX_BODY_BYTES} bytes (or broken); split the request"),
+            ))
+        }
+        Ok(Ok(bytes)) => bytes,
+    };
+    serde_json::from_slice(&bytes).map_err(|e| Error::InvalidRequest(format!("invalid JSON body: {e}")).into())
+}
+
+/// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    code: Option<String>,
+    retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: &str) -> Self {
+        let kind = match status.as_u16() {
+            401 => "authentication_error",
+            429 => "rate_limit_error",
+            400..=499 => "invalid_request_error",
+            _ => "server_error",
+        };
+        ApiError { status, message: message.to_string(), kind, code: None, retry_after_secs: None }
+    }
+
+    fn internal(message: &str) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    fn kind(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    fn code(mut self, code: &str) -> Self {
+        self.code = Some(code.to_string());
+        self
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
+    }
+}
+
+/// The HTTP status of each JSON-RPC error code: the one mapping from the daemon's errors.
+impl From<RpcError> for ApiError {
+    fn from(e: RpcError) -> Self {
+        let status = match e.code {
+            codes::PARSE_ERROR | codes::INVALID_REQUEST | codes::INVALID_PARAMS => StatusCode::BAD_REQUEST,
+            codes::UNAUTHORIZED => StatusCode::UNAUTHORIZED,
+            codes::FORBIDDEN => StatusCode::FORBIDDEN,
+            codes::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
+            codes::TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            codes::OVERLOADED => StatusCode::TOO_MANY_REQUESTS,
+            codes::MODEL_NOT_LOADED | codes::SHUTTING_DOWN => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let retry_ms = e.data.as_ref().and_then(|d| d["retry_after_ms"].as_u64());
+        let mut error = ApiError::new(status, &e.message).code(&e.code.to_string());
+        error.retry_after_secs = retry_ms.map(|ms| ms.div_ceil(1000).max(1));
+        error
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::from(RpcError::from(&e))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
