@@ -79,7 +79,7 @@ install:
 	install -D -m 0755 target/release/steadytextd $(DESTDIR)$(PREFIX)/bin/steadytextd
 	install -D -m 0755 target/release/stctl $(DESTDIR)$(PREFIX)/bin/stctl
 	install -D -m 0644 .ort/libonnxruntime.so.$(ORT_VERSION) $(DESTDIR)$(PREFIX)/lib/steadytext/libonnxruntime.so.$(ORT_VERSION)
-	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext.service
+	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext.service
 	install -D -m 0644 packaging/steadytext.toml $(DESTDIR)$(SYSCONFDIR)/steadytext/steadytext.toml
 	install -D -m 0644 man/stctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/stctl.1
 	install -D -m 0644 man/steadytextd.8 $(DESTDIR)$(PREFIX)/share/man/man8/steadytextd.8
@@ -87,4 +87,4 @@ install:
 	install -D -m 0644 target/completions/stctl $(DESTDIR)$(PREFIX)/share/bash-completion/completions/stctl
 	install -D -m 0644 target/completions/_stctl $(DESTDIR)$(ZSH_COMPLETIONS)/_stctl
 	install -D -m 0644 target/completions/stctl.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/stctl.fish
-	install -D -m 0644 -t $(DESTDIR)$(DOCDIR) docs/protocol.md systemd/steadytext.service.d/cuda.conf.example systemd/steadytext.service.d/tcp.conf.example README.md
+	install -D -m 0644 -t $(DESTDIR)$(DOCDIR) docs/protocol.md docs/http.md systemd/steadytext.service.d/cuda.conf.example systemd/steadytext.service.d/tcp.conf.example README.md

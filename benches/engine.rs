@@ -51,6 +51,59 @@ impl Rpc {
     }
 }
 
+/// A kept-open HTTP/1.1 connection to the daemon's HTTP front.
+struct Http {
+    reader: BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+    key: String,
+}
+
+impl Http {
+    /// POSTs `body` to `path`; returns the time to the first body byte and to the whole answer.
+    fn post(&mut self, path: &str, body: &str) -> (Duration, Duration) {
+        let t = Instant::now();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.key,
+            body.len()
+        );
+        self.writer.write_all(head.as_bytes()).unwrap();
+        self.writer.write_all(body.as_bytes()).unwrap();
+        let (mut length, mut chunked) = (0usize, false);
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).unwrap();
+            let lower = line.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            chunked |= lower.starts_with("transfer-encoding: chunked");
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut first = None;
+        if chunked {
+            loop {
+                let mut size = String::new();
+                self.reader.read_line(&mut size).unwrap();
+                first.get_or_insert_with(|| t.elapsed());
+                let n = usize::from_str_radix(size.trim(), 16).unwrap();
+                let mut chunk = vec![0; n + 2];
+                std::io::Read::read_exact(&mut self.reader, &mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+            }
+        } else {
+            let mut answer = vec![0; length];
+            std::io::Read::read_exact(&mut self.reader, &mut answer).unwrap();
+        }
+        let whole = t.elapsed();
+        (first.unwrap_or(whole), whole)
+    }
+}
+
 fn main() {
     let config = config();
     println!(
@@ -104,9 +157,15 @@ fn main() {
     // Daemon round trip against direct execution, same requests.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("bench.sock");
+    let http_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let key = "bench-key-0123456789abcdef".to_string();
+    std::fs::write(dir.path().join("api-key"), &key).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_steadytextd"));
     cmd.arg("--listen")
         .arg(format!("unix:{}", socket.display()))
+        .arg("--listen")
+        .arg(format!("http:127.0.0.1:{http_port}"))
+        .env("STEADYTEXT_API_KEY_FILE", dir.path().join("api-key"))
         .env("STEADYTEXT_MODEL_DIR", &config.model_dir)
         .env("STATE_DIRECTORY", dir.path())
         .stderr(Stdio::null());
@@ -211,6 +270,56 @@ fn main() {
         "cached generate through the daemon: p50 {:.3} ms, p99 {:.3} ms (goal: p50 < 1 ms)",
         p(&cached, 0.5),
         p(&cached, 0.99)
+    );
+    // The same cached generation through the HTTP front (kept-open connection, loopback TCP).
+    let s = std::net::TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    let mut http = Http { reader: BufReader::new(s.try_clone().unwrap()), writer: s, key };
+    let completion = r#"{"model":"SmolLM2-135M-Instruct","prompt":"Cached prompt.","max_tokens":16}"#;
+    let rpc_body = cached_line;
+    http.post("/v1/completions", completion);
+    for (route, body) in [("/v1/rpc", rpc_body), ("/v1/completions", completion)] {
+        let times: Vec<f64> = (0..2000).map(|_| http.post(route, body).1.as_secs_f64() * 1e3).collect();
+        println!(
+            "cached generate through HTTP {route}: p50 {:.3} ms, p99 {:.3} ms (same answer as the JSON-RPC line above)",
+            p(&times, 0.5),
+            p(&times, 0.99)
+        );
+    }
+    // Streamed chat completions, uncached: time to the first server-sent event against the
+    // first piece over JSON-RPC.
+    let first_event: Vec<f64> = (0..10)
+        .map(|i| {
+            let body = format!(
+                r#"{{"model":"SmolLM2-135M-Instruct","messages":[{{"role":"user","content":"HTTP stream {i}"}}],"max_tokens":8,"stream":true}}"#
+            );
+            http.post("/v1/chat/completions", &body).0.as_secs_f64() * 1e3
+        })
+        .collect();
+    let first_piece: Vec<f64> = (0..10)
+        .map(|i| {
+            let line = format!(
+                r#"{{"jsonrpc":"2.0","method":"generate_stream","params":{{"prompt":"RPC stream {i}","max_new_tokens":8}},"id":9}}"#
+            );
+            let t = Instant::now();
+            rpc.writer.write_all(line.as_bytes()).unwrap();
+            rpc.writer.write_all(b"\n").unwrap();
+            let mut first = None;
+            loop {
+                let mut out = String::new();
+                rpc.reader.read_line(&mut out).unwrap();
+                first.get_or_insert_with(|| t.elapsed().as_secs_f64() * 1e3);
+                if !out.contains("generate.piece") {
+                    break;
+                }
+            }
+            first.unwrap()
+        })
+        .collect();
+    println!(
+        "streamed generation, first byte: HTTP server-sent events {:.2} ms vs JSON-RPC first piece {:.2} ms median (uncached, 8 tokens)",
+        median(first_event),
+        median(first_piece)
     );
     let embed_cached: Vec<f64> = (0..2000)
         .map(|_| {

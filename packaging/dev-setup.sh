@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs what building and testing steadytext needs on a fresh Debian/Ubuntu machine:
-# systemd's socket-activation helper, python3 + pip (to fetch the ONNX Runtime wheel), and
+# systemd's socket-activation helper, python3 + pip (to fetch the ONNX Runtime wheel), curl and
+# python3-venv (HTTP tests), and
 # ONNX Runtime 1.31.1 itself (into .ort/). Safe to run again.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -8,6 +9,9 @@ missing=""
 command -v systemd-socket-activate >/dev/null || missing="$missing systemd"
 command -v python3 >/dev/null || missing="$missing python3"
 python3 -m pip --version >/dev/null 2>&1 || missing="$missing python3-pip"
+# The HTTP tests run curl and the `openai` package in a private venv (tests/python/venv.sh).
+command -v curl >/dev/null || missing="$missing curl"
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "error: please install:$missing (as root: apt-get install$missing)" >&2

@@ -1,6 +1,6 @@
 //! `stctl`'s connection to the daemon: JSON-RPC 2.0 lines over a Unix or TCP stream.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -22,6 +22,8 @@ pub enum Target {
     Tcp(String),
     /// A TCP address `host:port` spoken to over TLS; the certificate must name `host`.
     Tls(String),
+    /// The HTTP front at a base URL (`http://host:port`): JSON-RPC over `POST /v1/rpc`.
+    Http(String),
 }
 
 impl std::fmt::Display for Target {
@@ -30,6 +32,7 @@ impl std::fmt::Display for Target {
             Target::Unix(p) => write!(f, "unix:{}", p.display()),
             Target::Tcp(a) => write!(f, "tcp:{a}"),
             Target::Tls(a) => write!(f, "tls:{a}"),
+            Target::Http(url) => f.write_str(url),
         }
     }
 }
@@ -48,10 +51,15 @@ impl Target {
                 return Ok(make(a.to_string()));
             }
         }
+        if s.starts_with("http://") || s.starts_with("https://") {
+            return Ok(Target::Http(s.trim_end_matches('/').to_string()));
+        }
         if s.starts_with('/') || s.starts_with('.') {
             return Ok(Target::Unix(PathBuf::from(s)));
         }
-        Err(format!("{s:?} is not unix:PATH, tcp:HOST:PORT, tls:HOST:PORT or an absolute socket path"))
+        Err(format!(
+            "{s:?} is not unix:PATH, tcp:HOST:PORT, tls:HOST:PORT, http://HOST:PORT or an absolute socket path"
+        ))
     }
 
     /// Whether the daemon wants the API key on this connection (TCP, with or without TLS).
@@ -135,9 +143,17 @@ impl Default for ClientOptions {
     }
 }
 
+/// How a client reaches the daemon.
+enum Transport {
+    /// One JSON-RPC connection.
+    Stream(BufReader<Box<dyn Stream>>),
+    /// The HTTP front: one `POST /v1/rpc` per request; `answer` is the body being read.
+    Http { agent: Box<ureq::Agent>, url: String, answer: Option<BufReader<Box<dyn std::io::Read + Send>>> },
+}
+
 /// One open connection; requests on it are answered in order.
 pub struct Client {
-    stream: BufReader<Box<dyn Stream>>,
+    transport: Transport,
     next_id: u64,
     options: ClientOptions,
 }
@@ -155,12 +171,25 @@ impl Client {
     /// Connects to `target`; over TCP, authenticates with `options.api_key` first.
     pub fn connect_with(target: &Target, options: ClientOptions) -> Result<Self, ClientError> {
         let deadline = Some(options.read_timeout);
+        if let Target::Http(base) = target {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_connect(Some(options.connect_timeout))
+                .timeout_recv_body(deadline)
+                .timeout_recv_response(deadline)
+                .user_agent(concat!("stctl/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .into();
+            let transport = Transport::Http { agent: Box::new(agent), url: format!("{base}/v1/rpc"), answer: None };
+            return Ok(Client { transport, next_id: 1, options });
+        }
         let stream: Box<dyn Stream> = match target {
             Target::Unix(path) => {
                 let s = UnixStream::connect(path).map_err(|e| unreachable(target, e))?;
                 s.set_read_timeout(deadline).and(s.set_write_timeout(deadline)).map_err(|e| unreachable(target, e))?;
                 Box::new(s)
             }
+            Target::Http(_) => unreachable!("handled above"),
             Target::Tcp(addr) | Target::Tls(addr) => {
                 let s = connect_tcp(addr, options.connect_timeout).map_err(|e| unreachable(target, e))?;
                 s.set_nodelay(true).ok();
@@ -172,7 +201,7 @@ impl Client {
             }
         };
         let key = options.api_key.clone();
-        let mut client = Client { stream: BufReader::new(stream), next_id: 1, options };
+        let mut client = Client { transport: Transport::Stream(BufReader::new(stream)), next_id: 1, options };
         if let (true, Some(key)) = (target.is_tcp(), key) {
             let _: Value = client.call("auth", &json!({ "key": key }))?;
         }
@@ -186,7 +215,14 @@ impl Client {
         let req = Request { jsonrpc: "2.0".into(), method: method.into(), params, id: Some(id.clone()) };
         let mut line = serde_json::to_vec(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        let writer = self.stream.get_mut();
+        let stream = match &mut self.transport {
+            Transport::Stream(stream) => stream,
+            Transport::Http { agent, url, answer } => {
+                *answer = Some(post(agent, url, self.options.api_key.as_deref(), &line)?);
+                return Ok(id);
+            }
+        };
+        let writer = stream.get_mut();
         if let Err(e) = writer.write_all(&line).and_then(|()| writer.flush()) {
             // A daemon that refused the connection said why before closing it: show that.
             if let Ok(answer) = self.read_line() {
@@ -207,7 +243,12 @@ impl Client {
         let closed =
             || ClientError::Protocol("the daemon closed the connection (see `journalctl -u steadytext`)".into());
         let timeout = self.options.read_timeout.as_secs();
-        let n = self.stream.read_line(&mut line).map_err(|e| match e.kind() {
+        let reader: &mut dyn BufRead = match &mut self.transport {
+            Transport::Stream(stream) => stream,
+            Transport::Http { answer: Some(answer), .. } => answer,
+            Transport::Http { answer: None, .. } => return Err(closed()),
+        };
+        let n = reader.read_line(&mut line).map_err(|e| match e.kind() {
             std::io::ErrorKind::ConnectionReset => closed(),
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Protocol(format!(
                 "no answer from the daemon within {timeout} s; raise --timeout or see `journalctl -u steadytext`"
@@ -290,6 +331,40 @@ impl Client {
             }
         }
     }
+}
+
+/// Sends one JSON-RPC line to the HTTP front; returns the answer's body (NDJSON), or the
+/// front's refusal (key, loading, size) as the matching JSON-RPC error.
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    key: Option<&str>,
+    line: &[u8],
+) -> Result<BufReader<Box<dyn std::io::Read + Send>>, ClientError> {
+    let mut request = agent.post(url).header("Content-Type", "application/json");
+    if let Some(key) = key {
+        request = request.header("Authorization", format!("Bearer {key}"));
+    }
+    let response = request.send(line).map_err(|e| ClientError::Unreachable {
+        target: url.to_string(),
+        cause: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()),
+    })?;
+    let status = response.status().as_u16();
+    let body = response.into_body();
+    if status == 200 {
+        return Ok(BufReader::new(Box::new(body.into_reader())));
+    }
+    let error: Value = serde_json::from_reader(body.into_reader().take(1 << 20)).unwrap_or_default();
+    let message = error["error"]["message"].as_str().unwrap_or("no message").to_string();
+    let code = match (error["error"]["code"].as_str().and_then(|c| c.parse().ok()), status) {
+        (Some(code), _) => code,
+        (None, 401) => codes::UNAUTHORIZED,
+        (None, 413) => codes::TOO_LARGE,
+        (None, 429) => codes::OVERLOADED,
+        (None, 503) => codes::SHUTTING_DOWN,
+        (None, _) => codes::INTERNAL_ERROR,
+    };
+    Err(ClientError::Rpc(RpcError { code, message: format!("HTTP {status}: {message}"), data: None }))
 }
 
 /// What to do about a refused daemon certificate.

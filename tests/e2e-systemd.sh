@@ -31,11 +31,11 @@ fi
 
 say "unit files: systemd-analyze verify and security gates"
 units=$(mktemp -d)
-for u in systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext.service; do
+for u in systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext.service; do
     sed "s|/usr/bin/steadytextd|$here/target/release/steadytextd|" "$u" > "$units/$(basename "$u")"
 done
 cargo build --release --locked --bins -q
-check "systemd-analyze verify" systemd-analyze verify --man=no "$units"/steadytext.socket "$units"/steadytext-tcp.socket "$units"/steadytext.service
+check "systemd-analyze verify" systemd-analyze verify --man=no "$units"/steadytext.socket "$units"/steadytext-tcp.socket "$units"/steadytext-http.socket "$units"/steadytext.service
 # The threshold is in tenths: 10 = exposure 1.0.
 check "systemd-analyze security --offline (exposure at most 1.0)" \
     systemd-analyze security --offline=true --threshold=10 --no-pager "$units"/steadytext.service
@@ -146,6 +146,21 @@ say "reload"
 check "systemctl reload steadytext (SIGHUP: RELOADING=1, then READY=1)" c systemctl reload steadytext.service
 check "the journal shows the reload" bash -c "nsenter -t $init -a journalctl -u steadytext --no-pager | grep -q 'reloading configuration'"
 check "it serves after the reload" c runuser -u alice -- stctl --daemon-only ping
+
+say "HTTP front (steadytext-http.socket)"
+c sh -c 'umask 077; echo e2e-http-key-0123456789abcdef > /etc/steadytext/api-key'
+c mkdir -p /etc/systemd/system/steadytext.service.d
+printf '[Service]\nLoadCredential=api-key:/etc/steadytext/api-key\nIPAddressAllow=localhost\n' | c tee /etc/systemd/system/steadytext.service.d/tcp.conf >/dev/null
+c systemctl daemon-reload
+check "systemctl enable --now steadytext-http.socket" c systemctl enable --now steadytext-http.socket
+c systemctl restart steadytext.service
+http_got=$(c runuser -u alice -- env STEADYTEXT_API_KEY=e2e-http-key-0123456789abcdef stctl --daemon-only --socket http://127.0.0.1:5558 generate "$prompt" --max-new-tokens 48 || true)
+check "stctl over HTTP (127.0.0.1:5558) gives the reference text" test "$http_got" = "$expected"
+check "HTTP without the key is refused" bash -c "! nsenter -t $init -a runuser -u alice -- stctl --daemon-only --socket http://127.0.0.1:5558 ping 2>$work/http.err && grep -q 'HTTP 401' $work/http.err"
+c systemctl disable --now steadytext-http.socket
+c rm -f /etc/systemd/system/steadytext.service.d/tcp.conf
+c systemctl daemon-reload
+c systemctl restart steadytext.service
 
 say "watchdog"
 c mkdir -p /etc/systemd/system/steadytext.service.d

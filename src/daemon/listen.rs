@@ -131,6 +131,7 @@ pub fn bind(protocol: Protocol, target: &Target) -> Result<StdListener> {
             let name = if protocol == Protocol::Http { format!("http:{addr}") } else { format!("tcp:{addr}") };
             Ok(StdListener { socket: Socket::Tcp(listener), protocol, name, owned_path: None })
         }
+        Target::Http(url) => bail!("--listen {url}: write http:HOST:PORT"),
         Target::Tls(addr) => bail!(
             "--listen tls:{addr}: listen with tcp:{addr}; TCP listeners speak TLS when [daemon] tls_cert_file and \
              tls_key_file (or the credentials tls-cert and tls-key) are set"

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Latency, MetricsSnapshot, Status};
+use crate::protocol::{Histogram, Latency, MetricsSnapshot, Status, HISTOGRAM_BOUNDS};
 
 use super::methods;
 
@@ -18,11 +18,42 @@ const WINDOW: usize = 4096;
 /// kept, so they cannot grow the daemon's memory).
 const OTHER_METHOD: &str = "(unknown)";
 
+/// A histogram that threads update without locks.
+struct AtomicHistogram {
+    buckets: [AtomicU64; HISTOGRAM_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl Default for AtomicHistogram {
+    fn default() -> Self {
+        AtomicHistogram { buckets: std::array::from_fn(|_| AtomicU64::new(0)), sum_micros: AtomicU64::new(0) }
+    }
+}
+
+impl AtomicHistogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let slot = HISTOGRAM_BOUNDS.iter().position(|&bound| secs <= bound).unwrap_or(HISTOGRAM_BOUNDS.len());
+        self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> Histogram {
+        let buckets: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let count = buckets.iter().sum();
+        Histogram { buckets, sum: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, count }
+    }
+}
+
 /// Shared counters; cheap to update from any task.
 pub(crate) struct Metrics {
     started: Instant,
     /// Per method of [`methods::NAMES`], then one for unknown methods.
     requests: Vec<AtomicU64>,
+    /// Durations, per method as `requests`.
+    durations: Vec<AtomicHistogram>,
+    first_piece: AtomicHistogram,
+    tokens_generated: AtomicU64,
     requests_total: AtomicU64,
     errors: AtomicU64,
     overloads: AtomicU64,
@@ -36,6 +67,9 @@ impl Default for Metrics {
         Metrics {
             started: Instant::now(),
             requests: (0..=methods::NAMES.len()).map(|_| AtomicU64::new(0)).collect(),
+            durations: (0..=methods::NAMES.len()).map(|_| AtomicHistogram::default()).collect(),
+            first_piece: AtomicHistogram::default(),
+            tokens_generated: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             overloads: AtomicU64::new(0),
@@ -82,6 +116,7 @@ impl Metrics {
     pub(crate) fn record(&self, method: &str, elapsed: Duration, ok: bool) {
         let slot = methods::NAMES.iter().position(|m| *m == method).unwrap_or(methods::NAMES.len());
         self.requests[slot].fetch_add(1, Ordering::Relaxed);
+        self.durations[slot].observe(elapsed);
         self.requests_total.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -91,6 +126,16 @@ impl Metrics {
             lat.pop_front();
         }
         lat.push_back(elapsed.as_secs_f64() * 1e3);
+    }
+
+    /// A streamed generation sent its first piece `elapsed` after it arrived.
+    pub(crate) fn record_first_piece(&self, elapsed: Duration) {
+        self.first_piece.observe(elapsed);
+    }
+
+    /// The models generated `tokens` tokens for one request.
+    pub(crate) fn record_tokens(&self, tokens: usize) {
+        self.tokens_generated.fetch_add(tokens as u64, Ordering::Relaxed);
     }
 
     /// Records a request refused for overload.
@@ -157,8 +202,32 @@ impl Metrics {
                 samples: lat.len(),
             },
             rss_bytes: rss_bytes(),
+            durations: methods::NAMES
+                .iter()
+                .copied()
+                .chain([OTHER_METHOD])
+                .zip(&self.durations)
+                .map(|(name, h)| (name.to_string(), h.snapshot()))
+                .filter(|(_, h)| h.count > 0)
+                .collect(),
+            first_piece: self.first_piece.snapshot(),
+            tokens_generated_total: self.tokens_generated.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Writes one histogram's `_bucket` (cumulative), `_sum` and `_count` lines; `labels` ends
+/// with a comma when not empty.
+fn histogram(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let mut cumulative = 0;
+    let bounds = HISTOGRAM_BOUNDS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]);
+    for (i, bound) in bounds.enumerate() {
+        cumulative += h.buckets.get(i).copied().unwrap_or(0);
+        let _ = writeln!(out, "steadytext_{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+    }
+    let labels = labels.trim_end_matches(',');
+    let _ = writeln!(out, "steadytext_{name}_sum{{{labels}}} {}", h.sum);
+    let _ = writeln!(out, "steadytext_{name}_count{{{labels}}} {}", h.count);
 }
 
 /// Renders a `status` result as Prometheus text exposition format.
@@ -177,6 +246,12 @@ pub fn prometheus(status: &Status) -> String {
     metric("connections", "Open client connections.", "gauge", m.connections as f64);
     metric("in_flight", "Requests being served.", "gauge", m.in_flight as f64);
     metric("resident_memory_bytes", "Resident set size.", "gauge", m.rss_bytes as f64);
+    metric(
+        "tokens_generated_total",
+        "Tokens generated by the models (cache hits not counted).",
+        "counter",
+        m.tokens_generated_total as f64,
+    );
     let _ = writeln!(
         out,
         "# HELP steadytext_requests_total Requests served, by method.\n# TYPE steadytext_requests_total counter"
@@ -186,11 +261,32 @@ pub fn prometheus(status: &Status) -> String {
     }
     let _ = writeln!(
         out,
-        "# HELP steadytext_request_duration_seconds Request latency over recent requests.\n# TYPE steadytext_request_duration_seconds summary"
+        "# HELP steadytext_request_duration_seconds Request durations, by method.\n# TYPE steadytext_request_duration_seconds histogram"
     );
-    let l = &m.latency_ms;
-    for (quantile, ms) in [("0.50", l.p50), ("0.90", l.p90), ("0.99", l.p99)] {
-        let _ = writeln!(out, "steadytext_request_duration_seconds{{quantile=\"{quantile}\"}} {}", ms / 1e3);
+    for (method, h) in &m.durations {
+        histogram(&mut out, "request_duration_seconds", &format!("method=\"{method}\","), h);
+    }
+    let _ = writeln!(
+        out,
+        "# HELP steadytext_first_piece_seconds Time from a streamed generation's arrival to its first piece.\n# TYPE steadytext_first_piece_seconds histogram"
+    );
+    histogram(&mut out, "first_piece_seconds", "", &m.first_piece);
+    if let Some(cache) = &status.cache {
+        let caches = [("generation", &cache.generation), ("embedding", &cache.embedding)];
+        let _ = writeln!(
+            out,
+            "# HELP steadytext_cache_hits_total Cache lookups that hit.\n# TYPE steadytext_cache_hits_total counter"
+        );
+        for (kind, stats) in caches {
+            let _ = writeln!(out, "steadytext_cache_hits_total{{cache=\"{kind}\"}} {}", stats.hits);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP steadytext_cache_misses_total Cache lookups that missed.\n# TYPE steadytext_cache_misses_total counter"
+        );
+        for (kind, stats) in caches {
+            let _ = writeln!(out, "steadytext_cache_misses_total{{cache=\"{kind}\"}} {}", stats.misses);
+        }
     }
     let _ =
         writeln!(out, "# HELP steadytext_queue_depth Requests waiting, by model.\n# TYPE steadytext_queue_depth gauge");

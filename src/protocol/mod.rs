@@ -4,7 +4,10 @@
 mod status;
 pub mod wire;
 
-pub use status::{CacheKindStats, CacheStats, Latency, MetricsSnapshot, ModelKind, ModelStatus, SnapshotInfo, Status};
+pub use status::{
+    CacheKindStats, CacheStats, Histogram, Latency, MetricsSnapshot, ModelKind, ModelStatus, SnapshotInfo, Status,
+    HISTOGRAM_BOUNDS,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

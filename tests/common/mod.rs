@@ -62,6 +62,12 @@ pub fn test_pki() -> (String, String, String) {
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
+/// A TCP port of 127.0.0.1 that nothing listens on or connects from right now (the kernel's
+/// pick): safer than a fixed port, which a client socket of a parallel test may hold.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// Extra daemon flags needed when the tests run as root (CI does).
 pub fn root_flags() -> Vec<&'static str> {
     // SAFETY: geteuid has no preconditions.

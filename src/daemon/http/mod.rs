@@ -459,3 +459,29 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemon_errors_map_to_http_statuses_in_openais_shape() {
+        let overloaded = Error::Overloaded { kind: "generation", queued: 64, retry_after_ms: 1500 };
+        let response = ApiError::from(overloaded).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        let cases = [
+            (Error::InvalidRequest("x".into()), StatusCode::BAD_REQUEST, "invalid_request_error"),
+            (Error::Unauthorized("x".into()), StatusCode::UNAUTHORIZED, "authentication_error"),
+            (Error::LineTooLong { limit: 1 }, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
+            (Error::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+            (Error::ModelNotLoaded("m".into()), StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+        ];
+        for (error, status, kind) in cases {
+            let message = error.to_string();
+            let api = ApiError::from(error);
+            assert_eq!((api.status, api.kind), (status, kind), "{message}");
+            assert_eq!(api.body()["error"]["message"], message);
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The HTTP front against real clients: the official `openai` Python package (unchanged),
+//! `curl`, and hostile raw sockets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::command;
+use serde_json::Value;
+
+const KEY: &str = "http-test-key-0123456789abcdef";
+const GENERATION: &str = "SmolLM2-135M-Instruct";
+const EMBEDDING: &str = "all-MiniLM-L6-v2";
+
+/// A daemon with a JSON-RPC Unix socket and an HTTP TCP listener.
+struct HttpDaemon {
+    child: Child,
+    port: u16,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for HttpDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HttpDaemon {
+    /// Starts it with `config` (TOML) and returns at once: the models are still loading.
+    fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = common::free_port();
+        std::fs::write(dir.path().join("api-key"), format!("{KEY}\n")).unwrap();
+        std::fs::write(dir.path().join("steadytext.toml"), config).unwrap();
+        let socket = dir.path().join("s.sock");
+        let child = command(env!("CARGO_BIN_EXE_steadytextd"))
+            .args(common::root_flags())
+            .args(["--listen", &format!("unix:{}", socket.display())])
+            .args(["--listen", &format!("http:127.0.0.1:{port}")])
+            .env("STEADYTEXT_API_KEY_FILE", dir.path().join("api-key"))
+            .env("STEADYTEXT_CONFIG", dir.path().join("steadytext.toml"))
+            .env("STATE_DIRECTORY", dir.path())
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        HttpDaemon { child, port, socket, dir }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The status codes of `/health` from the first answer until it is 200.
+    fn health_until_ready(&self) -> Vec<u16> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut codes = Vec::new();
+        while Instant::now() < deadline {
+            let (code, _) = curl(&[&self.url("/health")]);
+            if code != 0 {
+                codes.push(code);
+            }
+            if code == 200 {
+                return codes;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("never healthy: {codes:?}\n{}", self.log());
+    }
+
+    /// `stctl --daemon-only ARGS` over the JSON-RPC socket; its stdout.
+    fn stctl(&self, args: &[&str]) -> String {
+        let socket = self.socket.to_str().unwrap().to_string();
+        let out = self.stctl_at(&socket, args, &[]);
+        assert!(out.status.success(), "stctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `stctl --daemon-only --socket ADDRESS ARGS` with `env`.
+    fn stctl_at(&self, address: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        command(env!("CARGO_BIN_EXE_stctl"))
+            .args(["--daemon-only", "--socket", address])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+}
+
+/// `curl -s ARGS`: the HTTP status (0: no answer) and the body.
+fn curl(args: &[&str]) -> (u16, String) {
+    let out: Output =
+        Command::new("curl").args(["-s", "-m", "30", "-w", "\n%{http_code}"]).args(args).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The python of the private venv with `openai` and `prometheus_client` (made from PyPI).
+fn python() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/venv.sh");
+    let out = Command::new(script).stderr(Stdio::inherit()).output().unwrap();
+    assert!(out.status.success(), "cannot make the test venv (PyPI reachable?)");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+fn f32_bits(line: &str) -> Vec<u64> {
+    let values: Vec<f32> = serde_json::from_str(line).unwrap();
+    values.iter().map(|v| u64::from(v.to_bits())).collect()
+}
+
+#[test]
+fn the_openai_package_gets_stctls_answers() {
+    let python = python();
+    let daemon = HttpDaemon::start("");
+    // /health answers 503 while the models load, then 200.
+    let codes = daemon.health_until_ready();
+    assert_eq!(codes.first(), Some(&503), "{codes:?}");
+    assert_eq!(codes.last(), Some(&200));
+
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client.py");
+    let out =
+        Command::new(&python).arg(script).args([&daemon.url("/v1"), KEY, GENERATION, EMBEDDING]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let chat = daemon.stctl(&["generate", "Name three colors.", "--max-new-tokens", "24"]);
+    assert_eq!(got["chat"].as_str().unwrap(), chat.strip_suffix('\n').unwrap());
+    assert_eq!(got["chat_stream"], got["chat"], "streamed pieces concatenate to the text");
+    assert!(got["chat_stream_pieces"].as_u64().unwrap() > 1, "{got}");
+    assert_eq!(got["chat_stream_usage"], got["chat_usage"]);
+    let usage: Vec<u64> = serde_json::from_value(got["chat_usage"].clone()).unwrap();
+    assert_eq!(usage[0] + usage[1], usage[2]);
+    assert!(got["fingerprint"].as_str().unwrap().starts_with("fp_"));
+
+    let sampled =
+        daemon.stctl(&["generate", "Tell me a word.", "--temperature", "0.8", "--seed", "7", "--max-new-tokens", "16"]);
+    assert_eq!(got["sampled"].as_str().unwrap(), sampled.strip_suffix('\n').unwrap());
+    let completion = daemon.stctl(&["generate", "--raw", "The capital of France is", "--max-new-tokens", "12"]);
+    assert_eq!(got["completion"].as_str().unwrap(), completion.strip_suffix('\n').unwrap());
+    assert_eq!(got["completion_stream"], got["completion"]);
+
+    let embed = daemon.stctl(&["embed", "first text", "second text"]);
+    let expected: Vec<Vec<u64>> = embed.lines().map(f32_bits).collect();
+    let floats: Vec<Vec<u64>> = serde_json::from_value(got["embeddings_float"].clone()).unwrap();
+    assert_eq!(floats, expected, "float embeddings are stctl's bits");
+    let base64: Vec<Vec<u64>> = serde_json::from_value(got["embeddings_base64"].clone()).unwrap();
+    assert_eq!(base64[0], expected[0], "base64 embeddings are stctl's bits");
+    assert_eq!(got["embeddings_dimensions"], 64);
+    assert!(got["embeddings_usage"].as_u64().unwrap() > 2);
+
+    assert_eq!(got["models"], serde_json::json!([GENERATION, EMBEDDING]));
+    assert_eq!(got["wrong_key"], 401);
+    assert_eq!(got["n2"], 400);
+
+    let metrics = &got["metrics"];
+    assert_eq!(metrics["steadytext_request_duration_seconds"]["type"], "histogram", "{metrics}");
+    let samples = metrics["steadytext_request_duration_seconds"]["samples"].to_string();
+    for suffix in ["_bucket", "_sum", "_count"] {
+        assert!(samples.contains(suffix), "{samples}");
+    }
+    assert_eq!(metrics["steadytext_first_piece_seconds"]["type"], "histogram");
+    assert_eq!(metrics["steadytext_tokens_generated"]["type"], "counter");
+    assert_eq!(metrics["steadytext_cache_hits"]["type"], "counter");
+    assert_eq!(metrics["steadytext_cache_misses"]["type"], "counter");
+    assert_eq!(metrics["steadytext_queue_depth"]["type"], "gauge");
+}
+
+#[test]
+fn keys_limits_and_slow_clients() {
+    let daemon = HttpDaemon::start("[daemon]\nline_timeout_secs = 2\n");
+    daemon.health_until_ready();
+    let bearer = format!("Authorization: Bearer {KEY}");
+    // No key or a wrong one: 401 in OpenAI's error shape; /health needs none.
+    let (code, body) = curl(&[&daemon.url("/v1/models")]);
+    assert_eq!(code, 401, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert!(error["error"]["message"].as_str().unwrap().contains("Bearer"), "{body}");
+    let (code, _) = curl(&["-H", "Authorization: Bearer wrong-key-0123456789abcdef", &daemon.url("/v1/models")]);
+    assert_eq!(code, 401);
+    assert_eq!(curl(&["-H", &bearer, &daemon.url("/v1/models")]).0, 200);
+    // A body over the limit: 413, and the daemon goes on serving.
+    let big = daemon.dir.path().join("big.json");
+    std::fs::write(&big, format!("{{\"input\": \"{}\", \"model\": \"{EMBEDDING}\"}}", "a".repeat(9 << 20))).unwrap();
+    let (code, body) =
+        curl(&["-H", &bearer, "--data-binary", &format!("@{}", big.display()), &daemon.url("/v1/embeddings")]);
+    assert_eq!(code, 413, "{body}");
+    // Malformed JSON, unknown fields and routes: clear 400 / 404 errors.
+    let (code, body) = curl(&["-H", &bearer, "-d", "{not json", &daemon.url("/v1/chat/completions")]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("invalid JSON body"), "{body}");
+    let unknown = format!(r#"{{"model":"{GENERATION}","messages":[{{"role":"user","content":"x"}}],"tools":[]}}"#);
+    let (code, body) = curl(&["-H", &bearer, "-d", &unknown, &daemon.url("/v1/chat/completions")]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("tools"), "{body}");
+    assert_eq!(curl(&["-H", &bearer, &daemon.url("/v2/nothing")]).0, 404);
+    let wrong_model = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#;
+    let (code, body) = curl(&["-H", &bearer, "-d", wrong_model, &daemon.url("/v1/chat/completions")]);
+    assert!(code == 400 || code == 404 || code == 503, "{code} {body}");
+    assert!(body.contains("gpt-4o"), "{body}");
+
+    // A client that sends its headers byte by byte and then stalls is cut off after
+    // line_timeout_secs; others are served meanwhile.
+    let mut slow = TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " {
+        slow.write_all(&[*byte]).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    assert_eq!(curl(&[&daemon.url("/health")]).0, 200, "another client is served meanwhile");
+    let mut rest = Vec::new();
+    let _ = slow.read_to_end(&mut rest);
+    let held = started.elapsed();
+    assert!(held < Duration::from_secs(10), "the stalled client was held {held:?}");
+    assert!(!String::from_utf8_lossy(&rest).contains("200 OK"), "{}", String::from_utf8_lossy(&rest));
+    // stctl speaks to the HTTP front too (POST /v1/rpc), with the same answers and errors.
+    let base = daemon.url("");
+    let over_http =
+        daemon.stctl_at(&base, &["generate", "Say hi.", "--max-new-tokens", "8"], &[("STEADYTEXT_API_KEY", KEY)]);
+    assert!(over_http.status.success(), "{}", String::from_utf8_lossy(&over_http.stderr));
+    assert_eq!(
+        String::from_utf8(over_http.stdout).unwrap(),
+        daemon.stctl(&["generate", "Say hi.", "--max-new-tokens", "8"])
+    );
+    let embed_http = daemon.stctl_at(&base, &["embed", "one", "two"], &[("STEADYTEXT_API_KEY", KEY)]);
+    assert_eq!(String::from_utf8(embed_http.stdout).unwrap(), daemon.stctl(&["embed", "one", "two"]));
+    let refused = daemon.stctl_at(&base, &["ping"], &[]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("HTTP 401") && stderr.lines().count() == 1, "{stderr}");
+    // Over JSON-RPC-over-HTTP, steadytext's own methods answer too.
+    let rpc = r#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#;
+    let (code, body) = curl(&["-H", &bearer, "-d", rpc, &daemon.url("/v1/rpc")]);
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(answer["id"], "a");
+    assert_eq!(answer["result"]["protocol"], 1);
+}

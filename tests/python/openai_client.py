@@ -1,0 +1,105 @@
+"""The official `openai` package, unchanged, against steadytextd's HTTP front.
+
+Usage: openai_client.py BASE_URL API_KEY GENERATION_MODEL EMBEDDING_MODEL
+Prints one JSON object of what came back; tests/http.rs compares it with stctl's answers.
+"""
+
+import base64
+import json
+import struct
+import sys
+import urllib.request
+
+import openai
+from prometheus_client.parser import text_string_to_metric_families
+
+base_url, api_key, generation_model, embedding_model = sys.argv[1:5]
+client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+out = {}
+
+pieces = []
+stream = client.chat.completions.create(
+    model=generation_model,
+    messages=[{"role": "user", "content": "Name three colors."}],
+    max_tokens=24,
+    stream=True,
+    stream_options={"include_usage": True},
+)
+usage = None
+for chunk in stream:
+    if chunk.usage is not None:
+        usage = [chunk.usage.prompt_tokens, chunk.usage.completion_tokens, chunk.usage.total_tokens]
+    for choice in chunk.choices:
+        if choice.delta.content:
+            pieces.append(choice.delta.content)
+out["chat_stream"] = "".join(pieces)
+out["chat_stream_pieces"] = len(pieces)
+out["chat_stream_usage"] = usage
+
+chat = client.chat.completions.create(
+    model=generation_model,
+    messages=[{"role": "user", "content": "Name three colors."}],
+    max_tokens=24,
+)
+out["chat"] = chat.choices[0].message.content
+out["chat_finish"] = chat.choices[0].finish_reason
+out["chat_usage"] = [chat.usage.prompt_tokens, chat.usage.completion_tokens, chat.usage.total_tokens]
+out["fingerprint"] = chat.system_fingerprint
+
+sampled = client.chat.completions.create(
+    model=generation_model,
+    messages=[{"role": "user", "content": "Tell me a word."}],
+    max_tokens=16,
+    temperature=0.8,
+    seed=7,
+)
+out["sampled"] = sampled.choices[0].message.content
+
+completion = client.completions.create(model=generation_model, prompt="The capital of France is", max_tokens=12)
+out["completion"] = completion.choices[0].text
+
+pieces = []
+for chunk in client.completions.create(
+    model=generation_model, prompt="The capital of France is", max_tokens=12, stream=True
+):
+    pieces.append(chunk.choices[0].text)
+out["completion_stream"] = "".join(pieces)
+
+
+def bits(vector):
+    return [struct.unpack("<I", struct.pack("<f", x))[0] for x in vector]
+
+
+floats = client.embeddings.create(model=embedding_model, input=["first text", "second text"], encoding_format="float")
+out["embeddings_float"] = [bits(d.embedding) for d in floats.data]
+out["embeddings_usage"] = floats.usage.prompt_tokens
+encoded = client.embeddings.create(model=embedding_model, input="first text", encoding_format="base64")
+raw = base64.b64decode(encoded.data[0].embedding)
+out["embeddings_base64"] = [list(struct.unpack("<%dI" % (len(raw) // 4), raw))]
+short = client.embeddings.create(model=embedding_model, input="first text", encoding_format="float", dimensions=64)
+out["embeddings_dimensions"] = len(short.data[0].embedding)
+
+out["models"] = sorted(m.id for m in client.models.list())
+
+try:
+    openai.OpenAI(base_url=base_url, api_key="wrong-key-0123456789abcdef", max_retries=0).models.list()
+    out["wrong_key"] = "accepted"
+except openai.AuthenticationError as e:
+    out["wrong_key"] = e.status_code
+
+try:
+    client.chat.completions.create(
+        model=generation_model, messages=[{"role": "user", "content": "x"}], max_tokens=4, n=2
+    )
+    out["n2"] = "accepted"
+except openai.BadRequestError as e:
+    out["n2"] = e.status_code
+
+request = urllib.request.Request(base_url.removesuffix("/v1") + "/metrics", headers={"Authorization": "Bearer " + api_key})
+text = urllib.request.urlopen(request).read().decode()
+families = {}
+for family in text_string_to_metric_families(text):
+    families[family.name] = {"type": family.type, "samples": sorted({s.name for s in family.samples})}
+out["metrics"] = families
+
+print(json.dumps(out))
