@@ -172,7 +172,14 @@ impl Client {
     pub fn connect_with(target: &Target, options: ClientOptions) -> Result<Self, ClientError> {
         let deadline = Some(options.read_timeout);
         if let Target::Http(base) = target {
+            let mut tls = ureq::tls::TlsConfig::builder();
+            if let Some(file) = &options.ca_file {
+                let certs = crate::tls::ca_certificates(file).map_err(|e| ClientError::Tls(e.to_string()))?;
+                let certs: Vec<_> = certs.iter().map(|c| ureq::tls::Certificate::from_der(c).to_owned()).collect();
+                tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+            }
             let agent: ureq::Agent = ureq::Agent::config_builder()
+                .tls_config(tls.build())
                 .http_status_as_error(false)
                 .timeout_connect(Some(options.connect_timeout))
                 .timeout_recv_body(deadline)
@@ -218,7 +225,8 @@ impl Client {
         let stream = match &mut self.transport {
             Transport::Stream(stream) => stream,
             Transport::Http { agent, url, answer } => {
-                *answer = Some(post(agent, url, self.options.api_key.as_deref(), &line)?);
+                let patience = self.options.read_timeout;
+                *answer = Some(post(agent, url, self.options.api_key.as_deref(), &line, patience)?);
                 return Ok(id);
             }
         };
@@ -334,21 +342,34 @@ impl Client {
 }
 
 /// Sends one JSON-RPC line to the HTTP front; returns the answer's body (NDJSON), or the
-/// front's refusal (key, loading, size) as the matching JSON-RPC error.
+/// front's refusal (key, size) as the matching JSON-RPC error. While the daemon loads its models
+/// (503 with `Retry-After`) the request is sent again, for at most `patience`: a JSON-RPC client
+/// waits in the socket's queue the same way.
 fn post(
     agent: &ureq::Agent,
     url: &str,
     key: Option<&str>,
     line: &[u8],
+    patience: Duration,
 ) -> Result<BufReader<Box<dyn std::io::Read + Send>>, ClientError> {
-    let mut request = agent.post(url).header("Content-Type", "application/json");
-    if let Some(key) = key {
-        request = request.header("Authorization", format!("Bearer {key}"));
-    }
-    let response = request.send(line).map_err(|e| ClientError::Unreachable {
-        target: url.to_string(),
-        cause: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()),
-    })?;
+    let started = std::time::Instant::now();
+    let response = loop {
+        let mut request = agent.post(url).header("Content-Type", "application/json");
+        if let Some(key) = key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        let response = request.send(line).map_err(|e| ClientError::Unreachable {
+            target: url.to_string(),
+            cause: std::io::Error::new(std::io::ErrorKind::ConnectionRefused, e.to_string()),
+        })?;
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        match retry_after {
+            Some(secs) if response.status() == 503 && started.elapsed() < patience => {
+                std::thread::sleep(Duration::from_secs(secs).min(MAX_RETRY_WAIT))
+            }
+            _ => break response,
+        }
+    };
     let status = response.status().as_u16();
     let body = response.into_body();
     if status == 200 {

@@ -75,14 +75,20 @@ pub fn server_config(cert_file: Option<&Path>, key_file: Option<&Path>) -> Resul
     Ok(Some(Arc::new(config)))
 }
 
+/// The PEM certificates of a CA file.
+pub fn ca_certificates(file: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    certificates(&Pem { text: read_secret_file(file)?, source: file.display().to_string() })
+}
+
 /// A client's TLS settings: trust the certificates in `ca_file`, else the system's store.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(file) => {
-            let pem = Pem { text: read_secret_file(file)?, source: file.display().to_string() };
-            for cert in certificates(&pem)? {
-                roots.add(cert).map_err(|e| Error::Config(format!("{}: unusable CA certificate: {e}", pem.source)))?;
+            for cert in ca_certificates(file)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::Config(format!("{}: unusable CA certificate: {e}", file.display())))?;
             }
         }
         None => {

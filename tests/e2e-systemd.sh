@@ -152,15 +152,17 @@ c sh -c 'umask 077; echo e2e-http-key-0123456789abcdef > /etc/steadytext/api-key
 c mkdir -p /etc/systemd/system/steadytext.service.d
 printf '[Service]\nLoadCredential=api-key:/etc/steadytext/api-key\nIPAddressAllow=localhost\n' | c tee /etc/systemd/system/steadytext.service.d/tcp.conf >/dev/null
 c systemctl daemon-reload
+# systemd refuses to start a socket whose service runs: stop it; the next connection starts it
+# with all of its sockets.
+c systemctl stop steadytext.service
 check "systemctl enable --now steadytext-http.socket" c systemctl enable --now steadytext-http.socket
-c systemctl restart steadytext.service
 http_got=$(c runuser -u alice -- env STEADYTEXT_API_KEY=e2e-http-key-0123456789abcdef stctl --daemon-only --socket http://127.0.0.1:5558 generate "$prompt" --max-new-tokens 48 || true)
 check "stctl over HTTP (127.0.0.1:5558) gives the reference text" test "$http_got" = "$expected"
 check "HTTP without the key is refused" bash -c "! nsenter -t $init -a runuser -u alice -- stctl --daemon-only --socket http://127.0.0.1:5558 ping 2>$work/http.err && grep -q 'HTTP 401' $work/http.err"
+c systemctl stop steadytext.service
 c systemctl disable --now steadytext-http.socket
 c rm -f /etc/systemd/system/steadytext.service.d/tcp.conf
 c systemctl daemon-reload
-c systemctl restart steadytext.service
 
 say "watchdog"
 c mkdir -p /etc/systemd/system/steadytext.service.d

@@ -62,10 +62,16 @@ impl HttpDaemon {
 
     /// The status codes of `/health` from the first answer until it is 200.
     fn health_until_ready(&self) -> Vec<u16> {
+        self.health_over(&self.url(""), "")
+    }
+
+    /// [`HttpDaemon::health_until_ready`] at `base`, trusting `ca` (a file; "" for none).
+    fn health_over(&self, base: &str, ca: &str) -> Vec<u16> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut codes = Vec::new();
+        let url = format!("{base}/health");
         while Instant::now() < deadline {
-            let (code, _) = curl(&[&self.url("/health")]);
+            let (code, _) = if ca.is_empty() { curl(&[&url]) } else { curl(&["--cacert", ca, &url]) };
             if code != 0 {
                 codes.push(code);
             }
@@ -178,7 +184,12 @@ fn the_openai_package_gets_stctls_answers() {
 #[test]
 fn keys_limits_and_slow_clients() {
     let daemon = HttpDaemon::start("[daemon]\nline_timeout_secs = 2\n");
-    daemon.health_until_ready();
+    // stctl waits out the loading (503 with Retry-After) as a JSON-RPC client waits in the queue.
+    while curl(&[&daemon.url("/health")]).0 == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let early = daemon.stctl_at(&daemon.url(""), &["ping"], &[("STEADYTEXT_API_KEY", KEY)]);
+    assert!(early.status.success(), "{}", String::from_utf8_lossy(&early.stderr));
     let bearer = format!("Authorization: Bearer {KEY}");
     // No key or a wrong one: 401 in OpenAI's error shape; /health needs none.
     let (code, body) = curl(&[&daemon.url("/v1/models")]);
@@ -245,4 +256,32 @@ fn keys_limits_and_slow_clients() {
     let answer: Value = serde_json::from_str(body.trim()).unwrap();
     assert_eq!(answer["id"], "a");
     assert_eq!(answer["result"]["protocol"], 1);
+}
+
+#[test]
+fn https_with_the_daemons_certificate() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::test_pki();
+    for (name, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(pki.path().join(name), text).unwrap();
+    }
+    let config = format!(
+        "[daemon]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        pki.path().join("cert.pem").display(),
+        pki.path().join("key.pem").display()
+    );
+    let daemon = HttpDaemon::start(&config);
+    let base = format!("https://localhost:{}", daemon.port);
+    let ca = pki.path().join("ca.pem");
+    let ca_arg = ca.to_str().unwrap();
+    daemon.health_over(&base, ca_arg);
+    let keyed = [("STEADYTEXT_API_KEY", KEY)];
+    let answer = daemon.stctl_at(&base, &["--ca-file", ca_arg, "embed", "over https"], &keyed);
+    assert!(answer.status.success(), "{}", String::from_utf8_lossy(&answer.stderr));
+    assert_eq!(String::from_utf8(answer.stdout).unwrap(), daemon.stctl(&["embed", "over https"]));
+    // Without the CA the certificate is not trusted.
+    let refused = daemon.stctl_at(&base, &["ping"], &keyed);
+    assert!(!refused.status.success());
+    // Clear-text HTTP on the TLS port gets no HTTP answer.
+    assert_ne!(curl(&[&daemon.url("/health")]).0, 200);
 }
