@@ -39,6 +39,19 @@ pub enum Error {
         "model {0} is not loaded here; configure it as the daemon's model, or use direct mode (stctl --no-daemon)"
     )]
     ModelNotLoaded(String),
+    /// The configured model of a kind failed to load when the daemon started.
+    #[error(
+        "the {kind} model {name} could not be loaded: {reason}; install it (`stctl pull REPO`) and restart the \
+         daemon (`systemctl restart steadytext`)"
+    )]
+    ModelUnavailable {
+        /// `generation` or `embedding`.
+        kind: &'static str,
+        /// The configured model name.
+        name: String,
+        /// Why loading failed.
+        reason: String,
+    },
     /// A TCP client did not present the API key first, or presented a wrong one.
     #[error("unauthorized: {0}")]
     Unauthorized(String),

@@ -369,3 +369,41 @@ fn tls_lets_remote_addresses_in_with_a_checked_certificate() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+#[test]
+fn a_missing_model_is_reported_and_the_other_one_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let mut daemon = command(env!("CARGO_BIN_EXE_steadytextd"))
+        .args(common::root_flags())
+        .args(["--listen", &format!("unix:{}", sock.display())])
+        .env("STEADYTEXT_EMBEDDING_MODEL", "not-installed")
+        .env("STATE_DIRECTORY", dir.path())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let socket = ["--daemon-only", "--socket", sock.to_str().unwrap()];
+    fn with<'a>(socket: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
+        [socket, args].concat()
+    }
+    let mut ping = None;
+    for _ in 0..150 {
+        let o = stctl(&with(&socket, &["ping"]), None, &[]);
+        if o.status.success() {
+            ping = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ping.is_some(), "the daemon did not start without its embedding model");
+    // The model it has serves; the missing one answers with the reason and what to do.
+    assert!(stctl(&with(&socket, &["generate", "hi", "--max-new-tokens", "4"]), None, &[]).status.success());
+    let embed = stctl(&with(&socket, &["embed", "x"]), None, &[]);
+    assert_clean_error(&embed, "could not be loaded");
+    let err = String::from_utf8_lossy(&embed.stderr);
+    assert!(err.contains("not-installed") && err.contains("stctl pull"), "{err}");
+    let status = stdout(&stctl(&with(&socket, &["status"]), None, &[]));
+    assert!(status.contains("unavailable: embedding not-installed"), "{status}");
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}

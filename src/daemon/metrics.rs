@@ -318,6 +318,9 @@ pub fn render_text(status: &Status) -> String {
             model.queue_depth
         );
     }
+    for missing in &status.unavailable {
+        let _ = writeln!(out, "unavailable: {} {}: {}", missing.kind.as_str(), missing.name, missing.reason);
+    }
     let _ = writeln!(
         out,
         "requests:    {} ({} errors, {} overloaded)",

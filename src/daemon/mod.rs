@@ -120,13 +120,14 @@ async fn load(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon
         tokio::task::spawn_blocking(move || Registry::start(&config, &loader))
             .await
             .context("model loading panicked")?
-            .context("cannot load the models")?
     };
     let cache = SharedCache::new(config.cache.enabled.then(|| {
         let mut cache = Cache::new(&config.cache, Some(config.daemon_state_dir()));
         let digests: Vec<String> = registry.iter().map(|w| w.info().digest).collect();
         let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
-        cache.load(Some(&keep));
+        // With a model missing, entries of every model are kept: they are its answers once it
+        // is back.
+        cache.load(registry.unavailable().is_empty().then_some(&keep[..]));
         cache
     }));
     for w in registry.iter() {
@@ -412,8 +413,7 @@ mod tests {
     /// A daemon of fake models listening on a Unix socket in `dir`.
     async fn fake_daemon(dir: &std::path::Path, config: Config) -> (Arc<Daemon>, PathBuf) {
         let config = Arc::new(config);
-        let registry =
-            Registry::start(&config, &loader(|k| Fake { pieces: vec!["ab".into(); 4000], ..Fake::new(k) })).unwrap();
+        let registry = Registry::start(&config, &loader(|k| Fake { pieces: vec!["ab".into(); 4000], ..Fake::new(k) }));
         let daemon = Daemon::new(config, registry, SharedCache::new(None), None);
         let path = dir.join("d.sock");
         let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());

@@ -209,6 +209,7 @@ impl Daemon {
                     }
                 })
                 .collect(),
+            unavailable: self.registry.unavailable().to_vec(),
             metrics: self.metrics.snapshot(),
             cache: self.cache.stats().ok(),
         }
@@ -219,8 +220,14 @@ impl Daemon {
         let m = &self.metrics;
         let queues: Vec<String> =
             self.registry.iter().map(|w| format!("{}={}", w.kind().as_str(), w.queued())).collect();
+        let missing: String = self
+            .registry
+            .unavailable()
+            .iter()
+            .map(|u| format!("no {} model ({} could not be loaded); ", u.kind.as_str(), u.name))
+            .collect();
         format!(
-            "serving: {} requests, {} in flight, {} connections, queues {}",
+            "{missing}serving: {} requests, {} in flight, {} connections, queues {}",
             m.requests_total(),
             m.in_flight(),
             m.connections(),

@@ -6,7 +6,7 @@ pub mod wire;
 
 pub use status::{
     CacheKindStats, CacheStats, Histogram, Latency, MetricsSnapshot, ModelKind, ModelStatus, SnapshotInfo, Status,
-    HISTOGRAM_BOUNDS,
+    UnavailableModel, HISTOGRAM_BOUNDS,
 };
 
 use serde::{Deserialize, Serialize};
@@ -99,7 +99,7 @@ impl From<&Error> for RpcError {
             Error::Unauthorized(_) => codes::UNAUTHORIZED,
             Error::Forbidden(_) => codes::FORBIDDEN,
             Error::LineTimeout { .. } => codes::INVALID_REQUEST,
-            Error::ModelNotLoaded(_) => codes::MODEL_NOT_LOADED,
+            Error::ModelNotLoaded(_) | Error::ModelUnavailable { .. } => codes::MODEL_NOT_LOADED,
             Error::Overloaded { .. } | Error::TooManyConnections { .. } => codes::OVERLOADED,
             Error::ShuttingDown | Error::Cancelled => codes::SHUTTING_DOWN,
             Error::Runtime { .. }

@@ -37,10 +37,24 @@ pub struct Status {
     pub pid: u32,
     /// Loaded models.
     pub models: Vec<ModelStatus>,
+    /// Configured models that could not be loaded (the daemon serves the others).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unavailable: Vec<UnavailableModel>,
     /// Counters and latencies.
     pub metrics: MetricsSnapshot,
     /// Cache figures (None when the cache is off).
     pub cache: Option<CacheStats>,
+}
+
+/// A configured model the daemon could not load, in `status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnavailableModel {
+    /// Generation or embedding.
+    pub kind: ModelKind,
+    /// The configured name.
+    pub name: String,
+    /// Why loading failed.
+    pub reason: String,
 }
 
 /// One loaded model in `status`.
