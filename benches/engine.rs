@@ -369,7 +369,11 @@ fn snapshot_load(config: &Config) {
     let mut cache_config = config.cache.clone();
     cache_config.generation_capacity = 100_000;
     cache_config.generation_max_size_mb = 1024;
-    let mut cache = Cache::new(&cache_config, Some(dir.path().to_path_buf()));
+    let mut cache = Cache::new(
+        &cache_config,
+        Some(dir.path().to_path_buf()),
+        steadytext::engine::fingerprint::fingerprint(config).unwrap(),
+    );
     let digest: Arc<str> = Arc::from("sha256:bench");
     for i in 0..100_000u32 {
         let request = GenerateRequest {
@@ -399,7 +403,11 @@ fn snapshot_load(config: &Config) {
     );
     let times: Vec<f64> = (0..5)
         .map(|_| {
-            let mut fresh = Cache::new(&cache_config, Some(dir.path().to_path_buf()));
+            let mut fresh = Cache::new(
+                &cache_config,
+                Some(dir.path().to_path_buf()),
+                steadytext::engine::fingerprint::fingerprint(config).unwrap(),
+            );
             let t = Instant::now();
             assert_eq!(fresh.load(None), 100_000);
             t.elapsed().as_secs_f64() * 1e3

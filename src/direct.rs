@@ -22,7 +22,14 @@ pub fn user_cache(config: &Config) -> Option<Cache> {
     if !config.cache.enabled {
         return None;
     }
-    let mut cache = Cache::new(&config.cache, user_cache_dir(config));
+    let engine = match crate::engine::fingerprint::fingerprint(config) {
+        Ok(engine) => engine,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot fingerprint the engine; running without the cache");
+            return None;
+        }
+    };
+    let mut cache = Cache::new(&config.cache, user_cache_dir(config), engine);
     cache.load(None);
     Some(cache)
 }

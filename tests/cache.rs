@@ -98,6 +98,11 @@ fn direct_mode_uses_a_per_user_cache() {
     assert!(run(&["cache", "stats"]).contains("generation  1 entries"));
 }
 
+/// The engine of this build and machine, as the daemon computes it.
+fn engine() -> steadytext::engine::fingerprint::Fingerprint {
+    steadytext::engine::fingerprint::fingerprint(&steadytext::config::Config::default()).unwrap()
+}
+
 /// The value a crash-test writer stores under a key: checkable without the writer.
 fn vector_for(i: u32) -> Vec<f32> {
     (0..64).map(|j| (i * 64 + j) as f32).collect()
@@ -108,7 +113,7 @@ fn vector_for(i: u32) -> Vec<f32> {
 fn snapshot_writer_child() {
     let Some(dir) = std::env::var_os("STEADYTEXT_SNAPSHOT_WRITER") else { return };
     let config = CacheConfig { embedding_capacity: 100_000, ..Default::default() };
-    let mut cache = Cache::new(&config, Some(Path::new(&dir).to_path_buf()));
+    let mut cache = Cache::new(&config, Some(Path::new(&dir).to_path_buf()), engine());
     let digest: Arc<str> = Arc::from("sha256:test");
     for i in 0u32.. {
         cache.put_embedding(
@@ -145,6 +150,7 @@ fn snapshots_survive_sigkill() {
         let mut cache = Cache::new(
             &CacheConfig { embedding_capacity: 100_000, ..Default::default() },
             Some(dir.path().to_path_buf()),
+            engine(),
         );
         let n = cache.load(None);
         if n > 0 {

@@ -189,7 +189,8 @@ mod tests {
 
     #[test]
     fn computes_only_missing_texts_once_and_keeps_order() {
-        let cache = SharedCache::new(Some(Cache::new(&CacheConfig::default(), None)));
+        let cache =
+            SharedCache::new(Some(Cache::new(&CacheConfig::default(), None, crate::cache::tests::test_engine())));
         let vector = |t: &str| vec![t.len() as f32];
         let compute = |texts: Vec<String>| async move {
             Ok(EmbedResult {
@@ -285,7 +286,8 @@ mod tests {
 
     #[test]
     fn a_stored_generation_comes_back_marked_cached() {
-        let cache = SharedCache::new(Some(Cache::new(&CacheConfig::default(), None)));
+        let cache =
+            SharedCache::new(Some(Cache::new(&CacheConfig::default(), None, crate::cache::tests::test_engine())));
         let request = request();
         let fresh = compute_answer().unwrap();
         let first = block_on(cache.generate(&info(), &request, || async { Ok(fresh.clone()) })).unwrap();

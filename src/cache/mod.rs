@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 pub use flow::SharedCache;
 
 use crate::config::CacheConfig;
+use crate::engine::fingerprint::Fingerprint;
 use crate::engine::generate::{FinishReason, GenerateRequest, Generation};
 use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
@@ -80,6 +81,8 @@ pub struct Cache {
     dir: Option<PathBuf>,
     last_snapshot: Option<SnapshotInfo>,
     dirty: bool,
+    /// The engine fingerprint: part of every key, and of the snapshot header.
+    engine: Fingerprint,
 }
 
 fn now_ms() -> u64 {
@@ -87,8 +90,9 @@ fn now_ms() -> u64 {
 }
 
 impl Cache {
-    /// An empty cache with the configured limits, persisting into `dir` (None: memory only).
-    pub fn new(config: &CacheConfig, dir: Option<PathBuf>) -> Self {
+    /// An empty cache with the configured limits for answers of the engine `engine`,
+    /// persisting into `dir` (None: memory only).
+    pub fn new(config: &CacheConfig, dir: Option<PathBuf>, engine: Fingerprint) -> Self {
         let mb = |v: usize| v.saturating_mul(1024 * 1024);
         Cache {
             generation: FrecencyMap::new(config.generation_capacity, mb(config.generation_max_size_mb)),
@@ -96,7 +100,13 @@ impl Cache {
             dir,
             last_snapshot: None,
             dirty: false,
+            engine,
         }
+    }
+
+    /// What keys name besides the request: the model and the engine.
+    fn scope(&self, model_digest: &str) -> String {
+        format!("{model_digest} {}", self.engine.id)
     }
 
     /// Whether entries were added or removed since the last snapshot.
@@ -222,19 +232,19 @@ impl Cache {
 
     /// Copies the contents out for a snapshot (cheap next to the write, so a shared cache's lock
     /// is held only for this) and marks the cache clean.
-    pub fn begin_snapshot(&mut self) -> Option<(PathBuf, SnapshotData)> {
+    pub fn begin_snapshot(&mut self) -> Option<(PathBuf, SnapshotData, u64)> {
         let dir = self.dir.clone()?;
         self.dirty = false;
-        Some((dir, self.to_snapshot()))
+        Some((dir, self.to_snapshot(), self.engine.as_u64()))
     }
 
     /// Writes what [`Cache::begin_snapshot`] returned; `finish` gets the outcome.
     pub fn write_snapshot(
-        taken: Option<(PathBuf, SnapshotData)>,
+        taken: Option<(PathBuf, SnapshotData, u64)>,
         finish: impl FnOnce(Option<&SnapshotInfo>),
     ) -> Result<Option<SnapshotInfo>> {
-        let Some((dir, data)) = taken else { return Ok(None) };
-        match snapshot::write(&dir, &data) {
+        let Some((dir, data, engine)) = taken else { return Ok(None) };
+        match snapshot::write(&dir, &data, engine) {
             Ok((path, bytes)) => {
                 let info = SnapshotInfo { path, bytes, created_unix_ms: data.created_unix_ms };
                 finish(Some(&info));
@@ -257,29 +267,28 @@ impl Cache {
 
     /// A cached answer for `request` on the model `info`, marked `cached`.
     pub fn lookup_generation(&mut self, info: &ModelInfo, request: &GenerateRequest) -> Option<GenerateResult> {
-        let generation = self.get_generation(&generation_key(&info.digest, request))?;
+        let generation = self.get_generation(&generation_key(&self.scope(&info.digest), request))?;
         Some(GenerateResult { generation, model: info.name.clone(), model_digest: info.digest.clone(), cached: true })
     }
 
     /// Stores a fresh answer.
     pub fn store_generation(&mut self, request: &GenerateRequest, result: &GenerateResult) {
         let value = Stored { model_digest: Arc::from(result.model_digest.as_str()), value: result.generation.clone() };
-        self.put_generation(generation_key(&result.model_digest, request), value);
+        self.put_generation(generation_key(&self.scope(&result.model_digest), request), value);
     }
 
     /// Cached vectors for `texts` (None where missing).
     pub fn lookup_embeddings(&mut self, model_digest: &str, texts: &[String]) -> Vec<Option<Vec<f32>>> {
-        texts.iter().map(|t| self.get_embedding(&embedding_key(model_digest, t))).collect()
+        let scope = self.scope(model_digest);
+        texts.iter().map(|t| self.get_embedding(&embedding_key(&scope, t))).collect()
     }
 
     /// Stores fresh vectors.
     pub fn store_embeddings(&mut self, model_digest: &str, texts: &[String], vectors: &[Vec<f32>]) {
         let digest: Arc<str> = Arc::from(model_digest);
+        let scope = self.scope(model_digest);
         for (t, v) in texts.iter().zip(vectors) {
-            self.put_embedding(
-                embedding_key(model_digest, t),
-                Stored { model_digest: digest.clone(), value: v.clone() },
-            );
+            self.put_embedding(embedding_key(&scope, t), Stored { model_digest: digest.clone(), value: v.clone() });
         }
     }
 
@@ -289,6 +298,11 @@ impl Cache {
         let Some(dir) = self.dir.clone() else { return 0 };
         let started = Instant::now();
         let Some((path, loaded)) = snapshot::load_newest(&dir) else { return 0 };
+        if loaded.engine() != self.engine.as_u64() {
+            // Its keys name another engine: none of its answers could be served here.
+            tracing::info!(path = %path.display(), engine = %self.engine.summary, "cache snapshot made by another engine (ONNX Runtime, provider or CPU class); starting empty");
+            return 0;
+        }
         let data = loaded.data();
         let models: Vec<Option<Arc<str>>> = data
             .models
@@ -343,8 +357,13 @@ impl Cache {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// An engine fingerprint for tests.
+    pub(crate) fn test_engine() -> Fingerprint {
+        Fingerprint { id: "00000000000000aa".into(), summary: "test engine".into() }
+    }
     use crate::engine::sampler::Sampling;
 
     fn request(prompt: &str) -> GenerateRequest {
@@ -391,7 +410,7 @@ mod tests {
     fn survives_a_snapshot_and_drops_other_models() {
         let dir = tempfile::tempdir().unwrap();
         let config = CacheConfig::default();
-        let mut cache = Cache::new(&config, Some(dir.path().to_path_buf()));
+        let mut cache = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
         let (a, b) = (generation_key("A", &request("x")), generation_key("B", &request("x")));
         cache.put_generation(a, generation("A", "from A"));
         cache.put_generation(b, generation("B", "from B"));
@@ -399,19 +418,51 @@ mod tests {
         cache.put_embedding(e, Stored { model_digest: Arc::from("A"), value: vec![0.1, f32::EPSILON] });
         cache.snapshot().unwrap();
 
-        let mut all = Cache::new(&config, Some(dir.path().to_path_buf()));
+        let mut all = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
         assert_eq!(all.load(None), 3);
         assert_eq!(all.get_generation(&a).unwrap().text, "from A");
         assert_eq!(all.get_embedding(&e).unwrap(), vec![0.1, f32::EPSILON]);
 
-        let mut only_a = Cache::new(&config, Some(dir.path().to_path_buf()));
+        let mut only_a = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
         assert_eq!(only_a.load(Some(&["A"])), 2);
         assert!(only_a.get_generation(&b).is_none(), "entries of an unloaded model are dropped");
     }
 
     #[test]
+    fn answers_of_another_engine_are_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = CacheConfig::default();
+        let info = ModelInfo { name: "m".into(), digest: "sha256:m".into(), dir: PathBuf::from("/m") };
+        let result = GenerateResult {
+            generation: generation("sha256:m", "from engine a").value,
+            model: "m".into(),
+            model_digest: "sha256:m".into(),
+            cached: false,
+        };
+        let mut a = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
+        a.store_generation(&request("x"), &result);
+        a.store_embeddings("sha256:m", &["t".into()], &[vec![1.0]]);
+        assert!(a.lookup_generation(&info, &request("x")).is_some());
+        a.snapshot().unwrap();
+        let other = Fingerprint { id: "00000000000000bb".into(), summary: "other engine".into() };
+        // Same model, same request, another engine: a miss, in memory and from the snapshot.
+        let mut b = Cache::new(&config, Some(dir.path().to_path_buf()), other.clone());
+        b.store_generation(&request("y"), &result);
+        assert_eq!(b.load(None), 0, "a snapshot of another engine is not loaded");
+        let mut b_mem = Cache::new(&config, None, other);
+        b_mem.generation = std::mem::replace(&mut a.generation, FrecencyMap::new(1, 1 << 20));
+        b_mem.embedding = std::mem::replace(&mut a.embedding, FrecencyMap::new(1, 1 << 20));
+        assert_eq!(b_mem.embedding.len(), 1);
+        assert!(b_mem.lookup_generation(&info, &request("x")).is_none());
+        assert_eq!(b_mem.lookup_embeddings("sha256:m", &["t".into()]), vec![None]);
+        let mut same = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
+        assert_eq!(same.load(None), 2);
+        assert_eq!(same.lookup_generation(&info, &request("x")).unwrap().generation.text, "from engine a");
+    }
+
+    #[test]
     fn clear_and_stats() {
-        let mut cache = Cache::new(&CacheConfig::default(), None);
+        let mut cache = Cache::new(&CacheConfig::default(), None, test_engine());
         let k = embedding_key("A", "t");
         cache.put_embedding(k, Stored { model_digest: Arc::from("A"), value: vec![1.0] });
         assert!(cache.get_embedding(&k).is_some());

@@ -74,22 +74,26 @@ pub struct EmbeddingRecord {
     pub vector: Vec<f32>,
 }
 
-/// Serializes `data` into the file format (header + archive).
-pub fn encode(data: &SnapshotData) -> Result<Vec<u8>> {
+/// Serializes `data`, made by the engine `engine` ([`crate::engine::fingerprint`]), into the file
+/// format (header + archive).
+pub fn encode(data: &SnapshotData, engine: u64) -> Result<Vec<u8>> {
     let payload =
         rkyv::to_bytes::<RkyvError>(data).map_err(|e| Error::Snapshot(format!("cannot serialize the cache: {e}")))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&header(data.created_unix_ms, &payload));
+    out.extend_from_slice(&header(data.created_unix_ms, engine, &payload));
     out.extend_from_slice(&payload);
     Ok(out)
 }
 
-fn header(created: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
+/// Header layout: magic, format version, (4 spare), creation time, payload length, checksum,
+/// engine fingerprint, (8 spare).
+fn header(created: u64, engine: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(&MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&created.to_le_bytes());
     h[24..32].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    h[48..56].copy_from_slice(&engine.to_le_bytes());
     let sum = checksum(&h, payload);
     h[32..48].copy_from_slice(&sum.to_le_bytes());
     h
@@ -108,9 +112,15 @@ fn checksum(header: &[u8], payload: &[u8]) -> u128 {
 #[derive(Debug)]
 pub struct Loaded {
     payload: AlignedVec<16>,
+    engine: u64,
 }
 
 impl Loaded {
+    /// The fingerprint of the engine that made it (0: unknown).
+    pub fn engine(&self) -> u64 {
+        self.engine
+    }
+
     /// The archived data (validated at load).
     pub fn data(&self) -> &ArchivedSnapshotData {
         // SAFETY: `decode` ran the validating `rkyv::access` on exactly these bytes.
@@ -139,7 +149,8 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Loaded, String> {
     if checksum(h, rest) != sum {
         return Err("checksum mismatch (damaged file)".into());
     }
-    decode_payload(rest)
+    let engine = u64::from_le_bytes(h[48..56].try_into().expect("8 bytes"));
+    decode_payload(rest).map(|loaded| Loaded { engine, ..loaded })
 }
 
 /// Validates a snapshot's payload (the rkyv archive after the header). The checksum guards
@@ -149,7 +160,7 @@ pub fn decode_payload(rest: &[u8]) -> std::result::Result<Loaded, String> {
     let mut payload = AlignedVec::<16>::with_capacity(rest.len());
     payload.extend_from_slice(rest);
     rkyv::access::<ArchivedSnapshotData, RkyvError>(&payload).map_err(|e| format!("invalid archive: {e}"))?;
-    Ok(Loaded { payload })
+    Ok(Loaded { payload, engine: 0 })
 }
 
 fn snapshot_name(created_unix_ms: u64) -> String {
@@ -161,9 +172,9 @@ fn is_snapshot(name: &str) -> bool {
 }
 
 /// Writes a snapshot into `dir` atomically and prunes older ones; returns its path and size.
-pub fn write(dir: &Path, data: &SnapshotData) -> Result<(PathBuf, u64)> {
+pub fn write(dir: &Path, data: &SnapshotData, engine: u64) -> Result<(PathBuf, u64)> {
     private_dir(dir)?;
-    let bytes = encode(data)?;
+    let bytes = encode(data, engine)?;
     let path = dir.join(snapshot_name(data.created_unix_ms));
     write_atomic(&path, &[&bytes], 0o600)?;
     let mut existing = list(dir);
@@ -250,15 +261,16 @@ mod tests {
     #[test]
     fn round_trip() {
         let data = sample();
-        let bytes = encode(&data).unwrap();
+        let bytes = encode(&data, 7).unwrap();
         let loaded = decode(&bytes).unwrap();
+        assert_eq!(loaded.engine(), 7);
         let back: SnapshotData = rkyv::deserialize::<SnapshotData, RkyvError>(loaded.data()).unwrap();
         assert_eq!(back, data);
     }
 
     #[test]
     fn damage_is_always_detected_never_a_panic() {
-        let bytes = encode(&sample()).unwrap();
+        let bytes = encode(&sample(), 7).unwrap();
         let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
         let mut next = || {
             seed ^= seed << 13;
@@ -286,7 +298,7 @@ mod tests {
 
     #[test]
     fn foreign_version_is_refused() {
-        let mut bytes = encode(&sample()).unwrap();
+        let mut bytes = encode(&sample(), 7).unwrap();
         bytes[8] = 2;
         assert!(decode(&bytes).unwrap_err().contains("format version 2"));
     }
@@ -296,10 +308,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut old = sample();
         old.created_unix_ms = 1;
-        write(dir.path(), &old).unwrap();
+        write(dir.path(), &old, 7).unwrap();
         let mut new = sample();
         new.created_unix_ms = 2;
-        let (newest, _) = write(dir.path(), &new).unwrap();
+        let (newest, _) = write(dir.path(), &new, 7).unwrap();
         std::fs::write(&newest, b"STXCACHE garbage").unwrap();
         std::fs::write(dir.path().join(format!("cache-x.snapshot{TEMP_MARK}1-1")), b"partial").unwrap();
         let (path, loaded) = load_newest(dir.path()).unwrap();
@@ -313,7 +325,7 @@ mod tests {
     fn only_the_newest_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         for t in 1..=5 {
-            write(dir.path(), &SnapshotData { created_unix_ms: t, ..Default::default() }).unwrap();
+            write(dir.path(), &SnapshotData { created_unix_ms: t, ..Default::default() }, 7).unwrap();
         }
         assert_eq!(list(dir.path()).len(), KEEP);
     }

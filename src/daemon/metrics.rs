@@ -318,6 +318,9 @@ pub fn render_text(status: &Status) -> String {
             model.queue_depth
         );
     }
+    if !status.engine_fingerprint.is_empty() {
+        let _ = writeln!(out, "engine:      {} ({})", status.engine_fingerprint, status.engine);
+    }
     for missing in &status.unavailable {
         let _ = writeln!(out, "unavailable: {} {}: {}", missing.kind.as_str(), missing.name, missing.reason);
     }

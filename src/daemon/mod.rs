@@ -121,8 +121,10 @@ async fn load(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon
             .await
             .context("model loading panicked")?
     };
+    let engine = crate::engine::fingerprint::fingerprint(&config).context("cannot fingerprint the engine")?;
+    tracing::info!(fingerprint = %engine.id, engine = %engine.summary, "engine");
     let cache = SharedCache::new(config.cache.enabled.then(|| {
-        let mut cache = Cache::new(&config.cache, Some(config.daemon_state_dir()));
+        let mut cache = Cache::new(&config.cache, Some(config.daemon_state_dir()), engine.clone());
         let digests: Vec<String> = registry.iter().map(|w| w.info().digest).collect();
         let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
         // With a model missing, entries of every model are kept: they are its answers once it
@@ -134,7 +136,7 @@ async fn load(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon
         let info = w.info();
         tracing::info!(kind = w.kind().as_str(), model = %info.name, digest = %info.digest, "model loaded");
     }
-    Ok(Daemon::new(config, registry, cache, api_key))
+    Ok(Daemon::new(config, registry, cache, api_key, engine))
 }
 
 /// What serves a listener's connections.
@@ -414,7 +416,7 @@ mod tests {
     async fn fake_daemon(dir: &std::path::Path, config: Config) -> (Arc<Daemon>, PathBuf) {
         let config = Arc::new(config);
         let registry = Registry::start(&config, &loader(|k| Fake { pieces: vec!["ab".into(); 4000], ..Fake::new(k) }));
-        let daemon = Daemon::new(config, registry, SharedCache::new(None), None);
+        let daemon = Daemon::new(config, registry, SharedCache::new(None), None, crate::cache::tests::test_engine());
         let path = dir.join("d.sock");
         let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());
         spawn_accept_loop(&Server::Rpc(daemon.clone()), move || {

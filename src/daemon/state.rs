@@ -1,6 +1,7 @@
 //! State shared by every connection, behind a small API: configuration, models, cache, counters
 //! and the shutdown tokens.
 
+use crate::engine::fingerprint::Fingerprint;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -35,6 +36,7 @@ pub(crate) struct Daemon {
     admin_gid: Option<u32>,
     last_activity: Mutex<Instant>,
     next_request: AtomicU64,
+    engine: Fingerprint,
 }
 
 impl Daemon {
@@ -44,6 +46,7 @@ impl Daemon {
         registry: Registry,
         cache: SharedCache,
         api_key: Option<ApiKey>,
+        engine: Fingerprint,
     ) -> Arc<Self> {
         Arc::new(Daemon {
             connection_slots: Arc::new(Semaphore::new(config.daemon.max_connections)),
@@ -59,7 +62,13 @@ impl Daemon {
             tracker: TaskTracker::new(),
             last_activity: Mutex::new(Instant::now()),
             next_request: AtomicU64::new(1),
+            engine,
         })
+    }
+
+    /// The engine fingerprint of every answer.
+    pub(crate) fn engine(&self) -> &Fingerprint {
+        &self.engine
     }
 
     /// The configuration in force.
@@ -210,6 +219,8 @@ impl Daemon {
                 })
                 .collect(),
             unavailable: self.registry.unavailable().to_vec(),
+            engine_fingerprint: self.engine.id.clone(),
+            engine: self.engine.summary.clone(),
             metrics: self.metrics.snapshot(),
             cache: self.cache.stats().ok(),
         }

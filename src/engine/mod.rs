@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod embed;
+pub mod fingerprint;
 pub mod generate;
 pub mod sampler;
 pub mod template;

@@ -40,6 +40,12 @@ pub struct Status {
     /// Configured models that could not be loaded (the daemon serves the others).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unavailable: Vec<UnavailableModel>,
+    /// The engine fingerprint (16 hex digits), part of every cache key.
+    #[serde(default)]
+    pub engine_fingerprint: String,
+    /// What the fingerprint covers: ONNX Runtime version and library, provider, options, CPU class.
+    #[serde(default)]
+    pub engine: String,
     /// Counters and latencies.
     pub metrics: MetricsSnapshot,
     /// Cache figures (None when the cache is off).

@@ -257,11 +257,9 @@ fn usage(result: &GenerateResult) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-/// The engine fingerprint of a model's answers: its digest, the ONNX Runtime version and the
-/// execution provider.
+/// OpenAI's `system_fingerprint` of a model's answers: its digest and the engine fingerprint.
 fn fingerprint(ready: &Ready, model_digest: &str) -> String {
-    let device = format!("{:?}", ready.daemon.config().device);
-    let digest = Sha256::digest(format!("{model_digest}|{}|{device}", crate::runtime::ORT_VERSION));
+    let digest = Sha256::digest(format!("{model_digest}|{}", ready.daemon.engine().id));
     format!("fp_{}", &hex::encode(digest)[..16])
 }
 
