@@ -249,6 +249,20 @@ fn keys_limits_and_slow_clients() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("HTTP 401") && stderr.lines().count() == 1, "{stderr}");
+    // Probes, and the headers a load balancer can use: the engine and whether it was a cache hit.
+    assert_eq!(curl(&[&daemon.url("/health/live")]).0, 200);
+    assert_eq!(curl(&[&daemon.url("/health/ready")]).0, 200);
+    let status: Value = serde_json::from_str(&daemon.stctl(&["status", "--json"])).unwrap();
+    let engine = status["engine_fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(engine.len(), 16, "{status}");
+    let completion = format!(r#"{{"model":"{GENERATION}","prompt":"Headers.","max_tokens":3}}"#);
+    for expected in ["miss", "hit"] {
+        let (code, head) =
+            curl(&["-H", &bearer, "-d", &completion, "-D", "-", "-o", "/dev/null", &daemon.url("/v1/completions")]);
+        assert_eq!(code, 200, "{head}");
+        assert!(head.contains(&format!("x-steadytext-engine: {engine}")), "{head}");
+        assert!(head.contains(&format!("x-steadytext-cache: {expected}")), "{head}");
+    }
     // Over JSON-RPC-over-HTTP, steadytext's own methods answer too.
     let rpc = r#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#;
     let (code, body) = curl(&["-H", &bearer, "-d", rpc, &daemon.url("/v1/rpc")]);

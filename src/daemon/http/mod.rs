@@ -158,6 +158,8 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, error: ApiError) {
 fn router(front: Arc<Front>) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/health/ready", get(health))
+        .route("/health/live", get(|| async { axum::Json(json!({ "status": "alive" })) }))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -171,7 +173,9 @@ fn router(front: Arc<Front>) -> Router {
         .with_state(front)
 }
 
-/// `GET /health`: 200 while serving, 503 while loading or stopping (no key needed).
+/// `GET /health` and `/health/ready`: 200 while serving, 503 while loading or stopping (no key
+/// needed). `/health/live` is 200 whenever the process answers (a liveness probe must not kill a
+/// daemon that is only loading or draining).
 async fn health(State(front): State<Arc<Front>>) -> Response {
     let (status, state) = if front.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping")

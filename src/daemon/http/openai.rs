@@ -20,6 +20,13 @@ use crate::engine::generate::{ChatMessage, FinishReason};
 use crate::error::Error;
 use crate::protocol::{EmbedResult, GenerateParams, GenerateResult, ModelKind};
 
+/// Response header naming the engine fingerprint of the answer (equal on every replica that
+/// gives the same bytes).
+const ENGINE_HEADER: &str = "x-steadytext-engine";
+
+/// Response header saying whether a generation came from the cache (`hit` or `miss`).
+const CACHE_HEADER: &str = "x-steadytext-cache";
+
 /// Fields OpenAI clients send that change nothing here; any other unknown field is refused.
 const HARMLESS_FIELDS: [&str; 4] = ["user", "store", "metadata", "service_tier"];
 
@@ -291,11 +298,13 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
             Flavor::Chat => "chat.completion",
             Flavor::Completion => "text_completion",
         };
-        return Ok(axum::Json(json!({
+        let body = axum::Json(json!({
             "id": identity.id, "object": object, "created": identity.created, "model": identity.model,
             "system_fingerprint": identity.fingerprint, "choices": [choice], "usage": usage(&result),
-        }))
-        .into_response());
+        }));
+        let cached = if result.cached { "hit" } else { "miss" };
+        return Ok(([(ENGINE_HEADER, ready.daemon.engine().id.clone()), (CACHE_HEADER, cached.to_string())], body)
+            .into_response());
     }
     // Streaming: errors found before the first piece (bad params, overload) get their own
     // status; later ones arrive as an error event.
@@ -338,8 +347,9 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
         }
         frames
     });
-    Ok(([(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(frames))
-        .into_response())
+    let engine = ready.daemon.engine().id.clone();
+    let headers = [(header::CONTENT_TYPE.as_str(), "text/event-stream".to_string()), (ENGINE_HEADER, engine)];
+    Ok(([(header::CACHE_CONTROL, "no-cache")], headers, Body::from_stream(frames)).into_response())
 }
 
 fn object(flavor: Flavor) -> &'static str {
@@ -401,11 +411,11 @@ pub(super) async fn embeddings(ready: Ready, body: Body) -> Result<Response, Api
     }
     let worker = ready.daemon.worker(ModelKind::Embedding, Some(&result.model))?;
     let tokens = token_count(&worker.info().dir, &texts).map_err(ApiError::from)?;
-    Ok(axum::Json(json!({
+    let body = axum::Json(json!({
         "object": "list", "data": data, "model": result.model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }))
-    .into_response())
+    }));
+    Ok(([(ENGINE_HEADER, ready.daemon.engine().id.clone())], body).into_response())
 }
 
 /// Longest text prefix counted for `usage`, in bytes: embedding models read a few hundred
