@@ -70,7 +70,12 @@ pub fn generate(
         on_piece(&result.generation.text);
     }
     persist(&cache);
-    Ok(result)
+    Ok(GenerateResult { engine_fingerprint: engine_id(config), ..result })
+}
+
+/// The engine fingerprint's id for answers (empty when it cannot be computed).
+fn engine_id(config: &Config) -> String {
+    crate::engine::fingerprint::fingerprint(config).map(|f| f.id).unwrap_or_default()
 }
 
 /// Embeds in-process; only texts missing from the cache load and run the model.
@@ -82,5 +87,5 @@ pub fn embed(config: &Config, params: &EmbedParams) -> Result<EmbedResult> {
         EmbeddingService::load(config, params.model.as_deref())?.run(&missing)
     }))?;
     persist(&cache);
-    Ok(result)
+    Ok(EmbedResult { engine_fingerprint: engine_id(config), ..result })
 }

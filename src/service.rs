@@ -81,6 +81,7 @@ impl GenerationService {
             model: self.info.name.clone(),
             model_digest: self.info.digest.clone(),
             cached: false,
+            engine_fingerprint: String::new(),
         })
     }
 }
@@ -122,6 +123,7 @@ impl EmbeddingService {
             embeddings: self.embedder.embed(texts)?,
             model: self.info.name.clone(),
             model_digest: self.info.digest.clone(),
+            engine_fingerprint: String::new(),
         })
     }
 }

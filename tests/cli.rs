@@ -79,6 +79,15 @@ fn daemon_and_direct_mode_give_the_same_bytes() {
     ] {
         assert_eq!(via(args), direct(args), "{args:?}");
     }
+    // Both modes name the same engine fingerprint, the one `status` shows.
+    let json = |text: String| serde_json::from_str::<serde_json::Value>(&text).unwrap();
+    let daemon_answer = json(via(&["generate", "Tell me about bees.", "--max-new-tokens", "40", "--json"]));
+    let direct_answer = json(direct(&["generate", "Tell me about bees.", "--max-new-tokens", "40", "--json"]));
+    let status = json(via(&["status", "--json"]));
+    assert_eq!(daemon_answer["engine_fingerprint"], status["engine_fingerprint"]);
+    assert_eq!(direct_answer["engine_fingerprint"], status["engine_fingerprint"]);
+    assert_eq!(status["engine_fingerprint"].as_str().unwrap().len(), 16);
+    assert_eq!(json(via(&["embed", "x", "--json"]))["engine_fingerprint"], status["engine_fingerprint"]);
     // Embedding floats survive the wire bit for bit.
     let line = via(&["embed", "bits"]);
     let v: Vec<f32> = serde_json::from_str(line.trim()).unwrap();

@@ -149,8 +149,12 @@ impl SharedCache {
                 missing.push(text.clone());
             }
         }
-        let mut answer =
-            EmbedResult { embeddings: Vec::new(), model: info.name.clone(), model_digest: info.digest.clone() };
+        let mut answer = EmbedResult {
+            embeddings: Vec::new(),
+            model: info.name.clone(),
+            model_digest: info.digest.clone(),
+            engine_fingerprint: String::new(),
+        };
         let computed = if missing.is_empty() {
             Vec::new()
         } else {
@@ -197,6 +201,7 @@ mod tests {
                 embeddings: texts.iter().map(|t| vector(t)).collect(),
                 model: "m".into(),
                 model_digest: "sha256:m".into(),
+                engine_fingerprint: String::new(),
             })
         };
         let texts: Vec<String> = ["a", "bb", "a"].map(String::from).to_vec();
@@ -281,6 +286,7 @@ mod tests {
             model: "m".into(),
             model_digest: "sha256:m".into(),
             cached: false,
+            engine_fingerprint: String::new(),
         })
     }
 

@@ -268,7 +268,13 @@ impl Cache {
     /// A cached answer for `request` on the model `info`, marked `cached`.
     pub fn lookup_generation(&mut self, info: &ModelInfo, request: &GenerateRequest) -> Option<GenerateResult> {
         let generation = self.get_generation(&generation_key(&self.scope(&info.digest), request))?;
-        Some(GenerateResult { generation, model: info.name.clone(), model_digest: info.digest.clone(), cached: true })
+        Some(GenerateResult {
+            generation,
+            model: info.name.clone(),
+            model_digest: info.digest.clone(),
+            cached: true,
+            engine_fingerprint: String::new(),
+        })
     }
 
     /// Stores a fresh answer.
@@ -438,6 +444,7 @@ pub(crate) mod tests {
             model: "m".into(),
             model_digest: "sha256:m".into(),
             cached: false,
+            engine_fingerprint: String::new(),
         };
         let mut a = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
         a.store_generation(&request("x"), &result);

@@ -292,6 +292,7 @@ fn embed_merged(model: &mut dyn Model, batch: Vec<EmbedJob>) {
                     embeddings: rows.by_ref().take(texts.len()).collect(),
                     model: result.model.clone(),
                     model_digest: result.model_digest.clone(),
+                    engine_fingerprint: String::new(),
                 }));
             }
         }
@@ -382,6 +383,7 @@ pub(crate) mod tests {
                 model: self.info.name.clone(),
                 model_digest: self.info.digest.clone(),
                 cached: false,
+                engine_fingerprint: String::new(),
             })
         }
 
@@ -394,6 +396,7 @@ pub(crate) mod tests {
                 embeddings: texts.iter().map(|t| vec![t.len() as f32, call]).collect(),
                 model: self.info.name.clone(),
                 model_digest: self.info.digest.clone(),
+                engine_fingerprint: String::new(),
             })
         }
     }

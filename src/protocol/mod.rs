@@ -258,6 +258,9 @@ pub struct GenerateResult {
     /// Whether the answer came from the cache.
     #[serde(default)]
     pub cached: bool,
+    /// The engine fingerprint the answer belongs to (`status`'s `engine_fingerprint`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine_fingerprint: String,
 }
 
 /// Parameters of `embed`.
@@ -297,6 +300,9 @@ pub struct EmbedResult {
     pub model: String,
     /// Model digest.
     pub model_digest: String,
+    /// The engine fingerprint the vectors belong to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine_fingerprint: String,
 }
 
 fn check_input(limits: &Limits, what: &str, text: &str) -> Result<()> {
@@ -329,7 +335,12 @@ mod tests {
             })
             .filter(|f| f.is_finite())
             .collect();
-        let result = EmbedResult { embeddings: vec![values.clone()], model: "m".into(), model_digest: "d".into() };
+        let result = EmbedResult {
+            embeddings: vec![values.clone()],
+            model: "m".into(),
+            model_digest: "d".into(),
+            engine_fingerprint: String::new(),
+        };
         let line = serde_json::to_string(&result).unwrap();
         let back: EmbedResult = serde_json::from_str(&line).unwrap();
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();

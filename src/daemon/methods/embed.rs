@@ -13,7 +13,8 @@ pub(crate) async fn call(call: &mut Call<'_>, params: EmbedParams) -> Result<Emb
     let worker = daemon.worker(ModelKind::Embedding, params.model.as_deref())?;
     params.validate(&daemon.config().limits)?;
     let info = worker.info();
-    let result = daemon.cache().embed(&info, &params.texts, |missing| run(call, worker, missing)).await?;
+    let mut result = daemon.cache().embed(&info, &params.texts, |missing| run(call, worker, missing)).await?;
+    result.engine_fingerprint = daemon.engine().id.clone();
     call.served.model = result.model.clone();
     Ok(result)
 }

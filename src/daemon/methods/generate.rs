@@ -33,7 +33,7 @@ async fn generate(call: &mut Call<'_>, params: GenerateParams, stream: bool) -> 
     }
     call.served.model = result.model.clone();
     call.served.cached = result.cached;
-    Ok(result)
+    Ok(GenerateResult { engine_fingerprint: daemon.engine().id.clone(), ..result })
 }
 
 /// Runs `request` on the worker, forwarding its pieces; cancels it when the client hangs up,
