@@ -140,6 +140,7 @@ async fn load(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon
 }
 
 /// What serves a listener's connections.
+#[derive(Clone)]
 enum Server {
     /// JSON-RPC lines.
     Rpc(Arc<Daemon>),
@@ -165,13 +166,6 @@ impl Server {
         match self {
             Server::Rpc(daemon) => daemon.shutdown().clone(),
             Server::Http(front) => front.shutdown().clone(),
-        }
-    }
-
-    fn clone(&self) -> Self {
-        match self {
-            Server::Rpc(daemon) => Server::Rpc(daemon.clone()),
-            Server::Http(front) => Server::Http(front.clone()),
         }
     }
 }

@@ -31,7 +31,7 @@ const CACHE_HEADER: &str = "x-steadytext-cache";
 const HARMLESS_FIELDS: [&str; 4] = ["user", "store", "metadata", "service_tier"];
 
 /// A string or a list of strings.
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(untagged)]
 enum OneOrMany {
     One(String),
@@ -167,7 +167,7 @@ impl Common {
         Ok(GenerateParams {
             seed: self.seed,
             max_new_tokens: self.max_completion_tokens.or(self.max_tokens),
-            stop: self.stop.as_ref().map(|s| s.clone_vec()).unwrap_or_default(),
+            stop: self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default(),
             temperature: self.temperature,
             top_p: self.top_p,
             model: Some(self.model.clone()),
@@ -177,15 +177,6 @@ impl Common {
 
     fn include_usage(&self) -> bool {
         self.stream_options.as_ref().is_some_and(|o| o.include_usage)
-    }
-}
-
-impl OneOrMany {
-    fn clone_vec(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
     }
 }
 
