@@ -149,7 +149,7 @@ fn user_errors_are_one_clear_line() {
 fn tcp_listener_and_idle_exit() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
+    let port = common::free_port();
     let key_file = dir.path().join("api-key");
     std::fs::write(&key_file, "test-key-0123456789abcdef\n").unwrap();
     let mut daemon = command(env!("CARGO_BIN_EXE_steadytextd"))
@@ -204,7 +204,7 @@ fn tcp_daemon(
     host: &str,
     env: &[(&str, &std::path::Path)],
 ) -> (std::process::Child, u16) {
-    let port = 40_000 + (std::process::id() % 20_000) as u16;
+    let port = common::free_port();
     let mut cmd = command(env!("CARGO_BIN_EXE_steadytextd"));
     cmd.envs(env.iter().copied());
     if let Some(key) = key_file {
