@@ -3,6 +3,7 @@
 //! in tests), so both modes give the same bytes.
 
 use crate::config::Config;
+use crate::engine::fingerprint::fingerprint;
 use crate::engine::generate::GenerateRequest;
 use crate::engine::{load_embedder, load_generator, ModelInfo, OnnxEmbedder, OnnxGenerator};
 use crate::error::{Error, Result};
@@ -59,13 +60,14 @@ pub fn check_model(requested: Option<&str>, info: &ModelInfo) -> Result<()> {
 pub struct GenerationService {
     info: ModelInfo,
     generator: OnnxGenerator,
+    engine: String,
 }
 
 impl GenerationService {
     /// Loads `name` (default: the configured generation model).
     pub fn load(config: &Config, name: Option<&str>) -> Result<Self> {
         let (info, generator) = load_generator(config, name.unwrap_or(&config.generation_model))?;
-        Ok(GenerationService { info, generator })
+        Ok(GenerationService { info, generator, engine: fingerprint(config)?.id })
     }
 
     /// Runs a validated generation (see [`Model::generate`]).
@@ -81,7 +83,7 @@ impl GenerationService {
             model: self.info.name.clone(),
             model_digest: self.info.digest.clone(),
             cached: false,
-            engine_fingerprint: String::new(),
+            engine_fingerprint: self.engine.clone(),
         })
     }
 }
@@ -108,13 +110,14 @@ impl Model for GenerationService {
 pub struct EmbeddingService {
     info: ModelInfo,
     embedder: OnnxEmbedder,
+    engine: String,
 }
 
 impl EmbeddingService {
     /// Loads `name` (default: the configured embedding model).
     pub fn load(config: &Config, name: Option<&str>) -> Result<Self> {
         let (info, embedder) = load_embedder(config, name.unwrap_or(&config.embedding_model))?;
-        Ok(EmbeddingService { info, embedder })
+        Ok(EmbeddingService { info, embedder, engine: fingerprint(config)?.id })
     }
 
     /// Embeds a validated batch (see [`Model::embed`]).
@@ -123,7 +126,7 @@ impl EmbeddingService {
             embeddings: self.embedder.embed(texts)?,
             model: self.info.name.clone(),
             model_digest: self.info.digest.clone(),
-            engine_fingerprint: String::new(),
+            engine_fingerprint: self.engine.clone(),
         })
     }
 }
