@@ -15,9 +15,12 @@ const CONFIG: &str = "[daemon]\nmax_connections_per_peer = 8\nidle_timeout_secs 
 #[test]
 fn idle_and_half_sent_connections_are_cut_off_and_refusals_are_readable() {
     let d = Daemon::socket_activated(CONFIG, &[]);
-    assert_eq!(d.connect().call("ping", json!({}))["result"]["protocol"], 1);
-    // Eight idle connections take this user's share; the ninth is refused with a reason.
-    let idle: Vec<_> = (0..8).map(|_| d.connect()).collect();
+    // Eight idle connections take this user's share (the first one has answered a ping, so the
+    // daemon is up; keeping it open means no closing connection races the count); the ninth is
+    // refused with a reason.
+    let mut first = d.connect();
+    assert_eq!(first.call("ping", json!({}))["result"]["protocol"], 1);
+    let idle: Vec<_> = std::iter::once(first).chain((1..8).map(|_| d.connect())).collect();
     std::thread::sleep(Duration::from_millis(200));
     let mut refused = d.connect();
     let answer = refused.read();
