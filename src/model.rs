@@ -35,6 +35,7 @@ pub const CONFIG_FILES: &[&str] = &[
     "sentence_bert_config.json",
     "modules.json",
     "1_Pooling/config.json",
+    "genai_config.json",
 ];
 
 /// Turns a model name or path into a folder: an existing path is taken as is, otherwise the name
@@ -68,7 +69,10 @@ impl ModelFiles {
         if !dir.is_dir() {
             return Err(Error::model(&name, format!("{} is not a folder", dir.display())));
         }
-        let onnx = find_onnx(dir, &name)?;
+        let onnx = match genai_decoder_file(dir, &name)? {
+            Some(file) => file,
+            None => find_onnx(dir, &name)?,
+        };
         let tokenizer = dir.join("tokenizer.json");
         if !tokenizer.is_file() {
             return Err(Error::model(
@@ -126,6 +130,35 @@ impl ModelFiles {
         }
         Ok(format!("sha256:{}", hex::encode(manifest.finalize())))
     }
+}
+
+/// The decoder file `genai_config.json` names (onnxruntime-genai layout), if the folder has one.
+fn genai_decoder_file(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
+    let path = dir.join("genai_config.json");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::model(name, format!("{} is not valid JSON: {e}", path.display())))?;
+    let Some(file) = json.pointer("/model/decoder/filename").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let relative = Path::new(file);
+    if relative.is_absolute() || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+        return Err(Error::model(
+            name,
+            format!("{}: model.decoder.filename {file:?} must be a file inside the model folder", path.display()),
+        ));
+    }
+    let onnx = dir.join(relative);
+    if !onnx.is_file() {
+        return Err(Error::model(
+            name,
+            format!("{} names {file:?} as the decoder, but {} is missing", path.display(), onnx.display()),
+        ));
+    }
+    Ok(Some(onnx))
 }
 
 fn find_onnx(dir: &Path, name: &str) -> Result<PathBuf> {
@@ -194,6 +227,15 @@ pub fn token_ids(value: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// Appends the ids of `value` (see [`token_ids`]) that `ids` does not hold yet.
+pub fn push_new_ids(ids: &mut Vec<u32>, value: Option<&Value>) {
+    for id in token_ids(value) {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+}
+
 /// A required unsigned integer field of a config JSON.
 pub fn usize_field(model: &str, json: &Value, key: &str) -> Result<usize> {
     json.get(key)
@@ -248,6 +290,23 @@ mod tests {
         assert_ne!(a, b);
         std::fs::write(dir.path().join("chat_template.jinja"), b"{{x}}").unwrap();
         assert_ne!(b, files.digest().unwrap());
+    }
+
+    #[test]
+    fn genai_config_names_the_decoder_file_inside_the_folder() {
+        let dir = folder(&["decoder/phi-int4.onnx", "model.onnx", "tokenizer.json"]);
+        let config = |file: &str| {
+            let json = serde_json::json!({"model": {"decoder": {"filename": file}}});
+            std::fs::write(dir.path().join("genai_config.json"), json.to_string()).unwrap();
+        };
+        config("decoder/phi-int4.onnx");
+        assert!(ModelFiles::discover(dir.path()).unwrap().onnx.ends_with("decoder/phi-int4.onnx"));
+        config("../outside.onnx");
+        let err = ModelFiles::discover(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("inside the model folder"), "{err}");
+        config("gone.onnx");
+        let err = ModelFiles::discover(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("gone.onnx") && err.contains("missing"), "{err}");
     }
 
     #[test]

@@ -155,6 +155,12 @@ fn embeddings_do_not_depend_on_batch_or_threads() {
     back.reverse();
     assert_eq!(back, alone, "reversed batch");
     assert_eq!(one.embed(&texts[1..3]).unwrap(), alone[1..3].to_vec(), "sub-batch");
+    // More texts than one encoder run takes, lengths mixed: runs are formed by token count, and
+    // every vector still comes back in its text's place, equal to the text embedded alone.
+    let many: Vec<String> = (0..41).map(|i| format!("text {i} ") + &"word ".repeat((i * 7919) % 53)).collect();
+    let many_alone: Vec<Vec<f32>> =
+        many.iter().map(|t| one.embed(std::slice::from_ref(t)).unwrap().remove(0)).collect();
+    assert_eq!(one.embed(&many).unwrap(), many_alone, "41 texts of mixed length");
     for threads in [2, 3, 4, 8] {
         let (_, mut other) = load_embedder(&common::config(threads), "all-MiniLM-L6-v2").unwrap();
         assert_eq!(other.embed(&texts).unwrap(), alone, "{threads} intra-op threads");

@@ -76,12 +76,17 @@ pub fn build_session(
             ),
         )
     };
+    // Intra-op threads spin while a Run() is in progress (between the many small nodes of a
+    // decode step parking and waking them costs ~35% of decode speed) and stop the moment it
+    // returns (`session.force_spinning_stop`), so an idle daemon uses no CPU. Spinning changes
+    // no number.
     let configure = |b: SessionBuilder| -> std::result::Result<SessionBuilder, ort::Error<SessionBuilder>> {
         b.with_optimization_level(GraphOptimizationLevel::All)?
             .with_intra_threads(s.intra_threads)?
             .with_inter_threads(1)?
             .with_parallel_execution(false)?
-            .with_intra_op_spinning(false)?
+            .with_intra_op_spinning(true)?
+            .with_config_entry("session.force_spinning_stop", "1")?
             .with_inter_op_spinning(false)?
             .with_deterministic_compute(true)
     };
@@ -115,13 +120,51 @@ fn i64_tensor(shape: [usize; 2], data: Vec<i64>, model: &str) -> Result<DynValue
     Tensor::from_array((shape, data)).map(|t| t.into_dyn()).map_err(inference(model))
 }
 
-/// A decoder-only ONNX export with `past_key_values.N.{key,value}` inputs (Hugging Face layout).
+/// Names and KV geometry of a decoder graph: Hugging Face exports and the onnxruntime-genai
+/// layout (GroupQueryAttention) take the same inputs; genai_config.json may rename them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecoderLayout {
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Past key input name, `%d` standing for the layer.
+    pub past_key: String,
+    /// Past value input name.
+    pub past_value: String,
+    /// Present key output name.
+    pub present_key: String,
+    /// Present value output name.
+    pub present_value: String,
+}
+
+impl DecoderLayout {
+    /// The Hugging Face export's names (`past_key_values.%d.key`, `present.%d.key`...).
+    pub fn hugging_face(kv_heads: usize, head_dim: usize) -> Self {
+        DecoderLayout {
+            kv_heads,
+            head_dim,
+            past_key: "past_key_values.%d.key".into(),
+            past_value: "past_key_values.%d.value".into(),
+            present_key: "present.%d.key".into(),
+            present_value: "present.%d.value".into(),
+        }
+    }
+
+    fn name(pattern: &str, layer: usize) -> String {
+        pattern.replace("%d", &layer.to_string())
+    }
+}
+
+/// A decoder-only ONNX graph with `input_ids`, `attention_mask`, optional `position_ids`, and a
+/// past/present KV pair per layer `[batch, kv_heads, seq, head_dim]`: a Hugging Face export or the
+/// onnxruntime-genai layout (GroupQueryAttention, which derives positions from the mask).
 pub struct OnnxDecoder {
     session: Session,
     model: String,
-    layers: usize,
-    kv_heads: usize,
-    head_dim: usize,
+    layout: DecoderLayout,
+    /// Per layer: past key, past value, present key, present value names.
+    names: Vec<[String; 4]>,
     context: usize,
     has_position_ids: bool,
 }
@@ -134,18 +177,35 @@ pub struct OnnxKv {
 
 impl OnnxDecoder {
     /// Wraps a session, checking that its inputs follow the decoder contract.
-    pub fn new(session: Session, model: &str, kv_heads: usize, head_dim: usize, context: usize) -> Result<Self> {
-        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    pub fn new(session: Session, model: &str, layout: DecoderLayout, context: usize) -> Result<Self> {
+        let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {
-            if !names.contains(&required) {
+            if !inputs.contains(&required) {
                 return Err(Error::model(model, format!("decoder ONNX graph has no `{required}` input")));
             }
         }
-        let layers = names.iter().filter(|n| n.starts_with("past_key_values.") && n.ends_with(".key")).count();
-        if layers == 0 {
-            return Err(Error::model(model, "decoder ONNX graph has no past_key_values inputs; export it with KV cache (`--task text-generation-with-past`)"));
+        let names: Vec<[String; 4]> = (0..)
+            .map(|i| {
+                [&layout.past_key, &layout.past_value, &layout.present_key, &layout.present_value]
+                    .map(|p| DecoderLayout::name(p, i))
+            })
+            .take_while(|n| inputs.contains(&n[0].as_str()))
+            .collect();
+        if names.is_empty() {
+            return Err(Error::model(
+                model,
+                format!(
+                    "decoder ONNX graph has no {} input; export it with KV cache (`--task text-generation-with-past`)",
+                    DecoderLayout::name(&layout.past_key, 0)
+                ),
+            ));
         }
-        for input in session.inputs().iter().filter(|i| i.name().starts_with("past_key_values.")) {
+        let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        if let Some(missing) = names.iter().flat_map(|n| &n[2..]).find(|n| !outputs.contains(&n.as_str())) {
+            return Err(Error::model(model, format!("decoder ONNX graph has no `{missing}` output")));
+        }
+        let past: Vec<&str> = names.iter().flat_map(|n| [n[0].as_str(), n[1].as_str()]).collect();
+        for input in session.inputs().iter().filter(|i| past.contains(&i.name())) {
             if input.dtype().tensor_type() != Some(TensorElementType::Float32) {
                 return Err(Error::model(
                     model,
@@ -153,12 +213,12 @@ impl OnnxDecoder {
                 ));
             }
         }
-        let has_position_ids = names.contains(&"position_ids");
-        Ok(OnnxDecoder { session, model: model.to_string(), layers, kv_heads, head_dim, context, has_position_ids })
+        let has_position_ids = inputs.contains(&"position_ids");
+        Ok(OnnxDecoder { session, model: model.to_string(), layout, names, context, has_position_ids })
     }
 
     fn empty_kv(&self) -> Result<DynValue> {
-        Tensor::from_array(([1usize, self.kv_heads, 0, self.head_dim], Vec::<f32>::new()))
+        Tensor::from_array(([1usize, self.layout.kv_heads, 0, self.layout.head_dim], Vec::<f32>::new()))
             .map(|t| t.into_dyn())
             .map_err(inference(&self.model))
     }
@@ -167,7 +227,8 @@ impl OnnxDecoder {
         let n = tokens.len();
         let past = state.len;
         let model = self.model.clone();
-        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = Vec::with_capacity(3 + 2 * self.layers);
+        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> =
+            Vec::with_capacity(3 + 2 * self.names.len());
         inputs
             .push(("input_ids".into(), i64_tensor([1, n], tokens.iter().map(|&t| t as i64).collect(), &model)?.into()));
         inputs.push(("attention_mask".into(), i64_tensor([1, past + n], vec![1; past + n], &model)?.into()));
@@ -179,13 +240,13 @@ impl OnnxDecoder {
         }
         let mut past_values = std::mem::take(&mut state.past);
         if past_values.is_empty() {
-            for _ in 0..self.layers {
+            for _ in 0..self.names.len() {
                 past_values.push((self.empty_kv()?, self.empty_kv()?));
             }
         }
-        for (i, (k, v)) in past_values.into_iter().enumerate() {
-            inputs.push((format!("past_key_values.{i}.key").into(), k.into()));
-            inputs.push((format!("past_key_values.{i}.value").into(), v.into()));
+        for ((k, v), [key, value, ..]) in past_values.into_iter().zip(&self.names) {
+            inputs.push((key.clone().into(), k.into()));
+            inputs.push((value.clone().into(), v.into()));
         }
         let mut outputs = self.session.run(inputs).map_err(inference(&model))?;
         let logits =
@@ -196,11 +257,11 @@ impl OnnxDecoder {
             return Err(Error::model(&model, format!("unexpected logits shape {shape:?}")));
         }
         let last = data[data.len() - vocab..].to_vec();
-        let mut present = Vec::with_capacity(self.layers);
-        for i in 0..self.layers {
-            let missing = || Error::model(&model, format!("decoder ONNX graph has no present.{i} outputs"));
-            let k = outputs.remove(format!("present.{i}.key")).ok_or_else(missing)?;
-            let v = outputs.remove(format!("present.{i}.value")).ok_or_else(missing)?;
+        let mut present = Vec::with_capacity(self.names.len());
+        for [.., key, value] in &self.names {
+            let missing = |name: &str| Error::model(&model, format!("decoder ONNX graph has no `{name}` output"));
+            let k = outputs.remove(key.as_str()).ok_or_else(|| missing(key))?;
+            let v = outputs.remove(value.as_str()).ok_or_else(|| missing(value))?;
             present.push((k, v));
         }
         state.past = present;

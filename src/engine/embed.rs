@@ -185,16 +185,6 @@ impl<B: EncoderBackend> Embedder<B> {
 
     /// Embeds each text; the result has one unit-length vector per text, in order.
     pub fn embed(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for chunk in texts.chunks(ENCODER_CHUNK) {
-            out.extend(self.embed_chunk(chunk)?);
-        }
-        Ok(out)
-    }
-
-    fn embed_chunk(&mut self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        // Texts longer than truncation keeps are cut first: tokenizing 256 KB whole costs far
-        // more memory than the 256 tokens it yields (and gives exactly the same tokens).
         let inputs: Vec<&str> = texts
             .iter()
             .map(|t| match self.cut_long_texts && t.len() > LONG_TEXT_BYTES {
@@ -206,22 +196,39 @@ impl<B: EncoderBackend> Embedder<B> {
             .tokenizer
             .encode_batch(inputs, true)
             .map_err(|e| Error::InvalidRequest(format!("cannot tokenize: {e}")))?;
-        let seq = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
-        let batch = encodings.len();
+        // Length-aware batching: encoder runs take texts in order of token count, so a run pads
+        // to a length near its texts' own (attention cost grows with the square of it). A row's
+        // vector does not depend on its batch or padding, so the order changes no bit.
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut out = vec![Vec::new(); encodings.len()];
+        for chunk in order.chunks(ENCODER_CHUNK) {
+            let rows: Vec<&[u32]> = chunk.iter().map(|&i| encodings[i].get_ids()).collect();
+            for (&i, v) in chunk.iter().zip(self.encode_rows(&rows)?) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs one right-padded encoder batch of token rows and pools each row.
+    fn encode_rows(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let seq = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+        let batch = rows.len();
         let mut ids = vec![self.pad_id; batch * seq];
         let mut mask = vec![0i64; batch * seq];
-        for (row, enc) in encodings.iter().enumerate() {
-            for (col, &id) in enc.get_ids().iter().enumerate() {
+        for (row, tokens) in rows.iter().enumerate() {
+            for (col, &id) in tokens.iter().enumerate() {
                 ids[row * seq + col] = i64::from(id);
                 mask[row * seq + col] = 1;
             }
         }
         let hidden = self.backend.encode(&ids, &mask, batch, seq)?;
-        Ok(encodings
+        Ok(rows
             .iter()
             .enumerate()
-            .map(|(row, enc)| {
-                let len = enc.get_ids().len().max(1);
+            .map(|(row, tokens)| {
+                let len = tokens.len().max(1);
                 let start = row * hidden.seq * hidden.dim;
                 let mut v = self.pooling.pool(&hidden.data[start..start + hidden.seq * hidden.dim], len, hidden.dim);
                 l2_normalize(&mut v);

@@ -15,7 +15,7 @@ use tokenizers::Tokenizer;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
-use backend::{build_session, OnnxDecoder, OnnxEncoder, SessionSettings};
+use backend::{build_session, DecoderLayout, OnnxDecoder, OnnxEncoder, SessionSettings};
 use embed::{Embedder, Pooling};
 use generate::Generator;
 use template::ChatTemplate;
@@ -47,7 +47,10 @@ impl ModelInfo {
 struct Loaded {
     files: ModelFiles,
     info: ModelInfo,
+    /// `config.json` (Hugging Face layout); `Null` when absent.
     config_json: serde_json::Value,
+    /// `genai_config.json` (onnxruntime-genai layout); `Null` when absent.
+    genai_json: serde_json::Value,
     session: ort::session::Session,
     tokenizer: Tokenizer,
 }
@@ -55,9 +58,17 @@ struct Loaded {
 fn load_common(config: &Config, name: &str) -> Result<Loaded> {
     let dir = model::resolve_dir(&config.model_dir, name)?;
     let files = ModelFiles::discover(&dir)?;
-    let config_json = files.json("config.json")?.ok_or_else(|| {
-        Error::model(&files.name, format!("{} has no config.json; copy the model's config.json there", dir.display()))
-    })?;
+    let genai_json = files.json("genai_config.json")?.unwrap_or_default();
+    let config_json = match files.json("config.json")? {
+        Some(json) => json,
+        None if !genai_json.is_null() => serde_json::Value::Null,
+        None => {
+            return Err(Error::model(
+                &files.name,
+                format!("{} has no config.json; copy the model's config.json there", dir.display()),
+            ))
+        }
+    };
     let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
         .map_err(|e| Error::model(&files.name, format!("{} does not load: {e}", files.tokenizer.display())))?;
     tokenizer.with_padding(None);
@@ -71,31 +82,72 @@ fn load_common(config: &Config, name: &str) -> Result<Loaded> {
     };
     let session = build_session(env, &files.onnx, &files.name, settings)?;
     let info = ModelInfo { name: files.name.clone(), digest, dir };
-    Ok(Loaded { files, info, config_json, session, tokenizer })
+    Ok(Loaded { files, info, config_json, genai_json, session, tokenizer })
+}
+
+/// What a decoder's configs say about its shape and ends, from `genai_config.json`
+/// (onnxruntime-genai layout) when the folder has one, else from `config.json`.
+struct DecoderConfig {
+    layout: DecoderLayout,
+    context: usize,
+    eos: Vec<u32>,
+}
+
+impl DecoderConfig {
+    fn read(l: &Loaded) -> Result<Self> {
+        use serde_json::Value;
+        let m = l.files.name.as_str();
+        let mut eos =
+            model::token_ids(l.files.json("generation_config.json")?.as_ref().and_then(|g| g.get("eos_token_id")));
+        if let Some(genai) = l.genai_json.get("model") {
+            let field = |json: &Value, key: &str| {
+                json.get(key)
+                    .and_then(Value::as_u64)
+                    .map(|v| v as usize)
+                    .ok_or_else(|| Error::model(m, format!("genai_config.json lacks the integer field `{key}`")))
+            };
+            let decoder = genai.get("decoder").cloned().unwrap_or_default();
+            let inputs = decoder.get("inputs").cloned().unwrap_or_default();
+            let outputs = decoder.get("outputs").cloned().unwrap_or_default();
+            let name = |side: &Value, key: &str, default: String| {
+                side.get(key).and_then(Value::as_str).map(str::to_string).unwrap_or(default)
+            };
+            let hf =
+                DecoderLayout::hugging_face(field(&decoder, "num_key_value_heads")?, field(&decoder, "head_size")?);
+            let layout = DecoderLayout {
+                past_key: name(&inputs, "past_key_names", hf.past_key.clone()),
+                past_value: name(&inputs, "past_value_names", hf.past_value.clone()),
+                present_key: name(&outputs, "present_key_names", hf.present_key.clone()),
+                present_value: name(&outputs, "present_value_names", hf.present_value.clone()),
+                ..hf
+            };
+            model::push_new_ids(&mut eos, genai.get("eos_token_id"));
+            return Ok(DecoderConfig { layout, context: field(genai, "context_length")?, eos });
+        }
+        let c = &l.config_json;
+        let heads = model::usize_field(m, c, "num_attention_heads")?;
+        let kv_heads = c.get("num_key_value_heads").and_then(Value::as_u64).map(|v| v as usize).unwrap_or(heads);
+        let head_dim = match c.get("head_dim").and_then(Value::as_u64) {
+            Some(d) => d as usize,
+            None => model::usize_field(m, c, "hidden_size")? / heads.max(1),
+        };
+        model::push_new_ids(&mut eos, c.get("eos_token_id"));
+        Ok(DecoderConfig {
+            layout: DecoderLayout::hugging_face(kv_heads, head_dim),
+            context: model::usize_field(m, c, "max_position_embeddings")?,
+            eos,
+        })
+    }
 }
 
 /// Loads a generation model by name (under `config.model_dir`) or path.
 pub fn load_generator(config: &Config, name: &str) -> Result<(ModelInfo, OnnxGenerator)> {
     let l = load_common(config, name)?;
     let m = l.files.name.as_str();
-    let heads = model::usize_field(m, &l.config_json, "num_attention_heads")?;
-    let kv_heads =
-        l.config_json.get("num_key_value_heads").and_then(|v| v.as_u64()).map(|v| v as usize).unwrap_or(heads);
-    let head_dim = match l.config_json.get("head_dim").and_then(|v| v.as_u64()) {
-        Some(d) => d as usize,
-        None => model::usize_field(m, &l.config_json, "hidden_size")? / heads.max(1),
-    };
-    let context = model::usize_field(m, &l.config_json, "max_position_embeddings")?;
-    let mut eos =
-        model::token_ids(l.files.json("generation_config.json")?.as_ref().and_then(|g| g.get("eos_token_id")));
-    for id in model::token_ids(l.config_json.get("eos_token_id")) {
-        if !eos.contains(&id) {
-            eos.push(id);
-        }
-    }
-    let backend = OnnxDecoder::new(l.session, m, kv_heads, head_dim, context)?;
+    let d = DecoderConfig::read(&l)?;
+    let backend = OnnxDecoder::new(l.session, m, d.layout, d.context)?;
     let template = ChatTemplate::load(&l.files)?;
-    let generator = Generator::new(backend, l.tokenizer, template, eos, m)?;
+    let generator = Generator::new(backend, l.tokenizer, template, d.eos, m)?;
     Ok((l.info, generator))
 }
 

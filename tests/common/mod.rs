@@ -21,6 +21,23 @@ pub fn config(threads: usize) -> Config {
     c
 }
 
+/// The fused (onnxruntime-genai layout) decoders built from the shared model by
+/// `tools/fused-decoder/build.sh` (once; cached outside git): the folder holding
+/// `SmolLM2-135M-Instruct-fused-acc4` and `-acc0`.
+pub fn fused_models() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/fused-decoder/build.sh");
+        let out = std::process::Command::new(&script)
+            .env("STEADYTEXT_SHARED_MODEL", models_dir().join("SmolLM2-135M-Instruct"))
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
 /// Parses a JSON file of the shared models.
 pub fn reference(path: &str) -> serde_json::Value {
     let p = models_dir().join(path);

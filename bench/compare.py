@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""steadytextd through its socket against the anchors a user could run instead, on the same
+work, in one run: Python onnxruntime on the shared model and on the fused model, llama.cpp
+(llama-cpp-python) on the SmolLM2 Q4_1 GGUF, and fastembed on the shared MiniLM model.
+
+Prints one table and writes JSON (figures and ratios) to the path given by --json.
+Run through `make bench` (which builds everything it needs); CI does not run it.
+"""
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+THREADS = 2
+SHORT, LONG = 48, 512
+# A raw (untemplated) prompt whose greedy continuation runs past 512 tokens on SmolLM2 without
+# an end token, so every engine generates the same number of tokens.
+LONG_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
+IDLE_SECS = 10
+
+
+def percentile(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def sentences(n, seed):
+    """n sentences of mixed length (3 to 120 words), the same every run."""
+    rng = random.Random(seed)
+    words = ("the model answers every question with the same bytes because determinism is the product and "
+             "operators rely on caches restarts batching threads and arrival order never changing a vector").split()
+    return [" ".join(rng.choice(words) for _ in range(rng.choice([3, 6, 10, 16, 24, 40, 64, 120]))) + "."
+            for _ in range(n)]
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Daemon:
+    """steadytextd started the way systemd does (systemd-socket-activate execs it on the first
+    connection), one JSON-RPC connection kept open."""
+
+    def __init__(self, bin_dir, config):
+        self.dir = tempfile.mkdtemp(prefix="steadytext-bench-")
+        self.socket_path = os.path.join(self.dir, "steadytext.sock")
+        config_path = os.path.join(self.dir, "steadytext.toml")
+        with open(config_path, "w") as f:
+            f.write(config)
+        env = [f"--setenv={k}={os.environ[k]}" for k in ("ORT_DYLIB_PATH", "STEADYTEXT_MODEL_DIR")]
+        env.append(f"--setenv=STATE_DIRECTORY={self.dir}/state")
+        root = ["--allow-root"] if os.geteuid() == 0 else []
+        self.log = open(os.path.join(self.dir, "daemon.log"), "w")
+        self.proc = subprocess.Popen(
+            ["systemd-socket-activate", "-l", self.socket_path, "--fdname=unix", *env,
+             os.path.join(bin_dir, "steadytextd"), "--config", config_path, *root],
+            stdout=subprocess.DEVNULL, stderr=self.log)
+        deadline = time.time() + 10
+        while not os.path.exists(self.socket_path):
+            if time.time() > deadline:
+                sys.exit("the daemon's socket never appeared")
+            time.sleep(0.01)
+        self.conn = None
+        self.next_id = 0
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(self.socket_path)
+        self.conn, self.reader = s, s.makefile("rb")
+
+    def call(self, method, params, on_piece=None):
+        if self.conn is None:
+            self.connect()
+        self.next_id += 1
+        line = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": self.next_id})
+        self.conn.sendall(line.encode() + b"\n")
+        while True:
+            msg = json.loads(self.reader.readline())
+            if msg.get("method") == "generate.piece":
+                if on_piece:
+                    on_piece(msg["params"]["text"])
+                continue
+            if "error" in msg:
+                sys.exit(f"daemon answered {method} with an error: {msg['error']}\nlog: {self.log.name}")
+            return msg["result"]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def time_first(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+# ---------- what each engine runs ----------
+
+class DaemonGenerator:
+    def __init__(self, daemon):
+        self.d = daemon
+
+    def run(self, prompt, max_new, raw=False):
+        """(new tokens, seconds, seconds to the first streamed piece)"""
+        first = []
+        t = time.perf_counter()
+        result = self.d.call("generate_stream", {"prompt": prompt, "max_new_tokens": max_new, "raw": raw},
+                             on_piece=lambda _: first or first.append(time.perf_counter() - t))
+        return len(result["token_ids"]), time.perf_counter() - t, first[0] if first else float("nan")
+
+
+class OrtGenerator:
+    """Python onnxruntime's own greedy loop (numpy), 2 intra-op threads, default options."""
+
+    def __init__(self, folder, config, tokenizer):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = THREADS
+        self.sess = ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.sess.get_inputs()}
+        self.names = [o.name for o in self.sess.get_outputs()]
+        self.config, self.tok = config, tokenizer
+
+    def run(self, prompt, max_new, raw=False):
+        c = self.config
+        text = prompt if raw else chat_text(prompt)
+        feed = self.tok.encode(text, add_special_tokens=False).ids
+        past = {f"past_key_values.{i}.{k}": np.zeros((1, c["num_key_value_heads"], 0, c["head_dim"]), np.float32)
+                for i in range(c["num_hidden_layers"]) for k in ("key", "value")}
+        done, n, first = 0, 0, float("nan")
+        t = time.perf_counter()
+        while n < max_new:
+            inputs = {"input_ids": np.array([feed], np.int64),
+                      "attention_mask": np.ones((1, done + len(feed)), np.int64), **past}
+            if "position_ids" in self.inputs:
+                inputs["position_ids"] = np.arange(done, done + len(feed), dtype=np.int64)[None, :]
+            out = dict(zip(self.names, self.sess.run(None, inputs)))
+            for key in past:
+                past[key] = out[key.replace("past_key_values", "present")]
+            done += len(feed)
+            token = int(np.argmax(out["logits"][0, -1]))
+            if n == 0:
+                first = time.perf_counter() - t
+            if token == c["eos_token_id"]:
+                break
+            n += 1
+            feed = [token]
+        return n, time.perf_counter() - t, first
+
+
+class LlamaCppGenerator:
+    """llama.cpp through llama-cpp-python, greedy (top_k = 1), 2 threads."""
+
+    def __init__(self, gguf):
+        from llama_cpp import Llama
+        self.llm = Llama(model_path=gguf, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=2048, verbose=False)
+        self.eos = self.llm.token_eos()
+
+    def run(self, prompt, max_new, raw=False):
+        text = prompt if raw else chat_text(prompt)
+        tokens = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+        self.llm.reset()
+        n, first = 0, float("nan")
+        t = time.perf_counter()
+        for token in self.llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0, reset=True):
+            if n == 0:
+                first = time.perf_counter() - t
+            if token == self.eos:
+                break
+            n += 1
+            if n >= max_new:
+                break
+        return n, time.perf_counter() - t, first
+
+
+SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def chat_text(prompt):
+    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+
+
+def generation_figures(engine, prompts):
+    engine.run(prompts[0], 4)  # warm-up
+    tokens = seconds = 0
+    firsts = []
+    for p in prompts:
+        n, s, first = engine.run(p, SHORT)
+        tokens, seconds = tokens + n, seconds + s
+        firsts.append(first)
+    n, s, _ = engine.run(LONG_PROMPT, LONG, raw=True)
+    return {"tokens_per_s_48": tokens / seconds, "tokens_per_s_512": n / s, "tokens_512": n,
+            "first_token_ms": 1e3 * statistics.median(firsts)}
+
+
+class OrtEmbedder:
+    """Python onnxruntime on MiniLM: tokenize, pad each batch to its longest text, mean-pool."""
+
+    def __init__(self, folder):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = THREADS
+        self.sess = ort.InferenceSession(os.path.join(folder, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        self.tok = Tokenizer.from_file(os.path.join(folder, "tokenizer.json"))
+        self.tok.enable_truncation(256)
+        self.tok.enable_padding()
+
+    def embed(self, texts):
+        enc = self.tok.encode_batch(texts)
+        ids = np.array([e.ids for e in enc], np.int64)
+        mask = np.array([e.attention_mask for e in enc], np.int64)
+        hidden = self.sess.run(None, {"input_ids": ids, "attention_mask": mask,
+                                      "token_type_ids": np.zeros_like(ids)})[0]
+        pooled = (hidden * mask[:, :, None]).sum(1) / mask.sum(1, keepdims=True)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+
+class FastEmbedder:
+    def __init__(self, folder):
+        from fastembed import TextEmbedding
+        self.model = TextEmbedding("sentence-transformers/all-MiniLM-L6-v2", specific_model_path=folder,
+                                   threads=THREADS, local_files_only=True)
+
+    def embed(self, texts):
+        return list(self.model.embed(texts, batch_size=32))
+
+
+class DaemonEmbedder:
+    def __init__(self, daemon):
+        self.d = daemon
+
+    def embed(self, texts):
+        return self.d.call("embed", {"texts": texts})["embeddings"]
+
+
+def embedding_figures(engine, batched, single):
+    engine.embed(single[:4])
+    t = time.perf_counter()
+    for i in range(0, len(batched), 32):
+        engine.embed(batched[i:i + 32])
+    batch_rate = len(batched) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for s in single:
+        engine.embed([s])
+    return {"embeddings_per_s_batched": batch_rate, "embeddings_per_s_single": len(single) / (time.perf_counter() - t)}
+
+
+def idle_cpu(pid):
+    c0 = cpu_seconds(pid)
+    time.sleep(IDLE_SECS)
+    return 100 * (cpu_seconds(pid) - c0) / IDLE_SECS
+
+
+# ---------- the run ----------
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bin", required=True, help="folder with steadytextd")
+    ap.add_argument("--shared", required=True, help="../shared/models")
+    ap.add_argument("--fused", required=True, help="the fused model folder (served variant)")
+    ap.add_argument("--gguf", help="SmolLM2 Q4_1 GGUF for llama.cpp")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    gen_dir = os.path.join(args.shared, "SmolLM2-135M-Instruct")
+    emb_dir = os.path.join(args.shared, "all-MiniLM-L6-v2")
+    gen_config = json.load(open(os.path.join(gen_dir, "config.json")))
+    prompts = [c["prompt"] for c in json.load(open(os.path.join(gen_dir, "reference_ort.json")))["cases"]]
+    tokenizer = Tokenizer.from_file(os.path.join(gen_dir, "tokenizer.json"))
+    batched, single = sentences(1024, 1), sentences(256, 2)
+    rows = {}
+    uncached = "[cache]\ngeneration_capacity = 0\nembedding_capacity = 0\n"
+
+    def note(name, figures):
+        rows.setdefault(name, {}).update(figures)
+        print(f"  {name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                        for k, v in figures.items()), flush=True)
+
+    print("steadytextd, shared model (HF layout), uncached", flush=True)
+    d = Daemon(args.bin, uncached)
+    d.connect()
+    cold_embed = time_first(lambda: d.call("embed", {"texts": ["cold start"]}))
+    note("steadytextd shared", {"cold_start_embed_ms": 1e3 * cold_embed})
+    note("steadytextd shared", generation_figures(DaemonGenerator(d), prompts))
+    note("steadytextd shared", embedding_figures(DaemonEmbedder(d), batched, single))
+    note("steadytextd shared", {"idle_cpu_percent": idle_cpu(d.proc.pid), "peak_rss_mb": peak_rss_mb(d.proc.pid)})
+    d.stop()
+
+    print("steadytextd, fused model, uncached", flush=True)
+    d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)
+    d.connect()
+    cold_gen = time_first(lambda: d.call("generate", {"prompt": prompts[0], "max_new_tokens": 1}))
+    note("steadytextd fused", {"cold_start_generate_ms": 1e3 * cold_gen})
+    note("steadytextd fused", generation_figures(DaemonGenerator(d), prompts))
+    note("steadytextd fused", {"idle_cpu_percent": idle_cpu(d.proc.pid), "peak_rss_mb": peak_rss_mb(d.proc.pid)})
+    d.stop()
+
+    print("steadytextd, shared model, cached answers on a kept-open connection", flush=True)
+    d = Daemon(args.bin, "")
+    d.connect()
+    cold_gen = time_first(lambda: d.call("generate", {"prompt": prompts[0], "max_new_tokens": 1}))
+    d.call("generate", {"prompt": prompts[1], "max_new_tokens": SHORT})
+    d.call("embed", {"texts": [single[0]]})
+    gen_lat, emb_lat = [], []
+    for _ in range(2000):
+        gen_lat.append(time_first(lambda: d.call("generate", {"prompt": prompts[1], "max_new_tokens": SHORT})))
+        emb_lat.append(time_first(lambda: d.call("embed", {"texts": [single[0]]})))
+    note("steadytextd shared", {
+        "cold_start_generate_ms": 1e3 * cold_gen,
+        "cached_generate_p50_ms": 1e3 * percentile(gen_lat, 50), "cached_generate_p99_ms": 1e3 * percentile(gen_lat, 99),
+        "cached_embed_p50_ms": 1e3 * percentile(emb_lat, 50), "cached_embed_p99_ms": 1e3 * percentile(emb_lat, 99)})
+    d.stop()
+
+    print("Python onnxruntime (in process)", flush=True)
+    note("python onnxruntime shared", generation_figures(OrtGenerator(gen_dir, gen_config, tokenizer), prompts))
+    note("python onnxruntime shared", embedding_figures(OrtEmbedder(emb_dir), batched, single))
+    note("python onnxruntime shared", {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+    note("python onnxruntime fused", generation_figures(OrtGenerator(args.fused, gen_config, tokenizer), prompts))
+    try:
+        note("fastembed", embedding_figures(FastEmbedder(emb_dir), batched, single))
+    except Exception as e:  # noqa: BLE001 - an anchor that cannot run is reported, not fatal
+        print(f"  fastembed: cannot run offline on the shared model: {e}", flush=True)
+    if args.gguf:
+        print("llama.cpp (llama-cpp-python)", flush=True)
+        note("llama.cpp", generation_figures(LlamaCppGenerator(args.gguf), prompts))
+
+    ratios = {}
+
+    def ratio(name, a, b, key):
+        if key in rows.get(a, {}) and key in rows.get(b, {}):
+            ratios[name] = rows[a][key] / rows[b][key]
+
+    for key in ("tokens_per_s_48", "tokens_per_s_512"):
+        ratio(f"fused daemon / llama.cpp {key}", "steadytextd fused", "llama.cpp", key)
+        ratio(f"fused daemon / python ort shared {key}", "steadytextd fused", "python onnxruntime shared", key)
+        ratio(f"fused daemon / python ort fused {key}", "steadytextd fused", "python onnxruntime fused", key)
+        ratio(f"shared daemon / python ort shared {key}", "steadytextd shared", "python onnxruntime shared", key)
+    for key in ("embeddings_per_s_batched", "embeddings_per_s_single"):
+        ratio(f"daemon / python ort {key}", "steadytextd shared", "python onnxruntime shared", key)
+        ratio(f"daemon / fastembed {key}", "steadytextd shared", "fastembed", key)
+
+    keys = sorted({k for r in rows.values() for k in r})
+    names = list(rows)
+    print()
+    print("| figure | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for k in keys:
+        cells = [f"{rows[n][k]:.1f}" if isinstance(rows[n].get(k), float) else str(rows[n].get(k, "")) for n in names]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    print()
+    print("| ratio | value |\n|---|---|")
+    for k, v in ratios.items():
+        print(f"| {k} | {v:.2f} |")
+    json.dump({"machine": {"cpus": os.cpu_count(), "onnxruntime": ort.__version__}, "figures": rows,
+               "ratios": ratios}, open(args.json, "w"), indent=1)
+    print(f"\nJSON: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Builds the fused (onnxruntime-genai layout) SmolLM2 decoders from ../shared's model, once, into
+# $XDG_CACHE_HOME/steadytext/fused-<hash of this folder's scripts>/ (outside git; the shared
+# folder stays as it is), and prints that folder. It holds two model folders:
+#   SmolLM2-135M-Instruct-fused-acc4  the served fast form (int8 compute), with reference.json
+#   SmolLM2-135M-Instruct-fused-acc0  fp32 compute, proven against the shared model's reference
+# Python (onnx, onnxruntime from PyPI) runs in a private venv; nothing else is downloaded.
+set -eu
+here=$(cd "$(dirname "$0")" && pwd)
+shared=${STEADYTEXT_SHARED_MODEL:-$(cd "$here/../.." && pwd)/../shared/models/SmolLM2-135M-Instruct}
+hash=$(cat "$here/build.py" "$here/build.sh" "$here/requirements.txt" | sha256sum | cut -c1-16)
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/steadytext"
+out="$cache/fused-$hash"
+mkdir -p "$cache"
+exec 9>"$cache/fused-$hash.lock"
+flock 9
+if [ ! -f "$out/.complete" ]; then
+    venv="$cache/fused-venv-$(sha256sum "$here/requirements.txt" | cut -c1-16)"
+    if [ ! -f "$venv/.complete" ]; then
+        rm -rf "$venv"
+        python3 -m venv "$venv" >&2
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt" >&2
+        touch "$venv/.complete"
+    fi
+    rm -rf "$out"
+    mkdir -p "$out"
+    "$venv/bin/python" "$here/build.py" "$shared" "$out" >&2
+    touch "$out/.complete"
+fi
+echo "$out"
