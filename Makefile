@@ -10,7 +10,7 @@ export STEADYTEXT_MODEL_DIR ?= $(abspath $(CURDIR)/../shared/models)
 DEMO_SOCKET := $(CURDIR)/target/demo.sock
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup build demo test test-cargo test-style test-fuzz test-e2e bench package-build install
+.PHONY: setup build demo test test-cargo test-style test-fuzz test-e2e bench bench-engine package-build install
 
 setup:
 	./packaging/dev-setup.sh
@@ -57,7 +57,13 @@ test-cargo: setup
 test-e2e: setup
 	./tests/e2e-systemd.sh
 
-bench: setup
+# steadytextd through its socket against the anchors (Python onnxruntime, llama.cpp, fastembed)
+# on the same work: one table, JSON in target/bench/compare.json. Not run by CI.
+bench: build
+	./bench/run.sh
+
+# The engine's own figures (daemon round trip, concurrency, snapshots, long prompts).
+bench-engine: setup
 	$(CARGO) bench --locked --bench engine
 
 # What the .deb (debian/rules) and the .rpm (rpm/steadytext.spec) both build and install.

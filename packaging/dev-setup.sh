@@ -9,7 +9,7 @@ missing=""
 command -v systemd-socket-activate >/dev/null || missing="$missing systemd"
 command -v python3 >/dev/null || missing="$missing python3"
 python3 -m pip --version >/dev/null 2>&1 || missing="$missing python3-pip"
-# The HTTP tests run curl and the `openai` package in a private venv (tests/python/venv.sh).
+# The HTTP tests run curl and the `openai` package in a private venv (tools/venv.sh).
 command -v curl >/dev/null || missing="$missing curl"
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 if [ -n "$missing" ]; then

@@ -70,6 +70,67 @@ fn served_fused_model_gives_its_python_reference_ids_with_1_and_2_threads() {
 }
 
 #[test]
+fn onnxruntime_genai_runs_the_fused_folder_to_steadytexts_ids() {
+    // onnxruntime-genai (its own ONNX Runtime, 1.32.0) reads genai_config.json and runs its own
+    // greedy search: the folder is a real onnxruntime-genai model, and its answers are ours.
+    let model = folder(4);
+    let python = common::venv_python("tools/fused-decoder/genai-requirements.txt");
+    let reference = model.join("reference.json");
+    let (_, mut generator) = load_generator(&common::config(2), model.to_str().unwrap()).unwrap();
+    let mut input = Vec::new();
+    let mut ours = Vec::new();
+    for (prompt, max, _) in cases(&reference) {
+        let ids = generator.prompt_ids(&request(&prompt, max)).unwrap();
+        input.push(json!({"input_ids": ids, "max_new_tokens": max}));
+        ours.push(generator.generate(&request(&prompt, max)).unwrap().token_ids);
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/fused-decoder/genai_ids.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .arg(&model)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    serde_json::to_writer(child.stdin.take().unwrap(), &input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "genai_ids.py failed");
+    let theirs: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(theirs, ours);
+}
+
+#[test]
+fn shared_kv_buffers_give_the_ids_of_a_concatenated_cache_over_long_runs() {
+    // The same graph run with a growing cache concatenated by ONNX Runtime (a copy of the folder
+    // whose genai_config.json turns past_present_share_buffer off): a long prompt fed in chunks
+    // and 600 new tokens cross several buffer growths; every id must agree.
+    let model = folder(4);
+    let copy = tempfile::tempdir().unwrap();
+    let concat = copy.path().join("concatenating");
+    std::fs::create_dir(&concat).unwrap();
+    for entry in std::fs::read_dir(&model).unwrap() {
+        let path = entry.unwrap().path();
+        std::os::unix::fs::symlink(&path, concat.join(path.file_name().unwrap())).unwrap();
+    }
+    let mut genai: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("genai_config.json")).unwrap()).unwrap();
+    assert_eq!(genai["search"]["past_present_share_buffer"], true);
+    genai["search"]["past_present_share_buffer"] = json!(false);
+    std::fs::remove_file(concat.join("genai_config.json")).unwrap();
+    std::fs::write(concat.join("genai_config.json"), genai.to_string()).unwrap();
+    let prompt = (1..400).map(|i| i.to_string()).collect::<Vec<_>>().join(", ") + ",";
+    let long = GenerateRequest { raw: true, ..request(&prompt, 600) };
+    let ids = |folder: &Path| {
+        let (_, mut generator) = load_generator(&common::config(2), folder.to_str().unwrap()).unwrap();
+        assert!(generator.prompt_ids(&long).unwrap().len() > 1000, "the prompt spans several prefill chunks");
+        generator.generate(&long).unwrap().token_ids
+    };
+    let shared = ids(&model);
+    assert!(shared.len() > 300, "a long generation ({} tokens)", shared.len());
+    assert_eq!(shared, ids(&concat));
+}
+
+#[test]
 fn daemon_serves_the_fused_model_like_direct_mode_across_restarts() {
     let model = folder(4);
     let config = format!("generation_model = {:?}\n[cache]\ngeneration_capacity = 0\n", model.to_str().unwrap());

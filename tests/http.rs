@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use common::command;
@@ -113,10 +113,7 @@ fn curl(args: &[&str]) -> (u16, String) {
 
 /// The python of the private venv with `openai` and `prometheus_client` (made from PyPI).
 fn python() -> PathBuf {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/venv.sh");
-    let out = Command::new(script).stderr(Stdio::inherit()).output().unwrap();
-    assert!(out.status.success(), "cannot make the test venv (PyPI reachable?)");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    common::venv_python("tests/python/requirements.txt")
 }
 
 fn f32_bits(line: &str) -> Vec<u64> {

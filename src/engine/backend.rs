@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::path::Path;
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::session::{Session, SessionInputValue};
+use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType};
 
 use crate::config::Device;
@@ -156,6 +156,22 @@ impl DecoderLayout {
     }
 }
 
+/// Positions the first shared KV buffer of a sequence holds (it doubles when full). Small, so
+/// that the reference prompts (about 40 tokens plus 48 new ones) already cross a growth.
+const MIN_KV_CAPACITY: usize = 64;
+
+/// The last position's logits.
+fn last_logits(model: &str, outputs: &ort::session::SessionOutputs<'_>) -> Result<Vec<f32>> {
+    let logits =
+        outputs.get("logits").ok_or_else(|| Error::model(model, "decoder ONNX graph has no `logits` output"))?;
+    let (shape, data) = logits.try_extract_tensor::<f32>().map_err(inference(model))?;
+    let vocab = *shape.last().unwrap_or(&0) as usize;
+    if vocab == 0 || data.len() < vocab {
+        return Err(Error::model(model, format!("unexpected logits shape {shape:?}")));
+    }
+    Ok(data[data.len() - vocab..].to_vec())
+}
+
 /// A decoder-only ONNX graph with `input_ids`, `attention_mask`, optional `position_ids`, and a
 /// past/present KV pair per layer `[batch, kv_heads, seq, head_dim]`: a Hugging Face export or the
 /// onnxruntime-genai layout (GroupQueryAttention, which derives positions from the mask).
@@ -167,17 +183,37 @@ pub struct OnnxDecoder {
     names: Vec<[String; 4]>,
     context: usize,
     has_position_ids: bool,
+    share_buffer: bool,
 }
 
 /// The KV cache of one sequence for [`OnnxDecoder`].
 pub struct OnnxKv {
+    /// Concatenating graphs: the last run's present values, fed back as the next past.
     past: Vec<(DynValue, DynValue)>,
+    /// Graphs that write in place: one buffer per layer and kind, bound as past and present.
+    shared: Option<SharedKv>,
     len: usize,
+}
+
+/// KV buffers `[1, kv_heads, capacity, head_dim]` that GroupQueryAttention reads as past and
+/// writes as present (onnxruntime-genai's `past_present_share_buffer`): a step writes only its new
+/// positions instead of copying the whole cache into a new present tensor.
+struct SharedKv {
+    binding: IoBinding,
+    buffers: Vec<Tensor<f32>>,
+    capacity: usize,
 }
 
 impl OnnxDecoder {
     /// Wraps a session, checking that its inputs follow the decoder contract.
-    pub fn new(session: Session, model: &str, layout: DecoderLayout, context: usize) -> Result<Self> {
+    /// With `share_buffer` (GroupQueryAttention graphs only), past and present share one buffer.
+    pub fn new(
+        session: Session,
+        model: &str,
+        layout: DecoderLayout,
+        context: usize,
+        share_buffer: bool,
+    ) -> Result<Self> {
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {
             if !inputs.contains(&required) {
@@ -214,7 +250,7 @@ impl OnnxDecoder {
             }
         }
         let has_position_ids = inputs.contains(&"position_ids");
-        Ok(OnnxDecoder { session, model: model.to_string(), layout, names, context, has_position_ids })
+        Ok(OnnxDecoder { session, model: model.to_string(), layout, names, context, has_position_ids, share_buffer })
     }
 
     fn empty_kv(&self) -> Result<DynValue> {
@@ -223,21 +259,84 @@ impl OnnxDecoder {
             .map_err(inference(&self.model))
     }
 
+    /// The step's `input_ids`, `attention_mask` and (when the graph takes them) `position_ids`.
+    fn step_inputs(&self, past: usize, tokens: &[u32]) -> Result<Vec<(&'static str, DynValue)>> {
+        let n = tokens.len();
+        let mut inputs = vec![
+            ("input_ids", i64_tensor([1, n], tokens.iter().map(|&t| t as i64).collect(), &self.model)?),
+            ("attention_mask", i64_tensor([1, past + n], vec![1; past + n], &self.model)?),
+        ];
+        if self.has_position_ids {
+            inputs.push(("position_ids", i64_tensor([1, n], (past as i64..(past + n) as i64).collect(), &self.model)?));
+        }
+        Ok(inputs)
+    }
+
+    /// Makes room for `needed` positions in the shared buffers: new buffers (doubling, capped at
+    /// the context) with the first `state.len` positions copied over, bound as past and present.
+    fn reserve_shared(&self, state: &mut OnnxKv, needed: usize) -> Result<()> {
+        if state.shared.as_ref().is_some_and(|s| s.capacity >= needed) {
+            return Ok(());
+        }
+        let model = &self.model;
+        let old = state.shared.take();
+        let capacity =
+            old.as_ref().map_or(0, |s| s.capacity * 2).max(needed).max(MIN_KV_CAPACITY).min(self.context.max(needed));
+        let (heads, dim, len) = (self.layout.kv_heads, self.layout.head_dim, state.len);
+        let mut binding = self.session.create_binding().map_err(inference(model))?;
+        let cpu = ort::memory::MemoryInfo::new(
+            ort::memory::AllocationDevice::CPU,
+            0,
+            ort::memory::AllocatorType::Device,
+            ort::memory::MemoryType::Default,
+        )
+        .map_err(inference(model))?;
+        binding.bind_output_to_device("logits", &cpu).map_err(inference(model))?;
+        let mut buffers = Vec::with_capacity(2 * self.names.len());
+        for (i, names) in self.names.iter().flat_map(|n| [(&n[0], &n[2]), (&n[1], &n[3])]).enumerate() {
+            // Allocated by ONNX Runtime (outputs can only be bound to such tensors), zeroed.
+            let mut buffer = Tensor::<f32>::new(&ort::memory::Allocator::default(), [1, heads, capacity, dim])
+                .map_err(inference(model))?;
+            let data = buffer.extract_tensor_mut().1;
+            data.fill(0.0);
+            if let Some(old) = &old {
+                let from = old.buffers[i].extract_tensor().1;
+                for h in 0..heads {
+                    let (src, dst) = (h * old.capacity * dim, h * capacity * dim);
+                    data[dst..dst + len * dim].copy_from_slice(&from[src..src + len * dim]);
+                }
+            }
+            binding.bind_input(names.0.as_str(), &buffer).map_err(inference(model))?;
+            binding.bind_output(names.1.as_str(), &mut buffer).map_err(inference(model))?;
+            buffers.push(buffer);
+        }
+        state.shared = Some(SharedKv { binding, buffers, capacity });
+        Ok(())
+    }
+
+    fn forward_shared(&mut self, state: &mut OnnxKv, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.reserve_shared(state, state.len + tokens.len())?;
+        let inputs = self.step_inputs(state.len, tokens)?;
+        let shared = state.shared.as_mut().ok_or_else(|| Error::engine(&self.model, "no KV buffers"))?;
+        for (name, value) in &inputs {
+            shared.binding.bind_input(*name, value).map_err(inference(&self.model))?;
+        }
+        let outputs = self.session.run_binding(&shared.binding).map_err(inference(&self.model))?;
+        let last = last_logits(&self.model, &outputs)?;
+        drop(outputs);
+        state.len += tokens.len();
+        Ok(last)
+    }
+
     fn forward_one(&mut self, state: &mut OnnxKv, tokens: &[u32]) -> Result<Vec<f32>> {
+        if self.share_buffer {
+            return self.forward_shared(state, tokens);
+        }
         let n = tokens.len();
         let past = state.len;
         let model = self.model.clone();
         let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> =
-            Vec::with_capacity(3 + 2 * self.names.len());
-        inputs
-            .push(("input_ids".into(), i64_tensor([1, n], tokens.iter().map(|&t| t as i64).collect(), &model)?.into()));
-        inputs.push(("attention_mask".into(), i64_tensor([1, past + n], vec![1; past + n], &model)?.into()));
-        if self.has_position_ids {
-            inputs.push((
-                "position_ids".into(),
-                i64_tensor([1, n], (past as i64..(past + n) as i64).collect(), &model)?.into(),
-            ));
-        }
+            self.step_inputs(past, tokens)?.into_iter().map(|(name, value)| (name.into(), value.into())).collect();
         let mut past_values = std::mem::take(&mut state.past);
         if past_values.is_empty() {
             for _ in 0..self.names.len() {
@@ -249,14 +348,7 @@ impl OnnxDecoder {
             inputs.push((value.clone().into(), v.into()));
         }
         let mut outputs = self.session.run(inputs).map_err(inference(&model))?;
-        let logits =
-            outputs.get("logits").ok_or_else(|| Error::model(&model, "decoder ONNX graph has no `logits` output"))?;
-        let (shape, data) = logits.try_extract_tensor::<f32>().map_err(inference(&model))?;
-        let vocab = *shape.last().unwrap_or(&0) as usize;
-        if vocab == 0 || data.len() < vocab {
-            return Err(Error::model(&model, format!("unexpected logits shape {shape:?}")));
-        }
-        let last = data[data.len() - vocab..].to_vec();
+        let last = last_logits(&self.model, &outputs)?;
         let mut present = Vec::with_capacity(self.names.len());
         for [.., key, value] in &self.names {
             let missing = |name: &str| Error::model(&model, format!("decoder ONNX graph has no `{name}` output"));
@@ -274,7 +366,7 @@ impl DecoderBackend for OnnxDecoder {
     type State = OnnxKv;
 
     fn new_state(&self) -> OnnxKv {
-        OnnxKv { past: Vec::new(), len: 0 }
+        OnnxKv { past: Vec::new(), shared: None, len: 0 }
     }
 
     fn forward(&mut self, batch: &mut [Step<'_, OnnxKv>]) -> Result<Vec<Vec<f32>>> {

@@ -91,6 +91,8 @@ struct DecoderConfig {
     layout: DecoderLayout,
     context: usize,
     eos: Vec<u32>,
+    /// Past and present share one buffer (`search.past_present_share_buffer` of genai_config.json).
+    share_buffer: bool,
 }
 
 impl DecoderConfig {
@@ -122,7 +124,9 @@ impl DecoderConfig {
                 ..hf
             };
             model::push_new_ids(&mut eos, genai.get("eos_token_id"));
-            return Ok(DecoderConfig { layout, context: field(genai, "context_length")?, eos });
+            let share_buffer =
+                l.genai_json.pointer("/search/past_present_share_buffer").and_then(Value::as_bool).unwrap_or(false);
+            return Ok(DecoderConfig { layout, context: field(genai, "context_length")?, eos, share_buffer });
         }
         let c = &l.config_json;
         let heads = model::usize_field(m, c, "num_attention_heads")?;
@@ -136,6 +140,7 @@ impl DecoderConfig {
             layout: DecoderLayout::hugging_face(kv_heads, head_dim),
             context: model::usize_field(m, c, "max_position_embeddings")?,
             eos,
+            share_buffer: false,
         })
     }
 }
@@ -145,7 +150,7 @@ pub fn load_generator(config: &Config, name: &str) -> Result<(ModelInfo, OnnxGen
     let l = load_common(config, name)?;
     let m = l.files.name.as_str();
     let d = DecoderConfig::read(&l)?;
-    let backend = OnnxDecoder::new(l.session, m, d.layout, d.context)?;
+    let backend = OnnxDecoder::new(l.session, m, d.layout, d.context, d.share_buffer)?;
     let template = ChatTemplate::load(&l.files)?;
     let generator = Generator::new(backend, l.tokenizer, template, d.eos, m)?;
     Ok((l.info, generator))

@@ -38,6 +38,19 @@ pub fn fused_models() -> PathBuf {
     .clone()
 }
 
+/// The python of a private venv holding the requirements file `requirements` (a path in the
+/// checkout), made from PyPI once by `tools/venv.sh`.
+pub fn venv_python(requirements: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join("tools/venv.sh"))
+        .arg(root.join(requirements))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cannot make the venv for {requirements} (PyPI reachable?)");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 /// Parses a JSON file of the shared models.
 pub fn reference(path: &str) -> serde_json::Value {
     let p = models_dir().join(path);

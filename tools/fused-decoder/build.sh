@@ -11,20 +11,13 @@ shared=${STEADYTEXT_SHARED_MODEL:-$(cd "$here/../.." && pwd)/../shared/models/Sm
 hash=$(cat "$here/build.py" "$here/build.sh" "$here/requirements.txt" | sha256sum | cut -c1-16)
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/steadytext"
 out="$cache/fused-$hash"
-mkdir -p "$cache"
-exec 9>"$cache/fused-$hash.lock"
+python=$("$here/../venv.sh" "$here/requirements.txt")
+exec 9>"$out.lock"
 flock 9
 if [ ! -f "$out/.complete" ]; then
-    venv="$cache/fused-venv-$(sha256sum "$here/requirements.txt" | cut -c1-16)"
-    if [ ! -f "$venv/.complete" ]; then
-        rm -rf "$venv"
-        python3 -m venv "$venv" >&2
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt" >&2
-        touch "$venv/.complete"
-    fi
     rm -rf "$out"
     mkdir -p "$out"
-    "$venv/bin/python" "$here/build.py" "$shared" "$out" >&2
+    "$python" "$here/build.py" "$shared" "$out" >&2
     touch "$out/.complete"
 fi
 echo "$out"
