@@ -69,9 +69,12 @@ pub async fn run(options: Options) -> Result<()> {
     let front = http::Front::new(config.clone());
     let (web, rpc): (Vec<_>, Vec<_>) = options.listeners.into_iter().partition(|l| l.protocol == Protocol::Http);
     let mut owned_paths = listen(&Server::Http(front.clone()), web, tls.clone())?;
-    let daemon = load(config.clone(), api_key).await?;
-    front.serve(daemon.clone());
+    // JSON-RPC serves while the models load: a request waits only for the models of its kind.
+    let daemon = start(config.clone(), api_key)?;
     owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls)?);
+    daemon.registry().settled().await;
+    load_cache(&daemon);
+    front.serve(daemon.clone());
     tracing::info!(load_ms = started.elapsed().as_millis() as u64, "ready");
     notify::ready(&daemon.status_line());
     // Background tasks run until `stopped` (after the drain and the last snapshot).
@@ -109,34 +112,30 @@ pub async fn run(options: Options) -> Result<()> {
     Ok(())
 }
 
-/// Loads the models (in parallel, off the async threads) and the cache snapshot.
-async fn load(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon>> {
+/// Starts loading the models (in parallel, each in its own thread) with an empty cache.
+fn start(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon>> {
     notify::status("loading models");
     // Loading can exceed TimeoutStartSec on slow disks: ask for more time while it runs.
     notify::extend_timeout(300_000_000);
     let loader: Loader = Arc::new(|kind, config: &Config| crate::service::load(kind, config, None));
-    let registry = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Registry::start(&config, &loader))
-            .await
-            .context("model loading panicked")?
-    };
+    let registry = Registry::start(&config, &loader);
     let engine = crate::engine::fingerprint::fingerprint(&config).context("cannot fingerprint the engine")?;
     tracing::info!(fingerprint = %engine.id, engine = %engine.summary, "engine");
-    let cache = SharedCache::new(config.cache.enabled.then(|| {
-        let mut cache = Cache::new(&config.cache, Some(config.daemon_state_dir()), engine.clone());
-        let digests: Vec<String> = registry.iter().map(|w| w.info().digest).collect();
-        let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
-        // With a model missing, entries of every model are kept: they are its answers once it
-        // is back.
-        cache.load(registry.unavailable().is_empty().then_some(&keep[..]));
-        cache
-    }));
-    for w in registry.iter() {
-        let info = w.info();
-        tracing::info!(kind = w.kind().as_str(), model = %info.name, digest = %info.digest, "model loaded");
-    }
+    let cache = SharedCache::new(
+        config.cache.enabled.then(|| Cache::new(&config.cache, Some(config.daemon_state_dir()), engine.clone())),
+    );
     Ok(Daemon::new(config, registry, cache, api_key, engine))
+}
+
+/// Adds the newest cache snapshot's entries of the loaded models to the cache (answers computed
+/// while the models loaded stay; a snapshot entry for the same key holds the same answer).
+fn load_cache(daemon: &Daemon) {
+    let registry = daemon.registry();
+    let digests: Vec<String> = registry.workers().iter().map(|w| w.info().digest).collect();
+    let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
+    // With a model missing, entries of every model are kept: they are its answers once it is back.
+    let keep = registry.unavailable().is_empty().then_some(&keep[..]);
+    daemon.cache().with(|cache| cache.load(keep));
 }
 
 /// What serves a listener's connections.
@@ -306,7 +305,8 @@ async fn reload(daemon: &Arc<Daemon>, config_path: Option<PathBuf>) {
         if let Some(key) = ApiKey::load(config.daemon.api_key_file.as_deref())? {
             daemon.set_api_key(key);
         }
-        for worker in daemon.registry().iter() {
+        daemon.registry().settled().await;
+        for worker in daemon.registry().workers() {
             match worker.reload(config.clone()).await? {
                 Some(info) => {
                     tracing::info!(kind = worker.kind().as_str(), model = %info.name, digest = %info.digest, "model reloaded")
@@ -349,7 +349,7 @@ fn spawn_watchdog(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &Cancellat
     notify::watchdog();
     let d = daemon.clone();
     every(tasks, stopped, half, move || {
-        match d.registry().iter().find(|w| w.since_heartbeat() > half) {
+        match d.registry().workers().into_iter().find(|w| w.since_heartbeat() > half) {
             None => notify::watchdog(),
             Some(w) => tracing::error!(
                 kind = w.kind().as_str(),
@@ -457,7 +457,7 @@ mod tests {
         .await;
         assert_eq!(answer["result"]["text"], "abab", "{answer}");
         assert!(started.elapsed() < Duration::from_secs(5), "an honest client waited {:?}", started.elapsed());
-        let worker = daemon.worker(crate::protocol::ModelKind::Generation, None).unwrap();
+        let worker = daemon.worker(crate::protocol::ModelKind::Generation, None).await.unwrap();
         assert!(worker.since_heartbeat() < Duration::from_secs(1));
         // The stalled connection is cut off at its send deadline.
         let closed = tokio::time::timeout(Duration::from_secs(10), async {

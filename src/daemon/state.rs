@@ -205,6 +205,7 @@ impl Daemon {
             pid: std::process::id(),
             models: self
                 .registry
+                .workers()
                 .iter()
                 .map(|w| {
                     let info = w.info();
@@ -218,7 +219,8 @@ impl Daemon {
                     }
                 })
                 .collect(),
-            unavailable: self.registry.unavailable().to_vec(),
+            unavailable: self.registry.unavailable(),
+            loading: self.registry.loading(),
             engine_fingerprint: self.engine.id.clone(),
             engine: self.engine.summary.clone(),
             metrics: self.metrics.snapshot(),
@@ -230,7 +232,9 @@ impl Daemon {
     pub(crate) fn status_line(&self) -> String {
         let m = &self.metrics;
         let queues: Vec<String> =
-            self.registry.iter().map(|w| format!("{}={}", w.kind().as_str(), w.queued())).collect();
+            self.registry.workers().iter().map(|w| format!("{}={}", w.kind().as_str(), w.queued())).collect();
+        let loading: String =
+            self.registry.loading().iter().map(|k| format!("loading the {} model; ", k.as_str())).collect();
         let missing: String = self
             .registry
             .unavailable()
@@ -238,7 +242,7 @@ impl Daemon {
             .map(|u| format!("no {} model ({} could not be loaded); ", u.kind.as_str(), u.name))
             .collect();
         format!(
-            "{missing}serving: {} requests, {} in flight, {} connections, queues {}",
+            "{loading}{missing}serving: {} requests, {} in flight, {} connections, queues {}",
             m.requests_total(),
             m.in_flight(),
             m.connections(),
@@ -246,8 +250,8 @@ impl Daemon {
         )
     }
 
-    /// The worker serving a request of `kind` for `model`.
-    pub(crate) fn worker(&self, kind: ModelKind, model: Option<&str>) -> Result<&Worker> {
-        self.registry.get(kind, model)
+    /// The worker serving a request of `kind` for `model` (waiting while that kind loads).
+    pub(crate) async fn worker(&self, kind: ModelKind, model: Option<&str>) -> Result<Arc<Worker>> {
+        self.registry.get(kind, model).await
     }
 }

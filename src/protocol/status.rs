@@ -40,6 +40,9 @@ pub struct Status {
     /// Configured models that could not be loaded (the daemon serves the others).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unavailable: Vec<UnavailableModel>,
+    /// Kinds of the configured models still loading (requests for them wait).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loading: Vec<ModelKind>,
     /// The engine fingerprint (16 hex digits), part of every cache key.
     #[serde(default)]
     pub engine_fingerprint: String,

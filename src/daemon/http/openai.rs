@@ -304,7 +304,7 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
     if let Event::Done(Err(error)) = first {
         return Err(error.into());
     }
-    let worker = ready.daemon.worker(ModelKind::Generation, params.model.as_deref())?;
+    let worker = ready.daemon.worker(ModelKind::Generation, params.model.as_deref()).await?;
     let info = worker.info();
     let identity = Identity { id, created, model: info.name.clone(), fingerprint: fingerprint(&ready, &info.digest) };
     let include_usage = common.include_usage();
@@ -400,7 +400,7 @@ pub(super) async fn embeddings(ready: Ready, body: Body) -> Result<Response, Api
         };
         data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
     }
-    let worker = ready.daemon.worker(ModelKind::Embedding, Some(&result.model))?;
+    let worker = ready.daemon.worker(ModelKind::Embedding, Some(&result.model)).await?;
     let tokens = token_count(&worker.info().dir, &texts).map_err(ApiError::from)?;
     let body = axum::Json(json!({
         "object": "list", "data": data, "model": result.model,
@@ -449,6 +449,7 @@ pub(super) async fn models(ready: Ready) -> Response {
     let data: Vec<Value> = ready
         .daemon
         .registry()
+        .workers()
         .iter()
         .map(|w| {
             let info = w.info();

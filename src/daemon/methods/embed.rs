@@ -10,10 +10,10 @@ use crate::protocol::{EmbedParams, EmbedResult, ModelKind};
 
 pub(crate) async fn call(call: &mut Call<'_>, params: EmbedParams) -> Result<EmbedResult> {
     let daemon = call.daemon;
-    let worker = daemon.worker(ModelKind::Embedding, params.model.as_deref())?;
+    let worker = daemon.worker(ModelKind::Embedding, params.model.as_deref()).await?;
     params.validate(&daemon.config().limits)?;
     let info = worker.info();
-    let mut result = daemon.cache().embed(&info, &params.texts, |missing| run(call, worker, missing)).await?;
+    let mut result = daemon.cache().embed(&info, &params.texts, |missing| run(call, &worker, missing)).await?;
     result.engine_fingerprint = daemon.engine().id.clone();
     call.served.model = result.model.clone();
     Ok(result)

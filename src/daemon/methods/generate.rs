@@ -22,11 +22,11 @@ pub(crate) async fn call_stream(call: &mut Call<'_>, params: GenerateParams) -> 
 async fn generate(call: &mut Call<'_>, params: GenerateParams, stream: bool) -> Result<GenerateResult> {
     let started = Instant::now();
     let daemon = call.daemon;
-    let worker = daemon.worker(ModelKind::Generation, params.model.as_deref())?;
+    let worker = daemon.worker(ModelKind::Generation, params.model.as_deref()).await?;
     let request = params.to_request(&daemon.config())?;
     let info = worker.info();
     let result =
-        daemon.cache().generate(&info, &request, || run(call, worker, request.clone(), stream, started)).await?;
+        daemon.cache().generate(&info, &request, || run(call, &worker, request.clone(), stream, started)).await?;
     if result.cached && stream && !result.generation.text.is_empty() {
         daemon.metrics().record_first_piece(started.elapsed());
         let _ = call.out.piece(call.id, result.generation.text.clone()).await;
