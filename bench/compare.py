@@ -30,6 +30,8 @@ SHORT, LONG = 48, 512
 # an end token, so every engine generates the same number of tokens.
 LONG_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"
 IDLE_SECS = 10
+# Each figure is the best of this many passes.
+PASSES = 3
 
 
 def percentile(values, q):
@@ -205,17 +207,23 @@ def chat_text(prompt):
             "<|im_start|>assistant\n")
 
 
+def best_of(passes, run):
+    """The fastest of `passes` runs of `run` (which returns (work done, seconds, extra)): this
+    machine's neighbours make single runs vary by 10-20%, and every engine gets the same treatment."""
+    return min((run() for _ in range(passes)), key=lambda r: r[1] / max(r[0], 1))
+
+
 def generation_figures(engine, prompts):
     engine.run(prompts[0], 4)  # warm-up
-    tokens = seconds = 0
-    firsts = []
-    for p in prompts:
-        n, s, first = engine.run(p, SHORT)
-        tokens, seconds = tokens + n, seconds + s
-        firsts.append(first)
-    n, s, _ = engine.run(LONG_PROMPT, LONG, raw=True)
+
+    def short_pass():
+        results = [engine.run(p, SHORT) for p in prompts]
+        return sum(r[0] for r in results), sum(r[1] for r in results), statistics.median(r[2] for r in results)
+
+    tokens, seconds, first = best_of(PASSES, short_pass)
+    n, s, _ = best_of(PASSES, lambda: engine.run(LONG_PROMPT, LONG, raw=True))
     return {"tokens_per_s_48": tokens / seconds, "tokens_per_s_512": n / s, "tokens_512": n,
-            "first_token_ms": 1e3 * statistics.median(firsts)}
+            "first_token_ms": 1e3 * first}
 
 
 class OrtEmbedder:
@@ -259,14 +267,16 @@ class DaemonEmbedder:
 
 def embedding_figures(engine, batched, single):
     engine.embed(single[:4])
-    t = time.perf_counter()
-    for i in range(0, len(batched), 32):
-        engine.embed(batched[i:i + 32])
-    batch_rate = len(batched) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for s in single:
-        engine.embed([s])
-    return {"embeddings_per_s_batched": batch_rate, "embeddings_per_s_single": len(single) / (time.perf_counter() - t)}
+
+    def timed(batches):
+        t = time.perf_counter()
+        for b in batches:
+            engine.embed(b)
+        return sum(len(b) for b in batches), time.perf_counter() - t, None
+
+    n, s, _ = best_of(PASSES, lambda: timed([batched[i:i + 32] for i in range(0, len(batched), 32)]))
+    n1, s1, _ = best_of(PASSES, lambda: timed([[t] for t in single]))
+    return {"embeddings_per_s_batched": n / s, "embeddings_per_s_single": n1 / s1}
 
 
 def idle_cpu(pid):
