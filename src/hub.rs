@@ -156,6 +156,8 @@ impl Pull {
             let url = format!("{}/{}/resolve/{}/{}", self.endpoint, self.repo, info.sha, s.rfilename);
             self.download(&agent, &url, &target, &expected, size, progress)?;
         }
+        let files = crate::model::ModelFiles::discover(&dest)?;
+        crate::store::Manifest::record(&files, &format!("hub:{}@{}", self.repo, info.sha))?.write(&dest)?;
         Ok(dest)
     }
 

@@ -18,6 +18,7 @@ pub mod model;
 pub mod protocol;
 pub(crate) mod runtime;
 pub mod service;
+pub mod store;
 pub mod tls;
 
 pub use error::{Error, Result};

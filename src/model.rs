@@ -116,13 +116,19 @@ impl ModelFiles {
         files
     }
 
+    /// Every file the digest covers: the weights, the tokenizer and the config files present.
+    pub fn digested_files(&self) -> Vec<PathBuf> {
+        let mut files = self.weight_files();
+        files.push(self.tokenizer.clone());
+        files.extend(CONFIG_FILES.iter().map(|f| self.dir.join(f)).filter(|p| p.is_file()));
+        files
+    }
+
     /// The model's identity: `sha256:` + hex digest over the weights, the tokenizer and every
     /// config file that shapes its outputs (names, sizes and contents, in a fixed order).
     pub fn digest(&self) -> Result<String> {
         let mut manifest = Sha256::new();
-        let mut files = self.weight_files();
-        files.push(self.tokenizer.clone());
-        files.extend(CONFIG_FILES.iter().map(|f| self.dir.join(f)).filter(|p| p.is_file()));
+        let files = self.digested_files();
         for path in files {
             let rel = path.strip_prefix(&self.dir).unwrap_or(&path).to_string_lossy().into_owned();
             let (len, hash) = hash_file(&path)?;

@@ -133,10 +133,33 @@ fn pull_downloads_checks_and_gives_the_same_model() {
     };
     assert_eq!(embed(&pulled), embed(&source));
 
-    // A second pull finds every file in place and downloads nothing.
+    // A second pull (`models pull`, the same command) finds every file in place and downloads nothing.
     let before = hub.downloads.load(Ordering::SeqCst);
-    assert!(stctl(&["pull", "test/all-MiniLM-L6-v2", "--model-dir", d], &hub).status.success());
+    assert!(stctl(&["models", "pull", "test/all-MiniLM-L6-v2", "--model-dir", d], &hub).status.success());
     assert_eq!(hub.downloads.load(Ordering::SeqCst), before);
+
+    // The pull recorded where it came from: `models list` shows the task, digest and source.
+    let out = stctl(&["--no-daemon", "models", "list", "--json", "--model-dir", d], &hub);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let model = &listed[0];
+    assert_eq!((model["name"].as_str(), model["task"].as_str()), (Some("all-MiniLM-L6-v2"), Some("embedding")));
+    assert_eq!(model["digest"], digest.as_str());
+    assert!(model["source"].as_str().unwrap().starts_with("hub:test/all-MiniLM-L6-v2@"), "{model}");
+    assert!(model["size"].as_u64().unwrap() > 80_000_000);
+    let verify = |d: &str| stctl(&["--no-daemon", "models", "verify", "all-MiniLM-L6-v2", "--model-dir", d], &hub);
+    assert!(verify(d).status.success());
+    // One flipped byte, size and time kept: verify finds it.
+    let onnx = pulled.join("model.onnx");
+    let mtime = std::fs::metadata(&onnx).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    bytes[1000] ^= 0x01;
+    std::fs::write(&onnx, bytes).unwrap();
+    std::fs::File::options().write(true).open(&onnx).unwrap().set_modified(mtime).unwrap();
+    let out = verify(d);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("CHANGED") && said.contains("model.onnx"), "{said}");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 #![warn(missing_docs)]
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -74,20 +74,11 @@ enum Command {
     Metrics,
     /// Check that the daemon answers.
     Ping,
-    /// Download a model folder from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN) into the model folder.
-    Pull {
-        /// Repository, as owner/name.
-        repo: String,
-        /// Branch, tag or commit.
-        #[arg(long, default_value = "main")]
-        revision: String,
-        /// ONNX file to take when the repository has several (e.g. onnx/model_quantized.onnx).
-        #[arg(long)]
-        onnx_file: Option<String>,
-        /// Where to put it (default: the configured model folder).
-        #[arg(long)]
-        model_dir: Option<PathBuf>,
-    },
+    /// Download a model folder from the Hugging Face Hub (same as `stctl models pull`).
+    Pull(PullArgs),
+    /// Manage the model folder: list, pull, verify, remove, import.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -96,6 +87,66 @@ enum Command {
     /// Inspect or manage the result cache (the daemon's, or the per-user one in direct mode).
     #[command(subcommand)]
     Cache(CacheCommand),
+}
+
+#[derive(Args)]
+struct PullArgs {
+    /// Repository, as owner/name.
+    repo: String,
+    /// Branch, tag or commit.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// ONNX file to take when the repository has several (e.g. onnx/model_quantized.onnx).
+    #[arg(long)]
+    onnx_file: Option<String>,
+    /// Where to put it (default: the configured model folder).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Every model folder: task, size, digest, source, whether it is a default and loaded.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// The model folder (default: the configured one).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
+    /// Download a model folder from the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN).
+    Pull(PullArgs),
+    /// Re-hash a model's files (all models when no name is given) against its manifest.
+    Verify {
+        /// Model folder name.
+        name: Option<String>,
+        /// The model folder (default: the configured one).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
+    /// Remove a model folder; refused while the daemon serves it, unless --force.
+    Rm {
+        /// Model folder name.
+        name: String,
+        /// Remove it even while the daemon serves it.
+        #[arg(long)]
+        force: bool,
+        /// The model folder (default: the configured one).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
+    /// Copy a local model folder in (offline installs), checking its layout first.
+    Import {
+        /// The folder to copy.
+        dir: PathBuf,
+        /// Name in the model folder (default: the folder's own name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The model folder (default: the configured one).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -465,19 +516,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Cache(command) => cache(&ctx, command),
         Command::Completions { .. } => Ok(()),
-        Command::Pull { repo, revision, onnx_file, model_dir } => {
-            let mut pull = steadytext::hub::Pull::new(&repo, model_dir.as_deref().unwrap_or(&ctx.config.model_dir))?;
-            pull.revision = revision;
-            pull.onnx_file = onnx_file;
-            let progress = indicatif::MultiProgress::new();
-            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            let dest = pull.run(&progress)?;
-            let digest = steadytext::model::ModelFiles::discover(&dest)?.digest()?;
-            println!("{} ({digest})", dest.display());
-            Ok(())
-        }
+        Command::Pull(args) | Command::Models(ModelsCommand::Pull(args)) => pull(&ctx, args),
+        Command::Models(command) => models(&ctx, command),
         Command::Ping => {
             let started = Instant::now();
             let pong: Value = ctx.daemon()?.call("ping", &json!({}))?;
@@ -487,6 +527,146 @@ fn run(cli: Cli) -> Result<()> {
                 pong["protocol"],
                 started.elapsed().as_secs_f64() * 1e3
             );
+            Ok(())
+        }
+    }
+}
+
+fn pull(ctx: &Ctx, args: PullArgs) -> Result<()> {
+    let mut pull = steadytext::hub::Pull::new(&args.repo, args.model_dir.as_deref().unwrap_or(&ctx.config.model_dir))?;
+    pull.revision = args.revision;
+    pull.onnx_file = args.onnx_file;
+    let progress = indicatif::MultiProgress::new();
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let dest = pull.run(&progress)?;
+    let digest = steadytext::model::ModelFiles::discover(&dest)?.digest()?;
+    println!("{} ({digest})", dest.display());
+    Ok(())
+}
+
+/// The folders of the models the daemon has loaded; None when no daemon runs.
+fn loaded_dirs(ctx: &Ctx) -> Result<Option<Vec<PathBuf>>> {
+    let status: Status = match Client::connect_with(&ctx.target, ctx.client.clone()) {
+        Ok(mut client) => client.call("status", &json!({}))?,
+        Err(ClientError::Unreachable { .. }) => return Ok(None),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot ask the daemon which models it serves")),
+    };
+    Ok(Some(status.models.iter().map(|m| m.dir.canonicalize().unwrap_or(m.dir.clone())).collect()))
+}
+
+fn models(ctx: &Ctx, command: ModelsCommand) -> Result<()> {
+    use steadytext::store;
+    let folder = |model_dir: Option<PathBuf>| model_dir.unwrap_or_else(|| ctx.config.model_dir.clone());
+    match command {
+        ModelsCommand::Pull(args) => pull(ctx, args),
+        ModelsCommand::List { json, model_dir } => {
+            let dir = folder(model_dir);
+            let listed = store::list(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
+            let loaded = loaded_dirs(ctx).unwrap_or(None).unwrap_or_default();
+            let defaults = [&ctx.config.generation_model, &ctx.config.embedding_model];
+            let rows: Vec<(store::Listed, bool, bool)> = listed
+                .into_iter()
+                .map(|l| {
+                    let is_default = defaults.iter().any(|d| **d == l.name || Path::new(d.as_str()) == l.dir);
+                    let is_loaded = loaded.contains(&l.dir.canonicalize().unwrap_or(l.dir.clone()));
+                    (l, is_default, is_loaded)
+                })
+                .collect();
+            if json {
+                let out: Vec<Value> = rows
+                    .iter()
+                    .map(|(l, d, ld)| {
+                        let mut v = serde_json::to_value(l).unwrap_or_default();
+                        v["default"] = json!(d);
+                        v["loaded"] = json!(ld);
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                return Ok(());
+            }
+            println!("{:<32} {:<10} {:>9}  {:<19} {:<7} SOURCE", "NAME", "TASK", "SIZE", "DIGEST", "STATE");
+            for (l, is_default, is_loaded) in rows {
+                let task = l.task.map(|t| format!("{t:?}").to_lowercase()).unwrap_or_else(|| "?".into());
+                let digest: String =
+                    l.digest.as_deref().map(|d| d.chars().take(19).collect()).unwrap_or_else(|| "-".into());
+                let state = match (is_default, is_loaded) {
+                    (_, true) => "loaded",
+                    (true, false) => "default",
+                    _ => "",
+                };
+                let source =
+                    l.problem.map(|p| format!("unusable: {p}")).or(l.source).unwrap_or_else(|| "(by hand)".into());
+                println!(
+                    "{:<32} {:<10} {:>8.1}M  {:<19} {:<7} {source}",
+                    l.name,
+                    task,
+                    l.size as f64 / 1048576.0,
+                    digest,
+                    state
+                );
+            }
+            Ok(())
+        }
+        ModelsCommand::Verify { name, model_dir } => {
+            let dir = folder(model_dir);
+            let targets: Vec<PathBuf> = match name {
+                Some(n) => vec![dir.join(n)],
+                None => store::list(&dir)?.into_iter().map(|l| l.dir).collect(),
+            };
+            let mut damaged = 0;
+            for target in targets {
+                let v = store::verify(&target)?;
+                if !v.has_manifest {
+                    println!("{}: no manifest (not pulled or imported by stctl); nothing to check against", v.name);
+                } else if v.changed.is_empty() {
+                    println!("{}: ok", v.name);
+                } else {
+                    damaged += 1;
+                    println!("{}: CHANGED since it was recorded: {}", v.name, v.changed.join(", "));
+                }
+            }
+            if damaged > 0 {
+                bail!("{damaged} model(s) changed on disk; pull or import them again (`stctl models rm NAME` first)");
+            }
+            Ok(())
+        }
+        ModelsCommand::Rm { name, force, model_dir } => {
+            let target = folder(model_dir).join(&name);
+            if !target.is_dir() {
+                bail!("no model folder {}", target.display());
+            }
+            let canonical = target.canonicalize().unwrap_or(target.clone());
+            let served = match loaded_dirs(ctx) {
+                Ok(loaded) => loaded.unwrap_or_default().contains(&canonical),
+                Err(e) if force => {
+                    eprintln!("stctl: {e:#}; removing anyway (--force)");
+                    false
+                }
+                Err(e) => return Err(e.context("pass --force to remove it without asking")),
+            };
+            if served && !force {
+                bail!("the daemon serves {name}; configure another model and reload it (`systemctl reload steadytext`), or pass --force");
+            }
+            store::remove(&target)?;
+            println!("removed {}", target.display());
+            Ok(())
+        }
+        ModelsCommand::Import { dir, name, model_dir } => {
+            let name = match name {
+                Some(n) => n,
+                None => dir
+                    .canonicalize()
+                    .with_context(|| format!("no folder {}", dir.display()))?
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .context("give the model a name with --name")?,
+            };
+            let dest = store::import(&dir, &folder(model_dir), &name)?;
+            let digest = steadytext::model::ModelFiles::discover(&dest)?.digest()?;
+            println!("{} ({digest})", dest.display());
             Ok(())
         }
     }
