@@ -409,7 +409,7 @@ fn snapshot_load(config: &Config) {
                 steadytext::engine::fingerprint::fingerprint(config).unwrap(),
             );
             let t = Instant::now();
-            assert_eq!(fresh.load(None), 100_000);
+            assert_eq!(fresh.load(), 100_000);
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();

@@ -30,7 +30,7 @@ pub fn user_cache(config: &Config) -> Option<Cache> {
         }
     };
     let mut cache = Cache::new(&config.cache, user_cache_dir(config), engine);
-    cache.load(None);
+    cache.load();
     Some(cache)
 }
 

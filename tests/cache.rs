@@ -152,7 +152,7 @@ fn snapshots_survive_sigkill() {
             Some(dir.path().to_path_buf()),
             engine(),
         );
-        let n = cache.load(None);
+        let n = cache.load();
         if n > 0 {
             loaded_any += 1;
         }

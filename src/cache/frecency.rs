@@ -130,6 +130,14 @@ impl<K: Eq + Hash + Ord + Clone, V> FrecencyMap<K, V> {
         Some(entry.value)
     }
 
+    /// Removes the entries whose value fails `keep`.
+    pub fn retain(&mut self, keep: impl Fn(&V) -> bool) {
+        let gone: Vec<K> = self.entries.iter().filter(|(_, e)| !keep(&e.value)).map(|(k, _)| k.clone()).collect();
+        for key in gone {
+            self.remove(&key);
+        }
+    }
+
     /// Removes every entry (counters are kept).
     pub fn clear(&mut self) {
         self.entries.clear();

@@ -298,9 +298,15 @@ impl Cache {
         }
     }
 
-    /// Fills the cache from the newest valid snapshot of its directory. With `keep`, entries of
-    /// other model digests are dropped. Returns the number of entries loaded.
-    pub fn load(&mut self, keep: Option<&[&str]>) -> usize {
+    /// Drops the entries of every model whose digest is not in `digests`.
+    pub fn retain_models(&mut self, digests: &[&str]) {
+        self.generation.retain(|s| digests.contains(&&*s.model_digest));
+        self.embedding.retain(|s| digests.contains(&&*s.model_digest));
+    }
+
+    /// Fills the cache from the newest valid snapshot of its directory. Returns the number of
+    /// entries loaded.
+    pub fn load(&mut self) -> usize {
         let Some(dir) = self.dir.clone() else { return 0 };
         let started = Instant::now();
         let Some((path, loaded)) = snapshot::load_newest(&dir) else { return 0 };
@@ -310,15 +316,8 @@ impl Cache {
             return 0;
         }
         let data = loaded.data();
-        let models: Vec<Option<Arc<str>>> = data
-            .models
-            .iter()
-            .map(|d| {
-                let d = d.as_str();
-                (keep.is_none_or(|k| k.contains(&d))).then(|| Arc::from(d))
-            })
-            .collect();
-        let model = |i: u32| models.get(i as usize).cloned().flatten();
+        let models: Vec<Arc<str>> = data.models.iter().map(|d| Arc::from(d.as_str())).collect();
+        let model = |i: u32| models.get(i as usize).cloned();
         let mut count = 0;
         self.generation.reserve(data.generation.len());
         self.embedding.reserve(data.embedding.len());
@@ -425,13 +424,14 @@ pub(crate) mod tests {
         cache.snapshot().unwrap();
 
         let mut all = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
-        assert_eq!(all.load(None), 3);
+        assert_eq!(all.load(), 3);
         assert_eq!(all.get_generation(&a).unwrap().text, "from A");
         assert_eq!(all.get_embedding(&e).unwrap(), vec![0.1, f32::EPSILON]);
 
-        let mut only_a = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
-        assert_eq!(only_a.load(Some(&["A"])), 2);
-        assert!(only_a.get_generation(&b).is_none(), "entries of an unloaded model are dropped");
+        all.retain_models(&["A"]);
+        assert!(all.get_generation(&b).is_none(), "entries of a model no longer served are dropped");
+        assert_eq!(all.get_generation(&a).unwrap().text, "from A");
+        assert_eq!(all.get_embedding(&e).unwrap(), vec![0.1, f32::EPSILON]);
     }
 
     #[test]
@@ -455,7 +455,7 @@ pub(crate) mod tests {
         // Same model, same request, another engine: a miss, in memory and from the snapshot.
         let mut b = Cache::new(&config, Some(dir.path().to_path_buf()), other.clone());
         b.store_generation(&request("y"), &result);
-        assert_eq!(b.load(None), 0, "a snapshot of another engine is not loaded");
+        assert_eq!(b.load(), 0, "a snapshot of another engine is not loaded");
         let mut b_mem = Cache::new(&config, None, other);
         b_mem.generation = std::mem::replace(&mut a.generation, FrecencyMap::new(1, 1 << 20));
         b_mem.embedding = std::mem::replace(&mut a.embedding, FrecencyMap::new(1, 1 << 20));
@@ -463,7 +463,7 @@ pub(crate) mod tests {
         assert!(b_mem.lookup_generation(&info, &request("x")).is_none());
         assert_eq!(b_mem.lookup_embeddings("sha256:m", &["t".into()]), vec![None]);
         let mut same = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
-        assert_eq!(same.load(None), 2);
+        assert_eq!(same.load(), 2);
         assert_eq!(same.lookup_generation(&info, &request("x")).unwrap().generation.text, "from engine a");
     }
 

@@ -73,7 +73,7 @@ pub async fn run(options: Options) -> Result<()> {
     let daemon = start(config.clone(), api_key)?;
     owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls)?);
     daemon.registry().settled().await;
-    load_cache(&daemon);
+    prune_cache(&daemon);
     front.serve(daemon.clone());
     tracing::info!(load_ms = started.elapsed().as_millis() as u64, "ready");
     notify::ready(&daemon.status_line());
@@ -112,7 +112,8 @@ pub async fn run(options: Options) -> Result<()> {
     Ok(())
 }
 
-/// Starts loading the models (in parallel, each in its own thread) with an empty cache.
+/// Starts loading the models (in parallel, each in its own thread), with the cache filled from
+/// its newest snapshot (every model's entries: which models load is known only later).
 fn start(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon>> {
     notify::status("loading models");
     // Loading can exceed TimeoutStartSec on slow disks: ask for more time while it runs.
@@ -121,21 +122,24 @@ fn start(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon>> {
     let registry = Registry::start(&config, &loader);
     let engine = crate::engine::fingerprint::fingerprint(&config).context("cannot fingerprint the engine")?;
     tracing::info!(fingerprint = %engine.id, engine = %engine.summary, "engine");
-    let cache = SharedCache::new(
-        config.cache.enabled.then(|| Cache::new(&config.cache, Some(config.daemon_state_dir()), engine.clone())),
-    );
+    let cache = SharedCache::new(config.cache.enabled.then(|| {
+        let mut cache = Cache::new(&config.cache, Some(config.daemon_state_dir()), engine.clone());
+        cache.load();
+        cache
+    }));
     Ok(Daemon::new(config, registry, cache, api_key, engine))
 }
 
-/// Adds the newest cache snapshot's entries of the loaded models to the cache (answers computed
-/// while the models loaded stay; a snapshot entry for the same key holds the same answer).
-fn load_cache(daemon: &Daemon) {
+/// Once every model has loaded, drops the cached answers of models no longer configured. With a
+/// model missing, entries of every model are kept: they are its answers once it is back.
+fn prune_cache(daemon: &Daemon) {
     let registry = daemon.registry();
+    if !registry.unavailable().is_empty() {
+        return;
+    }
     let digests: Vec<String> = registry.workers().iter().map(|w| w.info().digest).collect();
     let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
-    // With a model missing, entries of every model are kept: they are its answers once it is back.
-    let keep = registry.unavailable().is_empty().then_some(&keep[..]);
-    daemon.cache().with(|cache| cache.load(keep));
+    daemon.cache().with(|cache| cache.retain_models(&keep));
 }
 
 /// What serves a listener's connections.
@@ -411,6 +415,7 @@ mod tests {
         let config = Arc::new(config);
         let registry = Registry::start(&config, &loader(|k| Fake { pieces: vec!["ab".into(); 4000], ..Fake::new(k) }));
         let daemon = Daemon::new(config, registry, SharedCache::new(None), None, crate::cache::tests::test_engine());
+        daemon.registry().settled().await;
         let path = dir.join("d.sock");
         let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());
         spawn_accept_loop(&Server::Rpc(daemon.clone()), move || {
