@@ -41,8 +41,8 @@ pub enum Error {
     ModelNotLoaded(String),
     /// The configured model of a kind failed to load when the daemon started.
     #[error(
-        "the {kind} model {name} could not be loaded: {reason}; install it (`stctl pull REPO`) and restart the \
-         daemon (`systemctl restart steadytext`)"
+        "the {kind} model {name} could not be loaded: {reason}; install it (`stctl models pull REPO`) and \
+         reload the daemon (`systemctl reload steadytext`)"
     )]
     ModelUnavailable {
         /// `generation` or `embedding`.

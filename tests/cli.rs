@@ -380,12 +380,21 @@ fn tls_lets_remote_addresses_in_with_a_checked_certificate() {
 }
 
 #[test]
-fn a_missing_model_is_reported_and_the_other_one_serves() {
+fn a_missing_model_is_reported_the_other_one_serves_and_sighup_loads_it_once_installed() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
+    // A model folder with the generation model only; the embedding model is installed later.
+    let models = dir.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    std::os::unix::fs::symlink(
+        common::models_dir().join("SmolLM2-135M-Instruct"),
+        models.join("SmolLM2-135M-Instruct"),
+    )
+    .unwrap();
     let mut daemon = command(env!("CARGO_BIN_EXE_steadytextd"))
         .args(common::root_flags())
         .args(["--listen", &format!("unix:{}", sock.display())])
+        .env("STEADYTEXT_MODEL_DIR", &models)
         .env("STEADYTEXT_EMBEDDING_MODEL", "not-installed")
         .env("STATE_DIRECTORY", dir.path())
         .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
@@ -410,9 +419,25 @@ fn a_missing_model_is_reported_and_the_other_one_serves() {
     let embed = stctl(&with(&socket, &["embed", "x"]), None, &[]);
     assert_clean_error(&embed, "could not be loaded");
     let err = String::from_utf8_lossy(&embed.stderr);
-    assert!(err.contains("not-installed") && err.contains("stctl pull"), "{err}");
+    assert!(err.contains("not-installed") && err.contains("stctl models pull"), "{err}");
     let status = stdout(&stctl(&with(&socket, &["status"]), None, &[]));
     assert!(status.contains("unavailable: embedding not-installed"), "{status}");
+    // Installed later (as `stctl models pull` would), SIGHUP loads it and it serves.
+    std::os::unix::fs::symlink(common::models_dir().join("all-MiniLM-L6-v2"), models.join("not-installed")).unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGHUP) };
+    let mut served = None;
+    for _ in 0..150 {
+        let o = stctl(&with(&socket, &["embed", "x"]), None, &[]);
+        if o.status.success() {
+            served = Some(o);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(served.is_some(), "SIGHUP did not load the model installed since");
+    let status = stdout(&stctl(&with(&socket, &["status"]), None, &[]));
+    assert!(!status.contains("unavailable"), "{status}");
     let _ = daemon.kill();
     let _ = daemon.wait();
 }

@@ -300,7 +300,8 @@ where
     });
 }
 
-/// SIGHUP: re-read the configuration and reload models whose files or names changed.
+/// SIGHUP: re-read the configuration, load models that had failed to, and reload models whose
+/// files or names changed.
 async fn reload(daemon: &Arc<Daemon>, config_path: Option<PathBuf>) {
     notify::reloading();
     tracing::info!("reloading configuration");
@@ -309,6 +310,9 @@ async fn reload(daemon: &Arc<Daemon>, config_path: Option<PathBuf>) {
         if let Some(key) = ApiKey::load(config.daemon.api_key_file.as_deref())? {
             daemon.set_api_key(key);
         }
+        daemon.registry().settled().await;
+        // Models that failed to load are tried again (pulled since, or configured anew).
+        daemon.registry().retry_failed(&config);
         daemon.registry().settled().await;
         for worker in daemon.registry().workers() {
             match worker.reload(config.clone()).await? {

@@ -23,7 +23,35 @@ enum Slot {
 
 /// The configured models, in configuration order.
 pub(crate) struct Registry {
-    slots: Vec<(ModelKind, watch::Receiver<Slot>)>,
+    slots: Vec<(ModelKind, watch::Sender<Slot>)>,
+    loader: Loader,
+}
+
+/// A model that could not be loaded, logged.
+fn failed(kind: ModelKind, config: &Config, reason: String) -> Slot {
+    let name = crate::service::configured(kind, config).to_string();
+    tracing::error!(kind = kind.as_str(), model = %name, error = %reason, "model not loaded; serving without it");
+    Slot::Failed(UnavailableModel { kind, name, reason })
+}
+
+/// Loads the model of `kind` in its own thread and publishes the outcome in `slot`.
+fn spawn_load(kind: ModelKind, config: &Arc<Config>, loader: &Loader, slot: &watch::Sender<Slot>) {
+    slot.send_replace(Slot::Loading);
+    let (shared, loader, tx) = (config.clone(), loader.clone(), slot.clone());
+    let load = move || {
+        let outcome = match Worker::start(kind, shared.clone(), loader) {
+            Ok(worker) => {
+                let info = worker.info();
+                tracing::info!(kind = kind.as_str(), model = %info.name, digest = %info.digest, "model loaded");
+                Slot::Ready(Arc::new(worker))
+            }
+            Err(e) => failed(kind, &shared, e.to_string()),
+        };
+        tx.send_replace(outcome);
+    };
+    if let Err(e) = std::thread::Builder::new().name(format!("{}-loader", kind.as_str())).spawn(load) {
+        slot.send_replace(failed(kind, config, e.to_string()));
+    }
 }
 
 impl Registry {
@@ -35,38 +63,28 @@ impl Registry {
         let slots = [ModelKind::Generation, ModelKind::Embedding]
             .into_iter()
             .map(|kind| {
-                let (tx, rx) = watch::channel(Slot::Loading);
-                let (shared, loader) = (config.clone(), loader.clone());
-                let load = move || {
-                    let slot = match Worker::start(kind, shared.clone(), loader) {
-                        Ok(worker) => {
-                            let info = worker.info();
-                            tracing::info!(kind = kind.as_str(), model = %info.name, digest = %info.digest, "model loaded");
-                            Slot::Ready(Arc::new(worker))
-                        }
-                        Err(e) => {
-                            let name = crate::service::configured(kind, &shared).to_string();
-                            tracing::error!(kind = kind.as_str(), model = %name, error = %e, "model not loaded; serving without it");
-                            Slot::Failed(UnavailableModel { kind, name, reason: e.to_string() })
-                        }
-                    };
-                    let _ = tx.send(slot);
-                };
-                if let Err(e) = std::thread::Builder::new().name(format!("{}-loader", kind.as_str())).spawn(load) {
-                    let name = crate::service::configured(kind, config).to_string();
-                    let failed = Slot::Failed(UnavailableModel { kind, name, reason: e.to_string() });
-                    return (kind, watch::channel(failed).1);
-                }
-                (kind, rx)
+                let (slot, _) = watch::channel(Slot::Loading);
+                spawn_load(kind, config, loader, &slot);
+                (kind, slot)
             })
             .collect();
-        Registry { slots }
+        Registry { slots, loader: loader.clone() }
+    }
+
+    /// Tries again to load the models that failed to (SIGHUP: a model pulled since, or a
+    /// corrected configuration), with `config`.
+    pub(crate) fn retry_failed(&self, config: &Arc<Config>) {
+        for (kind, slot) in &self.slots {
+            if matches!(*slot.borrow(), Slot::Failed(_)) {
+                spawn_load(*kind, config, &self.loader, slot);
+            }
+        }
     }
 
     /// Waits until every model has loaded or failed to.
     pub(crate) async fn settled(&self) {
-        for (_, rx) in &self.slots {
-            let _ = rx.clone().wait_for(|s| !matches!(s, Slot::Loading)).await;
+        for (_, slot) in &self.slots {
+            let _ = slot.subscribe().wait_for(|s| !matches!(s, Slot::Loading)).await;
         }
     }
 
@@ -74,7 +92,7 @@ impl Registry {
     pub(crate) fn unavailable(&self) -> Vec<UnavailableModel> {
         self.slots
             .iter()
-            .filter_map(|(_, rx)| match &*rx.borrow() {
+            .filter_map(|(_, slot)| match &*slot.borrow() {
                 Slot::Failed(u) => Some(u.clone()),
                 _ => None,
             })
@@ -83,14 +101,14 @@ impl Registry {
 
     /// Kinds of the models still loading.
     pub(crate) fn loading(&self) -> Vec<ModelKind> {
-        self.slots.iter().filter(|(_, rx)| matches!(*rx.borrow(), Slot::Loading)).map(|(kind, _)| *kind).collect()
+        self.slots.iter().filter(|(_, slot)| matches!(*slot.borrow(), Slot::Loading)).map(|(kind, _)| *kind).collect()
     }
 
     /// Every loaded worker.
     pub(crate) fn workers(&self) -> Vec<Arc<Worker>> {
         self.slots
             .iter()
-            .filter_map(|(_, rx)| match &*rx.borrow() {
+            .filter_map(|(_, slot)| match &*slot.borrow() {
                 Slot::Ready(w) => Some(w.clone()),
                 _ => None,
             })
@@ -101,8 +119,8 @@ impl Registry {
     /// kind), once the models of that kind have finished loading.
     pub(crate) async fn get(&self, kind: ModelKind, requested: Option<&str>) -> Result<Arc<Worker>> {
         let mut settled = Vec::new();
-        for (_, rx) in self.slots.iter().filter(|(k, _)| *k == kind) {
-            let mut rx = rx.clone();
+        for (_, slot) in self.slots.iter().filter(|(k, _)| *k == kind) {
+            let mut rx = slot.subscribe();
             let slot = rx.wait_for(|s| !matches!(s, Slot::Loading)).await.map_err(|_| Error::ShuttingDown)?.clone();
             settled.push(slot);
         }
@@ -183,7 +201,7 @@ mod tests {
         assert!(registry.get(ModelKind::Generation, None).await.is_ok());
         let error = registry.get(ModelKind::Embedding, None).await.err().unwrap().to_string();
         assert!(error.contains("could not be loaded") && error.contains("no such model folder"), "{error}");
-        assert!(error.contains("stctl pull"), "{error}");
+        assert!(error.contains("stctl models pull"), "{error}");
         assert_eq!(registry.unavailable()[0].kind, ModelKind::Embedding);
     }
 }
