@@ -49,8 +49,12 @@ pub fn resolve_dir(model_dir: &Path, name_or_path: &str) -> Result<PathBuf> {
         return Ok(as_path.to_path_buf());
     }
     let candidate = model_dir.join(name_or_path);
-    if candidate.is_dir() {
-        return Ok(candidate);
+    match std::fs::metadata(&candidate) {
+        Ok(meta) if meta.is_dir() => return Ok(candidate),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(permission_denied(name_or_path, &candidate))
+        }
+        _ => {}
     }
     Err(Error::model(
         name_or_path,
@@ -61,13 +65,26 @@ pub fn resolve_dir(model_dir: &Path, name_or_path: &str) -> Result<PathBuf> {
     ))
 }
 
+/// A model folder this user may not read: said as such, with the usual fix.
+fn permission_denied(name: &str, dir: &Path) -> Error {
+    Error::model(
+        name,
+        format!(
+            "permission denied reading {}; model folders are readable by the steadytext group: join it (`usermod -aG steadytext $USER`, then log in again) or ask its owner",
+            dir.display()
+        ),
+    )
+}
+
 impl ModelFiles {
     /// Finds the files of the model folder `dir`.
     pub fn discover(dir: &Path) -> Result<Self> {
         let name =
             dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| dir.display().to_string());
-        if !dir.is_dir() {
-            return Err(Error::model(&name, format!("{} is not a folder", dir.display())));
+        match std::fs::read_dir(dir) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(permission_denied(&name, dir)),
+            Err(_) => return Err(Error::model(&name, format!("{} is not a folder", dir.display()))),
         }
         let onnx = match genai_decoder_file(dir, &name)? {
             Some(file) => file,

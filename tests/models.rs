@@ -70,3 +70,29 @@ fn rm_refuses_a_model_the_daemon_serves_unless_forced() {
     // Removing what is not there says so.
     assert!(text(&rm(&[])).contains("no model folder"));
 }
+
+#[test]
+fn a_model_folder_this_user_may_not_read_is_reported_as_such() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // running as another user needs root; CI runs as root
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let top = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let models = top.path().join("models");
+    std::fs::create_dir(&models).unwrap();
+    std::fs::set_permissions(&models, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::symlink(common::models_dir().join("all-MiniLM-L6-v2"), models.join("m")).unwrap();
+    let out = command("setpriv")
+        .args(["--reuid=4242", "--regid=4242", "--clear-groups", env!("CARGO_BIN_EXE_stctl"), "--no-daemon"])
+        .args(["embed", "x", "--model", "m"])
+        .env("STEADYTEXT_MODEL_DIR", &models)
+        .env("HOME", top.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("permission denied") && said.contains("steadytext group"), "{said}");
+    assert!(!said.contains("no such model folder"), "{said}");
+}
