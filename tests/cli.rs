@@ -441,3 +441,35 @@ fn a_missing_model_is_reported_the_other_one_serves_and_sighup_loads_it_once_ins
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+#[test]
+fn a_stop_while_models_load_is_clean() {
+    // JSON-RPC answers while the models load; a SIGTERM then stops the daemon at once, cleanly
+    // (exit 0, socket file removed), instead of killing it mid-load.
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("s.sock");
+    let mut daemon = command(env!("CARGO_BIN_EXE_steadytextd"))
+        .args(common::root_flags())
+        .args(["--listen", &format!("unix:{}", sock.display())])
+        .env("STATE_DIRECTORY", dir.path())
+        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let socket = ["--daemon-only", "--socket", sock.to_str().unwrap(), "status", "--json"];
+    let mut loading = None;
+    for _ in 0..300 {
+        let o = stctl(&socket, None, &[]);
+        if o.status.success() {
+            loading = Some(serde_json::from_slice::<Value>(&o.stdout).unwrap());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let status = loading.expect("the daemon answered status while loading");
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    assert!(daemon.wait().unwrap().success(), "{}", std::fs::read_to_string(dir.path().join("daemon.log")).unwrap());
+    assert!(!sock.exists(), "the socket file was left behind");
+    // The decoder takes over a second to load: the status above was taken while it did.
+    assert!(status["loading"].as_array().is_some_and(|l| !l.is_empty()), "{status}");
+}

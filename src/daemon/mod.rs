@@ -65,38 +65,48 @@ pub async fn run(options: Options) -> Result<()> {
         .map(tokio_rustls::TlsAcceptor::from);
     check_tcp_listeners(&options.listeners, api_key.is_some(), tls.is_some())?;
     let started = std::time::Instant::now();
-    // The HTTP front answers from the start (503 while loading); JSON-RPC once loaded.
+    // Signals are ours from the start: a stop asked for while the models load is honoured at
+    // once (the socket files are removed), a SIGHUP waits until READY.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    // The HTTP front answers from the start (503 while loading).
     let front = http::Front::new(config.clone());
     let (web, rpc): (Vec<_>, Vec<_>) = options.listeners.into_iter().partition(|l| l.protocol == Protocol::Http);
     let mut owned_paths = listen(&Server::Http(front.clone()), web, tls.clone())?;
     // JSON-RPC serves while the models load: a request waits only for the models of its kind.
     let daemon = start(config.clone(), api_key)?;
     owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls)?);
-    daemon.registry().settled().await;
-    prune_cache(&daemon);
-    front.serve(daemon.clone());
-    tracing::info!(load_ms = started.elapsed().as_millis() as u64, "ready");
-    notify::ready(&daemon.status_line());
+    let stopped_while_loading = tokio::select! {
+        _ = daemon.registry().settled() => None,
+        _ = term.recv() => Some("SIGTERM"),
+        _ = int.recv() => Some("SIGINT"),
+    };
     // Background tasks run until `stopped` (after the drain and the last snapshot).
     let stopped = CancellationToken::new();
     let background = TaskTracker::new();
-    spawn_watchdog(&background, &daemon, &stopped);
-    spawn_status(&background, &daemon, &stopped);
-    spawn_snapshots(&background, &daemon, &stopped);
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let idle_exit = Duration::from_secs(config.daemon.idle_exit_secs);
-    let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
-    let why = loop {
-        tokio::select! {
-            _ = term.recv() => break "SIGTERM",
-            _ = int.recv() => break "SIGINT",
-            _ = hup.recv() => reload(&daemon, options.config_path.clone()).await,
-            _ = idle_tick.tick(), if !idle_exit.is_zero() => {
-                if daemon.idle_for() >= idle_exit {
-                    break "idle";
+    let why = match stopped_while_loading {
+        Some(why) => why,
+        None => {
+            prune_cache(&daemon);
+            front.serve(daemon.clone());
+            tracing::info!(load_ms = started.elapsed().as_millis() as u64, "ready");
+            notify::ready(&daemon.status_line());
+            spawn_watchdog(&background, &daemon, &stopped);
+            spawn_status(&background, &daemon, &stopped);
+            spawn_snapshots(&background, &daemon, &stopped);
+            let idle_exit = Duration::from_secs(config.daemon.idle_exit_secs);
+            let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = term.recv() => break "SIGTERM",
+                    _ = int.recv() => break "SIGINT",
+                    _ = hup.recv() => reload(&daemon, options.config_path.clone()).await,
+                    _ = idle_tick.tick(), if !idle_exit.is_zero() => {
+                        if daemon.idle_for() >= idle_exit {
+                            break "idle";
+                        }
+                    }
                 }
             }
         }
