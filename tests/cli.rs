@@ -379,6 +379,18 @@ fn tls_lets_remote_addresses_in_with_a_checked_certificate() {
     let _ = daemon.wait();
 }
 
+/// steadytextd started by hand on the Unix socket `sock`, state and log (`daemon.log`) in `dir`.
+fn unix_daemon(dir: &std::path::Path, sock: &std::path::Path, env: &[(&str, &str)]) -> std::process::Child {
+    command(env!("CARGO_BIN_EXE_steadytextd"))
+        .args(common::root_flags())
+        .args(["--listen", &format!("unix:{}", sock.display())])
+        .envs(env.iter().copied())
+        .env("STATE_DIRECTORY", dir)
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn a_missing_model_is_reported_the_other_one_serves_and_sighup_loads_it_once_installed() {
     let dir = tempfile::tempdir().unwrap();
@@ -391,15 +403,12 @@ fn a_missing_model_is_reported_the_other_one_serves_and_sighup_loads_it_once_ins
         models.join("SmolLM2-135M-Instruct"),
     )
     .unwrap();
-    let mut daemon = command(env!("CARGO_BIN_EXE_steadytextd"))
-        .args(common::root_flags())
-        .args(["--listen", &format!("unix:{}", sock.display())])
-        .env("STEADYTEXT_MODEL_DIR", &models)
-        .env("STEADYTEXT_EMBEDDING_MODEL", "not-installed")
-        .env("STATE_DIRECTORY", dir.path())
-        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let models_arg = models.to_str().unwrap();
+    let mut daemon = unix_daemon(
+        dir.path(),
+        &sock,
+        &[("STEADYTEXT_MODEL_DIR", models_arg), ("STEADYTEXT_EMBEDDING_MODEL", "not-installed")],
+    );
     let socket = ["--daemon-only", "--socket", sock.to_str().unwrap()];
     fn with<'a>(socket: &[&'a str], args: &[&'a str]) -> Vec<&'a str> {
         [socket, args].concat()
@@ -448,13 +457,7 @@ fn a_stop_while_models_load_is_clean() {
     // (exit 0, socket file removed), instead of killing it mid-load.
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("s.sock");
-    let mut daemon = command(env!("CARGO_BIN_EXE_steadytextd"))
-        .args(common::root_flags())
-        .args(["--listen", &format!("unix:{}", sock.display())])
-        .env("STATE_DIRECTORY", dir.path())
-        .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let mut daemon = unix_daemon(dir.path(), &sock, &[]);
     let socket = ["--daemon-only", "--socket", sock.to_str().unwrap(), "status", "--json"];
     let mut loading = None;
     for _ in 0..300 {

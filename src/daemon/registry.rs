@@ -88,31 +88,30 @@ impl Registry {
         }
     }
 
+    /// What `pick` takes from each slot as it stands now.
+    fn each<T>(&self, pick: impl Fn(ModelKind, &Slot) -> Option<T>) -> Vec<T> {
+        self.slots.iter().filter_map(|(kind, slot)| pick(*kind, &slot.borrow())).collect()
+    }
+
     /// Configured models that failed to load.
     pub(crate) fn unavailable(&self) -> Vec<UnavailableModel> {
-        self.slots
-            .iter()
-            .filter_map(|(_, slot)| match &*slot.borrow() {
-                Slot::Failed(u) => Some(u.clone()),
-                _ => None,
-            })
-            .collect()
+        self.each(|_, slot| match slot {
+            Slot::Failed(u) => Some(u.clone()),
+            _ => None,
+        })
     }
 
     /// Kinds of the models still loading.
     pub(crate) fn loading(&self) -> Vec<ModelKind> {
-        self.slots.iter().filter(|(_, slot)| matches!(*slot.borrow(), Slot::Loading)).map(|(kind, _)| *kind).collect()
+        self.each(|kind, slot| matches!(slot, Slot::Loading).then_some(kind))
     }
 
     /// Every loaded worker.
     pub(crate) fn workers(&self) -> Vec<Arc<Worker>> {
-        self.slots
-            .iter()
-            .filter_map(|(_, slot)| match &*slot.borrow() {
-                Slot::Ready(w) => Some(w.clone()),
-                _ => None,
-            })
-            .collect()
+        self.each(|_, slot| match slot {
+            Slot::Ready(w) => Some(w.clone()),
+            _ => None,
+        })
     }
 
     /// The worker for a request of `kind` naming `requested` (None: the first model of that
