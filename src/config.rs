@@ -104,6 +104,9 @@ impl Default for CacheConfig {
     }
 }
 
+/// Upper bound of `daemon.batch_sequences` (each sequence holds its KV cache in memory).
+pub const MAX_BATCH_SEQUENCES: usize = 64;
+
 /// Settings of `steadytextd` (and where `stctl` looks for it).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -112,6 +115,10 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     /// Requests that may wait per model before new ones are refused as overload.
     pub queue_depth: usize,
+    /// Most generations of one model in progress together: their decode steps run as one model
+    /// call when the model passes the batch-invariance probe (bit-identical answers either way).
+    /// 1 runs one generation at a time.
+    pub batch_sequences: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_timeout_secs: u64,
     /// Exit after this many seconds without clients (0 = never); systemd re-activates on demand.
@@ -148,6 +155,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             socket: PathBuf::from("/run/steadytext/steadytext.sock"),
             queue_depth: 64,
+            batch_sequences: 16,
             shutdown_timeout_secs: 30,
             idle_exit_secs: 0,
             max_connections: 256,
@@ -299,6 +307,12 @@ impl Config {
                  line_timeout_secs must be at least 1"
                     .into(),
             ));
+        }
+        if !(1..=MAX_BATCH_SEQUENCES).contains(&d.batch_sequences) {
+            return Err(Error::Config(format!(
+                "daemon.batch_sequences = {} is out of range 1..={MAX_BATCH_SEQUENCES}",
+                d.batch_sequences
+            )));
         }
         if self.limits.max_batch == 0 || self.limits.max_input_bytes == 0 {
             return Err(Error::Config("limits must be at least 1".into()));

@@ -3,11 +3,21 @@
 //! in tests), so both modes give the same bytes.
 
 use crate::config::Config;
+use crate::engine::backend::{BatchDecode, OnnxKv};
 use crate::engine::fingerprint::fingerprint;
-use crate::engine::generate::GenerateRequest;
+use crate::engine::generate::{GenerateRequest, Sequence};
 use crate::engine::{load_embedder, load_generator, ModelInfo, OnnxEmbedder, OnnxGenerator};
 use crate::error::{Error, Result};
 use crate::protocol::{EmbedResult, GenerateResult, ModelKind};
+
+/// What a scheduler step did to one active generation.
+pub enum Advance {
+    /// Text it released (may be empty: the step produced no whole character yet, or fed a prompt
+    /// chunk).
+    Piece(String),
+    /// It ended (after its last piece): the answer, or why it failed.
+    Done(Result<GenerateResult>),
+}
 
 /// One loaded model, driven by one worker thread.
 pub trait Model: Send {
@@ -15,15 +25,45 @@ pub trait Model: Send {
     fn kind(&self) -> ModelKind;
     /// Its identity.
     fn info(&self) -> &ModelInfo;
-    /// Runs a generation, calling `on_piece` after every model call with the text it released
-    /// (often empty); `on_piece` returning false cancels it.
+    /// Most generations it keeps active at once (1: one at a time).
+    fn max_active(&self) -> usize {
+        1
+    }
+    /// Starts generation `id` (the caller's unique number) among the active ones.
+    fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<()> {
+        let _ = (id, request);
+        Err(Error::InvalidRequest(format!("model {} does not generate text", self.info().name)))
+    }
+    /// Advances the active generations by one scheduler step; returns what happened to each one
+    /// it touched, in order (a piece before its end).
+    fn step(&mut self) -> Vec<(u64, Advance)> {
+        Vec::new()
+    }
+    /// Drops active generation `id` (cancelled).
+    fn cancel(&mut self, id: u64) {
+        let _ = id;
+    }
+    /// Runs one generation alone to its end, calling `on_piece` after every step with the text it
+    /// released (often empty); `on_piece` returning false cancels it.
     fn generate(
         &mut self,
         request: &GenerateRequest,
         on_piece: &mut dyn FnMut(&str) -> bool,
     ) -> Result<GenerateResult> {
-        let _ = (request, on_piece);
-        Err(Error::InvalidRequest(format!("model {} does not generate text", self.info().name)))
+        const ALONE: u64 = 0;
+        self.admit(ALONE, request)?;
+        loop {
+            for (_, advance) in self.step() {
+                match advance {
+                    Advance::Piece(text) if !on_piece(&text) => {
+                        self.cancel(ALONE);
+                        return Err(Error::Cancelled);
+                    }
+                    Advance::Piece(_) => {}
+                    Advance::Done(result) => return result,
+                }
+            }
+        }
     }
     /// Embeds a batch; one vector per text, in order.
     fn embed(&mut self, texts: &[String]) -> Result<EmbedResult> {
@@ -56,35 +96,69 @@ pub fn check_model(requested: Option<&str>, info: &ModelInfo) -> Result<()> {
     }
 }
 
-/// A loaded generation model.
+/// A loaded generation model and its active generations.
 pub struct GenerationService {
     info: ModelInfo,
     generator: OnnxGenerator,
     engine: String,
+    max_active: usize,
+    /// Active generations in arrival order.
+    active: Vec<(u64, Sequence<OnnxKv>)>,
 }
 
 impl GenerationService {
     /// Loads `name` (default: the configured generation model).
     pub fn load(config: &Config, name: Option<&str>) -> Result<Self> {
         let (info, generator) = load_generator(config, name.unwrap_or(&config.generation_model))?;
-        Ok(GenerationService { info, generator, engine: fingerprint(config)?.id })
+        let max_active = match generator.batching() {
+            BatchDecode::Batched => {
+                tracing::info!(model = %info.name, sequences = config.daemon.batch_sequences, "decode steps of concurrent generations run as one model call (batch-invariance probe passed)");
+                config.daemon.batch_sequences
+            }
+            BatchDecode::OneAtATime(reason) => {
+                tracing::info!(model = %info.name, %reason, "generations run one at a time");
+                1
+            }
+        };
+        Ok(GenerationService { info, generator, engine: fingerprint(config)?.id, max_active, active: Vec::new() })
     }
 
-    /// Runs a validated generation (see [`Model::generate`]).
+    /// Runs a validated generation alone (see [`Model::generate`]).
     pub fn run(&mut self, request: &GenerateRequest, on_piece: &mut dyn FnMut(&str) -> bool) -> Result<GenerateResult> {
-        let mut stream = self.generator.stream(request)?;
-        for piece in stream.by_ref() {
-            if !on_piece(&piece?) {
-                return Err(Error::Cancelled);
-            }
-        }
+        self.generate(request, on_piece)
+    }
+
+    fn result(&self, sequence: Sequence<OnnxKv>) -> Result<GenerateResult> {
         Ok(GenerateResult {
-            generation: stream.finish()?,
+            generation: sequence.finish()?,
             model: self.info.name.clone(),
             model_digest: self.info.digest.clone(),
             cached: false,
             engine_fingerprint: self.engine.clone(),
         })
+    }
+
+    /// One model call for the active generations at `indexes`; records what each released.
+    fn advance(&mut self, indexes: &[usize], events: &mut Vec<(u64, Advance)>) {
+        let mut sequences: Vec<&mut Sequence<OnnxKv>> =
+            self.active.iter_mut().enumerate().filter(|(i, _)| indexes.contains(i)).map(|(_, (_, s))| s).collect();
+        match self.generator.advance(&mut sequences) {
+            Ok(pieces) => {
+                for (&i, piece) in indexes.iter().zip(pieces) {
+                    events.push((self.active[i].0, Advance::Piece(piece)));
+                }
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                for &i in indexes {
+                    let failed = Error::engine(&self.info.name, reason.clone());
+                    events.push((self.active[i].0, Advance::Done(Err(failed))));
+                }
+                // Failed sequences leave now: mark them by their ids below.
+                let failed: Vec<u64> = indexes.iter().map(|&i| self.active[i].0).collect();
+                self.active.retain(|(id, _)| !failed.contains(id));
+            }
+        }
     }
 }
 
@@ -97,12 +171,42 @@ impl Model for GenerationService {
         &self.info
     }
 
-    fn generate(
-        &mut self,
-        request: &GenerateRequest,
-        on_piece: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<GenerateResult> {
-        self.run(request, on_piece)
+    fn max_active(&self) -> usize {
+        self.max_active
+    }
+
+    fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<()> {
+        let sequence = self.generator.start(request)?;
+        self.active.push((id, sequence));
+        Ok(())
+    }
+
+    /// One prompt chunk of the oldest generation still prefilling (alone, so a long prompt
+    /// delays the others by one chunk at most), then one decode step for every generation past
+    /// its prompt, as one call.
+    fn step(&mut self) -> Vec<(u64, Advance)> {
+        let mut events = Vec::new();
+        let decoding: Vec<usize> = (0..self.active.len()).filter(|&i| !self.active[i].1.is_prefilling()).collect();
+        if let Some(i) = self.active.iter().position(|(_, s)| s.is_prefilling()) {
+            self.advance(&[i], &mut events);
+        }
+        if events.iter().all(|(_, a)| matches!(a, Advance::Piece(_))) && !decoding.is_empty() {
+            self.advance(&decoding, &mut events);
+        }
+        let mut i = 0;
+        while i < self.active.len() {
+            if self.active[i].1.is_finished() {
+                let (id, sequence) = self.active.remove(i);
+                events.push((id, Advance::Done(self.result(sequence))));
+            } else {
+                i += 1;
+            }
+        }
+        events
+    }
+
+    fn cancel(&mut self, id: u64) {
+        self.active.retain(|(active, _)| *active != id);
     }
 }
 

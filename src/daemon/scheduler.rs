@@ -1,12 +1,14 @@
 //! The scheduler: one worker thread per loaded model, each owning its [`Model`], fed by a
-//! bounded queue. It decides what runs when (one generation at a time per model, in arrival
-//! order; queued embed requests merged into one model run). Jobs carry validated requests: the
+//! bounded queue. It decides what runs when: generations are admitted in arrival order at step
+//! boundaries, up to the model's [`Model::max_active`], and advanced together one step at a time
+//! (the model batches their decode steps when that changes no bit); queued embed requests are
+//! merged into one model run. Jobs carry validated requests: the
 //! worker never re-checks them, and never blocks on a client (stream pieces go to a per-request
 //! buffer that the connection task drains; a stalled reader is cut off there).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,7 @@ use crate::engine::generate::GenerateRequest;
 use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
 use crate::protocol::{EmbedResult, GenerateResult, ModelKind};
-use crate::service::Model;
+use crate::service::{Advance, Model};
 
 /// How often an idle worker proves it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -193,63 +195,122 @@ impl Progress {
     }
 }
 
+/// A generation the worker has admitted to its model.
+struct Active {
+    id: u64,
+    pieces: Option<mpsc::UnboundedSender<String>>,
+    cancel: CancellationToken,
+    reply: oneshot::Sender<Result<GenerateResult>>,
+    large: bool,
+}
+
+impl Active {
+    /// Whether its client cancelled it or stopped reading.
+    fn abandoned(&self) -> bool {
+        self.cancel.is_cancelled() || self.pieces.as_ref().is_some_and(|tx| tx.is_closed())
+    }
+}
+
+/// The worker loop: takes jobs at step boundaries (waiting only when idle), admits generations
+/// up to the model's [`Model::max_active`], and advances all admitted ones one step at a time.
+/// A reload waits until the active generations are done (no new one is admitted meanwhile).
 fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader) {
     p.beat();
     let mut backlog: VecDeque<Job> = VecDeque::new();
+    let mut active: Vec<Active> = Vec::new();
+    let mut next_id = 0u64;
     loop {
-        let job = match backlog.pop_front().map(Ok).unwrap_or_else(|| rx.recv_timeout(HEARTBEAT)) {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => {
-                p.beat();
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let mut large = match &job {
-            Job::Generate { request, .. } => {
-                request.prompt.len() + request.messages.iter().map(|m| m.content.len()).sum::<usize>() > LARGE_JOB_BYTES
-            }
-            Job::Embed { texts, .. } => texts.iter().map(String::len).sum::<usize>() > LARGE_JOB_BYTES,
-            Job::Reload { .. } => true,
-        };
-        let done = match job {
-            Job::Generate { request, pieces, cancel, reply } => {
-                let mut on_piece = |text: &str| {
-                    p.beat();
-                    if cancel.is_cancelled() {
-                        return false;
+        while active.len() < model.max_active() {
+            let next = match backlog.pop_front() {
+                Some(job) => Ok(job),
+                None if active.is_empty() => rx.recv_timeout(HEARTBEAT),
+                None => rx.try_recv().map_err(|e| match e {
+                    TryRecvError::Empty => RecvTimeoutError::Timeout,
+                    TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+                }),
+            };
+            let job = match next {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) if active.is_empty() => return,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            match job {
+                Job::Generate { request, pieces, cancel, reply } => {
+                    let admitted =
+                        if cancel.is_cancelled() { Err(Error::Cancelled) } else { model.admit(next_id, &request) };
+                    match admitted {
+                        Ok(()) => {
+                            let large = request.prompt.len()
+                                + request.messages.iter().map(|m| m.content.len()).sum::<usize>()
+                                > LARGE_JOB_BYTES;
+                            active.push(Active { id: next_id, pieces, cancel, reply, large });
+                            next_id += 1;
+                        }
+                        Err(e) => finish(&p, reply, Err(e), false),
                     }
-                    match &pieces {
-                        Some(tx) if !text.is_empty() => tx.send(text.to_string()).is_ok(),
-                        _ => true,
+                }
+                Job::Embed { texts, reply } => {
+                    let large = texts.iter().map(String::len).sum::<usize>() > LARGE_JOB_BYTES;
+                    let batch = take_embed_batch(texts, reply, &rx, &mut backlog);
+                    p.merged.fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
+                    let done = batch.len();
+                    embed_merged(model.as_mut(), batch);
+                    p.queued.fetch_sub(done, Ordering::Relaxed);
+                    if large {
+                        super::release_memory();
                     }
-                };
-                let result =
-                    if cancel.is_cancelled() { Err(Error::Cancelled) } else { model.generate(&request, &mut on_piece) };
-                // A long sequence leaves its KV cache's memory behind: give it back.
-                large |= result
-                    .as_ref()
-                    .is_ok_and(|r| r.generation.prompt_tokens + r.generation.token_ids.len() >= LONG_SEQUENCE_TOKENS);
-                let _ = reply.send(result);
-                1
+                }
+                Job::Reload { config, reply } if active.is_empty() => {
+                    finish(&p, reply, reload(&mut model, &config, &loader), true);
+                }
+                reload @ Job::Reload { .. } => {
+                    backlog.push_front(reload);
+                    break;
+                }
             }
-            Job::Embed { texts, reply } => {
-                let batch = take_embed_batch(texts, reply, &rx, &mut backlog);
-                p.merged.fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
-                let done = batch.len();
-                embed_merged(model.as_mut(), batch);
-                done
-            }
-            Job::Reload { config, reply } => {
-                let _ = reply.send(reload(&mut model, &config, &loader));
-                1
-            }
-        };
-        p.queued.fetch_sub(done, Ordering::Relaxed);
-        if large {
-            super::release_memory();
+            p.beat();
         }
         p.beat();
+        if active.is_empty() {
+            continue;
+        }
+        let (gone, kept): (Vec<Active>, Vec<Active>) = active.into_iter().partition(Active::abandoned);
+        active = kept;
+        for a in gone {
+            model.cancel(a.id);
+            finish(&p, a.reply, Err(Error::Cancelled), false);
+        }
+        for (id, advance) in model.step() {
+            let Some(at) = active.iter().position(|a| a.id == id) else { continue };
+            match advance {
+                Advance::Piece(text) => {
+                    if let Some(tx) = active[at].pieces.as_ref().filter(|_| !text.is_empty()) {
+                        // A gone reader is noticed before the next step (the send fails the same way).
+                        let _ = tx.send(text);
+                    }
+                }
+                Advance::Done(result) => {
+                    let a = active.remove(at);
+                    // A long sequence leaves its KV cache's memory behind: give it back.
+                    let large = a.large
+                        || result.as_ref().is_ok_and(|r| {
+                            r.generation.prompt_tokens + r.generation.token_ids.len() >= LONG_SEQUENCE_TOKENS
+                        });
+                    finish(&p, a.reply, result, large);
+                }
+            }
+        }
+        p.beat();
+    }
+}
+
+/// Answers a job and counts it done; after a large one, gives freed memory back.
+fn finish<T>(p: &Progress, reply: oneshot::Sender<Result<T>>, result: Result<T>, large: bool) {
+    let _ = reply.send(result);
+    p.queued.fetch_sub(1, Ordering::Relaxed);
+    if large {
+        super::release_memory();
     }
 }
 
@@ -324,14 +385,18 @@ pub(crate) mod tests {
     use std::path::PathBuf;
     use std::sync::Mutex;
 
-    /// A scripted model: generation emits `pieces` one per step (waiting `step` between them);
-    /// embedding gives each text the vector `[len, calls]` and records every batch it ran.
+    /// A scripted model: each generation emits `pieces` one per step (a step waits `step` and
+    /// advances up to `max_active` generations, recording how many in `steps`); embedding gives
+    /// each text the vector `[len, calls]` and records every batch it ran.
     pub(crate) struct Fake {
         pub(crate) kind: ModelKind,
         pub(crate) info: ModelInfo,
         pub(crate) pieces: Vec<String>,
         pub(crate) step: Duration,
         pub(crate) batches: Arc<Mutex<Vec<usize>>>,
+        pub(crate) max_active: usize,
+        pub(crate) steps: Arc<Mutex<Vec<usize>>>,
+        pub(crate) active: Vec<(u64, GenerateRequest, usize)>,
     }
 
     impl Fake {
@@ -346,6 +411,9 @@ pub(crate) mod tests {
                 pieces: ["Hel", "lo", ", ", "world"].map(String::from).to_vec(),
                 step: Duration::from_millis(1),
                 batches: Arc::default(),
+                max_active: 1,
+                steps: Arc::default(),
+                active: Vec::new(),
             }
         }
     }
@@ -359,32 +427,46 @@ pub(crate) mod tests {
             &self.info
         }
 
-        fn generate(
-            &mut self,
-            request: &GenerateRequest,
-            on_piece: &mut dyn FnMut(&str) -> bool,
-        ) -> Result<GenerateResult> {
-            let mut text = String::new();
-            for piece in self.pieces.iter().take(request.max_new_tokens) {
-                std::thread::sleep(self.step);
-                if !on_piece(piece) {
-                    return Err(Error::Cancelled);
+        fn max_active(&self) -> usize {
+            self.max_active
+        }
+
+        fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<()> {
+            self.active.push((id, request.clone(), 0));
+            Ok(())
+        }
+
+        /// Every active generation emits its next piece; one step sleeps `step`.
+        fn step(&mut self) -> Vec<(u64, Advance)> {
+            std::thread::sleep(self.step);
+            self.steps.lock().unwrap().push(self.active.len());
+            let mut events = Vec::new();
+            for (id, request, emitted) in &mut self.active {
+                let n = self.pieces.len().min(request.max_new_tokens);
+                events.push((*id, Advance::Piece(self.pieces[*emitted].clone())));
+                *emitted += 1;
+                if *emitted == n {
+                    let result = GenerateResult {
+                        generation: Generation {
+                            text: self.pieces[..n].concat(),
+                            token_ids: (0..n as u32).collect(),
+                            prompt_tokens: request.prompt.len(),
+                            finish_reason: FinishReason::Length,
+                        },
+                        model: self.info.name.clone(),
+                        model_digest: self.info.digest.clone(),
+                        cached: false,
+                        engine_fingerprint: String::new(),
+                    };
+                    events.push((*id, Advance::Done(Ok(result))));
                 }
-                text.push_str(piece);
             }
-            let n = self.pieces.len().min(request.max_new_tokens);
-            Ok(GenerateResult {
-                generation: Generation {
-                    text,
-                    token_ids: (0..n as u32).collect(),
-                    prompt_tokens: request.prompt.len(),
-                    finish_reason: FinishReason::Length,
-                },
-                model: self.info.name.clone(),
-                model_digest: self.info.digest.clone(),
-                cached: false,
-                engine_fingerprint: String::new(),
-            })
+            self.active.retain(|(_, request, emitted)| *emitted < self.pieces.len().min(request.max_new_tokens));
+            events
+        }
+
+        fn cancel(&mut self, id: u64) {
+            self.active.retain(|(active, ..)| *active != id);
         }
 
         fn embed(&mut self, texts: &[String]) -> Result<EmbedResult> {

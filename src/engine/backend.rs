@@ -3,12 +3,14 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::session::{IoBinding, Session, SessionInputValue};
+use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType};
 
 use crate::config::Device;
+use crate::engine::kv_arena::{self, KvArena, KvSlot};
 use crate::error::{Error, Result};
 
 /// One sequence's step in a decoder batch: feed `tokens` after what `state` already holds.
@@ -30,6 +32,67 @@ pub trait DecoderBackend: Send {
     fn forward(&mut self, batch: &mut [Step<'_, Self::State>]) -> Result<Vec<Vec<f32>>>;
     /// Number of positions the model can attend to.
     fn context_length(&self) -> usize;
+    /// Whether [`DecoderBackend::forward`] runs the decode steps of several sequences as one call.
+    fn batching(&self) -> BatchDecode {
+        BatchDecode::OneAtATime("the backend runs one sequence per call".into())
+    }
+}
+
+/// How a decoder runs the decode steps of several sequences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchDecode {
+    /// As one model call; checked to give each sequence the bits it gets alone.
+    Batched,
+    /// One sequence per call, for the reason given.
+    OneAtATime(String),
+}
+
+/// Prompts of the batch-invariance probe (token ids valid in any real vocabulary), of different
+/// lengths so that rows hold different pasts.
+const PROBE_PROMPTS: [&[u32]; 3] =
+    [&[101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 112, 113], &[201, 202, 203, 204, 205], &[301]];
+
+/// Tokens each probe sequence is fed after its prompt, one decode step each.
+const PROBE_FOLLOW: [u32; 4] = [41, 42, 43, 44];
+
+/// Checks, on the model itself, that a decode step run for several sequences in one call gives
+/// each sequence bit for bit the logits it gets alone: three sequences of different lengths, four
+/// decode steps alone (batch of 1), then the same steps batched by three and by two. Returns
+/// `None` when every row matched, else what differed. (It catches kernels that take another path
+/// for one row, such as MatMulNBits without int8 compute, and attention that reads padding.)
+pub fn probe_batch_invariance<B: DecoderBackend>(backend: &mut B) -> Result<Option<String>> {
+    let mut alone: Vec<Vec<Vec<f32>>> = Vec::new();
+    for prompt in PROBE_PROMPTS {
+        let mut state = backend.new_state();
+        backend.forward(&mut [Step { state: &mut state, tokens: prompt }])?;
+        let mut rows = Vec::new();
+        for token in PROBE_FOLLOW {
+            rows.extend(backend.forward(&mut [Step { state: &mut state, tokens: &[token] }])?);
+        }
+        alone.push(rows);
+    }
+    for width in [3, 2] {
+        let mut states: Vec<B::State> = PROBE_PROMPTS[..width].iter().map(|_| backend.new_state()).collect();
+        for (state, prompt) in states.iter_mut().zip(PROBE_PROMPTS) {
+            backend.forward(&mut [Step { state, tokens: prompt }])?;
+        }
+        for (step, token) in PROBE_FOLLOW.iter().enumerate() {
+            let tokens = [*token];
+            let mut batch: Vec<Step<'_, B::State>> =
+                states.iter_mut().map(|state| Step { state, tokens: &tokens }).collect();
+            for (seq, row) in backend.forward(&mut batch)?.iter().enumerate() {
+                let expected = &alone[seq][step];
+                if row != expected {
+                    let diff = row.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                    return Ok(Some(format!(
+                        "a probe decode step batched by {width} differs from the same step alone (by up to {diff:.2e}); \
+                         int8-compute MatMulNBits (accuracy_level 4) and GroupQueryAttention make a graph batch invariant"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Token-level hidden states of an encoder for a right-padded batch.
@@ -158,20 +221,17 @@ impl DecoderLayout {
     }
 }
 
-/// Positions the first shared KV buffer of a sequence holds (it doubles when full). Small, so
-/// that the reference prompts (about 40 tokens plus 48 new ones) already cross a growth.
-const MIN_KV_CAPACITY: usize = 64;
-
-/// The last position's logits.
-fn last_logits(model: &str, outputs: &ort::session::SessionOutputs<'_>) -> Result<Vec<f32>> {
+/// The last position's logits of each of `rows` rows.
+fn last_logits(model: &str, outputs: &ort::session::SessionOutputs<'_>, rows: usize) -> Result<Vec<Vec<f32>>> {
     let logits =
         outputs.get("logits").ok_or_else(|| Error::model(model, "decoder ONNX graph has no `logits` output"))?;
     let (shape, data) = logits.try_extract_tensor::<f32>().map_err(inference(model))?;
     let vocab = *shape.last().unwrap_or(&0) as usize;
-    if vocab == 0 || data.len() < vocab {
-        return Err(Error::model(model, format!("unexpected logits shape {shape:?}")));
+    let per_row = data.len() / rows.max(1);
+    if vocab == 0 || per_row < vocab || per_row * rows != data.len() {
+        return Err(Error::model(model, format!("unexpected logits shape {shape:?} for {rows} rows")));
     }
-    Ok(data[data.len() - vocab..].to_vec())
+    Ok(data.chunks(per_row).map(|row| row[per_row - vocab..].to_vec()).collect())
 }
 
 /// A decoder-only ONNX graph with `input_ids`, `attention_mask`, optional `position_ids`, and a
@@ -185,30 +245,26 @@ pub struct OnnxDecoder {
     names: Vec<[String; 4]>,
     context: usize,
     has_position_ids: bool,
-    share_buffer: bool,
+    /// Graphs that write in place (GroupQueryAttention with `past_present_share_buffer`): every
+    /// sequence's KV cache, one row each.
+    arena: Option<Arc<Mutex<KvArena>>>,
+    /// Whether decode steps of several sequences run as one call (see [`probe_batch_invariance`]).
+    batching: BatchDecode,
 }
 
 /// The KV cache of one sequence for [`OnnxDecoder`].
 pub struct OnnxKv {
     /// Concatenating graphs: the last run's present values, fed back as the next past.
     past: Vec<(DynValue, DynValue)>,
-    /// Graphs that write in place: one buffer per layer and kind, bound as past and present.
-    shared: Option<SharedKv>,
+    /// Graphs that write in place: the sequence's row in the decoder's arena.
+    slot: Option<KvSlot>,
     len: usize,
-}
-
-/// KV buffers `[1, kv_heads, capacity, head_dim]` that GroupQueryAttention reads as past and
-/// writes as present (onnxruntime-genai's `past_present_share_buffer`): a step writes only its new
-/// positions instead of copying the whole cache into a new present tensor.
-struct SharedKv {
-    binding: IoBinding,
-    buffers: Vec<Tensor<f32>>,
-    capacity: usize,
 }
 
 impl OnnxDecoder {
     /// Wraps a session, checking that its inputs follow the decoder contract.
-    /// With `share_buffer` (GroupQueryAttention graphs only), past and present share one buffer.
+    /// With `share_buffer` (GroupQueryAttention graphs only), past and present share one buffer,
+    /// and decode steps are batched if [`probe_batch_invariance`] finds that changes no bit.
     pub fn new(
         session: Session,
         model: &str,
@@ -252,7 +308,31 @@ impl OnnxDecoder {
             }
         }
         let has_position_ids = inputs.contains(&"position_ids");
-        Ok(OnnxDecoder { session, model: model.to_string(), layout, names, context, has_position_ids, share_buffer })
+        let arena = share_buffer
+            .then(|| Arc::new(Mutex::new(KvArena::new(layout.kv_heads, layout.head_dim, 2 * names.len(), context))));
+        let mut decoder = OnnxDecoder {
+            session,
+            model: model.to_string(),
+            layout,
+            names,
+            context,
+            has_position_ids,
+            arena,
+            batching: BatchDecode::Batched,
+        };
+        decoder.batching = if decoder.arena.is_none() {
+            BatchDecode::OneAtATime(
+                "its KV cache is concatenated per step (a Hugging Face export): only GroupQueryAttention graphs with \
+                 past_present_share_buffer batch"
+                    .into(),
+            )
+        } else {
+            match probe_batch_invariance(&mut decoder)? {
+                None => BatchDecode::Batched,
+                Some(reason) => BatchDecode::OneAtATime(reason),
+            }
+        };
+        Ok(decoder)
     }
 
     fn empty_kv(&self) -> Result<DynValue> {
@@ -261,84 +341,68 @@ impl OnnxDecoder {
             .map_err(inference(&self.model))
     }
 
-    /// The step's `input_ids`, `attention_mask` and (when the graph takes them) `position_ids`.
-    fn step_inputs(&self, past: usize, tokens: &[u32]) -> Result<Vec<(&'static str, DynValue)>> {
-        let n = tokens.len();
+    /// The step's `input_ids`, `attention_mask` (right-padded) and, when the graph takes them,
+    /// `position_ids`, for rows that hold `past[b]` positions and each feed `tokens[b]` (all of
+    /// one length).
+    fn step_inputs(&self, past: &[usize], tokens: &[&[u32]]) -> Result<Vec<(&'static str, DynValue)>> {
+        let (rows, n) = (tokens.len(), tokens.first().map_or(0, |t| t.len()));
+        let total = past.iter().max().copied().unwrap_or(0) + n;
+        let ids = tokens.iter().flat_map(|t| t.iter().map(|&id| id as i64)).collect();
+        let mask = past.iter().flat_map(|&p| (0..total).map(move |i| i64::from(i < p + n))).collect();
         let mut inputs = vec![
-            ("input_ids", i64_tensor([1, n], tokens.iter().map(|&t| t as i64).collect(), &self.model)?),
-            ("attention_mask", i64_tensor([1, past + n], vec![1; past + n], &self.model)?),
+            ("input_ids", i64_tensor([rows, n], ids, &self.model)?),
+            ("attention_mask", i64_tensor([rows, total], mask, &self.model)?),
         ];
         if self.has_position_ids {
-            inputs.push(("position_ids", i64_tensor([1, n], (past as i64..(past + n) as i64).collect(), &self.model)?));
+            let positions = past.iter().flat_map(|&p| p as i64..(p + n) as i64).collect();
+            inputs.push(("position_ids", i64_tensor([rows, n], positions, &self.model)?));
         }
         Ok(inputs)
     }
 
-    /// Makes room for `needed` positions in the shared buffers: new buffers (doubling, capped at
-    /// the context) with the first `state.len` positions copied over, bound as past and present.
-    fn reserve_shared(&self, state: &mut OnnxKv, needed: usize) -> Result<()> {
-        if state.shared.as_ref().is_some_and(|s| s.capacity >= needed) {
-            return Ok(());
+    /// One call over the arena rows of `states`, each feeding its `tokens` (all of one length).
+    fn forward_shared(&mut self, states: &mut [&mut OnnxKv], tokens: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let model = self.model.clone();
+        let arena = self.arena.clone().ok_or_else(|| Error::engine(&model, "no KV arena"))?;
+        let ids: Vec<u64> = states.iter_mut().map(|s| OnnxKv::slot(s, &arena).id()).collect();
+        let past: Vec<usize> = states.iter().map(|s| s.len).collect();
+        let n = tokens.first().map_or(0, |t| t.len());
+        let mut a = kv_arena::lock(&arena);
+        a.reserve(past.iter().max().copied().unwrap_or(0) + n).map_err(inference(&model))?;
+        a.gather(&ids);
+        let mut binding = self.session.create_binding().map_err(inference(&model))?;
+        let names: Vec<(&str, &str)> =
+            self.names.iter().flat_map(|n| [(n[0].as_str(), n[2].as_str()), (n[1].as_str(), n[3].as_str())]).collect();
+        a.bind_rows(&mut binding, &names, 0, ids.len()).map_err(inference(&model))?;
+        for (name, value) in self.step_inputs(&past, tokens)? {
+            binding.bind_input(name, &value).map_err(inference(&model))?;
         }
-        let model = &self.model;
-        let old = state.shared.take();
-        let capacity =
-            old.as_ref().map_or(0, |s| s.capacity * 2).max(needed).max(MIN_KV_CAPACITY).min(self.context.max(needed));
-        let (heads, dim, len) = (self.layout.kv_heads, self.layout.head_dim, state.len);
-        let mut binding = self.session.create_binding().map_err(inference(model))?;
         let cpu = ort::memory::MemoryInfo::new(
             ort::memory::AllocationDevice::CPU,
             0,
             ort::memory::AllocatorType::Device,
             ort::memory::MemoryType::Default,
         )
-        .map_err(inference(model))?;
-        binding.bind_output_to_device("logits", &cpu).map_err(inference(model))?;
-        let mut buffers = Vec::with_capacity(2 * self.names.len());
-        for (i, names) in self.names.iter().flat_map(|n| [(&n[0], &n[2]), (&n[1], &n[3])]).enumerate() {
-            // Allocated by ONNX Runtime (outputs can only be bound to such tensors), zeroed.
-            let mut buffer = Tensor::<f32>::new(&ort::memory::Allocator::default(), [1, heads, capacity, dim])
-                .map_err(inference(model))?;
-            let data = buffer.extract_tensor_mut().1;
-            data.fill(0.0);
-            if let Some(old) = &old {
-                let from = old.buffers[i].extract_tensor().1;
-                for h in 0..heads {
-                    let (src, dst) = (h * old.capacity * dim, h * capacity * dim);
-                    data[dst..dst + len * dim].copy_from_slice(&from[src..src + len * dim]);
-                }
-            }
-            binding.bind_input(names.0.as_str(), &buffer).map_err(inference(model))?;
-            binding.bind_output(names.1.as_str(), &mut buffer).map_err(inference(model))?;
-            buffers.push(buffer);
+        .map_err(inference(&model))?;
+        binding.bind_output_to_device("logits", &cpu).map_err(inference(&model))?;
+        let outputs = self.session.run_binding(&binding).map_err(inference(&model))?;
+        let logits = last_logits(&model, &outputs, ids.len())?;
+        for (state, id) in states.iter_mut().zip(&ids) {
+            state.len += n;
+            a.set_len(*id, state.len);
         }
-        state.shared = Some(SharedKv { binding, buffers, capacity });
-        Ok(())
+        Ok(logits)
     }
 
-    fn forward_shared(&mut self, state: &mut OnnxKv, tokens: &[u32]) -> Result<Vec<f32>> {
-        self.reserve_shared(state, state.len + tokens.len())?;
-        let inputs = self.step_inputs(state.len, tokens)?;
-        let shared = state.shared.as_mut().ok_or_else(|| Error::engine(&self.model, "no KV buffers"))?;
-        for (name, value) in &inputs {
-            shared.binding.bind_input(*name, value).map_err(inference(&self.model))?;
-        }
-        let outputs = self.session.run_binding(&shared.binding).map_err(inference(&self.model))?;
-        let last = last_logits(&self.model, &outputs)?;
-        drop(outputs);
-        state.len += tokens.len();
-        Ok(last)
-    }
-
-    fn forward_one(&mut self, state: &mut OnnxKv, tokens: &[u32]) -> Result<Vec<f32>> {
-        if self.share_buffer {
-            return self.forward_shared(state, tokens);
-        }
+    fn forward_concat(&mut self, state: &mut OnnxKv, tokens: &[u32]) -> Result<Vec<f32>> {
         let n = tokens.len();
         let past = state.len;
         let model = self.model.clone();
-        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> =
-            self.step_inputs(past, tokens)?.into_iter().map(|(name, value)| (name.into(), value.into())).collect();
+        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = self
+            .step_inputs(&[past], &[tokens])?
+            .into_iter()
+            .map(|(name, value)| (name.into(), value.into()))
+            .collect();
         let mut past_values = std::mem::take(&mut state.past);
         if past_values.is_empty() {
             for _ in 0..self.names.len() {
@@ -350,7 +414,7 @@ impl OnnxDecoder {
             inputs.push((value.clone().into(), v.into()));
         }
         let mut outputs = self.session.run(inputs).map_err(inference(&model))?;
-        let last = last_logits(&self.model, &outputs)?;
+        let last = last_logits(&self.model, &outputs, 1)?.pop().unwrap_or_default();
         let mut present = Vec::with_capacity(self.names.len());
         for [.., key, value] in &self.names {
             let missing = |name: &str| Error::model(&model, format!("decoder ONNX graph has no `{name}` output"));
@@ -364,20 +428,54 @@ impl OnnxDecoder {
     }
 }
 
+impl OnnxKv {
+    /// The sequence's arena row, claimed on first use.
+    fn slot<'s>(state: &'s mut OnnxKv, arena: &Arc<Mutex<KvArena>>) -> &'s KvSlot {
+        state.slot.get_or_insert_with(|| KvArena::claim(arena))
+    }
+}
+
 impl DecoderBackend for OnnxDecoder {
     type State = OnnxKv;
 
     fn new_state(&self) -> OnnxKv {
-        OnnxKv { past: Vec::new(), shared: None, len: 0 }
+        OnnxKv { past: Vec::new(), slot: None, len: 0 }
     }
 
     fn forward(&mut self, batch: &mut [Step<'_, OnnxKv>]) -> Result<Vec<Vec<f32>>> {
-        // Each sequence runs alone: bit-identical to an unbatched run by construction.
-        batch.iter_mut().map(|step| self.forward_one(step.state, step.tokens)).collect()
+        if self.arena.is_none() {
+            return batch.iter_mut().map(|step| self.forward_concat(step.state, step.tokens)).collect();
+        }
+        // Decode steps (one token after a prefill) run as one call when batching is on; prompt
+        // chunks always run alone.
+        let count = batch.len();
+        let batched = self.batching == BatchDecode::Batched;
+        let (mut together, mut alone): (Vec<_>, Vec<_>) =
+            batch.iter_mut().enumerate().partition(|(_, step)| batched && step.tokens.len() == 1 && step.state.len > 0);
+        if together.len() == 1 {
+            alone.append(&mut together);
+        }
+        let mut logits: Vec<Option<Vec<f32>>> = vec![None; count];
+        for (i, step) in alone {
+            logits[i] = self.forward_shared(&mut [&mut *step.state], &[step.tokens])?.pop();
+        }
+        if !together.is_empty() {
+            let tokens: Vec<&[u32]> = together.iter().map(|(_, s)| s.tokens).collect();
+            let index: Vec<usize> = together.iter().map(|(i, _)| *i).collect();
+            let mut states: Vec<&mut OnnxKv> = together.into_iter().map(|(_, s)| &mut *s.state).collect();
+            for (i, row) in index.into_iter().zip(self.forward_shared(&mut states, &tokens)?) {
+                logits[i] = Some(row);
+            }
+        }
+        logits.into_iter().map(|l| l.ok_or_else(|| Error::engine(&self.model, "a step got no logits"))).collect()
     }
 
     fn context_length(&self) -> usize {
         self.context
+    }
+
+    fn batching(&self) -> BatchDecode {
+        self.batching.clone()
     }
 }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
-use crate::engine::backend::{DecoderBackend, Step};
+use crate::engine::backend::{BatchDecode, DecoderBackend, Step};
 use crate::engine::sampler::{self, Sampling};
 use crate::engine::template::ChatTemplate;
 use crate::error::{Error, Result};
@@ -125,6 +125,11 @@ impl<B: DecoderBackend> Generator<B> {
         Ok(Generator { backend, tokenizer, template, eos, model: model.to_string() })
     }
 
+    /// How the backend runs the decode steps of several sequences.
+    pub fn batching(&self) -> BatchDecode {
+        self.backend.batching()
+    }
+
     /// Renders (unless raw) and tokenizes the request's prompt or conversation.
     pub fn prompt_ids(&self, request: &GenerateRequest) -> Result<Vec<u32>> {
         let text = if request.raw {
@@ -141,9 +146,9 @@ impl<B: DecoderBackend> Generator<B> {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// Starts a generation; the returned stream yields text pieces as they are decided.
+    /// Starts a generation: a sequence to [`Generator::advance`] until it is finished.
     /// The request must have passed [`GenerateRequest::validate`] (the protocol edge does it).
-    pub fn stream(&mut self, request: &GenerateRequest) -> Result<GenerationStream<'_, B>> {
+    pub fn start(&self, request: &GenerateRequest) -> Result<Sequence<B::State>> {
         let prompt = self.prompt_ids(request)?;
         let context = self.backend.context_length();
         if prompt.len() >= context {
@@ -154,20 +159,78 @@ impl<B: DecoderBackend> Generator<B> {
                 context
             )));
         }
-        let state = self.backend.new_state();
-        Ok(GenerationStream {
-            generator: self,
+        Ok(Sequence {
             request: request.clone(),
-            state,
-            pending_input: prompt.clone(),
+            state: self.backend.new_state(),
             prompt_tokens: prompt.len(),
+            pending_input: prompt,
             ids: Vec::new(),
             detok: Detokenizer::default(),
             held: String::new(),
             text: String::new(),
             finish: None,
-            failed: false,
         })
+    }
+
+    /// Runs one model call for each of `sequences` (none finished): the next prompt chunk of
+    /// those still prefilling, the next token of the others (the backend may run those decode
+    /// steps as one call; a sequence's result never depends on the others). Returns the text each
+    /// released, in order (often empty).
+    pub fn advance(&mut self, sequences: &mut [&mut Sequence<B::State>]) -> Result<Vec<String>> {
+        let takes: Vec<usize> = sequences.iter().map(|s| s.pending_input.len().min(PREFILL_CHUNK)).collect();
+        let mut steps: Vec<Step<'_, B::State>> = sequences
+            .iter_mut()
+            .zip(&takes)
+            .map(|(s, &take)| Step { state: &mut s.state, tokens: &s.pending_input[..take] })
+            .collect();
+        let logits = self.backend.forward(&mut steps)?;
+        drop(steps);
+        if logits.len() != sequences.len() {
+            return Err(Error::model(&self.model, "backend returned logits for another number of sequences"));
+        }
+        sequences
+            .iter_mut()
+            .zip(takes)
+            .zip(logits)
+            .map(|((s, take), logits)| self.after_call(s, take, &logits))
+            .collect()
+    }
+
+    /// A sequence's part after a model call that consumed `take` of its pending tokens.
+    fn after_call(&self, s: &mut Sequence<B::State>, take: usize, logits: &[f32]) -> Result<String> {
+        if take < s.pending_input.len() {
+            // More of the prompt to feed: this call's logits are not needed.
+            s.pending_input.drain(..take);
+            return Ok(String::new());
+        }
+        let token = sampler::select(logits, &s.request.sampling, s.request.seed, s.ids.len() as u64)?;
+        if self.eos.contains(&token) {
+            s.finish = Some(FinishReason::Eos);
+            return s.release_rest(&self.tokenizer);
+        }
+        s.ids.push(token);
+        s.pending_input = vec![token];
+        let mut out = String::new();
+        if let Some(piece) = s.detok.next(&self.tokenizer, &s.ids)? {
+            out = s.push_text(&piece);
+        }
+        if s.finish.is_none() {
+            if s.ids.len() >= s.request.max_new_tokens {
+                s.finish = Some(FinishReason::Length);
+            } else if s.prompt_tokens + s.ids.len() >= self.backend.context_length() {
+                s.finish = Some(FinishReason::Context);
+            }
+            if s.finish.is_some() {
+                out.push_str(&s.release_rest(&self.tokenizer)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a generation as a stream of text pieces (one sequence alone).
+    pub fn stream(&mut self, request: &GenerateRequest) -> Result<GenerationStream<'_, B>> {
+        let sequence = self.start(request)?;
+        Ok(GenerationStream { generator: self, sequence, failed: false })
     }
 
     /// Runs a whole generation.
@@ -230,12 +293,12 @@ fn held_back_len(text: &str, stops: &[String]) -> usize {
     best
 }
 
-/// An in-progress generation; iterate it for text pieces (one per model call, empty when a call
-/// released no text), then call [`GenerationStream::finish`].
-pub struct GenerationStream<'g, B: DecoderBackend> {
-    generator: &'g mut Generator<B>,
+/// One generation in progress: its request, KV state and text so far. Advanced by
+/// [`Generator::advance`], alone or with others.
+pub struct Sequence<S> {
     request: GenerateRequest,
-    state: B::State,
+    state: S,
+    /// Tokens to feed next: the rest of the prompt, then the last sampled token.
     pending_input: Vec<u32>,
     prompt_tokens: usize,
     ids: Vec<u32>,
@@ -243,51 +306,28 @@ pub struct GenerationStream<'g, B: DecoderBackend> {
     held: String,
     text: String,
     finish: Option<FinishReason>,
-    failed: bool,
 }
 
-impl<B: DecoderBackend> GenerationStream<'_, B> {
-    /// The finished generation; an error if the stream was not run to its end.
+impl<S> Sequence<S> {
+    /// Whether it has ended (end token, length, context or a stop string).
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Whether prompt tokens are still to be fed (its next call is a prompt chunk).
+    pub fn is_prefilling(&self) -> bool {
+        self.ids.is_empty() && !self.pending_input.is_empty() && self.finish.is_none()
+    }
+
+    /// The request it runs.
+    pub fn request(&self) -> &GenerateRequest {
+        &self.request
+    }
+
+    /// The finished generation; an error if it was not run to its end.
     pub fn finish(self) -> Result<Generation> {
         let finish_reason = self.finish.ok_or(Error::Cancelled)?;
         Ok(Generation { text: self.text, token_ids: self.ids, prompt_tokens: self.prompt_tokens, finish_reason })
-    }
-
-    /// Runs one decoding step; returns the text it releases (may be empty).
-    fn step(&mut self) -> Result<String> {
-        let take = self.pending_input.len().min(PREFILL_CHUNK);
-        let logits = {
-            let g = &mut *self.generator;
-            let mut batch = [Step { state: &mut self.state, tokens: &self.pending_input[..take] }];
-            g.backend.forward(&mut batch)?.pop().ok_or_else(|| Error::model(&g.model, "backend returned no logits"))?
-        };
-        if take < self.pending_input.len() {
-            // More of the prompt to feed: this call's logits are not needed.
-            self.pending_input.drain(..take);
-            return Ok(String::new());
-        }
-        let token = sampler::select(&logits, &self.request.sampling, self.request.seed, self.ids.len() as u64)?;
-        if self.generator.eos.contains(&token) {
-            self.finish = Some(FinishReason::Eos);
-            return self.release_rest();
-        }
-        self.ids.push(token);
-        self.pending_input = vec![token];
-        let mut out = String::new();
-        if let Some(piece) = self.detok.next(&self.generator.tokenizer, &self.ids)? {
-            out = self.push_text(&piece);
-        }
-        if self.finish.is_none() {
-            if self.ids.len() >= self.request.max_new_tokens {
-                self.finish = Some(FinishReason::Length);
-            } else if self.prompt_tokens + self.ids.len() >= self.generator.backend.context_length() {
-                self.finish = Some(FinishReason::Context);
-            }
-            if self.finish.is_some() {
-                out.push_str(&self.release_rest()?);
-            }
-        }
-        Ok(out)
     }
 
     /// Adds decoded text, applying stop strings; returns what may be shown now.
@@ -310,9 +350,9 @@ impl<B: DecoderBackend> GenerationStream<'_, B> {
     }
 
     /// At the end: flush the detokenizer and any text held back for stop strings.
-    fn release_rest(&mut self) -> Result<String> {
+    fn release_rest(&mut self, tokenizer: &Tokenizer) -> Result<String> {
         let mut out = String::new();
-        if let Some(tail) = self.detok.flush(&self.generator.tokenizer, &self.ids)? {
+        if let Some(tail) = self.detok.flush(tokenizer, &self.ids)? {
             let finish = self.finish;
             out = self.push_text(&tail);
             if self.finish != Some(FinishReason::Stop) {
@@ -326,14 +366,29 @@ impl<B: DecoderBackend> GenerationStream<'_, B> {
     }
 }
 
+/// A generation run alone; iterate it for text pieces (one per model call, empty when a call
+/// released no text), then call [`GenerationStream::finish`].
+pub struct GenerationStream<'g, B: DecoderBackend> {
+    generator: &'g mut Generator<B>,
+    sequence: Sequence<B::State>,
+    failed: bool,
+}
+
+impl<B: DecoderBackend> GenerationStream<'_, B> {
+    /// The finished generation; an error if the stream was not run to its end.
+    pub fn finish(self) -> Result<Generation> {
+        self.sequence.finish()
+    }
+}
+
 impl<B: DecoderBackend> Iterator for GenerationStream<'_, B> {
     type Item = Result<String>;
 
     fn next(&mut self) -> Option<Result<String>> {
-        if self.finish.is_some() || self.failed {
+        if self.sequence.is_finished() || self.failed {
             return None;
         }
-        let step = self.step();
+        let step = self.generator.advance(&mut [&mut self.sequence]).map(|mut pieces| pieces.pop().unwrap_or_default());
         self.failed = step.is_err();
         Some(step)
     }

@@ -4,6 +4,7 @@ pub mod backend;
 pub mod embed;
 pub mod fingerprint;
 pub mod generate;
+mod kv_arena;
 pub mod sampler;
 pub mod template;
 

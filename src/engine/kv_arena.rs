@@ -1,0 +1,297 @@
+//! The KV cache of every sequence of a shared-buffer decoder (GroupQueryAttention, onnxruntime-genai's
+//! `past_present_share_buffer`) in one set of buffers, one row per sequence, so that the decode
+//! steps of several sequences run as one model call over rows `0..n`.
+//!
+//! Per layer and kind (key, value) one tensor `[rows, kv_heads, capacity, head_dim]`, allocated by
+//! ONNX Runtime. A sequence owns a row through a [`KvSlot`]; a batch call first moves its
+//! sequences to the first rows ([`KvArena::gather`]), then binds views of those rows as both
+//! past and present. Rows and capacity double when needed; when the last sequence leaves, the
+//! buffers are freed.
+
+use std::ffi::CString;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::IoBinding;
+use ort::value::{Shape, Tensor, TensorRefMut};
+use ort::AsPointer;
+
+/// Positions a fresh arena holds per row (doubling when full). Small, so that the reference
+/// prompts (about 40 tokens plus 48 new ones) already cross a growth.
+const MIN_CAPACITY: usize = 64;
+
+/// One used row: its sequence and how many positions it holds.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    id: u64,
+    len: usize,
+}
+
+/// The buffers and which sequence holds which row.
+pub(crate) struct KvArena {
+    heads: usize,
+    dim: usize,
+    /// Buffers: two per layer.
+    kinds: usize,
+    /// Most positions a row may hold (the model's context).
+    context: usize,
+    buffers: Vec<Tensor<f32>>,
+    rows: usize,
+    capacity: usize,
+    used: Vec<Row>,
+    next_id: u64,
+}
+
+/// A sequence's claim on a row; dropping it frees the row.
+pub(crate) struct KvSlot {
+    id: u64,
+    arena: Arc<Mutex<KvArena>>,
+}
+
+impl Drop for KvSlot {
+    fn drop(&mut self) {
+        lock(&self.arena).release(self.id);
+    }
+}
+
+impl KvSlot {
+    /// Its sequence id in the arena.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// Locks the arena (a panic while it was held leaves consistent data: every change is whole).
+pub(crate) fn lock(arena: &Mutex<KvArena>) -> MutexGuard<'_, KvArena> {
+    arena.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl KvArena {
+    /// An empty arena for `kinds` buffers of `[rows, heads, capacity, dim]`.
+    pub(crate) fn new(heads: usize, dim: usize, kinds: usize, context: usize) -> Self {
+        KvArena { heads, dim, kinds, context, buffers: Vec::new(), rows: 0, capacity: 0, used: Vec::new(), next_id: 0 }
+    }
+
+    /// Claims a row for a new, empty sequence.
+    pub(crate) fn claim(arena: &Arc<Mutex<KvArena>>) -> KvSlot {
+        let mut a = lock(arena);
+        let id = a.next_id;
+        a.next_id += 1;
+        a.used.push(Row { id, len: 0 });
+        KvSlot { id, arena: arena.clone() }
+    }
+
+    fn row_of(&self, id: u64) -> Option<usize> {
+        self.used.iter().position(|r| r.id == id)
+    }
+
+    /// Records that the sequence now holds `len` positions.
+    pub(crate) fn set_len(&mut self, id: u64, len: usize) {
+        if let Some(r) = self.row_of(id) {
+            self.used[r].len = len;
+        }
+    }
+
+    /// Frees a sequence's row: the last row moves into it, so used rows stay `0..n`.
+    fn release(&mut self, id: u64) {
+        let Some(row) = self.row_of(id) else { return };
+        let last = self.used.len() - 1;
+        if row != last && !self.buffers.is_empty() {
+            self.copy_row(last, row, self.used[last].len);
+        }
+        self.used.swap_remove(row);
+        if self.used.is_empty() {
+            // Nothing left: give the memory back (the next sequence starts small again).
+            self.buffers.clear();
+            self.rows = 0;
+            self.capacity = 0;
+        }
+    }
+
+    /// Copies the first `len` positions of row `from` over row `to`, in every buffer.
+    fn copy_row(&mut self, from: usize, to: usize, len: usize) {
+        let (heads, cap, dim) = (self.heads, self.capacity, self.dim);
+        for buffer in &mut self.buffers {
+            let data = buffer.extract_tensor_mut().1;
+            for h in 0..heads {
+                let src = (from * heads + h) * cap * dim;
+                let dst = (to * heads + h) * cap * dim;
+                data.copy_within(src..src + len * dim, dst);
+            }
+        }
+    }
+
+    /// Swaps rows `a` and `b` (their first `len` positions each) and their owners.
+    fn swap_rows(&mut self, a: usize, b: usize) {
+        let (heads, cap, dim) = (self.heads, self.capacity, self.dim);
+        let (la, lb) = (self.used[a].len, self.used[b].len);
+        let mut scratch = vec![0f32; la.max(lb) * dim];
+        for buffer in &mut self.buffers {
+            let data = buffer.extract_tensor_mut().1;
+            for h in 0..heads {
+                let pa = (a * heads + h) * cap * dim;
+                let pb = (b * heads + h) * cap * dim;
+                scratch[..la * dim].copy_from_slice(&data[pa..pa + la * dim]);
+                data.copy_within(pb..pb + lb * dim, pa);
+                data[pb..pb + la * dim].copy_from_slice(&scratch[..la * dim]);
+            }
+        }
+        self.used.swap(a, b);
+    }
+
+    /// Moves the sequences `ids` to rows `0..ids.len()`, in that order.
+    pub(crate) fn gather(&mut self, ids: &[u64]) {
+        for (want, id) in ids.iter().enumerate() {
+            if let Some(row) = self.row_of(*id).filter(|&r| r != want) {
+                self.swap_rows(want, row);
+            }
+        }
+    }
+
+    /// Makes room for every used row and `positions` positions per row (both doubling; capacity
+    /// capped at the context). Existing rows keep their data.
+    pub(crate) fn reserve(&mut self, positions: usize) -> ort::Result<()> {
+        let rows_needed = self.used.len();
+        if rows_needed <= self.rows && positions <= self.capacity {
+            return Ok(());
+        }
+        let rows = if rows_needed <= self.rows { self.rows } else { rows_needed.next_power_of_two() };
+        let capacity = if positions <= self.capacity {
+            self.capacity
+        } else {
+            (self.capacity * 2).max(positions).max(MIN_CAPACITY).min(self.context.max(positions))
+        };
+        let (heads, dim) = (self.heads, self.dim);
+        let mut buffers = Vec::with_capacity(self.kinds);
+        for k in 0..self.kinds {
+            // Allocated by ONNX Runtime (outputs can only be bound to such tensors), zeroed.
+            let mut buffer = Tensor::<f32>::new(&Allocator::default(), [rows, heads, capacity, dim])?;
+            let data = buffer.extract_tensor_mut().1;
+            data.fill(0.0);
+            if let Some(old) = self.buffers.get(k) {
+                let from = old.extract_tensor().1;
+                for (r, row) in self.used.iter().enumerate().filter(|(r, _)| *r < self.rows) {
+                    for h in 0..heads {
+                        let src = (r * heads + h) * self.capacity * dim;
+                        let dst = (r * heads + h) * capacity * dim;
+                        data[dst..dst + row.len * dim].copy_from_slice(&from[src..src + row.len * dim]);
+                    }
+                }
+            }
+            buffers.push(buffer);
+        }
+        self.buffers = buffers;
+        self.rows = rows;
+        self.capacity = capacity;
+        Ok(())
+    }
+
+    /// Binds rows `first..first + n` of every buffer as both the past input and the present
+    /// output named by `names` (one `(input, output)` pair per buffer, in buffer order).
+    pub(crate) fn bind_rows(
+        &mut self,
+        binding: &mut IoBinding,
+        names: &[(&str, &str)],
+        first: usize,
+        n: usize,
+    ) -> ort::Result<()> {
+        let (heads, cap, dim) = (self.heads, self.capacity, self.dim);
+        let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)?;
+        let shape = Shape::new([n as i64, heads as i64, cap as i64, dim as i64]);
+        for (buffer, (input, output)) in self.buffers.iter_mut().zip(names) {
+            let data = buffer.extract_tensor_mut().1;
+            let rows = &mut data[first * heads * cap * dim..(first + n) * heads * cap * dim];
+            // SAFETY: the view covers `rows`, a slice of a buffer that outlives the binding's use:
+            // the caller runs the binding while it holds `&mut self` (no reallocation meanwhile).
+            let view: TensorRefMut<'_, f32> =
+                unsafe { TensorRefMut::from_raw(info.clone(), rows.as_mut_ptr().cast(), shape.clone())? };
+            bind_input_in_place(binding, input, &view)?;
+            binding.bind_output(*output, view)?;
+        }
+        Ok(())
+    }
+}
+
+/// Binds `view` as an input without the copy ort makes of borrowed tensors: GroupQueryAttention
+/// detects a shared buffer by past and present having the same address.
+fn bind_input_in_place(binding: &mut IoBinding, name: &str, view: &TensorRefMut<'_, f32>) -> ort::Result<()> {
+    let name = CString::new(name).map_err(|e| ort::Error::new(e.to_string()))?;
+    // SAFETY: both pointers are live ONNX Runtime objects; ONNX Runtime keeps its own reference to
+    // the value, whose data (the arena buffer) outlives the run (see `bind_rows`).
+    unsafe { ort::Error::result_from_status((ort::api().BindInput)(binding.ptr_mut(), name.as_ptr(), view.ptr())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arena() -> Arc<Mutex<KvArena>> {
+        Arc::new(Mutex::new(KvArena::new(2, 3, 2, 1024)))
+    }
+
+    /// Writes `len` positions of recognisable values for `id` into its row.
+    fn fill(a: &mut KvArena, id: u64, len: usize) {
+        let row = a.row_of(id).unwrap();
+        let (heads, cap, dim) = (a.heads, a.capacity, a.dim);
+        for (k, buffer) in a.buffers.iter_mut().enumerate() {
+            let data = buffer.extract_tensor_mut().1;
+            for h in 0..heads {
+                for i in 0..len * dim {
+                    data[(row * heads + h) * cap * dim + i] =
+                        (id * 100_000 + k as u64 * 10_000 + h as u64 * 1000) as f32 + i as f32;
+                }
+            }
+        }
+        a.set_len(id, len);
+    }
+
+    fn check(a: &KvArena, id: u64) {
+        let row = a.row_of(id).unwrap();
+        let (heads, cap, dim, len) = (a.heads, a.capacity, a.dim, a.used[row].len);
+        for (k, buffer) in a.buffers.iter().enumerate() {
+            let data = buffer.extract_tensor().1;
+            for h in 0..heads {
+                for i in 0..len * dim {
+                    let want = (id * 100_000 + k as u64 * 10_000 + h as u64 * 1000) as f32 + i as f32;
+                    assert_eq!(data[(row * heads + h) * cap * dim + i], want, "sequence {id} kind {k} head {h} at {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rows_keep_their_data_through_growth_gather_and_release() {
+        let arena = arena();
+        let slots: Vec<KvSlot> = (0..3).map(|_| KvArena::claim(&arena)).collect();
+        {
+            let mut a = lock(&arena);
+            a.reserve(10).unwrap();
+            assert_eq!((a.rows, a.capacity), (4, MIN_CAPACITY));
+            for (s, len) in slots.iter().zip([5, 10, 7]) {
+                fill(&mut a, s.id(), len);
+            }
+            a.reserve(100).unwrap();
+            assert_eq!(a.capacity, 128, "doubled");
+            a.gather(&[slots[2].id(), slots[0].id()]);
+            assert_eq!(a.row_of(slots[2].id()), Some(0));
+            assert_eq!(a.row_of(slots[0].id()), Some(1));
+            for s in &slots {
+                check(&a, s.id());
+            }
+        }
+        let mut slots = slots.into_iter();
+        let first = slots.next().unwrap();
+        let rest: Vec<KvSlot> = slots.collect();
+        drop(first);
+        {
+            let a = lock(&arena);
+            assert_eq!(a.used.len(), 2);
+            for s in &rest {
+                check(&a, s.id());
+            }
+        }
+        drop(rest);
+        let a = lock(&arena);
+        assert!(a.buffers.is_empty() && a.used.is_empty(), "the last release frees the memory");
+    }
+}
