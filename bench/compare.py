@@ -89,13 +89,29 @@ class Daemon:
         self.next_id = 0
 
     def connect(self):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(self.socket_path)
-        self.conn, self.reader = s, s.makefile("rb")
+        self.client = Client(self.socket_path, self.log.name)
 
     def call(self, method, params, on_piece=None):
         if self.conn is None:
             self.connect()
+            self.conn = self.client
+        return self.client.call(method, params, on_piece)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Client:
+    """One JSON-RPC connection to the daemon."""
+
+    def __init__(self, socket_path, log_name):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(socket_path)
+        self.conn, self.reader, self.log_name, self.next_id = s, s.makefile("rb"), log_name, 0
+
+    def call(self, method, params, on_piece=None):
         self.next_id += 1
         line = json.dumps({"jsonrpc": "2.0", "method": method, "params": params, "id": self.next_id})
         self.conn.sendall(line.encode() + b"\n")
@@ -106,13 +122,8 @@ class Daemon:
                     on_piece(msg["params"]["text"])
                 continue
             if "error" in msg:
-                sys.exit(f"daemon answered {method} with an error: {msg['error']}\nlog: {self.log.name}")
+                sys.exit(f"daemon answered {method} with an error: {msg['error']}\nlog: {self.log_name}")
             return msg["result"]
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def time_first(fn):
@@ -279,6 +290,90 @@ def embedding_figures(engine, batched, single):
     return {"embeddings_per_s_batched": n / s, "embeddings_per_s_single": n1 / s1}
 
 
+# Concurrent clients of the continuous-batching figures, and the requests each pass runs.
+CLIENTS = (1, 2, 4, 8, 16)
+PASS_REQUESTS = {1: 64, 2: 32, 4: 64, 8: 128, 16: 320}
+
+
+def concurrency_requests(prompts):
+    """64 distinct requests: the reference prompts in variations, greedy and seeded sampling,
+    24 to 96 new tokens (some end earlier, at the end token)."""
+    requests = []
+    for i in range(64):
+        params = {"prompt": f"{prompts[i % len(prompts)]} (answer number {i // len(prompts) + 1})",
+                  "max_new_tokens": 24 + (i * 13) % 73, "seed": i}
+        if i % 2:
+            params.update({"temperature": 0.8, "top_p": 0.95})
+        requests.append(params)
+    return requests
+
+
+def concurrency_figures(daemon, prompts, note):
+    """Aggregate tokens/s, time per output token, first-piece latency for 1-16 concurrent clients
+    (each on its own connection, streaming, cache off); every answer of a concurrent pass is
+    compared with the same request's answer alone (the 1-client pass). Returns the table rows."""
+    import threading
+
+    requests = concurrency_requests(prompts)
+    alone = {}
+    table = []
+    Client(daemon.socket_path, daemon.log.name).call("generate", {"prompt": "warm up", "max_new_tokens": 4})
+    for clients in CLIENTS:
+        total = PASS_REQUESTS[clients]
+        records = []
+        lock = threading.Lock()
+
+        def worker(first):
+            c = Client(daemon.socket_path, daemon.log.name)
+            for n in range(first, total, clients):
+                index = (n * 7) % len(requests)
+                firsts = []
+                t = time.perf_counter()
+                result = c.call("generate_stream", requests[index],
+                                on_piece=lambda _: firsts or firsts.append(time.perf_counter()))
+                done = time.perf_counter()
+                with lock:
+                    records.append((index, result, t, firsts[0] if firsts else done, done))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+        start = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - start
+        tokens = sum(len(r[1]["token_ids"]) for r in records)
+        per_token = [(done - first) / (len(r["token_ids"]) - 1)
+                     for _, r, _, first, done in records if len(r["token_ids"]) > 1]
+        first_ms = [1e3 * (first - t) for _, _, t, first, _ in records]
+        checked = differing = 0
+        for index, result, *_ in records:
+            answer = (result["text"], result["token_ids"])
+            if clients == 1:
+                alone.setdefault(index, answer)
+            else:
+                checked += 1
+                differing += answer != alone[index]
+        row = {"clients": clients, "requests": len(records), "tokens_per_s": tokens / wall,
+               "tpot_p50_ms": 1e3 * percentile(per_token, 50), "tpot_p99_ms": 1e3 * percentile(per_token, 99),
+               "first_piece_p50_ms": percentile(first_ms, 50), "first_piece_p99_ms": percentile(first_ms, 99),
+               "checked": checked, "differing": differing}
+        table.append(row)
+        note(f"steadytextd fused, {clients} clients", {k: v for k, v in row.items() if k != "clients"})
+    single = table[0]["tokens_per_s"]
+    for row in table:
+        row["speedup"] = row["tokens_per_s"] / single
+    return table
+
+
+def print_concurrency(concurrency):
+    print("| clients | aggregate tokens/s | speedup | time per token p50 / p99 ms | first piece p50 / p99 ms | answers checked / differing |")
+    print("|---|---|---|---|---|---|")
+    for r in concurrency:
+        print(f"| {r['clients']} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['tpot_p50_ms']:.1f} / {r['tpot_p99_ms']:.1f} "
+              f"| {r['first_piece_p50_ms']:.0f} / {r['first_piece_p99_ms']:.0f} | {r['checked']} / {r['differing']} |")
+
+
 def idle_cpu(pid):
     c0 = cpu_seconds(pid)
     time.sleep(IDLE_SECS)
@@ -294,6 +389,8 @@ def main():
     ap.add_argument("--fused", required=True, help="the fused model folder (served variant)")
     ap.add_argument("--gguf", help="SmolLM2 Q4_1 GGUF for llama.cpp")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--baseline-bin", help="another steadytextd build to compare single-stream speed with")
+    ap.add_argument("--only", choices=["concurrency"], help="run only this section")
     args = ap.parse_args()
     gen_dir = os.path.join(args.shared, "SmolLM2-135M-Instruct")
     emb_dir = os.path.join(args.shared, "all-MiniLM-L6-v2")
@@ -308,6 +405,21 @@ def main():
         rows.setdefault(name, {}).update(figures)
         print(f"  {name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in figures.items()), flush=True)
+
+    print("steadytextd, fused model, concurrent clients (continuous batching), uncached", flush=True)
+    d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)
+    concurrency = concurrency_figures(d, prompts, note)
+    d.stop()
+    if args.baseline_bin:
+        print("steadytextd before continuous batching (--baseline-bin), fused model, 1 client", flush=True)
+        d = Daemon(args.baseline_bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)
+        note("baseline fused", generation_figures(DaemonGenerator(d), prompts))
+        d.stop()
+
+    if args.only == "concurrency":
+        print()
+        print_concurrency(concurrency)
+        return
 
     print("steadytextd, shared model (HF layout), uncached", flush=True)
     d = Daemon(args.bin, uncached)
@@ -368,6 +480,7 @@ def main():
         ratio(f"fused daemon / python ort shared {key}", "steadytextd fused", "python onnxruntime shared", key)
         ratio(f"fused daemon / python ort fused {key}", "steadytextd fused", "python onnxruntime fused", key)
         ratio(f"shared daemon / python ort shared {key}", "steadytextd shared", "python onnxruntime shared", key)
+        ratio(f"fused daemon / fused daemon before batching {key}", "steadytextd fused", "baseline fused", key)
     for key in ("embeddings_per_s_batched", "embeddings_per_s_single"):
         ratio(f"daemon / python ort {key}", "steadytextd shared", "python onnxruntime shared", key)
         ratio(f"daemon / fastembed {key}", "steadytextd shared", "fastembed", key)
@@ -381,11 +494,13 @@ def main():
         cells = [f"{rows[n][k]:.1f}" if isinstance(rows[n].get(k), float) else str(rows[n].get(k, "")) for n in names]
         print(f"| {k} | " + " | ".join(cells) + " |")
     print()
+    print_concurrency(concurrency)
+    print()
     print("| ratio | value |\n|---|---|")
     for k, v in ratios.items():
         print(f"| {k} | {v:.2f} |")
     json.dump({"machine": {"cpus": os.cpu_count(), "onnxruntime": ort.__version__}, "figures": rows,
-               "ratios": ratios}, open(args.json, "w"), indent=1)
+               "ratios": ratios, "concurrency": concurrency}, open(args.json, "w"), indent=1)
     print(f"\nJSON: {args.json}")
 
 

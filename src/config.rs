@@ -119,6 +119,9 @@ pub struct DaemonConfig {
     /// call when the model passes the batch-invariance probe (bit-identical answers either way).
     /// 1 runs one generation at a time.
     pub batch_sequences: usize,
+    /// Most MiB the KV caches of one model's concurrent generations may take together; a
+    /// generation that would pass it waits until others finish (one alone always runs).
+    pub batch_kv_mb: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_timeout_secs: u64,
     /// Exit after this many seconds without clients (0 = never); systemd re-activates on demand.
@@ -156,6 +159,7 @@ impl Default for DaemonConfig {
             socket: PathBuf::from("/run/steadytext/steadytext.sock"),
             queue_depth: 64,
             batch_sequences: 16,
+            batch_kv_mb: 1024,
             shutdown_timeout_secs: 30,
             idle_exit_secs: 0,
             max_connections: 256,
@@ -307,6 +311,9 @@ impl Config {
                  line_timeout_secs must be at least 1"
                     .into(),
             ));
+        }
+        if d.batch_kv_mb == 0 {
+            return Err(Error::Config("daemon.batch_kv_mb must be at least 1".into()));
         }
         if !(1..=MAX_BATCH_SEQUENCES).contains(&d.batch_sequences) {
             return Err(Error::Config(format!(

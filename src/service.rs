@@ -10,6 +10,16 @@ use crate::engine::{load_embedder, load_generator, ModelInfo, OnnxEmbedder, Onnx
 use crate::error::{Error, Result};
 use crate::protocol::{EmbedResult, GenerateResult, ModelKind};
 
+/// Whether a generation could start now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It is active.
+    Started,
+    /// Not now: the active ones leave it no room (their KV caches' memory budget); try again
+    /// when one of them has finished.
+    Later,
+}
+
 /// What a scheduler step did to one active generation.
 pub enum Advance {
     /// Text it released (may be empty: the step produced no whole character yet, or fed a prompt
@@ -29,8 +39,9 @@ pub trait Model: Send {
     fn max_active(&self) -> usize {
         1
     }
-    /// Starts generation `id` (the caller's unique number) among the active ones.
-    fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<()> {
+    /// Starts generation `id` (the caller's unique number) among the active ones, if there is
+    /// room; a model with no active generation always takes one.
+    fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<Admission> {
         let _ = (id, request);
         Err(Error::InvalidRequest(format!("model {} does not generate text", self.info().name)))
     }
@@ -51,7 +62,9 @@ pub trait Model: Send {
         on_piece: &mut dyn FnMut(&str) -> bool,
     ) -> Result<GenerateResult> {
         const ALONE: u64 = 0;
-        self.admit(ALONE, request)?;
+        if self.admit(ALONE, request)? != Admission::Started {
+            return Err(Error::engine(&self.info().name, "an idle model refused a generation"));
+        }
         loop {
             for (_, advance) in self.step() {
                 match advance {
@@ -96,12 +109,20 @@ pub fn check_model(requested: Option<&str>, info: &ModelInfo) -> Result<()> {
     }
 }
 
+/// Bytes of a KV arena holding `sequences` rows of up to `positions` positions: rows and
+/// capacity both grow by doubling (capacity from 64), so this is what the arena may reach.
+fn kv_arena_bytes(sequences: usize, positions: usize, per_position: usize) -> usize {
+    sequences.next_power_of_two().saturating_mul(positions.max(64).next_power_of_two()).saturating_mul(per_position)
+}
+
 /// A loaded generation model and its active generations.
 pub struct GenerationService {
     info: ModelInfo,
     generator: OnnxGenerator,
     engine: String,
     max_active: usize,
+    /// Most bytes the active generations' KV caches may take together (one alone may exceed it).
+    kv_budget: usize,
     /// Active generations in arrival order.
     active: Vec<(u64, Sequence<OnnxKv>)>,
 }
@@ -120,7 +141,14 @@ impl GenerationService {
                 1
             }
         };
-        Ok(GenerationService { info, generator, engine: fingerprint(config)?.id, max_active, active: Vec::new() })
+        Ok(GenerationService {
+            info,
+            generator,
+            engine: fingerprint(config)?.id,
+            max_active,
+            kv_budget: config.daemon.batch_kv_mb.saturating_mul(1 << 20),
+            active: Vec::new(),
+        })
     }
 
     /// Runs a validated generation alone (see [`Model::generate`]).
@@ -175,10 +203,18 @@ impl Model for GenerationService {
         self.max_active
     }
 
-    fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<()> {
+    fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<Admission> {
         let sequence = self.generator.start(request)?;
+        if !self.active.is_empty() {
+            let positions =
+                self.active.iter().map(|(_, s)| s.max_positions()).fold(sequence.max_positions(), usize::max);
+            let bytes = kv_arena_bytes(self.active.len() + 1, positions, self.generator.kv_bytes_per_position());
+            if bytes > self.kv_budget {
+                return Ok(Admission::Later);
+            }
+        }
         self.active.push((id, sequence));
-        Ok(())
+        Ok(Admission::Started)
     }
 
     /// One prompt chunk of the oldest generation still prefilling (alone, so a long prompt

@@ -20,7 +20,7 @@ use crate::engine::generate::GenerateRequest;
 use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
 use crate::protocol::{EmbedResult, GenerateResult, ModelKind};
-use crate::service::{Advance, Model};
+use crate::service::{Admission, Advance, Model};
 
 /// How often an idle worker proves it is alive.
 const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -240,7 +240,12 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
                     let admitted =
                         if cancel.is_cancelled() { Err(Error::Cancelled) } else { model.admit(next_id, &request) };
                     match admitted {
-                        Ok(()) => {
+                        Ok(Admission::Later) => {
+                            // Room comes when an active generation finishes; keep arrival order.
+                            backlog.push_front(Job::Generate { request, pieces, cancel, reply });
+                            break;
+                        }
+                        Ok(Admission::Started) => {
                             let large = request.prompt.len()
                                 + request.messages.iter().map(|m| m.content.len()).sum::<usize>()
                                 > LARGE_JOB_BYTES;
@@ -431,9 +436,9 @@ pub(crate) mod tests {
             self.max_active
         }
 
-        fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<()> {
+        fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<Admission> {
             self.active.push((id, request.clone(), 0));
-            Ok(())
+            Ok(Admission::Started)
         }
 
         /// Every active generation emits its next piece; one step sleeps `step`.
@@ -578,6 +583,36 @@ pub(crate) mod tests {
         assert!(worker.submit(job).is_ok());
         assert!(matches!(answer.blocking_recv().unwrap(), Err(Error::Cancelled)));
         assert!(worker.since_heartbeat() < Duration::from_secs(1), "the worker kept beating");
+    }
+
+    #[test]
+    fn concurrent_generations_advance_together_and_a_reload_waits_for_them() {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let s = steps.clone();
+        let make = move |k| Fake {
+            pieces: vec!["x".into(); 50],
+            max_active: 4,
+            steps: s.clone(),
+            step: Duration::from_millis(2),
+            ..Fake::new(k)
+        };
+        let worker = Worker::start(ModelKind::Generation, Arc::new(Config::default()), loader(make)).unwrap();
+        let mut answers = Vec::new();
+        for max in [50, 30, 40, 20, 10, 5] {
+            let (job, answer, _, _) = generate_job(max, false);
+            assert!(worker.submit(job).is_ok());
+            answers.push((max, answer));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let reload = rt.block_on(worker.reload(Arc::new(Config::default())));
+        // The fake's folder does not exist: the reload fails, but only after the generations.
+        assert!(reload.is_err());
+        let widest = steps.lock().unwrap().iter().copied().max().unwrap();
+        assert_eq!(widest, 4, "at most max_active generations advance in one step, and that many did");
+        for (max, mut answer) in answers {
+            // Already answered when the reload was: it waited for every admitted generation.
+            assert_eq!(answer.try_recv().unwrap().unwrap().generation.text, "x".repeat(max));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::session::{Session, SessionInputValue};
+use ort::session::{IoBinding, Session, SessionInputValue};
 use ort::value::{DynValue, Tensor, TensorElementType};
 
 use crate::config::Device;
@@ -32,6 +32,10 @@ pub trait DecoderBackend: Send {
     fn forward(&mut self, batch: &mut [Step<'_, Self::State>]) -> Result<Vec<Vec<f32>>>;
     /// Number of positions the model can attend to.
     fn context_length(&self) -> usize;
+    /// Bytes one position of one sequence takes in the KV cache (0 when unknown).
+    fn kv_bytes_per_position(&self) -> usize {
+        0
+    }
     /// Whether [`DecoderBackend::forward`] runs the decode steps of several sequences as one call.
     fn batching(&self) -> BatchDecode {
         BatchDecode::OneAtATime("the backend runs one sequence per call".into())
@@ -250,6 +254,16 @@ pub struct OnnxDecoder {
     arena: Option<Arc<Mutex<KvArena>>>,
     /// Whether decode steps of several sequences run as one call (see [`probe_batch_invariance`]).
     batching: BatchDecode,
+    /// The last call's binding of arena rows `0..rows`, reused while the arena keeps its buffers
+    /// (a step then only rebinds `input_ids` and `attention_mask`).
+    bound: Option<BoundRows>,
+}
+
+/// An IoBinding of the KV arena's first `rows` rows (and of the logits output).
+struct BoundRows {
+    binding: IoBinding,
+    rows: usize,
+    generation: u64,
 }
 
 /// The KV cache of one sequence for [`OnnxDecoder`].
@@ -319,6 +333,7 @@ impl OnnxDecoder {
             has_position_ids,
             arena,
             batching: BatchDecode::Batched,
+            bound: None,
         };
         decoder.batching = if decoder.arena.is_none() {
             BatchDecode::OneAtATime(
@@ -365,31 +380,52 @@ impl OnnxDecoder {
         let model = self.model.clone();
         let arena = self.arena.clone().ok_or_else(|| Error::engine(&model, "no KV arena"))?;
         let ids: Vec<u64> = states.iter_mut().map(|s| OnnxKv::slot(s, &arena).id()).collect();
-        let past: Vec<usize> = states.iter().map(|s| s.len).collect();
         let n = tokens.first().map_or(0, |t| t.len());
         let mut a = kv_arena::lock(&arena);
-        a.reserve(past.iter().max().copied().unwrap_or(0) + n).map_err(inference(&model))?;
-        a.gather(&ids);
-        let mut binding = self.session.create_binding().map_err(inference(&model))?;
-        let names: Vec<(&str, &str)> =
-            self.names.iter().flat_map(|n| [(n[0].as_str(), n[2].as_str()), (n[1].as_str(), n[3].as_str())]).collect();
-        a.bind_rows(&mut binding, &names, 0, ids.len()).map_err(inference(&model))?;
-        for (name, value) in self.step_inputs(&past, tokens)? {
-            binding.bind_input(name, &value).map_err(inference(&model))?;
+        a.reserve(states.iter().map(|s| s.len).max().unwrap_or(0) + n).map_err(inference(&model))?;
+        // Row r of the call is the sequence at `order[r]`.
+        let rows = a.gather(&ids);
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| rows[i]);
+        if order.iter().enumerate().any(|(r, &i)| rows[i] != r) {
+            return Err(Error::engine(&model, "KV arena rows are not contiguous"));
         }
-        let cpu = ort::memory::MemoryInfo::new(
-            ort::memory::AllocationDevice::CPU,
-            0,
-            ort::memory::AllocatorType::Device,
-            ort::memory::MemoryType::Default,
-        )
-        .map_err(inference(&model))?;
-        binding.bind_output_to_device("logits", &cpu).map_err(inference(&model))?;
-        let outputs = self.session.run_binding(&binding).map_err(inference(&model))?;
-        let logits = last_logits(&model, &outputs, ids.len())?;
-        for (state, id) in states.iter_mut().zip(&ids) {
-            state.len += n;
-            a.set_len(*id, state.len);
+        let past: Vec<usize> = order.iter().map(|&i| states[i].len).collect();
+        let row_tokens: Vec<&[u32]> = order.iter().map(|&i| tokens[i]).collect();
+        let fresh = |bound: &Option<BoundRows>| {
+            bound.as_ref().is_some_and(|b| b.rows == ids.len() && b.generation == a.generation())
+        };
+        if !fresh(&self.bound) {
+            self.bound = None;
+            let mut binding = self.session.create_binding().map_err(inference(&model))?;
+            let names: Vec<(&str, &str)> = self
+                .names
+                .iter()
+                .flat_map(|n| [(n[0].as_str(), n[2].as_str()), (n[1].as_str(), n[3].as_str())])
+                .collect();
+            a.bind_rows(&mut binding, &names, 0, ids.len()).map_err(inference(&model))?;
+            let cpu = ort::memory::MemoryInfo::new(
+                ort::memory::AllocationDevice::CPU,
+                0,
+                ort::memory::AllocatorType::Device,
+                ort::memory::MemoryType::Default,
+            )
+            .map_err(inference(&model))?;
+            binding.bind_output_to_device("logits", &cpu).map_err(inference(&model))?;
+            self.bound = Some(BoundRows { binding, rows: ids.len(), generation: a.generation() });
+        }
+        let inputs = self.step_inputs(&past, &row_tokens)?;
+        let bound = self.bound.as_mut().ok_or_else(|| Error::engine(&model, "no binding"))?;
+        for (name, value) in inputs {
+            bound.binding.bind_input(name, &value).map_err(inference(&model))?;
+        }
+        let outputs = self.session.run_binding(&bound.binding).map_err(inference(&model))?;
+        let by_row = last_logits(&model, &outputs, ids.len())?;
+        let mut logits = vec![Vec::new(); ids.len()];
+        for (row, &i) in by_row.into_iter().zip(&order) {
+            logits[i] = row;
+            states[i].len += n;
+            a.set_len(ids[i], states[i].len);
         }
         Ok(logits)
     }
@@ -476,6 +512,10 @@ impl DecoderBackend for OnnxDecoder {
 
     fn batching(&self) -> BatchDecode {
         self.batching.clone()
+    }
+
+    fn kv_bytes_per_position(&self) -> usize {
+        2 * self.names.len() * self.layout.kv_heads * self.layout.head_dim * std::mem::size_of::<f32>()
     }
 }
 

@@ -125,6 +125,11 @@ impl<B: DecoderBackend> Generator<B> {
         Ok(Generator { backend, tokenizer, template, eos, model: model.to_string() })
     }
 
+    /// Bytes one position of one sequence takes in the backend's KV cache.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        self.backend.kv_bytes_per_position()
+    }
+
     /// How the backend runs the decode steps of several sequences.
     pub fn batching(&self) -> BatchDecode {
         self.backend.batching()
@@ -319,9 +324,9 @@ impl<S> Sequence<S> {
         self.ids.is_empty() && !self.pending_input.is_empty() && self.finish.is_none()
     }
 
-    /// The request it runs.
-    pub fn request(&self) -> &GenerateRequest {
-        &self.request
+    /// Most positions its KV cache may reach: the prompt plus every token it may generate.
+    pub fn max_positions(&self) -> usize {
+        self.prompt_tokens + self.request.max_new_tokens
     }
 
     /// The finished generation; an error if it was not run to its end.

@@ -40,6 +40,8 @@ pub(crate) struct KvArena {
     capacity: usize,
     used: Vec<Row>,
     next_id: u64,
+    /// Changes whenever the buffers are replaced or freed (bindings of older views are stale).
+    generation: u64,
 }
 
 /// A sequence's claim on a row; dropping it frees the row.
@@ -69,7 +71,18 @@ pub(crate) fn lock(arena: &Mutex<KvArena>) -> MutexGuard<'_, KvArena> {
 impl KvArena {
     /// An empty arena for `kinds` buffers of `[rows, heads, capacity, dim]`.
     pub(crate) fn new(heads: usize, dim: usize, kinds: usize, context: usize) -> Self {
-        KvArena { heads, dim, kinds, context, buffers: Vec::new(), rows: 0, capacity: 0, used: Vec::new(), next_id: 0 }
+        KvArena {
+            heads,
+            dim,
+            kinds,
+            context,
+            buffers: Vec::new(),
+            rows: 0,
+            capacity: 0,
+            used: Vec::new(),
+            next_id: 0,
+            generation: 0,
+        }
     }
 
     /// Claims a row for a new, empty sequence.
@@ -83,6 +96,11 @@ impl KvArena {
 
     fn row_of(&self, id: u64) -> Option<usize> {
         self.used.iter().position(|r| r.id == id)
+    }
+
+    /// Identifies the current buffers: views bound under another generation point at freed memory.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Records that the sequence now holds `len` positions.
@@ -105,6 +123,7 @@ impl KvArena {
             self.buffers.clear();
             self.rows = 0;
             self.capacity = 0;
+            self.generation += 1;
         }
     }
 
@@ -139,13 +158,19 @@ impl KvArena {
         self.used.swap(a, b);
     }
 
-    /// Moves the sequences `ids` to rows `0..ids.len()`, in that order.
-    pub(crate) fn gather(&mut self, ids: &[u64]) {
-        for (want, id) in ids.iter().enumerate() {
-            if let Some(row) = self.row_of(*id).filter(|&r| r != want) {
-                self.swap_rows(want, row);
+    /// Moves the sequences `ids` to rows `0..ids.len()` (in whatever order needs fewest moves:
+    /// usually none) and returns each one's row, in the order of `ids`.
+    pub(crate) fn gather(&mut self, ids: &[u64]) -> Vec<usize> {
+        let k = ids.len();
+        for row in 0..k.min(self.used.len()) {
+            if ids.contains(&self.used[row].id) {
+                continue;
+            }
+            if let Some(from) = (k..self.used.len()).find(|&r| ids.contains(&self.used[r].id)) {
+                self.swap_rows(row, from);
             }
         }
+        ids.iter().map(|id| self.row_of(*id).unwrap_or(usize::MAX)).collect()
     }
 
     /// Makes room for every used row and `positions` positions per row (both doubling; capacity
@@ -183,6 +208,7 @@ impl KvArena {
         self.buffers = buffers;
         self.rows = rows;
         self.capacity = capacity;
+        self.generation += 1;
         Ok(())
     }
 
@@ -272,9 +298,9 @@ mod tests {
             }
             a.reserve(100).unwrap();
             assert_eq!(a.capacity, 128, "doubled");
-            a.gather(&[slots[2].id(), slots[0].id()]);
-            assert_eq!(a.row_of(slots[2].id()), Some(0));
-            assert_eq!(a.row_of(slots[0].id()), Some(1));
+            let rows = a.gather(&[slots[2].id(), slots[0].id()]);
+            assert_eq!(rows, [1, 0], "one swap: sequence 0 stays in row 0, sequence 2 takes row 1");
+            assert_eq!(a.gather(&[slots[0].id(), slots[2].id()]), [0, 1], "already in place: no move");
             for s in &slots {
                 check(&a, s.id());
             }
