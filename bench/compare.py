@@ -290,36 +290,36 @@ def embedding_figures(engine, batched, single):
     return {"embeddings_per_s_batched": n / s, "embeddings_per_s_single": n1 / s1}
 
 
-# Concurrent clients of the continuous-batching figures, and the requests each pass runs.
-CLIENTS = (1, 2, 4, 8, 16)
-PASS_REQUESTS = {1: 64, 2: 32, 4: 64, 8: 128, 16: 320}
+# Concurrent clients of the continuous-batching figures and the requests each pass runs: short
+# answers (prefill is a large share of the work), then long ones (decode dominates).
+SHORT_PASSES = {1: 64, 2: 32, 4: 64, 8: 128, 16: 320}
+LONG_PASSES = {1: 4, 8: 16, 16: 32}
 
 
-def concurrency_requests(prompts):
-    """64 distinct requests: the reference prompts in variations, greedy and seeded sampling,
-    24 to 96 new tokens (some end earlier, at the end token)."""
+def concurrency_requests(prompts, count, new_tokens):
+    """`count` distinct requests: the reference prompts in variations, greedy and seeded sampling,
+    `new_tokens(i)` new tokens at most (some end earlier, at the end token)."""
     requests = []
-    for i in range(64):
+    for i in range(count):
         params = {"prompt": f"{prompts[i % len(prompts)]} (answer number {i // len(prompts) + 1})",
-                  "max_new_tokens": 24 + (i * 13) % 73, "seed": i}
+                  "max_new_tokens": new_tokens(i), "seed": i}
         if i % 2:
             params.update({"temperature": 0.8, "top_p": 0.95})
         requests.append(params)
     return requests
 
 
-def concurrency_figures(daemon, prompts, note):
-    """Aggregate tokens/s, time per output token, first-piece latency for 1-16 concurrent clients
-    (each on its own connection, streaming, cache off); every answer of a concurrent pass is
-    compared with the same request's answer alone (the 1-client pass). Returns the table rows."""
+def concurrency_figures(daemon, requests, passes, label, note):
+    """Aggregate tokens/s, time per output token, first-piece latency for each number of
+    concurrent clients in `passes` (each client on its own connection, streaming, cache off);
+    every answer of a concurrent pass is compared with the same request's answer alone (the
+    1-client pass, which runs every request). Returns the table rows."""
     import threading
 
-    requests = concurrency_requests(prompts)
     alone = {}
     table = []
     Client(daemon.socket_path, daemon.log.name).call("generate", {"prompt": "warm up", "max_new_tokens": 4})
-    for clients in CLIENTS:
-        total = PASS_REQUESTS[clients]
+    for clients, total in passes.items():
         records = []
         lock = threading.Lock()
 
@@ -354,12 +354,13 @@ def concurrency_figures(daemon, prompts, note):
             else:
                 checked += 1
                 differing += answer != alone[index]
-        row = {"clients": clients, "requests": len(records), "tokens_per_s": tokens / wall,
+        row = {"answers": label, "clients": clients, "requests": len(records), "tokens_per_s": tokens / wall,
                "tpot_p50_ms": 1e3 * percentile(per_token, 50), "tpot_p99_ms": 1e3 * percentile(per_token, 99),
                "first_piece_p50_ms": percentile(first_ms, 50), "first_piece_p99_ms": percentile(first_ms, 99),
                "checked": checked, "differing": differing}
         table.append(row)
-        note(f"steadytextd fused, {clients} clients", {k: v for k, v in row.items() if k != "clients"})
+        note(f"steadytextd fused, {label} answers, {clients} clients",
+             {k: v for k, v in row.items() if k not in ("clients", "answers")})
     single = table[0]["tokens_per_s"]
     for row in table:
         row["speedup"] = row["tokens_per_s"] / single
@@ -367,10 +368,10 @@ def concurrency_figures(daemon, prompts, note):
 
 
 def print_concurrency(concurrency):
-    print("| clients | aggregate tokens/s | speedup | time per token p50 / p99 ms | first piece p50 / p99 ms | answers checked / differing |")
-    print("|---|---|---|---|---|---|")
+    print("| answers | clients | aggregate tokens/s | speedup | time per token p50 / p99 ms | first piece p50 / p99 ms | answers checked / differing |")
+    print("|---|---|---|---|---|---|---|")
     for r in concurrency:
-        print(f"| {r['clients']} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['tpot_p50_ms']:.1f} / {r['tpot_p99_ms']:.1f} "
+        print(f"| {r['answers']} | {r['clients']} | {r['tokens_per_s']:.1f} | {r['speedup']:.2f}x | {r['tpot_p50_ms']:.1f} / {r['tpot_p99_ms']:.1f} "
               f"| {r['first_piece_p50_ms']:.0f} / {r['first_piece_p99_ms']:.0f} | {r['checked']} / {r['differing']} |")
 
 
@@ -408,7 +409,12 @@ def main():
 
     print("steadytextd, fused model, concurrent clients (continuous batching), uncached", flush=True)
     d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)
-    concurrency = concurrency_figures(d, prompts, note)
+    short = concurrency_requests(prompts, 64, lambda i: 24 + (i * 13) % 73)
+    # Raw counting prompts run to their limit without an end token.
+    long = [{"prompt": f"{k}, {k + 1}, {k + 2}, {k + 3},", "raw": True, "max_new_tokens": 256, "seed": k,
+             **({"temperature": 0.8, "top_p": 0.95} if k % 2 else {})} for k in (1, 101, 1000, 5001)]
+    concurrency = (concurrency_figures(d, short, SHORT_PASSES, "24-96 token", note)
+                   + concurrency_figures(d, long, LONG_PASSES, "256 token", note))
     d.stop()
     if args.baseline_bin:
         print("steadytextd before continuous batching (--baseline-bin), fused model, 1 client", flush=True)

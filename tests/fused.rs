@@ -145,3 +145,35 @@ fn daemon_serves_the_fused_model_like_direct_mode_across_restarts() {
         }
     }
 }
+
+#[test]
+fn concurrent_daemon_clients_get_the_single_stream_bytes_and_status_shows_batching() {
+    let model = folder(4);
+    let config = format!("generation_model = {:?}\n[cache]\ngeneration_capacity = 0\n", model.to_str().unwrap());
+    let d = common::Daemon::socket_activated(&config, &[]);
+    // Every reference case from its own connection at once, twice over (12 concurrent streams).
+    let cases = cases(&model.join("reference.json"));
+    let clients: Vec<_> = cases.iter().chain(&cases).map(|case| (case.clone(), d.connect())).collect();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|((prompt, max, expected), mut c)| {
+            std::thread::spawn(move || {
+                let answer = c.call("generate_stream", json!({"prompt": prompt, "max_new_tokens": max}));
+                let got: Vec<u32> = serde_json::from_value(answer["result"]["token_ids"].clone())
+                    .unwrap_or_else(|e| panic!("{answer}: {e}"));
+                assert_eq!(got, expected, "concurrent client, prompt {prompt:?}");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    // Both models loaded now (the embedder after its first request).
+    d.connect().call("embed", json!({"texts": ["loaded"]}));
+    let status = d.connect().call("status", json!({}));
+    let batch = |kind: &str| {
+        status["result"]["models"].as_array().unwrap().iter().find(|m| m["kind"] == kind).unwrap()["batch_sequences"]
+            .clone()
+    };
+    assert_eq!((batch("generation"), batch("embedding")), (json!(16), json!(1)), "{status}");
+}

@@ -82,6 +82,7 @@ pub(crate) struct Worker {
     merged: Arc<AtomicU64>,
     epoch: Instant,
     info: RwLock<ModelInfo>,
+    max_active: Arc<AtomicUsize>,
 }
 
 impl Worker {
@@ -97,12 +98,15 @@ impl Worker {
         let (queued, heartbeat_ms, merged, epoch) =
             (progress.queued.clone(), progress.heartbeat_ms.clone(), progress.merged.clone(), progress.epoch);
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
+        let max_active = Arc::new(AtomicUsize::new(1));
+        let shown = max_active.clone();
         std::thread::Builder::new()
             .name(format!("{}-worker", kind.as_str()))
             .spawn(move || match loader(kind, &config) {
                 Ok(model) => {
+                    shown.store(model.max_active(), Ordering::Relaxed);
                     let _ = loaded_tx.send(Ok(model.info().clone()));
-                    run(model, rx, progress, loader);
+                    run(model, rx, progress, loader, shown);
                 }
                 Err(e) => {
                     let _ = loaded_tx.send(Err(e));
@@ -110,7 +114,7 @@ impl Worker {
             })
             .map_err(|e| Error::io("worker thread", e))?;
         let info = loaded_rx.recv().map_err(|_| Error::ShuttingDown)??;
-        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: RwLock::new(info) })
+        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: RwLock::new(info), max_active })
     }
 
     /// The model kind.
@@ -126,6 +130,11 @@ impl Worker {
     /// Whether a request's `model` field (None: the default) selects this worker's model.
     pub(crate) fn answers_to(&self, requested: &str) -> bool {
         self.info.read().unwrap_or_else(|p| p.into_inner()).answers_to(requested)
+    }
+
+    /// Most generations the model advances together.
+    pub(crate) fn max_active(&self) -> usize {
+        self.max_active.load(Ordering::Relaxed)
     }
 
     /// Requests that were merged into another request's model run.
@@ -214,7 +223,7 @@ impl Active {
 /// The worker loop: takes jobs at step boundaries (waiting only when idle), admits generations
 /// up to the model's [`Model::max_active`], and advances all admitted ones one step at a time.
 /// A reload waits until the active generations are done (no new one is admitted meanwhile).
-fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader) {
+fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader, max_active: Arc<AtomicUsize>) {
     p.beat();
     let mut backlog: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
@@ -268,6 +277,7 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
                 }
                 Job::Reload { config, reply } if active.is_empty() => {
                     finish(&p, reply, reload(&mut model, &config, &loader), true);
+                    max_active.store(model.max_active(), Ordering::Relaxed);
                 }
                 reload @ Job::Reload { .. } => {
                     backlog.push_front(reload);

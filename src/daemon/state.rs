@@ -216,6 +216,7 @@ impl Daemon {
                         dir: info.dir,
                         queue_depth: w.queued(),
                         merged_requests: w.merged(),
+                        batch_sequences: w.max_active(),
                     }
                 })
                 .collect(),

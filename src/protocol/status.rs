@@ -81,6 +81,10 @@ pub struct ModelStatus {
     pub queue_depth: usize,
     /// Requests merged into another request's model run.
     pub merged_requests: u64,
+    /// Most generations it advances together (their decode steps as one model call); 1 when the
+    /// model runs one at a time (it failed the batch-invariance probe, or is not a decoder).
+    #[serde(default)]
+    pub batch_sequences: usize,
 }
 
 /// The daemon's counters.
