@@ -410,6 +410,8 @@ pub(crate) mod tests {
         pub(crate) step: Duration,
         pub(crate) batches: Arc<Mutex<Vec<usize>>>,
         pub(crate) max_active: usize,
+        /// Generations it takes before answering [`Admission::Later`] (as a spent KV budget does).
+        pub(crate) room: usize,
         pub(crate) steps: Arc<Mutex<Vec<usize>>>,
         pub(crate) active: Vec<(u64, GenerateRequest, usize)>,
     }
@@ -427,6 +429,7 @@ pub(crate) mod tests {
                 step: Duration::from_millis(1),
                 batches: Arc::default(),
                 max_active: 1,
+                room: usize::MAX,
                 steps: Arc::default(),
                 active: Vec::new(),
             }
@@ -447,6 +450,9 @@ pub(crate) mod tests {
         }
 
         fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<Admission> {
+            if self.active.len() >= self.room {
+                return Ok(Admission::Later);
+            }
             self.active.push((id, request.clone(), 0));
             Ok(Admission::Started)
         }
@@ -623,6 +629,29 @@ pub(crate) mod tests {
             // Already answered when the reload was: it waited for every admitted generation.
             assert_eq!(answer.try_recv().unwrap().unwrap().generation.text, "x".repeat(max));
         }
+    }
+
+    #[test]
+    fn a_generation_without_room_waits_and_runs_when_room_comes() {
+        let steps = Arc::new(Mutex::new(Vec::new()));
+        let s = steps.clone();
+        let make =
+            move |k| Fake { pieces: vec!["x".into(); 20], max_active: 4, room: 2, steps: s.clone(), ..Fake::new(k) };
+        let worker = Worker::start(ModelKind::Generation, Arc::new(Config::default()), loader(make)).unwrap();
+        let answers: Vec<_> = [20, 3, 10, 5, 8]
+            .into_iter()
+            .map(|max| {
+                let (job, answer, _, _) = generate_job(max, false);
+                assert!(worker.submit(job).is_ok());
+                (max, answer)
+            })
+            .collect();
+        for (max, answer) in answers {
+            assert_eq!(answer.blocking_recv().unwrap().unwrap().generation.text, "x".repeat(max));
+        }
+        let widths = steps.lock().unwrap().clone();
+        assert_eq!(widths.iter().max(), Some(&2), "never more than the room: {widths:?}");
+        assert_eq!(worker.queued(), 0);
     }
 
     #[test]

@@ -52,8 +52,8 @@ pub fn argmax(logits: &[f32]) -> Result<u32> {
 }
 
 /// Token ids by logit, largest first, ties by lower id (the order of `f32::total_cmp`); only the
-/// first `top_k` when it is not 0. Sorts packed integer keys (logit order, id), which is several
-/// times faster than comparing through the logits, and selects the top k before sorting them.
+/// first `top_k` when it is not 0. Sorts packed integer keys (logit order, id) instead of comparing
+/// through the logits: the top k are selected and sorted; a whole vocabulary is radix-sorted.
 fn by_logit(logits: &[f32], top_k: usize) -> Vec<u32> {
     let mut keys: Vec<u64> = logits
         .iter()
@@ -68,9 +68,36 @@ fn by_logit(logits: &[f32], top_k: usize) -> Vec<u32> {
     if top_k > 0 && top_k < keys.len() {
         keys.select_nth_unstable(top_k - 1);
         keys.truncate(top_k);
+        keys.sort_unstable();
+    } else {
+        radix_sort_by_high_half(&mut keys);
     }
-    keys.sort_unstable();
     keys.into_iter().map(|k| k as u32).collect()
+}
+
+/// Sorts keys whose low 32 bits (the id) already ascend by their high 32 bits, stably: four
+/// passes of a byte-wise least-significant-digit radix sort. Equal to sorting the whole keys.
+fn radix_sort_by_high_half(keys: &mut Vec<u64>) {
+    let mut scratch = vec![0u64; keys.len()];
+    for byte in 4..8 {
+        let shift = byte * 8;
+        let mut starts = [0usize; 257];
+        for k in keys.iter() {
+            starts[((k >> shift) & 0xff) as usize + 1] += 1;
+        }
+        if starts[1..].iter().any(|&n| n == keys.len()) {
+            continue; // every key has the same byte here
+        }
+        for i in 1..257 {
+            starts[i] += starts[i - 1];
+        }
+        for &k in keys.iter() {
+            let bucket = ((k >> shift) & 0xff) as usize;
+            scratch[starts[bucket]] = k;
+            starts[bucket] += 1;
+        }
+        std::mem::swap(keys, &mut scratch);
+    }
 }
 
 /// Picks the next token for decoding step `step` of a request seeded with `seed`.
