@@ -85,7 +85,7 @@ fn radix_sort_by_high_half(keys: &mut Vec<u64>) {
         for k in keys.iter() {
             starts[((k >> shift) & 0xff) as usize + 1] += 1;
         }
-        if starts[1..].iter().any(|&n| n == keys.len()) {
+        if starts[1..].contains(&keys.len()) {
             continue; // every key has the same byte here
         }
         for i in 1..257 {
