@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs what building and testing steadytext needs on a fresh Debian/Ubuntu machine:
 # systemd's socket-activation helper, python3 + pip (to fetch the ONNX Runtime wheel), curl and
-# python3-venv (HTTP tests), and
+# python3-venv (HTTP tests), haproxy (the fleet test), and
 # ONNX Runtime 1.31.1 itself (into .ort/). Safe to run again.
 set -eu
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -12,6 +12,8 @@ python3 -m pip --version >/dev/null 2>&1 || missing="$missing python3-pip"
 # The HTTP tests run curl and the `openai` package in a private venv (tools/venv.sh).
 command -v curl >/dev/null || missing="$missing curl"
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
+# The fleet test runs the reference HAProxy configuration (packaging/haproxy/) in front of replicas.
+command -v haproxy >/dev/null || missing="$missing haproxy"
 if [ -n "$missing" ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "error: please install:$missing (as root: apt-get install$missing)" >&2

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::config::env::ClientEnv;
-use crate::protocol::{codes, Piece, Request, Response, RpcError, PIECE_NOTIFICATION};
+use crate::protocol::{codes, Piece, Request, Response, RpcError, PIECE_NOTIFICATION, ROUTE_KEY_HEADER};
 
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +156,8 @@ pub struct Client {
     transport: Transport,
     next_id: u64,
     options: ClientOptions,
+    /// Sent with HTTP requests as [`ROUTE_KEY_HEADER`], for load balancers.
+    route_key: Option<String>,
 }
 
 fn unreachable(target: &Target, cause: std::io::Error) -> ClientError {
@@ -188,7 +190,7 @@ impl Client {
                 .build()
                 .into();
             let transport = Transport::Http { agent: Box::new(agent), url: format!("{base}/v1/rpc"), answer: None };
-            return Ok(Client { transport, next_id: 1, options });
+            return Ok(Client { transport, next_id: 1, options, route_key: None });
         }
         let stream: Box<dyn Stream> = match target {
             Target::Unix(path) => {
@@ -208,7 +210,8 @@ impl Client {
             }
         };
         let key = options.api_key.clone();
-        let mut client = Client { transport: Transport::Stream(BufReader::new(stream)), next_id: 1, options };
+        let mut client =
+            Client { transport: Transport::Stream(BufReader::new(stream)), next_id: 1, options, route_key: None };
         if let (true, Some(key)) = (target.is_tcp(), key) {
             let _: Value = client.call("auth", &json!({ "key": key }))?;
         }
@@ -226,7 +229,8 @@ impl Client {
             Transport::Stream(stream) => stream,
             Transport::Http { agent, url, answer } => {
                 let patience = self.options.read_timeout;
-                *answer = Some(post(agent, url, self.options.api_key.as_deref(), &line, patience)?);
+                let headers = Headers { key: self.options.api_key.as_deref(), route_key: self.route_key.as_deref() };
+                *answer = Some(post(agent, url, headers, &line, patience)?);
                 return Ok(id);
             }
         };
@@ -281,6 +285,12 @@ impl Client {
         }
         serde_json::from_value(response.result.unwrap_or(Value::Null))
             .map_err(|e| ClientError::Protocol(format!("unexpected result: {e}")))
+    }
+
+    /// Sets the route key sent with the next HTTP requests (`stctl` computes it per request, see
+    /// [`crate::cache::generation_route_key`]); a load balancer in front of replicas hashes on it.
+    pub fn set_route_key(&mut self, route_key: Option<String>) {
+        self.route_key = route_key;
     }
 
     /// Calls `method` and waits for its result.
@@ -341,6 +351,13 @@ impl Client {
     }
 }
 
+/// Headers of a request to the HTTP front.
+#[derive(Clone, Copy)]
+struct Headers<'a> {
+    key: Option<&'a str>,
+    route_key: Option<&'a str>,
+}
+
 /// Sends one JSON-RPC line to the HTTP front; returns the answer's body (NDJSON), or the
 /// front's refusal (key, size) as the matching JSON-RPC error. While the daemon loads its models
 /// (503 with `Retry-After`) the request is sent again, for at most `patience`: a JSON-RPC client
@@ -348,15 +365,18 @@ impl Client {
 fn post(
     agent: &ureq::Agent,
     url: &str,
-    key: Option<&str>,
+    headers: Headers<'_>,
     line: &[u8],
     patience: Duration,
 ) -> Result<BufReader<Box<dyn std::io::Read + Send>>, ClientError> {
     let started = std::time::Instant::now();
     let response = loop {
         let mut request = agent.post(url).header("Content-Type", "application/json");
-        if let Some(key) = key {
+        if let Some(key) = headers.key {
             request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        if let Some(route_key) = headers.route_key {
+            request = request.header(ROUTE_KEY_HEADER, route_key);
         }
         let response = request.send(line).map_err(|e| ClientError::Unreachable {
             target: url.to_string(),

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
-use steadytext::cache::SharedCache;
+use steadytext::cache::{self, SharedCache};
 use steadytext::client::{target_from_env, Client, ClientError, ClientOptions, Target};
 use steadytext::config::Config;
 use steadytext::direct;
@@ -223,7 +223,7 @@ struct EmbedArgs {
 
 /// How a command is served.
 enum Mode {
-    Daemon(Client),
+    Daemon(Box<Client>),
     Direct,
 }
 
@@ -289,7 +289,7 @@ impl Ctx {
         match Client::connect_with(&self.target, self.client.clone()) {
             Ok(c) => {
                 self.note(format_args!("using the daemon at {}", self.target));
-                Ok(Mode::Daemon(c))
+                Ok(Mode::Daemon(Box::new(c)))
             }
             Err(e @ ClientError::Unreachable { .. }) if self.daemon_only => Err(anyhow::Error::new(e).context(
                 "--daemon-only: no daemon (start it with `systemctl start steadytext.socket`, or drop --daemon-only)",
@@ -373,8 +373,13 @@ fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
         }
     };
     let method = if stream { "generate_stream" } else { "generate" };
+    let route_key =
+        params.to_request(&ctx.config).ok().map(|r| cache::generation_route_key(params.model.as_deref(), &r));
     let (result, mode): (GenerateResult, _) = ctx.serve(
-        |c| c.call_streaming(method, &params, &mut on_piece),
+        |c| {
+            c.set_route_key(route_key.clone());
+            c.call_streaming(method, &params, &mut on_piece)
+        },
         || {
             let mut pieces = |t: &str| {
                 if stream {
@@ -408,8 +413,13 @@ fn embed(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
     };
     let params = EmbedParams { texts, model: args.model };
     let started = Instant::now();
-    let (result, mode): (EmbedResult, _) =
-        ctx.serve(|c| c.call("embed", &params), || Ok(direct::embed(&ctx.config, &params)?))?;
+    let (result, mode): (EmbedResult, _) = ctx.serve(
+        |c| {
+            c.set_route_key(Some(cache::embedding_route_key(params.model.as_deref(), &params.texts)));
+            c.call("embed", &params)
+        },
+        || Ok(direct::embed(&ctx.config, &params)?),
+    )?;
     if args.json {
         let mut v = serde_json::to_value(&result)?;
         v["mode"] = json!(mode);

@@ -47,6 +47,20 @@ pub fn generation_key(model_digest: &str, request: &GenerateRequest) -> Key {
     key("generate", model_digest, &serde_json::to_vec(request).expect("a request always serializes"))
 }
 
+/// A load balancer's route key for a generation: the hash the cache key takes of the normalized
+/// request, scoped by the requested model name instead of its digest (which clients do not
+/// know), as 32 hex digits. Equal requests get equal keys whatever their JSON spelling.
+pub fn generation_route_key(model: Option<&str>, request: &GenerateRequest) -> String {
+    let material = serde_json::to_vec(request).expect("a request always serializes");
+    hex::encode(&key("generate", model.unwrap_or(""), &material)[..16])
+}
+
+/// A load balancer's route key for an embedding request (see [`generation_route_key`]).
+pub fn embedding_route_key(model: Option<&str>, texts: &[String]) -> String {
+    let material: Vec<u8> = texts.iter().flat_map(|t| t.as_bytes().iter().copied().chain([0])).collect();
+    hex::encode(&key("embed", model.unwrap_or(""), &material)[..16])
+}
+
 /// The key of one text's embedding.
 pub fn embedding_key(model_digest: &str, text: &str) -> Key {
     key("embed", model_digest, text.as_bytes())

@@ -17,6 +17,9 @@ use crate::engine::generate::{ChatMessage, GenerateRequest, Generation};
 use crate::engine::sampler::Sampling;
 use crate::error::{Error, Result};
 
+/// HTTP header holding a request's route key (`crate::cache::generation_route_key`): `stctl`
+/// sends it, the HTTP front answers with it, a load balancer hashes on it.
+pub const ROUTE_KEY_HEADER: &str = "X-Steadytext-Route-Key";
 /// Version of the method set and payloads below; reported by `ping` and `status`.
 pub const PROTOCOL_VERSION: u32 = 1;
 

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: the shared models and a config pointing at them.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::path::PathBuf;
 
 use steadytext::config::Config;

@@ -16,9 +16,10 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::{event_stream, read_json, ApiError, Event, Ready};
+use crate::cache::{embedding_route_key, generation_route_key};
 use crate::engine::generate::{ChatMessage, FinishReason};
 use crate::error::Error;
-use crate::protocol::{EmbedResult, GenerateParams, GenerateResult, ModelKind};
+use crate::protocol::{EmbedResult, GenerateParams, GenerateResult, ModelKind, ROUTE_KEY_HEADER};
 
 /// Response header naming the engine fingerprint of the answer (equal on every replica that
 /// gives the same bytes).
@@ -268,6 +269,11 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
     };
     let value = serde_json::to_value(&params).map_err(|e| ApiError::internal(&e.to_string()))?;
     let id = format!("{prefix}-{}", &hex::encode(Sha256::digest(value.to_string()))[..24]);
+    // Params that do not normalize are refused by the call below, which says why.
+    let route = params
+        .to_request(&ready.daemon.config())
+        .map(|r| generation_route_key(params.model.as_deref(), &r))
+        .unwrap_or_default();
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if !common.stream {
         let result: GenerateResult = ready.call("generate", value).await?;
@@ -294,8 +300,12 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
             "system_fingerprint": identity.fingerprint, "choices": [choice], "usage": usage(&result),
         }));
         let cached = if result.cached { "hit" } else { "miss" };
-        return Ok(([(ENGINE_HEADER, ready.daemon.engine().id.clone()), (CACHE_HEADER, cached.to_string())], body)
-            .into_response());
+        let headers = [
+            (ENGINE_HEADER, ready.daemon.engine().id.clone()),
+            (CACHE_HEADER, cached.to_string()),
+            (ROUTE_KEY_HEADER, route),
+        ];
+        return Ok((headers, body).into_response());
     }
     // Streaming: errors found before the first piece (bad params, overload) get their own
     // status; later ones arrive as an error event.
@@ -339,7 +349,11 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
         frames
     });
     let engine = ready.daemon.engine().id.clone();
-    let headers = [(header::CONTENT_TYPE.as_str(), "text/event-stream".to_string()), (ENGINE_HEADER, engine)];
+    let headers = [
+        (header::CONTENT_TYPE.as_str(), "text/event-stream".to_string()),
+        (ENGINE_HEADER, engine),
+        (ROUTE_KEY_HEADER, route),
+    ];
     Ok(([(header::CACHE_CONTROL, "no-cache")], headers, Body::from_stream(frames)).into_response())
 }
 
@@ -377,6 +391,7 @@ pub(super) async fn embeddings(ready: Ready, body: Body) -> Result<Response, Api
         }
     };
     let texts = request.input.into_vec();
+    let route = embedding_route_key(Some(&request.model), &texts);
     let params = json!({"texts": texts, "model": request.model});
     let result: EmbedResult = ready.call("embed", params).await?;
     let mut data = Vec::with_capacity(result.embeddings.len());
@@ -406,7 +421,7 @@ pub(super) async fn embeddings(ready: Ready, body: Body) -> Result<Response, Api
         "object": "list", "data": data, "model": result.model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }));
-    Ok(([(ENGINE_HEADER, ready.daemon.engine().id.clone())], body).into_response())
+    Ok(([(ENGINE_HEADER, ready.daemon.engine().id.clone()), (ROUTE_KEY_HEADER, route)], body).into_response())
 }
 
 /// Longest text prefix counted for `usage`, in bytes: embedding models read a few hundred

@@ -1,0 +1,109 @@
+//! A hand-run daemon with an HTTP front on a TCP port (and its JSON-RPC socket), and curl.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use super::command;
+
+/// The API key every [`HttpDaemon`] requires of TCP clients.
+pub const KEY: &str = "http-test-key-0123456789abcdef";
+
+/// A daemon with a JSON-RPC Unix socket and an HTTP TCP listener.
+pub struct HttpDaemon {
+    /// The daemon process.
+    pub child: Child,
+    /// Its HTTP port on 127.0.0.1.
+    pub port: u16,
+    /// Its JSON-RPC Unix socket.
+    pub socket: PathBuf,
+    /// Its folder (config, key, log, state).
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for HttpDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl HttpDaemon {
+    /// Starts it with `config` (TOML) and returns at once: the models are still loading.
+    pub fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        std::fs::write(dir.path().join("api-key"), format!("{KEY}\n")).unwrap();
+        std::fs::write(dir.path().join("steadytext.toml"), config).unwrap();
+        let socket = dir.path().join("s.sock");
+        let child = command(env!("CARGO_BIN_EXE_steadytextd"))
+            .args(super::root_flags())
+            .args(["--listen", &format!("unix:{}", socket.display())])
+            .args(["--listen", &format!("http:127.0.0.1:{port}")])
+            .env("STEADYTEXT_API_KEY_FILE", dir.path().join("api-key"))
+            .env("STEADYTEXT_CONFIG", dir.path().join("steadytext.toml"))
+            .env("STATE_DIRECTORY", dir.path())
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
+            .spawn()
+            .unwrap();
+        HttpDaemon { child, port, socket, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The status codes of `/health` from the first answer until it is 200.
+    pub fn health_until_ready(&self) -> Vec<u16> {
+        self.health_over(&self.url(""), "")
+    }
+
+    /// [`HttpDaemon::health_until_ready`] at `base`, trusting `ca` (a file; "" for none).
+    pub fn health_over(&self, base: &str, ca: &str) -> Vec<u16> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut codes = Vec::new();
+        let url = format!("{base}/health");
+        while Instant::now() < deadline {
+            let (code, _) = if ca.is_empty() { curl(&[&url]) } else { curl(&["--cacert", ca, &url]) };
+            if code != 0 {
+                codes.push(code);
+            }
+            if code == 200 {
+                return codes;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("never healthy: {codes:?}\n{}", self.log());
+    }
+
+    /// `stctl --daemon-only ARGS` over the JSON-RPC socket; its stdout.
+    pub fn stctl(&self, args: &[&str]) -> String {
+        let socket = self.socket.to_str().unwrap().to_string();
+        let out = self.stctl_at(&socket, args, &[]);
+        assert!(out.status.success(), "stctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `stctl --daemon-only --socket ADDRESS ARGS` with `env`.
+    pub fn stctl_at(&self, address: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        command(env!("CARGO_BIN_EXE_stctl"))
+            .args(["--daemon-only", "--socket", address])
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    }
+}
+
+/// `curl -s ARGS`: the HTTP status (0: no answer) and the body.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out: Output =
+        Command::new("curl").args(["-s", "-m", "30", "-w", "\n%{http_code}"]).args(args).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}

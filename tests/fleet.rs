@@ -1,0 +1,212 @@
+//! Three identical replicas behind the reference HAProxy configuration
+//! (`packaging/haproxy/steadytext.cfg`, run as shipped with the addresses in its environment):
+//! identical requests stay on one replica, whose cache answers the repeats; every answer is the
+//! same bytes whichever replica gives it; a replica killed with SIGKILL costs no request, and the
+//! other replicas' requests do not move.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http::{HttpDaemon, KEY};
+use serde_json::{json, Value};
+
+/// An answer through the balancer: status, the headers we look at, the body.
+struct Answer {
+    status: u16,
+    replica: String,
+    cache: String,
+    route_key: String,
+    body: String,
+}
+
+/// `POST path` with a JSON body (and a route key header when given) to 127.0.0.1:`port`
+/// (HTTP/1.1, one request per connection).
+fn post_keyed(port: u16, path: &str, body: &str, route_key: Option<&str>) -> Answer {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let route = route_key.map(|k| format!("X-Steadytext-Route-Key: {k}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: fleet\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n\
+         {route}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim()))
+            .unwrap_or_default()
+            .to_string()
+    };
+    Answer {
+        status,
+        replica: header("x-steadytext-replica"),
+        cache: header("x-steadytext-cache"),
+        route_key: header("x-steadytext-route-key"),
+        body: body.into(),
+    }
+}
+
+fn post(port: u16, path: &str, body: &Value) -> Answer {
+    post_keyed(port, path, &body.to_string(), None)
+}
+
+fn text(a: &Answer) -> String {
+    serde_json::from_str::<Value>(&a.body).unwrap()["choices"][0]["text"].as_str().unwrap().to_string()
+}
+
+/// HAProxy running the reference configuration in the foreground.
+struct Balancer {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Balancer {
+    fn start(replicas: &[HttpDaemon], log: &Path) -> Self {
+        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/haproxy/steadytext.cfg");
+        let port = common::free_port();
+        let mut cmd = Command::new("haproxy");
+        cmd.arg("-db").arg("-f").arg(&config).env("STEADYTEXT_FRONT", format!("127.0.0.1:{port}"));
+        for (i, r) in replicas.iter().enumerate() {
+            cmd.env(format!("STEADYTEXT_REPLICA_{}", i + 1), format!("127.0.0.1:{}", r.port));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("haproxy (package haproxy; `make setup` installs it)");
+        let b = Balancer { child, port };
+        // Ready when a request through it is answered (its health checks have seen the replicas).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err()
+            || post(port, "/v1/embeddings", &json!({"model": "all-MiniLM-L6-v2", "input": "up?"})).status != 200
+        {
+            assert!(Instant::now() < deadline, "haproxy never served: {}", std::fs::read_to_string(log).unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        b
+    }
+}
+
+fn request(i: usize) -> Value {
+    json!({"model": "SmolLM2-135M-Instruct", "prompt": format!("Fact number {i} about rivers:"),
+           "max_tokens": 6})
+}
+
+#[test]
+fn replicas_behind_haproxy_keep_keys_in_place_answer_alike_and_survive_a_kill() {
+    let mut replicas: Vec<HttpDaemon> = (0..3).map(|_| HttpDaemon::start("")).collect();
+    for r in &replicas {
+        r.health_until_ready();
+    }
+    let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/haproxy/steadytext.cfg");
+    let check = Command::new("haproxy").arg("-c").arg("-f").arg(&config).output().unwrap();
+    assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
+    let log = replicas[0].dir.path().join("haproxy.log");
+    let balancer = Balancer::start(&replicas, &log);
+
+    const REQUESTS: usize = 45;
+    let mut first: HashMap<usize, (String, String)> = HashMap::new(); // body text, replica
+    let mut hits_per_pass = Vec::new();
+    for pass in 0..3 {
+        let mut hits = 0;
+        for i in 0..REQUESTS {
+            let a = post(balancer.port, "/v1/completions", &request(i));
+            assert_eq!(a.status, 200, "pass {pass}, request {i}: {}", a.body);
+            let text = text(&a);
+            let (expected, replica) = first.entry(i).or_insert((text.clone(), a.replica.clone()));
+            assert_eq!(&text, expected, "pass {pass}, request {i}: another replica gave other bytes");
+            assert_eq!(&a.replica, replica, "pass {pass}, request {i} moved to another replica");
+            hits += usize::from(a.cache == "hit");
+        }
+        hits_per_pass.push(hits);
+    }
+    assert_eq!(hits_per_pass, [0, REQUESTS, REQUESTS], "cache hits per pass");
+    let replicas_used: std::collections::HashSet<&String> = first.values().map(|(_, r)| r).collect();
+    assert_eq!(replicas_used.len(), 3, "the keys spread over every replica");
+
+    // The route key: the front answers with the key of the normalized request, so other
+    // spellings of a request (field order, defaults written out) get the same key; sent back as
+    // a header, it keeps them on one replica, where the repeat is a cache hit.
+    for i in 0..10 {
+        let spellings = [
+            format!(r#"{{"prompt":"Fact number {i} about rivers:","max_tokens":6,"model":"SmolLM2-135M-Instruct"}}"#),
+            format!(
+                r#"{{"model":"SmolLM2-135M-Instruct","temperature":0,"prompt":"Fact number {i} about rivers:","max_tokens":6}}"#
+            ),
+        ];
+        let key = post(balancer.port, "/v1/completions", &request(i)).route_key;
+        assert_eq!(key.len(), 32, "route key header: {key:?}");
+        let answers: Vec<Answer> =
+            spellings.iter().map(|b| post_keyed(balancer.port, "/v1/completions", b, Some(&key))).collect();
+        for a in &answers {
+            assert_eq!((a.status, &a.route_key), (200, &key), "{}", a.body);
+            assert_eq!(text(a), first[&i].0, "request {i} spelled differently gave other bytes");
+        }
+        assert_eq!(answers[0].replica, answers[1].replica, "one route key, one replica");
+        assert_eq!(answers[1].cache, "hit");
+    }
+    // stctl computes the same key for the same request and sends it (JSON-RPC over HTTP).
+    let stctl = |prompt: &str| {
+        let out = common::command(env!("CARGO_BIN_EXE_stctl"))
+            .args(["--daemon-only", "--socket", &format!("http://127.0.0.1:{}", balancer.port)])
+            .args(["generate", prompt, "--json", "--raw", "--max-new-tokens", "6", "--model", "SmolLM2-135M-Instruct"])
+            .env("STEADYTEXT_API_KEY", KEY)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "stctl: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let (once, again) = (stctl("Fact number 3 about rivers:"), stctl("Fact number 3 about rivers:"));
+    assert_eq!(once["text"].as_str().unwrap(), first[&3].0, "stctl through the balancer: other bytes");
+    assert_eq!(again["cached"], json!(true), "stctl's repeat went to the same replica: {again}");
+
+    // SIGKILL one replica: no request fails, answers stay the same bytes, and the requests of the
+    // two others stay where they were (their caches still answer them).
+    let killed = format!("replica{}", 2);
+    replicas[1].child.kill().unwrap();
+    replicas[1].child.wait().unwrap();
+    let started = Instant::now();
+    let (mut moved, mut kept_hits, mut kept) = (0, 0, 0);
+    for i in 0..REQUESTS {
+        let a = post(balancer.port, "/v1/completions", &request(i));
+        assert_eq!(a.status, 200, "after the kill, request {i}: {}", a.body);
+        let text = text(&a);
+        let (expected, replica) = &first[&i];
+        assert_eq!(&text, expected, "after the kill, request {i}: other bytes");
+        if *replica == killed {
+            moved += 1;
+            assert_ne!(a.replica, killed);
+        } else {
+            kept += 1;
+            assert_eq!(&a.replica, replica, "request {i} of a live replica moved");
+            kept_hits += usize::from(a.cache == "hit");
+        }
+    }
+    assert!(moved > 0);
+    assert_eq!(kept_hits, kept, "the live replicas' requests are still cache hits");
+    eprintln!(
+        "fleet: {REQUESTS} requests x 3 passes, hits per pass {hits_per_pass:?}; after SIGKILL of {killed}: \
+         {moved} requests moved, {kept} kept (all hits), pass took {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
+    drop(balancer);
+    replicas.clear();
+}
