@@ -10,7 +10,7 @@ export STEADYTEXT_MODEL_DIR ?= $(abspath $(CURDIR)/../shared/models)
 DEMO_SOCKET := $(CURDIR)/target/demo.sock
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup build demo test test-cargo test-style test-fuzz test-e2e bench bench-engine package-build install
+.PHONY: setup build demo test test-cargo test-style test-fuzz test-e2e test-manifests bench bench-engine package-build install
 
 setup:
 	./packaging/dev-setup.sh
@@ -32,7 +32,11 @@ demo: build
 	./target/release/stctl --socket unix:$(DEMO_SOCKET) status
 	@kill $$(cat target/demo.pid) && rm -f target/demo.pid
 
-test: test-style test-cargo test-fuzz test-e2e
+test: test-style test-manifests test-cargo test-fuzz test-e2e
+
+# Kubernetes manifests rendered with kustomize and validated against the API schemas.
+test-manifests:
+	./packaging/kubernetes/check.sh
 
 # Style gates: formatting, clippy (warnings are errors, missing docs included).
 test-style:
