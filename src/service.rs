@@ -177,14 +177,16 @@ impl GenerationService {
                 }
             }
             Err(e) => {
-                let reason = e.to_string();
-                for &i in indexes {
-                    let failed = Error::engine(&self.info.name, reason.clone());
-                    events.push((self.active[i].0, Advance::Done(Err(failed))));
-                }
-                // Failed sequences leave now: mark them by their ids below.
+                // Every generation of the failed call ends with the error (the first gets the
+                // error itself, the others its message).
                 let failed: Vec<u64> = indexes.iter().map(|&i| self.active[i].0).collect();
                 self.active.retain(|(id, _)| !failed.contains(id));
+                let reason = e.to_string();
+                let mut error = Some(e);
+                for id in failed {
+                    let e = error.take().unwrap_or_else(|| Error::engine(&self.info.name, reason.clone()));
+                    events.push((id, Advance::Done(Err(e))));
+                }
             }
         }
     }
