@@ -320,10 +320,11 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
     }
 }
 
-/// Answers a job and counts it done; after a large one, gives freed memory back.
+/// Counts a job done and answers it (in that order: whoever has the answer sees the count);
+/// after a large one, gives freed memory back.
 fn finish<T>(p: &Progress, reply: oneshot::Sender<Result<T>>, result: Result<T>, large: bool) {
-    let _ = reply.send(result);
     p.queued.fetch_sub(1, Ordering::Relaxed);
+    let _ = reply.send(result);
     if large {
         super::release_memory();
     }
