@@ -268,9 +268,7 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
                     let large = texts.iter().map(String::len).sum::<usize>() > LARGE_JOB_BYTES;
                     let batch = take_embed_batch(texts, reply, &rx, &mut backlog);
                     p.merged.fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
-                    let done = batch.len();
-                    embed_merged(model.as_mut(), batch);
-                    p.queued.fetch_sub(done, Ordering::Relaxed);
+                    embed_merged(model.as_mut(), batch, &p);
                     if large {
                         super::release_memory();
                     }
@@ -359,9 +357,11 @@ fn take_embed_batch(
 }
 
 /// Runs merged embed requests as one model call and gives each its own rows.
-fn embed_merged(model: &mut dyn Model, batch: Vec<EmbedJob>) {
+fn embed_merged(model: &mut dyn Model, batch: Vec<EmbedJob>, p: &Progress) {
     let all: Vec<String> = batch.iter().flat_map(|(texts, _)| texts.iter().cloned()).collect();
-    match model.embed(&all) {
+    let result = model.embed(&all);
+    p.queued.fetch_sub(batch.len(), Ordering::Relaxed);
+    match result {
         Ok(result) => {
             let mut rows = result.embeddings.into_iter();
             for (texts, reply) in batch {
