@@ -228,8 +228,12 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
     let mut backlog: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
     let mut next_id = 0u64;
+    // Set when the model answered Admission::Later; cleared when an active generation leaves (only
+    // then can there be room, so a waiting prompt is not templated and tokenized every step).
+    let mut full = false;
     loop {
-        while active.len() < model.max_active() {
+        full &= !active.is_empty();
+        while !full && active.len() < model.max_active() {
             let next = match backlog.pop_front() {
                 Some(job) => Ok(job),
                 None if active.is_empty() => rx.recv_timeout(HEARTBEAT),
@@ -252,6 +256,7 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
                         Ok(Admission::Later) => {
                             // Room comes when an active generation finishes; keep arrival order.
                             backlog.push_front(Job::Generate { request, pieces, cancel, reply });
+                            full = true;
                             break;
                         }
                         Ok(Admission::Started) => {
@@ -290,6 +295,7 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
         }
         let (gone, kept): (Vec<Active>, Vec<Active>) = active.into_iter().partition(Active::abandoned);
         active = kept;
+        full &= gone.is_empty();
         for a in gone {
             model.cancel(a.id);
             finish(&p, a.reply, Err(Error::Cancelled), false);
@@ -304,6 +310,7 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
                     }
                 }
                 Advance::Done(result) => {
+                    full = false;
                     let a = active.remove(at);
                     // A long sequence leaves its KV cache's memory behind: give it back.
                     let large = a.large
