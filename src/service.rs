@@ -166,20 +166,20 @@ impl GenerationService {
         })
     }
 
-    /// One model call for the active generations at `indexes`; records what each released.
-    fn advance(&mut self, indexes: &[usize], events: &mut Vec<(u64, Advance)>) {
-        let mut sequences: Vec<&mut Sequence<OnnxKv>> =
-            self.active.iter_mut().enumerate().filter(|(i, _)| indexes.contains(i)).map(|(_, (_, s))| s).collect();
+    /// One model call for the active generations whose ids `chosen` says; records what each
+    /// released.
+    fn advance(&mut self, chosen: impl Fn(u64) -> bool, events: &mut Vec<(u64, Advance)>) {
+        let (ids, mut sequences): (Vec<u64>, Vec<&mut Sequence<OnnxKv>>) =
+            self.active.iter_mut().filter(|(id, _)| chosen(*id)).map(|(id, s)| (*id, s)).unzip();
+        if ids.is_empty() {
+            return;
+        }
         match self.generator.advance(&mut sequences) {
-            Ok(pieces) => {
-                for (&i, piece) in indexes.iter().zip(pieces) {
-                    events.push((self.active[i].0, Advance::Piece(piece)));
-                }
-            }
+            Ok(pieces) => events.extend(ids.into_iter().zip(pieces).map(|(id, p)| (id, Advance::Piece(p)))),
             Err(e) => {
                 // Every generation of the failed call ends with the error (the first gets the
                 // error itself, the others its message).
-                let failed: Vec<u64> = indexes.iter().map(|&i| self.active[i].0).collect();
+                let failed = ids;
                 self.active.retain(|(id, _)| !failed.contains(id));
                 let reason = e.to_string();
                 let mut error = Some(e);
@@ -224,13 +224,11 @@ impl Model for GenerationService {
     /// its prompt, as one call.
     fn step(&mut self) -> Vec<(u64, Advance)> {
         let mut events = Vec::new();
-        let decoding: Vec<usize> = (0..self.active.len()).filter(|&i| !self.active[i].1.is_prefilling()).collect();
-        if let Some(i) = self.active.iter().position(|(_, s)| s.is_prefilling()) {
-            self.advance(&[i], &mut events);
+        let decoding: Vec<u64> = self.active.iter().filter(|(_, s)| !s.is_prefilling()).map(|(id, _)| *id).collect();
+        if let Some(prefilling) = self.active.iter().find(|(_, s)| s.is_prefilling()).map(|(id, _)| *id) {
+            self.advance(|id| id == prefilling, &mut events);
         }
-        if events.iter().all(|(_, a)| matches!(a, Advance::Piece(_))) && !decoding.is_empty() {
-            self.advance(&decoding, &mut events);
-        }
+        self.advance(|id| decoding.contains(&id), &mut events);
         let mut i = 0;
         while i < self.active.len() {
             if self.active[i].1.is_finished() {

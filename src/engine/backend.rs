@@ -404,13 +404,7 @@ impl OnnxDecoder {
                 .flat_map(|n| [(n[0].as_str(), n[2].as_str()), (n[1].as_str(), n[3].as_str())])
                 .collect();
             a.bind_rows(&mut binding, &names, 0, ids.len()).map_err(inference(&model))?;
-            let cpu = ort::memory::MemoryInfo::new(
-                ort::memory::AllocationDevice::CPU,
-                0,
-                ort::memory::AllocatorType::Device,
-                ort::memory::MemoryType::Default,
-            )
-            .map_err(inference(&model))?;
+            let cpu = kv_arena::cpu_memory().map_err(inference(&model))?;
             binding.bind_output_to_device("logits", &cpu).map_err(inference(&model))?;
             self.bound = Some(BoundRows { binding, rows: ids.len(), generation: a.generation() });
         }

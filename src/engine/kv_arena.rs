@@ -222,7 +222,7 @@ impl KvArena {
         n: usize,
     ) -> ort::Result<()> {
         let (heads, cap, dim) = (self.heads, self.capacity, self.dim);
-        let info = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)?;
+        let info = cpu_memory()?;
         let shape = Shape::new([n as i64, heads as i64, cap as i64, dim as i64]);
         for (buffer, (input, output)) in self.buffers.iter_mut().zip(names) {
             let data = buffer.extract_tensor_mut().1;
@@ -236,6 +236,11 @@ impl KvArena {
         }
         Ok(())
     }
+}
+
+/// Memory of the CPU device, where the arena's buffers and the logits output live.
+pub(crate) fn cpu_memory() -> ort::Result<MemoryInfo<'static>> {
+    MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
 }
 
 /// Binds `view` as an input without the copy ort makes of borrowed tensors: GroupQueryAttention
