@@ -210,3 +210,116 @@ fn replicas_behind_haproxy_keep_keys_in_place_answer_alike_and_survive_a_kill() 
     drop(balancer);
     replicas.clear();
 }
+
+/// A stand-in for a misconfigured replica: answers `status` on a Unix socket with `status` (a
+/// real daemon's, with another engine fingerprint), and nothing else.
+fn other_engine(dir: &Path, status: Value) -> std::path::PathBuf {
+    use std::io::{BufRead, BufReader};
+    let path = dir.join("other-engine.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut line = String::new();
+            if BufReader::new(&conn).read_line(&mut line).is_ok() && !line.is_empty() {
+                let id = serde_json::from_str::<Value>(&line).map(|r| r["id"].clone()).unwrap_or_default();
+                let _ = writeln!(&conn, "{}", json!({"jsonrpc": "2.0", "result": status, "id": id}));
+            }
+        }
+    });
+    path
+}
+
+#[test]
+fn stctl_with_several_sockets_routes_by_key_fails_over_and_refuses_other_engines() {
+    let mut replicas: Vec<HttpDaemon> = (0..3).map(|_| HttpDaemon::start("")).collect();
+    for r in &replicas {
+        r.health_until_ready();
+    }
+    let sockets: Vec<String> = replicas.iter().map(|r| format!("unix:{}", r.socket.display())).collect();
+    // stctl over the given sockets: (exit ok, the --json answer or stderr, the endpoint that answered).
+    let stctl = |sockets: &[String], extra: &[&str], prompt: &str| {
+        let mut cmd = common::command(env!("CARGO_BIN_EXE_stctl"));
+        for s in sockets {
+            cmd.args(["--socket", s]);
+        }
+        let out = cmd
+            .args(extra)
+            .args(["-v", "generate", prompt, "--json", "--raw", "--max-new-tokens", "5"])
+            .args(["--model", "SmolLM2-135M-Instruct"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let answered = stderr.lines().find_map(|l| l.strip_prefix("stctl: answered by ")).unwrap_or("").to_string();
+        match out.status.success() {
+            true => (serde_json::from_slice::<Value>(&out.stdout).unwrap(), answered, stderr),
+            false => (Value::Null, answered, stderr),
+        }
+    };
+    let prompts: Vec<String> = (0..12).map(|i| format!("Fleet client fact {i}:")).collect();
+    let mut home = HashMap::new();
+    for p in &prompts {
+        let (first, at, err) = stctl(&sockets, &[], p);
+        assert!(!at.is_empty(), "{err}");
+        // The same request from a list in another order goes to the same endpoint: a cache hit.
+        let reversed: Vec<String> = sockets.iter().rev().cloned().collect();
+        let (again, at_again, _) = stctl(&reversed, &[], p);
+        assert_eq!((&at_again, &again["cached"]), (&at, &json!(true)), "{p}: the repeat moved");
+        assert_eq!(again["text"], first["text"]);
+        home.insert(p.clone(), (at, first["text"].clone()));
+    }
+    let used: std::collections::HashSet<&String> = home.values().map(|(at, _)| at).collect();
+    assert!(used.len() >= 2, "12 keys all went to one endpoint: {used:?}");
+
+    // Kill the endpoint of the first prompt: its requests go on to the next endpoint with the
+    // same bytes; the others' requests stay put.
+    let (dead, _) = home[&prompts[0]].clone();
+    let index = sockets.iter().position(|s| *s == dead).unwrap();
+    replicas[index].child.kill().unwrap();
+    replicas[index].child.wait().unwrap();
+    for p in &prompts {
+        let (answer, at, err) = stctl(&sockets, &[], p);
+        let (was, text) = &home[p];
+        assert_eq!(&answer["text"], text, "{p}: other bytes after the failover: {err}");
+        match *was == dead {
+            true => assert!(at != dead && !at.is_empty(), "{p}: {err}"),
+            false => assert_eq!((&at, &answer["cached"]), (was, &json!(true)), "{p} moved"),
+        }
+    }
+
+    // An endpoint whose engine differs is refused, with a warning; two against one: the
+    // majority is the fleet. One against one: stctl refuses to pick.
+    let status: Value = {
+        let out = common::command(env!("CARGO_BIN_EXE_stctl"))
+            .args(["--socket", &sockets[(index + 1) % 3], "status", "--json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let ours = status["engine_fingerprint"].as_str().unwrap().to_string();
+    let mut theirs = status.clone();
+    theirs["engine_fingerprint"] = json!("0123456789abcdef");
+    let other = format!("unix:{}", other_engine(replicas[0].dir.path(), theirs).display());
+    let live: Vec<String> = (0..3).filter(|&i| i != index).map(|i| sockets[i].clone()).collect();
+    let (answer, _, err) = stctl(&[live.clone(), vec![other.clone()]].concat(), &[], &prompts[1]);
+    assert_eq!(answer["text"], home[&prompts[1]].1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: not using {other}: its engine fingerprint 0123456789abcdef is not the fleet's {ours}"
+        )),
+        "{err}"
+    );
+    let (answer, _, err) = stctl(&[live[0].clone(), other.clone()], &[], &prompts[1]);
+    assert!(answer.is_null() && err.contains("disagree on the engine fingerprint"), "{err}");
+    // Pinned: only the endpoints with that fingerprint.
+    let (answer, _, err) = stctl(&[live[0].clone(), other.clone()], &["--fingerprint", &ours], &prompts[1]);
+    assert_eq!(answer["text"], home[&prompts[1]].1, "{err}");
+
+    // No endpoint left: an error, unless direct mode is asked for (same engine here: same bytes).
+    let gone: Vec<String> = vec![dead.clone(), format!("unix:{}/none.sock", replicas[0].dir.path().display())];
+    let (answer, _, err) = stctl(&gone, &[], &prompts[0]);
+    assert!(answer.is_null() && err.contains("no endpoint could answer"), "{err}");
+    let (answer, _, err) = stctl(&gone, &["--fallback-direct"], &prompts[0]);
+    assert_eq!((&answer["text"], &answer["mode"]), (&home[&prompts[0]].1, &json!("direct")), "{err}");
+    let (answer, _, err) = stctl(&gone, &["--fallback-direct", "--fingerprint", "0123456789abcdef"], &prompts[0]);
+    assert!(answer.is_null() && err.contains("direct mode's engine fingerprint"), "{err}");
+}

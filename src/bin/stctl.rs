@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use steadytext::cache::{self, SharedCache};
-use steadytext::client::{target_from_env, Client, ClientError, ClientOptions, Target};
+use steadytext::client::{target_from_env, Client, ClientError, ClientOptions, Fleet, FleetError, Target};
 use steadytext::config::Config;
 use steadytext::direct;
 use steadytext::protocol::{
@@ -25,10 +25,19 @@ struct Cli {
     /// Configuration file (default: $STEADYTEXT_CONFIG, else /etc/steadytext/steadytext.toml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Daemon address: unix:PATH, tcp:HOST:PORT, tls:HOST:PORT (default: $STEADYTEXT_SOCKET or the
-    /// configured socket).
+    /// Daemon address: unix:PATH, tcp:HOST:PORT, tls:HOST:PORT, http(s)://HOST:PORT (default:
+    /// $STEADYTEXT_SOCKET or the configured socket). Repeat it for a fleet of identical daemons:
+    /// each request goes to the one its route key picks and on to the next on failure.
     #[arg(long, global = true, value_name = "ADDR")]
-    socket: Option<String>,
+    socket: Vec<String>,
+    /// With several --socket: use only daemons with this engine fingerprint (default: the one
+    /// most of them report).
+    #[arg(long, global = true, value_name = "ID")]
+    fingerprint: Option<String>,
+    /// With several --socket: run the model in-process when no daemon can answer (off by default:
+    /// a fleet's client is rarely where the models are).
+    #[arg(long, global = true, conflicts_with = "daemon_only")]
+    fallback_direct: bool,
     /// Never run models in-process: fail when the daemon is unreachable.
     #[arg(long, global = true, conflicts_with = "no_daemon")]
     daemon_only: bool,
@@ -223,16 +232,18 @@ struct EmbedArgs {
 
 /// How a command is served.
 enum Mode {
-    Daemon(Box<Client>),
+    Daemon(Box<Fleet>),
     Direct,
 }
 
 struct Ctx {
     config: Config,
-    target: Target,
+    targets: Vec<Target>,
     client: ClientOptions,
+    fingerprint: Option<String>,
     daemon_only: bool,
     no_daemon: bool,
+    fallback_direct: bool,
     verbose: bool,
 }
 
@@ -240,9 +251,9 @@ impl Ctx {
     fn new(cli: &Cli) -> Result<Self> {
         let config = Config::load(cli.config.as_deref()).context("cannot load the configuration")?;
         let env = steadytext::config::env::client();
-        let target = match &cli.socket {
-            Some(s) => Target::parse(s).map_err(anyhow::Error::msg)?,
-            None => target_from_env(&env, &config.daemon.socket).map_err(anyhow::Error::msg)?,
+        let targets = match cli.socket.as_slice() {
+            [] => vec![target_from_env(&env, &config.daemon.socket).map_err(anyhow::Error::msg)?],
+            many => many.iter().map(|s| Target::parse(s).map_err(anyhow::Error::msg)).collect::<Result<_>>()?,
         };
         let disabled = env.disable_daemon;
         let api_key = match &cli.api_key_file {
@@ -260,16 +271,19 @@ impl Ctx {
             connect_timeout: Duration::from_secs(cli.connect_timeout),
             read_timeout: Duration::from_secs(cli.timeout.max(1)),
             retries: cli.retries,
+            ..ClientOptions::default()
         };
         if cli.daemon_only && disabled {
             bail!("--daemon-only conflicts with STEADYTEXT_DISABLE_DAEMON; unset one of them");
         }
         Ok(Ctx {
             config,
-            target,
+            targets,
             client,
+            fingerprint: cli.fingerprint.clone(),
             daemon_only: cli.daemon_only,
             no_daemon: cli.no_daemon || disabled,
+            fallback_direct: cli.fallback_direct || cli.socket.len() < 2,
             verbose: cli.verbose,
         })
     }
@@ -280,51 +294,93 @@ impl Ctx {
         }
     }
 
-    /// Connects to the daemon, or decides on direct mode.
+    fn targets(&self) -> String {
+        self.targets.iter().map(Target::to_string).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Opens the daemon (or fleet), saying which endpoints it refused.
+    fn fleet(&self) -> Result<Fleet, FleetError> {
+        let fleet = Fleet::connect(&self.targets, self.client.clone(), self.fingerprint.as_deref())?;
+        for r in fleet.refused() {
+            eprintln!("stctl: warning: not using {}: {}", r.target, r.reason);
+        }
+        Ok(fleet)
+    }
+
+    /// Whether `e` lets direct mode serve the request.
+    fn may_fall_back(&self, e: &FleetError) -> bool {
+        e.allows_fallback() && !self.daemon_only && self.fallback_direct
+    }
+
+    /// Why direct mode cannot stand in for daemons with `fingerprint`, if it cannot.
+    fn check_direct(&self, fingerprint: Option<&str>) -> Result<()> {
+        let Some(fleet) = fingerprint else { return Ok(()) };
+        let here = steadytext::engine::fingerprint::fingerprint(&self.config)?;
+        if here.id != fleet {
+            bail!(
+                "direct mode's engine fingerprint {} ({}) is not the daemons' {fleet}: its answers could differ in bits",
+                here.id,
+                here.summary
+            );
+        }
+        Ok(())
+    }
+
+    /// Connects to the daemon(s), or decides on direct mode.
     fn mode(&self) -> Result<Mode> {
         if self.no_daemon {
             self.note("direct mode (daemon disabled)");
             return Ok(Mode::Direct);
         }
-        match Client::connect_with(&self.target, self.client.clone()) {
-            Ok(c) => {
-                self.note(format_args!("using the daemon at {}", self.target));
-                Ok(Mode::Daemon(Box::new(c)))
+        match self.fleet() {
+            Ok(fleet) => {
+                self.note(format_args!("using the daemon at {}", self.targets()));
+                Ok(Mode::Daemon(Box::new(fleet)))
             }
-            Err(e @ ClientError::Unreachable { .. }) if self.daemon_only => Err(anyhow::Error::new(e).context(
+            Err(e) if e.allows_fallback() && self.daemon_only => Err(anyhow::Error::new(e).context(
                 "--daemon-only: no daemon (start it with `systemctl start steadytext.socket`, or drop --daemon-only)",
             )),
             // A daemon that is there but refuses us (key, certificate) is an error, not a reason
             // to run the model here.
-            Err(e) if self.daemon_only || !e.allows_fallback() => Err(e.into()),
+            Err(e) if !self.may_fall_back(&e) => Err(e.into()),
             Err(e) => {
                 self.note(format_args!("{e}; falling back to direct mode"));
+                self.check_direct(self.fingerprint.as_deref())?;
                 Ok(Mode::Direct)
             }
         }
     }
 
-    /// A daemon connection for commands that only the daemon can answer.
-    fn daemon(&self) -> Result<Client> {
-        Client::connect_with(&self.target, self.client.clone()).map_err(|e| match e {
-            ClientError::Unreachable { .. } => {
+    /// Asks the daemon `method` (without parameters): what only the daemon can answer.
+    fn ask<R: serde::de::DeserializeOwned>(&self, method: &str) -> Result<R> {
+        let mut fleet = self.fleet().map_err(|e| match e {
+            e if e.allows_fallback() => {
                 anyhow::Error::new(e).context("no daemon to ask; start it with `systemctl start steadytext.socket`")
             }
             other => other.into(),
-        })
+        })?;
+        Ok(fleet.call(None, |c| c.call(method, &json!({})))?)
     }
 
-    /// Runs `daemon_call` on the daemon, or `direct` when falling back is allowed.
+    /// Runs `daemon_call` on the daemon the route key picks, or `direct` when falling back is
+    /// allowed.
     fn serve<R>(
         &self,
-        daemon_call: impl FnOnce(&mut Client) -> Result<R, ClientError>,
+        route_key: Option<&str>,
+        mut daemon_call: impl FnMut(&mut Client) -> Result<R, ClientError>,
         direct: impl FnOnce() -> Result<R>,
     ) -> Result<(R, &'static str)> {
-        if let Mode::Daemon(mut client) = self.mode()? {
-            match daemon_call(&mut client) {
-                Ok(r) => return Ok((r, "daemon")),
-                Err(e) if e.allows_fallback() && !self.daemon_only => {
-                    self.note(format_args!("{e}; falling back to direct mode"))
+        if let Mode::Daemon(mut fleet) = self.mode()? {
+            match fleet.call(route_key, &mut daemon_call) {
+                Ok(r) => {
+                    if let Some(t) = fleet.answered_by() {
+                        self.note(format_args!("answered by {t}"));
+                    }
+                    return Ok((r, "daemon"));
+                }
+                Err(e) if self.may_fall_back(&e) => {
+                    self.note(format_args!("{e}; falling back to direct mode"));
+                    self.check_direct(fleet.fingerprint())?;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -376,10 +432,8 @@ fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
     let route_key =
         params.to_request(&ctx.config).ok().map(|r| cache::generation_route_key(params.model.as_deref(), &r));
     let (result, mode): (GenerateResult, _) = ctx.serve(
-        |c| {
-            c.set_route_key(route_key.clone());
-            c.call_streaming(method, &params, &mut on_piece)
-        },
+        route_key.as_deref(),
+        |c| c.call_streaming(method, &params, &mut on_piece),
         || {
             let mut pieces = |t: &str| {
                 if stream {
@@ -413,13 +467,9 @@ fn embed(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
     };
     let params = EmbedParams { texts, model: args.model };
     let started = Instant::now();
-    let (result, mode): (EmbedResult, _) = ctx.serve(
-        |c| {
-            c.set_route_key(Some(cache::embedding_route_key(params.model.as_deref(), &params.texts)));
-            c.call("embed", &params)
-        },
-        || Ok(direct::embed(&ctx.config, &params)?),
-    )?;
+    let route_key = cache::embedding_route_key(params.model.as_deref(), &params.texts);
+    let (result, mode): (EmbedResult, _) =
+        ctx.serve(Some(&route_key), |c| c.call("embed", &params), || Ok(direct::embed(&ctx.config, &params)?))?;
     if args.json {
         let mut v = serde_json::to_value(&result)?;
         v["mode"] = json!(mode);
@@ -446,7 +496,7 @@ fn cache(ctx: &Ctx, command: CacheCommand) -> Result<()> {
     match command {
         CacheCommand::Stats { json } => {
             let (stats, mode): (CacheStats, _) =
-                ctx.serve(|c| c.call("cache.stats", &json!({})), || Ok(user_cache(ctx).stats()?))?;
+                ctx.serve(None, |c| c.call("cache.stats", &json!({})), || Ok(user_cache(ctx).stats()?))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
@@ -455,6 +505,7 @@ fn cache(ctx: &Ctx, command: CacheCommand) -> Result<()> {
         }
         CacheCommand::Clear { which } => {
             let (cleared, _): (Value, _) = ctx.serve(
+                None,
                 |c| c.call("cache.clear", &json!({ "cache": which })),
                 || {
                     let cache = user_cache(ctx);
@@ -467,7 +518,7 @@ fn cache(ctx: &Ctx, command: CacheCommand) -> Result<()> {
         }
         CacheCommand::Snapshot => {
             let (written, _): (Option<SnapshotInfo>, _) =
-                ctx.serve(|c| c.call("cache.snapshot", &json!({})), || Ok(user_cache(ctx).snapshot()?))?;
+                ctx.serve(None, |c| c.call("cache.snapshot", &json!({})), || Ok(user_cache(ctx).snapshot()?))?;
             println!("{}", serde_json::to_string_pretty(&written)?);
         }
     }
@@ -511,7 +562,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(&ctx, args),
         Command::Embed(args) => embed(&ctx, args),
         Command::Status { json } => {
-            let status: Status = ctx.daemon()?.call("status", &json!({}))?;
+            let status: Status = ctx.ask("status")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -520,7 +571,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Metrics => {
-            let metrics: String = ctx.daemon()?.call("metrics", &json!({}))?;
+            let metrics: String = ctx.ask("metrics")?;
             print!("{metrics}");
             Ok(())
         }
@@ -530,7 +581,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Models(command) => models(&ctx, command),
         Command::Ping => {
             let started = Instant::now();
-            let pong: Value = ctx.daemon()?.call("ping", &json!({}))?;
+            let pong: Value = ctx.ask("ping")?;
             println!(
                 "pong from steadytextd {} (protocol {}) in {:.3} ms",
                 pong["version"].as_str().unwrap_or("?"),
@@ -558,7 +609,7 @@ fn pull(ctx: &Ctx, args: PullArgs) -> Result<()> {
 
 /// The folders of the models the daemon has loaded; None when no daemon runs.
 fn loaded_dirs(ctx: &Ctx) -> Result<Option<Vec<PathBuf>>> {
-    let status: Status = match Client::connect_with(&ctx.target, ctx.client.clone()) {
+    let status: Status = match Client::connect_with(&ctx.targets[0], ctx.client.clone()) {
         Ok(mut client) => client.call("status", &json!({}))?,
         Err(ClientError::Unreachable { .. }) => return Ok(None),
         Err(e) => return Err(anyhow::Error::new(e).context("cannot ask the daemon which models it serves")),

@@ -362,12 +362,14 @@ where
 
 /// Pings the watchdog at half its period, only while every worker shows progress.
 fn spawn_watchdog(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
-    let Some(period) = sd_notify::watchdog_enabled() else { return };
-    let half = period / 2;
+    if sd_notify::watchdog_enabled().is_none() {
+        return;
+    }
+    let half = registry::stall_limit();
     notify::watchdog();
     let d = daemon.clone();
     every(tasks, stopped, half, move || {
-        match d.registry().workers().into_iter().find(|w| w.since_heartbeat() > half) {
+        match d.registry().stalled_worker(half) {
             None => notify::watchdog(),
             Some(w) => tracing::error!(
                 kind = w.kind().as_str(),
@@ -426,8 +428,14 @@ mod tests {
 
     /// A daemon of fake models listening on a Unix socket in `dir`.
     async fn fake_daemon(dir: &std::path::Path, config: Config) -> (Arc<Daemon>, PathBuf) {
+        fake_daemon_of(dir, config, Duration::from_millis(1)).await
+    }
+
+    /// [`fake_daemon`] whose model steps take `step`.
+    async fn fake_daemon_of(dir: &std::path::Path, config: Config, step: Duration) -> (Arc<Daemon>, PathBuf) {
         let config = Arc::new(config);
-        let registry = Registry::start(&config, &loader(|k| Fake { pieces: vec!["ab".into(); 4000], ..Fake::new(k) }));
+        let registry =
+            Registry::start(&config, &loader(move |k| Fake { pieces: vec!["ab".into(); 4000], step, ..Fake::new(k) }));
         let daemon = Daemon::new(config, registry, SharedCache::new(None), None, crate::cache::tests::test_engine());
         daemon.registry().settled().await;
         let path = dir.join("d.sock");
@@ -487,6 +495,36 @@ mod tests {
         .await;
         assert!(closed.is_ok(), "the stalled connection was never closed");
         drop(stalled);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_stuck_in_a_model_call_fails_liveness_until_it_moves_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (daemon, path) = fake_daemon_of(dir.path(), Config::default(), Duration::from_millis(1500)).await;
+        let front = http::Front::new(Arc::new(Config::default()));
+        front.serve(daemon.clone());
+        let limit = Duration::from_millis(500);
+        assert_eq!(http::liveness(&front, limit).status(), 200, "an idle worker is alive");
+        let worker = daemon.worker(crate::protocol::ModelKind::Generation, None).await.unwrap();
+        let request = tokio::spawn(async move {
+            let line = json!({"jsonrpc": "2.0", "id": 1, "method": "generate",
+                              "params": {"prompt": "p", "max_new_tokens": 1}});
+            call(&path, line).await
+        });
+        let mut stuck = false;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if http::liveness(&front, limit).status() == 503 {
+                stuck = true;
+                break;
+            }
+        }
+        assert!(stuck, "a 1.5 s model step never counted as stuck after {limit:?}");
+        let answer = request.await.unwrap();
+        assert_eq!(answer["result"]["text"], "ab", "{answer}");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(worker.since_heartbeat() < limit);
+        assert_eq!(http::liveness(&front, limit).status(), 200, "alive again once the step ended");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

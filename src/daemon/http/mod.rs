@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use super::connection::{null_id, Served};
 use super::methods::{self, Call, Sink};
 use super::peer::Peer;
+use super::registry::stall_limit;
 use super::state::Daemon;
 use crate::config::Config;
 use crate::error::Error;
@@ -159,7 +160,7 @@ fn router(front: Arc<Front>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/health/ready", get(health))
-        .route("/health/live", get(|| async { axum::Json(json!({ "status": "alive" })) }))
+        .route("/health/live", get(live))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
@@ -174,8 +175,7 @@ fn router(front: Arc<Front>) -> Router {
 }
 
 /// `GET /health` and `/health/ready`: 200 while serving, 503 while loading or stopping (no key
-/// needed). `/health/live` is 200 whenever the process answers (a liveness probe must not kill a
-/// daemon that is only loading or draining).
+/// needed).
 async fn health(State(front): State<Arc<Front>>) -> Response {
     let (status, state) = if front.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "stopping")
@@ -185,6 +185,25 @@ async fn health(State(front): State<Arc<Front>>) -> Response {
         (StatusCode::OK, "ok")
     };
     (status, axum::Json(json!({ "status": state }))).into_response()
+}
+
+/// `GET /health/live`: 200 while the process answers and no worker is stuck (a model call
+/// showing no progress for [`stall_limit`], the rule the systemd watchdog follows); 503 then, so
+/// an orchestrator restarts the replica as systemd would. Loading and draining are alive.
+async fn live(State(front): State<Arc<Front>>) -> Response {
+    liveness(&front, stall_limit())
+}
+
+/// `/health/live`'s answer with workers stuck after `limit`.
+pub(crate) fn liveness(front: &Front, limit: std::time::Duration) -> Response {
+    match front.daemon.get().and_then(|d| d.registry().stalled_worker(limit)) {
+        None => (StatusCode::OK, axum::Json(json!({ "status": "alive" }))).into_response(),
+        Some(w) => {
+            let stalled_ms = w.since_heartbeat().as_millis() as u64;
+            let body = json!({ "status": "stalled", "model_kind": w.kind().as_str(), "stalled_ms": stalled_ms });
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
 }
 
 /// `GET /metrics`: the Prometheus text of the `metrics` method.

@@ -6,6 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod fleet;
+
+pub use fleet::{rank, Fleet, FleetError, Refusal};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -88,6 +92,9 @@ pub enum ClientError {
     /// TLS could not be set up, or the daemon's certificate was not trusted.
     #[error("TLS: {0}")]
     Tls(String),
+    /// No line of the answer came within the read timeout (the request may still be running).
+    #[error("no answer from the daemon within {0} s; raise --timeout or see `journalctl -u steadytext`")]
+    Timeout(u64),
 }
 
 impl ClientError {
@@ -96,7 +103,7 @@ impl ClientError {
         match self {
             ClientError::Unreachable { .. } => true,
             ClientError::Rpc(e) => e.code == codes::MODEL_NOT_LOADED,
-            ClientError::Protocol(_) | ClientError::Tls(_) => false,
+            ClientError::Protocol(_) | ClientError::Tls(_) | ClientError::Timeout(_) => false,
         }
     }
 }
@@ -126,6 +133,9 @@ pub struct ClientOptions {
     /// How often a call refused as overloaded is tried again, each time after the daemon's
     /// `retry_after_ms` (at most [`MAX_RETRY_WAIT`]).
     pub retries: u32,
+    /// How long an HTTP request answered 503 while the daemon loads its models is sent again
+    /// (a fleet sets zero and tries the next endpoint instead).
+    pub loading_patience: Duration,
 }
 
 /// The longest single wait between retries, whatever the daemon suggests.
@@ -139,6 +149,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(600),
             retries: 3,
+            loading_patience: Duration::from_secs(600),
         }
     }
 }
@@ -158,6 +169,8 @@ pub struct Client {
     options: ClientOptions,
     /// Sent with HTTP requests as [`ROUTE_KEY_HEADER`], for load balancers.
     route_key: Option<String>,
+    /// Stream pieces passed on so far (a fleet fails over only before the first).
+    pieces: u64,
 }
 
 fn unreachable(target: &Target, cause: std::io::Error) -> ClientError {
@@ -190,7 +203,7 @@ impl Client {
                 .build()
                 .into();
             let transport = Transport::Http { agent: Box::new(agent), url: format!("{base}/v1/rpc"), answer: None };
-            return Ok(Client { transport, next_id: 1, options, route_key: None });
+            return Ok(Client { transport, next_id: 1, options, route_key: None, pieces: 0 });
         }
         let stream: Box<dyn Stream> = match target {
             Target::Unix(path) => {
@@ -210,8 +223,13 @@ impl Client {
             }
         };
         let key = options.api_key.clone();
-        let mut client =
-            Client { transport: Transport::Stream(BufReader::new(stream)), next_id: 1, options, route_key: None };
+        let mut client = Client {
+            transport: Transport::Stream(BufReader::new(stream)),
+            next_id: 1,
+            options,
+            route_key: None,
+            pieces: 0,
+        };
         if let (true, Some(key)) = (target.is_tcp(), key) {
             let _: Value = client.call("auth", &json!({ "key": key }))?;
         }
@@ -228,7 +246,7 @@ impl Client {
         let stream = match &mut self.transport {
             Transport::Stream(stream) => stream,
             Transport::Http { agent, url, answer } => {
-                let patience = self.options.read_timeout;
+                let patience = self.options.loading_patience.min(self.options.read_timeout);
                 let headers = Headers { key: self.options.api_key.as_deref(), route_key: self.route_key.as_deref() };
                 *answer = Some(post(agent, url, headers, &line, patience)?);
                 return Ok(id);
@@ -262,9 +280,7 @@ impl Client {
         };
         let n = reader.read_line(&mut line).map_err(|e| match e.kind() {
             std::io::ErrorKind::ConnectionReset => closed(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Protocol(format!(
-                "no answer from the daemon within {timeout} s; raise --timeout or see `journalctl -u steadytext`"
-            )),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::Timeout(timeout),
             _ => ClientError::Protocol(format!("reading: {e}")),
         })?;
         if n == 0 {
@@ -291,6 +307,11 @@ impl Client {
     /// [`crate::cache::generation_route_key`]); a load balancer in front of replicas hashes on it.
     pub fn set_route_key(&mut self, route_key: Option<String>) {
         self.route_key = route_key;
+    }
+
+    /// Stream pieces passed on by this connection's calls so far.
+    pub fn pieces_delivered(&self) -> u64 {
+        self.pieces
     }
 
     /// Calls `method` and waits for its result.
@@ -338,6 +359,7 @@ impl Client {
                 let piece: Piece =
                     serde_json::from_value(msg["params"].clone()).map_err(|e| ClientError::Protocol(e.to_string()))?;
                 if piece.id == id {
+                    self.pieces += 1;
                     on_piece(&piece.text);
                 }
                 continue;
