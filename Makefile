@@ -1,7 +1,8 @@
 # Two entry points for a fresh machine:
 #   make demo   set up, build, and generate + embed with the shared models (direct and daemon)
 #   make test   set up and run the whole test suite (what CI runs): unit and integration tests,
-#               then the package end to end on a real systemd (needs root)
+#               then the package end to end on a real systemd, alone and as a fleet of three
+#               machines behind HAProxy (needs root)
 
 CARGO ?= cargo
 include packaging/onnxruntime.env
@@ -60,6 +61,7 @@ test-cargo: setup
 
 test-e2e: setup
 	./tests/e2e-systemd.sh
+	./tests/e2e-fleet.sh
 
 # steadytextd through its socket against the anchors (Python onnxruntime, llama.cpp, fastembed)
 # on the same work: one table, JSON in target/bench/compare.json. Not run by CI.

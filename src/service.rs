@@ -267,6 +267,7 @@ impl EmbeddingService {
             model: self.info.name.clone(),
             model_digest: self.info.digest.clone(),
             engine_fingerprint: self.engine.clone(),
+            cached: 0,
         })
     }
 }

@@ -137,6 +137,9 @@ say "journal"
 check "journalctl -u steadytext shows the request with structured fields" \
     bash -c "nsenter -t $init -a journalctl -u steadytext -o verbose --no-pager | grep -q 'METHOD=generate_stream' && nsenter -t $init -a journalctl -u steadytext -o verbose --no-pager | grep -q 'REQUEST_ID='"
 
+check "ONNX Runtime read the CPU's features (no 'Error in cpuinfo' in the journal)" \
+    bash -c "! nsenter -t $init -a journalctl -u steadytext --no-pager | grep -q 'Error in cpuinfo'"
+
 say "restart keeps the cache"
 c systemctl restart steadytext.service
 cached=$(c runuser -u alice -- stctl --daemon-only generate "$prompt" --max-new-tokens 48 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["cached"])')

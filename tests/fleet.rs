@@ -1,5 +1,6 @@
 //! Three identical replicas behind the reference HAProxy configuration
-//! (`packaging/haproxy/steadytext.cfg`, run as shipped with the addresses in its environment):
+//! (`packaging/haproxy/steadytext.cfg`, run as shipped with the addresses in its environment, the
+//! replicas on HTTPS):
 //! identical requests stay on one replica, whose cache answers the repeats; every answer is the
 //! same bytes whichever replica gives it; a replica killed with SIGKILL costs no request, and the
 //! other replicas' requests do not move.
@@ -79,10 +80,10 @@ impl Drop for Balancer {
 }
 
 impl Balancer {
-    fn start(replicas: &[HttpDaemon], log: &Path) -> Self {
+    fn start(replicas: &[HttpDaemon], ca: &Path, log: &Path) -> Self {
         let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/haproxy/steadytext.cfg");
         let port = common::free_port();
-        let mut cmd = Command::new("haproxy");
+        let mut cmd = haproxy(ca);
         cmd.arg("-db").arg("-f").arg(&config).env("STEADYTEXT_FRONT", format!("127.0.0.1:{port}"));
         for (i, r) in replicas.iter().enumerate() {
             cmd.env(format!("STEADYTEXT_REPLICA_{}", i + 1), format!("127.0.0.1:{}", r.port));
@@ -105,6 +106,34 @@ impl Balancer {
     }
 }
 
+/// `haproxy`, trusting the replicas' certificates (signed by `ca`, naming localhost).
+fn haproxy(ca: &Path) -> Command {
+    let mut cmd = Command::new("haproxy");
+    cmd.env("STEADYTEXT_CA_FILE", ca).env("STEADYTEXT_TLS_NAME", "localhost");
+    cmd
+}
+
+/// Three replicas serving HTTPS with one certificate (for localhost) signed by a test CA; the
+/// folder holding `ca.pem`.
+fn tls_replicas() -> (Vec<HttpDaemon>, tempfile::TempDir) {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = common::test_pki();
+    for (name, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(pki.path().join(name), text).unwrap();
+    }
+    let config = format!(
+        "[daemon]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        pki.path().join("cert.pem").display(),
+        pki.path().join("key.pem").display()
+    );
+    let replicas: Vec<HttpDaemon> = (0..3).map(|_| HttpDaemon::start(&config)).collect();
+    let ca = pki.path().join("ca.pem");
+    for r in &replicas {
+        r.health_over(&format!("https://localhost:{}", r.port), ca.to_str().unwrap());
+    }
+    (replicas, pki)
+}
+
 fn request(i: usize) -> Value {
     json!({"model": "SmolLM2-135M-Instruct", "prompt": format!("Fact number {i} about rivers:"),
            "max_tokens": 6})
@@ -112,15 +141,13 @@ fn request(i: usize) -> Value {
 
 #[test]
 fn replicas_behind_haproxy_keep_keys_in_place_answer_alike_and_survive_a_kill() {
-    let mut replicas: Vec<HttpDaemon> = (0..3).map(|_| HttpDaemon::start("")).collect();
-    for r in &replicas {
-        r.health_until_ready();
-    }
+    let (mut replicas, pki) = tls_replicas();
+    let ca = pki.path().join("ca.pem");
     let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/haproxy/steadytext.cfg");
-    let check = Command::new("haproxy").arg("-c").arg("-f").arg(&config).output().unwrap();
+    let check = haproxy(&ca).arg("-c").arg("-f").arg(&config).output().unwrap();
     assert!(check.status.success(), "haproxy -c: {}", String::from_utf8_lossy(&check.stderr));
     let log = replicas[0].dir.path().join("haproxy.log");
-    let balancer = Balancer::start(&replicas, &log);
+    let balancer = Balancer::start(&replicas, &ca, &log);
 
     const REQUESTS: usize = 45;
     let mut first: HashMap<usize, (String, String)> = HashMap::new(); // body text, replica

@@ -154,6 +154,7 @@ impl SharedCache {
             model: info.name.clone(),
             model_digest: info.digest.clone(),
             engine_fingerprint: String::new(),
+            cached: found.iter().filter(|hit| hit.is_some()).count(),
         };
         let computed = if missing.is_empty() {
             Vec::new()
@@ -202,11 +203,13 @@ mod tests {
                 model: "m".into(),
                 model_digest: "sha256:m".into(),
                 engine_fingerprint: String::new(),
+                cached: 0,
             })
         };
         let texts: Vec<String> = ["a", "bb", "a"].map(String::from).to_vec();
         let first = block_on(cache.embed(&info(), &texts, compute)).unwrap();
         assert_eq!(first.embeddings, vec![vec![1.0], vec![2.0], vec![1.0]]);
+        assert_eq!(first.cached, 0);
         let asked = std::cell::RefCell::new(Vec::new());
         let more: Vec<String> = ["ccc", "bb"].map(String::from).to_vec();
         let second = block_on(cache.embed(&info(), &more, |t| {
@@ -216,6 +219,7 @@ mod tests {
         .unwrap();
         assert_eq!(*asked.borrow(), vec!["ccc".to_string()], "only the uncached text is computed");
         assert_eq!(second.embeddings, vec![vec![3.0], vec![2.0]]);
+        assert_eq!(second.cached, 1, "one of the two texts came from the cache");
     }
 
     #[test]

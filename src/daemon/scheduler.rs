@@ -377,6 +377,7 @@ fn embed_merged(model: &mut dyn Model, batch: Vec<EmbedJob>, p: &Progress) {
                     model: result.model.clone(),
                     model_digest: result.model_digest.clone(),
                     engine_fingerprint: String::new(),
+                    cached: 0,
                 }));
             }
         }
@@ -508,6 +509,7 @@ pub(crate) mod tests {
                 model: self.info.name.clone(),
                 model_digest: self.info.digest.clone(),
                 engine_fingerprint: String::new(),
+                cached: 0,
             })
         }
     }

@@ -306,6 +306,9 @@ pub struct EmbedResult {
     /// The engine fingerprint the vectors belong to.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub engine_fingerprint: String,
+    /// How many of the texts were answered from the cache.
+    #[serde(default)]
+    pub cached: usize,
 }
 
 fn check_input(limits: &Limits, what: &str, text: &str) -> Result<()> {
@@ -343,6 +346,7 @@ mod tests {
             model: "m".into(),
             model_digest: "d".into(),
             engine_fingerprint: String::new(),
+            cached: 0,
         };
         let line = serde_json::to_string(&result).unwrap();
         let back: EmbedResult = serde_json::from_str(&line).unwrap();

@@ -25,7 +25,8 @@ use crate::protocol::{EmbedResult, GenerateParams, GenerateResult, ModelKind, RO
 /// gives the same bytes).
 const ENGINE_HEADER: &str = "x-steadytext-engine";
 
-/// Response header saying whether a generation came from the cache (`hit` or `miss`).
+/// Response header saying whether an answer came from the cache (`hit` or `miss`; `partial` when
+/// only some of an embedding request's inputs did).
 const CACHE_HEADER: &str = "x-steadytext-cache";
 
 /// Fields OpenAI clients send that change nothing here; any other unknown field is refused.
@@ -421,7 +422,17 @@ pub(super) async fn embeddings(ready: Ready, body: Body) -> Result<Response, Api
         "object": "list", "data": data, "model": result.model,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }));
-    Ok(([(ENGINE_HEADER, ready.daemon.engine().id.clone()), (ROUTE_KEY_HEADER, route)], body).into_response())
+    let cached = match result.cached {
+        0 => "miss",
+        n if n == texts.len() => "hit",
+        _ => "partial",
+    };
+    let headers = [
+        (ENGINE_HEADER, ready.daemon.engine().id.clone()),
+        (CACHE_HEADER, cached.to_string()),
+        (ROUTE_KEY_HEADER, route),
+    ];
+    Ok((headers, body).into_response())
 }
 
 /// Longest text prefix counted for `usage`, in bytes: embedding models read a few hundred
