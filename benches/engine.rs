@@ -384,6 +384,7 @@ fn snapshot_load(config: &Config) {
             max_new_tokens: 32,
             stop: vec![],
             sampling: Default::default(),
+            constraint: None,
         };
         let generation = Generation {
             text: format!("A cached answer number {i}, about as long as a short sentence or two of output."),

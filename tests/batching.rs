@@ -1,6 +1,7 @@
 //! Continuous batching keeps every answer bit-identical: generations that share decode steps (greedy
 //! and seeded sampling, different prompt and output lengths, admitted at scattered step offsets,
-//! some cancelled mid-way) give exactly the bytes each gives alone, with 1 and 2 threads; a model
+//! some cancelled mid-way, some constrained to choices, a regex or a JSON Schema) give exactly the
+//! bytes each gives alone, with 1 and 2 threads; a model
 //! whose kernels are not batch invariant is found out at load and runs one generation at a time.
 
 mod common;
@@ -8,6 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use steadytext::engine::constraint::Constraint;
 use steadytext::engine::generate::{ChatMessage, GenerateRequest};
 use steadytext::engine::sampler::Sampling;
 use steadytext::protocol::GenerateResult;
@@ -63,6 +65,15 @@ fn requests() -> Vec<GenerateRequest> {
                     }
                 } else {
                     Sampling::default()
+                },
+                // Structured output in the batch too: choices, a regex, a small JSON Schema.
+                constraint: match i {
+                    1 | 8 | 15 => Some(Constraint::Choices(vec!["yes".into(), "no".into(), "it depends".into()])),
+                    2 | 9 => Some(Constraint::Regex("[A-Za-z ,.]{1,40}".into())),
+                    4 | 13 => Some(Constraint::Schema(serde_json::json!({
+                        "type": "object", "properties": {"answer": {"type": "string", "maxLength": 20},
+                        "sure": {"type": "boolean"}}, "required": ["answer", "sure"], "additionalProperties": false}))),
+                    _ => None,
                 },
             }
         })

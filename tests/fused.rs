@@ -39,6 +39,7 @@ fn request(prompt: &str, max_new_tokens: usize) -> GenerateRequest {
         max_new_tokens,
         stop: vec![],
         sampling: Sampling::default(),
+        constraint: None,
     }
 }
 

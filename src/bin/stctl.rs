@@ -207,6 +207,28 @@ struct GenerateArgs {
     /// Use the prompt verbatim, without the model's chat template (a plain completion).
     #[arg(long)]
     raw: bool,
+    /// The answer is JSON valid against this JSON Schema (a file, or the schema itself).
+    #[arg(long, value_name = "FILE|JSON", group = "constraint")]
+    schema: Option<String>,
+    /// The answer matches this regular expression.
+    #[arg(long, value_name = "RE", group = "constraint")]
+    regex: Option<String>,
+    /// The answer is exactly one of these (comma-separated).
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',', group = "constraint")]
+    choices: Option<Vec<String>>,
+    /// The answer is a string of this Lark grammar (a file).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    grammar: Option<PathBuf>,
+}
+
+/// `--schema`'s value: JSON text, or a file holding it.
+fn read_schema(arg: &str) -> Result<Value> {
+    let text = if arg.trim_start().starts_with('{') {
+        arg.to_string()
+    } else {
+        std::fs::read_to_string(arg).with_context(|| format!("cannot read the schema file {arg}"))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("the schema {arg:?} is not JSON"))
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -420,6 +442,15 @@ fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
         model: args.model,
         raw: args.raw,
         messages: Vec::new(),
+        schema: args.schema.as_deref().map(read_schema).transpose()?,
+        regex: args.regex,
+        choices: args.choices,
+        grammar: match &args.grammar {
+            Some(file) => Some(
+                std::fs::read_to_string(file).with_context(|| format!("cannot read the grammar {}", file.display()))?,
+            ),
+            None => None,
+        },
     };
     let started = Instant::now();
     let stream = !args.json;

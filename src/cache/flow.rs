@@ -276,6 +276,7 @@ mod tests {
             max_new_tokens: 4,
             stop: vec![],
             sampling: Default::default(),
+            constraint: None,
         }
     }
 

@@ -383,6 +383,7 @@ pub(crate) mod tests {
     pub(crate) fn test_engine() -> Fingerprint {
         Fingerprint { id: "00000000000000aa".into(), summary: "test engine".into() }
     }
+    use crate::engine::constraint::Constraint;
     use crate::engine::sampler::Sampling;
 
     fn request(prompt: &str) -> GenerateRequest {
@@ -394,6 +395,7 @@ pub(crate) mod tests {
             max_new_tokens: 8,
             stop: vec![],
             sampling: Sampling::default(),
+            constraint: None,
         }
     }
 
@@ -422,6 +424,11 @@ pub(crate) mod tests {
                 &GenerateRequest { sampling: Sampling { temperature: 0.5, ..Default::default() }, ..base.clone() }
             )
         );
+        let constrained = |c| generation_key("d", &GenerateRequest { constraint: Some(c), ..base.clone() });
+        let choices = constrained(Constraint::Choices(vec!["a".into()]));
+        assert_ne!(k, choices);
+        assert_ne!(choices, constrained(Constraint::Choices(vec!["b".into()])));
+        assert_ne!(choices, constrained(Constraint::Regex("a".into())));
         assert_ne!(embedding_key("d", "p"), embedding_key("e", "p"));
     }
 

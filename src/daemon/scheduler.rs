@@ -528,6 +528,7 @@ pub(crate) mod tests {
             max_new_tokens,
             stop: vec![],
             sampling: Default::default(),
+            constraint: None,
         }
     }
 

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::engine::backend::{BatchDecode, DecoderBackend, Step};
+use crate::engine::constraint::{Compiler, Constraint, Guide};
 use crate::engine::sampler::{self, Sampling};
 use crate::engine::template::ChatTemplate;
 use crate::error::{Error, Result};
@@ -50,6 +51,9 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Sampling parameters (greedy by default).
     pub sampling: Sampling,
+    /// What the output must match (structured output), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraint: Option<Constraint>,
 }
 
 impl GenerateRequest {
@@ -75,6 +79,9 @@ impl GenerateRequest {
                 m.role,
                 CHAT_ROLES.join(", ")
             )));
+        }
+        if let Some(c) = &self.constraint {
+            c.validate()?;
         }
         self.sampling.validate()
     }
@@ -114,6 +121,7 @@ pub struct Generator<B: DecoderBackend> {
     template: ChatTemplate,
     eos: Vec<u32>,
     model: String,
+    constraints: Option<Compiler>,
 }
 
 impl<B: DecoderBackend> Generator<B> {
@@ -122,7 +130,13 @@ impl<B: DecoderBackend> Generator<B> {
         if eos.is_empty() {
             return Err(Error::model(model, "no eos_token_id in config.json or generation_config.json"));
         }
-        Ok(Generator { backend, tokenizer, template, eos, model: model.to_string() })
+        Ok(Generator { backend, tokenizer, template, eos, model: model.to_string(), constraints: None })
+    }
+
+    /// Lets requests carry a constraint, compiled against the tokenizer in `tokenizer_json`.
+    pub fn with_constraints(mut self, tokenizer_json: std::path::PathBuf) -> Self {
+        self.constraints = Some(Compiler::new(tokenizer_json, self.eos.clone()));
+        self
     }
 
     /// Bytes one position of one sequence takes in the backend's KV cache.
@@ -164,7 +178,16 @@ impl<B: DecoderBackend> Generator<B> {
                 context
             )));
         }
+        let guide = match (&request.constraint, &self.constraints) {
+            (None, _) => None,
+            (Some(c), Some(compiler)) => Some(compiler.compile(c)?),
+            (Some(_), None) => {
+                return Err(Error::InvalidRequest(format!("model {} cannot constrain its output", self.model)))
+            }
+        };
         Ok(Sequence {
+            guide,
+            failure: None,
             request: request.clone(),
             state: self.backend.new_state(),
             prompt_tokens: prompt.len(),
@@ -208,10 +231,22 @@ impl<B: DecoderBackend> Generator<B> {
             s.pending_input.drain(..take);
             return Ok(String::new());
         }
-        let token = sampler::select(logits, &s.request.sampling, s.request.seed, s.ids.len() as u64)?;
+        let token = match &mut s.guide {
+            None => sampler::select(logits, &s.request.sampling, s.request.seed, s.ids.len() as u64)?,
+            Some(guide) => {
+                let mut allowed = logits.to_vec();
+                if let Err(e) = guide.mask(&mut allowed) {
+                    return Ok(s.fail(e));
+                }
+                sampler::select(&allowed, &s.request.sampling, s.request.seed, s.ids.len() as u64)?
+            }
+        };
         if self.eos.contains(&token) {
             s.finish = Some(FinishReason::Eos);
             return s.release_rest(&self.tokenizer);
+        }
+        if let Some(Err(e)) = s.guide.as_mut().map(|g| g.consume(token)) {
+            return Ok(s.fail(e));
         }
         s.ids.push(token);
         s.pending_input = vec![token];
@@ -220,7 +255,9 @@ impl<B: DecoderBackend> Generator<B> {
             out = s.push_text(&piece);
         }
         if s.finish.is_none() {
-            if s.ids.len() >= s.request.max_new_tokens {
+            if s.guide.as_ref().is_some_and(Guide::is_stopped) {
+                s.finish = Some(FinishReason::Stop);
+            } else if s.ids.len() >= s.request.max_new_tokens {
                 s.finish = Some(FinishReason::Length);
             } else if s.prompt_tokens + s.ids.len() >= self.backend.context_length() {
                 s.finish = Some(FinishReason::Context);
@@ -311,6 +348,10 @@ pub struct Sequence<S> {
     held: String,
     text: String,
     finish: Option<FinishReason>,
+    /// The constraint in progress.
+    guide: Option<Guide>,
+    /// Why it failed on its own (its constraint), ending it; the others of its batch go on.
+    failure: Option<String>,
 }
 
 impl<S> Sequence<S> {
@@ -330,9 +371,39 @@ impl<S> Sequence<S> {
     }
 
     /// The finished generation; an error if it was not run to its end.
-    pub fn finish(self) -> Result<Generation> {
+    pub fn finish(mut self) -> Result<Generation> {
         let finish_reason = self.finish.ok_or(Error::Cancelled)?;
+        if let Some(e) = self.failure {
+            return Err(Error::InvalidRequest(e));
+        }
+        if let Some(guide) = &mut self.guide {
+            if !guide.is_accepting() {
+                let why = match finish_reason {
+                    FinishReason::Length => format!("max_new_tokens ({}) ran out", self.request.max_new_tokens),
+                    FinishReason::Context => "the model's context filled up".into(),
+                    FinishReason::Stop => "a stop string cut it".into(),
+                    FinishReason::Eos => "the model ended it".into(),
+                };
+                return Err(Error::InvalidRequest(format!(
+                    "{why} before the output matched the {} constraint (finish_reason: {}); raise max_new_tokens \
+                     or loosen the constraint. The output so far: {:?}",
+                    self.request.constraint.as_ref().map_or("", |c| c.kind()),
+                    serde_json::to_value(finish_reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                    self.text
+                )));
+            }
+        }
         Ok(Generation { text: self.text, token_ids: self.ids, prompt_tokens: self.prompt_tokens, finish_reason })
+    }
+
+    /// Ends it with `error` (its own failure); nothing more is released.
+    fn fail(&mut self, error: String) -> String {
+        self.failure = Some(error);
+        self.finish = Some(FinishReason::Stop);
+        String::new()
     }
 
     /// Adds decoded text, applying stop strings; returns what may be shown now.
@@ -501,6 +572,7 @@ mod tests {
             max_new_tokens,
             stop: stop.iter().map(|s| s.to_string()).collect(),
             sampling: Sampling::default(),
+            constraint: None,
         };
         let mut stream = g.stream(&request).unwrap();
         let pieces: Vec<String> = stream.by_ref().map(|p| p.unwrap()).filter(|p| !p.is_empty()).collect();
@@ -549,6 +621,7 @@ mod tests {
             max_new_tokens: 4,
             stop: vec![],
             sampling: Sampling::default(),
+            constraint: None,
         };
         assert!(matches!(g.stream(&request), Err(Error::InvalidRequest(m)) if m.contains("shorten the prompt")));
     }

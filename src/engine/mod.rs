@@ -1,6 +1,7 @@
 //! The inference engine: loading models from their folders into generators and embedders.
 
 pub mod backend;
+pub mod constraint;
 pub mod embed;
 pub mod fingerprint;
 pub mod generate;
@@ -153,7 +154,8 @@ pub fn load_generator(config: &Config, name: &str) -> Result<(ModelInfo, OnnxGen
     let d = DecoderConfig::read(&l)?;
     let backend = OnnxDecoder::new(l.session, m, d.layout, d.context, d.share_buffer)?;
     let template = ChatTemplate::load(&l.files)?;
-    let generator = Generator::new(backend, l.tokenizer, template, d.eos, m)?;
+    let generator =
+        Generator::new(backend, l.tokenizer, template, d.eos, m)?.with_constraints(l.files.tokenizer.clone());
     Ok((l.info, generator))
 }
 

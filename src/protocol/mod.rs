@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::{Config, Limits};
+use crate::engine::constraint::Constraint;
 use crate::engine::generate::{ChatMessage, GenerateRequest, Generation};
 use crate::engine::sampler::Sampling;
 use crate::error::{Error, Result};
@@ -203,9 +204,42 @@ pub struct GenerateParams {
     /// Model name; default the configured generation model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Structured output: the answer is a JSON document valid against this JSON Schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<Value>,
+    /// Structured output: the answer matches this regular expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Structured output: the answer is exactly one of these strings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub choices: Option<Vec<String>>,
+    /// Structured output: the answer is a string of this Lark grammar.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<String>,
 }
 
 impl GenerateParams {
+    /// The one constraint among `schema`, `regex`, `choices` and `grammar`, if any.
+    fn constraint(&self) -> Result<Option<Constraint>> {
+        let mut given = [
+            self.schema.clone().map(Constraint::Schema),
+            self.regex.clone().map(Constraint::Regex),
+            self.choices.clone().map(Constraint::Choices),
+            self.grammar.clone().map(Constraint::Grammar),
+        ]
+        .into_iter()
+        .flatten();
+        let first = given.next();
+        if let Some(second) = given.next() {
+            return Err(Error::InvalidRequest(format!(
+                "give one constraint, not both {} and {}",
+                first.as_ref().map_or("", Constraint::kind),
+                second.kind()
+            )));
+        }
+        Ok(first)
+    }
+
     /// Applies defaults and limits, giving the engine's request.
     pub fn to_request(&self, config: &Config) -> Result<GenerateRequest> {
         if self.prompt.is_empty() && self.messages.is_empty() {
@@ -241,6 +275,7 @@ impl GenerateParams {
                 top_k: self.top_k.unwrap_or(0),
                 top_p: self.top_p.unwrap_or(0.0),
             },
+            constraint: self.constraint()?,
         };
         request.validate()?;
         Ok(request)

@@ -156,10 +156,20 @@ impl Common {
         if !logprobs || self.top_logprobs.unwrap_or(0) != 0 {
             return Err(unsupported("logprobs"));
         }
-        match self.response_format.as_ref().map(|f| f["type"].as_str()) {
-            None | Some(Some("text")) => {}
-            Some(_) => return Err(unsupported("response_format other than text (structured output)")),
-        }
+        // OpenAI's structured output: a JSON Schema (json_schema.schema), or any JSON object.
+        let schema = match self.response_format.as_ref().map(|f| (f["type"].as_str(), f)) {
+            None | Some((Some("text"), _)) => None,
+            Some((Some("json_object"), _)) => Some(json!({"type": "object"})),
+            Some((Some("json_schema"), f)) => match f["json_schema"].get("schema") {
+                Some(schema) => Some(schema.clone()),
+                None => {
+                    return Err(
+                        Error::InvalidRequest("response_format json_schema needs json_schema.schema".into()).into()
+                    )
+                }
+            },
+            Some(_) => return Err(unsupported("a response_format type other than text, json_object or json_schema")),
+        };
         if self.presence_penalty.unwrap_or(0.0) != 0.0 || self.frequency_penalty.unwrap_or(0.0) != 0.0 {
             return Err(unsupported("a presence or frequency penalty"));
         }
@@ -173,6 +183,7 @@ impl Common {
             temperature: self.temperature,
             top_p: self.top_p,
             model: Some(self.model.clone()),
+            schema,
             ..Default::default()
         })
     }

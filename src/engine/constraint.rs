@@ -1,0 +1,228 @@
+//! Structured output: a request's constraint (a JSON Schema, a regular expression, a list of
+//! choices or a Lark grammar), compiled by llguidance (the structured-output engine of llama.cpp,
+//! vLLM and SGLang) against the model's tokenizer into a matcher that, before each token is
+//! chosen, masks every token that cannot continue a valid output. Greedy argmax and seeded
+//! sampling then choose among the rest, so the answer is still a pure function of the request.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use llguidance::api::TopLevelGrammar;
+use llguidance::{Matcher, ParserFactory};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Most choices one request may list.
+pub const MAX_CHOICES: usize = 256;
+
+/// Most bytes of a constraint's text (schema, regex, grammar, choices together).
+pub const MAX_CONSTRAINT_BYTES: usize = 64 * 1024;
+
+/// What the output must match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Constraint {
+    /// A JSON document valid against this JSON Schema.
+    Schema(serde_json::Value),
+    /// A string matching this regular expression (whole output).
+    Regex(String),
+    /// Exactly one of these strings.
+    Choices(Vec<String>),
+    /// A string of this Lark grammar (llguidance's dialect).
+    Grammar(String),
+}
+
+impl Constraint {
+    /// Checks sizes (compiling checks the rest).
+    pub fn validate(&self) -> Result<()> {
+        let bytes = match self {
+            Constraint::Schema(s) => s.to_string().len(),
+            Constraint::Regex(r) | Constraint::Grammar(r) => r.len(),
+            Constraint::Choices(c) => {
+                if c.is_empty() || c.len() > MAX_CHOICES {
+                    return Err(Error::InvalidRequest(format!("choices must list 1 to {MAX_CHOICES} strings")));
+                }
+                if c.iter().any(String::is_empty) {
+                    return Err(Error::InvalidRequest("choices must not be empty strings".into()));
+                }
+                c.iter().map(String::len).sum()
+            }
+        };
+        if bytes > MAX_CONSTRAINT_BYTES {
+            return Err(Error::InvalidRequest(format!(
+                "the constraint is {bytes} bytes; at most {MAX_CONSTRAINT_BYTES} are accepted"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Its name in messages and requests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Constraint::Schema(_) => "schema",
+            Constraint::Regex(_) => "regex",
+            Constraint::Choices(_) => "choices",
+            Constraint::Grammar(_) => "grammar",
+        }
+    }
+
+    fn grammar(&self) -> TopLevelGrammar {
+        match self {
+            Constraint::Schema(schema) => {
+                // No free whitespace (a small model can fill its whole budget with newlines
+                // between tokens), one space after separators as `json.dumps` writes; a schema's
+                // own `x-guidance` options win.
+                let mut schema = schema.clone();
+                if let Some(object) = schema.as_object_mut() {
+                    object.entry("x-guidance").or_insert_with(|| {
+                        serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+                    });
+                }
+                TopLevelGrammar::from_json_schema(schema)
+            }
+            Constraint::Regex(rx) => TopLevelGrammar::from_regex(rx),
+            Constraint::Choices(choices) => {
+                let alternatives: Vec<String> = choices.iter().map(|c| regex_syntax::escape(c)).collect();
+                TopLevelGrammar::from_regex(&alternatives.join("|"))
+            }
+            Constraint::Grammar(lark) => TopLevelGrammar::from_lark(lark.clone()),
+        }
+    }
+}
+
+/// Compiles constraints for one model's tokenizer. The token trie is built on the first
+/// constrained request (it takes a moment for a large vocabulary), then shared.
+pub struct Compiler {
+    tokenizer_json: PathBuf,
+    eos: Vec<u32>,
+    factory: OnceLock<std::result::Result<Arc<ParserFactory>, String>>,
+}
+
+impl Compiler {
+    /// A compiler for the tokenizer in `tokenizer_json`, whose generations end with any of `eos`.
+    pub fn new(tokenizer_json: PathBuf, eos: Vec<u32>) -> Self {
+        Compiler { tokenizer_json, eos, factory: OnceLock::new() }
+    }
+
+    fn factory(&self) -> Result<Arc<ParserFactory>> {
+        let built = self.factory.get_or_init(|| {
+            let mut tokenizer = toktrie_hf_tokenizers::ByteTokenizer::from_file(&self.tokenizer_json)
+                .map_err(|e| format!("cannot read {} for constraints: {e}", self.tokenizer_json.display()))?;
+            let vocab = tokenizer.tokrx_info().vocab_size;
+            let eos: Vec<u32> = self.eos.iter().copied().filter(|&t| t < vocab).collect();
+            if eos.is_empty() {
+                return Err("no end token of the model is in its tokenizer's vocabulary".to_string());
+            }
+            tokenizer.set_eos_tokens(&eos);
+            let env = tokenizer.into_tok_env(None).map_err(|e| e.to_string())?;
+            let mut factory = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+            factory.quiet();
+            Ok(Arc::new(factory))
+        });
+        built.clone().map_err(|e| Error::engine("constraints", e))
+    }
+
+    /// Compiles `constraint`; an invalid or unsupported one is a request error with the
+    /// compiler's message.
+    pub fn compile(&self, constraint: &Constraint) -> Result<Guide> {
+        let parser = self.factory()?.create_parser(constraint.grammar()).map_err(|e| {
+            Error::InvalidRequest(format!("the {} constraint does not compile: {e}", constraint.kind()))
+        })?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(Error::InvalidRequest(format!("the {} constraint does not compile: {e}", constraint.kind())));
+        }
+        Ok(Guide { matcher })
+    }
+}
+
+/// One sequence's constraint in progress.
+pub struct Guide {
+    matcher: Matcher,
+}
+
+impl Guide {
+    fn failed(&self, what: &str, e: impl std::fmt::Display) -> String {
+        format!("the constraint failed while {what}: {}", self.matcher.get_error().unwrap_or_else(|| e.to_string()))
+    }
+
+    /// Sets the logit of every token the constraint forbids next to negative infinity.
+    pub fn mask(&mut self, logits: &mut [f32]) -> std::result::Result<(), String> {
+        let allowed = self.matcher.compute_mask().map_err(|e| self.failed("computing the token mask", e))?;
+        if allowed.is_zero() {
+            return Err("the constraint allows no token here".into());
+        }
+        for (id, logit) in logits.iter_mut().enumerate() {
+            if id >= allowed.len() || !allowed.is_allowed(id as u32) {
+                *logit = f32::NEG_INFINITY;
+            }
+        }
+        Ok(())
+    }
+
+    /// Advances past the chosen `token`.
+    pub fn consume(&mut self, token: u32) -> std::result::Result<(), String> {
+        self.matcher.consume_token(token).map_err(|e| self.failed("taking a token", e))
+    }
+
+    /// Whether the output is complete and nothing may follow it.
+    pub fn is_stopped(&self) -> bool {
+        self.matcher.is_stopped()
+    }
+
+    /// Whether the output so far is a complete match (it could end here).
+    pub fn is_accepting(&mut self) -> bool {
+        self.matcher.is_accepting().unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compiler() -> Option<Compiler> {
+        let dir = std::env::var("STEADYTEXT_MODEL_DIR").map(PathBuf::from).unwrap_or("../shared/models".into());
+        let tokenizer = dir.join("SmolLM2-135M-Instruct/tokenizer.json");
+        tokenizer.exists().then(|| Compiler::new(tokenizer, vec![2]))
+    }
+
+    /// Feeds the text's tokens through the guide, checking each against the mask.
+    fn accepts(guide: &mut Guide, tokenizer: &tokenizers::Tokenizer, text: &str) -> bool {
+        let ids = tokenizer.encode(text, false).unwrap().get_ids().to_vec();
+        for id in ids {
+            let mut logits = vec![0.0f32; 49152];
+            if guide.mask(&mut logits).is_err() || logits[id as usize] == f32::NEG_INFINITY {
+                return false;
+            }
+            guide.consume(id).unwrap();
+        }
+        guide.is_accepting()
+    }
+
+    #[test]
+    fn masks_follow_the_constraint_and_bad_constraints_are_request_errors() {
+        let Some(c) = compiler() else { panic!("the shared SmolLM2 tokenizer is missing (STEADYTEXT_MODEL_DIR)") };
+        let dir = c.tokenizer_json.clone();
+        let tokenizer = tokenizers::Tokenizer::from_file(&dir).unwrap();
+        let choices = Constraint::Choices(vec!["yes".into(), "no".into()]);
+        assert!(accepts(&mut c.compile(&choices).unwrap(), &tokenizer, "yes"));
+        assert!(!accepts(&mut c.compile(&choices).unwrap(), &tokenizer, "maybe"));
+        let schema = Constraint::Schema(serde_json::json!({
+            "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+            "additionalProperties": false}));
+        assert!(accepts(&mut c.compile(&schema).unwrap(), &tokenizer, r#"{"n": 12}"#));
+        assert!(!accepts(&mut c.compile(&schema).unwrap(), &tokenizer, "{\n\"n\": 12}"), "no free whitespace");
+        assert!(!accepts(&mut c.compile(&schema).unwrap(), &tokenizer, r#"{"n": "x"}"#));
+        let mut guide = c.compile(&Constraint::Regex("[0-9]{3}".into())).unwrap();
+        assert!(accepts(&mut guide, &tokenizer, "123") && guide.is_stopped(), "three digits and nothing more");
+        for bad in [Constraint::Regex("(".into()), Constraint::Grammar("start: nothing_defined".into())] {
+            match c.compile(&bad) {
+                Err(Error::InvalidRequest(m)) => assert!(m.contains("does not compile"), "{m}"),
+                other => panic!("{bad:?} compiled: {:?}", other.err()),
+            }
+        }
+        assert!(Constraint::Choices(vec![]).validate().is_err());
+        assert!(Constraint::Regex("a".repeat(MAX_CONSTRAINT_BYTES + 1)).validate().is_err());
+    }
+}
