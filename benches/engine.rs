@@ -208,7 +208,7 @@ fn main() {
     let direct = median(
         (0..200)
             .map(|i| {
-                let params = EmbedParams { texts: vec![format!("hello world {i}")], model: None };
+                let params = EmbedParams { texts: vec![format!("hello world {i}")], ..Default::default() };
                 let t = Instant::now();
                 embedder.run(&params.texts).unwrap();
                 t.elapsed().as_secs_f64() * 1e3

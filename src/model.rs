@@ -33,6 +33,7 @@ pub const CONFIG_FILES: &[&str] = &[
     "chat_template.jinja",
     "special_tokens_map.json",
     "sentence_bert_config.json",
+    "config_sentence_transformers.json",
     "modules.json",
     "1_Pooling/config.json",
     "genai_config.json",

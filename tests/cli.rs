@@ -92,7 +92,7 @@ fn daemon_and_direct_mode_give_the_same_bytes() {
     let line = via(&["embed", "bits"]);
     let v: Vec<f32> = serde_json::from_str(line.trim()).unwrap();
     let mut embedder = steadytext::service::EmbeddingService::load(&common::config(0), None).unwrap();
-    let params = steadytext::protocol::EmbedParams { texts: vec!["bits".into()], model: None };
+    let params = steadytext::protocol::EmbedParams { texts: vec!["bits".into()], ..Default::default() };
     let local = embedder.run(&params.texts).unwrap().embeddings.remove(0);
     assert_eq!(
         v.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),

@@ -158,7 +158,7 @@ fn protocol_errors_concurrency_and_cancellation() {
     let expected: Vec<Value> = bursts
         .iter()
         .map(|texts| {
-            let p = steadytext::protocol::EmbedParams { texts: texts.clone(), model: None };
+            let p = steadytext::protocol::EmbedParams { texts: texts.clone(), ..Default::default() };
             serde_json::to_value(embedder.run(&p.texts).unwrap().embeddings).unwrap()
         })
         .collect();

@@ -250,6 +250,12 @@ struct EmbedArgs {
     /// Print a JSON object with the vectors, model digest and timings.
     #[arg(long)]
     json: bool,
+    /// `query`, `passage`, or another prompt name of the model (its prompt goes before each text).
+    #[arg(long)]
+    mode: Option<String>,
+    /// Keep this many leading dimensions, re-normalized (Matryoshka models).
+    #[arg(long, value_name = "N")]
+    dimensions: Option<usize>,
 }
 
 /// How a command is served.
@@ -496,9 +502,9 @@ fn embed(ctx: &Ctx, args: EmbedArgs) -> Result<()> {
         [one] if one == "-" => vec![read_stdin()?],
         many => many.to_vec(),
     };
-    let params = EmbedParams { texts, model: args.model };
+    let params = EmbedParams { texts, model: args.model, mode: args.mode, dimensions: args.dimensions };
     let started = Instant::now();
-    let route_key = cache::embedding_route_key(params.model.as_deref(), &params.texts);
+    let route_key = cache::embedding_route_key(params.model.as_deref(), params.mode.as_deref(), &params.texts);
     let (result, mode): (EmbedResult, _) =
         ctx.serve(Some(&route_key), |c| c.call("embed", &params), || Ok(direct::embed(&ctx.config, &params)?))?;
     if args.json {

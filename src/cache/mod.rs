@@ -55,9 +55,10 @@ pub fn generation_route_key(model: Option<&str>, request: &GenerateRequest) -> S
     hex::encode(&key("generate", model.unwrap_or(""), &material)[..16])
 }
 
-/// A load balancer's route key for an embedding request (see [`generation_route_key`]).
-pub fn embedding_route_key(model: Option<&str>, texts: &[String]) -> String {
-    let material: Vec<u8> = texts.iter().flat_map(|t| t.as_bytes().iter().copied().chain([0])).collect();
+/// A load balancer's route key for an embedding request in `mode` (see [`generation_route_key`]).
+pub fn embedding_route_key(model: Option<&str>, mode: Option<&str>, texts: &[String]) -> String {
+    let mut material: Vec<u8> = mode.map(|m| format!("mode:{m}\0").into_bytes()).unwrap_or_default();
+    material.extend(texts.iter().flat_map(|t| t.as_bytes().iter().copied().chain([0])));
     hex::encode(&key("embed", model.unwrap_or(""), &material)[..16])
 }
 

@@ -109,6 +109,70 @@ impl Pooling {
     }
 }
 
+/// The prompts of an embedding model, the sentence-transformers convention: `prompts` (name ->
+/// text put before each input) and `default_prompt_name` of `config_sentence_transformers.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prompts {
+    named: std::collections::BTreeMap<String, String>,
+    default: Option<String>,
+}
+
+/// Modes every embedding model answers to: a model without such a prompt puts nothing before
+/// the text (its query and passage vectors are the same).
+pub const MODES: [&str; 2] = ["query", "passage"];
+
+impl Prompts {
+    /// Reads them from the model folder `dir` (none when the file or its fields are absent).
+    pub fn read(model: &str, dir: &std::path::Path) -> Result<Self> {
+        let path = dir.join("config_sentence_transformers.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Prompts::default()),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let json: Value =
+            serde_json::from_str(&text).map_err(|e| Error::model(model, format!("{}: {e}", path.display())))?;
+        let named = match json.get("prompts") {
+            None | Some(Value::Null) => Default::default(),
+            Some(p) => serde_json::from_value(p.clone()).map_err(|e| {
+                Error::model(model, format!("{}: prompts must map names to texts: {e}", path.display()))
+            })?,
+        };
+        let default = json.get("default_prompt_name").and_then(Value::as_str).map(str::to_string);
+        Ok(Prompts { named, default })
+    }
+
+    /// The text put before each input for `mode` (None: the model's default prompt, if any).
+    pub fn prefix(&self, model: &str, mode: Option<&str>) -> Result<&str> {
+        let Some(name) = mode.or(self.default.as_deref()) else { return Ok("") };
+        match self.named.get(name) {
+            Some(prompt) => Ok(prompt),
+            None if MODES.contains(&name) => Ok(""),
+            None => {
+                let known: Vec<&str> = MODES.iter().copied().chain(self.named.keys().map(String::as_str)).collect();
+                Err(Error::InvalidRequest(format!(
+                    "model {model} has no prompt named {name:?}; modes: {}",
+                    known.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+/// Keeps the first `dimensions` of a unit vector and scales them back to unit length
+/// (Matryoshka truncation).
+pub fn truncate(v: &mut Vec<f32>, dimensions: usize) -> Result<()> {
+    if dimensions == 0 || dimensions > v.len() {
+        return Err(Error::InvalidRequest(format!(
+            "dimensions must be between 1 and the model's {} dimensions",
+            v.len()
+        )));
+    }
+    v.truncate(dimensions);
+    l2_normalize(v);
+    Ok(())
+}
+
 /// Scales `v` to unit L2 norm (a zero vector stays zero).
 pub fn l2_normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();

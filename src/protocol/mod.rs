@@ -310,9 +310,34 @@ pub struct EmbedParams {
     /// Model name; default the configured embedding model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// `query`, `passage`, or another prompt name of the model: its prompt goes before each text
+    /// (default: the model's default prompt, if any).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Keep this many leading dimensions, re-normalized (Matryoshka models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<usize>,
 }
 
 impl EmbedParams {
+    /// The texts as the model embeds them: each after the prompt of `mode` (see
+    /// [`crate::engine::embed::Prompts`]). The cache keys these, so every mode has its own entries.
+    pub fn model_texts(&self, model: &str, dir: &std::path::Path) -> Result<Vec<String>> {
+        let prompts = crate::engine::embed::Prompts::read(model, dir)?;
+        let prefix = prompts.prefix(model, self.mode.as_deref())?;
+        Ok(self.texts.iter().map(|t| format!("{prefix}{t}")).collect())
+    }
+
+    /// Applies `dimensions` to the vectors of a result.
+    pub fn shape(&self, result: &mut EmbedResult) -> Result<()> {
+        if let Some(n) = self.dimensions {
+            for v in &mut result.embeddings {
+                crate::engine::embed::truncate(v, n)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the batch against the limits.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
         if self.texts.is_empty() {
@@ -400,7 +425,7 @@ mod tests {
         let config = Config::default();
         let p = GenerateParams { prompt: "x".into(), max_new_tokens: Some(1_000_000), ..Default::default() };
         assert!(p.to_request(&config).is_err());
-        let e = EmbedParams { texts: vec![String::new(); 1000], model: None };
+        let e = EmbedParams { texts: vec![String::new(); 1000], ..Default::default() };
         assert!(e.validate(&config.limits).is_err());
         assert!(EmbedParams::default().validate(&config.limits).is_err());
     }

@@ -403,22 +403,11 @@ pub(super) async fn embeddings(ready: Ready, body: Body) -> Result<Response, Api
         }
     };
     let texts = request.input.into_vec();
-    let route = embedding_route_key(Some(&request.model), &texts);
-    let params = json!({"texts": texts, "model": request.model});
+    let route = embedding_route_key(Some(&request.model), None, &texts);
+    let params = json!({"texts": texts, "model": request.model, "dimensions": request.dimensions});
     let result: EmbedResult = ready.call("embed", params).await?;
     let mut data = Vec::with_capacity(result.embeddings.len());
-    for (index, mut vector) in result.embeddings.into_iter().enumerate() {
-        if let Some(n) = request.dimensions {
-            if n == 0 || n > vector.len() {
-                return Err(Error::InvalidRequest(format!(
-                    "dimensions must be between 1 and the model's {} dimensions",
-                    vector.len()
-                ))
-                .into());
-            }
-            vector.truncate(n);
-            crate::engine::embed::l2_normalize(&mut vector);
-        }
+    for (index, vector) in result.embeddings.into_iter().enumerate() {
         let embedding = if base64 {
             let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
             Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))

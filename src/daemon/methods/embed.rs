@@ -1,5 +1,6 @@
-//! `embed`: validated here; cached vectors are reused and only the missing texts go to the
-//! embedding worker (which merges queued requests into one model run).
+//! `embed`: validated here, the mode's prompt put before each text; cached vectors are reused and
+//! only the missing texts go to the embedding worker (which merges queued requests into one model
+//! run); `dimensions` truncates the vectors last.
 
 use tokio::sync::oneshot;
 
@@ -13,7 +14,9 @@ pub(crate) async fn call(call: &mut Call<'_>, params: EmbedParams) -> Result<Emb
     let worker = daemon.worker(ModelKind::Embedding, params.model.as_deref()).await?;
     params.validate(&daemon.config().limits)?;
     let info = worker.info();
-    let mut result = daemon.cache().embed(&info, &params.texts, |missing| run(call, &worker, missing)).await?;
+    let texts = params.model_texts(&info.name, &info.dir)?;
+    let mut result = daemon.cache().embed(&info, &texts, |missing| run(call, &worker, missing)).await?;
+    params.shape(&mut result)?;
     result.engine_fingerprint = daemon.engine().id.clone();
     call.served.model = result.model.clone();
     Ok(result)
