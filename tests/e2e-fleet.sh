@@ -15,6 +15,7 @@ key=fleet-key-0123456789abcdef
 tls_name=steadytext
 net=10.231
 
+. "$here/tests/nspawn.sh"
 say() { printf '\n== %s\n' "$*"; }
 [ "$(id -u)" = 0 ] || { echo "error: the fleet test needs root (it boots containers)" >&2; exit 1; }
 deb=$(ls target/deb/steadytext_*_amd64.deb 2>/dev/null | head -1 || true)
@@ -89,13 +90,7 @@ for n in 1 2 3; do
     pids+=($!)
 done
 for n in 1 2 3; do
-    init=""
-    for _ in $(seq 100); do
-        init=$(pgrep -P "${pids[$((n - 1))]}" | head -1 || true)
-        [ -n "$init" ] && [ "$(readlink /proc/"$init"/exe 2>/dev/null)" = /usr/lib/systemd/systemd ] && break
-        sleep 0.1
-    done
-    [ -n "$init" ] || { cat "$work/console$n.log"; echo "error: machine $n did not boot" >&2; exit 1; }
+    init=$(booted_init "${pids[$((n - 1))]}" "$work/console$n.log")
     timeout 120 nsenter -t "$init" -a systemctl is-system-running --wait >/dev/null 2>&1 || true
     inits+=("$init")
 done

@@ -11,6 +11,7 @@ cache=${E2E_CACHE:-/var/cache/steadytext-e2e}
 pass=0
 fail=0
 
+. "$here/tests/nspawn.sh"
 say() { printf '\n== %s\n' "$*"; }
 ok() { pass=$((pass + 1)); printf 'ok   %s\n' "$*"; }
 bad() { fail=$((fail + 1)); printf 'FAIL %s\n' "$*"; }
@@ -83,13 +84,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-init=""
-for _ in $(seq 100); do
-    init=$(pgrep -P "$nspawn" | head -1 || true)
-    [ -n "$init" ] && [ "$(readlink /proc/"$init"/exe 2>/dev/null)" = /usr/lib/systemd/systemd ] && break
-    sleep 0.1
-done
-[ -n "$init" ] || { cat "$work/console.log"; echo "error: the container did not boot" >&2; exit 1; }
+init=$(booted_init "$nspawn" "$work/console.log")
 # Every command in the container is bounded: a daemon that never answers fails the test, never hangs it.
 c() { timeout 180 nsenter -t "$init" -a -- "$@"; }
 c systemctl is-system-running --wait >/dev/null 2>&1 || true

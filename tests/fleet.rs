@@ -116,16 +116,7 @@ fn haproxy(ca: &Path) -> Command {
 /// Three replicas serving HTTPS with one certificate (for localhost) signed by a test CA; the
 /// folder holding `ca.pem`.
 fn tls_replicas() -> (Vec<HttpDaemon>, tempfile::TempDir) {
-    let pki = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = common::test_pki();
-    for (name, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
-        std::fs::write(pki.path().join(name), text).unwrap();
-    }
-    let config = format!(
-        "[daemon]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
-        pki.path().join("cert.pem").display(),
-        pki.path().join("key.pem").display()
-    );
+    let (pki, config) = common::http::tls_files();
     let replicas: Vec<HttpDaemon> = (0..3).map(|_| HttpDaemon::start(&config)).collect();
     let ca = pki.path().join("ca.pem");
     for r in &replicas {

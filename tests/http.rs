@@ -175,16 +175,7 @@ fn keys_limits_and_slow_clients() {
 
 #[test]
 fn https_with_the_daemons_certificate() {
-    let pki = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = common::test_pki();
-    for (name, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
-        std::fs::write(pki.path().join(name), text).unwrap();
-    }
-    let config = format!(
-        "[daemon]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
-        pki.path().join("cert.pem").display(),
-        pki.path().join("key.pem").display()
-    );
+    let (pki, config) = common::http::tls_files();
     let daemon = HttpDaemon::start(&config);
     let base = format!("https://localhost:{}", daemon.port);
     let ca = pki.path().join("ca.pem");

@@ -99,6 +99,22 @@ impl HttpDaemon {
     }
 }
 
+/// A folder with a fresh test CA (`ca.pem`) and a certificate for localhost it signed
+/// (`cert.pem`, `key.pem`), and the daemon configuration that serves TLS with them.
+pub fn tls_files() -> (tempfile::TempDir, String) {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = super::test_pki();
+    for (name, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(pki.path().join(name), text).unwrap();
+    }
+    let config = format!(
+        "[daemon]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+        pki.path().join("cert.pem").display(),
+        pki.path().join("key.pem").display()
+    );
+    (pki, config)
+}
+
 /// `curl -s ARGS`: the HTTP status (0: no answer) and the body.
 pub fn curl(args: &[&str]) -> (u16, String) {
     let out: Output =
