@@ -21,15 +21,7 @@ say() { printf '\n== %s\n' "$*"; }
 deb=$(ls target/deb/steadytext_*_amd64.deb 2>/dev/null | head -1 || true)
 [ -n "$deb" ] && [ -x "$base/lib/systemd/systemd" ] ||
     { echo "error: no .deb in target/deb or no rootfs in $base: run tests/e2e-systemd.sh first" >&2; exit 1; }
-need=""
-for tool in haproxy:haproxy openssl:openssl ip:iproute2 curl:curl pgrep:procps; do
-    command -v "${tool%%:*}" >/dev/null || need="$need ${tool#*:}"
-done
-if [ -n "$need" ]; then
-    say "installing$need"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-fi
+install_missing haproxy:haproxy openssl:openssl ip:iproute2 curl:curl pgrep:procps
 
 work=$(mktemp -d /var/tmp/steadytext-fleet.XXXXXX)
 pids=()

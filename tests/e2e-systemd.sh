@@ -20,15 +20,7 @@ check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; 
 [ "$(id -u)" = 0 ] || { echo "error: the systemd end-to-end test needs root (it boots a container)" >&2; exit 1; }
 [ -d "$models/SmolLM2-135M-Instruct" ] || { echo "error: no shared models in $models" >&2; exit 1; }
 
-need=""
-for tool in debootstrap:debootstrap systemd-nspawn:systemd-container dpkg-buildpackage:dpkg-dev dh:debhelper lintian:lintian rpmbuild:rpm; do
-    command -v "${tool%%:*}" >/dev/null || need="$need ${tool#*:}"
-done
-if [ -n "$need" ]; then
-    say "installing$need"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
-fi
+install_missing debootstrap:debootstrap systemd-nspawn:systemd-container dpkg-buildpackage:dpkg-dev dh:debhelper lintian:lintian rpmbuild:rpm
 
 say "unit files: systemd-analyze verify and security gates"
 units=$(mktemp -d)
