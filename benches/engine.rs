@@ -385,12 +385,14 @@ fn snapshot_load(config: &Config) {
             stop: vec![],
             sampling: Default::default(),
             constraint: None,
+            logprobs: None,
         };
         let generation = Generation {
             text: format!("A cached answer number {i}, about as long as a short sentence or two of output."),
             token_ids: (0..24).map(|t| t + i).collect(),
             prompt_tokens: 30,
             finish_reason: FinishReason::Length,
+            logprobs: None,
         };
         let value = Stored { model_digest: digest.clone(), value: generation };
         cache.put_generation(generation_key(&digest, &request), value);

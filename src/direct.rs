@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
-use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult};
+use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult};
 use crate::service::{EmbeddingService, GenerationService};
 
 /// The per-user cache folder: `[cache] dir`, else `$XDG_CACHE_HOME/steadytext` (`~/.cache/steadytext`).
@@ -90,4 +90,25 @@ pub fn embed(config: &Config, params: &EmbedParams) -> Result<EmbedResult> {
     persist(&cache);
     params.shape(&mut result)?;
     Ok(EmbedResult { engine_fingerprint: engine_id(config), ..result })
+}
+
+/// Reranks in-process: each document's judgement from the cache, or by the model (loaded once,
+/// on the first document missing from the cache).
+pub fn rerank(config: &Config, params: &RerankParams) -> Result<RerankResult> {
+    let requests = params.requests(config)?;
+    let info = identity(config, params.model.as_deref().unwrap_or(&config.generation_model))?;
+    let cache = SharedCache::new(user_cache(config));
+    let mut service: Option<GenerationService> = None;
+    let mut judgements = Vec::with_capacity(requests.len());
+    for request in &requests {
+        judgements.push(block_on(cache.generate(&info, request, || async {
+            let service = match &mut service {
+                Some(s) => s,
+                empty => empty.insert(GenerationService::load(config, params.model.as_deref())?),
+            };
+            service.run(request, &mut |_| true)
+        }))?);
+    }
+    persist(&cache);
+    Ok(RerankResult { engine_fingerprint: engine_id(config), ..RerankResult::from_judgements(&judgements)? })
 }

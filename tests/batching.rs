@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use steadytext::engine::constraint::Constraint;
 use steadytext::engine::generate::{ChatMessage, GenerateRequest};
+use steadytext::engine::logprobs::LogprobsRequest;
 use steadytext::engine::sampler::Sampling;
 use steadytext::protocol::GenerateResult;
 use steadytext::service::{Admission, Advance, GenerationService, Model};
@@ -75,6 +76,7 @@ fn requests() -> Vec<GenerateRequest> {
                         "sure": {"type": "boolean"}}, "required": ["answer", "sure"], "additionalProperties": false}))),
                     _ => None,
                 },
+                logprobs: (i % 3 == 0).then(|| LogprobsRequest { top: 5, follow: Vec::new() }),
             }
         })
         .collect()
@@ -135,11 +137,12 @@ fn batched_generations_give_the_bytes_each_gives_alone_with_1_and_2_threads() {
                 continue;
             }
             let got = &batched[&i];
+            // Whole generations: text, ids, finish reason and log-probabilities, bit for bit.
             assert_eq!(
-                (&got.generation.text, &got.generation.token_ids, got.generation.finish_reason),
-                (&expected.generation.text, &expected.generation.token_ids, expected.generation.finish_reason),
+                got.generation, expected.generation,
                 "request {i} with {threads} threads: batched answer differs from its answer alone"
             );
+            assert_eq!(expected.generation.logprobs.is_some(), i % 3 == 0);
         }
     }
 }

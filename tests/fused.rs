@@ -40,6 +40,7 @@ fn request(prompt: &str, max_new_tokens: usize) -> GenerateRequest {
         stop: vec![],
         sampling: Sampling::default(),
         constraint: None,
+        logprobs: None,
     }
 }
 

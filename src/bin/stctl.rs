@@ -15,8 +15,10 @@ use steadytext::cache::{self, SharedCache};
 use steadytext::client::{target_from_env, Client, ClientError, ClientOptions, Fleet, FleetError, Target};
 use steadytext::config::Config;
 use steadytext::direct;
+use steadytext::engine::rerank;
 use steadytext::protocol::{
-    CacheStats, EmbedParams, EmbedResult, GenerateParams, GenerateResult, SnapshotInfo, Status,
+    CacheStats, EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult, SnapshotInfo,
+    Status,
 };
 
 #[derive(Parser)]
@@ -73,6 +75,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Embed texts (arguments, or one text from stdin when absent or "-").
     Embed(EmbedArgs),
+    /// Score documents against a query with the generation model, best first (documents from the
+    /// arguments, or one per line from stdin when none are given).
+    Rerank(RerankArgs),
     /// Show the daemon's status.
     Status {
         /// Print JSON.
@@ -96,6 +101,20 @@ enum Command {
     /// Inspect or manage the result cache (the daemon's, or the per-user one in direct mode).
     #[command(subcommand)]
     Cache(CacheCommand),
+}
+
+#[derive(Args)]
+struct RerankArgs {
+    /// What the documents are judged against.
+    query: String,
+    /// The documents.
+    documents: Vec<String>,
+    /// Generation model (name under the model folder, or a path).
+    #[arg(long)]
+    model: Option<String>,
+    /// Print the JSON result (scores in input order, the order, model digest).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -219,6 +238,12 @@ struct GenerateArgs {
     /// The answer is a string of this Lark grammar (a file).
     #[arg(long, value_name = "FILE", group = "constraint")]
     grammar: Option<PathBuf>,
+    /// Report each token's log-probability (in the --json output).
+    #[arg(long, requires = "json")]
+    logprobs: bool,
+    /// With --logprobs: also the N most likely tokens at each step (at most 20).
+    #[arg(long, value_name = "N", requires = "logprobs")]
+    top_logprobs: Option<usize>,
 }
 
 /// `--schema`'s value: JSON text, or a file holding it.
@@ -457,6 +482,8 @@ fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
             ),
             None => None,
         },
+        logprobs: args.logprobs,
+        top_logprobs: args.top_logprobs,
     };
     let started = Instant::now();
     let stream = !args.json;
@@ -492,6 +519,28 @@ fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&v)?);
     } else {
         println!();
+    }
+    Ok(())
+}
+
+fn rerank(ctx: &Ctx, args: RerankArgs) -> Result<()> {
+    let documents = match args.documents.as_slice() {
+        [] => read_stdin()?.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect(),
+        many => many.to_vec(),
+    };
+    let params = RerankParams { query: args.query, documents, model: args.model };
+    // A fleet routes a rerank by its query: the same query finds its documents' judgements.
+    let route_key = cache::generation_route_key(params.model.as_deref(), &rerank::judgement(&params.query, ""));
+    let (result, mode): (RerankResult, _) =
+        ctx.serve(Some(&route_key), |c| c.call("rerank", &params), || Ok(direct::rerank(&ctx.config, &params)?))?;
+    if args.json {
+        let mut v = serde_json::to_value(&result)?;
+        v["mode"] = json!(mode);
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        for &i in &result.order {
+            println!("{:.6}\t{i}\t{}", result.scores[i], params.documents[i]);
+        }
     }
     Ok(())
 }
@@ -598,6 +647,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => generate(&ctx, args),
         Command::Embed(args) => embed(&ctx, args),
+        Command::Rerank(args) => rerank(&ctx, args),
         Command::Status { json } => {
             let status: Status = ctx.ask("status")?;
             if json {

@@ -277,6 +277,7 @@ mod tests {
             stop: vec![],
             sampling: Default::default(),
             constraint: None,
+            logprobs: None,
         }
     }
 
@@ -287,6 +288,7 @@ mod tests {
                 token_ids: vec![7],
                 prompt_tokens: 3,
                 finish_reason: FinishReason::Eos,
+                logprobs: None,
             },
             model: "m".into(),
             model_digest: "sha256:m".into(),

@@ -17,6 +17,7 @@ pub use flow::SharedCache;
 use crate::config::CacheConfig;
 use crate::engine::fingerprint::Fingerprint;
 use crate::engine::generate::{FinishReason, GenerateRequest, Generation};
+use crate::engine::logprobs::TokenLogprob;
 use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
 use crate::protocol::{CacheKindStats, CacheStats, GenerateResult, SnapshotInfo};
@@ -84,7 +85,14 @@ fn finish_code(r: FinishReason) -> u8 {
 }
 
 fn generation_size(g: &Generation) -> usize {
-    ENTRY_OVERHEAD + g.text.len() + 4 * g.token_ids.len()
+    let token = |t: &TokenLogprob| 32 + t.token.len();
+    let logprobs: usize = g
+        .logprobs
+        .iter()
+        .flatten()
+        .map(|s| token(&s.chosen) + s.top_logprobs.iter().chain(&s.followed).map(token).sum::<usize>())
+        .sum();
+    ENTRY_OVERHEAD + g.text.len() + 4 * g.token_ids.len() + logprobs
 }
 
 /// Both caches, their limits and snapshot bookkeeping.
@@ -216,6 +224,7 @@ impl Cache {
                     token_ids: g.token_ids.clone(),
                     prompt_tokens: g.prompt_tokens as u32,
                     finish_reason: finish_code(g.finish_reason),
+                    logprobs: g.logprobs.clone(),
                 }
             })
             .collect();
@@ -347,6 +356,10 @@ impl Cache {
                 token_ids: r.token_ids.iter().map(|t| t.to_native()).collect(),
                 prompt_tokens: r.prompt_tokens.to_native() as usize,
                 finish_reason,
+                logprobs: match rkyv::deserialize::<_, rkyv::rancor::Error>(&r.logprobs) {
+                    Ok(logprobs) => logprobs,
+                    Err(_) => continue,
+                },
             };
             let size = generation_size(&generation);
             let value = Stored { model_digest: digest, value: generation };
@@ -397,6 +410,7 @@ pub(crate) mod tests {
             stop: vec![],
             sampling: Sampling::default(),
             constraint: None,
+            logprobs: None,
         }
     }
 
@@ -406,6 +420,7 @@ pub(crate) mod tests {
             token_ids: vec![1, 2],
             prompt_tokens: 5,
             finish_reason: FinishReason::Length,
+            logprobs: None,
         };
         Stored { model_digest: Arc::from(digest), value }
     }

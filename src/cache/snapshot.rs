@@ -9,13 +9,15 @@ use rkyv::rancor::Error as RkyvError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+use crate::engine::logprobs::StepLogprobs;
 use crate::error::{Error, Result};
 use crate::fsutil::{private_dir, write_atomic, TEMP_MARK};
 
 /// First bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"STXCACHE";
-/// Version of the layout below; another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the layout below. Version 1 files (before log-probabilities) are read and
+/// converted; any other version is refused.
+pub const FORMAT_VERSION: u32 = 2;
 /// Header size; the archive starts at this (16-aligned) offset.
 pub const HEADER_LEN: usize = 64;
 /// Snapshots kept on disk (the newest ones).
@@ -57,6 +59,66 @@ pub struct GenerationRecord {
     pub prompt_tokens: u32,
     /// Finish reason code.
     pub finish_reason: u8,
+    /// Log-probabilities, when the request asked for them.
+    pub logprobs: Option<Vec<StepLogprobs>>,
+}
+
+/// The layout of format version 1, read to carry a cache over an upgrade.
+mod v1 {
+    use rkyv::{Archive, Deserialize, Serialize};
+
+    use super::EmbeddingRecord;
+
+    /// Version 1's payload.
+    #[derive(Archive, Serialize, Deserialize)]
+    pub struct SnapshotData {
+        pub created_unix_ms: u64,
+        pub models: Vec<String>,
+        pub generation_clock: u64,
+        pub embedding_clock: u64,
+        pub generation: Vec<GenerationRecord>,
+        pub embedding: Vec<EmbeddingRecord>,
+    }
+
+    /// Version 1's generation entry (no log-probabilities).
+    #[derive(Archive, Serialize, Deserialize)]
+    pub struct GenerationRecord {
+        pub key: [u8; 32],
+        pub model: u32,
+        pub hits: u32,
+        pub last_used: u64,
+        pub text: String,
+        pub token_ids: Vec<u32>,
+        pub prompt_tokens: u32,
+        pub finish_reason: u8,
+    }
+
+    impl From<SnapshotData> for super::SnapshotData {
+        fn from(old: SnapshotData) -> Self {
+            super::SnapshotData {
+                created_unix_ms: old.created_unix_ms,
+                models: old.models,
+                generation_clock: old.generation_clock,
+                embedding_clock: old.embedding_clock,
+                generation: old
+                    .generation
+                    .into_iter()
+                    .map(|g| super::GenerationRecord {
+                        key: g.key,
+                        model: g.model,
+                        hits: g.hits,
+                        last_used: g.last_used,
+                        text: g.text,
+                        token_ids: g.token_ids,
+                        prompt_tokens: g.prompt_tokens,
+                        finish_reason: g.finish_reason,
+                        logprobs: None,
+                    })
+                    .collect(),
+                embedding: old.embedding,
+            }
+        }
+    }
 }
 
 /// One cached embedding.
@@ -79,18 +141,23 @@ pub struct EmbeddingRecord {
 pub fn encode(data: &SnapshotData, engine: u64) -> Result<Vec<u8>> {
     let payload =
         rkyv::to_bytes::<RkyvError>(data).map_err(|e| Error::Snapshot(format!("cannot serialize the cache: {e}")))?;
+    Ok(frame(FORMAT_VERSION, data.created_unix_ms, engine, &payload))
+}
+
+/// Header and payload of a file of format `version`.
+fn frame(version: u32, created: u64, engine: u64, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
-    out.extend_from_slice(&header(data.created_unix_ms, engine, &payload));
-    out.extend_from_slice(&payload);
-    Ok(out)
+    out.extend_from_slice(&header(version, created, engine, payload));
+    out.extend_from_slice(payload);
+    out
 }
 
 /// Header layout: magic, format version, (4 spare), creation time, payload length, checksum,
 /// engine fingerprint, (8 spare).
-fn header(created: u64, engine: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
+fn header(version: u32, created: u64, engine: u64, payload: &[u8]) -> [u8; HEADER_LEN] {
     let mut h = [0u8; HEADER_LEN];
     h[0..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[16..24].copy_from_slice(&created.to_le_bytes());
     h[24..32].copy_from_slice(&(payload.len() as u64).to_le_bytes());
     h[48..56].copy_from_slice(&engine.to_le_bytes());
@@ -138,8 +205,8 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Loaded, String> {
         return Err("not a steadytext cache snapshot (bad magic)".into());
     }
     let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
-        return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
+    if version != FORMAT_VERSION && version != 1 {
+        return Err(format!("format version {version}, this build reads 1 and {FORMAT_VERSION}"));
     }
     let len = u64::from_le_bytes(h[24..32].try_into().expect("8 bytes"));
     if len != rest.len() as u64 {
@@ -150,7 +217,19 @@ pub fn decode(bytes: &[u8]) -> std::result::Result<Loaded, String> {
         return Err("checksum mismatch (damaged file)".into());
     }
     let engine = u64::from_le_bytes(h[48..56].try_into().expect("8 bytes"));
-    decode_payload(rest).map(|loaded| Loaded { engine, ..loaded })
+    let loaded = if version == 1 { upgrade_v1(rest)? } else { decode_payload(rest)? };
+    Ok(Loaded { engine, ..loaded })
+}
+
+/// Validates a version 1 payload and re-archives it in the current layout.
+fn upgrade_v1(rest: &[u8]) -> std::result::Result<Loaded, String> {
+    let mut payload = AlignedVec::<16>::with_capacity(rest.len());
+    payload.extend_from_slice(rest);
+    let old = rkyv::from_bytes::<v1::SnapshotData, RkyvError>(&payload)
+        .map_err(|e| format!("invalid version 1 archive: {e}"))?;
+    let current = rkyv::to_bytes::<RkyvError>(&SnapshotData::from(old))
+        .map_err(|e| format!("cannot convert a version 1 archive: {e}"))?;
+    decode_payload(&current)
 }
 
 /// Validates a snapshot's payload (the rkyv archive after the header). The checksum guards
@@ -231,6 +310,7 @@ pub fn load_newest(dir: &Path) -> Option<(PathBuf, Loaded)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::logprobs::TokenLogprob;
 
     fn sample() -> SnapshotData {
         SnapshotData {
@@ -247,6 +327,11 @@ mod tests {
                 token_ids: vec![1, 2, 3],
                 prompt_tokens: 12,
                 finish_reason: 1,
+                logprobs: Some(vec![StepLogprobs {
+                    chosen: TokenLogprob { token_id: 1, token: "h".into(), logprob: -0.25 },
+                    top_logprobs: vec![TokenLogprob { token_id: 9, token: "é".into(), logprob: -1.5 }],
+                    followed: Vec::new(),
+                }]),
             }],
             embedding: vec![EmbeddingRecord {
                 key: [9; 32],
@@ -299,8 +384,44 @@ mod tests {
     #[test]
     fn foreign_version_is_refused() {
         let mut bytes = encode(&sample(), 7).unwrap();
-        bytes[8] = 2;
-        assert!(decode(&bytes).unwrap_err().contains("format version 2"));
+        bytes[8] = 3;
+        assert!(decode(&bytes).unwrap_err().contains("format version 3"));
+    }
+
+    #[test]
+    fn a_version_1_file_is_read_into_the_current_layout() {
+        let current = sample();
+        let old = v1::SnapshotData {
+            created_unix_ms: current.created_unix_ms,
+            models: current.models.clone(),
+            generation_clock: current.generation_clock,
+            embedding_clock: current.embedding_clock,
+            generation: current
+                .generation
+                .iter()
+                .map(|g| v1::GenerationRecord {
+                    key: g.key,
+                    model: g.model,
+                    hits: g.hits,
+                    last_used: g.last_used,
+                    text: g.text.clone(),
+                    token_ids: g.token_ids.clone(),
+                    prompt_tokens: g.prompt_tokens,
+                    finish_reason: g.finish_reason,
+                })
+                .collect(),
+            embedding: current.embedding.clone(),
+        };
+        let payload = rkyv::to_bytes::<RkyvError>(&old).unwrap();
+        let bytes = frame(1, old.created_unix_ms, 7, &payload);
+        let loaded = decode(&bytes).unwrap();
+        let back: SnapshotData = rkyv::deserialize::<SnapshotData, RkyvError>(loaded.data()).unwrap();
+        let mut expected = current;
+        expected.generation[0].logprobs = None;
+        assert_eq!(back, expected);
+        let mut damaged = bytes.clone();
+        damaged[HEADER_LEN + 3] ^= 1;
+        assert!(decode(&damaged).is_err());
     }
 
     #[test]

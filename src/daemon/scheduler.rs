@@ -47,8 +47,8 @@ pub(crate) type Loader = Arc<dyn Fn(ModelKind, &Config) -> Result<Box<dyn Model>
 pub(crate) enum Job {
     /// A generation; `pieces` streams text, `cancel` stops it early.
     Generate {
-        /// The validated request.
-        request: GenerateRequest,
+        /// The validated request (boxed: it is much larger than the other jobs).
+        request: Box<GenerateRequest>,
         /// Where text pieces go. Unbounded on purpose: a request's pieces are bounded by its
         /// `max_new_tokens`, and the worker must never wait for a client.
         pieces: Option<mpsc::UnboundedSender<String>>,
@@ -482,6 +482,7 @@ pub(crate) mod tests {
                             token_ids: (0..n as u32).collect(),
                             prompt_tokens: request.prompt.len(),
                             finish_reason: FinishReason::Length,
+                            logprobs: None,
                         },
                         model: self.info.name.clone(),
                         model_digest: self.info.digest.clone(),
@@ -529,6 +530,7 @@ pub(crate) mod tests {
             stop: vec![],
             sampling: Default::default(),
             constraint: None,
+            logprobs: None,
         }
     }
 
@@ -540,7 +542,7 @@ pub(crate) mod tests {
         let (tx, pieces) = mpsc::unbounded_channel();
         let cancel = CancellationToken::new();
         let job = Job::Generate {
-            request: request(max_new_tokens),
+            request: Box::new(request(max_new_tokens)),
             pieces: streaming.then_some(tx),
             cancel: cancel.clone(),
             reply,

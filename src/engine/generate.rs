@@ -6,6 +6,7 @@ use tokenizers::Tokenizer;
 
 use crate::engine::backend::{BatchDecode, DecoderBackend, Step};
 use crate::engine::constraint::{Compiler, Constraint, Guide};
+use crate::engine::logprobs::{LogSoftmax, LogprobsRequest, StepLogprobs};
 use crate::engine::sampler::{self, Sampling};
 use crate::engine::template::ChatTemplate;
 use crate::error::{Error, Result};
@@ -54,6 +55,9 @@ pub struct GenerateRequest {
     /// What the output must match (structured output), if anything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub constraint: Option<Constraint>,
+    /// Log-probabilities to report with each generated token, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<LogprobsRequest>,
 }
 
 impl GenerateRequest {
@@ -82,6 +86,9 @@ impl GenerateRequest {
         }
         if let Some(c) = &self.constraint {
             c.validate()?;
+        }
+        if let Some(l) = &self.logprobs {
+            l.validate()?;
         }
         self.sampling.validate()
     }
@@ -112,6 +119,9 @@ pub struct Generation {
     pub prompt_tokens: usize,
     /// Why it ended.
     pub finish_reason: FinishReason,
+    /// One entry per generated token (as `token_ids`), when the request asked for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Vec<StepLogprobs>>,
 }
 
 /// A generator: one decoder backend with its tokenizer, template and end tokens.
@@ -185,7 +195,13 @@ impl<B: DecoderBackend> Generator<B> {
                 return Err(Error::InvalidRequest(format!("model {} cannot constrain its output", self.model)))
             }
         };
+        let follow = match &request.logprobs {
+            Some(l) => l.follow_ids(&self.tokenizer)?,
+            None => Vec::new(),
+        };
         Ok(Sequence {
+            logprobs: request.logprobs.as_ref().map(|_| Vec::new()),
+            follow,
             guide,
             failure: None,
             request: request.clone(),
@@ -220,33 +236,34 @@ impl<B: DecoderBackend> Generator<B> {
             .iter_mut()
             .zip(takes)
             .zip(logits)
-            .map(|((s, take), logits)| self.after_call(s, take, &logits))
+            .map(|((s, take), logits)| self.after_call(s, take, logits))
             .collect()
     }
 
     /// A sequence's part after a model call that consumed `take` of its pending tokens.
-    fn after_call(&self, s: &mut Sequence<B::State>, take: usize, logits: &[f32]) -> Result<String> {
+    fn after_call(&self, s: &mut Sequence<B::State>, take: usize, mut logits: Vec<f32>) -> Result<String> {
         if take < s.pending_input.len() {
             // More of the prompt to feed: this call's logits are not needed.
             s.pending_input.drain(..take);
             return Ok(String::new());
         }
-        let token = match &mut s.guide {
-            None => sampler::select(logits, &s.request.sampling, s.request.seed, s.ids.len() as u64)?,
-            Some(guide) => {
-                let mut allowed = logits.to_vec();
-                if let Err(e) = guide.mask(&mut allowed) {
-                    return Ok(s.fail(e));
-                }
-                sampler::select(&allowed, &s.request.sampling, s.request.seed, s.ids.len() as u64)?
+        // Log-probabilities come from the raw logits, before the constraint's mask.
+        let raw = s.logprobs.is_some().then(|| logits.clone());
+        if let Some(guide) = &mut s.guide {
+            if let Err(e) = guide.mask(&mut logits) {
+                return Ok(s.fail(e));
             }
-        };
+        }
+        let token = sampler::select(&logits, &s.request.sampling, s.request.seed, s.ids.len() as u64)?;
         if self.eos.contains(&token) {
             s.finish = Some(FinishReason::Eos);
             return s.release_rest(&self.tokenizer);
         }
         if let Some(Err(e)) = s.guide.as_mut().map(|g| g.consume(token)) {
             return Ok(s.fail(e));
+        }
+        if let (Some(raw), Some(request), Some(steps)) = (raw, &s.request.logprobs, &mut s.logprobs) {
+            steps.push(LogSoftmax::new(&raw).step(&self.tokenizer, request, &s.follow, token)?);
         }
         s.ids.push(token);
         s.pending_input = vec![token];
@@ -352,6 +369,10 @@ pub struct Sequence<S> {
     guide: Option<Guide>,
     /// Why it failed on its own (its constraint), ending it; the others of its batch go on.
     failure: Option<String>,
+    /// Log-probabilities so far, when the request asks for them.
+    logprobs: Option<Vec<StepLogprobs>>,
+    /// Token ids whose log-probabilities every step reports.
+    follow: Vec<u32>,
 }
 
 impl<S> Sequence<S> {
@@ -396,7 +417,13 @@ impl<S> Sequence<S> {
                 )));
             }
         }
-        Ok(Generation { text: self.text, token_ids: self.ids, prompt_tokens: self.prompt_tokens, finish_reason })
+        Ok(Generation {
+            text: self.text,
+            token_ids: self.ids,
+            prompt_tokens: self.prompt_tokens,
+            finish_reason,
+            logprobs: self.logprobs,
+        })
     }
 
     /// Ends it with `error` (its own failure); nothing more is released.
@@ -573,6 +600,7 @@ mod tests {
             stop: stop.iter().map(|s| s.to_string()).collect(),
             sampling: Sampling::default(),
             constraint: None,
+            logprobs: None,
         };
         let mut stream = g.stream(&request).unwrap();
         let pieces: Vec<String> = stream.by_ref().map(|p| p.unwrap()).filter(|p| !p.is_empty()).collect();
@@ -622,6 +650,7 @@ mod tests {
             stop: vec![],
             sampling: Sampling::default(),
             constraint: None,
+            logprobs: None,
         };
         assert!(matches!(g.stream(&request), Err(Error::InvalidRequest(m)) if m.contains("shorten the prompt")));
     }

@@ -6,6 +6,8 @@ pub mod embed;
 pub mod fingerprint;
 pub mod generate;
 mod kv_arena;
+pub mod logprobs;
+pub mod rerank;
 pub mod sampler;
 pub mod template;
 

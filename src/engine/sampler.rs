@@ -54,7 +54,7 @@ pub fn argmax(logits: &[f32]) -> Result<u32> {
 /// Token ids by logit, largest first, ties by lower id (the order of `f32::total_cmp`); only the
 /// first `top_k` when it is not 0. Sorts packed integer keys (logit order, id) instead of comparing
 /// through the logits: the top k are selected and sorted; a whole vocabulary is radix-sorted.
-fn by_logit(logits: &[f32], top_k: usize) -> Vec<u32> {
+pub(crate) fn by_logit(logits: &[f32], top_k: usize) -> Vec<u32> {
     let mut keys: Vec<u64> = logits
         .iter()
         .enumerate()

@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 use crate::config::{Config, Limits};
 use crate::engine::constraint::Constraint;
 use crate::engine::generate::{ChatMessage, GenerateRequest, Generation};
+use crate::engine::logprobs::LogprobsRequest;
+use crate::engine::rerank;
 use crate::engine::sampler::Sampling;
 use crate::error::{Error, Result};
 
@@ -216,28 +218,45 @@ pub struct GenerateParams {
     /// Structured output: the answer is a string of this Lark grammar.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grammar: Option<String>,
+    /// Report each generated token's log-probability (log-softmax of the raw logits).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub logprobs: bool,
+    /// With `logprobs`: also the N most likely tokens at each step (N <= 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<usize>,
 }
 
 impl GenerateParams {
     /// The one constraint among `schema`, `regex`, `choices` and `grammar`, if any.
     fn constraint(&self) -> Result<Option<Constraint>> {
-        let mut given = [
-            self.schema.clone().map(Constraint::Schema),
-            self.regex.clone().map(Constraint::Regex),
-            self.choices.clone().map(Constraint::Choices),
-            self.grammar.clone().map(Constraint::Grammar),
-        ]
-        .into_iter()
-        .flatten();
-        let first = given.next();
-        if let Some(second) = given.next() {
-            return Err(Error::InvalidRequest(format!(
-                "give one constraint, not both {} and {}",
-                first.as_ref().map_or("", Constraint::kind),
-                second.kind()
-            )));
+        let given = [
+            ("schema", self.schema.is_some()),
+            ("regex", self.regex.is_some()),
+            ("choices", self.choices.is_some()),
+            ("grammar", self.grammar.is_some()),
+        ];
+        let mut set = given.iter().filter(|(_, is_set)| *is_set).map(|(name, _)| *name);
+        if let (Some(first), Some(second)) = (set.next(), set.next()) {
+            return Err(Error::InvalidRequest(format!("give one constraint, not both {first} and {second}")));
         }
-        Ok(first)
+        Ok(if let Some(schema) = &self.schema {
+            Some(Constraint::Schema(schema.clone()))
+        } else if let Some(regex) = &self.regex {
+            Some(Constraint::Regex(regex.clone()))
+        } else if let Some(choices) = &self.choices {
+            Some(Constraint::Choices(choices.clone()))
+        } else {
+            self.grammar.clone().map(Constraint::Grammar)
+        })
+    }
+
+    /// The log-probabilities asked for, if any.
+    fn logprobs(&self) -> Result<Option<LogprobsRequest>> {
+        match (self.logprobs, self.top_logprobs) {
+            (false, Some(_)) => Err(Error::InvalidRequest("top_logprobs needs logprobs: true".into())),
+            (false, None) => Ok(None),
+            (true, top) => Ok(Some(LogprobsRequest { top: top.unwrap_or(0), follow: Vec::new() })),
+        }
     }
 
     /// Applies defaults and limits, giving the engine's request.
@@ -276,6 +295,7 @@ impl GenerateParams {
                 top_p: self.top_p.unwrap_or(0.0),
             },
             constraint: self.constraint()?,
+            logprobs: self.logprobs()?,
         };
         request.validate()?;
         Ok(request)
@@ -369,6 +389,80 @@ pub struct EmbedResult {
     /// How many of the texts were answered from the cache.
     #[serde(default)]
     pub cached: usize,
+}
+
+/// Parameters of `rerank`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RerankParams {
+    /// What the documents are judged against.
+    pub query: String,
+    /// The documents to score.
+    pub documents: Vec<String>,
+    /// Generation model name; default the configured generation model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+impl RerankParams {
+    /// Checks the limits and gives one judgement (a generation) per document, in order.
+    pub fn requests(&self, config: &Config) -> Result<Vec<GenerateRequest>> {
+        let limits = &config.limits;
+        if self.query.trim().is_empty() {
+            return Err(Error::InvalidRequest("give a query".into()));
+        }
+        if self.documents.is_empty() {
+            return Err(Error::InvalidRequest("documents must hold at least one document".into()));
+        }
+        if self.documents.len() > limits.max_batch {
+            return Err(Error::InvalidRequest(format!(
+                "{} documents in one request; this server's limit is {}: split them",
+                self.documents.len(),
+                limits.max_batch
+            )));
+        }
+        check_input(limits, "query", &self.query)?;
+        self.documents.iter().try_for_each(|d| check_input(limits, "document", d))?;
+        Ok(self.documents.iter().map(|d| rerank::judgement(&self.query, d)).collect())
+    }
+}
+
+/// Result of `rerank`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerankResult {
+    /// One score in 0..=1 per document, in input order: P(yes) / (P(yes) + P(no)).
+    pub scores: Vec<f32>,
+    /// Document indexes, best first (ties by input order).
+    pub order: Vec<usize>,
+    /// Model name.
+    pub model: String,
+    /// Model digest.
+    pub model_digest: String,
+    /// The judging prompt's version ([`rerank::PROMPT_VERSION`]).
+    pub prompt_version: String,
+    /// The engine fingerprint the scores belong to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine_fingerprint: String,
+    /// How many of the documents were scored from the cache.
+    #[serde(default)]
+    pub cached: usize,
+}
+
+impl RerankResult {
+    /// Gathers the judgements of the documents, in order.
+    pub fn from_judgements(judgements: &[GenerateResult]) -> Result<Self> {
+        let first = judgements.first().ok_or_else(|| Error::InvalidRequest("no documents".into()))?;
+        let scores = judgements.iter().map(|j| rerank::score(&j.generation)).collect::<Result<Vec<f32>>>()?;
+        Ok(RerankResult {
+            order: rerank::order(&scores),
+            scores,
+            model: first.model.clone(),
+            model_digest: first.model_digest.clone(),
+            prompt_version: rerank::PROMPT_VERSION.into(),
+            engine_fingerprint: first.engine_fingerprint.clone(),
+            cached: judgements.iter().filter(|j| j.cached).count(),
+        })
+    }
 }
 
 fn check_input(limits: &Limits, what: &str, text: &str) -> Result<()> {

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use super::{event_stream, read_json, ApiError, Event, Ready};
 use crate::cache::{embedding_route_key, generation_route_key};
 use crate::engine::generate::{ChatMessage, FinishReason};
+use crate::engine::logprobs::TokenLogprob;
 use crate::error::Error;
 use crate::protocol::{EmbedResult, GenerateParams, GenerateResult, ModelKind, ROUTE_KEY_HEADER};
 
@@ -151,11 +152,19 @@ impl Common {
         if self.n.unwrap_or(1) != 1 {
             return Err(unsupported("n other than 1"));
         }
-        let logprobs = matches!(&self.logprobs, None | Some(Value::Null) | Some(Value::Bool(false)))
-            || self.logprobs.as_ref().and_then(Value::as_u64) == Some(0);
-        if !logprobs || self.top_logprobs.unwrap_or(0) != 0 {
-            return Err(unsupported("logprobs"));
-        }
+        // Chat says `logprobs: true` and `top_logprobs: N`; completions say `logprobs: N`.
+        let (logprobs, top_logprobs) = match (&self.logprobs, self.top_logprobs) {
+            (None | Some(Value::Null) | Some(Value::Bool(false)), None) => (false, None),
+            (None | Some(Value::Null) | Some(Value::Bool(false)), Some(_)) => {
+                return Err(Error::InvalidRequest("top_logprobs needs logprobs: true".into()).into())
+            }
+            (Some(Value::Bool(true)), top) => (true, top.map(|n| n as usize)),
+            (Some(Value::Number(n)), None) => match n.as_u64() {
+                Some(n) => (true, Some(n as usize)),
+                None => return Err(Error::InvalidRequest("logprobs must be true, false or a count".into()).into()),
+            },
+            _ => return Err(Error::InvalidRequest("logprobs must be true, false or a count".into()).into()),
+        };
         // OpenAI's structured output: a JSON Schema (json_schema.schema), or any JSON object.
         let schema = match self.response_format.as_ref().map(|f| (f["type"].as_str(), f)) {
             None | Some((Some("text"), _)) => None,
@@ -184,6 +193,8 @@ impl Common {
             top_p: self.top_p,
             model: Some(self.model.clone()),
             schema,
+            logprobs,
+            top_logprobs,
             ..Default::default()
         })
     }
@@ -296,11 +307,12 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
             fingerprint: fingerprint(&ready, &result.model_digest),
         };
         let reason = finish_reason(result.generation.finish_reason);
+        let logprobs = logprobs(&result, flavor);
         let choice = match flavor {
             Flavor::Chat => json!({"index": 0, "message": {"role": "assistant", "content": result.generation.text},
-                                   "logprobs": null, "finish_reason": reason}),
+                                   "logprobs": logprobs, "finish_reason": reason}),
             Flavor::Completion => {
-                json!({"index": 0, "text": result.generation.text, "logprobs": null, "finish_reason": reason})
+                json!({"index": 0, "text": result.generation.text, "logprobs": logprobs, "finish_reason": reason})
             }
         };
         let object = match flavor {
@@ -344,7 +356,9 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
             Event::Done(Ok(result)) => match serde_json::from_value::<GenerateResult>(result) {
                 Ok(result) => {
                     let reason = finish_reason(result.generation.finish_reason);
-                    frames.push(chunk(&identity, flavor, json!({}), Some(reason)));
+                    let mut last = chunk_value(&identity, flavor, json!({}), Some(reason));
+                    last["choices"][0]["logprobs"] = logprobs(&result, flavor);
+                    frames.push(sse(&last));
                     if include_usage {
                         frames.push(sse(
                             &json!({"id": identity.id, "object": object(flavor), "created": identity.created,
@@ -382,13 +396,45 @@ fn sse(value: &Value) -> Bytes {
 
 /// One server-sent event of a streamed answer.
 fn chunk(identity: &Identity, flavor: Flavor, delta: Value, reason: Option<&str>) -> Bytes {
+    sse(&chunk_value(identity, flavor, delta, reason))
+}
+
+fn chunk_value(identity: &Identity, flavor: Flavor, delta: Value, reason: Option<&str>) -> Value {
     let choice = match flavor {
         Flavor::Chat => json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}),
         Flavor::Completion => json!({"index": 0, "text": delta["content"].as_str().unwrap_or(""),
                                      "logprobs": null, "finish_reason": reason}),
     };
-    sse(&json!({"id": identity.id, "object": object(flavor), "created": identity.created, "model": identity.model,
-                "system_fingerprint": identity.fingerprint, "choices": [choice]}))
+    json!({"id": identity.id, "object": object(flavor), "created": identity.created, "model": identity.model,
+           "system_fingerprint": identity.fingerprint, "choices": [choice]})
+}
+
+/// A choice's `logprobs` in OpenAI's shape for `flavor` (null when none were asked for). A
+/// stream carries them all in its last chunk.
+fn logprobs(result: &GenerateResult, flavor: Flavor) -> Value {
+    let Some(steps) = &result.generation.logprobs else { return Value::Null };
+    match flavor {
+        Flavor::Chat => {
+            let entry = |t: &TokenLogprob| json!({"token": t.token, "logprob": t.logprob, "bytes": null});
+            let content: Vec<Value> = steps
+                .iter()
+                .map(|s| {
+                    let mut e = entry(&s.chosen);
+                    e["top_logprobs"] = s.top_logprobs.iter().map(entry).collect();
+                    e
+                })
+                .collect();
+            json!({"content": content})
+        }
+        Flavor::Completion => json!({
+            "tokens": steps.iter().map(|s| &s.chosen.token).collect::<Vec<_>>(),
+            "token_logprobs": steps.iter().map(|s| s.chosen.logprob).collect::<Vec<_>>(),
+            "top_logprobs": steps
+                .iter()
+                .map(|s| s.top_logprobs.iter().map(|t| (t.token.clone(), json!(t.logprob))).collect::<Map<_, _>>())
+                .collect::<Vec<_>>(),
+        }),
+    }
 }
 
 /// `POST /v1/embeddings`: float or base64 (little-endian f32) vectors; `dimensions` keeps the

@@ -38,7 +38,7 @@ async fn generate(call: &mut Call<'_>, params: GenerateParams, stream: bool) -> 
 
 /// Runs `request` on the worker, forwarding its pieces; cancels it when the client hangs up,
 /// stops reading, or the daemon's shutdown timeout expires.
-async fn run(
+pub(super) async fn run(
     call: &mut Call<'_>,
     worker: &Worker,
     request: GenerateRequest,
@@ -48,7 +48,7 @@ async fn run(
     let cancel = call.daemon.abort_token();
     let (reply_tx, mut reply) = oneshot::channel();
     let (piece_tx, mut pieces) = mpsc::unbounded_channel();
-    let job = Job::Generate { request, pieces: stream.then_some(piece_tx), cancel: cancel.clone(), reply: reply_tx };
+    let job = Job::Generate { request: Box::new(request), pieces: stream.then_some(piece_tx), cancel: cancel.clone(), reply: reply_tx };
     call.daemon.submit(worker, job)?;
     let _cancel_on_drop = cancel.clone().drop_guard();
     let mut poll = tokio::time::interval(PEER_POLL);

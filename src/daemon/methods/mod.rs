@@ -8,6 +8,7 @@ mod embed;
 mod generate;
 mod metrics;
 mod ping;
+mod rerank;
 mod status;
 
 use serde::de::DeserializeOwned;
@@ -110,6 +111,7 @@ methods! {
     "generate" => generate::call,
     "generate_stream" => generate::call_stream,
     "embed" => embed::call,
+    "rerank" => rerank::call,
     "cache.stats" => cache::stats,
     "cache.clear" => cache::clear,
     "cache.snapshot" => cache::snapshot,
