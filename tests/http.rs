@@ -49,6 +49,31 @@ fn the_openai_package_gets_stctls_answers() {
     assert_eq!(usage[0] + usage[1], usage[2]);
     assert!(got["fingerprint"].as_str().unwrap().starts_with("fp_"));
 
+    // Log-probabilities through the OpenAI shapes are stctl's (f32 values printed as f64).
+    let stctl_logprobs: Value = serde_json::from_str(&daemon.stctl(&[
+        "generate",
+        "Name three colors.",
+        "--max-new-tokens",
+        "8",
+        "--json",
+        "--logprobs",
+        "--top-logprobs",
+        "3",
+    ]))
+    .unwrap();
+    let expected: Vec<Value> = stctl_logprobs["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let top: Vec<&Value> = t["top_logprobs"].as_array().unwrap().iter().map(|a| &a["token"]).collect();
+            serde_json::json!([t["token"], t["logprob"], top])
+        })
+        .collect();
+    assert_eq!(expected.len(), 8);
+    assert_eq!(got["chat_logprobs"], Value::from(expected), "OpenAI chat logprobs are stctl's");
+    assert_eq!(got["chat_stream_logprobs"], got["chat_logprobs"], "a stream carries the same logprobs");
+
     let sampled =
         daemon.stctl(&["generate", "Tell me a word.", "--temperature", "0.8", "--seed", "7", "--max-new-tokens", "16"]);
     assert_eq!(got["sampled"].as_str().unwrap(), sampled.strip_suffix('\n').unwrap());

@@ -55,6 +55,32 @@ sampled = client.chat.completions.create(
 )
 out["sampled"] = sampled.choices[0].message.content
 
+def token_logprobs(content):
+    return [[t.token, t.logprob, [a.token for a in t.top_logprobs]] for t in content]
+
+
+with_logprobs = client.chat.completions.create(
+    model=generation_model,
+    messages=[{"role": "user", "content": "Name three colors."}],
+    max_tokens=8,
+    logprobs=True,
+    top_logprobs=3,
+)
+out["chat_logprobs"] = token_logprobs(with_logprobs.choices[0].logprobs.content)
+streamed = []
+for chunk in client.chat.completions.create(
+    model=generation_model,
+    messages=[{"role": "user", "content": "Name three colors."}],
+    max_tokens=8,
+    logprobs=True,
+    top_logprobs=3,
+    stream=True,
+):
+    for choice in chunk.choices:
+        if choice.logprobs is not None and choice.logprobs.content:
+            streamed.extend(token_logprobs(choice.logprobs.content))
+out["chat_stream_logprobs"] = streamed
+
 completion = client.completions.create(model=generation_model, prompt="The capital of France is", max_tokens=12)
 out["completion"] = completion.choices[0].text
 
