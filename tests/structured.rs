@@ -1,9 +1,11 @@
-//! Structured output: 20 JSON Schemas (nested objects, arrays, enums, bounded numbers, patterns,
-//! nullable fields, constants, anyOf), a regex, choices and a Lark grammar, through the
-//! daemon and in direct mode. Every answer satisfies its constraint (checked by independent
-//! validators: Python's `jsonschema`, `re`), both modes give the same bytes, the constraint is part
-//! of the cache key, and a constraint that does not compile, two constraints at once, or too few
-//! tokens are clear errors while the daemon serves on.
+//! Structured output: 200 answers over 20 JSON Schemas (nested objects, arrays, enums, bounded
+//! numbers, patterns, nullable fields, constants, anyOf; ten prompts each), 10 regexes, 10 choice
+//! lists and a Lark grammar, through the daemon (concurrent clients, so batched), again from the
+//! cache, after a restart with one thread, and in direct mode. Every answer satisfies its
+//! constraint (checked by independent validators: Python's `jsonschema`, `re`), all give the same
+//! bytes, the constraint is part of the cache key, and a constraint that does not compile or
+//! matches nothing, two constraints at once, or too few tokens are clear errors while the daemon
+//! serves on.
 
 mod common;
 
@@ -13,44 +15,142 @@ use steadytext::service::GenerationService;
 
 use common::Daemon;
 
-/// The requests: one per schema of `tests/structured/schemas.json`, then a regex, choices and a
-/// Lark grammar.
+/// Framings put before each schema's prompt: ten prompts per schema.
+const FRAMINGS: [&str; 10] = [
+    "",
+    "Please answer briefly. ",
+    "You are a data generator. ",
+    "For a test fixture: ",
+    "In JSON: ",
+    "Quickly: ",
+    "Imagine a realistic case. ",
+    "Think of an example. ",
+    "Fill in plausible values. ",
+    "For a small shop's records: ",
+];
+
+/// Ten regexes, each with a prompt.
+const REGEXES: [(&str, &str); 10] = [
+    ("A phone number:", "[0-9]{3}-[0-9]{4}"),
+    ("A date:", "[0-9]{4}-[0-9]{2}-[0-9]{2}"),
+    ("An email address:", "[a-z]{1,10}@[a-z]{1,10}\\.(com|org|net)"),
+    ("A US zip code:", "[0-9]{5}"),
+    ("A hex color:", "#[0-9a-f]{6}"),
+    ("A time of day:", "([01][0-9]|2[0-3]):[0-5][0-9]"),
+    ("Is the sky green? Answer and say why.", "(Yes|No), because [a-z ]{5,40}\\."),
+    ("An IPv4 address:", "[0-9]{1,3}(\\.[0-9]{1,3}){3}"),
+    ("A person's full name:", "[A-Z][a-z]{2,12} [A-Z][a-z]{2,12}"),
+    ("A price:", "\\$[0-9]{1,4}\\.[0-9]{2}"),
+];
+
+/// Ten choice lists, each with a prompt.
+fn choice_cases() -> Vec<Value> {
+    [
+        ("Pick a primary color.", vec!["red", "yellow", "blue"]),
+        ("What size is an elephant?", vec!["small", "medium", "large"]),
+        ("The sentiment of 'I love it':", vec!["positive", "negative", "neutral"]),
+        ("The day after Monday:", vec!["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]),
+        ("Is fire hot?", vec!["true", "false"]),
+        ("Which animal barks?", vec!["cat", "dog", "bird"]),
+        ("Which planet do we live on?", vec!["Mercury", "Venus", "Earth", "Mars"]),
+        ("Where does the sun rise?", vec!["north", "south", "east", "west"]),
+        ("A systems programming language:", vec!["Python", "Rust", "Go"]),
+        ("Quiz: 2 + 2 = ? A) 3 B) 4 C) 5 D) 6. Answer:", vec!["A", "B", "C", "D"]),
+    ]
+    .into_iter()
+    .map(|(prompt, choices)| json!({"prompt": prompt, "choices": choices, "max_new_tokens": 8}))
+    .collect()
+}
+
+/// The requests: each of the 20 schemas of `tests/structured/schemas.json` under ten framings,
+/// ten regexes, ten choice lists, then a Lark grammar (last).
 fn cases() -> Vec<Value> {
     let schemas: Vec<Value> = serde_json::from_str(include_str!("structured/schemas.json")).unwrap();
-    let mut cases: Vec<Value> = schemas
-        .into_iter()
-        .map(|c| json!({"prompt": c["prompt"], "schema": c["schema"], "max_new_tokens": 200}))
+    let mut cases: Vec<Value> = FRAMINGS
+        .iter()
+        .flat_map(|framing| {
+            schemas.iter().map(move |c| {
+                json!({"prompt": format!("{framing}{}", c["prompt"].as_str().unwrap()), "schema": c["schema"],
+                       "max_new_tokens": 200})
+            })
+        })
         .collect();
-    cases.push(json!({"prompt": "A phone number:", "regex": "[0-9]{3}-[0-9]{4}", "max_new_tokens": 20}));
-    cases.push(json!({"prompt": "Pick a primary color.", "choices": ["red", "yellow", "blue"], "max_new_tokens": 8}));
+    cases.extend(REGEXES.iter().map(|(p, re)| json!({"prompt": p, "regex": re, "max_new_tokens": 30})));
+    cases.extend(choice_cases());
     cases.push(json!({"prompt": "Three fruits, comma-separated.", "max_new_tokens": 40,
                       "grammar": "start: item \",\" item \",\" item\nitem: /[a-z]{1,10}/"}));
     cases
 }
 
+/// Every answer of `cases` from the daemon `d`, asked on eight connections at once (so decode
+/// steps batch); an error fails the test.
+fn answers(d: &Daemon, cases: &[Value]) -> Vec<Value> {
+    const CLIENTS: usize = 8;
+    let mut answers = vec![Value::Null; cases.len()];
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..CLIENTS)
+            .map(|k| {
+                scope.spawn(move || {
+                    let mut conn = d.connect();
+                    (k..cases.len())
+                        .step_by(CLIENTS)
+                        .map(|i| {
+                            let answer = conn.call("generate", cases[i].clone());
+                            assert!(answer["error"].is_null(), "{}: {answer}", cases[i]);
+                            (i, answer["result"].clone())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for w in workers {
+            for (i, a) in w.join().unwrap() {
+                answers[i] = a;
+            }
+        }
+    });
+    answers
+}
+
+fn bytes(answer: &Value) -> (Value, Value) {
+    (answer["text"].clone(), answer["token_ids"].clone())
+}
+
 #[test]
 fn every_answer_satisfies_its_constraint_alike_in_daemon_and_direct_mode() {
+    let cases = cases();
+    assert_eq!(cases.len(), 221);
     let d = Daemon::socket_activated("", &[]);
     let mut conn = d.connect();
-    let cases = cases();
-    let answers: Vec<Value> = cases
-        .iter()
-        .map(|params| {
-            let answer = conn.call("generate", params.clone());
-            assert!(answer["error"].is_null(), "{params}: {answer}");
-            answer["result"].clone()
-        })
-        .collect();
+    let answers = answers(&d, &cases);
 
-    // Direct mode (the engine in this process) gives the same bytes.
-    let config = common::config(0);
+    // Repeats: every answer again, from the cache, the same bytes.
+    let again = self::answers(&d, &cases);
+    for ((params, first), second) in cases.iter().zip(&answers).zip(&again) {
+        assert_eq!(bytes(second), bytes(first), "{params}: a repeat differs");
+        assert_eq!(second["cached"], true, "{params}");
+    }
+
+    // A restarted daemon (empty cache) with one intra-op thread: every fifth request, the same bytes.
+    let sample: Vec<usize> = (0..cases.len()).step_by(5).collect();
+    {
+        let one_thread = Daemon::socket_activated("intra_threads = 1\n", &[]);
+        let subset: Vec<Value> = sample.iter().map(|&i| cases[i].clone()).collect();
+        for (&i, answer) in sample.iter().zip(self::answers(&one_thread, &subset)) {
+            assert_eq!(answer["cached"], false);
+            assert_eq!(bytes(&answer), bytes(&answers[i]), "{}: restarted with 1 thread, differs", cases[i]);
+        }
+    }
+
+    // Direct mode (the engine in this process, 2 threads): every tenth request, the same bytes.
+    let config = common::config(2);
     let mut service = GenerationService::load(&config, None).unwrap();
-    for (params, daemon) in cases.iter().zip(&answers) {
+    for (params, daemon) in cases.iter().zip(&answers).step_by(10) {
         let request = serde_json::from_value::<GenerateParams>(params.clone()).unwrap().to_request(&config).unwrap();
         let direct = service.run(&request, &mut |_| true).unwrap();
         assert_eq!(
             (json!(direct.generation.text), json!(direct.generation.token_ids)),
-            (daemon["text"].clone(), daemon["token_ids"].clone()),
+            bytes(daemon),
             "{params}: direct mode differs from the daemon"
         );
     }
@@ -73,10 +173,8 @@ fn every_answer_satisfies_its_constraint_alike_in_daemon_and_direct_mode() {
         "{grammar:?}"
     );
 
-    // The constraint is part of the cache key: a repeat is a hit; other choices are not.
-    let choices = &cases[21];
-    let again = conn.call("generate", choices.clone());
-    assert_eq!((&again["result"]["text"], &again["result"]["cached"]), (&answers[21]["text"], &json!(true)));
+    // The constraint is part of the cache key: other choices are not a hit.
+    let choices = &cases[210];
     let other = json!({"prompt": choices["prompt"], "choices": ["green", "purple"], "max_new_tokens": 8});
     let other = conn.call("generate", other);
     assert_eq!(other["result"]["cached"], json!(false), "{other}");
@@ -88,6 +186,7 @@ fn every_answer_satisfies_its_constraint_alike_in_daemon_and_direct_mode() {
         (json!({"prompt": "x", "grammar": "start: undefined_rule"}), "does not compile"),
         (json!({"prompt": "x", "regex": "a", "choices": ["a"]}), "give one constraint"),
         (json!({"prompt": "x", "choices": []}), "choices must list"),
+        (json!({"prompt": "x", "regex": "[^\\s\\S]"}), "matches no text at all"),
         (
             json!({"prompt": "x", "schema": {"type": "array", "uniqueItems": true}}),
             "Unimplemented keys: [\"uniqueItems\"]",

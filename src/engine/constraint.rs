@@ -38,7 +38,18 @@ impl Constraint {
     pub fn validate(&self) -> Result<()> {
         let bytes = match self {
             Constraint::Schema(s) => s.to_string().len(),
-            Constraint::Regex(r) | Constraint::Grammar(r) => r.len(),
+            Constraint::Regex(r) => {
+                // A regex that matches no text at all would fail only after the prompt's model
+                // work; regex-syntax knows it from the pattern alone.
+                let hir = regex_syntax::Parser::new()
+                    .parse(r)
+                    .map_err(|e| Error::InvalidRequest(format!("the regex {r:?} does not compile: {e}")))?;
+                if hir.properties().minimum_len().is_none() {
+                    return Err(Error::InvalidRequest(format!("the regex {r:?} matches no text at all")));
+                }
+                r.len()
+            }
+            Constraint::Grammar(r) => r.len(),
             Constraint::Choices(c) => {
                 if c.is_empty() || c.len() > MAX_CHOICES {
                     return Err(Error::InvalidRequest(format!("choices must list 1 to {MAX_CHOICES} strings")));
@@ -144,7 +155,14 @@ pub struct Guide {
 
 impl Guide {
     fn failed(&self, what: &str, e: impl std::fmt::Display) -> String {
-        format!("the constraint failed while {what}: {}", self.matcher.get_error().unwrap_or_else(|| e.to_string()))
+        let why = self.matcher.get_error().unwrap_or_else(|| e.to_string());
+        if why.contains("NoExtension") {
+            return "no token of this model can continue the answer: the constraint admits no text this model's \
+                    tokens can spell"
+                .into();
+        }
+        // llguidance appends its parser state; the first line says what happened.
+        format!("the constraint failed while {what}: {}", why.lines().next().unwrap_or_default())
     }
 
     /// Sets the logit of every token the constraint forbids next to negative infinity.
