@@ -48,7 +48,12 @@ pub(super) async fn run(
     let cancel = call.daemon.abort_token();
     let (reply_tx, mut reply) = oneshot::channel();
     let (piece_tx, mut pieces) = mpsc::unbounded_channel();
-    let job = Job::Generate { request: Box::new(request), pieces: stream.then_some(piece_tx), cancel: cancel.clone(), reply: reply_tx };
+    let job = Job::Generate {
+        request: Box::new(request),
+        pieces: stream.then_some(piece_tx),
+        cancel: cancel.clone(),
+        reply: reply_tx,
+    };
     call.daemon.submit(worker, job)?;
     let _cancel_on_drop = cancel.clone().drop_guard();
     let mut poll = tokio::time::interval(PEER_POLL);
