@@ -47,6 +47,9 @@ pub struct Config {
     pub generation_model: String,
     /// Embedding model: a folder name under `model_dir` or a path.
     pub embedding_model: String,
+    /// Cross-encoder for `rerank` (a sequence-classification export); empty (the default): rerank
+    /// with the generation model's yes/no judgement.
+    pub rerank_model: String,
     /// Path of `libonnxruntime.so` (`ORT_DYLIB_PATH`); default the packaged one.
     pub onnxruntime: Option<PathBuf>,
     /// Expected sha256 of the library; "any" disables the check.
@@ -200,6 +203,7 @@ impl Default for Config {
             model_dir: PathBuf::from("/var/lib/steadytext/models"),
             generation_model: "SmolLM2-135M-Instruct".into(),
             embedding_model: "all-MiniLM-L6-v2".into(),
+            rerank_model: String::new(),
             onnxruntime: None,
             onnxruntime_sha256: None,
             device: Device::Cpu,
@@ -251,6 +255,9 @@ impl Config {
         }
         if let Some(v) = get("STEADYTEXT_EMBEDDING_MODEL") {
             self.embedding_model = v;
+        }
+        if let Some(v) = get("STEADYTEXT_RERANK_MODEL") {
+            self.rerank_model = v;
         }
         let files = [
             ("STEADYTEXT_API_KEY_FILE", &mut self.daemon.api_key_file),

@@ -10,7 +10,7 @@ use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
 use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult};
-use crate::service::{EmbeddingService, GenerationService};
+use crate::service::{CrossEncoderService, EmbeddingService, GenerationService};
 
 /// The per-user cache folder: `[cache] dir`, else `$XDG_CACHE_HOME/steadytext` (`~/.cache/steadytext`).
 pub fn user_cache_dir(config: &Config) -> Option<PathBuf> {
@@ -92,23 +92,35 @@ pub fn embed(config: &Config, params: &EmbedParams) -> Result<EmbedResult> {
     Ok(EmbedResult { engine_fingerprint: engine_id(config), ..result })
 }
 
-/// Reranks in-process: each document's judgement from the cache, or by the model (loaded once,
-/// on the first document missing from the cache).
+/// Reranks in-process: by the configured cross-encoder, or by each document's judgement by the
+/// generation model; scores from the cache, the model loaded once on the first one missing.
 pub fn rerank(config: &Config, params: &RerankParams) -> Result<RerankResult> {
-    let requests = params.requests(config)?;
-    let info = identity(config, params.model.as_deref().unwrap_or(&config.generation_model))?;
+    params.validate(&config.limits)?;
     let cache = SharedCache::new(user_cache(config));
-    let mut service: Option<GenerationService> = None;
-    let mut judgements = Vec::with_capacity(requests.len());
-    for request in &requests {
-        judgements.push(block_on(cache.generate(&info, request, || async {
-            let service = match &mut service {
-                Some(s) => s,
-                empty => empty.insert(GenerationService::load(config, params.model.as_deref())?),
-            };
-            service.run(request, &mut |_| true)
-        }))?);
-    }
+    let result = match params.cross_encoder(config) {
+        Some(name) => {
+            let info = identity(config, name)?;
+            let scored = block_on(cache.embed(&info, &params.pairs(), |missing| async move {
+                CrossEncoderService::load(config, Some(name))?.run(&missing)
+            }))?;
+            RerankResult::from_cross_encoder(scored)?
+        }
+        None => {
+            let info = identity(config, params.model.as_deref().unwrap_or(&config.generation_model))?;
+            let mut service: Option<GenerationService> = None;
+            let mut judgements = Vec::with_capacity(params.documents.len());
+            for request in &params.judgements() {
+                judgements.push(block_on(cache.generate(&info, request, || async {
+                    let service = match &mut service {
+                        Some(s) => s,
+                        empty => empty.insert(GenerationService::load(config, params.model.as_deref())?),
+                    };
+                    service.run(request, &mut |_| true)
+                }))?);
+            }
+            RerankResult::from_judgements(&judgements)?
+        }
+    };
     persist(&cache);
-    Ok(RerankResult { engine_fingerprint: engine_id(config), ..RerankResult::from_judgements(&judgements)? })
+    Ok(RerankResult { engine_fingerprint: engine_id(config), ..result })
 }

@@ -4,9 +4,10 @@
 
 use crate::config::Config;
 use crate::engine::backend::{BatchDecode, OnnxKv};
+use crate::engine::cross_encoder::CrossEncoder;
 use crate::engine::fingerprint::fingerprint;
 use crate::engine::generate::{GenerateRequest, Sequence};
-use crate::engine::{load_embedder, load_generator, ModelInfo, OnnxEmbedder, OnnxGenerator};
+use crate::engine::{load_cross_encoder, load_embedder, load_generator, ModelInfo, OnnxEmbedder, OnnxGenerator};
 use crate::error::{Error, Result};
 use crate::protocol::{EmbedResult, GenerateResult, ModelKind};
 
@@ -90,6 +91,7 @@ pub fn load(kind: ModelKind, config: &Config, name: Option<&str>) -> Result<Box<
     Ok(match kind {
         ModelKind::Generation => Box::new(GenerationService::load(config, name)?),
         ModelKind::Embedding => Box::new(EmbeddingService::load(config, name)?),
+        ModelKind::Rerank => Box::new(CrossEncoderService::load(config, name)?),
     })
 }
 
@@ -98,6 +100,7 @@ pub fn configured(kind: ModelKind, config: &Config) -> &str {
     match kind {
         ModelKind::Generation => &config.generation_model,
         ModelKind::Embedding => &config.embedding_model,
+        ModelKind::Rerank => &config.rerank_model,
     }
 }
 
@@ -283,5 +286,50 @@ impl Model for EmbeddingService {
 
     fn embed(&mut self, texts: &[String]) -> Result<EmbedResult> {
         self.run(texts)
+    }
+}
+
+/// A loaded cross-encoder: scores (query, document) pairs that come as texts through the
+/// embedding path ([`crate::engine::cross_encoder::pair_text`]).
+pub struct CrossEncoderService {
+    info: ModelInfo,
+    encoder: CrossEncoder,
+    engine: String,
+}
+
+impl CrossEncoderService {
+    /// Loads `name` (default: the configured rerank model).
+    pub fn load(config: &Config, name: Option<&str>) -> Result<Self> {
+        let name = name.unwrap_or(&config.rerank_model);
+        if name.is_empty() {
+            return Err(Error::InvalidRequest("no rerank_model is configured".into()));
+        }
+        let (info, encoder) = load_cross_encoder(config, name)?;
+        Ok(CrossEncoderService { info, encoder, engine: fingerprint(config)?.id })
+    }
+
+    /// Scores pair texts; one one-element vector per pair, in order.
+    pub fn run(&mut self, pairs: &[String]) -> Result<EmbedResult> {
+        Ok(EmbedResult {
+            embeddings: self.encoder.score_pairs(pairs)?,
+            model: self.info.name.clone(),
+            model_digest: self.info.digest.clone(),
+            engine_fingerprint: self.engine.clone(),
+            cached: 0,
+        })
+    }
+}
+
+impl Model for CrossEncoderService {
+    fn kind(&self) -> ModelKind {
+        ModelKind::Rerank
+    }
+
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn embed(&mut self, pairs: &[String]) -> Result<EmbedResult> {
+        self.run(pairs)
     }
 }

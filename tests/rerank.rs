@@ -145,3 +145,66 @@ fn rerank_beats_word_overlap_and_scores_do_not_depend_on_the_other_documents() {
         assert_eq!(direct_bits, bits(&a["scores"]), "{}: direct mode differs from the daemon", l.query);
     }
 }
+
+/// Python onnxruntime's logits for `documents` against `query` (tools/cross-encoder/score.py).
+fn python_logits(model: &std::path::Path, query: &str, documents: &[String]) -> Vec<f32> {
+    let python = common::venv_python("tools/cross-encoder/requirements.txt");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/cross-encoder/score.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .arg(model)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = json!({"query": query, "documents": documents}).to_string();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), request.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "score.py failed");
+    let logits: Vec<f64> = serde_json::from_slice(&out.stdout).unwrap();
+    logits.into_iter().map(|l| l as f32).collect()
+}
+
+#[test]
+fn a_configured_cross_encoder_scores_bit_for_bit_like_python_onnxruntime() {
+    let model = common::cross_encoder_model();
+    let config = format!("rerank_model = {:?}\n", model.display().to_string());
+    let d = Daemon::socket_activated(&config, &[]);
+    let mut conn = d.connect();
+    let long = "a very long document about many unrelated things ".repeat(40);
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("what is a cat", vec!["a cat is an animal".into(), "stocks fell today".into(), long.clone()]),
+        ("capital of France?", labeled()[0].documents.clone()),
+        ("ünïcödé query", vec!["日本語の文書".into(), "x".into()]),
+    ];
+    for (query, documents) in &cases {
+        let answer = conn.call("rerank", json!({"query": query, "documents": documents}));
+        assert!(answer["error"].is_null(), "{answer}");
+        let result = &answer["result"];
+        assert_eq!(result["prompt_version"], "cross-encoder");
+        assert_eq!(result["model"], "tiny-cross-encoder");
+        let expected: Vec<u32> = python_logits(&model, query, documents)
+            .into_iter()
+            .map(|l| steadytext::engine::cross_encoder::sigmoid(l).to_bits())
+            .collect();
+        assert_eq!(bits(&result["scores"]), expected, "{query}: the daemon differs from Python onnxruntime");
+        // Each document alone gives the same bits, from the cache.
+        for (i, doc) in documents.iter().enumerate() {
+            let alone = conn.call("rerank", json!({"query": query, "documents": [doc]}))["result"].clone();
+            assert_eq!((bits(&alone["scores"]), alone["cached"].clone()), (vec![expected[i]], json!(1)));
+        }
+        // Direct mode (its own empty cache): the same bits.
+        let cache = tempfile::tempdir().unwrap();
+        let mut direct_config = common::config(0);
+        direct_config.rerank_model = model.display().to_string();
+        direct_config.cache.dir = Some(cache.path().to_path_buf());
+        let params = RerankParams { query: query.to_string(), documents: documents.clone(), model: None };
+        let direct = steadytext::direct::rerank(&direct_config, &params).unwrap();
+        assert_eq!(direct.scores.iter().map(|s| s.to_bits()).collect::<Vec<_>>(), expected, "{query}: direct mode");
+    }
+    // Naming the generation model still reranks by its judgement.
+    let judged = conn.call("rerank", json!({"query": "q", "documents": ["d"], "model": "SmolLM2-135M-Instruct"}));
+    assert_eq!(judged["result"]["prompt_version"], steadytext::engine::rerank::PROMPT_VERSION, "{judged}");
+    let nul = conn.call("rerank", json!({"query": "a\u{0}b", "documents": ["d"]}));
+    assert!(nul["error"]["message"].as_str().unwrap().contains("NUL"), "{nul}");
+}

@@ -713,7 +713,7 @@ fn models(ctx: &Ctx, command: ModelsCommand) -> Result<()> {
             let dir = folder(model_dir);
             let listed = store::list(&dir).with_context(|| format!("cannot list {}", dir.display()))?;
             let loaded = loaded_dirs(ctx).unwrap_or(None).unwrap_or_default();
-            let defaults = [&ctx.config.generation_model, &ctx.config.embedding_model];
+            let defaults = [&ctx.config.generation_model, &ctx.config.embedding_model, &ctx.config.rerank_model];
             let rows: Vec<(store::Listed, bool, bool)> = listed
                 .into_iter()
                 .map(|l| {

@@ -68,8 +68,10 @@ impl Registry {
     /// fresh install without models still starts, and answers with the reason instead of
     /// crash-looping).
     pub(crate) fn start(config: &Arc<Config>, loader: &Loader) -> Self {
-        let slots = [ModelKind::Generation, ModelKind::Embedding]
+        // A cross-encoder is optional: its slot exists only when one is configured.
+        let slots = [ModelKind::Generation, ModelKind::Embedding, ModelKind::Rerank]
             .into_iter()
+            .filter(|&kind| kind != ModelKind::Rerank || !config.rerank_model.is_empty())
             .map(|kind| {
                 let (slot, _) = watch::channel(Slot::Loading);
                 spawn_load(kind, config, loader, &slot);
@@ -175,7 +177,11 @@ mod tests {
         assert_eq!(registry.get(ModelKind::Generation, Some("/fake")).await.unwrap().kind(), ModelKind::Generation);
         let wrong = registry.get(ModelKind::Generation, Some("fake-embedding")).await;
         assert!(matches!(wrong, Err(Error::ModelNotLoaded(_))));
-        assert_eq!(registry.workers().len(), 2);
+        assert_eq!(registry.workers().len(), 2, "no cross-encoder slot unless one is configured");
+        assert!(registry.get(ModelKind::Rerank, None).await.is_err());
+        let with_reranker = Config { rerank_model: "reranker".into(), ..Config::default() };
+        let registry = Registry::start(&Arc::new(with_reranker), &loader(Fake::new));
+        assert_eq!(registry.get(ModelKind::Rerank, None).await.unwrap().info().name, "fake-rerank");
     }
 
     #[tokio::test]
@@ -205,7 +211,7 @@ mod tests {
     async fn a_model_that_fails_to_load_is_reported_and_the_others_serve() {
         let failing: Loader = Arc::new(|kind, config: &Config| match kind {
             ModelKind::Embedding => Err(Error::model("all-MiniLM-L6-v2", "no such model folder")),
-            ModelKind::Generation => loader(Fake::new)(kind, config),
+            _ => loader(Fake::new)(kind, config),
         });
         let registry = Registry::start(&Arc::new(Config::default()), &failing);
         registry.settled().await;

@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod constraint;
+pub mod cross_encoder;
 pub mod embed;
 pub mod fingerprint;
 pub mod generate;
@@ -19,7 +20,8 @@ use tokenizers::Tokenizer;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
-use backend::{build_session, DecoderLayout, OnnxDecoder, OnnxEncoder, SessionSettings};
+use backend::{build_session, DecoderLayout, OnnxClassifier, OnnxDecoder, OnnxEncoder, SessionSettings};
+use cross_encoder::CrossEncoder;
 use embed::{Embedder, Pooling};
 use generate::Generator;
 use template::ChatTemplate;
@@ -176,4 +178,13 @@ pub fn load_embedder(config: &Config, name: &str) -> Result<(ModelInfo, OnnxEmbe
     let backend = OnnxEncoder::new(l.session, m)?;
     let embedder = Embedder::new(backend, l.tokenizer, pooling, max_tokens, pad_id)?;
     Ok((l.info, embedder))
+}
+
+/// Loads a cross-encoder (sequence-classification export with one label) by name or path.
+pub fn load_cross_encoder(config: &Config, name: &str) -> Result<(ModelInfo, CrossEncoder)> {
+    let l = load_common(config, name)?;
+    let m = l.files.name.as_str();
+    let max_tokens = l.config_json.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
+    let backend = OnnxClassifier::new(l.session, m)?;
+    Ok((l.info, CrossEncoder::new(backend, l.tokenizer, max_tokens, m)?))
 }

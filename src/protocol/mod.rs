@@ -16,8 +16,8 @@ use crate::config::{Config, Limits};
 use crate::engine::constraint::Constraint;
 use crate::engine::generate::{ChatMessage, GenerateRequest, Generation};
 use crate::engine::logprobs::LogprobsRequest;
-use crate::engine::rerank;
 use crate::engine::sampler::Sampling;
+use crate::engine::{cross_encoder, rerank};
 use crate::error::{Error, Result};
 
 /// HTTP header holding a request's route key (`crate::cache::generation_route_key`): `stctl`
@@ -405,11 +405,13 @@ pub struct RerankParams {
 }
 
 impl RerankParams {
-    /// Checks the limits and gives one judgement (a generation) per document, in order.
-    pub fn requests(&self, config: &Config) -> Result<Vec<GenerateRequest>> {
-        let limits = &config.limits;
+    /// Checks the request against the limits.
+    pub fn validate(&self, limits: &Limits) -> Result<()> {
         if self.query.trim().is_empty() {
             return Err(Error::InvalidRequest("give a query".into()));
+        }
+        if self.query.contains(cross_encoder::PAIR_SEPARATOR) {
+            return Err(Error::InvalidRequest("the query must not contain NUL characters".into()));
         }
         if self.documents.is_empty() {
             return Err(Error::InvalidRequest("documents must hold at least one document".into()));
@@ -422,8 +424,32 @@ impl RerankParams {
             )));
         }
         check_input(limits, "query", &self.query)?;
-        self.documents.iter().try_for_each(|d| check_input(limits, "document", d))?;
-        Ok(self.documents.iter().map(|d| rerank::judgement(&self.query, d)).collect())
+        self.documents.iter().try_for_each(|d| check_input(limits, "document", d))
+    }
+
+    /// The configured cross-encoder, when this request goes to it: it names none and one is
+    /// configured, or it names that one (by its configured name or folder name).
+    pub fn cross_encoder<'a>(&'a self, config: &'a Config) -> Option<&'a str> {
+        let configured = config.rerank_model.as_str();
+        if configured.is_empty() {
+            return None;
+        }
+        let folder = std::path::Path::new(configured).file_name().and_then(|n| n.to_str());
+        match self.model.as_deref() {
+            None => Some(configured),
+            Some(m) if m == configured || Some(m) == folder => Some(configured),
+            Some(_) => None,
+        }
+    }
+
+    /// One judgement (a generation) per document, in order, for the generation model.
+    pub fn judgements(&self) -> Vec<GenerateRequest> {
+        self.documents.iter().map(|d| rerank::judgement(&self.query, d)).collect()
+    }
+
+    /// One pair text per document, in order, for a cross-encoder.
+    pub fn pairs(&self) -> Vec<String> {
+        self.documents.iter().map(|d| cross_encoder::pair_text(&self.query, d)).collect()
     }
 }
 
@@ -461,6 +487,27 @@ impl RerankResult {
             prompt_version: rerank::PROMPT_VERSION.into(),
             engine_fingerprint: first.engine_fingerprint.clone(),
             cached: judgements.iter().filter(|j| j.cached).count(),
+        })
+    }
+
+    /// A cross-encoder's scores (one-element vectors, in document order).
+    pub fn from_cross_encoder(result: EmbedResult) -> Result<Self> {
+        let scores = result
+            .embeddings
+            .iter()
+            .map(|v| match v.as_slice() {
+                [score] => Ok(*score),
+                _ => Err(Error::engine(&result.model, "a cross-encoder gave other than one score per pair")),
+            })
+            .collect::<Result<Vec<f32>>>()?;
+        Ok(RerankResult {
+            order: rerank::order(&scores),
+            scores,
+            model: result.model,
+            model_digest: result.model_digest,
+            prompt_version: cross_encoder::PROMPT_VERSION.into(),
+            engine_fingerprint: result.engine_fingerprint,
+            cached: result.cached,
         })
     }
 }

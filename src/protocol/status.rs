@@ -14,6 +14,8 @@ pub enum ModelKind {
     Generation,
     /// Embeddings.
     Embedding,
+    /// A cross-encoder for `rerank`.
+    Rerank,
 }
 
 impl ModelKind {
@@ -22,6 +24,7 @@ impl ModelKind {
         match self {
             ModelKind::Generation => "generation",
             ModelKind::Embedding => "embedding",
+            ModelKind::Rerank => "rerank",
         }
     }
 }

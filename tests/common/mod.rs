@@ -29,15 +29,27 @@ pub fn config(threads: usize) -> Config {
 pub fn fused_models() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/fused-decoder/build.sh");
-        let out = std::process::Command::new(&script)
-            .env("STEADYTEXT_SHARED_MODEL", models_dir().join("SmolLM2-135M-Instruct"))
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-        assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        built("tools/fused-decoder/build.sh", ("STEADYTEXT_SHARED_MODEL", models_dir().join("SmolLM2-135M-Instruct")))
     })
     .clone()
+}
+
+/// The tiny random-weight cross-encoder built by `tools/cross-encoder/build.sh` (once; cached
+/// outside git): its model folder.
+pub fn cross_encoder_model() -> PathBuf {
+    let tokenizer = models_dir().join("all-MiniLM-L6-v2/tokenizer.json");
+    built("tools/cross-encoder/build.sh", ("STEADYTEXT_SHARED_TOKENIZER", tokenizer)).join("tiny-cross-encoder")
+}
+
+/// Runs a fixture build script of the checkout with one variable set; the folder it prints.
+fn built(script: &str, (key, value): (&str, PathBuf)) -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);
+    let out = std::process::Command::new(&script)
+        .env(key, value)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
 /// The python of a private venv holding the requirements file `requirements` (a path in the

@@ -22,7 +22,9 @@ pub(crate) async fn call(call: &mut Call<'_>, params: EmbedParams) -> Result<Emb
     Ok(result)
 }
 
-async fn run(call: &mut Call<'_>, worker: &Worker, texts: Vec<String>) -> Result<EmbedResult> {
+/// Runs `texts` on the worker (an embedding model, or a cross-encoder's pairs); gives up when the
+/// client hangs up.
+pub(super) async fn run(call: &mut Call<'_>, worker: &Worker, texts: Vec<String>) -> Result<EmbedResult> {
     let (reply, mut answer) = oneshot::channel();
     call.daemon.submit(worker, Job::Embed { texts, reply })?;
     let mut poll = tokio::time::interval(PEER_POLL);
