@@ -290,6 +290,28 @@ def embedding_figures(engine, batched, single):
     return {"embeddings_per_s_batched": n / s, "embeddings_per_s_single": n1 / s1}
 
 
+def constraint_figures(daemon):
+    """Structured output's cost: one raw counting prompt run free and held to a regex its answer
+    already matches (the same tokens, so the difference is the per-token mask), best of three."""
+    free = {"prompt": "1, 2, 3, 4,", "raw": True, "max_new_tokens": 256}
+
+    def rate(params):
+        def once():
+            t = time.perf_counter()
+            result = daemon.call("generate", params)
+            return len(result["token_ids"]) / (time.perf_counter() - t), result["text"]
+        runs = [once() for _ in range(3)]
+        return max(r for r, _ in runs), runs[0][1]
+
+    free_rate, free_text = rate(free)
+    held_rate, held_text = rate({**free, "regex": "[0-9, ]{1,4000}"})
+    if held_text != free_text:
+        sys.exit("the constrained counting answer differs from the free one: the mask figure would compare "
+                 "different work")
+    return {"free_tokens_per_s_256": free_rate, "regex_tokens_per_s_256": held_rate,
+            "regex_mask_ms_per_token": 1e3 * (1 / held_rate - 1 / free_rate)}
+
+
 # Concurrent clients of the continuous-batching figures and the requests each pass runs: short
 # answers (prefill is a large share of the work), then long ones (decode dominates).
 SHORT_PASSES = {1: 64, 2: 32, 4: 64, 8: 128, 16: 320}
@@ -445,6 +467,7 @@ def main():
     cold_gen = time_first(lambda: d.call("generate", {"prompt": prompts[0], "max_new_tokens": 1}))
     note("steadytextd fused", {"cold_start_generate_ms": 1e3 * cold_gen})
     note("steadytextd fused", generation_figures(DaemonGenerator(d), prompts))
+    note("steadytextd fused", constraint_figures(d))
     note("steadytextd fused", {"idle_cpu_percent": idle_cpu(d.proc.pid), "peak_rss_mb": peak_rss_mb(d.proc.pid)})
     d.stop()
 

@@ -82,7 +82,7 @@ fn engine_id(config: &Config) -> String {
 pub fn embed(config: &Config, params: &EmbedParams) -> Result<EmbedResult> {
     params.validate(&config.limits)?;
     let info = identity(config, params.model.as_deref().unwrap_or(&config.embedding_model))?;
-    let texts = params.model_texts(&info.name, &info.dir)?;
+    let texts = params.model_texts(&info)?;
     let cache = SharedCache::new(user_cache(config));
     let mut result = block_on(cache.embed(&info, &texts, |missing| async move {
         EmbeddingService::load(config, params.model.as_deref())?.run(&missing)

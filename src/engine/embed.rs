@@ -122,6 +122,22 @@ pub struct Prompts {
 pub const MODES: [&str; 2] = ["query", "passage"];
 
 impl Prompts {
+    /// The prompts of the model `info`, read from its folder once per model digest (the file is
+    /// part of the digest, so a changed file is read again) and shared afterwards: requests do no
+    /// file I/O for them.
+    pub fn of(info: &crate::engine::ModelInfo) -> Result<std::sync::Arc<Self>> {
+        use std::collections::HashMap;
+        use std::sync::{Arc, Mutex, OnceLock};
+        static READ: OnceLock<Mutex<HashMap<String, Arc<Prompts>>>> = OnceLock::new();
+        let read = READ.get_or_init(Default::default);
+        if let Some(prompts) = read.lock().unwrap_or_else(|p| p.into_inner()).get(&info.digest) {
+            return Ok(prompts.clone());
+        }
+        let prompts = Arc::new(Self::read(&info.name, &info.dir)?);
+        read.lock().unwrap_or_else(|p| p.into_inner()).insert(info.digest.clone(), prompts.clone());
+        Ok(prompts)
+    }
+
     /// Reads them from the model folder `dir` (none when the file or its fields are absent).
     pub fn read(model: &str, dir: &std::path::Path) -> Result<Self> {
         let path = dir.join("config_sentence_transformers.json");

@@ -342,9 +342,9 @@ pub struct EmbedParams {
 impl EmbedParams {
     /// The texts as the model embeds them: each after the prompt of `mode` (see
     /// [`crate::engine::embed::Prompts`]). The cache keys these, so every mode has its own entries.
-    pub fn model_texts(&self, model: &str, dir: &std::path::Path) -> Result<Vec<String>> {
-        let prompts = crate::engine::embed::Prompts::read(model, dir)?;
-        let prefix = prompts.prefix(model, self.mode.as_deref())?;
+    pub fn model_texts(&self, info: &crate::engine::ModelInfo) -> Result<Vec<String>> {
+        let prompts = crate::engine::embed::Prompts::of(info)?;
+        let prefix = prompts.prefix(&info.name, self.mode.as_deref())?;
         Ok(self.texts.iter().map(|t| format!("{prefix}{t}")).collect())
     }
 

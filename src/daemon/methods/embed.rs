@@ -14,7 +14,7 @@ pub(crate) async fn call(call: &mut Call<'_>, params: EmbedParams) -> Result<Emb
     let worker = daemon.worker(ModelKind::Embedding, params.model.as_deref()).await?;
     params.validate(&daemon.config().limits)?;
     let info = worker.info();
-    let texts = params.model_texts(&info.name, &info.dir)?;
+    let texts = params.model_texts(&info)?;
     let mut result = daemon.cache().embed(&info, &texts, |missing| run(call, &worker, missing)).await?;
     params.shape(&mut result)?;
     result.engine_fingerprint = daemon.engine().id.clone();
