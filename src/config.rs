@@ -70,6 +70,27 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Result cache settings.
     pub cache: CacheConfig,
+    /// How many models stay loaded.
+    pub models: ModelsConfig,
+}
+
+/// Models loaded on demand (`[models]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Most models of one kind loaded at once; loading another unloads the least recently used.
+    pub max_loaded: usize,
+    /// A model no request asked for in this many seconds is unloaded (0: never).
+    pub keep_alive_secs: u64,
+    /// Most memory the loaded models may take together, in MiB, counted as their weight files'
+    /// sizes; loading another unloads the least recently used ones first (0: no budget).
+    pub max_memory_mb: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig { max_loaded: 2, keep_alive_secs: 0, max_memory_mb: 0 }
+    }
 }
 
 /// The result cache (`[cache]`); SteadyText's `STEADYTEXT_*_CACHE_*` variables override it.
@@ -214,11 +235,26 @@ impl Default for Config {
             limits: Limits::default(),
             daemon: DaemonConfig::default(),
             cache: CacheConfig::default(),
+            models: ModelsConfig::default(),
         }
     }
 }
 
 impl Config {
+    /// This configuration with `name` as the model of `kind` (how a model loaded on a request's
+    /// say is loaded and reloaded).
+    pub fn for_model(&self, kind: crate::protocol::ModelKind, name: &str) -> Config {
+        use crate::protocol::ModelKind;
+        let mut config = self.clone();
+        let slot = match kind {
+            ModelKind::Generation => &mut config.generation_model,
+            ModelKind::Embedding => &mut config.embedding_model,
+            ModelKind::Rerank => &mut config.rerank_model,
+        };
+        *slot = name.to_string();
+        config
+    }
+
     /// Loads the configuration: `path` if given (must exist), else `STEADYTEXT_CONFIG`, else the
     /// system file when present; then applies the environment.
     pub fn load(path: Option<&Path>) -> Result<Self> {
@@ -301,6 +337,9 @@ impl Config {
 
     /// Checks value ranges.
     pub fn validate(&self) -> Result<()> {
+        if self.models.max_loaded == 0 {
+            return Err(Error::Config("[models] max_loaded must be at least 1".into()));
+        }
         if self.max_new_tokens == 0 {
             return Err(Error::Config("max_new_tokens must be at least 1".into()));
         }

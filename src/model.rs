@@ -134,6 +134,11 @@ impl ModelFiles {
         files
     }
 
+    /// Bytes of its weight files on disk: what loading it takes in memory, about.
+    pub fn weight_bytes(&self) -> u64 {
+        self.weight_files().iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum()
+    }
+
     /// Every file the digest covers: the weights, the tokenizer and the config files present.
     pub fn digested_files(&self) -> Vec<PathBuf> {
         let mut files = self.weight_files();

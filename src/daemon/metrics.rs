@@ -299,6 +299,19 @@ pub fn prometheus(status: &Status) -> String {
             model.queue_depth
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP steadytext_model_idle_seconds Seconds since a request last asked for the model.\n# TYPE steadytext_model_idle_seconds gauge"
+    );
+    for model in &status.models {
+        let _ = writeln!(
+            out,
+            "steadytext_model_idle_seconds{{model=\"{}\",kind=\"{}\"}} {:.3}",
+            model.name,
+            model.kind.as_str(),
+            model.idle_seconds
+        );
+    }
     out
 }
 
@@ -311,11 +324,12 @@ pub fn render_text(status: &Status) -> String {
     for model in &status.models {
         let _ = writeln!(
             out,
-            "model:       {} {} ({}, queue {})",
+            "model:       {} {} ({}, queue {}, idle {:.0} s)",
             model.kind.as_str(),
             model.name,
             model.digest,
-            model.queue_depth
+            model.queue_depth,
+            model.idle_seconds
         );
     }
     if !status.engine_fingerprint.is_empty() {

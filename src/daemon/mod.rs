@@ -95,6 +95,7 @@ pub async fn run(options: Options) -> Result<()> {
             spawn_watchdog(&background, &daemon, &stopped);
             spawn_status(&background, &daemon, &stopped);
             spawn_snapshots(&background, &daemon, &stopped);
+            spawn_keep_alive(&background, &daemon, &stopped);
             let idle_exit = Duration::from_secs(config.daemon.idle_exit_secs);
             let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -140,14 +141,22 @@ fn start(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon>> {
     Ok(Daemon::new(config, registry, cache, api_key, engine))
 }
 
-/// Once every model has loaded, drops the cached answers of models no longer configured. With a
-/// model missing, entries of every model are kept: they are its answers once it is back.
+/// Once every model has loaded, drops the cached answers of models neither loaded nor installed
+/// under `model_dir` (an installed model's answers are kept whether or not it is loaded: a
+/// request may load it). With a model missing, entries of every model are kept: they are its
+/// answers once it is back.
 fn prune_cache(daemon: &Daemon) {
     let registry = daemon.registry();
     if !registry.unavailable().is_empty() {
         return;
     }
-    let digests: Vec<String> = registry.workers().iter().map(|w| w.info().digest).collect();
+    let installed = crate::store::list(&daemon.config().model_dir).unwrap_or_default();
+    let digests: Vec<String> = registry
+        .workers()
+        .iter()
+        .map(|w| w.info().digest)
+        .chain(installed.into_iter().filter_map(|m| m.digest))
+        .collect();
     let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
     daemon.cache().with(|cache| cache.retain_models(&keep));
 }
@@ -324,8 +333,8 @@ async fn reload(daemon: &Arc<Daemon>, config_path: Option<PathBuf>) {
         // Models that failed to load are tried again (pulled since, or configured anew).
         daemon.registry().retry_failed(&config);
         daemon.registry().settled().await;
-        for worker in daemon.registry().workers() {
-            match worker.reload(config.clone()).await? {
+        for (worker, config) in daemon.registry().reloadable(&config) {
+            match worker.reload(config).await? {
                 Some(info) => {
                     tracing::info!(kind = worker.kind().as_str(), model = %info.name, digest = %info.digest, "model reloaded")
                 }
@@ -402,6 +411,18 @@ fn spawn_snapshots(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &Cancella
     every(tasks, stopped, Duration::from_secs(secs), move || {
         let d = d.clone();
         Box::pin(async move { snapshot_if_dirty(&d).await })
+    });
+}
+
+/// Unloads models idle for `[models] keep_alive_secs` (read anew each time: a reload applies).
+fn spawn_keep_alive(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
+    let d = daemon.clone();
+    every(tasks, stopped, Duration::from_secs(1), move || {
+        let keep_alive = d.config().models.keep_alive_secs;
+        if keep_alive > 0 {
+            d.registry().unload_idle(Duration::from_secs(keep_alive));
+        }
+        Box::pin(async {})
     });
 }
 

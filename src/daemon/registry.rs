@@ -1,13 +1,18 @@
-//! The model registry: every configured model's worker, found by kind and by the name a request
-//! gives. Models load in parallel, each in its own thread, while the daemon already serves: a
-//! request waits for the models of its kind to finish loading, so one that loads fast (an
-//! embedder) answers before a slow one (a large decoder) is ready.
+//! The model registry: the loaded models' workers, found by kind and by the name a request gives.
+//! The configured models load at start, in parallel, each in its own thread, while the daemon
+//! already serves: a request waits only for the model it needs. A request naming another model
+//! folder under `model_dir` loads it on demand (its requests wait; the other models serve on).
+//! At most `[models] max_loaded` models of a kind stay loaded: the least recently used one is
+//! unloaded when another must load, and a model idle for `[models] keep_alive_secs` is unloaded
+//! (its worker ends once its last request is answered, and its memory goes back to the system).
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, ModelsConfig};
 use crate::error::{Error, Result};
 use crate::protocol::{ModelKind, UnavailableModel};
 
@@ -21,7 +26,7 @@ pub(crate) fn stall_limit() -> std::time::Duration {
     sd_notify::watchdog_enabled().map_or(std::time::Duration::from_secs(30), |period| period / 2)
 }
 
-/// Where one configured model's loading stands.
+/// Where one model's loading stands.
 #[derive(Clone)]
 enum Slot {
     Loading,
@@ -29,37 +34,88 @@ enum Slot {
     Failed(UnavailableModel),
 }
 
-/// The configured models, in configuration order.
+/// One model of the registry.
+struct Entry {
+    kind: ModelKind,
+    /// The name it is loaded by (the configured name, or the folder name a request gave).
+    name: String,
+    /// Its folder, as resolved (requests naming the folder or its path find it).
+    dir: PathBuf,
+    slot: watch::Sender<Slot>,
+    last_used: Instant,
+    /// Its weight files' bytes: what it takes in memory, about.
+    bytes: u64,
+}
+
+impl Entry {
+    fn ready(&self) -> Option<Arc<Worker>> {
+        match &*self.slot.borrow() {
+            Slot::Ready(w) => Some(w.clone()),
+            _ => None,
+        }
+    }
+
+    /// Whether it holds a model, or will (it counts against `max_loaded`).
+    fn is_live(&self) -> bool {
+        !matches!(*self.slot.borrow(), Slot::Failed(_))
+    }
+
+    /// Whether requests hold its worker now (the registry's reference aside).
+    fn in_use(&self) -> bool {
+        self.ready().is_some_and(|w| Arc::strong_count(&w) > 2)
+    }
+}
+
+/// The models, loaded and loading.
 pub(crate) struct Registry {
-    slots: Vec<(ModelKind, watch::Sender<Slot>)>,
+    entries: Mutex<Vec<Entry>>,
     loader: Loader,
 }
 
 /// A model that could not be loaded, logged.
-fn failed(kind: ModelKind, config: &Config, reason: String) -> Slot {
-    let name = crate::service::configured(kind, config).to_string();
+fn failed(kind: ModelKind, name: &str, reason: String) -> Slot {
     tracing::error!(kind = kind.as_str(), model = %name, error = %reason, "model not loaded; serving without it");
-    Slot::Failed(UnavailableModel { kind, name, reason })
+    Slot::Failed(UnavailableModel { kind, name: name.to_string(), reason })
 }
 
-/// Loads the model of `kind` in its own thread and publishes the outcome in `slot`.
-fn spawn_load(kind: ModelKind, config: &Arc<Config>, loader: &Loader, slot: &watch::Sender<Slot>) {
+/// Loads the model `name` of `kind` in its own thread and publishes the outcome in `slot`.
+fn spawn_load(kind: ModelKind, name: &str, config: &Config, loader: &Loader, slot: &watch::Sender<Slot>) {
     slot.send_replace(Slot::Loading);
-    let (shared, loader, tx) = (config.clone(), loader.clone(), slot.clone());
+    let shared = Arc::new(config.for_model(kind, name));
+    let (loader, tx, name) = (loader.clone(), slot.clone(), name.to_string());
     let load = move || {
-        let outcome = match Worker::start(kind, shared.clone(), loader) {
+        let started = Instant::now();
+        let outcome = match Worker::start(kind, shared, loader) {
             Ok(worker) => {
                 let info = worker.info();
-                tracing::info!(kind = kind.as_str(), model = %info.name, digest = %info.digest, "model loaded");
+                let load_ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::info!(kind = kind.as_str(), model = %info.name, digest = %info.digest, load_ms, "model loaded");
                 Slot::Ready(Arc::new(worker))
             }
-            Err(e) => failed(kind, &shared, e.to_string()),
+            Err(e) => failed(kind, &name, e.to_string()),
         };
         tx.send_replace(outcome);
     };
     if let Err(e) = std::thread::Builder::new().name(format!("{}-loader", kind.as_str())).spawn(load) {
-        slot.send_replace(failed(kind, config, e.to_string()));
+        slot.send_replace(failed(kind, "", e.to_string()));
     }
+}
+
+/// The bytes of the weights in the model folder `dir` (0 when it cannot be read).
+fn weight_bytes(dir: &std::path::Path) -> u64 {
+    crate::model::ModelFiles::discover(dir).map(|f| f.weight_bytes()).unwrap_or(0)
+}
+
+/// A model folder's key: its resolved path (canonical when it exists).
+fn folder_key(config: &Config, name: &str) -> Result<PathBuf> {
+    let dir = crate::model::resolve_dir(&config.model_dir, name)?;
+    Ok(dir.canonicalize().unwrap_or(dir))
+}
+
+/// Whether `name` may be loaded on a request's say: a folder name under `model_dir` (a request
+/// never points the daemon at another path; configured models may be paths).
+fn is_folder_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('/') && name != "." && name != ".."
 }
 
 impl Registry {
@@ -68,42 +124,54 @@ impl Registry {
     /// fresh install without models still starts, and answers with the reason instead of
     /// crash-looping).
     pub(crate) fn start(config: &Arc<Config>, loader: &Loader) -> Self {
-        // A cross-encoder is optional: its slot exists only when one is configured.
-        let slots = [ModelKind::Generation, ModelKind::Embedding, ModelKind::Rerank]
+        // A cross-encoder is optional: it loads only when one is configured.
+        let entries = [ModelKind::Generation, ModelKind::Embedding, ModelKind::Rerank]
             .into_iter()
             .filter(|&kind| kind != ModelKind::Rerank || !config.rerank_model.is_empty())
             .map(|kind| {
+                let name = crate::service::configured(kind, config).to_string();
+                let dir = folder_key(config, &name).unwrap_or_else(|_| PathBuf::from(&name));
                 let (slot, _) = watch::channel(Slot::Loading);
-                spawn_load(kind, config, loader, &slot);
-                (kind, slot)
+                spawn_load(kind, &name, config, loader, &slot);
+                let bytes = weight_bytes(&dir);
+                Entry { kind, name, dir, slot, last_used: Instant::now(), bytes }
             })
             .collect();
-        Registry { slots, loader: loader.clone() }
+        Registry { entries: Mutex::new(entries), loader: loader.clone() }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Tries again to load the models that failed to (SIGHUP: a model pulled since, or a
     /// corrected configuration), with `config`.
     pub(crate) fn retry_failed(&self, config: &Arc<Config>) {
-        for (kind, slot) in &self.slots {
-            if matches!(*slot.borrow(), Slot::Failed(_)) {
-                spawn_load(*kind, config, &self.loader, slot);
-            }
+        for e in self.entries().iter().filter(|e| !e.is_live()) {
+            spawn_load(e.kind, &e.name, config, &self.loader, &e.slot);
         }
+    }
+
+    /// Every loaded worker with the configuration it is to be reloaded with (SIGHUP): `config`
+    /// with the worker's model as its kind's model.
+    pub(crate) fn reloadable(&self, config: &Config) -> Vec<(Arc<Worker>, Arc<Config>)> {
+        self.entries().iter().filter_map(|e| Some((e.ready()?, Arc::new(config.for_model(e.kind, &e.name))))).collect()
     }
 
     /// Waits until every model has loaded or failed to.
     pub(crate) async fn settled(&self) {
-        for (_, slot) in &self.slots {
-            let _ = slot.subscribe().wait_for(|s| !matches!(s, Slot::Loading)).await;
+        let receivers: Vec<_> = self.entries().iter().map(|e| e.slot.subscribe()).collect();
+        for mut rx in receivers {
+            let _ = rx.wait_for(|s| !matches!(s, Slot::Loading)).await;
         }
     }
 
-    /// What `pick` takes from each slot as it stands now.
-    fn each<T>(&self, pick: impl Fn(ModelKind, &Slot) -> Option<T>) -> Vec<T> {
-        self.slots.iter().filter_map(|(kind, slot)| pick(*kind, &slot.borrow())).collect()
+    /// What `pick` takes from each entry as it stands now.
+    fn each<T>(&self, pick: impl Fn(&Entry, &Slot) -> Option<T>) -> Vec<T> {
+        self.entries().iter().filter_map(|e| pick(e, &e.slot.borrow())).collect()
     }
 
-    /// Configured models that failed to load.
+    /// Models that failed to load.
     pub(crate) fn unavailable(&self) -> Vec<UnavailableModel> {
         self.each(|_, slot| match slot {
             Slot::Failed(u) => Some(u.clone()),
@@ -113,15 +181,17 @@ impl Registry {
 
     /// Kinds of the models still loading.
     pub(crate) fn loading(&self) -> Vec<ModelKind> {
-        self.each(|kind, slot| matches!(slot, Slot::Loading).then_some(kind))
+        self.each(|e, slot| matches!(slot, Slot::Loading).then_some(e.kind))
     }
 
     /// Every loaded worker.
     pub(crate) fn workers(&self) -> Vec<Arc<Worker>> {
-        self.each(|_, slot| match slot {
-            Slot::Ready(w) => Some(w.clone()),
-            _ => None,
-        })
+        self.each(|e, _| e.ready())
+    }
+
+    /// Every loaded worker and how long since a request last asked for it.
+    pub(crate) fn workers_with_idle(&self) -> Vec<(Arc<Worker>, Duration)> {
+        self.each(|e, _| Some((e.ready()?, e.last_used.elapsed())))
     }
 
     /// A worker that has shown no progress for longer than `limit` (see [`stall_limit`]).
@@ -129,36 +199,109 @@ impl Registry {
         self.workers().into_iter().find(|w| w.since_heartbeat() > limit)
     }
 
-    /// The worker for a request of `kind` naming `requested` (None: the first model of that
-    /// kind), once the models of that kind have finished loading.
-    pub(crate) async fn get(&self, kind: ModelKind, requested: Option<&str>) -> Result<Arc<Worker>> {
-        let mut settled = Vec::new();
-        for (_, slot) in self.slots.iter().filter(|(k, _)| *k == kind) {
-            let mut rx = slot.subscribe();
-            let slot = rx.wait_for(|s| !matches!(s, Slot::Loading)).await.map_err(|_| Error::ShuttingDown)?.clone();
-            settled.push(slot);
+    /// Unloads the models no request has asked for in `keep_alive` (none in use); returns their
+    /// names.
+    pub(crate) fn unload_idle(&self, keep_alive: Duration) -> Vec<String> {
+        let mut entries = self.entries();
+        let idle = |e: &Entry| e.ready().is_some() && !e.in_use() && e.last_used.elapsed() >= keep_alive;
+        let names: Vec<String> = entries.iter().filter(|e| idle(e)).map(|e| e.name.clone()).collect();
+        for name in &names {
+            tracing::info!(model = %name, keep_alive_secs = keep_alive.as_secs(), "unloading an idle model");
         }
-        let mut ready = settled.iter().filter_map(|s| match s {
-            Slot::Ready(w) => Some(w),
-            _ => None,
-        });
-        let failed = || {
-            settled.iter().find_map(|s| match s {
-                Slot::Failed(u) => Some(Error::ModelUnavailable {
-                    kind: kind.as_str(),
-                    name: u.name.clone(),
-                    reason: u.reason.clone(),
-                }),
-                _ => None,
-            })
-        };
-        match requested {
-            None => ready.next().cloned().ok_or_else(|| {
-                failed().unwrap_or_else(|| Error::ModelNotLoaded(format!("(any {} model)", kind.as_str())))
-            }),
-            Some(name) => {
-                ready.find(|w| w.answers_to(name)).cloned().ok_or_else(|| Error::ModelNotLoaded(name.to_string()))
+        entries.retain(|e| !idle(e));
+        names
+    }
+
+    /// Makes room for one more model of `kind` taking `bytes`: while `max_loaded` models of its
+    /// kind are loaded or loading, or the loaded models and it would exceed `max_memory_mb`,
+    /// unloads the least recently used loaded model (one no request holds, if any; of its kind
+    /// for the count, of any kind for memory). Fails when it alone exceeds the budget.
+    fn make_room(
+        entries: &mut Vec<Entry>,
+        kind: ModelKind,
+        name: &str,
+        bytes: u64,
+        limits: &ModelsConfig,
+    ) -> Result<()> {
+        let budget = limits.max_memory_mb.saturating_mul(1 << 20);
+        if budget > 0 && bytes > budget {
+            return Err(Error::model(
+                name,
+                format!(
+                    "its weights take {} MiB, over [models] max_memory_mb = {}: raise it or use a smaller model",
+                    bytes >> 20,
+                    limits.max_memory_mb
+                ),
+            ));
+        }
+        loop {
+            let live = entries.iter().filter(|e| e.kind == kind && e.is_live()).count();
+            let used: u64 = entries.iter().filter(|e| e.is_live()).map(|e| e.bytes).sum();
+            let over_count = live >= limits.max_loaded.max(1);
+            let over_memory = budget > 0 && used + bytes > budget;
+            if !over_count && !over_memory {
+                return Ok(());
             }
+            let victim = entries
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.ready().is_some() && (e.kind == kind || !over_count))
+                .min_by_key(|(_, e)| (e.in_use(), e.last_used))
+                .map(|(i, _)| i);
+            let Some(i) = victim else { return Ok(()) };
+            let e = entries.remove(i);
+            let why = if over_count { "max_loaded" } else { "max_memory_mb" };
+            tracing::info!(kind = e.kind.as_str(), model = %e.name, limit = why, "unloading the least recently used model to load another");
+        }
+    }
+
+    /// The worker for a request of `kind` naming `requested` (None: the configured model of that
+    /// kind), once it has loaded; a model folder not loaded yet is loaded now (see the module).
+    pub(crate) async fn get(&self, kind: ModelKind, requested: Option<&str>, config: &Config) -> Result<Arc<Worker>> {
+        let configured = crate::service::configured(kind, config);
+        let name = requested.unwrap_or(configured);
+        if name.is_empty() {
+            return Err(Error::ModelNotLoaded(format!("(any {} model)", kind.as_str())));
+        }
+        let mut rx = {
+            let mut entries = self.entries();
+            let key = folder_key(config, name);
+            let found = entries.iter_mut().find(|e| {
+                e.kind == kind
+                    && (e.name == name
+                        || key.as_ref().is_ok_and(|k| *k == e.dir)
+                        || e.ready().is_some_and(|w| w.answers_to(name)))
+            });
+            match found {
+                Some(e) => {
+                    e.last_used = Instant::now();
+                    e.slot.subscribe()
+                }
+                None => {
+                    if name != configured && !is_folder_name(name) {
+                        return Err(Error::ModelNotLoaded(name.to_string()));
+                    }
+                    let dir = match key {
+                        Ok(dir) => dir,
+                        Err(Error::Model { .. }) => return Err(Error::ModelNotLoaded(name.to_string())),
+                        Err(e) => return Err(e),
+                    };
+                    let bytes = weight_bytes(&dir);
+                    Self::make_room(&mut entries, kind, name, bytes, &config.models)?;
+                    let (slot, rx) = watch::channel(Slot::Loading);
+                    tracing::info!(kind = kind.as_str(), model = %name, "loading a model a request names");
+                    spawn_load(kind, name, config, &self.loader, &slot);
+                    let last_used = Instant::now();
+                    entries.push(Entry { kind, name: name.to_string(), dir, slot, last_used, bytes });
+                    rx
+                }
+            }
+        };
+        let slot = rx.wait_for(|s| !matches!(s, Slot::Loading)).await.map_err(|_| Error::ShuttingDown)?.clone();
+        match slot {
+            Slot::Ready(w) => Ok(w),
+            Slot::Failed(u) => Err(Error::ModelUnavailable { kind: kind.as_str(), name: u.name, reason: u.reason }),
+            Slot::Loading => Err(Error::ShuttingDown),
         }
     }
 }
@@ -170,18 +313,22 @@ mod tests {
 
     #[tokio::test]
     async fn requests_find_their_model_by_kind_and_name() {
+        let config = Config::default();
         let registry = Registry::start(&Arc::new(Config::default()), &loader(Fake::new));
-        assert_eq!(registry.get(ModelKind::Embedding, None).await.unwrap().info().name, "fake-embedding");
-        let named = registry.get(ModelKind::Generation, Some("fake-generation")).await.unwrap();
+        assert_eq!(registry.get(ModelKind::Embedding, None, &config).await.unwrap().info().name, "fake-embedding");
+        let named = registry.get(ModelKind::Generation, Some("fake-generation"), &config).await.unwrap();
         assert_eq!(named.kind(), ModelKind::Generation);
-        assert_eq!(registry.get(ModelKind::Generation, Some("/fake")).await.unwrap().kind(), ModelKind::Generation);
-        let wrong = registry.get(ModelKind::Generation, Some("fake-embedding")).await;
+        assert_eq!(
+            registry.get(ModelKind::Generation, Some("/fake"), &config).await.unwrap().kind(),
+            ModelKind::Generation
+        );
+        let wrong = registry.get(ModelKind::Generation, Some("fake-embedding"), &config).await;
         assert!(matches!(wrong, Err(Error::ModelNotLoaded(_))));
         assert_eq!(registry.workers().len(), 2, "no cross-encoder slot unless one is configured");
-        assert!(registry.get(ModelKind::Rerank, None).await.is_err());
-        let with_reranker = Config { rerank_model: "reranker".into(), ..Config::default() };
-        let registry = Registry::start(&Arc::new(with_reranker), &loader(Fake::new));
-        assert_eq!(registry.get(ModelKind::Rerank, None).await.unwrap().info().name, "fake-rerank");
+        assert!(registry.get(ModelKind::Rerank, None, &config).await.is_err());
+        let config = Config { rerank_model: "reranker".into(), ..Config::default() };
+        let registry = Registry::start(&Arc::new(config.clone()), &loader(Fake::new));
+        assert_eq!(registry.get(ModelKind::Rerank, None, &config).await.unwrap().info().name, "fake-rerank");
     }
 
     #[tokio::test]
@@ -194,11 +341,12 @@ mod tests {
             }
             loader(Fake::new)(kind, config)
         });
+        let config = Config::default();
         let registry = Registry::start(&Arc::new(Config::default()), &slow);
-        assert_eq!(registry.get(ModelKind::Embedding, None).await.unwrap().kind(), ModelKind::Embedding);
+        assert_eq!(registry.get(ModelKind::Embedding, None, &config).await.unwrap().kind(), ModelKind::Embedding);
         assert_eq!(registry.loading(), vec![ModelKind::Generation]);
         // A generation request waits for its model, then is served.
-        let waiting = registry.get(ModelKind::Generation, None);
+        let waiting = registry.get(ModelKind::Generation, None, &config);
         tokio::pin!(waiting);
         assert!(tokio::time::timeout(std::time::Duration::from_millis(50), &mut waiting).await.is_err());
         release.send(()).unwrap();
@@ -213,13 +361,114 @@ mod tests {
             ModelKind::Embedding => Err(Error::model("all-MiniLM-L6-v2", "no such model folder")),
             _ => loader(Fake::new)(kind, config),
         });
+        let config = Config::default();
         let registry = Registry::start(&Arc::new(Config::default()), &failing);
         registry.settled().await;
         assert_eq!(registry.workers().len(), 1);
-        assert!(registry.get(ModelKind::Generation, None).await.is_ok());
-        let error = registry.get(ModelKind::Embedding, None).await.err().unwrap().to_string();
+        assert!(registry.get(ModelKind::Generation, None, &config).await.is_ok());
+        let error = registry.get(ModelKind::Embedding, None, &config).await.err().unwrap().to_string();
         assert!(error.contains("could not be loaded") && error.contains("no such model folder"), "{error}");
         assert!(error.contains("stctl models pull"), "{error}");
         assert_eq!(registry.unavailable()[0].kind, ModelKind::Embedding);
+    }
+
+    /// A loader whose fakes are named after the model the configuration gives their kind;
+    /// `loads` counts the loads.
+    fn named_loader(loads: Arc<std::sync::atomic::AtomicUsize>) -> Loader {
+        Arc::new(move |kind, config: &Config| {
+            loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(30));
+            let mut fake = Fake::new(kind);
+            fake.info.name = crate::service::configured(kind, config).to_string();
+            Ok(Box::new(fake) as Box<dyn crate::service::Model>)
+        })
+    }
+
+    fn loaded(registry: &Registry) -> Vec<String> {
+        let mut names: Vec<String> =
+            registry.workers().iter().filter(|w| w.kind() == ModelKind::Generation).map(|w| w.info().name).collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn named_models_load_on_demand_and_the_least_recently_used_one_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        for m in ["a", "b", "c"] {
+            std::fs::create_dir(dir.path().join(m)).unwrap();
+        }
+        let config = Config {
+            model_dir: dir.path().into(),
+            generation_model: "a".into(),
+            models: crate::config::ModelsConfig { max_loaded: 2, ..Default::default() },
+            ..Config::default()
+        };
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let registry = Registry::start(&Arc::new(config.clone()), &named_loader(loads.clone()));
+        let name = |w: Arc<Worker>| w.info().name;
+        let get = |model: Option<&'static str>| registry.get(ModelKind::Generation, model, &config);
+        assert_eq!(name(get(None).await.unwrap()), "a");
+        assert_eq!(name(get(Some("b")).await.unwrap()), "b");
+        assert_eq!(loaded(&registry), ["a", "b"]);
+        let path = dir.path().join("b").display().to_string();
+        let by_path = registry.get(ModelKind::Generation, Some(&path), &config).await.unwrap();
+        assert_eq!(name(by_path), "b", "the folder's path finds the model loaded by its name");
+        assert_eq!(name(get(Some("a")).await.unwrap()), "a");
+        // c must load: b is the least recently used.
+        assert_eq!(name(get(Some("c")).await.unwrap()), "c");
+        assert_eq!(loaded(&registry), ["a", "c"]);
+        assert_eq!(name(get(Some("b")).await.unwrap()), "b");
+        assert_eq!(loaded(&registry), ["b", "c"]);
+        // The configured model is loaded again when asked for.
+        assert_eq!(name(get(None).await.unwrap()), "a");
+        assert_eq!(loaded(&registry), ["a", "b"]);
+        // Requests never point the daemon at other paths, nor at missing folders.
+        for bad in ["/etc", "../a", "missing"] {
+            let refused = registry.get(ModelKind::Generation, Some(bad), &config).await;
+            assert!(matches!(refused, Err(Error::ModelNotLoaded(_))), "{bad}");
+        }
+        // Concurrent requests for a model being loaded all wait for the one load.
+        let before = loads.load(std::sync::atomic::Ordering::SeqCst);
+        let all = futures_util::future::join_all((0..5).map(|_| get(Some("c")))).await;
+        let workers: Vec<Arc<Worker>> = all.into_iter().map(Result::unwrap).collect();
+        assert!(workers.iter().all(|w| Arc::ptr_eq(w, &workers[0]) && w.info().name == "c"));
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), before + 1);
+        // keep_alive: an idle model leaves, one a request holds stays.
+        let held = workers[0].clone();
+        drop(workers);
+        assert_eq!(registry.unload_idle(Duration::ZERO), ["all-MiniLM-L6-v2", "a"], "the idle embedder too");
+        assert_eq!(loaded(&registry), ["c"]);
+        drop(held);
+        assert_eq!(registry.unload_idle(Duration::ZERO), ["c"]);
+        assert!(loaded(&registry).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_memory_budget_unloads_the_least_recently_used_and_refuses_what_cannot_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, mib) in [("small", 1), ("big", 3), ("small2", 1), ("huge", 10)] {
+            let folder = dir.path().join(name);
+            std::fs::create_dir(&folder).unwrap();
+            std::fs::File::create(folder.join("model.onnx")).unwrap().set_len(mib << 20).unwrap();
+            std::fs::write(folder.join("tokenizer.json"), "{}").unwrap();
+        }
+        let config = Config {
+            model_dir: dir.path().into(),
+            generation_model: "small".into(),
+            embedding_model: "none".into(),
+            models: crate::config::ModelsConfig { max_loaded: 5, keep_alive_secs: 0, max_memory_mb: 4 },
+            ..Config::default()
+        };
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let registry = Registry::start(&Arc::new(config.clone()), &named_loader(loads));
+        let get = |model: &'static str| registry.get(ModelKind::Generation, Some(model), &config);
+        get("small").await.unwrap();
+        get("big").await.unwrap();
+        assert_eq!(loaded(&registry), ["big", "small"], "1 + 3 MiB fit in 4");
+        get("small2").await.unwrap();
+        assert_eq!(loaded(&registry), ["big", "small2"], "the least recently used made room");
+        let refused = get("huge").await.err().unwrap().to_string();
+        assert!(refused.contains("max_memory_mb = 4"), "{refused}");
+        assert_eq!(loaded(&registry), ["big", "small2"], "a model that cannot fit unloads nothing");
     }
 }

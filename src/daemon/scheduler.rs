@@ -106,7 +106,12 @@ impl Worker {
                 Ok(model) => {
                     shown.store(model.max_active(), Ordering::Relaxed);
                     let _ = loaded_tx.send(Ok(model.info().clone()));
+                    let name = model.info().name.clone();
+                    // Runs until the registry and every request have let go of the worker; the
+                    // model is dropped then, and its memory handed back.
                     run(model, rx, progress, loader, shown);
+                    super::release_memory();
+                    tracing::info!(kind = kind.as_str(), model = %name, "model unloaded");
                 }
                 Err(e) => {
                     let _ = loaded_tx.send(Err(e));

@@ -205,9 +205,9 @@ impl Daemon {
             pid: std::process::id(),
             models: self
                 .registry
-                .workers()
+                .workers_with_idle()
                 .iter()
-                .map(|w| {
+                .map(|(w, idle)| {
                     let info = w.info();
                     ModelStatus {
                         kind: w.kind(),
@@ -217,6 +217,7 @@ impl Daemon {
                         queue_depth: w.queued(),
                         merged_requests: w.merged(),
                         batch_sequences: w.max_active(),
+                        idle_seconds: idle.as_secs_f64(),
                     }
                 })
                 .collect(),
@@ -253,6 +254,6 @@ impl Daemon {
 
     /// The worker serving a request of `kind` for `model` (waiting while that kind loads).
     pub(crate) async fn worker(&self, kind: ModelKind, model: Option<&str>) -> Result<Arc<Worker>> {
-        self.registry.get(kind, model).await
+        self.registry.get(kind, model, &self.config()).await
     }
 }

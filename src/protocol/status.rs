@@ -88,6 +88,9 @@ pub struct ModelStatus {
     /// model runs one at a time (it failed the batch-invariance probe, or is not a decoder).
     #[serde(default)]
     pub batch_sequences: usize,
+    /// Seconds since a request last asked for it.
+    #[serde(default)]
+    pub idle_seconds: f64,
 }
 
 /// The daemon's counters.

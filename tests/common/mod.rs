@@ -109,10 +109,24 @@ pub fn test_pki() -> (String, String, String) {
     (ca.pem(), cert.pem(), key.serialize_pem())
 }
 
-/// A TCP port of 127.0.0.1 that nothing listens on or connects from right now (the kernel's
-/// pick): safer than a fixed port, which a client socket of a parallel test may hold.
+/// A TCP port of 127.0.0.1 that nothing listens on right now, below the kernel's ephemeral range
+/// (`ip_local_port_range`, from 32768 by default), so no client socket of a parallel test can
+/// hold it (a port the kernel picks for a probe socket can be any client's next source port), and
+/// never the same port twice in one test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static NEXT: Mutex<u16> = Mutex::new(0);
+    let mut next = NEXT.lock().unwrap_or_else(|p| p.into_inner());
+    if *next == 0 {
+        // Test binaries run one after another; a pid-spread start keeps reruns apart too.
+        *next = 20_000 + (std::process::id() % 400) as u16 * 30;
+    }
+    loop {
+        let port = *next;
+        *next = if port >= 32_000 { 20_000 } else { port + 1 };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Extra daemon flags needed when the tests run as root (CI does).
