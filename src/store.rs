@@ -199,6 +199,12 @@ pub fn list(model_dir: &Path) -> Result<Vec<Listed>> {
     Ok(dirs.into_iter().map(|dir| describe(&dir)).collect())
 }
 
+/// The digest a folder's manifest records, while its files keep their sizes and times (no
+/// hashing); None without a (readable, current) manifest.
+pub fn recorded_digest(dir: &Path) -> Option<String> {
+    Manifest::read(dir).ok().flatten().filter(|m| m.unchanged(dir)).map(|m| m.digest)
+}
+
 /// One folder's listing; a folder that cannot be served is listed with the reason.
 pub fn describe(dir: &Path) -> Listed {
     let mut listed = Listed {

@@ -121,7 +121,7 @@ fn rerank_beats_word_overlap_and_scores_do_not_depend_on_the_other_documents() {
 
     // Bad requests: clear errors, and the daemon serves on.
     for (bad, says) in [
-        (json!({"query": "q", "documents": []}), "at least one document"),
+        (json!({"query": "q", "documents": []}), "documents must hold at least one"),
         (json!({"query": " ", "documents": ["d"]}), "give a query"),
         (json!({"documents": ["d"]}), "query"),
         (json!({"query": "q", "documents": ["d"], "model": "no-such-model"}), "no-such-model"),

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Histogram, Latency, MetricsSnapshot, Status, HISTOGRAM_BOUNDS};
+use crate::protocol::{Histogram, Latency, MetricsSnapshot, ModelStatus, Status, HISTOGRAM_BOUNDS};
 
 use super::methods;
 
@@ -288,31 +288,25 @@ pub fn prometheus(status: &Status) -> String {
             let _ = writeln!(out, "steadytext_cache_misses_total{{cache=\"{kind}\"}} {}", stats.misses);
         }
     }
-    let _ =
-        writeln!(out, "# HELP steadytext_queue_depth Requests waiting, by model.\n# TYPE steadytext_queue_depth gauge");
-    for model in &status.models {
-        let _ = writeln!(
-            out,
-            "steadytext_queue_depth{{model=\"{}\",kind=\"{}\"}} {}",
-            model.name,
-            model.kind.as_str(),
-            model.queue_depth
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP steadytext_model_idle_seconds Seconds since a request last asked for the model.\n# TYPE steadytext_model_idle_seconds gauge"
-    );
-    for model in &status.models {
-        let _ = writeln!(
-            out,
-            "steadytext_model_idle_seconds{{model=\"{}\",kind=\"{}\"}} {:.3}",
-            model.name,
-            model.kind.as_str(),
-            model.idle_seconds
-        );
-    }
+    model_gauge(&mut out, status, "queue_depth", "Requests waiting, by model.", |m| m.queue_depth as f64);
+    model_gauge(&mut out, status, "model_idle_seconds", "Seconds since a request last asked for the model.", |m| {
+        m.idle_seconds
+    });
     out
+}
+
+/// One gauge per loaded model, labelled with its name and kind.
+fn model_gauge(out: &mut String, status: &Status, name: &str, help: &str, value: impl Fn(&ModelStatus) -> f64) {
+    let _ = writeln!(out, "# HELP steadytext_{name} {help}\n# TYPE steadytext_{name} gauge");
+    for model in &status.models {
+        let _ = writeln!(
+            out,
+            "steadytext_{name}{{model=\"{}\",kind=\"{}\"}} {}",
+            model.name,
+            model.kind.as_str(),
+            value(model)
+        );
+    }
 }
 
 /// Renders a `status` result for people (`stctl status`).

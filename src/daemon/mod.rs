@@ -143,20 +143,27 @@ fn start(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon>> {
 
 /// Once every model has loaded, drops the cached answers of models neither loaded nor installed
 /// under `model_dir` (an installed model's answers are kept whether or not it is loaded: a
-/// request may load it). With a model missing, entries of every model are kept: they are its
-/// answers once it is back.
+/// request may load it). Nothing is dropped while a model is missing (its answers are its own once
+/// it is back) or an installed folder's digest is unknown without hashing it (no manifest).
 fn prune_cache(daemon: &Daemon) {
     let registry = daemon.registry();
     if !registry.unavailable().is_empty() {
         return;
     }
-    let installed = crate::store::list(&daemon.config().model_dir).unwrap_or_default();
-    let digests: Vec<String> = registry
-        .workers()
-        .iter()
-        .map(|w| w.info().digest)
-        .chain(installed.into_iter().filter_map(|m| m.digest))
-        .collect();
+    let workers = registry.workers();
+    let mut digests: Vec<String> = workers.iter().map(|w| w.info().digest).collect();
+    let loaded: Vec<std::path::PathBuf> = workers.iter().map(|w| w.info().dir).collect();
+    let model_dir = daemon.config().model_dir.clone();
+    for folder in std::fs::read_dir(&model_dir).into_iter().flatten().flatten() {
+        let dir = folder.path();
+        if !dir.is_dir() || folder.file_name().to_string_lossy().starts_with('.') || loaded.contains(&dir) {
+            continue;
+        }
+        match crate::store::recorded_digest(&dir) {
+            Some(digest) => digests.push(digest),
+            None => return,
+        }
+    }
     let keep: Vec<&str> = digests.iter().map(String::as_str).collect();
     daemon.cache().with(|cache| cache.retain_models(&keep));
 }

@@ -45,6 +45,8 @@ struct Entry {
     last_used: Instant,
     /// Its weight files' bytes: what it takes in memory, about.
     bytes: u64,
+    /// Whether it is its kind's configured model (a reload may name another).
+    configured: bool,
 }
 
 impl Entry {
@@ -58,6 +60,16 @@ impl Entry {
     /// Whether it holds a model, or will (it counts against `max_loaded`).
     fn is_live(&self) -> bool {
         !matches!(*self.slot.borrow(), Slot::Failed(_))
+    }
+
+    /// For the configured model of its kind: takes the name `config` gives that kind now.
+    fn follow(&mut self, config: &Config) {
+        let now = crate::service::configured(self.kind, config);
+        if self.configured && !now.is_empty() && now != self.name {
+            self.name = now.to_string();
+            self.dir = folder_key(config, now).unwrap_or_else(|_| PathBuf::from(now));
+            self.bytes = weight_bytes(&self.dir);
+        }
     }
 
     /// Whether requests hold its worker now (the registry's reference aside).
@@ -112,10 +124,20 @@ fn folder_key(config: &Config, name: &str) -> Result<PathBuf> {
     Ok(dir.canonicalize().unwrap_or(dir))
 }
 
-/// Whether `name` may be loaded on a request's say: a folder name under `model_dir` (a request
-/// never points the daemon at another path; configured models may be paths).
-fn is_folder_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains('/') && name != "." && name != ".."
+/// The folder of a model a request names that is not a configured one: a folder directly under
+/// `model_dir`, by its name (a request never points the daemon at another path, a relative one
+/// included; configured models may be paths).
+fn requested_dir(config: &Config, name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name.starts_with('.') || name.contains('/') {
+        return Err(Error::ModelNotLoaded(name.to_string()));
+    }
+    let dir = config.model_dir.join(name);
+    match std::fs::metadata(&dir) {
+        Ok(meta) if meta.is_dir() => Ok(dir.canonicalize().unwrap_or(dir)),
+        // A folder this user may not read is said as such (resolve_dir words it).
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => folder_key(config, name),
+        _ => Err(Error::ModelNotLoaded(name.to_string())),
+    }
 }
 
 impl Registry {
@@ -134,7 +156,7 @@ impl Registry {
                 let (slot, _) = watch::channel(Slot::Loading);
                 spawn_load(kind, &name, config, loader, &slot);
                 let bytes = weight_bytes(&dir);
-                Entry { kind, name, dir, slot, last_used: Instant::now(), bytes }
+                Entry { kind, name, dir, slot, last_used: Instant::now(), bytes, configured: true }
             })
             .collect();
         Registry { entries: Mutex::new(entries), loader: loader.clone() }
@@ -147,15 +169,24 @@ impl Registry {
     /// Tries again to load the models that failed to (SIGHUP: a model pulled since, or a
     /// corrected configuration), with `config`.
     pub(crate) fn retry_failed(&self, config: &Arc<Config>) {
-        for e in self.entries().iter().filter(|e| !e.is_live()) {
+        for e in self.entries().iter_mut().filter(|e| !e.is_live()) {
+            e.follow(config);
             spawn_load(e.kind, &e.name, config, &self.loader, &e.slot);
         }
     }
 
     /// Every loaded worker with the configuration it is to be reloaded with (SIGHUP): `config`
-    /// with the worker's model as its kind's model.
+    /// with the worker's model as its kind's model. A configured model follows the configuration
+    /// (a newly configured one replaces it in its worker); the others keep their names.
     pub(crate) fn reloadable(&self, config: &Config) -> Vec<(Arc<Worker>, Arc<Config>)> {
-        self.entries().iter().filter_map(|e| Some((e.ready()?, Arc::new(config.for_model(e.kind, &e.name))))).collect()
+        self.entries()
+            .iter_mut()
+            .filter_map(|e| {
+                let worker = e.ready()?;
+                e.follow(config);
+                Some((worker, Arc::new(config.for_model(e.kind, &e.name))))
+            })
+            .collect()
     }
 
     /// Waits until every model has loaded or failed to.
@@ -265,7 +296,7 @@ impl Registry {
         }
         let mut rx = {
             let mut entries = self.entries();
-            let key = folder_key(config, name);
+            let key = if name == configured { folder_key(config, name) } else { requested_dir(config, name) };
             let found = entries.iter_mut().find(|e| {
                 e.kind == kind
                     && (e.name == name
@@ -278,9 +309,6 @@ impl Registry {
                     e.slot.subscribe()
                 }
                 None => {
-                    if name != configured && !is_folder_name(name) {
-                        return Err(Error::ModelNotLoaded(name.to_string()));
-                    }
                     let dir = match key {
                         Ok(dir) => dir,
                         Err(Error::Model { .. }) => return Err(Error::ModelNotLoaded(name.to_string())),
@@ -292,7 +320,8 @@ impl Registry {
                     tracing::info!(kind = kind.as_str(), model = %name, "loading a model a request names");
                     spawn_load(kind, name, config, &self.loader, &slot);
                     let last_used = Instant::now();
-                    entries.push(Entry { kind, name: name.to_string(), dir, slot, last_used, bytes });
+                    let configured = name == configured;
+                    entries.push(Entry { kind, name: name.to_string(), dir, slot, last_used, bytes, configured });
                     rx
                 }
             }
@@ -380,6 +409,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(30));
             let mut fake = Fake::new(kind);
             fake.info.name = crate::service::configured(kind, config).to_string();
+            fake.info.dir = config.model_dir.join(&fake.info.name);
             Ok(Box::new(fake) as Box<dyn crate::service::Model>)
         })
     }
@@ -413,6 +443,9 @@ mod tests {
         let path = dir.path().join("b").display().to_string();
         let by_path = registry.get(ModelKind::Generation, Some(&path), &config).await.unwrap();
         assert_eq!(name(by_path), "b", "the folder's path finds the model loaded by its name");
+        let unloaded_path = dir.path().join("c").display().to_string();
+        let refused = registry.get(ModelKind::Generation, Some(&unloaded_path), &config).await;
+        assert!(matches!(refused, Err(Error::ModelNotLoaded(_))), "a path is never loaded on a request's say");
         assert_eq!(name(get(Some("a")).await.unwrap()), "a");
         // c must load: b is the least recently used.
         assert_eq!(name(get(Some("c")).await.unwrap()), "c");
@@ -423,7 +456,15 @@ mod tests {
         assert_eq!(name(get(None).await.unwrap()), "a");
         assert_eq!(loaded(&registry), ["a", "b"]);
         // Requests never point the daemon at other paths, nor at missing folders.
-        for bad in ["/etc", "../a", "missing"] {
+        let cwd = std::env::current_dir().unwrap();
+        let relative = cwd
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .find(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
+            .unwrap();
+        let relative = relative.file_name().into_string().unwrap();
+        for bad in ["/etc", "../a", "missing", ".hidden", relative.as_str()] {
             let refused = registry.get(ModelKind::Generation, Some(bad), &config).await;
             assert!(matches!(refused, Err(Error::ModelNotLoaded(_))), "{bad}");
         }
@@ -470,5 +511,27 @@ mod tests {
         let refused = get("huge").await.err().unwrap().to_string();
         assert!(refused.contains("max_memory_mb = 4"), "{refused}");
         assert_eq!(loaded(&registry), ["big", "small2"], "a model that cannot fit unloads nothing");
+    }
+
+    #[tokio::test]
+    async fn a_reload_gives_the_configured_model_the_new_name_and_the_others_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        for m in ["a", "b", "c"] {
+            std::fs::create_dir(dir.path().join(m)).unwrap();
+        }
+        let config = Config { model_dir: dir.path().into(), generation_model: "a".into(), ..Config::default() };
+        let loads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let registry = Registry::start(&Arc::new(config.clone()), &named_loader(loads));
+        registry.get(ModelKind::Generation, Some("c"), &config).await.unwrap();
+        registry.settled().await;
+        let renamed = Config { generation_model: "b".into(), ..config.clone() };
+        let mut names: Vec<String> = registry
+            .reloadable(&renamed)
+            .into_iter()
+            .filter(|(w, _)| w.kind() == ModelKind::Generation)
+            .map(|(_, c)| c.generation_model.clone())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["b", "c"], "the configured model follows the configuration; c keeps its name");
     }
 }

@@ -523,15 +523,21 @@ pub struct OnnxEncoder {
 impl OnnxEncoder {
     /// Wraps a session, checking its inputs.
     pub fn new(session: Session, model: &str) -> Result<Self> {
-        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        for required in ["input_ids", "attention_mask"] {
-            if !names.contains(&required) {
-                return Err(Error::model(model, format!("encoder ONNX graph has no `{required}` input")));
-            }
-        }
-        let has_token_type_ids = names.contains(&"token_type_ids");
+        let has_token_type_ids = bert_inputs(&session, model, "encoder")?;
         Ok(OnnxEncoder { session, model: model.to_string(), has_token_type_ids })
     }
+}
+
+/// Checks that a `what` graph (encoder, cross-encoder) takes `input_ids` and `attention_mask`;
+/// whether it also takes `token_type_ids`.
+fn bert_inputs(session: &Session, model: &str, what: &str) -> Result<bool> {
+    let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    for required in ["input_ids", "attention_mask"] {
+        if !names.contains(&required) {
+            return Err(Error::model(model, format!("{what} ONNX graph has no `{required}` input")));
+        }
+    }
+    Ok(names.contains(&"token_type_ids"))
 }
 
 impl EncoderBackend for OnnxEncoder {
@@ -568,16 +574,10 @@ pub struct OnnxClassifier {
 impl OnnxClassifier {
     /// Wraps a session, checking its inputs and output.
     pub fn new(session: Session, model: &str) -> Result<Self> {
-        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
-        for required in ["input_ids", "attention_mask"] {
-            if !names.contains(&required) {
-                return Err(Error::model(model, format!("cross-encoder ONNX graph has no `{required}` input")));
-            }
-        }
+        let has_token_type_ids = bert_inputs(&session, model, "cross-encoder")?;
         if !session.outputs().iter().any(|o| o.name() == "logits") {
             return Err(Error::model(model, "cross-encoder ONNX graph has no `logits` output"));
         }
-        let has_token_type_ids = names.contains(&"token_type_ids");
         Ok(OnnxClassifier { session, model: model.to_string(), has_token_type_ids })
     }
 

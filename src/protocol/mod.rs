@@ -360,16 +360,7 @@ impl EmbedParams {
 
     /// Checks the batch against the limits.
     pub fn validate(&self, limits: &Limits) -> Result<()> {
-        if self.texts.is_empty() {
-            return Err(Error::InvalidRequest("texts must hold at least one text".into()));
-        }
-        if self.texts.len() > limits.max_batch {
-            return Err(Error::InvalidRequest(format!(
-                "{} texts in one request; this server's limit is {}: split the batch",
-                self.texts.len(),
-                limits.max_batch
-            )));
-        }
+        check_batch(limits, "texts", self.texts.len())?;
         self.texts.iter().try_for_each(|t| check_input(limits, "text", t))
     }
 }
@@ -413,16 +404,7 @@ impl RerankParams {
         if self.query.contains(cross_encoder::PAIR_SEPARATOR) {
             return Err(Error::InvalidRequest("the query must not contain NUL characters".into()));
         }
-        if self.documents.is_empty() {
-            return Err(Error::InvalidRequest("documents must hold at least one document".into()));
-        }
-        if self.documents.len() > limits.max_batch {
-            return Err(Error::InvalidRequest(format!(
-                "{} documents in one request; this server's limit is {}: split them",
-                self.documents.len(),
-                limits.max_batch
-            )));
-        }
+        check_batch(limits, "documents", self.documents.len())?;
         check_input(limits, "query", &self.query)?;
         self.documents.iter().try_for_each(|d| check_input(limits, "document", d))
     }
@@ -510,6 +492,20 @@ impl RerankResult {
             cached: result.cached,
         })
     }
+}
+
+/// `count` items (`texts`, `documents`) of one request: at least one, at most `max_batch`.
+fn check_batch(limits: &Limits, what: &str, count: usize) -> Result<()> {
+    if count == 0 {
+        return Err(Error::InvalidRequest(format!("{what} must hold at least one item")));
+    }
+    if count > limits.max_batch {
+        return Err(Error::InvalidRequest(format!(
+            "{count} {what} in one request; this server's limit is {}: split the request",
+            limits.max_batch
+        )));
+    }
+    Ok(())
 }
 
 fn check_input(limits: &Limits, what: &str, text: &str) -> Result<()> {
