@@ -44,15 +44,19 @@ test-style:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 
-# A short fuzz pass of the protocol decoder and the snapshot loader (longer: FUZZ_SECS=600).
+# A short fuzz pass of the protocol decoder and the snapshot loader (longer, with AddressSanitizer
+# watching the snapshot's unchecked archive access: FUZZ_SECS=600 FUZZ_SANITIZER=address). The
+# short pass builds without a sanitizer (a third less build time: 10 -> 7 minutes here), and both targets are safe Rust
+# but for that one access, made only after rkyv's validation of the same bytes.
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP lets the stable toolchain build it.
 # New inputs go to target/fuzz-corpus; fuzz/corpus (the seeds) is only read.
 FUZZ_SECS ?= 20
+FUZZ_SANITIZER ?= none
 test-fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz@0.13.2
 	for t in protocol_line snapshot; do \
 		mkdir -p target/fuzz-corpus/$$t && \
-		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --fuzz-dir fuzz $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run --sanitizer $(FUZZ_SANITIZER) --fuzz-dir fuzz $$t target/fuzz-corpus/$$t fuzz/corpus/$$t -- \
 			-max_total_time=$(FUZZ_SECS) -timeout=10 -print_final_stats=1 || exit 1; \
 	done
 
@@ -89,6 +93,7 @@ DESTDIR ?=
 PREFIX ?= /usr
 SYSCONFDIR ?= /etc
 UNITDIR ?= $(PREFIX)/lib/systemd/system
+USERUNITDIR ?= $(PREFIX)/lib/systemd/user
 ZSH_COMPLETIONS ?= $(PREFIX)/share/zsh/vendor-completions
 DOCDIR ?= $(PREFIX)/share/doc/steadytext
 install:
@@ -96,6 +101,7 @@ install:
 	install -D -m 0755 target/release/stctl $(DESTDIR)$(PREFIX)/bin/stctl
 	install -D -m 0644 .ort/libonnxruntime.so.$(ORT_VERSION) $(DESTDIR)$(PREFIX)/lib/steadytext/libonnxruntime.so.$(ORT_VERSION)
 	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext.service
+	install -D -m 0644 -t $(DESTDIR)$(USERUNITDIR) systemd/user/steadytext.socket systemd/user/steadytext.service
 	install -D -m 0644 packaging/steadytext.toml $(DESTDIR)$(SYSCONFDIR)/steadytext/steadytext.toml
 	install -D -m 0644 man/stctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/stctl.1
 	install -D -m 0644 man/steadytextd.8 $(DESTDIR)$(PREFIX)/share/man/man8/steadytextd.8

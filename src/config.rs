@@ -1,5 +1,5 @@
-//! Configuration: built-in defaults, then `/etc/steadytext/steadytext.toml` (or `STEADYTEXT_CONFIG`),
-//! then `STEADYTEXT_*` environment variables; command-line flags are applied last by the binaries.
+//! Configuration: built-in defaults, then one TOML file (see [`Config::load`]), then `STEADYTEXT_*`
+//! environment variables; command-line flags are applied last by the binaries.
 //! Every environment variable steadytext reads is read here (see [`env`]).
 
 use std::path::{Path, PathBuf};
@@ -10,6 +10,12 @@ use crate::error::{Error, Result};
 
 /// The system-wide configuration file.
 pub const SYSTEM_CONFIG: &str = "/etc/steadytext/steadytext.toml";
+
+/// The configuration file's name in a configuration folder.
+const CONFIG_FILE: &str = "steadytext.toml";
+
+/// The system daemon's state folder (its `StateDirectory=`).
+const SYSTEM_STATE_DIR: &str = "/var/lib/steadytext";
 
 /// Largest key, certificate or credential file read, in bytes.
 pub const MAX_SECRET_BYTES: u64 = 1 << 20;
@@ -41,7 +47,7 @@ pub enum Device {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Folder holding model folders (`STEADYTEXT_MODEL_DIR`).
+    /// Folder holding model folders (`STEADYTEXT_MODEL_DIR`); default [`default_model_dir`].
     pub model_dir: PathBuf,
     /// Generation model: a folder name under `model_dir` or a path.
     pub generation_model: String,
@@ -200,6 +206,15 @@ impl Default for DaemonConfig {
     }
 }
 
+/// The models folder when none is configured: `models` in systemd's `STATE_DIRECTORY` (the system
+/// unit's /var/lib/steadytext), else for users but root `$XDG_STATE_HOME/steadytext/models`
+/// (`~/.local/state/steadytext/models`: the per-user daemon's and the user's direct mode), else
+/// /var/lib/steadytext/models.
+pub fn default_model_dir() -> PathBuf {
+    let user_state = || dirs::state_dir().filter(|_| crate::fsutil::euid() != 0).map(|d| d.join("steadytext"));
+    env::state_directory().or_else(user_state).unwrap_or_else(|| PathBuf::from(SYSTEM_STATE_DIR)).join("models")
+}
+
 /// Bounds on what one request may ask for.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -221,7 +236,7 @@ impl Default for Limits {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            model_dir: PathBuf::from("/var/lib/steadytext/models"),
+            model_dir: default_model_dir(),
             generation_model: "SmolLM2-135M-Instruct".into(),
             embedding_model: "all-MiniLM-L6-v2".into(),
             rerank_model: String::new(),
@@ -256,16 +271,24 @@ impl Config {
     }
 
     /// Loads the configuration: `path` if given (must exist), else `STEADYTEXT_CONFIG`, else the
-    /// system file when present; then applies the environment.
+    /// first present of `steadytext.toml` in systemd's `CONFIGURATION_DIRECTORY`, the user's
+    /// `$XDG_CONFIG_HOME/steadytext/steadytext.toml` and the system file; then applies the
+    /// environment.
     pub fn load(path: Option<&Path>) -> Result<Self> {
         let explicit = path.map(Path::to_path_buf).or_else(|| env::get("STEADYTEXT_CONFIG").map(PathBuf::from));
-        let mut config = match explicit {
+        let mut config = match explicit.or_else(Self::found_file) {
             Some(p) => Self::from_file(&p)?,
-            None if Path::new(SYSTEM_CONFIG).exists() => Self::from_file(Path::new(SYSTEM_CONFIG))?,
             None => Config::default(),
         };
         config.apply_env(env::get)?;
         Ok(config)
+    }
+
+    /// The configuration file [`Config::load`] reads when none is named.
+    fn found_file() -> Option<PathBuf> {
+        let service = env::configuration_directory().map(|d| d.join(CONFIG_FILE));
+        let user = dirs::config_dir().map(|d| d.join("steadytext").join(CONFIG_FILE));
+        service.into_iter().chain(user).chain([PathBuf::from(SYSTEM_CONFIG)]).find(|p| p.exists())
     }
 
     /// Parses one TOML file.
@@ -389,10 +412,15 @@ impl Config {
         crate::runtime::RuntimeSpec::resolve(self.onnxruntime.as_deref(), self.onnxruntime_sha256.as_deref())
     }
 
-    /// Where the daemon keeps cache snapshots: `[cache] dir`, else systemd's `STATE_DIRECTORY`,
-    /// else /var/lib/steadytext.
+    /// Where the daemon keeps cache snapshots: `[cache] dir`, else systemd's `CACHE_DIRECTORY`
+    /// (the user unit's), else its `STATE_DIRECTORY` (the system unit's), else /var/lib/steadytext.
     pub fn daemon_state_dir(&self) -> PathBuf {
-        self.cache.dir.clone().or_else(env::state_directory).unwrap_or_else(|| PathBuf::from("/var/lib/steadytext"))
+        self.cache
+            .dir
+            .clone()
+            .or_else(env::cache_directory)
+            .or_else(env::state_directory)
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_STATE_DIR))
     }
 }
 
@@ -423,7 +451,28 @@ pub mod env {
 
     /// The first folder of systemd's `STATE_DIRECTORY`.
     pub fn state_directory() -> Option<PathBuf> {
-        get("STATE_DIRECTORY").and_then(|v| v.split(':').next().filter(|s| !s.is_empty()).map(PathBuf::from))
+        first_folder("STATE_DIRECTORY")
+    }
+
+    /// The first folder of systemd's `CACHE_DIRECTORY`.
+    pub fn cache_directory() -> Option<PathBuf> {
+        first_folder("CACHE_DIRECTORY")
+    }
+
+    /// The first folder of systemd's `CONFIGURATION_DIRECTORY`.
+    pub fn configuration_directory() -> Option<PathBuf> {
+        first_folder("CONFIGURATION_DIRECTORY")
+    }
+
+    /// The first of the `:`-separated folders systemd passes in `key`.
+    fn first_folder(key: &str) -> Option<PathBuf> {
+        get(key).and_then(|v| v.split(':').next().filter(|s| !s.is_empty()).map(PathBuf::from))
+    }
+
+    /// The per-user daemon's socket, `$XDG_RUNTIME_DIR/steadytext/steadytext.sock` (the user
+    /// unit's `%t/steadytext/steadytext.sock`).
+    pub fn user_socket() -> Option<PathBuf> {
+        get("XDG_RUNTIME_DIR").map(|d| PathBuf::from(d).join("steadytext/steadytext.sock"))
     }
 
     /// `STEADYTEXT_LOG`: the daemon's log filter.
@@ -431,8 +480,8 @@ pub mod env {
         get("STEADYTEXT_LOG")
     }
 
-    /// How `stctl` finds the daemon, from `STEADYTEXT_DAEMON_HOST`/`_PORT`, `STEADYTEXT_SOCKET`
-    /// and `STEADYTEXT_DISABLE_DAEMON`.
+    /// How `stctl` finds the daemon, from `STEADYTEXT_DAEMON_HOST`/`_PORT`, `STEADYTEXT_SOCKET`,
+    /// `STEADYTEXT_DISABLE_DAEMON` and `XDG_RUNTIME_DIR`.
     #[derive(Debug, Clone, Default, PartialEq, Eq)]
     pub struct ClientEnv {
         /// `STEADYTEXT_DAEMON_HOST`.
@@ -447,6 +496,8 @@ pub mod env {
         pub api_key: Option<String>,
         /// `STEADYTEXT_CA_FILE`: the PEM certificates that a TLS daemon's certificate must chain to.
         pub ca_file: Option<PathBuf>,
+        /// The per-user daemon's socket path ([`user_socket`]), whether or not one listens there.
+        pub user_socket: Option<PathBuf>,
     }
 
     /// Reads [`ClientEnv`].
@@ -458,6 +509,7 @@ pub mod env {
             disable_daemon: get("STEADYTEXT_DISABLE_DAEMON").is_some_and(|v| v != "0"),
             api_key: get("STEADYTEXT_API_KEY"),
             ca_file: get("STEADYTEXT_CA_FILE").map(PathBuf::from),
+            user_socket: user_socket(),
         }
     }
 

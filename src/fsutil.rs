@@ -13,6 +13,12 @@ pub const TEMP_MARK: &str = ".tmp-";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// This process's effective user id.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
 /// Streams `path` through sha256; returns its length and hex digest.
 pub fn sha256_file(path: &Path) -> std::io::Result<(u64, String)> {
     use sha2::{Digest, Sha256};

@@ -10,12 +10,12 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 models=${STEADYTEXT_MODEL_DIR:-$here/../shared/models}
 cache=${E2E_CACHE:-/var/cache/steadytext-e2e}
-base="$cache/rootfs-bookworm"
 key=fleet-key-0123456789abcdef
 tls_name=steadytext
 net=10.231
 
 . "$here/tests/nspawn.sh"
+base=$(rootfs_path "$cache")
 say() { printf '\n== %s\n' "$*"; }
 [ "$(id -u)" = 0 ] || { echo "error: the fleet test needs root (it boots containers)" >&2; exit 1; }
 deb=$(ls target/deb/steadytext_*_amd64.deb 2>/dev/null | head -1 || true)
@@ -83,7 +83,7 @@ for n in 1 2 3; do
 done
 for n in 1 2 3; do
     init=$(booted_init "${pids[$((n - 1))]}" "$work/console$n.log")
-    timeout 120 nsenter -t "$init" -a systemctl is-system-running --wait >/dev/null 2>&1 || true
+    booted_state "$init" >/dev/null
     inits+=("$init")
 done
 echo "booted in $(python3 -c "import time; print(f'{time.time() - $boot_started:.1f}')") s"

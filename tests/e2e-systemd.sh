@@ -20,15 +20,18 @@ check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; 
 [ "$(id -u)" = 0 ] || { echo "error: the systemd end-to-end test needs root (it boots a container)" >&2; exit 1; }
 [ -d "$models/SmolLM2-135M-Instruct" ] || { echo "error: no shared models in $models" >&2; exit 1; }
 
-install_missing debootstrap:debootstrap systemd-nspawn:systemd-container dpkg-buildpackage:dpkg-dev dh:debhelper lintian:lintian rpmbuild:rpm
+install_missing debootstrap:debootstrap systemd-nspawn:systemd-container dpkg-buildpackage:dpkg-dev dh:debhelper lintian:lintian rpmbuild:rpm \
+    apt-ftparchive:apt-utils gpg:gpg
 
 say "unit files: systemd-analyze verify and security gates"
 units=$(mktemp -d)
-for u in systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext.service; do
-    sed "s|/usr/bin/steadytextd|$here/target/release/steadytextd|" "$u" > "$units/$(basename "$u")"
+mkdir "$units/user"
+for u in systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext.service systemd/user/steadytext.socket systemd/user/steadytext.service; do
+    sed "s|/usr/bin/steadytextd|$here/target/release/steadytextd|" "$u" > "$units/${u#systemd/}"
 done
 cargo build --release --locked --bins -q
 check "systemd-analyze verify" systemd-analyze verify --man=no "$units"/steadytext.socket "$units"/steadytext-tcp.socket "$units"/steadytext-http.socket "$units"/steadytext.service
+check "systemd-analyze verify --user (the per-user units)" env XDG_RUNTIME_DIR="$units" systemd-analyze verify --user --man=no "$units"/user/steadytext.socket "$units"/user/steadytext.service
 # The threshold is in tenths: 10 = exposure 1.0.
 check "systemd-analyze security --offline (exposure at most 1.0)" \
     systemd-analyze security --offline=true --threshold=10 --no-pager "$units"/steadytext.service
@@ -37,11 +40,26 @@ rm -rf "$units"
 say "building the .deb"
 rm -f ../steadytext_*.deb ../steadytext-dbgsym_*.deb ../steadytext_*.changes ../steadytext_*.buildinfo
 dpkg-buildpackage -b -us -uc > target/dpkg-buildpackage.log 2>&1 || { tail -30 target/dpkg-buildpackage.log; exit 1; }
+rm -rf target/deb
 mkdir -p target/deb
 mv ../steadytext_*.deb ../steadytext-dbgsym_*.deb ../steadytext_*.changes ../steadytext_*.buildinfo target/deb/
 deb=$(ls target/deb/steadytext_*_amd64.deb)
 deb_size=$(stat -c %s "$deb")
-check "lintian reports no errors" lintian --fail-on error target/deb/steadytext_*.changes
+check "lintian --pedantic: no tag but the justified overrides" \
+    bash -c "lintian --allow-root --pedantic -E --fail-on error,warning,info,pedantic target/deb/steadytext_*.changes > target/lintian.log 2>&1 || { cat target/lintian.log; false; }"
+
+# Version N+1 for the upgrade test: the same package under a higher version (same maintainer
+# scripts and units, as a point release would have).
+version=$(dpkg-deb -f "$deb" Version)
+next_version="$version+e2e1"
+repack=$(mktemp -d)
+dpkg-deb -R "$deb" "$repack/pkg"
+sed -i "s/^Version: .*/Version: $next_version/" "$repack/pkg/DEBIAN/control"
+rm -rf target/deb-next
+mkdir -p target/deb-next
+next_deb="target/deb-next/steadytext_${next_version}_amd64.deb"
+dpkg-deb -Zxz -z1 -b "$repack/pkg" "$next_deb" >/dev/null
+rm -rf "$repack"
 
 say "building the .rpm"
 rpmtop=$(mktemp -d)
@@ -53,17 +71,16 @@ fi
 rm -rf "$rpmtop"
 
 say "Debian 12 rootfs"
-base="$cache/rootfs-bookworm"
-if [ ! -x "$base/lib/systemd/systemd" ]; then
-    mkdir -p "$cache"
-    rm -rf "$base.tmp"
-    debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates,man-db bookworm "$base.tmp" http://deb.debian.org/debian
-    mv "$base.tmp" "$base"
-fi
+ensure_rootfs "$cache"
+base=$(rootfs_path "$cache")
 work=$(mktemp -d /var/tmp/steadytext-e2e.XXXXXX)
 root="$work/root"
 cp -a "$base" "$root"
-cp "$deb" "$root/root/steadytext.deb"
+# A signed apt repository with version N, on the machine's disk; the machine knows only it.
+packaging/apt-repo.sh "$root/srv/steadytext" "$work/gnupg" "$deb" >/dev/null
+cp "$root/srv/steadytext/steadytext.gpg" "$root/usr/share/keyrings/steadytext.gpg"
+rm -f "$root/etc/apt/sources.list"
+echo "deb [signed-by=/usr/share/keyrings/steadytext.gpg] file:/srv/steadytext ./" > "$root/etc/apt/sources.list.d/steadytext.list"
 mkdir -p "$root/root/models"
 cp -rL "$models"/SmolLM2-135M-Instruct "$models"/all-MiniLM-L6-v2 "$root/root/models/"
 echo steadytext-e2e > "$root/etc/hostname"
@@ -79,12 +96,13 @@ trap cleanup EXIT
 init=$(booted_init "$nspawn" "$work/console.log")
 # Every command in the container is bounded: a daemon that never answers fails the test, never hangs it.
 c() { timeout 180 nsenter -t "$init" -a -- "$@"; }
-c systemctl is-system-running --wait >/dev/null 2>&1 || true
-state=$(c systemctl is-system-running 2>/dev/null || true)
-ok "container booted (${state:-starting})"
+state=$(booted_state "$init")
+check "container booted ($state)" test "$state" = running
 
-say "apt install ./steadytext.deb"
-check "install" bash -c "nsenter -t $init -a env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq /root/steadytext.deb > $work/install.log 2>&1 || { cat $work/install.log; false; }"
+say "apt install steadytext (from a signed repository)"
+check "apt update verifies the repository's signature" bash -c "nsenter -t $init -a apt-get update > $work/update.log 2>&1 && ! grep -qi 'not signed\|NO_PUBKEY\|insecure' $work/update.log || { cat $work/update.log; false; }"
+check "apt install steadytext" bash -c "nsenter -t $init -a env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq steadytext > $work/install.log 2>&1 || { cat $work/install.log; false; }"
+check "version $version installed" test "$(c dpkg-query -W -f '${Version}' steadytext)" = "$version"
 c cp -r /root/models/SmolLM2-135M-Instruct /root/models/all-MiniLM-L6-v2 /var/lib/steadytext/models/
 c useradd -m -G steadytext alice
 c useradd -m bob
@@ -178,6 +196,83 @@ say "access control"
 check "a user outside the group is refused" bash -c "! nsenter -t $init -a runuser -u bob -- stctl --daemon-only ping 2>$work/bob.err"
 grep -qi 'permission denied' "$work/bob.err" && ok "... with 'permission denied'" || bad "bob's error: $(cat "$work/bob.err")"
 
+say "per-user daemon (systemctl --user, a lingering user)"
+c useradd -m carol
+carol_uid=$(c id -u carol)
+c loginctl enable-linger carol
+for _ in $(seq 100); do c test -S "/run/user/$carol_uid/systemd/private" && break; sleep 0.1; done
+u() { c runuser -u carol -- env XDG_RUNTIME_DIR="/run/user/$carol_uid" "$@"; }
+u mkdir -p /home/carol/.local/state/steadytext/models
+c cp -r /root/models/SmolLM2-135M-Instruct /root/models/all-MiniLM-L6-v2 /home/carol/.local/state/steadytext/models/
+c chown -R carol: /home/carol/.local/state/steadytext/models
+check "systemctl --user enable --now steadytext.socket" u systemctl --user enable --now steadytext.socket
+check "it listens on \$XDG_RUNTIME_DIR/steadytext/steadytext.sock" c test -S "/run/user/$carol_uid/steadytext/steadytext.sock"
+user_got=$(u stctl --daemon-only generate "$prompt" --max-new-tokens 48 || true)
+check "stctl finds the user's daemon (carol is not in group steadytext) and gets the reference text" test "$user_got" = "$expected"
+check "the daemon runs as carol under her user manager" bash -c "test \"\$(nsenter -t $init -a stat -c %U /proc/\$(nsenter -t $init -a runuser -u carol -- env XDG_RUNTIME_DIR=/run/user/$carol_uid systemctl --user show -P MainPID steadytext.service))\" = carol"
+u systemctl --user stop steadytext.service
+check "its cache snapshot is in \$XDG_CACHE_HOME/steadytext, carol's, mode 0600" \
+    bash -c "nsenter -t $init -a sh -c 'stat -c \"%U %a\" /home/carol/.cache/steadytext/cache-*.snapshot' | grep -qx 'carol 600'"
+user_cached=$(u stctl --daemon-only generate "$prompt" --max-new-tokens 48 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["cached"])')
+check "started again by its socket, it answers from that snapshot" test "$user_cached" = True
+u systemctl --user disable --now steadytext.socket
+check "disabled, the user socket is gone and stctl falls back to the system one (refused: not in the group)" \
+    bash -c "! nsenter -t $init -a test -e /run/user/$carol_uid/steadytext/steadytext.sock && ! nsenter -t $init -a runuser -u carol -- env XDG_RUNTIME_DIR=/run/user/$carol_uid stctl --daemon-only ping 2>&1 | grep -q pong"
+c loginctl disable-linger carol
+
+say "upgrade $version -> $next_version under load"
+cat > "$root/usr/local/bin/e2e-load" <<'SH'
+#!/bin/sh
+# Client $1 streams generations until ~/load/stop exists; a failed request is retried once.
+i=$1 n=0 out=$HOME/load
+while [ ! -e "$out/stop" ]; do
+    n=$((n + 1))
+    p="Upgrade test, client $i, request $n: name one colour."
+    if stctl --daemon-only generate "$p" --max-new-tokens 24 >/dev/null 2>>"$out/$i.err"; then echo ok
+    elif sleep 1 && stctl --daemon-only generate "$p" --max-new-tokens 24 >/dev/null 2>>"$out/$i.err"; then echo retried
+    else echo failed; fi
+done > "$out/$i.log"
+SH
+chmod 0755 "$root/usr/local/bin/e2e-load"
+c runuser -u alice -- stctl --daemon-only ping >/dev/null
+socket_since=$(c systemctl show -P ActiveEnterTimestampMonotonic steadytext.socket)
+pid_before=$(c systemctl show -P MainPID steadytext.service)
+c runuser -u alice -- mkdir -p /home/alice/load
+loaders=""
+for i in 1 2 3 4; do
+    nsenter -t "$init" -a runuser -u alice -- env HOME=/home/alice /usr/local/bin/e2e-load "$i" &
+    loaders="$loaders $!"
+done
+sleep 5
+packaging/apt-repo.sh "$root/srv/steadytext" "$work/gnupg" "$next_deb" >/dev/null
+t0=$(date +%s.%N)
+check "apt update && apt upgrade" bash -c "nsenter -t $init -a sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y -qq' > $work/upgrade.log 2>&1 || { cat $work/upgrade.log; false; }"
+t1=$(date +%s.%N)
+upgrade_s=$(python3 -c "print(f'{($t1 - $t0):.1f}')")
+sleep 5
+c runuser -u alice -- touch /home/alice/load/stop
+wait $loaders
+load_ok=$(cat "$root"/home/alice/load/?.log | grep -cx ok || true)
+load_retried=$(cat "$root"/home/alice/load/?.log | grep -cx retried || true)
+load_failed=$(cat "$root"/home/alice/load/?.log | grep -cx failed || true)
+check "version $next_version installed" test "$(c dpkg-query -W -f '${Version}' steadytext)" = "$next_version"
+check "every client got its answers: $load_ok first time, $load_retried after a retry, $load_failed failed" \
+    bash -c "[ $load_failed = 0 ] && [ $((load_ok + load_retried)) -ge 8 ] || { cat $root/home/alice/load/?.err; false; }"
+check "the socket kept listening through the upgrade" test "$(c systemctl show -P ActiveEnterTimestampMonotonic steadytext.socket)" = "$socket_since"
+pid_after=$(c systemctl show -P MainPID steadytext.service)
+check "the service was restarted onto the new version" bash -c "[ '$pid_after' != '$pid_before' ] && [ '$pid_after' != 0 ]"
+upgraded_cached=$(c runuser -u alice -- stctl --daemon-only generate "$prompt" --max-new-tokens 48 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["cached"])')
+check "the cache snapshot survived the upgrade" test "$upgraded_cached" = True
+check "systemctl status is clean (active, result success, no automatic restart, no failed unit)" \
+    bash -c "nsenter -t $init -a systemctl is-active --quiet steadytext.service && [ \"\$(nsenter -t $init -a systemctl show -P Result steadytext.service)\" = success ] && [ \"\$(nsenter -t $init -a systemctl show -P NRestarts steadytext.service)\" = 0 ] && [ -z \"\$(nsenter -t $init -a systemctl --failed --no-legend)\" ]"
+
+say "reinstall and downgrade"
+check "apt install --reinstall steadytext" bash -c "nsenter -t $init -a env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --reinstall steadytext > $work/reinstall.log 2>&1 || { cat $work/reinstall.log; false; }"
+check "it serves after the reinstall" c runuser -u alice -- stctl --daemon-only ping
+check "apt install steadytext=$version --allow-downgrades" bash -c "nsenter -t $init -a env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades steadytext=$version > $work/downgrade.log 2>&1 || { cat $work/downgrade.log; false; }"
+downgraded_got=$(c runuser -u alice -- stctl --daemon-only generate "$prompt" --max-new-tokens 48 || true)
+check "after the downgrade it serves the same text" test "$downgraded_got" = "$expected"
+
 say "started by hand as root (--allow-root)"
 c env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin sh -c 'steadytextd --allow-root --listen unix:/tmp/by-hand.sock >/tmp/by-hand.log 2>&1 & echo $! > /tmp/by-hand.pid'
 for _ in $(seq 100); do c test -S /tmp/by-hand.sock && break; sleep 0.1; done
@@ -193,8 +288,11 @@ check "it removed its socket at exit" bash -c "! nsenter -t $init -a test -e /tm
 say "apt purge"
 check "purge" bash -c "nsenter -t $init -a env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq steadytext > $work/purge.log 2>&1 || { cat $work/purge.log; false; }"
 check "no unit left" bash -c "! nsenter -t $init -a ls /lib/systemd/system/steadytext.socket /etc/systemd/system/sockets.target.wants/steadytext.socket 2>/dev/null"
-check "no user or group left" bash -c "! nsenter -t $init -a getent passwd steadytext && ! nsenter -t $init -a getent group steadytext"
-check "no state or config left" bash -c "! nsenter -t $init -a ls -d /var/lib/steadytext /etc/steadytext 2>/dev/null"
+check "cache snapshots and the packaged configuration removed" \
+    bash -c "! nsenter -t $init -a sh -c 'ls /var/lib/steadytext/cache-*.snapshot /etc/steadytext/steadytext.toml' 2>/dev/null"
+check "the models and the API key the administrator added stay, and purge says so" \
+    bash -c "nsenter -t $init -a test -d /var/lib/steadytext/models/SmolLM2-135M-Instruct && nsenter -t $init -a test -f /etc/steadytext/api-key && grep -q 'left /var/lib/steadytext (.*models' $work/purge.log && grep -q 'left /etc/steadytext (.*api-key' $work/purge.log || { cat $work/purge.log; false; }"
+check "the system user and group stay (Debian practice)" bash -c "nsenter -t $init -a getent passwd steadytext >/dev/null && nsenter -t $init -a getent group steadytext >/dev/null"
 
 c systemctl poweroff >/dev/null 2>&1 || true
 wait "$nspawn" 2>/dev/null || true
@@ -203,6 +301,7 @@ say "figures"
 echo "systemd-analyze security steadytext.service: $exposure"
 echo "time from 'systemctl start steadytext.socket' to the first answer (activation, model load, 48 tokens): ${first_answer} s"
 echo "package size: $deb_size bytes ($(basename "$deb"))"
+echo "upgrade $version -> $next_version under load (4 streaming clients): apt upgrade took ${upgrade_s} s; requests: $load_ok answered first time, $load_retried after a retry, $load_failed failed"
 echo
 echo "e2e: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -25,3 +25,35 @@ booted_init() {
     [ -n "$init" ] || { cat "$console" >&2; echo "error: the machine did not boot" >&2; return 1; }
     echo "$init"
 }
+
+# Waits until the systemd of pid $1 has finished booting (running or degraded; at most 120 s:
+# `is-system-running --wait` alone returns early while the manager's bus is not up yet) and
+# prints that state.
+booted_state() {
+    local init=$1 state=""
+    for _ in $(seq 240); do
+        state=$(timeout 10 nsenter -t "$init" -a systemctl is-system-running 2>/dev/null || true)
+        case $state in running | degraded) break ;; esac
+        sleep 0.5
+    done
+    echo "${state:-unknown}"
+}
+
+# The Debian 12 rootfs the machines boot: minbase with what a real install has for our tests
+# (systemd as init, dbus and logind, pam_systemd for user managers, man). Cached under the
+# folder $1; the folder's name carries the package list, so a changed list makes a new rootfs.
+E2E_PACKAGES=systemd,systemd-sysv,dbus,libpam-systemd,ca-certificates,man-db
+rootfs_path() {
+    echo "$1/rootfs-bookworm-$(echo "$E2E_PACKAGES" | sha256sum | cut -c1-8)"
+}
+
+# Makes the rootfs of rootfs_path $1 unless it is there.
+ensure_rootfs() {
+    local base
+    base=$(rootfs_path "$1")
+    [ -x "$base/lib/systemd/systemd" ] && return 0
+    mkdir -p "$1"
+    rm -rf "$base.tmp"
+    debootstrap --variant=minbase --include="$E2E_PACKAGES" bookworm "$base.tmp" http://deb.debian.org/debian
+    mv "$base.tmp" "$base"
+}

@@ -24,11 +24,13 @@ use steadytext::protocol::{
 #[derive(Parser)]
 #[command(name = "stctl", version, about = "Deterministic text generation and embeddings (steadytext client)")]
 struct Cli {
-    /// Configuration file (default: $STEADYTEXT_CONFIG, else /etc/steadytext/steadytext.toml).
+    /// Configuration file (default: $STEADYTEXT_CONFIG, else ~/.config/steadytext/steadytext.toml
+    /// when present, else /etc/steadytext/steadytext.toml).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Daemon address: unix:PATH, tcp:HOST:PORT, tls:HOST:PORT, http(s)://HOST:PORT (default:
-    /// $STEADYTEXT_SOCKET or the configured socket). Repeat it for a fleet of identical daemons:
+    /// $STEADYTEXT_SOCKET, else your own daemon's $XDG_RUNTIME_DIR/steadytext/steadytext.sock when
+    /// it listens, else the configured socket). Repeat it for a fleet of identical daemons:
     /// each request goes to the one its route key picks and on to the next on failure.
     #[arg(long, global = true, value_name = "ADDR")]
     socket: Vec<String>,

@@ -21,7 +21,9 @@ use steadytext::daemon::{self, listen, privileges};
     about = "Deterministic text generation and embeddings daemon (socket-activated by systemd)"
 )]
 struct Cli {
-    /// Configuration file (default: $STEADYTEXT_CONFIG, else /etc/steadytext/steadytext.toml).
+    /// Configuration file (default: $STEADYTEXT_CONFIG, else steadytext.toml in systemd's
+    /// $CONFIGURATION_DIRECTORY or ~/.config/steadytext/ when present, else
+    /// /etc/steadytext/steadytext.toml).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen on unix:PATH or tcp:HOST:PORT (JSON-RPC), http:HOST:PORT or http+unix:PATH (HTTP), repeatable,

@@ -474,8 +474,9 @@ fn connect_tcp(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
 }
 
 /// The daemon address from the environment ([`crate::config::env::client`]):
-/// `STEADYTEXT_DAEMON_HOST`/`_PORT` for TCP, else `STEADYTEXT_SOCKET`, else `default_socket`.
-pub fn target_from_env(env: &ClientEnv, default_socket: &Path) -> Result<Target, String> {
+/// `STEADYTEXT_DAEMON_HOST`/`_PORT` for TCP, else `STEADYTEXT_SOCKET`, else the per-user daemon's
+/// socket when one is there, else `system_socket`.
+pub fn target_from_env(env: &ClientEnv, system_socket: &Path) -> Result<Target, String> {
     if env.host.is_some() || env.port.is_some() {
         let port: u16 = env
             .port
@@ -487,6 +488,40 @@ pub fn target_from_env(env: &ClientEnv, default_socket: &Path) -> Result<Target,
     }
     match &env.socket {
         Some(s) => Target::parse(s).map_err(|e| format!("STEADYTEXT_SOCKET: {e}")),
-        None => Ok(Target::Unix(default_socket.to_path_buf())),
+        None => {
+            let user = env.user_socket.as_deref().filter(|p| is_socket(p));
+            Ok(Target::Unix(user.unwrap_or(system_socket).to_path_buf()))
+        }
+    }
+}
+
+/// Whether `path` is a Unix socket (a listening per-user daemon; `RemoveOnStop=` takes it away).
+fn is_socket(path: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_daemon_socket_comes_before_the_system_one_only_when_it_listens() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("steadytext/steadytext.sock");
+        let system = Path::new("/run/steadytext/steadytext.sock");
+        let env = ClientEnv { user_socket: Some(user.clone()), ..ClientEnv::default() };
+        let unix = |p: &Path| Ok(Target::Unix(p.to_path_buf()));
+        assert_eq!(target_from_env(&env, system), unix(system), "no user daemon");
+        std::fs::create_dir_all(user.parent().unwrap()).unwrap();
+        std::fs::write(&user, b"").unwrap();
+        assert_eq!(target_from_env(&env, system), unix(system), "a plain file is no daemon");
+        std::fs::remove_file(&user).unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(&user).unwrap();
+        assert_eq!(target_from_env(&env, system), unix(&user));
+        let named = ClientEnv { socket: Some("unix:/elsewhere.sock".into()), ..env.clone() };
+        assert_eq!(target_from_env(&named, system), unix(Path::new("/elsewhere.sock")), "STEADYTEXT_SOCKET wins");
+        let unset = ClientEnv { user_socket: None, ..env };
+        assert_eq!(target_from_env(&unset, system), unix(system), "no XDG_RUNTIME_DIR");
     }
 }

@@ -49,8 +49,7 @@ impl Peer {
     /// own user, or a member of the admin group. TCP clients never are.
     pub(crate) fn is_admin(&self, admin_gid: Option<u32>) -> bool {
         let Peer::Local { uid, gid } = *self else { return false };
-        // SAFETY: geteuid has no preconditions.
-        if uid == 0 || uid == unsafe { libc::geteuid() } {
+        if uid == 0 || uid == crate::fsutil::euid() {
             return true;
         }
         admin_gid.is_some_and(|admin| gid == admin || groups_of(uid).contains(&admin))
@@ -156,8 +155,7 @@ mod tests {
     #[test]
     fn admins_are_root_the_daemon_user_or_the_admin_group() {
         assert!(Peer::Local { uid: 0, gid: 0 }.is_admin(None));
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = crate::fsutil::euid();
         assert!(Peer::Local { uid: me, gid: 12345 }.is_admin(None));
         let stranger = Peer::Local { uid: 54321, gid: 54321 };
         if me != 54321 {

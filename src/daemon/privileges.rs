@@ -16,8 +16,7 @@ pub const SERVICE_USER: &str = "steadytext";
 /// sets no-new-privileges, empties every capability set and checks that they are empty.
 pub fn drop_privileges(allow_root: bool, state_dir: &Path, owned: &[&Path]) -> Result<()> {
     use caps::CapSet;
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = crate::fsutil::euid() == 0;
     if root && !allow_root {
         bail!("refusing to run as root: run as the steadytext user (the systemd unit does), or pass --allow-root to switch to it (with every capability dropped)");
     }
