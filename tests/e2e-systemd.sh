@@ -1,7 +1,8 @@
 #!/bin/bash
 # End-to-end test of the Debian package on a real systemd: build the .deb, boot a Debian 12
 # container with systemd-nspawn, install the package, and use it as an admin and users would.
-# Needs root. The debootstrapped rootfs is cached in $E2E_CACHE between runs.
+# Needs root. The debootstrapped rootfs is cached in $E2E_CACHE between runs. E2E_DEB=FILE tests
+# that .deb (e.g. the offline build of tests/source-package.sh) instead of building one.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,16 +38,21 @@ check "systemd-analyze security --offline (exposure at most 1.0)" \
     systemd-analyze security --offline=true --threshold=10 --no-pager "$units"/steadytext.service
 rm -rf "$units"
 
-say "building the .deb"
-rm -f ../steadytext_*.deb ../steadytext-dbgsym_*.deb ../steadytext_*.changes ../steadytext_*.buildinfo
-dpkg-buildpackage -b -us -uc > target/dpkg-buildpackage.log 2>&1 || { tail -30 target/dpkg-buildpackage.log; exit 1; }
-rm -rf target/deb
-mkdir -p target/deb
-mv ../steadytext_*.deb ../steadytext-dbgsym_*.deb ../steadytext_*.changes ../steadytext_*.buildinfo target/deb/
-deb=$(ls target/deb/steadytext_*_amd64.deb)
+if [ -n "${E2E_DEB:-}" ]; then
+    say "the .deb to test: $E2E_DEB"
+    deb=$E2E_DEB
+else
+    say "building the .deb (from this checkout)"
+    rm -f ../steadytext_*.deb ../steadytext-dbgsym_*.deb ../steadytext_*.changes ../steadytext_*.buildinfo
+    dpkg-buildpackage -b -us -uc -d > target/dpkg-buildpackage.log 2>&1 || { tail -30 target/dpkg-buildpackage.log; exit 1; }
+    rm -rf target/deb
+    mkdir -p target/deb
+    mv ../steadytext_*.deb ../steadytext-dbgsym_*.deb ../steadytext_*.changes ../steadytext_*.buildinfo target/deb/
+    deb=$(ls target/deb/steadytext_*_amd64.deb)
+fi
 deb_size=$(stat -c %s "$deb")
 check "lintian --pedantic: no tag but the justified overrides" \
-    bash -c "lintian --allow-root --pedantic -E --fail-on error,warning,info,pedantic target/deb/steadytext_*.changes > target/lintian.log 2>&1 || { cat target/lintian.log; false; }"
+    bash -c "lintian --allow-root --pedantic -E --fail-on error,warning,info,pedantic $deb > target/lintian.log 2>&1 || { cat target/lintian.log; false; }"
 
 # Version N+1 for the upgrade test: the same package under a higher version (same maintainer
 # scripts and units, as a point release would have).
