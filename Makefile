@@ -88,9 +88,24 @@ bench-engine: setup
 # C no __DATE__). With them gone the packages ship the very binaries `make test` built and
 # tested, reused without a rebuild.
 PACKAGER_ENV := CFLAGS CXXFLAGS CPPFLAGS LDFLAGS FFLAGS FCFLAGS OBJCFLAGS OBJCXXFLAGS SOURCE_DATE_EPOCH
+# From the upstream tarballs (packaging/source-package.sh; the .deb and the .rpm build from the
+# same ones) vendor/ and onnxruntime/ lie beside the sources and the build uses no network: crates
+# from vendor/ only, ONNX Runtime from onnxruntime/ (checked against its pinned sha256 by
+# fetch-onnxruntime.sh), the build folder's path remapped so that two builds give the same bytes.
+ifneq ($(wildcard vendor),)
+OFFLINE_CARGO_HOME := $(CURDIR)/.cargo-home
+OFFLINE_ENV := CARGO_HOME=$(OFFLINE_CARGO_HOME) CARGO_NET_OFFLINE=true \
+	RUSTFLAGS=--remap-path-prefix=$(CURDIR)=/usr/src/steadytext \
+	CFLAGS_x86_64_unknown_linux_gnu=-ffile-prefix-map=$(CURDIR)=/usr/src/steadytext
+endif
 package-build:
+ifneq ($(wildcard vendor),)
+	mkdir -p $(OFFLINE_CARGO_HOME) .ort
+	printf '[source.crates-io]\nreplace-with = "vendored"\n[source.vendored]\ndirectory = "$(CURDIR)/vendor"\n' > $(OFFLINE_CARGO_HOME)/config.toml
+	cp onnxruntime/libonnxruntime.so.* .ort/
+endif
 	./packaging/fetch-onnxruntime.sh
-	env $(PACKAGER_ENV:%=-u %) $(CARGO) build --release --locked --bins
+	env $(PACKAGER_ENV:%=-u %) $(OFFLINE_ENV) $(CARGO) build --release --locked --bins
 	mkdir -p target/completions
 	./target/release/stctl completions bash > target/completions/stctl
 	./target/release/stctl completions zsh > target/completions/_stctl

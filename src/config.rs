@@ -208,11 +208,19 @@ impl Default for DaemonConfig {
 
 /// The models folder when none is configured: `models` in systemd's `STATE_DIRECTORY` (the system
 /// unit's /var/lib/steadytext), else for users but root `$XDG_STATE_HOME/steadytext/models`
-/// (`~/.local/state/steadytext/models`: the per-user daemon's and the user's direct mode), else
-/// /var/lib/steadytext/models.
+/// (`~/.local/state/steadytext/models`: the per-user daemon's and the user's direct mode) once it
+/// exists, else /var/lib/steadytext/models (readable by the steadytext group: a member's direct
+/// mode serves the system's models).
 pub fn default_model_dir() -> PathBuf {
-    let user_state = || dirs::state_dir().filter(|_| crate::fsutil::euid() != 0).map(|d| d.join("steadytext"));
-    env::state_directory().or_else(user_state).unwrap_or_else(|| PathBuf::from(SYSTEM_STATE_DIR)).join("models")
+    let system = || PathBuf::from(SYSTEM_STATE_DIR).join("models");
+    if let Some(state) = env::state_directory() {
+        return state.join("models");
+    }
+    dirs::state_dir()
+        .filter(|_| crate::fsutil::euid() != 0)
+        .map(|d| d.join("steadytext").join("models"))
+        .filter(|user| user.is_dir())
+        .unwrap_or_else(system)
 }
 
 /// Bounds on what one request may ask for.
@@ -281,7 +289,27 @@ impl Config {
             None => Config::default(),
         };
         config.apply_env(env::get)?;
+        config.prefer_pulled_defaults();
         Ok(config)
+    }
+
+    /// A fresh install has only what `stctl models pull small|embed|rerank` put there: where a
+    /// kind's model is the built-in default and its folder is absent, the recommended model's
+    /// folder (named after its alias) is the default when present.
+    fn prefer_pulled_defaults(&mut self) {
+        let builtin = Config::default();
+        let dir = self.model_dir.clone();
+        let absent = |name: &str| name.is_empty() || !dir.join(name).is_dir();
+        let slots = [
+            (&mut self.generation_model, builtin.generation_model, "small"),
+            (&mut self.embedding_model, builtin.embedding_model, "embed"),
+            (&mut self.rerank_model, builtin.rerank_model, "rerank"),
+        ];
+        for (slot, default, alias) in slots {
+            if *slot == default && absent(&default) && dir.join(alias).is_dir() {
+                *slot = alias.to_string();
+            }
+        }
     }
 
     /// The configuration file [`Config::load`] reads when none is named.
@@ -536,6 +564,35 @@ mod tests {
         assert_eq!(c.model_dir, Config::default().model_dir);
         assert_eq!(c.cache, CacheConfig::default());
         assert_eq!(c.daemon, DaemonConfig::default());
+    }
+
+    #[test]
+    fn a_fresh_install_defaults_to_the_recommended_models_it_pulled() {
+        let dir = tempfile::tempdir().unwrap();
+        let settle = |c: Config| {
+            let mut c = Config { model_dir: dir.path().to_path_buf(), ..c };
+            c.prefer_pulled_defaults();
+            (c.generation_model, c.embedding_model, c.rerank_model)
+        };
+        let builtin = Config::default();
+        let none = (builtin.generation_model.clone(), builtin.embedding_model.clone(), String::new());
+        assert_eq!(
+            settle(Config::default()),
+            none,
+            "nothing pulled: the built-in names stay (and say what is missing)"
+        );
+        for alias in ["small", "embed", "rerank"] {
+            std::fs::create_dir(dir.path().join(alias)).unwrap();
+        }
+        assert_eq!(settle(Config::default()), ("small".into(), "embed".into(), "rerank".into()));
+        std::fs::create_dir(dir.path().join(&builtin.generation_model)).unwrap();
+        assert_eq!(settle(Config::default()).0, builtin.generation_model, "the built-in model, when there, stays");
+        let chosen = Config { embedding_model: "mine".into(), rerank_model: "theirs".into(), ..Config::default() };
+        assert_eq!(
+            settle(chosen),
+            (builtin.generation_model, "mine".into(), "theirs".into()),
+            "a configured name stays"
+        );
     }
 
     #[test]

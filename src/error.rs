@@ -41,12 +41,14 @@ pub enum Error {
     ModelNotLoaded(String),
     /// The configured model of a kind failed to load when the daemon started.
     #[error(
-        "the {kind} model {name} could not be loaded: {reason}; install it (`stctl models pull REPO`) and \
-         reload the daemon (`systemctl reload steadytext`)"
+        "the {kind} model {name} could not be loaded: {reason}; install the recommended one (`stctl models pull \
+         {recommended}`) or another (`stctl models pull OWNER/NAME`) and reload the daemon (`systemctl reload steadytext`)"
     )]
     ModelUnavailable {
-        /// `generation` or `embedding`.
+        /// `generation`, `embedding` or `rerank`.
         kind: &'static str,
+        /// The alias of the recommended model of that kind.
+        recommended: &'static str,
         /// The configured model name.
         name: String,
         /// Why loading failed.

@@ -16,6 +16,90 @@ use crate::fsutil::TEMP_MARK;
 /// The public Hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
+/// A recommended model, pinned: `stctl models pull NAME` fetches this repository at this
+/// revision, this ONNX file (the CPU variant), into the model folder NAME.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alias {
+    /// The name to pull it by, and its folder's name.
+    pub name: &'static str,
+    /// `owner/name` on the Hub.
+    pub repo: &'static str,
+    /// The commit it is pinned to (the Hub's files get re-uploaded).
+    pub revision: &'static str,
+    /// The ONNX file to take.
+    pub onnx_file: &'static str,
+    /// What it is, in a few words.
+    pub about: &'static str,
+}
+
+/// The recommended models (revisions as the Hub's pages showed them on 2026-11-25).
+pub const ALIASES: &[Alias] = &[
+    Alias {
+        name: "small",
+        repo: "onnx-community/Qwen3-0.6B-ONNX",
+        revision: "da1453100cf3ff33ef56d17983fc7a8648706db6",
+        onnx_file: "onnx/model_q4.onnx",
+        about: "Qwen3 0.6B instruct, int4 weights, float32 KV cache (Apache-2.0, ~0.9 GB)",
+    },
+    Alias {
+        name: "large",
+        repo: "onnx-community/Llama-3.2-1B-Instruct",
+        revision: "c5b77c42b9a13105f54d55be507e1a65b5b8149b",
+        onnx_file: "onnx/model_q4.onnx",
+        about: "Llama 3.2 1B instruct, int4 weights, float32 KV cache (Llama 3.2 licence, ~1.7 GB)",
+    },
+    Alias {
+        name: "embed",
+        repo: "sentence-transformers/all-MiniLM-L6-v2",
+        revision: "c9745ed1d9f207416be6d2e6f8de32d1f16199bf",
+        onnx_file: "onnx/model.onnx",
+        about: "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions (Apache-2.0, 90 MB)",
+    },
+    Alias {
+        name: "rerank",
+        repo: "cross-encoder/ms-marco-MiniLM-L6-v2",
+        revision: "ce0834f22110de6d9222af7a7a03628121708969",
+        onnx_file: "onnx/model.onnx",
+        about: "MS MARCO MiniLM-L6 cross-encoder reranker (Apache-2.0, 90 MB)",
+    },
+];
+
+/// The recommended model of a kind (what a fresh install is told to pull).
+pub fn recommended(kind: crate::protocol::ModelKind) -> &'static Alias {
+    use crate::protocol::ModelKind;
+    let name = match kind {
+        ModelKind::Generation => "small",
+        ModelKind::Embedding => "embed",
+        ModelKind::Rerank => "rerank",
+    };
+    alias(name).expect("every kind has a recommended model")
+}
+
+/// The alias named `name`.
+pub fn alias(name: &str) -> Option<&'static Alias> {
+    ALIASES.iter().find(|a| a.name == name)
+}
+
+/// The ONNX files a pull takes when none is named, best first: the graph at the top, then the
+/// CPU variants of the transformers.js layout (int4 weights, int8, float32 in `onnx/model.onnx`).
+const CPU_VARIANTS: &[&str] = &[
+    "model.onnx",
+    "onnx/model.onnx",
+    "onnx/model_q4.onnx",
+    "onnx/model_int8.onnx",
+    "onnx/model_quantized.onnx",
+    "onnx/model_uint8.onnx",
+];
+
+/// Why the engine cannot serve an ONNX variant, judged by its file name (float16 activations
+/// and KV cache: the WebGPU and GPU variants).
+fn unservable_variant(file: &str) -> Option<&'static str> {
+    let stem = file.rsplit('/').next().unwrap_or(file).trim_end_matches(".onnx");
+    (stem.ends_with("_fp16") || stem.ends_with("_q4f16") || stem.ends_with("_bnb4f16")).then_some(
+        "a float16 variant (for WebGPU and GPUs: float16 KV cache); steadytext serves float32 KV caches, pull the _q4, _int8 or float32 file",
+    )
+}
+
 /// What to pull.
 #[derive(Debug, Clone)]
 pub struct Pull {
@@ -25,8 +109,10 @@ pub struct Pull {
     pub revision: String,
     /// The ONNX file to take (default `model.onnx`, else `onnx/model.onnx`).
     pub onnx_file: Option<String>,
-    /// Folder that receives the model folder (named after the repository).
+    /// Folder that receives the model folder.
     pub model_dir: PathBuf,
+    /// The model folder's name: the alias, else the repository's name.
+    pub folder: String,
     /// API endpoint (`HF_ENDPOINT`).
     pub endpoint: String,
     /// Access token (`HF_TOKEN`), for gated or private repositories.
@@ -65,18 +151,36 @@ fn hub_error(repo: &str, reason: impl Into<String>) -> Error {
 }
 
 impl Pull {
-    /// A pull of `repo` with the endpoint and token from the environment.
+    /// A pull of `repo` (`owner/name`, or an alias: then pinned, into the folder of its name)
+    /// with the endpoint and token from the environment.
     pub fn new(repo: &str, model_dir: &Path) -> Result<Self> {
-        if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
-            return Err(Error::InvalidRequest(format!("{repo:?} is not a Hub repository name like owner/name")));
-        }
         let (endpoint, token) = crate::config::env::hub();
+        let endpoint = endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into());
+        if let Some(a) = alias(repo) {
+            return Ok(Pull {
+                repo: a.repo.into(),
+                revision: a.revision.into(),
+                onnx_file: Some(a.onnx_file.into()),
+                model_dir: model_dir.to_path_buf(),
+                folder: a.name.into(),
+                endpoint,
+                token,
+            });
+        }
+        if repo.split('/').count() != 2 || repo.split('/').any(|p| p.is_empty() || p == "." || p == "..") {
+            let names: Vec<&str> = ALIASES.iter().map(|a| a.name).collect();
+            return Err(Error::InvalidRequest(format!(
+                "{repo:?} is neither a Hub repository name like owner/name nor a recommended model ({})",
+                names.join(", ")
+            )));
+        }
         Ok(Pull {
             repo: repo.to_string(),
             revision: "main".into(),
             onnx_file: None,
             model_dir: model_dir.to_path_buf(),
-            endpoint: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+            folder: repo.rsplit('/').next().unwrap_or(repo).to_string(),
+            endpoint,
             token,
         })
     }
@@ -122,58 +226,74 @@ impl Pull {
         let info: RepoInfo = serde_json::from_str(&text)
             .map_err(|e| hub_error(&self.repo, format!("unexpected answer from {api}: {e}")))?;
         let onnx = self.pick_onnx(&info)?;
-        let is_config = |f: &str| f == "tokenizer.json" || crate::model::CONFIG_FILES.contains(&f);
-        let mut wanted: Vec<&Sibling> = info.siblings.iter().filter(|s| is_config(&s.rfilename)).collect();
-        wanted.extend(info.siblings.iter().filter(|s| {
-            s.rfilename == onnx
-                || (s.rfilename.starts_with(&onnx) && (s.rfilename.contains("_data") || s.rfilename.contains(".data")))
-        }));
-        if !wanted.iter().any(|s| s.rfilename == "tokenizer.json") {
+        let sibling = |name: &str| info.siblings.iter().find(|s| s.rfilename == name);
+        if sibling("tokenizer.json").is_none() {
             return Err(hub_error(
                 &self.repo,
                 "the repository has no tokenizer.json; steadytext needs the fast tokenizer file",
             ));
         }
-        let name = self.repo.rsplit('/').next().unwrap_or(&self.repo);
-        let dest = self.model_dir.join(name);
-        for s in wanted {
-            // The ONNX graph lands where model discovery looks for it.
-            let target = if s.rfilename == onnx { dest.join("model.onnx") } else { dest.join(&s.rfilename) };
-            let target = if s.rfilename.starts_with(&onnx) && s.rfilename != onnx {
-                dest.join(format!("model.onnx{}", &s.rfilename[onnx.len()..]))
-            } else {
-                target
-            };
-            let expected = match (&s.lfs, &s.blob_id) {
-                (Some(lfs), _) => Expected::Sha256(lfs.sha256.clone()),
-                (None, Some(blob)) => Expected::GitBlobSha1(blob.clone()),
-                (None, None) => return Err(hub_error(&self.repo, format!("the Hub gave no hash for {}", s.rfilename))),
-            };
-            let size = s.lfs.as_ref().map(|l| l.size).or(s.size).unwrap_or(0);
-            if matches_hash(&target, &expected) {
-                continue;
+        let dest = self.model_dir.join(&self.folder);
+        for s in info.siblings.iter() {
+            if s.rfilename == "tokenizer.json" || crate::model::CONFIG_FILES.contains(&s.rfilename.as_str()) {
+                self.fetch(&agent, &info.sha, s, &dest.join(&s.rfilename), progress)?;
             }
-            let url = format!("{}/{}/resolve/{}/{}", self.endpoint, self.repo, info.sha, s.rfilename);
-            self.download(&agent, &url, &target, &expected, size, progress)?;
+        }
+        // The graph keeps its place when model discovery finds it there (`model.onnx`,
+        // `onnx/model*.onnx`), else it becomes `model.onnx`; its external data go beside it under
+        // the names the graph gives them.
+        let kept = onnx == "model.onnx"
+            || onnx.strip_prefix("onnx/").is_some_and(|f| f.starts_with("model") && !f.contains('/'));
+        let graph = if kept { dest.join(&onnx) } else { dest.join("model.onnx") };
+        self.fetch(&agent, &info.sha, sibling(&onnx).expect("picked among the siblings"), &graph, progress)?;
+        let onnx_dir = onnx.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
+        for location in crate::onnx_proto::external_data(&graph)? {
+            let name = format!("{onnx_dir}{location}");
+            let data = sibling(&name).ok_or_else(|| {
+                hub_error(&self.repo, format!("{onnx} keeps weights in {name}, which the repository does not have"))
+            })?;
+            self.fetch(&agent, &info.sha, data, &graph.with_file_name(&location), progress)?;
         }
         let files = crate::model::ModelFiles::discover(&dest)?;
         crate::store::Manifest::record(&files, &format!("hub:{}@{}", self.repo, info.sha))?.write(&dest)?;
         Ok(dest)
     }
 
+    /// Downloads one file of the repository to `target`, unless it is there with the right hash.
+    fn fetch(
+        &self,
+        agent: &ureq::Agent,
+        commit: &str,
+        s: &Sibling,
+        target: &Path,
+        progress: &indicatif::MultiProgress,
+    ) -> Result<()> {
+        let expected = match (&s.lfs, &s.blob_id) {
+            (Some(lfs), _) => Expected::Sha256(lfs.sha256.clone()),
+            (None, Some(blob)) => Expected::GitBlobSha1(blob.clone()),
+            (None, None) => return Err(hub_error(&self.repo, format!("the Hub gave no hash for {}", s.rfilename))),
+        };
+        if matches_hash(target, &expected) {
+            return Ok(());
+        }
+        let size = s.lfs.as_ref().map(|l| l.size).or(s.size).unwrap_or(0);
+        let url = format!("{}/{}/resolve/{}/{}", self.endpoint, self.repo, commit, s.rfilename);
+        self.download(agent, &url, target, &expected, size, progress)
+    }
+
     fn pick_onnx(&self, info: &RepoInfo) -> Result<String> {
         let has = |f: &str| info.siblings.iter().any(|s| s.rfilename == f);
         if let Some(f) = &self.onnx_file {
-            return if has(f) {
-                Ok(f.clone())
-            } else {
-                Err(hub_error(&self.repo, format!("no file {f} in the repository")))
-            };
-        }
-        for f in ["model.onnx", "onnx/model.onnx"] {
-            if has(f) {
-                return Ok(f.to_string());
+            if !has(f) {
+                return Err(hub_error(&self.repo, format!("no file {f} in the repository")));
             }
+            if let Some(why) = unservable_variant(f) {
+                return Err(hub_error(&self.repo, format!("{f} is {why}")));
+            }
+            return Ok(f.clone());
+        }
+        if let Some(f) = CPU_VARIANTS.iter().find(|f| has(f)) {
+            return Ok(f.to_string());
         }
         let all: Vec<&str> =
             info.siblings.iter().map(|s| s.rfilename.as_str()).filter(|f| f.ends_with(".onnx")).collect();
@@ -181,6 +301,8 @@ impl Pull {
             &self.repo,
             if all.is_empty() {
                 "the repository has no ONNX file; pull an ONNX export of the model".to_string()
+            } else if all.iter().all(|f| unservable_variant(f).is_some()) {
+                format!("its ONNX files ({}) are float16 variants for WebGPU and GPUs; steadytext serves float32 KV caches: pull a CPU export (_q4, _int8, float32)", all.join(", "))
             } else {
                 format!("no model.onnx; choose one with --onnx-file: {}", all.join(", "))
             },
@@ -198,6 +320,11 @@ impl Pull {
     ) -> Result<()> {
         let dir = target.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // Enterable by whoever may enter the model folder, whatever the umask.
+        for folder in dir.ancestors().take_while(|d| d.starts_with(&self.model_dir) && *d != self.model_dir) {
+            std::fs::set_permissions(folder, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|e| Error::io(folder, e))?;
+        }
         let file_name = target.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.join(format!("{file_name}{TEMP_MARK}{}", std::process::id()));
         let bar = progress.add(indicatif::ProgressBar::new(size));
@@ -236,6 +363,10 @@ impl Pull {
             if !ok {
                 return Err(hub_error(&self.repo, format!("{url}: the downloaded bytes do not match the hash the Hub published; nothing was kept, try again")));
             }
+            // Model files are not secrets: readable by whoever may enter the model folder, whatever
+            // the umask (the daemon's user reads what root pulled).
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .map_err(|e| Error::io(&tmp, e))?;
             file.sync_all().map_err(|e| Error::io(&tmp, e))?;
             std::fs::rename(&tmp, target).map_err(|e| Error::io(target, e))?;
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))

@@ -15,6 +15,7 @@ pub mod error;
 pub(crate) mod fsutil;
 pub mod hub;
 pub mod model;
+pub mod onnx_proto;
 pub mod protocol;
 pub(crate) mod runtime;
 pub mod service;

@@ -113,24 +113,29 @@ impl ModelFiles {
             .map_err(|e| Error::model(&self.name, format!("{} is not valid JSON: {e}", path.display())))
     }
 
-    /// The ONNX graph and its external data files (`model.onnx_data`, `model.onnx.data`...).
+    /// The ONNX graph and its external data files: those the graph names (beside it, under any
+    /// name), and any file named like one (`model.onnx_data`, `model.onnx.data`...).
     fn weight_files(&self) -> Vec<PathBuf> {
-        let mut files = vec![self.onnx.clone()];
+        let Some(parent) = self.onnx.parent() else { return vec![self.onnx.clone()] };
         let stem = self.onnx.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        if let Some(parent) = self.onnx.parent() {
-            if let Ok(entries) = std::fs::read_dir(parent) {
-                let mut extra: Vec<PathBuf> = entries
+        let mut extra: Vec<PathBuf> = std::fs::read_dir(parent)
+            .map(|entries| {
+                entries
                     .flatten()
                     .map(|e| e.path())
                     .filter(|p| {
                         let f = p.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
                         f != stem && f.starts_with(&stem) && (f.contains("_data") || f.contains(".data"))
                     })
-                    .collect();
-                extra.sort();
-                files.extend(extra);
-            }
-        }
+                    .collect()
+            })
+            .unwrap_or_default();
+        // An unreadable graph adds nothing here: loading it reports the error.
+        extra.extend(crate::onnx_proto::external_data(&self.onnx).unwrap_or_default().iter().map(|l| parent.join(l)));
+        extra.sort();
+        extra.dedup();
+        let mut files = vec![self.onnx.clone()];
+        files.extend(extra);
         files
     }
 

@@ -254,6 +254,23 @@ pub fn verify(dir: &Path) -> Result<Verified> {
     })
 }
 
+/// Checks that this user may add and remove model folders in `model_dir` (made when absent); a
+/// refusal says who may and what else to do.
+pub fn check_writable(model_dir: &Path) -> Result<()> {
+    let probe = model_dir.join(format!(".write-check-{}", std::process::id()));
+    let tried = std::fs::create_dir_all(model_dir).and_then(|_| std::fs::File::create(&probe));
+    match tried {
+        Ok(_) => std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e)),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem) => {
+            let said = format!(
+                "{e}; models are installed by the folder's owner (the system folder: root, e.g. `sudo stctl models ...`); for models of your own pass --model-dir ~/.local/state/steadytext/models (the default once it exists)"
+            );
+            Err(Error::io(model_dir, std::io::Error::new(e.kind(), said)))
+        }
+        Err(e) => Err(Error::io(model_dir, e)),
+    }
+}
+
 /// Removes a model folder: renamed out of sight first (one step), then deleted.
 pub fn remove(dir: &Path) -> Result<()> {
     let name = folder_name(dir);
@@ -287,7 +304,7 @@ pub fn import(from: &Path, model_dir: &Path, name: &str) -> Result<PathBuf> {
             format!("{} exists; remove it first (`stctl models rm {name}`)", dest.display()),
         ));
     }
-    std::fs::create_dir_all(model_dir).map_err(|e| Error::io(model_dir, e))?;
+    check_writable(model_dir)?;
     let staging = model_dir.join(format!(".{name}.importing-{}", std::process::id()));
     let copied = (|| {
         for path in files.digested_files() {

@@ -28,7 +28,7 @@ say "unit files: systemd-analyze verify and security gates"
 units=$(mktemp -d)
 mkdir "$units/user"
 for u in systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext.service systemd/user/steadytext.socket systemd/user/steadytext.service; do
-    sed "s|/usr/bin/steadytextd|$here/target/release/steadytextd|" "$u" > "$units/${u#systemd/}"
+    sed "s|/usr/bin/steadytextd|$here/target/release/steadytextd|; s|/usr/bin/stctl|$here/target/release/stctl|" "$u" > "$units/${u#systemd/}"
 done
 cargo build --release --locked --bins -q
 check "systemd-analyze verify" systemd-analyze verify --man=no "$units"/steadytext.socket "$units"/steadytext-tcp.socket "$units"/steadytext-http.socket "$units"/steadytext.service
@@ -69,8 +69,8 @@ rm -rf "$repack"
 
 say "building the .rpm"
 rpmtop=$(mktemp -d)
-if rpmbuild -bb --define "_topdir $rpmtop" --define "_sourcedir $here" --define "_builddir $here" --nodeps rpm/steadytext.spec > target/rpmbuild.log 2>&1; then
-    ok "rpmbuild -bb rpm/steadytext.spec ($(find "$rpmtop/RPMS" -name '*.rpm' -printf '%f %s bytes\n' | head -1))"
+if rpmbuild -bb --with checkout --define "_topdir $rpmtop" --define "_sourcedir $here" --define "_builddir $here" --nodeps rpm/steadytext.spec > target/rpmbuild.log 2>&1; then
+    ok "rpmbuild -bb --with checkout rpm/steadytext.spec ($(find "$rpmtop/RPMS" -name '*.rpm' -printf '%f %s bytes\n' | head -1))"
 else
     tail -20 target/rpmbuild.log; bad "rpmbuild"
 fi
@@ -109,9 +109,11 @@ say "apt install steadytext (from a signed repository)"
 check "apt update verifies the repository's signature" bash -c "nsenter -t $init -a apt-get update > $work/update.log 2>&1 && ! grep -qi 'not signed\|NO_PUBKEY\|insecure' $work/update.log || { cat $work/update.log; false; }"
 check "apt install steadytext" bash -c "nsenter -t $init -a env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq steadytext > $work/install.log 2>&1 || { cat $work/install.log; false; }"
 check "version $version installed" test "$(c dpkg-query -W -f '${Version}' steadytext)" = "$version"
-c cp -r /root/models/SmolLM2-135M-Instruct /root/models/all-MiniLM-L6-v2 /var/lib/steadytext/models/
-c useradd -m -G steadytext alice
-c useradd -m bob
+
+ref="$models/SmolLM2-135M-Instruct/reference_ort.json"
+prompt=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cases"][0]["prompt"])' "$ref")
+expected=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cases"][0]["greedy_text"])' "$ref")
+
 check "steadytext.socket is enabled and listening" c systemctl is-active --quiet steadytext.socket
 check "the service waits for its first connection" bash -c "! nsenter -t $init -a systemctl is-active --quiet steadytext.service"
 check "systemd-analyze verify (installed units)" c systemd-analyze verify steadytext.socket steadytext.service
@@ -122,10 +124,41 @@ done
 exposure=$(c systemd-analyze security steadytext.service --no-pager | tail -1)
 echo "$exposure"
 
+say "a fresh install has no models"
+check "the daemon starts without models and says what to pull" bash -c "! nsenter -t $init -a timeout 120 stctl --daemon-only generate hello > $work/fresh.out 2>&1 && grep -q 'stctl models pull small' $work/fresh.out || { cat $work/fresh.out; false; }"
+fresh_state="$(c systemctl show -P ActiveState steadytext.service) $(c systemctl show -P NRestarts steadytext.service) $(c systemctl show -P Result steadytext.service)"
+check "it stays up, never restarted (ActiveState NRestarts Result: $fresh_state)" test "$fresh_state" = "active 0 success"
+check "stctl status answers" c stctl --daemon-only status
+# `stctl models pull small` from a Hub-like server on this machine (the container shares its
+# network): the alias's repository and pinned revision, serving the shared model's files.
+hub_root="$work/hub"
+small_repo=$(target/release/stctl models pull --list | awk '$1 == "small" {print $2}')
+mkdir -p "$hub_root/onnx"
+for f in "$models"/SmolLM2-135M-Instruct/*; do
+    case "$(basename "$f")" in model.onnx) cp "$f" "$hub_root/onnx/model_q4.onnx" ;; reference*) ;; *) cp -r "$f" "$hub_root/" ;; esac
+done
+python3 tests/python/fake_hub.py "$hub_root" "${small_repo%@*}" "${small_repo#*@}" > "$work/hub.port" &
+hub_pid=$!
+for _ in $(seq 50); do [ -s "$work/hub.port" ] && break; sleep 0.1; done
+check "stctl models pull small (as root, from the Hub-like server)" bash -c "nsenter -t $init -a env HF_ENDPOINT=http://127.0.0.1:$(cat "$work/hub.port") stctl models pull small > $work/pull.log 2>&1 || { cat $work/pull.log; false; }"
+kill "$hub_pid"
+check "systemctl reload steadytext" c systemctl reload steadytext.service
+fresh_got=$(c stctl --daemon-only generate "$prompt" --max-new-tokens 48 || true)
+check "the pulled model serves the reference text" test "$fresh_got" = "$expected"
+
+c cp -r /root/models/SmolLM2-135M-Instruct /root/models/all-MiniLM-L6-v2 /var/lib/steadytext/models/
+c useradd -m -G steadytext alice
+c useradd -m bob
+check "models are root:steadytext 0750 in a 0750 state folder; snapshots in a 0700 cache folder" \
+    test "$(c stat -c '%U:%G %a' /var/lib/steadytext /var/lib/steadytext/models /var/cache/steadytext | tr '\n' ' ')" = "steadytext:steadytext 750 root:steadytext 750 steadytext:steadytext 700 "
+check "a group member's direct mode reads the system models (its default folder)" \
+    bash -c "nsenter -t $init -a runuser -u alice -- stctl --no-daemon embed hello | grep -q '^\['"
+check "a user outside the group is told the folder is not readable (not that it is missing)" \
+    bash -c "! nsenter -t $init -a runuser -u bob -- stctl --no-daemon embed hello 2>$work/bob-direct.err && grep -q 'permission denied' $work/bob-direct.err || { cat $work/bob-direct.err; false; }"
+check "a group member may not write there, and is told who may" \
+    bash -c "! nsenter -t $init -a runuser -u alice -- stctl models import /var/lib/steadytext/models/all-MiniLM-L6-v2 --name copy --model-dir /var/lib/steadytext/models 2>$work/alice-write.err && grep -q 'installed by the folder.s owner' $work/alice-write.err || { cat $work/alice-write.err; false; }"
+
 say "generate and embed as a user in group steadytext"
-ref="$models/SmolLM2-135M-Instruct/reference_ort.json"
-prompt=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cases"][0]["prompt"])' "$ref")
-expected=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cases"][0]["greedy_text"])' "$ref")
 c systemctl stop steadytext.socket steadytext.service
 t0=$(date +%s.%N)
 c systemctl start steadytext.socket
@@ -157,7 +190,7 @@ cached=$(c runuser -u alice -- stctl --daemon-only generate "$prompt" --max-new-
 check "answer after restart comes from the snapshot" test "$cached" = True
 
 say "reload"
-check "systemctl reload steadytext (SIGHUP: RELOADING=1, then READY=1)" c systemctl reload steadytext.service
+check "systemctl reload steadytext (stctl reload: RELOADING=1, then READY=1)" c systemctl reload steadytext.service
 check "the journal shows the reload" bash -c "nsenter -t $init -a journalctl -u steadytext --no-pager | grep -q 'reloading configuration'"
 check "it serves after the reload" c runuser -u alice -- stctl --daemon-only ping
 
@@ -295,7 +328,7 @@ say "apt purge"
 check "purge" bash -c "nsenter -t $init -a env DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq steadytext > $work/purge.log 2>&1 || { cat $work/purge.log; false; }"
 check "no unit left" bash -c "! nsenter -t $init -a ls /lib/systemd/system/steadytext.socket /etc/systemd/system/sockets.target.wants/steadytext.socket 2>/dev/null"
 check "cache snapshots and the packaged configuration removed" \
-    bash -c "! nsenter -t $init -a sh -c 'ls /var/lib/steadytext/cache-*.snapshot /etc/steadytext/steadytext.toml' 2>/dev/null"
+    bash -c "! nsenter -t $init -a sh -c 'ls /var/cache/steadytext /etc/steadytext/steadytext.toml' 2>/dev/null"
 check "the models and the API key the administrator added stay, and purge says so" \
     bash -c "nsenter -t $init -a test -d /var/lib/steadytext/models/SmolLM2-135M-Instruct && nsenter -t $init -a test -f /etc/steadytext/api-key && grep -q 'left /var/lib/steadytext (.*models' $work/purge.log && grep -q 'left /etc/steadytext (.*api-key' $work/purge.log || { cat $work/purge.log; false; }"
 check "the system user and group stay (Debian practice)" bash -c "nsenter -t $init -a getent passwd steadytext >/dev/null && nsenter -t $init -a getent group steadytext >/dev/null"

@@ -41,9 +41,15 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 /// Serves `root` as repository `test/<name>` at revision `main` (commit `c0ffee`).
 fn serve(root: PathBuf) -> Hub {
+    let repo = format!("test/{}", root.file_name().unwrap().to_string_lossy());
+    serve_repo(root, &repo, "main")
+}
+
+/// Serves `root` as repository `repo` at `revision` only (commit `c0ffee`).
+fn serve_repo(root: PathBuf, repo: &str, revision: &str) -> Hub {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    let name = root.file_name().unwrap().to_string_lossy().into_owned();
+    let (repo, revision) = (repo.to_string(), revision.to_string());
     let downloads = Arc::new(AtomicUsize::new(0));
     let corrupt = Arc::new(AtomicBool::new(false));
     let (d, c) = (downloads.clone(), corrupt.clone());
@@ -61,7 +67,7 @@ fn serve(root: PathBuf) -> Hub {
             }
             let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
             let (status, headers, body): (&str, String, Vec<u8>) = if path
-                == format!("/api/models/test/{name}/revision/main?blobs=true")
+                == format!("/api/models/{repo}/revision/{revision}?blobs=true")
             {
                 let siblings: Vec<serde_json::Value> = files(&root)
                     .into_iter()
@@ -82,7 +88,7 @@ fn serve(root: PathBuf) -> Hub {
                     String::new(),
                     serde_json::to_vec(&serde_json::json!({"sha": "c0ffee", "siblings": siblings})).unwrap(),
                 )
-            } else if let Some(rel) = path.strip_prefix(&format!("/test/{name}/resolve/c0ffee/")) {
+            } else if let Some(rel) = path.strip_prefix(&format!("/{repo}/resolve/c0ffee/")) {
                 ("302 Found", format!("Location: /cdn/{rel}\r\n"), Vec::new())
             } else if let Some(rel) = path.strip_prefix("/cdn/") {
                 d.fetch_add(1, Ordering::SeqCst);
@@ -181,4 +187,123 @@ fn a_damaged_download_leaves_nothing_and_errors_are_clear() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
     let out = stctl(&["pull", "not-a-repo", "--model-dir", d], &hub);
     assert!(String::from_utf8_lossy(&out.stderr).contains("owner/name"));
+}
+
+/// A copy of the shared MiniLM folder laid out as the Hub repository has it: configs at the top,
+/// the graph as `onnx/model.onnx` with its weights in the external-data file `onnx/weights.bin`
+/// (a name only the graph gives), and float16 variants and other files a pull must leave alone.
+fn hub_layout() -> tempfile::TempDir {
+    let source = common::models_dir().join("all-MiniLM-L6-v2");
+    let repo = tempfile::tempdir().unwrap();
+    for (rel, path) in files(&source) {
+        if rel != "model.onnx" && !rel.starts_with("reference") {
+            std::fs::create_dir_all(repo.path().join(&rel).parent().unwrap()).unwrap();
+            std::fs::copy(path, repo.path().join(rel)).unwrap();
+        }
+    }
+    std::fs::create_dir_all(repo.path().join("onnx")).unwrap();
+    let python = common::venv_python("tools/cross-encoder/requirements.txt");
+    let script = "import onnx, sys\n\
+        m = onnx.load(sys.argv[1])\n\
+        onnx.save_model(m, sys.argv[2], save_as_external_data=True, all_tensors_to_one_file=True, location='weights.bin', size_threshold=1024)\n";
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(source.join("model.onnx"))
+        .arg(repo.path().join("onnx/model.onnx"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for decoy in ["onnx/model_fp16.onnx", "onnx/model_q4f16.onnx", "onnx/other.bin", "model.safetensors"] {
+        std::fs::write(repo.path().join(decoy), b"not for this pull").unwrap();
+    }
+    repo
+}
+
+fn embed(model: &Path, hub: &Hub) -> Vec<u8> {
+    let o = stctl(&["--no-daemon", "embed", "pulled", "--model", model.to_str().unwrap()], hub);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+#[test]
+fn an_alias_pulls_its_pinned_commit_and_the_external_data_its_graph_names() {
+    let alias = steadytext::hub::alias("embed").unwrap();
+    let repo = hub_layout();
+    let hub = serve_repo(repo.path().to_path_buf(), alias.repo, alias.revision);
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().to_str().unwrap();
+
+    let out = stctl(&["models", "pull", "embed", "--model-dir", d], &hub);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pulled = dest.path().join("embed");
+    let mut got: Vec<String> = files(&pulled).into_iter().map(|(rel, _)| rel).collect();
+    got.sort();
+    let mut want: Vec<String> = files(repo.path())
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .filter(|rel| {
+            !["onnx/model_fp16.onnx", "onnx/model_q4f16.onnx", "onnx/other.bin", "model.safetensors"]
+                .contains(&rel.as_str())
+        })
+        .chain(["steadytext-manifest.json".to_string()])
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "the graph, the external data it names, configs and tokenizer; nothing else");
+    assert_eq!(embed(&pulled, &hub), embed(&common::models_dir().join("all-MiniLM-L6-v2"), &hub));
+
+    // The digest covers the external data: a changed byte there is found by verify.
+    let weights = pulled.join("onnx/weights.bin");
+    let digest = steadytext::model::ModelFiles::discover(&pulled).unwrap().digest().unwrap();
+    let mut bytes = std::fs::read(&weights).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&weights, bytes).unwrap();
+    assert_ne!(steadytext::model::ModelFiles::discover(&pulled).unwrap().digest().unwrap(), digest);
+
+    let out = stctl(&["--no-daemon", "models", "list", "--json", "--model-dir", d], &hub);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["source"], format!("hub:{}@c0ffee", alias.repo));
+    // Only the pinned revision is asked for: another one is not found.
+    let out = stctl(&["models", "pull", "embed", "--revision", "main", "--model-dir", d], &hub);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = stctl(&["models", "pull", "--list"], &hub);
+    let said = String::from_utf8_lossy(&out.stdout);
+    for a in steadytext::hub::ALIASES {
+        assert!(said.contains(a.repo) && said.contains(a.revision), "{said}");
+    }
+}
+
+#[test]
+fn pulls_take_a_cpu_variant_and_refuse_float16_ones() {
+    let repo = hub_layout();
+    let onnx = repo.path().join("onnx");
+    std::fs::rename(onnx.join("model.onnx"), onnx.join("model_q4.onnx")).unwrap();
+    let hub = serve(repo.path().to_path_buf());
+    let name = repo.path().file_name().unwrap().to_string_lossy().into_owned();
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().to_str().unwrap();
+    let pull = |extra: &[&str]| {
+        let mut args = vec!["models", "pull"];
+        let full = format!("test/{name}");
+        args.push(&full);
+        args.extend_from_slice(extra);
+        args.extend(["--model-dir", d]);
+        stctl(&args, &hub)
+    };
+
+    let out = pull(&["--onnx-file", "onnx/model_q4f16.onnx"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("float16"), "{err}");
+    assert!(!dest.path().join(&name).exists(), "a refused pull downloads nothing");
+
+    let out = pull(&[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pulled = dest.path().join(&name);
+    assert!(pulled.join("onnx/model_q4.onnx").is_file() && pulled.join("onnx/weights.bin").is_file());
+    assert!(!pulled.join("onnx/model_fp16.onnx").exists() && !pulled.join("onnx/model_q4f16.onnx").exists());
+    assert_eq!(embed(&pulled, &hub), embed(&common::models_dir().join("all-MiniLM-L6-v2"), &hub));
+
+    std::fs::remove_file(onnx.join("model_q4.onnx")).unwrap();
+    let out = pull(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("float16 variants"), "{err}");
 }

@@ -96,3 +96,90 @@ fn a_model_folder_this_user_may_not_read_is_reported_as_such() {
     assert!(said.contains("permission denied") && said.contains("steadytext group"), "{said}");
     assert!(!said.contains("no such model folder"), "{said}");
 }
+
+/// A copy of the shared model folder `name` (files linked) whose graph gets the extra inputs
+/// `inputs` (name, ONNX element type, shape), unused by the graph.
+fn with_inputs(name: &str, inputs: &[(&str, i32, &[i64])]) -> tempfile::TempDir {
+    let source = common::models_dir().join(name);
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "model.onnx" {
+            std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+    }
+    let python = common::venv_python("tools/cross-encoder/requirements.txt");
+    let script = "import onnx, sys, json\n\
+        m = onnx.load(sys.argv[1])\n\
+        for name, elem, shape in json.loads(sys.argv[3]):\n\
+        \x20   m.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, shape))\n\
+        onnx.save(m, sys.argv[2])\n";
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(source.join("model.onnx"))
+        .arg(dir.path().join("model.onnx"))
+        .arg(serde_json::to_string(inputs).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    dir
+}
+
+#[test]
+fn the_loader_feeds_the_optional_inputs_a_graph_takes_and_names_the_one_it_cannot() {
+    const INT64: i32 = 7;
+    const BOOL: i32 = 9;
+    let generate = |model: &Path| {
+        stctl(&[
+            "--no-daemon",
+            "generate",
+            "Name a colour.",
+            "--max-new-tokens",
+            "8",
+            "--model",
+            model.to_str().unwrap(),
+        ])
+    };
+    let shared = generate(&common::models_dir().join("SmolLM2-135M-Instruct"));
+    assert!(shared.status.success(), "{}", text(&shared));
+    // Optimum's merged-decoder flag and transformers.js' logits count: fed, and the answer is the same.
+    let optional =
+        with_inputs("SmolLM2-135M-Instruct", &[("num_logits_to_keep", INT64, &[]), ("use_cache_branch", BOOL, &[1])]);
+    let out = generate(optional.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout, shared.stdout);
+    // An input steadytext does not feed: refused at load, in one line naming it.
+    let unknown = with_inputs("SmolLM2-135M-Instruct", &[("cache_position", INT64, &[-1])]);
+    let out = generate(unknown.path());
+    assert!(!out.status.success() && text(&out).contains("takes input `cache_position`"), "{}", text(&out));
+    let task_id = with_inputs("all-MiniLM-L6-v2", &[("task_id", INT64, &[])]);
+    let out = stctl(&["--no-daemon", "embed", "x", "--model", task_id.path().to_str().unwrap()]);
+    assert!(!out.status.success() && text(&out).contains("takes input `task_id`"), "{}", text(&out));
+}
+
+#[test]
+fn a_daemon_without_models_says_what_to_pull_and_serves_it_once_reloaded() {
+    let store = tempfile::tempdir().unwrap();
+    let d = store.path().to_str().unwrap();
+    let mut daemon = Daemon::socket_activated("", &[("STEADYTEXT_MODEL_DIR", d)]);
+    let mut conn = daemon.connect();
+    let refused = conn.call("generate", json!({"prompt": "Hi", "max_new_tokens": 4}));
+    let message = refused["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(message.contains("stctl models pull small") && message.contains("reload"), "{refused}");
+    assert!(conn.call("ping", json!({}))["error"].is_null(), "it serves without models");
+
+    // What `stctl models pull small` makes: a folder named after the alias, which the built-in
+    // default falls back to.
+    std::os::unix::fs::symlink(common::models_dir().join("SmolLM2-135M-Instruct"), store.path().join("small")).unwrap();
+    let socket = format!("unix:{}", daemon.socket.display());
+    let out = stctl(&["--socket", &socket, "reload"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // `stctl reload` (systemctl reload's ExecReload) returns when the reload is over: the next
+    // request is served by the new model, with no wait or retry.
+    let case = &common::reference("SmolLM2-135M-Instruct/reference_ort.json")["cases"][0];
+    let answer = conn.call("generate", json!({"prompt": case["prompt"], "max_new_tokens": 48}));
+    assert_eq!(answer["result"]["text"], case["greedy_text"], "{answer}");
+    assert!(daemon.child.try_wait().unwrap().is_none(), "the daemon never exited:\n{}", daemon.log());
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(std::time::Duration::from_secs(30)), Some(0));
+}

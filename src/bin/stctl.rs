@@ -90,6 +90,9 @@ enum Command {
     Metrics,
     /// Check that the daemon answers.
     Ping,
+    /// Make the daemon re-read its configuration and pick up new or changed model folders (what
+    /// SIGHUP does), and wait until it is done (admins: root, the daemon's user, admin_group).
+    Reload,
     /// Download a model folder from the Hugging Face Hub (same as `stctl models pull`).
     Pull(PullArgs),
     /// Manage the model folder: list, pull, verify, remove, import.
@@ -121,14 +124,20 @@ struct RerankArgs {
 
 #[derive(Args)]
 struct PullArgs {
-    /// Repository, as owner/name.
-    repo: String,
-    /// Branch, tag or commit.
-    #[arg(long, default_value = "main")]
-    revision: String,
-    /// ONNX file to take when the repository has several (e.g. onnx/model_quantized.onnx).
+    /// Repository, as owner/name, or a recommended model: small, large, embed, rerank
+    /// (`stctl models pull --list` shows what each is).
+    #[arg(required_unless_present = "list")]
+    repo: Option<String>,
+    /// Branch, tag or commit (default: main; a recommended model's pinned commit).
+    #[arg(long)]
+    revision: Option<String>,
+    /// ONNX file to take (default: model.onnx, else the CPU variant: onnx/model.onnx,
+    /// onnx/model_q4.onnx, onnx/model_int8.onnx, onnx/model_quantized.onnx...).
     #[arg(long)]
     onnx_file: Option<String>,
+    /// List the recommended models and what each is pinned to, and pull nothing.
+    #[arg(long)]
+    list: bool,
     /// Where to put it (default: the configured model folder).
     #[arg(long)]
     model_dir: Option<PathBuf>,
@@ -659,6 +668,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Reload => {
+            let reloaded: Value = ctx.ask("reload")?;
+            println!("reloaded: {}", reloaded["status"].as_str().unwrap_or("?"));
+            Ok(())
+        }
         Command::Metrics => {
             let metrics: String = ctx.ask("metrics")?;
             print!("{metrics}");
@@ -683,9 +697,21 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn pull(ctx: &Ctx, args: PullArgs) -> Result<()> {
-    let mut pull = steadytext::hub::Pull::new(&args.repo, args.model_dir.as_deref().unwrap_or(&ctx.config.model_dir))?;
-    pull.revision = args.revision;
-    pull.onnx_file = args.onnx_file;
+    let Some(repo) = args.repo.filter(|_| !args.list) else {
+        for a in steadytext::hub::ALIASES {
+            println!("{:8} {}@{} {}\n         {}", a.name, a.repo, a.revision, a.onnx_file, a.about);
+        }
+        return Ok(());
+    };
+    let model_dir = args.model_dir.as_deref().unwrap_or(&ctx.config.model_dir);
+    let mut pull = steadytext::hub::Pull::new(&repo, model_dir)?;
+    steadytext::store::check_writable(model_dir)?;
+    if let Some(revision) = args.revision {
+        pull.revision = revision;
+    }
+    if let Some(onnx_file) = args.onnx_file {
+        pull.onnx_file = Some(onnx_file);
+    }
     let progress = indicatif::MultiProgress::new();
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -788,6 +814,7 @@ fn models(ctx: &Ctx, command: ModelsCommand) -> Result<()> {
             if !target.is_dir() {
                 bail!("no model folder {}", target.display());
             }
+            store::check_writable(target.parent().unwrap_or(&target))?;
             let canonical = target.canonicalize().unwrap_or(target.clone());
             let served = match loaded_dirs(ctx) {
                 Ok(loaded) => loaded.unwrap_or_default().contains(&canonical),

@@ -279,6 +279,23 @@ fn list(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Moves the snapshots of `old` (where an earlier layout kept them) into `dir` when `dir` has
+/// none: the cache survives the move of its folder. Returns how many moved.
+pub fn adopt(old: &Path, dir: &Path) -> usize {
+    if old == dir || !list(dir).is_empty() {
+        return 0;
+    }
+    let mut moved = 0;
+    for path in list(old) {
+        let Some(name) = path.file_name() else { continue };
+        match private_dir(dir).and_then(|_| std::fs::rename(&path, dir.join(name)).map_err(|e| Error::io(&path, e))) {
+            Ok(()) => moved += 1,
+            Err(e) => tracing::warn!(error = %e, "cannot move a cache snapshot to the cache folder; it starts empty"),
+        }
+    }
+    moved
+}
+
 /// Loads the newest valid snapshot of `dir`. Damaged or foreign files are logged and renamed to
 /// `*.rejected`; leftovers of interrupted writes are removed.
 pub fn load_newest(dir: &Path) -> Option<(PathBuf, Loaded)> {
@@ -311,6 +328,21 @@ pub fn load_newest(dir: &Path) -> Option<(PathBuf, Loaded)> {
 mod tests {
     use super::*;
     use crate::engine::logprobs::TokenLogprob;
+
+    #[test]
+    fn snapshots_move_to_a_new_folder_once() {
+        let (old, new) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (written, _) = write(old.path(), &sample(), 7).unwrap();
+        std::fs::write(old.path().join("models-note"), b"not a snapshot").unwrap();
+        assert_eq!(adopt(old.path(), new.path()), 1);
+        let (found, loaded) = load_newest(new.path()).unwrap();
+        assert_eq!((found.file_name(), loaded.engine), (written.file_name(), 7));
+        assert!(old.path().join("models-note").exists() && list(old.path()).is_empty());
+        // A folder with snapshots of its own keeps them and takes none.
+        write(old.path(), &SnapshotData { created_unix_ms: 1, ..sample() }, 7).unwrap();
+        assert_eq!(adopt(old.path(), new.path()), 0);
+        assert_eq!(list(old.path()).len(), 1);
+    }
 
     fn sample() -> SnapshotData {
         SnapshotData {

@@ -75,7 +75,7 @@ pub async fn run(options: Options) -> Result<()> {
     let (web, rpc): (Vec<_>, Vec<_>) = options.listeners.into_iter().partition(|l| l.protocol == Protocol::Http);
     let mut owned_paths = listen(&Server::Http(front.clone()), web, tls.clone())?;
     // JSON-RPC serves while the models load: a request waits only for the models of its kind.
-    let daemon = start(config.clone(), api_key)?;
+    let daemon = start(config.clone(), api_key, options.config_path.clone())?;
     owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls)?);
     let stopped_while_loading = tokio::select! {
         _ = daemon.registry().settled() => None,
@@ -102,7 +102,10 @@ pub async fn run(options: Options) -> Result<()> {
                 tokio::select! {
                     _ = term.recv() => break "SIGTERM",
                     _ = int.recv() => break "SIGINT",
-                    _ = hup.recv() => reload(&daemon, options.config_path.clone()).await,
+                    _ = hup.recv() => {
+                        // Logged inside; the previous configuration stays in force on failure.
+                        let _ = reload(&daemon).await;
+                    }
                     _ = idle_tick.tick(), if !idle_exit.is_zero() => {
                         if daemon.idle_for() >= idle_exit {
                             break "idle";
@@ -125,7 +128,7 @@ pub async fn run(options: Options) -> Result<()> {
 
 /// Starts loading the models (in parallel, each in its own thread), with the cache filled from
 /// its newest snapshot (every model's entries: which models load is known only later).
-fn start(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon>> {
+fn start(config: Arc<Config>, api_key: Option<ApiKey>, config_path: Option<PathBuf>) -> Result<Arc<Daemon>> {
     notify::status("loading models");
     // Loading can exceed TimeoutStartSec on slow disks: ask for more time while it runs.
     notify::extend_timeout(300_000_000);
@@ -134,11 +137,19 @@ fn start(config: Arc<Config>, api_key: Option<ApiKey>) -> Result<Arc<Daemon>> {
     let engine = crate::engine::fingerprint::fingerprint(&config).context("cannot fingerprint the engine")?;
     tracing::info!(fingerprint = %engine.id, engine = %engine.summary, "engine");
     let cache = SharedCache::new(config.cache.enabled.then(|| {
+        // Earlier builds of the system unit kept snapshots in its state folder, which holds the
+        // group-readable models now; snapshots have their own 0700 cache folder.
+        if let (None, Some(state)) = (&config.cache.dir, crate::config::env::state_directory()) {
+            let moved = crate::cache::snapshot::adopt(&state, &config.daemon_state_dir());
+            if moved > 0 {
+                tracing::info!(moved, from = %state.display(), "cache snapshots moved to the cache folder");
+            }
+        }
         let mut cache = Cache::new(&config.cache, Some(config.daemon_state_dir()), engine.clone());
         cache.load();
         cache
     }));
-    Ok(Daemon::new(config, registry, cache, api_key, engine))
+    Ok(Daemon::new(config, registry, cache, api_key, engine, config_path))
 }
 
 /// Once every model has loaded, drops the cached answers of models neither loaded nor installed
@@ -326,13 +337,15 @@ where
     });
 }
 
-/// SIGHUP: re-read the configuration, load models that had failed to, and reload models whose
-/// files or names changed.
-async fn reload(daemon: &Arc<Daemon>, config_path: Option<PathBuf>) {
+/// SIGHUP and the `reload` method: re-read the configuration, load models that had failed to,
+/// and reload models whose files or names changed; one reload at a time. On failure the previous
+/// configuration and models stay in force.
+pub(crate) async fn reload(daemon: &Daemon) -> crate::error::Result<()> {
+    let _turn = daemon.reload_turn().await;
     notify::reloading();
     tracing::info!("reloading configuration");
     let outcome = async {
-        let config = Arc::new(Config::load(config_path.as_deref())?);
+        let config = Arc::new(Config::load(daemon.config_path())?);
         if let Some(key) = ApiKey::load(config.daemon.api_key_file.as_deref())? {
             daemon.set_api_key(key);
         }
@@ -352,10 +365,11 @@ async fn reload(daemon: &Arc<Daemon>, config_path: Option<PathBuf>) {
         Ok::<_, crate::Error>(())
     }
     .await;
-    if let Err(e) = outcome {
+    if let Err(e) = &outcome {
         tracing::error!(error = %e, "reload failed; keeping the previous configuration and models");
     }
     notify::ready(&daemon.status_line());
+    outcome
 }
 
 /// Runs `tick` every `period` until `stopped`.
@@ -464,7 +478,8 @@ mod tests {
         let config = Arc::new(config);
         let registry =
             Registry::start(&config, &loader(move |k| Fake { pieces: vec!["ab".into(); 4000], step, ..Fake::new(k) }));
-        let daemon = Daemon::new(config, registry, SharedCache::new(None), None, crate::cache::tests::test_engine());
+        let daemon =
+            Daemon::new(config, registry, SharedCache::new(None), None, crate::cache::tests::test_engine(), None);
         daemon.registry().settled().await;
         let path = dir.join("d.sock");
         let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());

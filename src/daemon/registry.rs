@@ -329,7 +329,12 @@ impl Registry {
         let slot = rx.wait_for(|s| !matches!(s, Slot::Loading)).await.map_err(|_| Error::ShuttingDown)?.clone();
         match slot {
             Slot::Ready(w) => Ok(w),
-            Slot::Failed(u) => Err(Error::ModelUnavailable { kind: kind.as_str(), name: u.name, reason: u.reason }),
+            Slot::Failed(u) => Err(Error::ModelUnavailable {
+                kind: kind.as_str(),
+                recommended: crate::hub::recommended(kind).name,
+                name: u.name,
+                reason: u.reason,
+            }),
             Slot::Loading => Err(Error::ShuttingDown),
         }
     }
@@ -397,7 +402,7 @@ mod tests {
         assert!(registry.get(ModelKind::Generation, None, &config).await.is_ok());
         let error = registry.get(ModelKind::Embedding, None, &config).await.err().unwrap().to_string();
         assert!(error.contains("could not be loaded") && error.contains("no such model folder"), "{error}");
-        assert!(error.contains("stctl models pull"), "{error}");
+        assert!(error.contains("stctl models pull embed"), "{error}");
         assert_eq!(registry.unavailable()[0].kind, ModelKind::Embedding);
     }
 

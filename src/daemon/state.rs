@@ -37,6 +37,10 @@ pub(crate) struct Daemon {
     last_activity: Mutex<Instant>,
     next_request: AtomicU64,
     engine: Fingerprint,
+    /// The configuration file a reload re-reads (None: the default search).
+    config_path: Option<std::path::PathBuf>,
+    /// Held while a reload runs: SIGHUP and the `reload` method take turns.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Daemon {
@@ -47,6 +51,7 @@ impl Daemon {
         cache: SharedCache,
         api_key: Option<ApiKey>,
         engine: Fingerprint,
+        config_path: Option<std::path::PathBuf>,
     ) -> Arc<Self> {
         Arc::new(Daemon {
             connection_slots: Arc::new(Semaphore::new(config.daemon.max_connections)),
@@ -63,7 +68,19 @@ impl Daemon {
             last_activity: Mutex::new(Instant::now()),
             next_request: AtomicU64::new(1),
             engine,
+            config_path,
+            reloading: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The configuration file a reload re-reads.
+    pub(crate) fn config_path(&self) -> Option<&std::path::Path> {
+        self.config_path.as_deref()
+    }
+
+    /// Waits for a running reload to finish; the guard keeps others out.
+    pub(crate) async fn reload_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.reloading.lock().await
     }
 
     /// The engine fingerprint of every answer.

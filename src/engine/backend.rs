@@ -248,7 +248,10 @@ pub struct OnnxDecoder {
     /// Per layer: past key, past value, present key, present value names.
     names: Vec<[String; 4]>,
     context: usize,
+    /// Which of the optional inputs ([`DECODER_OPTIONAL_INPUTS`]) the graph takes.
     has_position_ids: bool,
+    has_num_logits_to_keep: bool,
+    has_use_cache_branch: bool,
     /// Graphs that write in place (GroupQueryAttention with `past_present_share_buffer`): every
     /// sequence's KV cache, one row each.
     arena: Option<Arc<Mutex<KvArena>>>,
@@ -264,6 +267,26 @@ struct BoundRows {
     binding: IoBinding,
     rows: usize,
     generation: u64,
+}
+
+/// Decoder inputs fed when the graph takes them, besides `input_ids`, `attention_mask` and the
+/// KV cache: positions (unless RoPE is fused into GroupQueryAttention), the number of positions
+/// to compute logits for (always 1: the last), and Optimum's merged-decoder branch flag.
+const DECODER_OPTIONAL_INPUTS: &[&str] = &["position_ids", "num_logits_to_keep", "use_cache_branch"];
+
+/// Refuses a graph with an input steadytext does not feed, in one line saying which and why.
+fn check_inputs(session: &Session, model: &str, what: &str, fed: &[&str], past: &[&str]) -> Result<()> {
+    match session.inputs().iter().map(|i| i.name()).find(|n| !fed.contains(n) && !past.contains(n)) {
+        None => Ok(()),
+        Some(other) => Err(Error::model(
+            model,
+            format!(
+                "the {what} ONNX graph takes input `{other}`, which steadytext does not feed (it feeds {}{}); use an export without it",
+                fed.join(", "),
+                if past.is_empty() { "" } else { " and the KV cache" }
+            ),
+        )),
+    }
 }
 
 /// The KV cache of one sequence for [`OnnxDecoder`].
@@ -321,7 +344,11 @@ impl OnnxDecoder {
                 ));
             }
         }
+        let fed: Vec<&str> = ["input_ids", "attention_mask"].iter().chain(DECODER_OPTIONAL_INPUTS).copied().collect();
+        check_inputs(&session, model, "decoder", &fed, &past)?;
         let has_position_ids = inputs.contains(&"position_ids");
+        let has_num_logits_to_keep = inputs.contains(&"num_logits_to_keep");
+        let has_use_cache_branch = inputs.contains(&"use_cache_branch");
         let arena = share_buffer
             .then(|| Arc::new(Mutex::new(KvArena::new(layout.kv_heads, layout.head_dim, 2 * names.len(), context))));
         let mut decoder = OnnxDecoder {
@@ -331,6 +358,8 @@ impl OnnxDecoder {
             names,
             context,
             has_position_ids,
+            has_num_logits_to_keep,
+            has_use_cache_branch,
             arena,
             batching: BatchDecode::Batched,
             bound: None,
@@ -371,6 +400,15 @@ impl OnnxDecoder {
         if self.has_position_ids {
             let positions = past.iter().flat_map(|&p| p as i64..(p + n) as i64).collect();
             inputs.push(("position_ids", i64_tensor([rows, n], positions, &self.model)?));
+        }
+        if self.has_num_logits_to_keep {
+            let one = Tensor::from_array(([0usize; 0], vec![1i64])).map_err(inference(&self.model))?;
+            inputs.push(("num_logits_to_keep", one.into_dyn()));
+        }
+        if self.has_use_cache_branch {
+            let cached = past.iter().any(|&p| p > 0);
+            let flag = Tensor::from_array(([1usize], vec![cached])).map_err(inference(&self.model))?;
+            inputs.push(("use_cache_branch", flag.into_dyn()));
         }
         Ok(inputs)
     }
@@ -537,6 +575,7 @@ fn bert_inputs(session: &Session, model: &str, what: &str) -> Result<bool> {
             return Err(Error::model(model, format!("{what} ONNX graph has no `{required}` input")));
         }
     }
+    check_inputs(session, model, what, &["input_ids", "attention_mask", "token_type_ids"], &[])?;
     Ok(names.contains(&"token_type_ids"))
 }
 

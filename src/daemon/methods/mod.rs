@@ -8,6 +8,7 @@ mod embed;
 mod generate;
 mod metrics;
 mod ping;
+mod reload;
 mod rerank;
 mod status;
 
@@ -115,6 +116,7 @@ methods! {
     "cache.stats" => cache::stats,
     "cache.clear" => cache::clear,
     "cache.snapshot" => cache::snapshot,
+    "reload" => reload::call,
 }
 
 /// Runs the method `name` for a JSON-RPC or HTTP client, with its log line and metrics;
