@@ -183,3 +183,79 @@ fn a_daemon_without_models_says_what_to_pull_and_serves_it_once_reloaded() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(std::time::Duration::from_secs(30)), Some(0));
 }
+
+#[test]
+fn a_decoder_exported_as_an_embedder_gets_an_empty_cache_and_pools_its_last_token() {
+    // The shared SmolLM2 as Qwen3-Embedding's ONNX export has it: a decoder with past_key_values
+    // inputs, whose final hidden state is the output `last_hidden_state`; last-token pooling, a
+    // query prompt. Python onnxruntime computes the expected vector from the same graph.
+    let source = common::models_dir().join("SmolLM2-135M-Instruct");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        std::os::unix::fs::symlink(source.join(f), dir.path().join(f)).unwrap();
+    }
+    let python = common::venv_python("tools/cross-encoder/requirements.txt");
+    let script = r#"
+import json, os, sys
+import numpy as np, onnx, onnxruntime as ort
+from tokenizers import Tokenizer
+src, out, text = sys.argv[1:4]
+m = onnx.load(os.path.join(src, "model.onnx"))
+head = next(n for n in m.graph.node if "logits" in n.output)
+m.graph.node.append(onnx.helper.make_node("Identity", [head.input[0]], ["last_hidden_state"]))
+m.graph.output.append(onnx.helper.make_tensor_value_info("last_hidden_state", onnx.TensorProto.FLOAT, ["batch", "seq", 576]))
+onnx.save(m, os.path.join(out, "model.onnx"))
+json.dump({"architectures": ["LlamaModel"], "hidden_size": 576}, open(os.path.join(out, "config.json"), "w"))
+os.makedirs(os.path.join(out, "1_Pooling"))
+json.dump({"word_embedding_dimension": 576, "pooling_mode_lasttoken": True}, open(os.path.join(out, "1_Pooling/config.json"), "w"))
+json.dump({"prompts": {"query": "Instruct: find the answer\nQuery:"}}, open(os.path.join(out, "config_sentence_transformers.json"), "w"))
+ids = Tokenizer.from_file(os.path.join(src, "tokenizer.json")).encode(text).ids
+s = ort.InferenceSession(os.path.join(out, "model.onnx"), providers=["CPUExecutionProvider"])
+feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+for i in s.get_inputs():
+    if i.name == "position_ids":
+        feed[i.name] = np.arange(len(ids), dtype=np.int64)[None]
+    elif i.name.startswith("past_key_values."):
+        feed[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+hidden = s.run(["last_hidden_state"], feed)[0][0, -1]
+# steadytext's L2 normalization: the squares summed in order in float64, the root as float32.
+total = 0.0
+for x in hidden:
+    total += float(x) * float(x)
+unit = hidden / np.float32(max(total ** 0.5, 1e-12))
+print(json.dumps([float(x) for x in unit]))
+"#;
+    let sentence = "Deterministic text is a feature.";
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(&source)
+        .arg(dir.path())
+        .arg(sentence)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected: Vec<f32> =
+        serde_json::from_slice::<Vec<f64>>(&out.stdout).unwrap().into_iter().map(|x| x as f32).collect();
+
+    let model = dir.path().to_str().unwrap();
+    let embed = |mode: &str| {
+        let out = stctl(&["--no-daemon", "embed", sentence, "--model", model, "--mode", mode]);
+        assert!(out.status.success(), "{}", text(&out));
+        serde_json::from_slice::<Vec<f32>>(&out.stdout).unwrap()
+    };
+    // The last token's hidden state, L2-normalized: bit for bit.
+    assert_eq!(embed("passage"), expected);
+    assert_ne!(embed("query"), expected, "the query prompt is applied");
+    // In company of a longer text (one call, padded batch) it embeds the same.
+    let out = stctl(&[
+        "--no-daemon",
+        "embed",
+        sentence,
+        "and a longer text that pads the other row of the batch",
+        "--model",
+        model,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let first: Vec<f32> = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first, expected);
+}

@@ -551,36 +551,82 @@ impl DecoderBackend for OnnxDecoder {
     }
 }
 
-/// An encoder ONNX export with `input_ids`, `attention_mask` and optional `token_type_ids`.
+/// An encoder ONNX export with `input_ids`, `attention_mask` and optional `token_type_ids`; or a
+/// decoder exported as an embedder (Qwen3-Embedding's ONNX form): `position_ids` and an empty KV
+/// cache (`past_key_values.*`, float32, heads and head size from the graph) are fed when it takes them.
 pub struct OnnxEncoder {
     session: Session,
     model: String,
     has_token_type_ids: bool,
+    has_position_ids: bool,
+    /// Past KV inputs to feed empty: name, heads, head size.
+    empty_past: Vec<(String, usize, usize)>,
 }
 
 impl OnnxEncoder {
     /// Wraps a session, checking its inputs.
     pub fn new(session: Session, model: &str) -> Result<Self> {
-        let has_token_type_ids = bert_inputs(&session, model, "encoder")?;
-        Ok(OnnxEncoder { session, model: model.to_string(), has_token_type_ids })
+        let names: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let mut empty_past = Vec::new();
+        for input in session.inputs().iter().filter(|i| i.name().starts_with("past_key_values.")) {
+            let dtype = input.dtype();
+            let dims: Vec<i64> = dtype.tensor_shape().map(|s| s.iter().copied().collect()).unwrap_or_default();
+            if dtype.tensor_type() != Some(TensorElementType::Float32) || dims.len() != 4 || dims[1] < 1 || dims[3] < 1
+            {
+                return Err(Error::model(
+                    model,
+                    format!("input {} is not a float32 [batch, heads, past, head_dim] KV cache with fixed heads and head size", input.name()),
+                ));
+            }
+            empty_past.push((input.name().to_string(), dims[1] as usize, dims[3] as usize));
+        }
+        let past: Vec<&str> = empty_past.iter().map(|(n, ..)| n.as_str()).collect();
+        let has_token_type_ids = bert_inputs(&session, model, "encoder", &["position_ids"], &past)?;
+        let has_position_ids = names.iter().any(|n| n == "position_ids");
+        Ok(OnnxEncoder { session, model: model.to_string(), has_token_type_ids, has_position_ids, empty_past })
     }
 }
 
-/// Checks that a `what` graph (encoder, cross-encoder) takes `input_ids` and `attention_mask`;
-/// whether it also takes `token_type_ids`.
-fn bert_inputs(session: &Session, model: &str, what: &str) -> Result<bool> {
+impl OnnxEncoder {
+    /// A decoder embeds each (right-padded) row alone, unpadded, so that a text embeds the same
+    /// alone or in company by construction: nothing bounds what padding does to a decoder graph's
+    /// bits (left padding moved the shared SmolLM2's by 5e-5; right padding left the test's pair
+    /// unchanged, which is an observation, not a guarantee).
+    fn encode_rows_alone(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Hidden> {
+        let mut data = Vec::new();
+        let mut dim = 0;
+        for b in 0..batch {
+            let row = b * seq..(b + 1) * seq;
+            let len = mask[row.clone()].iter().take_while(|&&m| m == 1).count().max(1);
+            let alone = self.encode(&ids[row.start..row.start + len], &mask[row.start..row.start + len], 1, len)?;
+            dim = alone.dim;
+            data.resize(batch * seq * dim, 0.0);
+            data[b * seq * dim..(b * seq + len) * dim].copy_from_slice(&alone.data);
+        }
+        Ok(Hidden { data, seq, dim })
+    }
+}
+
+/// Checks that a `what` graph (encoder, cross-encoder) takes `input_ids` and `attention_mask`,
+/// and nothing but those, `token_type_ids`, the `optional` inputs and the `past` cache; whether
+/// it takes `token_type_ids`.
+fn bert_inputs(session: &Session, model: &str, what: &str, optional: &[&str], past: &[&str]) -> Result<bool> {
     let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
     for required in ["input_ids", "attention_mask"] {
         if !names.contains(&required) {
             return Err(Error::model(model, format!("{what} ONNX graph has no `{required}` input")));
         }
     }
-    check_inputs(session, model, what, &["input_ids", "attention_mask", "token_type_ids"], &[])?;
+    let fed: Vec<&str> = ["input_ids", "attention_mask", "token_type_ids"].iter().chain(optional).copied().collect();
+    check_inputs(session, model, what, &fed, past)?;
     Ok(names.contains(&"token_type_ids"))
 }
 
 impl EncoderBackend for OnnxEncoder {
     fn encode(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Hidden> {
+        if !self.empty_past.is_empty() && batch > 1 {
+            return self.encode_rows_alone(ids, mask, batch, seq);
+        }
         let model = self.model.clone();
         let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = vec![
             ("input_ids".into(), i64_tensor([batch, seq], ids.to_vec(), &model)?.into()),
@@ -588,6 +634,15 @@ impl EncoderBackend for OnnxEncoder {
         ];
         if self.has_token_type_ids {
             inputs.push(("token_type_ids".into(), i64_tensor([batch, seq], vec![0; batch * seq], &model)?.into()));
+        }
+        if self.has_position_ids {
+            let positions = (0..batch).flat_map(|_| 0..seq as i64).collect();
+            inputs.push(("position_ids".into(), i64_tensor([batch, seq], positions, &model)?.into()));
+        }
+        for (name, heads, head_dim) in &self.empty_past {
+            let empty =
+                Tensor::from_array(([batch, *heads, 0, *head_dim], Vec::<f32>::new())).map_err(inference(&model))?;
+            inputs.push((name.clone().into(), empty.into_dyn().into()));
         }
         let outputs = self.session.run(inputs).map_err(inference(&model))?;
         let hidden = outputs
@@ -613,7 +668,7 @@ pub struct OnnxClassifier {
 impl OnnxClassifier {
     /// Wraps a session, checking its inputs and output.
     pub fn new(session: Session, model: &str) -> Result<Self> {
-        let has_token_type_ids = bert_inputs(&session, model, "cross-encoder")?;
+        let has_token_type_ids = bert_inputs(&session, model, "cross-encoder", &[], &[])?;
         if !session.outputs().iter().any(|o| o.name() == "logits") {
             return Err(Error::model(model, "cross-encoder ONNX graph has no `logits` output"));
         }
