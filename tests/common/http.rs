@@ -30,23 +30,38 @@ impl Drop for HttpDaemon {
 
 impl HttpDaemon {
     /// Starts it with `config` (TOML) and returns at once: the models are still loading.
+    /// A port taken between `free_port`'s probe and the daemon's bind (by a process outside the
+    /// test) is replaced by another.
     pub fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = super::free_port();
         std::fs::write(dir.path().join("api-key"), format!("{KEY}\n")).unwrap();
         std::fs::write(dir.path().join("steadytext.toml"), config).unwrap();
         let socket = dir.path().join("s.sock");
-        let child = command(env!("CARGO_BIN_EXE_steadytextd"))
-            .args(super::root_flags())
-            .args(["--listen", &format!("unix:{}", socket.display())])
-            .args(["--listen", &format!("http:127.0.0.1:{port}")])
-            .env("STEADYTEXT_API_KEY_FILE", dir.path().join("api-key"))
-            .env("STEADYTEXT_CONFIG", dir.path().join("steadytext.toml"))
-            .env("STATE_DIRECTORY", dir.path())
-            .stderr(std::fs::File::create(dir.path().join("daemon.log")).unwrap())
-            .spawn()
-            .unwrap();
-        HttpDaemon { child, port, socket, dir }
+        let log = dir.path().join("daemon.log");
+        for _ in 0..5 {
+            let port = super::free_port();
+            let mut child = command(env!("CARGO_BIN_EXE_steadytextd"))
+                .args(super::root_flags())
+                .args(["--listen", &format!("unix:{}", socket.display())])
+                .args(["--listen", &format!("http:127.0.0.1:{port}")])
+                .env("STEADYTEXT_API_KEY_FILE", dir.path().join("api-key"))
+                .env("STEADYTEXT_CONFIG", dir.path().join("steadytext.toml"))
+                .env("STATE_DIRECTORY", dir.path())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            // Listeners are bound before the models load: a lost port shows within moments.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+            while std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let lost = child.try_wait().unwrap().is_some()
+                && std::fs::read_to_string(&log).unwrap_or_default().contains("Address already in use");
+            if !lost {
+                return HttpDaemon { child, port, socket, dir };
+            }
+        }
+        panic!("no free port after 5 tries: {}", std::fs::read_to_string(&log).unwrap_or_default());
     }
 
     pub fn url(&self, path: &str) -> String {
