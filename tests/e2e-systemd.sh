@@ -8,6 +8,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 models=${STEADYTEXT_MODEL_DIR:-$here/../shared/models}
+# Commands in the container (nsenter) inherit this environment: what `make test` exports for the
+# checkout (model folder, ONNX Runtime path) and the caller's caches must not reach the package.
+# shellcheck disable=SC2046
+unset ORT_DYLIB_PATH HF_ENDPOINT HF_TOKEN XDG_CACHE_HOME XDG_CONFIG_HOME XDG_STATE_HOME $(env | sed -n 's/^\(STEADYTEXT_[A-Z_]*\)=.*/\1/p')
 cache=${E2E_CACHE:-/var/cache/steadytext-e2e}
 pass=0
 fail=0
