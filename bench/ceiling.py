@@ -125,7 +125,8 @@ def main():
             row[f"step_ms_past_{past}"] = steps[(rows, past)]
             row[f"step_ceiling_past_{past}"] = rows * steps[(1, past)] / steps[(rows, past)]
         table.append(row)
-    json.dump({"threads": threads, "onnxruntime": ort.__version__, "table": table}, open(json_out, "w"), indent=1)
+    json.dump({"threads": threads, "onnxruntime": ort.__version__, "pasts": PASTS, "table": table},
+              open(json_out, "w"), indent=1)
     print(f"ceiling: {json_out}", file=sys.stderr)
 
 

@@ -210,6 +210,60 @@ class LlamaCppGenerator:
         return n, time.perf_counter() - t, first
 
 
+def llama_batch_steps(gguf, rows_list, pasts):
+    """llama.cpp's own batching on the same machine: milliseconds per llama_decode of one new token
+    for each of `rows` sequences that are `past` positions long (one unified KV cache, 2 threads),
+    for every (rows, past); the anchor beside the fused model's ceiling."""
+    import llama_cpp as L
+
+    quiet = L.llama_log_callback(lambda level, text, data: None)  # its loader logs every tensor
+    L.llama_log_set(quiet, None)
+    L.llama_backend_init()
+    model = L.llama_model_load_from_file(gguf.encode(), L.llama_model_default_params())
+    params = L.llama_context_default_params()
+    most = max(rows_list)
+    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = most * 512, 512, 512, most
+    params.n_threads = params.n_threads_batch = THREADS
+    ctx = L.llama_init_from_model(model, params)
+    batch = L.llama_batch_init(512, 0, most)
+
+    def decode(items):
+        """items: (token, position, sequence, wants logits)"""
+        batch.n_tokens = len(items)
+        for i, (token, pos, seq, logits) in enumerate(items):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
+            batch.seq_id[i][0] = seq
+        if L.llama_decode(ctx, batch) != 0:
+            sys.exit("llama_decode failed in the batching anchor")
+
+    out = {}
+    for past in pasts:
+        for rows in rows_list:
+            L.llama_memory_clear(L.llama_get_memory(ctx), True)
+            for seq in range(rows):
+                decode([(100 + j % 50, j, seq, int(j == past - 1)) for j in range(past)])
+            pos = past
+
+            def step():
+                nonlocal pos
+                decode([(200 + seq, pos, seq, 1) for seq in range(rows)])
+                pos += 1
+
+            for _ in range(3):
+                step()
+            rounds = []
+            for _ in range(PASSES):
+                t = time.perf_counter()
+                for _ in range(20):
+                    step()
+                rounds.append((time.perf_counter() - t) / 20 * 1e3)
+            out[(rows, past)] = min(rounds)
+    L.llama_batch_free(batch)
+    L.llama_free(ctx)
+    L.llama_model_free(model)
+    return out
+
+
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
@@ -399,16 +453,24 @@ def print_concurrency(concurrency):
 
 
 def print_ceiling(ceiling):
-    """The cost of one decode call for 1..16 rows outside the daemon (bench/ceiling.py) and the
-    speedup over one stream it allows at most: rows x (one row's ms) / (these rows' ms)."""
-    print(f"One decode call of the fused model for n rows, Python onnxruntime {ceiling['onnxruntime']}, "
-          f"{ceiling['threads']} threads, ms (at most n x one row's speed):")
-    print("| rows | MatMulNBits alone | at most | step, 100 positions | at most | step, 250 positions | at most |")
-    print("|---|---|---|---|---|---|---|")
-    for r in ceiling["table"]:
-        print(f"| {r['rows']} | {r['matmulnbits_ms']:.2f} | {r['matmulnbits_ceiling']:.2f}x "
-              f"| {r['step_ms_past_100']:.2f} | {r['step_ceiling_past_100']:.2f}x "
-              f"| {r['step_ms_past_250']:.2f} | {r['step_ceiling_past_250']:.2f}x |")
+    """The cost of one decode call for 1..16 rows outside the daemon (bench/ceiling.py; llama.cpp's
+    under "llama_cpp" when measured) and the speedup over one stream it allows at most:
+    rows x (one row's ms) / (these rows' ms)."""
+    pasts = ceiling["pasts"]
+    print(f"One decode call for n rows (ms, and at most n x one row's speed), fused model in Python onnxruntime "
+          f"{ceiling['onnxruntime']}, {ceiling['threads']} threads" + (", and llama.cpp on the Q4_1 GGUF" if "llama_cpp" in ceiling else ""))
+    heads = ["MatMulNBits alone"] + [f"step, {p} positions" for p in pasts]
+    if "llama_cpp" in ceiling:
+        heads += [f"llama.cpp step, {p} positions" for p in pasts]
+    print("| rows | " + " | ".join(f"{h} | at most" for h in heads) + " |")
+    print("|---|" + "---|---|" * len(heads))
+    for i, r in enumerate(ceiling["table"]):
+        cells = [(r["matmulnbits_ms"], r["matmulnbits_ceiling"])]
+        cells += [(r[f"step_ms_past_{p}"], r[f"step_ceiling_past_{p}"]) for p in pasts]
+        if "llama_cpp" in ceiling:
+            cells += [(ceiling["llama_cpp"][i][f"step_ms_past_{p}"], ceiling["llama_cpp"][i][f"step_ceiling_past_{p}"])
+                      for p in pasts]
+        print(f"| {r['rows']} | " + " | ".join(f"{ms:.2f} | {most:.2f}x" for ms, most in cells) + " |")
 
 
 def idle_cpu(pid):
@@ -431,6 +493,18 @@ def main():
     ap.add_argument("--ceiling", help="bench/ceiling.py's JSON, printed beside the concurrency table")
     args = ap.parse_args()
     ceiling = json.load(open(args.ceiling)) if args.ceiling else None
+    if ceiling and args.gguf:
+        print("llama.cpp, sequences decoded in one llama_decode (its batching, beside the fused model's ceiling)",
+              flush=True)
+        rows_list = [r["rows"] for r in ceiling["table"]]
+        steps = llama_batch_steps(args.gguf, rows_list, ceiling["pasts"])
+        ceiling["llama_cpp"] = []
+        for n in rows_list:
+            row = {"rows": n}
+            for p in ceiling["pasts"]:
+                row[f"step_ms_past_{p}"] = steps[(n, p)]
+                row[f"step_ceiling_past_{p}"] = n * steps[(1, p)] / steps[(n, p)]
+            ceiling["llama_cpp"].append(row)
     gen_dir = os.path.join(args.shared, "SmolLM2-135M-Instruct")
     emb_dir = os.path.join(args.shared, "all-MiniLM-L6-v2")
     gen_config = json.load(open(os.path.join(gen_dir, "config.json")))
