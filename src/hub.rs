@@ -107,7 +107,7 @@ pub struct Pull {
     pub repo: String,
     /// Branch, tag or commit.
     pub revision: String,
-    /// The ONNX file to take (default `model.onnx`, else `onnx/model.onnx`).
+    /// The ONNX file to take (default: the first CPU variant present, see `CPU_VARIANTS`).
     pub onnx_file: Option<String>,
     /// Folder that receives the model folder.
     pub model_dir: PathBuf,
@@ -227,24 +227,36 @@ impl Pull {
             .map_err(|e| hub_error(&self.repo, format!("unexpected answer from {api}: {e}")))?;
         let onnx = self.pick_onnx(&info)?;
         let sibling = |name: &str| info.siblings.iter().find(|s| s.rfilename == name);
-        if sibling("tokenizer.json").is_none() {
+        // A graph beside a genai_config.json in a subfolder (onnxruntime-genai's layout, e.g.
+        // `cpu_and_mobile/cpu-int4-rtn-block-32/`) makes that subfolder the model folder: its
+        // files come to the top, and the repository's top-level ones fill in what it lacks.
+        let base = match onnx.rsplit_once('/') {
+            Some((dir, _)) if sibling(&format!("{dir}/genai_config.json")).is_some() => format!("{dir}/"),
+            _ => String::new(),
+        };
+        let top = |name: &str| sibling(&format!("{base}{name}")).or_else(|| sibling(name));
+        if top("tokenizer.json").is_none() {
             return Err(hub_error(
                 &self.repo,
-                "the repository has no tokenizer.json; steadytext needs the fast tokenizer file",
+                format!("the repository has no {base}tokenizer.json; steadytext needs the fast tokenizer file"),
             ));
         }
         let dest = self.model_dir.join(&self.folder);
-        for s in info.siblings.iter() {
-            if s.rfilename == "tokenizer.json" || crate::model::CONFIG_FILES.contains(&s.rfilename.as_str()) {
-                self.fetch(&agent, &info.sha, s, &dest.join(&s.rfilename), progress)?;
+        for name in std::iter::once(&"tokenizer.json").chain(crate::model::CONFIG_FILES) {
+            if let Some(s) = top(name) {
+                self.fetch(&agent, &info.sha, s, &dest.join(name), progress)?;
             }
         }
         // The graph keeps its place when model discovery finds it there (`model.onnx`,
-        // `onnx/model*.onnx`), else it becomes `model.onnx`; its external data go beside it under
-        // the names the graph gives them.
+        // `onnx/model*.onnx`, or where genai_config.json says), else it becomes `model.onnx`; its
+        // external data go beside it under the names the graph gives them.
         let kept = onnx == "model.onnx"
             || onnx.strip_prefix("onnx/").is_some_and(|f| f.starts_with("model") && !f.contains('/'));
-        let graph = if kept { dest.join(&onnx) } else { dest.join("model.onnx") };
+        let graph = match onnx.strip_prefix(&base) {
+            Some(file) if !base.is_empty() => dest.join(file),
+            _ if kept => dest.join(&onnx),
+            _ => dest.join("model.onnx"),
+        };
         self.fetch(&agent, &info.sha, sibling(&onnx).expect("picked among the siblings"), &graph, progress)?;
         let onnx_dir = onnx.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
         for location in crate::onnx_proto::external_data(&graph)? {

@@ -307,3 +307,61 @@ fn pulls_take_a_cpu_variant_and_refuse_float16_ones() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("float16 variants"), "{err}");
 }
+
+#[test]
+fn a_genai_subfolder_is_pulled_as_the_model_folder() {
+    // onnxruntime-genai's layout on the Hub: each variant a folder with its graph, genai_config.json
+    // and tokenizer; here the fused SmolLM2 in one, with generation_config.json only at the top.
+    let source = common::fused_models().join("SmolLM2-135M-Instruct-fused-acc4");
+    let repo = tempfile::tempdir().unwrap();
+    let variant = repo.path().join("cpu_and_mobile/cpu-int4-acc4");
+    std::fs::create_dir_all(&variant).unwrap();
+    for (rel, path) in files(&source) {
+        let to = if rel == "generation_config.json" { repo.path().join(&rel) } else { variant.join(&rel) };
+        std::fs::hard_link(&path, &to).or_else(|_| std::fs::copy(&path, &to).map(drop)).unwrap();
+    }
+    let other = repo.path().join("gpu/gpu-fp16");
+    std::fs::create_dir_all(&other).unwrap();
+    for decoy in ["genai_config.json", "model.onnx", "tokenizer.json"] {
+        std::fs::write(other.join(decoy), b"not for this pull").unwrap();
+    }
+    std::fs::write(repo.path().join("README.md"), b"# a model card").unwrap();
+    let hub = serve(repo.path().to_path_buf());
+    let name = repo.path().file_name().unwrap().to_string_lossy().into_owned();
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().to_str().unwrap();
+    let full = format!("test/{name}");
+
+    // Without --onnx-file nothing is guessed: the error lists the graphs to choose from.
+    let out = stctl(&["models", "pull", &full, "--model-dir", d], &hub);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("cpu_and_mobile/cpu-int4-acc4/model.onnx"), "{err}");
+
+    let out = stctl(
+        &["models", "pull", &full, "--onnx-file", "cpu_and_mobile/cpu-int4-acc4/model.onnx", "--model-dir", d],
+        &hub,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pulled = dest.path().join(&name);
+    let mut got: Vec<String> = files(&pulled).into_iter().map(|(rel, _)| rel).collect();
+    got.sort();
+    let mut want: Vec<String> = files(&source)
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .filter(|rel| rel != "reference.json")
+        .chain(["steadytext-manifest.json".to_string()])
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "the variant's files at the top, generation_config.json from the top; nothing else");
+
+    let generate = |model: &Path| {
+        let o = stctl(
+            &["--no-daemon", "generate", "--json", "--max-new-tokens", "12", "--model", model.to_str().unwrap(), "Hi"],
+            &hub,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v["text"].clone(), v["token_ids"].clone(), v["model_digest"].clone())
+    };
+    assert_eq!(generate(&pulled), generate(&source), "the same model: same digest, same answer");
+}

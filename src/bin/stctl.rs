@@ -132,7 +132,8 @@ struct PullArgs {
     #[arg(long)]
     revision: Option<String>,
     /// ONNX file to take (default: model.onnx, else the CPU variant: onnx/model.onnx,
-    /// onnx/model_q4.onnx, onnx/model_int8.onnx, onnx/model_quantized.onnx...).
+    /// onnx/model_q4.onnx, onnx/model_int8.onnx, onnx/model_quantized.onnx...). One in a
+    /// subfolder with a genai_config.json pulls that subfolder as the model folder.
     #[arg(long)]
     onnx_file: Option<String>,
     /// List the recommended models and what each is pinned to, and pull nothing.
