@@ -1,7 +1,8 @@
 """Checks, with Python onnxruntime, whether a fused (onnxruntime-genai layout, shared KV buffer)
 decoder's decode steps are batch invariant: every row of a batched decode step gives bit for bit
 the logits it gives alone, whatever the other rows' lengths, the batch size, the buffers'
-capacity and leftover data past a row's length.
+capacity and leftover data past a row's length. Also whether a prompt's chunk boundaries change
+its bits (chunks of 2 tokens or more must not; a 1-token chunk, the decode path, is reported).
 
 usage: batch_invariance.py MODEL_DIR [THREADS...]
 Prints one line per check and a summary; exits 1 if any row differed.
@@ -100,6 +101,37 @@ def batched(dec, prompts, steps, cap, seed):
     return out
 
 
+def chunked(dec, prompt, cuts, cap):
+    """Prefill `prompt` alone in chunks that end at `cuts` (and at its end); the last logits and
+    the filled part of the buffers."""
+    bufs, done = dec.buffers(1, cap), 0
+    for cut in [*cuts, len(prompt)]:
+        logits = dec.run(bufs, [prompt[done:cut]], [done])[0]
+        done = cut
+    return logits, [b[:, :, : len(prompt)] for b in bufs]
+
+
+def chunk_checks(dec, rng, vocab, threads):
+    """Prompt chunk boundaries: chunks of 2 tokens or more, cut anywhere, must give the bits of
+    one call (what a prefix cache would rely on); a 1-token chunk takes GroupQueryAttention's
+    decode path, whose difference is printed as a limit, not counted. Returns the failures."""
+    failures = 0
+    for n in (45, 130, 300, 700):
+        prompt = [int(x) for x in rng.integers(3, vocab, n)]
+        ref = chunked(dec, prompt, [], 1024)
+        splits = {"at 30": [30], "in halves": [n // 2], "every 16": list(range(16, n, 16)),
+                  "2 first, 2 last": [2, n - 2], "1 first (decode path)": [1], "1 last (decode path)": [n - 1]}
+        for name, cuts in splits.items():
+            got = chunked(dec, prompt, cuts, 1024)
+            same = np.array_equal(got[0], ref[0]) and all(np.array_equal(a, b) for a, b in zip(got[1], ref[1]))
+            limit = "decode path" in name
+            failures += not same and not limit
+            verdict = "bit-identical" if same else ("differs (a limit)" if limit else "DIFFERS")
+            print(f"threads {threads}: prompt of {n}, chunks {name}: {verdict} "
+                  f"(max |diff| of the logits {float(np.max(np.abs(got[0] - ref[0]))):.3g})", flush=True)
+    return failures
+
+
 def main():
     model_dir = sys.argv[1]
     threads = [int(t) for t in sys.argv[2:]] or [1, 2]
@@ -123,6 +155,7 @@ def main():
             same = all(np.array_equal(a, b) for r, g in zip(ref, got) for a, b in zip(r, g))
             failures += not same
             print(f"threads {t}: {name}: {'bit-identical' if same else 'DIFFERS'} (max |diff| {diff:.3g})", flush=True)
+        failures += chunk_checks(dec, rng, vocab, t)
     print("batch invariant" if failures == 0 else f"{failures} checks differed")
     sys.exit(1 if failures else 0)
 
