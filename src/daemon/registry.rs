@@ -350,6 +350,8 @@ mod tests {
         let config = Config::default();
         let registry = Registry::start(&Arc::new(Config::default()), &loader(Fake::new));
         assert_eq!(registry.get(ModelKind::Embedding, None, &config).await.unwrap().info().name, "fake-embedding");
+        // The name a worker answers to besides its folder's is known once it has loaded.
+        registry.get(ModelKind::Generation, None, &config).await.unwrap();
         let named = registry.get(ModelKind::Generation, Some("fake-generation"), &config).await.unwrap();
         assert_eq!(named.kind(), ModelKind::Generation);
         assert_eq!(
