@@ -210,14 +210,20 @@ class LlamaCppGenerator:
         return n, time.perf_counter() - t, first
 
 
+QUIET_LLAMA_LOG = None
+
+
 def llama_batch_steps(gguf, rows_list, pasts):
     """llama.cpp's own batching on the same machine: milliseconds per llama_decode of one new token
     for each of `rows` sequences that are `past` positions long (one unified KV cache, 2 threads),
     for every (rows, past); the anchor beside the fused model's ceiling."""
     import llama_cpp as L
 
-    quiet = L.llama_log_callback(lambda level, text, data: None)  # its loader logs every tensor
-    L.llama_log_set(quiet, None)
+    global QUIET_LLAMA_LOG
+    # Its loader logs every tensor. llama.cpp keeps the callback for the process's life, so
+    # Python must keep it alive too.
+    QUIET_LLAMA_LOG = QUIET_LLAMA_LOG or L.llama_log_callback(lambda level, text, data: None)
+    L.llama_log_set(QUIET_LLAMA_LOG, None)
     L.llama_backend_init()
     model = L.llama_model_load_from_file(gguf.encode(), L.llama_model_default_params())
     params = L.llama_context_default_params()
