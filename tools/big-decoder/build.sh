@@ -9,16 +9,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 smollm=${STEADYTEXT_SHARED_MODEL:-$(cd "$here/../.." && pwd)/../shared/models/SmolLM2-135M-Instruct}
 requirements="$here/../cross-encoder/requirements.txt"
 hash=$(cat "$here/build.py" "$here/build.sh" "$requirements" | sha256sum | cut -c1-16)
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/steadytext"
 layers=${BIG_DECODER_LAYERS:-16}
-out="$cache/big-decoder-$hash-$layers"
 python=$("$here/../venv.sh" "$requirements")
-mkdir -p "$cache"
-exec 9>"$out.lock"
-flock 9
-if [ ! -f "$out/.complete" ]; then
-    rm -rf "$out"
-    "$python" "$here/build.py" "$smollm" "$out/big-decoder-1b" "$layers" >&2
-    touch "$out/.complete"
-fi
-echo "$out"
+exec "$here/../cached-build.sh" "big-decoder-$hash-$layers" \
+    "$python" "$here/build.py" "$smollm" "{}/big-decoder-1b" "$layers"

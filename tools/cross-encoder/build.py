@@ -5,6 +5,7 @@ layout Hugging Face cross-encoder exports use: inputs input_ids, attention_mask,
 usage: build.py TOKENIZER_JSON OUT_DIR
 """
 import json
+import os
 import shutil
 import sys
 
@@ -13,6 +14,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 tokenizer_json, out = sys.argv[1], sys.argv[2]
+os.makedirs(out, exist_ok=True)
 vocab = len(json.load(open(tokenizer_json))["model"]["vocab"])
 HIDDEN, HEADS, LAYERS, FFN, POSITIONS = 32, 2, 2, 64, 128
 HEAD = HIDDEN // HEADS

@@ -9,16 +9,5 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 tokenizer=${STEADYTEXT_SHARED_TOKENIZER:-$(cd "$here/../.." && pwd)/../shared/models/all-MiniLM-L6-v2/tokenizer.json}
 hash=$(cat "$here/build.py" "$here/build.sh" "$here/requirements.txt" | sha256sum | cut -c1-16)
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/steadytext"
-out="$cache/cross-encoder-$hash"
 python=$("$here/../venv.sh" "$here/requirements.txt")
-mkdir -p "$cache"
-exec 9>"$out.lock"
-flock 9
-if [ ! -f "$out/.complete" ]; then
-    rm -rf "$out"
-    mkdir -p "$out/tiny-cross-encoder"
-    "$python" "$here/build.py" "$tokenizer" "$out/tiny-cross-encoder" >&2
-    touch "$out/.complete"
-fi
-echo "$out"
+exec "$here/../cached-build.sh" "cross-encoder-$hash" "$python" "$here/build.py" "$tokenizer" "{}/tiny-cross-encoder"

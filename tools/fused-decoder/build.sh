@@ -9,15 +9,5 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 shared=${STEADYTEXT_SHARED_MODEL:-$(cd "$here/../.." && pwd)/../shared/models/SmolLM2-135M-Instruct}
 hash=$(cat "$here/build.py" "$here/build.sh" "$here/requirements.txt" | sha256sum | cut -c1-16)
-cache="${XDG_CACHE_HOME:-$HOME/.cache}/steadytext"
-out="$cache/fused-$hash"
 python=$("$here/../venv.sh" "$here/requirements.txt")
-exec 9>"$out.lock"
-flock 9
-if [ ! -f "$out/.complete" ]; then
-    rm -rf "$out"
-    mkdir -p "$out"
-    "$python" "$here/build.py" "$shared" "$out" >&2
-    touch "$out/.complete"
-fi
-echo "$out"
+exec "$here/../cached-build.sh" "fused-$hash" "$python" "$here/build.py" "$shared" "{}"
