@@ -156,10 +156,19 @@ pub struct DaemonConfig {
     pub shutdown_timeout_secs: u64,
     /// Exit after this many seconds without clients (0 = never); systemd re-activates on demand.
     pub idle_exit_secs: u64,
-    /// Most connections served at once.
+    /// Most connections served at once by each listener.
     pub max_connections: usize,
-    /// Most connections of one user (Unix socket) or one address (TCP).
+    /// Most connections of one user (Unix socket) or one address (TCP, once authenticated).
     pub max_connections_per_peer: usize,
+    /// Most TCP connections waiting to present the API key, all TCP listeners together; when
+    /// they are that many, the one that waited longest is closed for a newcomer. They take none
+    /// of `max_connections` and `max_connections_per_peer`.
+    pub max_unauthenticated: usize,
+    /// Seconds a TCP connection has to present the API key (its TLS handshake included).
+    pub auth_timeout_secs: u64,
+    /// Most MiB the requests being received (JSON-RPC lines, HTTP bodies) may take together; a
+    /// request that would pass it is refused as overload.
+    pub max_receiving_mb: usize,
     /// Seconds a connection may wait between requests before it is closed (0 = no limit).
     pub idle_timeout_secs: u64,
     /// Seconds a client has to finish a request line once it has started it.
@@ -194,6 +203,9 @@ impl Default for DaemonConfig {
             idle_exit_secs: 0,
             max_connections: 256,
             max_connections_per_peer: 64,
+            max_unauthenticated: 64,
+            auth_timeout_secs: 10,
+            max_receiving_mb: 64,
             idle_timeout_secs: 300,
             line_timeout_secs: 30,
             admin_group: None,
@@ -401,11 +413,12 @@ impl Config {
             )));
         }
         let d = &self.daemon;
-        let counts = [d.queue_depth, d.max_connections, d.max_connections_per_peer, d.stream_buffer];
-        if counts.contains(&0) || d.send_timeout_secs == 0 || d.line_timeout_secs == 0 {
+        let counts = [d.queue_depth, d.max_connections, d.max_connections_per_peer, d.max_unauthenticated, d.max_receiving_mb, d.stream_buffer];
+        if counts.contains(&0) || d.send_timeout_secs == 0 || d.line_timeout_secs == 0 || d.auth_timeout_secs == 0 {
             return Err(Error::Config(
-                "daemon.queue_depth, max_connections, max_connections_per_peer, stream_buffer, send_timeout_secs and \
-                 line_timeout_secs must be at least 1"
+                "daemon.queue_depth, max_connections, max_connections_per_peer, max_unauthenticated, max_receiving_mb, \
+                 stream_buffer, \
+                 send_timeout_secs, line_timeout_secs and auth_timeout_secs must be at least 1"
                     .into(),
             ));
         }

@@ -852,7 +852,13 @@ fn models(ctx: &Ctx, command: ModelsCommand) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    // Direct mode compiles constraints and masks with them on this thread: it gets the stack the
+    // daemon's generation workers have.
+    let worker = std::thread::Builder::new()
+        .name("stctl".into())
+        .stack_size(steadytext::engine::constraint::STACK_BYTES)
+        .spawn(move || run(cli));
+    match worker.map_err(anyhow::Error::from).and_then(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("stctl: error: {e:#}");

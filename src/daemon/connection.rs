@@ -14,20 +14,25 @@ use crate::error::Error;
 use crate::protocol::wire::{self, Decoded, Incoming, Refused};
 use crate::protocol::{RpcError, MAX_LINE_BYTES, PIECE_NOTIFICATION};
 
+use super::admission::{ListenerBudget, PendingTicket, ReceiveBudget, Received, Slots};
 use super::methods::{self, Call, Sink};
 use super::peer::Peer;
 use super::state::Daemon;
+
+/// Longest line read before a TCP connection has authenticated (its `auth` request).
+const MAX_AUTH_LINE_BYTES: usize = 4096;
 
 /// The first request a TCP client must send.
 const AUTH_FIRST: &str = "on a TCP connection the first request must be \
     {\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"auth\",\"params\":{\"key\":\"...\"}} with the daemon's API key \
     (stctl sends it from STEADYTEXT_API_KEY or --api-key-file); the connection is closed";
 
-/// Serves one accepted connection of `peer` until the client leaves, idles too long, or shutdown
-/// begins. `stream` yields the connection once it is set up (a TLS handshake, bounded by the
-/// line timeout); it counts against the connection limits meanwhile. A TCP connection must
-/// authenticate first.
-pub(crate) fn spawn<S, F>(daemon: &Arc<Daemon>, stream: F, peer: Peer)
+/// Serves one accepted connection of `peer` on a listener with `budget` until the client leaves,
+/// idles too long, or shutdown begins. `stream` yields the connection once it is set up (a TLS
+/// handshake). A Unix connection takes its slots (see [`super::admission`]) at once; a TCP one
+/// waits among the unauthenticated, must send `auth` first within `auth_timeout_secs` (its
+/// handshake included), and takes its slots then.
+pub(crate) fn spawn<S, F>(daemon: &Arc<Daemon>, budget: ListenerBudget, stream: F, peer: Peer)
 where
     S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
     F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
@@ -36,40 +41,56 @@ where
     daemon.track(async move {
         let _open = d.metrics().connection();
         d.touch();
-        let admitted = d.admit(&peer);
+        let mut session = match peer.is_tcp() {
+            true => Session { peer, budget, stage: Stage::Pending(d.admission().pending()) },
+            false => {
+                let admitted = d.admission().admit(&budget, &peer, d.metrics().connections());
+                Session { peer, budget, stage: admitted.map_or_else(Stage::Refused, |_slots| Stage::Admitted { _slots }) }
+            }
+        };
         let setup = Duration::from_secs(d.config().daemon.line_timeout_secs);
-        let stream = match tokio::time::timeout(setup, stream).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return tracing::debug!(?peer, error = %e, "connection setup failed"),
-            Err(_) => return tracing::debug!(?peer, "connection setup timed out"),
+        let stream = tokio::select! {
+            stream = tokio::time::timeout(setup, stream) => match stream {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return tracing::debug!(?peer, error = %e, "connection setup failed"),
+                Err(_) => return tracing::debug!(?peer, "connection setup timed out"),
+            },
+            _ = session.expired() => return tracing::debug!(?peer, "connection closed before it was set up"),
         };
         let fd = stream.as_raw_fd();
         let (read, write) = tokio::io::split(stream);
         let deadline = Duration::from_secs(d.config().daemon.send_timeout_secs);
         let mut out = Out::new(Box::new(write), fd, peer.is_tcp(), deadline);
-        match admitted {
-            Ok(_slots) => serve(&d, BufReader::new(read), &mut out, peer).await,
-            Err(error) => {
-                tracing::debug!(?peer, error = %error, "connection refused");
-                let _ = out.send(&Reply::error(null_id(), &error)).await;
-                out.close_politely(&mut BufReader::new(read)).await;
-            }
+        if let Stage::Refused(error) = &session.stage {
+            tracing::debug!(?peer, error = %error, "connection refused");
+            let _ = out.send(&Reply::error(null_id(), error)).await;
+            out.close_politely(&mut BufReader::new(read)).await;
+        } else {
+            serve(&d, BufReader::new(read), &mut out, &mut session).await;
         }
         d.touch();
     });
 }
 
-async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, out: &mut Out, peer: Peer) {
-    let mut session = Session { authenticated: !peer.is_tcp(), peer };
+async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, out: &mut Out, session: &mut Session) {
     let config = daemon.config();
-    let limits = LineLimits {
+    let mut limits = LineLimits {
         idle: (config.daemon.idle_timeout_secs > 0).then(|| Duration::from_secs(config.daemon.idle_timeout_secs)),
         line: Duration::from_secs(config.daemon.line_timeout_secs),
+        max_bytes: MAX_LINE_BYTES,
     };
     loop {
+        // Before the key, only the small `auth` line is read.
+        limits.max_bytes = if session.is_admitted() { MAX_LINE_BYTES } else { MAX_AUTH_LINE_BYTES };
+        let mut held = Received::default();
         let line = tokio::select! {
             _ = daemon.shutdown().cancelled() => break,
-            line = read_line(&mut reader, &limits) => line,
+            why = session.expired() => {
+                let _ = out.send(&Reply::error(null_id(), &why)).await;
+                out.close_politely(&mut reader).await;
+                break;
+            }
+            line = read_line(&mut reader, &limits, daemon.receive_budget(), &mut held) => line,
         };
         // Lines a client sent before it hung up are not run: nobody would read the answers.
         if out.peer_gone() {
@@ -82,8 +103,22 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
                 out.close_politely(&mut reader).await;
                 break;
             }
+            Ok(Line::TooLong) if !session.is_admitted() => {
+                let _ = out.send(&Reply::error(null_id(), &Error::Unauthorized(AUTH_FIRST.into()))).await;
+                out.close_politely(&mut reader).await;
+                break;
+            }
             Ok(Line::TooLong) => {
                 out.send(&Reply::error(null_id(), &Error::LineTooLong { limit: MAX_LINE_BYTES })).await
+            }
+            Ok(Line::Busy) => {
+                let _ = out.send(&Reply::error(null_id(), &Error::Overloaded {
+                    kind: "request",
+                    queued: daemon.metrics().in_flight(),
+                    retry_after_ms: 1000,
+                })).await;
+                out.close_politely(&mut reader).await;
+                break;
             }
             Ok(Line::Text(bytes)) if looks_like_http(&bytes) => {
                 let error = Error::NotJsonRpc(
@@ -96,7 +131,7 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
             }
             Ok(Line::Text(bytes)) => {
                 let _busy = daemon.metrics().request();
-                let written = match handle_line(daemon, &bytes, out, &mut session).await {
+                let written = match handle_line(daemon, &bytes, out, session).await {
                     Some(reply) => out.send_raw(reply).await,
                     None => Ok(()),
                 };
@@ -104,7 +139,7 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
                     drop(bytes);
                     super::release_memory();
                 }
-                if !session.authenticated {
+                if !session.is_admitted() {
                     out.close_politely(&mut reader).await;
                     break;
                 }
@@ -128,10 +163,48 @@ fn looks_like_http(line: &[u8]) -> bool {
 
 /// What a connection has established.
 pub(crate) struct Session {
-    /// Whether requests may run: always on Unix sockets, after `auth` on TCP.
-    authenticated: bool,
     /// Who the client is.
     pub(crate) peer: Peer,
+    /// Its listener's budget (a TCP connection takes a slot of it once authenticated).
+    budget: ListenerBudget,
+    stage: Stage,
+}
+
+/// Where a connection stands with the budgets.
+enum Stage {
+    /// A TCP connection that has not authenticated yet.
+    Pending(PendingTicket),
+    /// Requests may run.
+    Admitted {
+        /// Held for as long as the connection is open.
+        _slots: Slots,
+    },
+    /// Over a limit: it gets this error and is closed.
+    Refused(Error),
+}
+
+impl Session {
+    /// Whether requests may run: on Unix sockets at once, after `auth` on TCP.
+    fn is_admitted(&self) -> bool {
+        matches!(self.stage, Stage::Admitted { .. })
+    }
+
+    /// Completes when a connection still waiting to authenticate must close (never otherwise).
+    async fn expired(&self) -> Error {
+        match &self.stage {
+            Stage::Pending(ticket) => ticket.expiry().await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// After a correct key: takes the connection's slots.
+    fn authenticate(&mut self, daemon: &Daemon) -> Result<(), Error> {
+        if let Stage::Pending(_) = self.stage {
+            let slots = daemon.admission().admit(&self.budget, &self.peer, daemon.metrics().connections())?;
+            self.stage = Stage::Admitted { _slots: slots };
+        }
+        Ok(())
+    }
 }
 
 /// What a method served, for the request's log line.
@@ -208,7 +281,7 @@ async fn handle<'l>(
         Err((id, error)) => return Some(Reply::error(id.unwrap_or(null_id()), &error)),
     };
     let id = request.id;
-    if !session.authenticated && request.method != "auth" {
+    if !session.is_admitted() && request.method != "auth" {
         return Some(Reply::error(id.unwrap_or(null_id()), &Error::Unauthorized(AUTH_FIRST.into())));
     }
     let mut call = Call {
@@ -218,11 +291,13 @@ async fn handle<'l>(
         peer: session.peer,
         served: Served::default(),
     };
-    let result = methods::run(&mut call, &request.method, request.params, started).await;
-    if request.method == "auth" {
-        session.authenticated = result.is_ok();
+    let mut result = methods::run(&mut call, &request.method, request.params, started).await;
+    if request.method == "auth" && result.is_ok() {
+        if let Err(refused) = session.authenticate(daemon) {
+            result = Err(refused);
+        }
     }
-    Some(Reply::new(id.or((!session.authenticated).then(null_id))?, result.as_ref().map(Value::clone)))
+    Some(Reply::new(id.or((!session.is_admitted()).then(null_id))?, result.as_ref().map(Value::clone)))
 }
 
 /// The writing side of a connection. Every write has a deadline: a client that leaves its
@@ -312,12 +387,18 @@ impl Out {
     /// `echo ... | socat`, still gets its answers). Over TCP a closed client is indistinguishable
     /// from one that shut down sending, so its FIN (POLLRDHUP) counts as gone.
     pub(crate) fn peer_gone(&self) -> bool {
-        let events = if self.tcp { libc::POLLRDHUP } else { 0 };
-        let mut pfd = libc::pollfd { fd: self.fd, events, revents: 0 };
-        // SAFETY: one valid pollfd, zero timeout; fd belongs to this live connection.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP) != 0
+        peer_hung_up(self.fd, self.tcp)
     }
+}
+
+/// Whether the peer of the socket `fd` has closed it (see [`Out::peer_gone`]; `tcp` counts a
+/// FIN as gone).
+pub(crate) fn peer_hung_up(fd: RawFd, tcp: bool) -> bool {
+    let events = if tcp { libc::POLLRDHUP } else { 0 };
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout; the caller's fd is a live socket of its connection.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP) != 0
 }
 
 /// How long, and how many bytes, a connection closed on an error still reads its client's input.
@@ -333,17 +414,26 @@ enum Line {
     Idle,
     /// A request began but was not finished within the line limit.
     Unfinished,
+    /// The lines being received by every connection took the whole [`ReceiveBudget`].
+    Busy,
 }
 
-/// How long a connection may wait before a request, and take to send one.
+/// How long a connection may wait before a request, take to send one, and how long it may be.
 struct LineLimits {
     idle: Option<Duration>,
     line: Duration,
+    max_bytes: usize,
 }
 
-/// Reads one `\n`-terminated line of at most [`MAX_LINE_BYTES`]; a longer one is skipped whole.
-/// The first byte must come within `limits.idle`, the rest within `limits.line` of it.
-async fn read_line<R: AsyncBufReadExt + Unpin>(reader: &mut R, limits: &LineLimits) -> std::io::Result<Line> {
+/// Reads one `\n`-terminated line of at most `limits.max_bytes`; a longer one is skipped whole.
+/// The first byte must come within `limits.idle`, the rest within `limits.line` of it. The
+/// line's bytes are held from `budget` in `held` as they arrive.
+async fn read_line<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    limits: &LineLimits,
+    budget: &ReceiveBudget,
+    held: &mut Received,
+) -> std::io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
     let mut deadline = limits.idle.map(|idle| tokio::time::Instant::now() + idle);
@@ -373,9 +463,11 @@ async fn read_line<R: AsyncBufReadExt + Unpin>(reader: &mut R, limits: &LineLimi
         };
         let found = done > chunk.len();
         if !too_long {
-            if line.len() + chunk.len() > MAX_LINE_BYTES {
+            if line.len() + chunk.len() > limits.max_bytes {
                 too_long = true;
                 line = Vec::new();
+            } else if !budget.hold(held, line.len() + chunk.len()) {
+                return Ok(Line::Busy);
             } else {
                 line.extend_from_slice(chunk);
             }
@@ -405,22 +497,27 @@ mod tests {
         input.extend_from_slice(&big);
         input.extend_from_slice(b"\nlast");
         let mut reader = BufReader::new(&input[..]);
-        let limits = LineLimits { idle: None, line: Duration::from_secs(5) };
-        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Text(t) if t == b"{\"a\":1}"));
-        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::TooLong));
-        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Text(t) if t == b"last"));
-        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Eof));
+        let limits = LineLimits { idle: None, line: Duration::from_secs(5), max_bytes: MAX_LINE_BYTES };
+        let budget = ReceiveBudget::new(64);
+        let mut read = async || read_line(&mut reader, &limits, &budget, &mut Received::default()).await.unwrap();
+        assert!(matches!(read().await, Line::Text(t) if t == b"{\"a\":1}"));
+        assert!(matches!(read().await, Line::TooLong));
+        assert!(matches!(read().await, Line::Text(t) if t == b"last"));
+        assert!(matches!(read().await, Line::Eof));
     }
 
     #[tokio::test]
     async fn idle_and_unfinished_lines_time_out() {
-        let limits = LineLimits { idle: Some(Duration::from_millis(50)), line: Duration::from_millis(50) };
+        let limits =
+            LineLimits { idle: Some(Duration::from_millis(50)), line: Duration::from_millis(50), max_bytes: 1024 };
         let (mut client, server) = tokio::io::duplex(1024);
         let mut reader = BufReader::new(server);
-        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Idle));
+        let budget = ReceiveBudget::new(1);
+        let mut held = Received::default();
+        assert!(matches!(read_line(&mut reader, &limits, &budget, &mut held).await.unwrap(), Line::Idle));
         client.write_all(b"{\"jsonrpc\"").await.unwrap();
         let started = Instant::now();
-        assert!(matches!(read_line(&mut reader, &limits).await.unwrap(), Line::Unfinished));
+        assert!(matches!(read_line(&mut reader, &limits, &budget, &mut held).await.unwrap(), Line::Unfinished));
         assert!(started.elapsed() < Duration::from_secs(2));
     }
 

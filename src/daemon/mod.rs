@@ -2,7 +2,9 @@
 //! accept loops. The server loop owns shutdown. Connections are in [`connection`], each method
 //! in its own file under `methods/`, scheduling in [`scheduler`], shared state in `state`.
 
+mod admission;
 mod connection;
+mod deadline_io;
 mod http;
 pub mod listen;
 mod methods;
@@ -26,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::ApiKey;
 use crate::cache::{Cache, SharedCache};
 use crate::config::Config;
+use admission::ListenerBudget;
 use listen::{Protocol, Socket, StdListener};
 use peer::Peer;
 use registry::Registry;
@@ -71,12 +74,14 @@ pub async fn run(options: Options) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     // The HTTP front answers from the start (503 while loading).
-    let front = http::Front::new(config.clone());
+    let admission = Arc::new(admission::Admission::new(&config.daemon));
+    let front = http::Front::new(config.clone(), admission.clone());
     let (web, rpc): (Vec<_>, Vec<_>) = options.listeners.into_iter().partition(|l| l.protocol == Protocol::Http);
-    let mut owned_paths = listen(&Server::Http(front.clone()), web, tls.clone())?;
+    let max_connections = config.daemon.max_connections;
+    let mut owned_paths = listen(&Server::Http(front.clone()), web, tls.clone(), max_connections)?;
     // JSON-RPC serves while the models load: a request waits only for the models of its kind.
-    let daemon = start(config.clone(), api_key, options.config_path.clone())?;
-    owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls)?);
+    let daemon = start(config.clone(), api_key, options.config_path.clone(), admission)?;
+    owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls, max_connections)?);
     let stopped_while_loading = tokio::select! {
         _ = daemon.registry().settled() => None,
         _ = term.recv() => Some("SIGTERM"),
@@ -128,7 +133,12 @@ pub async fn run(options: Options) -> Result<()> {
 
 /// Starts loading the models (in parallel, each in its own thread), with the cache filled from
 /// its newest snapshot (every model's entries: which models load is known only later).
-fn start(config: Arc<Config>, api_key: Option<ApiKey>, config_path: Option<PathBuf>) -> Result<Arc<Daemon>> {
+fn start(
+    config: Arc<Config>,
+    api_key: Option<ApiKey>,
+    config_path: Option<PathBuf>,
+    admission: Arc<admission::Admission>,
+) -> Result<Arc<Daemon>> {
     notify::status("loading models");
     // Loading can exceed TimeoutStartSec on slow disks: ask for more time while it runs.
     notify::extend_timeout(300_000_000);
@@ -149,7 +159,7 @@ fn start(config: Arc<Config>, api_key: Option<ApiKey>, config_path: Option<PathB
         cache.load();
         cache
     }));
-    Ok(Daemon::new(config, registry, cache, api_key, engine, config_path))
+    Ok(Daemon::new(config, registry, cache, api_key, engine, config_path, admission))
 }
 
 /// Once every model has loaded, drops the cached answers of models neither loaded nor installed
@@ -189,15 +199,16 @@ enum Server {
 }
 
 impl Server {
-    /// Serves one accepted connection once `setup` (a TLS handshake or nothing) gives it.
-    fn spawn<S, F>(&self, setup: F, peer: Peer)
+    /// Serves one accepted connection of a listener with `budget` once `setup` (a TLS handshake
+    /// or nothing) gives it.
+    fn spawn<S, F>(&self, setup: F, peer: Peer, budget: ListenerBudget)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
         F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
     {
         match self {
-            Server::Rpc(daemon) => connection::spawn(daemon, setup, peer),
-            Server::Http(front) => front.spawn_connection(setup, peer),
+            Server::Rpc(daemon) => connection::spawn(daemon, budget, setup, peer),
+            Server::Http(front) => front.spawn_connection(setup, peer, budget),
         }
     }
 
@@ -216,10 +227,12 @@ fn listen(
     server: &Server,
     listeners: Vec<StdListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    max_connections: usize,
 ) -> Result<Vec<PathBuf>> {
     let mut owned_paths = Vec::new();
     for listener in listeners {
         let tls = tls.clone().filter(|_| listener.is_tcp());
+        let server = &(server.clone(), ListenerBudget::new(max_connections));
         tracing::info!(listener = %listener.name, tls = tls.is_some(), "listening");
         owned_paths.extend(listener.owned_path);
         match listener.socket {
@@ -312,21 +325,21 @@ fn unix_peer(
 
 /// Accepts connections until shutdown begins; each one is set up (`Setup`: a TLS handshake or
 /// nothing) and served by its own task.
-fn spawn_accept_loop<S, Setup, F, Fut>(server: &Server, mut accept: F)
+fn spawn_accept_loop<S, Setup, F, Fut>((server, budget): &(Server, ListenerBudget), mut accept: F)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
     Setup: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = std::io::Result<(Setup, Peer)>> + Send,
 {
-    let server = server.clone();
+    let (server, budget) = (server.clone(), budget.clone());
     let shutdown = server.shutdown();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 r = accept() => match r {
-                    Ok((stream, peer)) => server.spawn(stream, peer),
+                    Ok((stream, peer)) => server.spawn(stream, peer, budget.clone()),
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -478,12 +491,14 @@ mod tests {
         let config = Arc::new(config);
         let registry =
             Registry::start(&config, &loader(move |k| Fake { pieces: vec!["ab".into(); 4000], step, ..Fake::new(k) }));
-        let daemon =
-            Daemon::new(config, registry, SharedCache::new(None), None, crate::cache::tests::test_engine(), None);
+        let admission = Arc::new(admission::Admission::new(&config.daemon));
+        let budget = ListenerBudget::new(config.daemon.max_connections);
+        let engine = crate::cache::tests::test_engine();
+        let daemon = Daemon::new(config, registry, SharedCache::new(None), None, engine, None, admission);
         daemon.registry().settled().await;
         let path = dir.join("d.sock");
         let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());
-        spawn_accept_loop(&Server::Rpc(daemon.clone()), move || {
+        spawn_accept_loop(&(Server::Rpc(daemon.clone()), budget), move || {
             let l = listener.clone();
             async move { unix_peer(l.accept().await?.0) }
         });
@@ -544,7 +559,8 @@ mod tests {
     async fn a_worker_stuck_in_a_model_call_fails_liveness_until_it_moves_again() {
         let dir = tempfile::tempdir().unwrap();
         let (daemon, path) = fake_daemon_of(dir.path(), Config::default(), Duration::from_millis(1500)).await;
-        let front = http::Front::new(Arc::new(Config::default()));
+        let config = Arc::new(Config::default());
+        let front = http::Front::new(config.clone(), Arc::new(admission::Admission::new(&config.daemon)));
         front.serve(daemon.clone());
         let limit = Duration::from_millis(500);
         assert_eq!(http::liveness(&front, limit).status(), 200, "an idle worker is alive");

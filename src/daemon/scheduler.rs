@@ -102,6 +102,8 @@ impl Worker {
         let shown = max_active.clone();
         std::thread::Builder::new()
             .name(format!("{}-worker", kind.as_str()))
+            // Constraints compile and mask on this thread (see STACK_BYTES).
+            .stack_size(crate::engine::constraint::STACK_BYTES)
             .spawn(move || match loader(kind, &config) {
                 Ok(model) => {
                     shown.store(model.max_active(), Ordering::Relaxed);

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -16,8 +15,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::protocol::{ModelKind, ModelStatus, Status, PROTOCOL_VERSION};
 
+use super::admission::Admission;
 use super::metrics::Metrics;
-use super::peer::{Peer, PeerSlot, PeerTable};
+use super::peer::Peer;
 use super::registry::Registry;
 use super::scheduler::{Job, Worker};
 
@@ -31,8 +31,7 @@ pub(crate) struct Daemon {
     shutdown: CancellationToken,
     abort: CancellationToken,
     tracker: TaskTracker,
-    connection_slots: Arc<Semaphore>,
-    peers: PeerTable,
+    admission: Arc<Admission>,
     admin_gid: Option<u32>,
     last_activity: Mutex<Instant>,
     next_request: AtomicU64,
@@ -52,10 +51,10 @@ impl Daemon {
         api_key: Option<ApiKey>,
         engine: Fingerprint,
         config_path: Option<std::path::PathBuf>,
+        admission: Arc<Admission>,
     ) -> Arc<Self> {
         Arc::new(Daemon {
-            connection_slots: Arc::new(Semaphore::new(config.daemon.max_connections)),
-            peers: PeerTable::default(),
+            admission,
             admin_gid: config.daemon.admin_group.as_deref().and_then(super::peer::group_id),
             config: RwLock::new(config),
             registry,
@@ -157,20 +156,14 @@ impl Daemon {
         self.tracker.spawn(task);
     }
 
-    /// Slots for a connection of `peer`: one of `max_connections`, and one of the peer's
-    /// `max_connections_per_peer`; the error says which limit was hit.
-    pub(crate) fn admit(&self, peer: &Peer) -> Result<(tokio::sync::OwnedSemaphorePermit, PeerSlot)> {
-        let open = self.metrics.connections();
-        let global = self
-            .connection_slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::TooManyConnections { open, limit: "max_connections" })?;
-        let mine = self
-            .peers
-            .admit(peer, self.config().daemon.max_connections_per_peer)
-            .map_err(|open| Error::TooManyConnections { open, limit: "max_connections_per_peer" })?;
-        Ok((global, mine))
+    /// The connection budgets.
+    pub(crate) fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// The memory budget of requests being received.
+    pub(crate) fn receive_budget(&self) -> &super::admission::ReceiveBudget {
+        self.admission.receive()
     }
 
     /// Refuses admin methods to peers that are not root, the daemon's user or the admin group.

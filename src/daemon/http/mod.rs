@@ -9,7 +9,8 @@
 mod openai;
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -25,7 +26,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admission::{Admission, ListenerBudget, PendingTicket, Received, Slots};
 use super::connection::{null_id, Served};
+use super::deadline_io::DeadlineIo;
 use super::methods::{self, Call, Sink};
 use super::peer::Peer;
 use super::registry::stall_limit;
@@ -47,16 +50,71 @@ const EVENTS_BUFFERED: usize = 64;
 pub(crate) struct Front {
     daemon: OnceLock<Arc<Daemon>>,
     config: Arc<Config>,
+    admission: Arc<Admission>,
     shutdown: CancellationToken,
     connections: TaskTracker,
 }
 
+/// One HTTP connection, as its requests see it.
+pub(crate) struct Connection {
+    peer: Peer,
+    budget: ListenerBudget,
+    stage: Mutex<Stage>,
+    /// The socket (a duplicate of the connection's descriptor, so that it stays the same socket
+    /// for as long as a request asks), to learn that a TCP client hung up.
+    socket: Option<OwnedFd>,
+    /// Cancelled when the connection must close after its current answer.
+    closing: CancellationToken,
+}
+
+/// Where an HTTP connection stands with the budgets (see [`super::admission`]).
+enum Stage {
+    /// A TCP connection whose requests have not presented the key yet.
+    Pending(PendingTicket),
+    /// Requests may run.
+    Admitted {
+        /// Held for as long as the connection is open.
+        _slots: Slots,
+    },
+}
+
+impl Connection {
+    /// Completes when a connection still waiting for a key must close (never otherwise).
+    async fn expired(&self) {
+        let pending = match &*self.stage.lock().unwrap_or_else(|p| p.into_inner()) {
+            Stage::Pending(ticket) => Some(ticket.expiry()),
+            Stage::Admitted { .. } => None,
+        };
+        match pending {
+            Some(expiry) => {
+                expiry.await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// A request presented the right key: the connection takes its slots (once).
+    fn authenticate(&self, admission: &Admission, open: usize) -> Result<(), Error> {
+        let mut stage = self.stage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Stage::Pending(_) = &*stage {
+            *stage = Stage::Admitted { _slots: admission.admit(&self.budget, &self.peer, open)? };
+        }
+        Ok(())
+    }
+
+    /// Whether a TCP client hung up (or shut its sending side: see [`super::connection::peer_hung_up`]).
+    pub(crate) fn hung_up(&self) -> bool {
+        self.socket.as_ref().is_some_and(|fd| super::connection::peer_hung_up(fd.as_raw_fd(), true))
+    }
+}
+
 impl Front {
     /// A front that answers 503 until [`Front::serve`] hands it the loaded daemon.
-    pub(crate) fn new(config: Arc<Config>) -> Arc<Self> {
+    pub(crate) fn new(config: Arc<Config>, admission: Arc<Admission>) -> Arc<Self> {
         Arc::new(Front {
             daemon: OnceLock::new(),
             config,
+            admission,
             shutdown: CancellationToken::new(),
             connections: TaskTracker::new(),
         })
@@ -94,42 +152,85 @@ impl Front {
         })
     }
 
-    /// Serves one accepted connection: `setup` (a TLS handshake or nothing) within the line
-    /// timeout, then HTTP/1.1 with bounded heads, until the client leaves or shutdown.
-    pub(crate) fn spawn_connection<S, F>(self: &Arc<Self>, setup: F, peer: Peer)
+    /// Serves one accepted connection of a listener with `budget`: `setup` (a TLS handshake or
+    /// nothing), then HTTP/1.1 with bounded heads and a deadline on every write, until the client
+    /// leaves or shutdown. A Unix connection takes its slots at once; a TCP one waits among the
+    /// unauthenticated until a request presents the key (see [`super::admission`]).
+    pub(crate) fn spawn_connection<S, F>(self: &Arc<Self>, setup: F, peer: Peer, budget: ListenerBudget)
     where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
         F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
     {
         let front = self.clone();
         self.connections.spawn(async move {
             let daemon = front.daemon.get().cloned();
             let _open = daemon.as_ref().map(|d| d.metrics().connection());
-            let admitted = daemon.as_ref().map(|d| d.admit(&peer)).transpose();
+            let open = daemon.as_ref().map_or(0, |d| d.metrics().connections());
+            let stage = match peer.is_tcp() {
+                true => Ok(Stage::Pending(front.admission.pending())),
+                false => front.admission.admit(&budget, &peer, open).map(|_slots| Stage::Admitted { _slots }),
+            };
             let timeout = Duration::from_secs(front.config.daemon.line_timeout_secs);
-            let Ok(Ok(mut stream)) = tokio::time::timeout(timeout, setup).await else { return };
-            let _slots = match admitted {
-                Ok(slots) => slots,
+            let setup = async {
+                match &stage {
+                    Ok(Stage::Pending(ticket)) => tokio::select! {
+                        stream = tokio::time::timeout(timeout, setup) => stream.ok()?.ok(),
+                        _ = ticket.expiry() => None,
+                    },
+                    _ => tokio::time::timeout(timeout, setup).await.ok()?.ok(),
+                }
+            };
+            let Some(mut stream) = setup.await else { return };
+            let stage = match stage {
+                Ok(stage) => stage,
                 Err(refusal) => return refuse(&mut stream, ApiError::from(refusal)).await,
             };
+            let socket = match peer.is_tcp() {
+                true => rustix_dup(stream.as_raw_fd()),
+                false => None,
+            };
+            let connection = Arc::new(Connection {
+                peer,
+                budget,
+                stage: Mutex::new(stage),
+                socket,
+                closing: CancellationToken::new(),
+            });
             if let Some(d) = &daemon {
                 d.touch();
             }
             let router = router(front.clone());
+            let state = connection.clone();
             let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(peer);
+                request.extensions_mut().insert(state.clone());
                 let router = router.clone();
                 async move { Ok::<_, Infallible>(tower::ServiceExt::oneshot(router, request).await.into_response()) }
             });
+            let send_timeout = Duration::from_secs(front.config.daemon.send_timeout_secs);
+            let io = hyper_util::rt::TokioIo::new(DeadlineIo::new(stream, send_timeout));
             let mut builder = hyper::server::conn::http1::Builder::new();
-            builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(timeout).max_buf_size(MAX_HEAD_BYTES);
-            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = front.shutdown.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            // The header read timeout also closes a connection idle between requests.
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(timeout)
+                .max_header_size(MAX_HEAD_BYTES)
+                .max_buf_size(MAX_HEAD_BYTES.max(8192) * 2);
+            let served = builder.serve_connection(io, service);
+            tokio::pin!(served);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    _ = served.as_mut() => break,
+                    // Not authenticated in time, or another took its place: closed at once.
+                    _ = connection.expired() => break,
+                    _ = front.shutdown.cancelled(), if !draining => {
+                        draining = true;
+                        served.as_mut().graceful_shutdown();
+                    }
+                    _ = connection.closing.cancelled(), if !draining => {
+                        draining = true;
+                        served.as_mut().graceful_shutdown();
+                    }
                 }
             }
             if let Some(d) = &daemon {
@@ -137,6 +238,13 @@ impl Front {
             }
         });
     }
+}
+
+/// A duplicate of the descriptor `fd` (None if the process has none left).
+fn rustix_dup(fd: std::os::fd::RawFd) -> Option<OwnedFd> {
+    // SAFETY: `fd` is the live socket of the connection being set up; borrowing it for the call
+    // does not outlive it, and `try_clone_to_owned` makes a new descriptor that we own.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned().ok()
 }
 
 /// Answers a connection over the limits with one response, then closes it.
@@ -256,6 +364,7 @@ pub(crate) struct BodySink {
     events: mpsc::Sender<Event>,
     deadline: Duration,
     broken: bool,
+    connection: Arc<Connection>,
 }
 
 impl BodySink {
@@ -278,9 +387,10 @@ impl BodySink {
         self.broken
     }
 
-    /// Whether the response (and so the client) is gone.
+    /// Whether the response (and so the client) is gone: the response was dropped, or a TCP
+    /// client hung up (a request it pipelined is not run for nobody).
     pub(crate) fn is_closed(&self) -> bool {
-        self.events.is_closed()
+        self.events.is_closed() || self.connection.hung_up()
     }
 }
 
@@ -288,7 +398,7 @@ impl BodySink {
 /// presented the API key.
 pub(crate) struct Ready {
     daemon: Arc<Daemon>,
-    peer: Peer,
+    connection: Arc<Connection>,
 }
 
 impl FromRequestParts<Arc<Front>> for Ready {
@@ -296,8 +406,9 @@ impl FromRequestParts<Arc<Front>> for Ready {
 
     async fn from_request_parts(parts: &mut Parts, front: &Arc<Front>) -> Result<Self, ApiError> {
         let daemon = front.ready()?.clone();
-        let peer = *parts.extensions.get::<Peer>().ok_or_else(|| ApiError::internal("no peer on the request"))?;
-        if peer.is_tcp() {
+        let connection =
+            parts.extensions.get::<Arc<Connection>>().cloned().ok_or_else(|| ApiError::internal("no connection"))?;
+        if connection.peer.is_tcp() {
             let given = parts
                 .headers
                 .get(header::AUTHORIZATION)
@@ -315,8 +426,12 @@ impl FromRequestParts<Arc<Front>> for Ready {
                 .kind("invalid_request_error")
                 .code("invalid_api_key"));
             }
+            if let Err(refused) = connection.authenticate(&front.admission, daemon.metrics().connections()) {
+                connection.closing.cancel();
+                return Err(refused.into());
+            }
         }
-        Ok(Ready { daemon, peer })
+        Ok(Ready { daemon, connection })
     }
 }
 
@@ -326,11 +441,12 @@ impl Ready {
     fn start(&self, method: &str, params: Value) -> mpsc::Receiver<Event> {
         let (events, receiver) = mpsc::channel(EVENTS_BUFFERED);
         let deadline = Duration::from_secs(self.daemon.config().daemon.send_timeout_secs);
-        let (daemon, peer, method) = (self.daemon.clone(), self.peer, method.to_string());
+        let (daemon, connection, method) = (self.daemon.clone(), self.connection.clone(), method.to_string());
         self.daemon.track(async move {
             let started = Instant::now();
             let _busy = daemon.metrics().request();
-            let mut sink = BodySink { events: events.clone(), deadline, broken: false };
+            let peer = connection.peer;
+            let mut sink = BodySink { events: events.clone(), deadline, broken: false, connection };
             let mut call =
                 Call { daemon: &daemon, id: null_id(), out: Sink::Body(&mut sink), peer, served: Served::default() };
             let result = methods::run(&mut call, &method, params, started).await;
@@ -383,22 +499,38 @@ where
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`] within the line timeout.
 async fn read_json<T: DeserializeOwned>(body: Body, daemon: &Daemon) -> Result<T, ApiError> {
+    use futures_util::StreamExt;
     let timeout = Duration::from_secs(daemon.config().daemon.line_timeout_secs);
-    let bytes = match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+    let mut held = Received::default();
+    let mut bytes = Vec::new();
+    let mut stream = body.into_data_stream();
+    let received = tokio::time::timeout(timeout, async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, &format!("broken request body: {e}")))?;
+            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("the request body is over {MAX_BODY_BYTES} bytes; split the request"),
+                ));
+            }
+            if !daemon.receive_budget().hold(&mut held, bytes.len() + chunk.len()) {
+                let busy = Error::Overloaded { kind: "request", queued: daemon.metrics().in_flight(), retry_after_ms: 1000 };
+                return Err(busy.into());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(())
+    })
+    .await;
+    match received {
         Err(_) => {
             return Err(ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!("the request body did not arrive within {} s", timeout.as_secs()),
             ))
         }
-        Ok(Err(_)) => {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the request body is over {MAX_BODY_BYTES} bytes (or broken); split the request"),
-            ))
-        }
-        Ok(Ok(bytes)) => bytes,
-    };
+        Ok(result) => result?,
+    }
     serde_json::from_slice(&bytes).map_err(|e| Error::InvalidRequest(format!("invalid JSON body: {e}")).into())
 }
 

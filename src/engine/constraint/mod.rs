@@ -4,6 +4,9 @@
 //! chosen, masks every token that cannot continue a valid output. Greedy argmax and seeded
 //! sampling then choose among the rest, so the answer is still a pure function of the request.
 
+mod depth;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -18,6 +21,14 @@ pub const MAX_CHOICES: usize = 256;
 
 /// Most bytes of a constraint's text (schema, regex, grammar, choices together).
 pub const MAX_CONSTRAINT_BYTES: usize = 64 * 1024;
+
+pub use depth::MAX_DEPTH as MAX_CONSTRAINT_DEPTH;
+
+/// Stack of every thread that compiles constraints or masks tokens with them (the generation
+/// workers, direct mode's generation thread). Constraints nest at most [`MAX_CONSTRAINT_DEPTH`]
+/// deep, 40 times less than what was measured to fit in it (see [`depth`]); only the pages a
+/// thread touches take memory.
+pub const STACK_BYTES: usize = 64 << 20;
 
 /// What the output must match.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,22 +45,34 @@ pub enum Constraint {
 }
 
 impl Constraint {
-    /// Checks sizes (compiling checks the rest).
+    /// Checks sizes and nesting depth (compiling checks the rest).
     pub fn validate(&self) -> Result<()> {
         let bytes = match self {
             Constraint::Schema(s) => s.to_string().len(),
+            Constraint::Regex(r) | Constraint::Grammar(r) => r.len(),
+            Constraint::Choices(c) => c.iter().map(String::len).sum(),
+        };
+        if bytes > MAX_CONSTRAINT_BYTES {
+            return Err(Error::InvalidRequest(format!(
+                "the constraint is {bytes} bytes; at most {MAX_CONSTRAINT_BYTES} are accepted"
+            )));
+        }
+        let (depth, counting) = match self {
+            Constraint::Schema(s) => (depth::schema_depth(s), "$ref chains and nested subschemas"),
+            Constraint::Grammar(g) => {
+                (depth::grammar_depth(g), "chains of rules and terminals naming each other, and brackets")
+            }
             Constraint::Regex(r) => {
                 // A regex that matches no text at all would fail only after the prompt's model
-                // work; regex-syntax knows it from the pattern alone.
+                // work; regex-syntax knows it from the pattern alone (and bounds its nesting).
                 let hir = regex_syntax::Parser::new()
                     .parse(r)
                     .map_err(|e| Error::InvalidRequest(format!("the regex {r:?} does not compile: {e}")))?;
                 if hir.properties().minimum_len().is_none() {
                     return Err(Error::InvalidRequest(format!("the regex {r:?} matches no text at all")));
                 }
-                r.len()
+                (Ok(0), "")
             }
-            Constraint::Grammar(r) => r.len(),
             Constraint::Choices(c) => {
                 if c.is_empty() || c.len() > MAX_CHOICES {
                     return Err(Error::InvalidRequest(format!("choices must list 1 to {MAX_CHOICES} strings")));
@@ -57,12 +80,14 @@ impl Constraint {
                 if c.iter().any(String::is_empty) {
                     return Err(Error::InvalidRequest("choices must not be empty strings".into()));
                 }
-                c.iter().map(String::len).sum()
+                (Ok(0), "")
             }
         };
-        if bytes > MAX_CONSTRAINT_BYTES {
+        if depth.is_err() {
             return Err(Error::InvalidRequest(format!(
-                "the constraint is {bytes} bytes; at most {MAX_CONSTRAINT_BYTES} are accepted"
+                "the {} constraint nests more than {MAX_CONSTRAINT_DEPTH} levels deep (counting {counting}); \
+                 flatten it",
+                self.kind()
             )));
         }
         Ok(())
@@ -137,15 +162,25 @@ impl Compiler {
     /// Compiles `constraint`; an invalid or unsupported one is a request error with the
     /// compiler's message.
     pub fn compile(&self, constraint: &Constraint) -> Result<Guide> {
-        let parser = self.factory()?.create_parser(constraint.grammar()).map_err(|e| {
+        let factory = self.factory()?;
+        let refused = |e: &dyn std::fmt::Display| {
             Error::InvalidRequest(format!("the {} constraint does not compile: {e}", constraint.kind()))
-        })?;
-        let matcher = Matcher::new(Ok(parser));
+        };
+        let compiled = catch_unwind(AssertUnwindSafe(|| factory.create_parser(constraint.grammar())))
+            .map_err(|panic| refused(&panic_message(&panic)))?;
+        let matcher = Matcher::new(Ok(compiled.map_err(|e| refused(&e))?));
         if let Some(e) = matcher.get_error() {
-            return Err(Error::InvalidRequest(format!("the {} constraint does not compile: {e}", constraint.kind())));
+            return Err(refused(&e));
         }
         Ok(Guide { matcher })
     }
+}
+
+/// What a caught panic said (llguidance panicking on an input is that input's failure, not the
+/// worker's).
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
+    format!("the constraint engine failed on it ({})", text.unwrap_or_else(|| "no message".into()))
 }
 
 /// One sequence's constraint in progress.
@@ -167,7 +202,9 @@ impl Guide {
 
     /// Sets the logit of every token the constraint forbids next to negative infinity.
     pub fn mask(&mut self, logits: &mut [f32]) -> std::result::Result<(), String> {
-        let allowed = self.matcher.compute_mask().map_err(|e| self.failed("computing the token mask", e))?;
+        let allowed = catch_unwind(AssertUnwindSafe(|| self.matcher.compute_mask()))
+            .map_err(|panic| panic_message(&panic))?
+            .map_err(|e| self.failed("computing the token mask", e))?;
         if allowed.is_zero() {
             return Err("the constraint allows no token here".into());
         }
@@ -181,7 +218,9 @@ impl Guide {
 
     /// Advances past the chosen `token`.
     pub fn consume(&mut self, token: u32) -> std::result::Result<(), String> {
-        self.matcher.consume_token(token).map_err(|e| self.failed("taking a token", e))
+        catch_unwind(AssertUnwindSafe(|| self.matcher.consume_token(token)))
+            .map_err(|panic| panic_message(&panic))?
+            .map_err(|e| self.failed("taking a token", e))
     }
 
     /// Whether the output is complete and nothing may follow it.
