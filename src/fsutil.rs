@@ -76,6 +76,15 @@ pub fn write_atomic(path: &Path, parts: &[&[u8]], mode: u32) -> Result<()> {
     result
 }
 
+/// The memory limit of this process's cgroup (v2 `memory.max`, what systemd's `MemoryMax=`
+/// sets), in bytes; None when there is none or it cannot be read.
+pub(crate) fn cgroup_memory_max() -> Option<u64> {
+    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = membership.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", path.trim_end())).ok()?;
+    max.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -118,6 +118,21 @@ fn kv_arena_bytes(sequences: usize, positions: usize, per_position: usize) -> us
     sequences.next_power_of_two().saturating_mul(positions.max(64).next_power_of_two()).saturating_mul(per_position)
 }
 
+/// The bytes one generation model's KV caches may take together: `[daemon] batch_kv_mb`, and at
+/// most half of the memory the process's cgroup allows (systemd's `MemoryMax=`), so that a request
+/// the budget admits cannot get the daemon killed; one that cannot fit is refused up front.
+fn kv_budget(batch_kv_mb: usize, model: &str) -> usize {
+    let configured = batch_kv_mb.saturating_mul(1 << 20);
+    match crate::fsutil::cgroup_memory_max() {
+        Some(max) if (max / 2) < configured as u64 => {
+            let budget = (max / 2) as usize;
+            tracing::info!(model, batch_kv_mb, memory_max_mb = max >> 20, kv_budget_mb = budget >> 20, "KV cache budget capped at half the unit's MemoryMax");
+            budget
+        }
+        _ => configured,
+    }
+}
+
 /// A loaded generation model and its active generations.
 pub struct GenerationService {
     info: ModelInfo,
@@ -134,24 +149,32 @@ impl GenerationService {
     /// Loads `name` (default: the configured generation model).
     pub fn load(config: &Config, name: Option<&str>) -> Result<Self> {
         let (info, generator) = load_generator(config, name.unwrap_or(&config.generation_model))?;
-        let max_active = match generator.batching() {
+        // Either way up to batch_sequences generations are in progress together, so that a long
+        // one never holds the others back: batched, their decode steps are one model call; else
+        // each step runs every one of them alone, in turn (the same bits as alone).
+        match generator.batching() {
             BatchDecode::Batched => {
                 tracing::info!(model = %info.name, sequences = config.daemon.batch_sequences, "decode steps of concurrent generations run as one model call (batch-invariance probe passed)");
-                config.daemon.batch_sequences
             }
             BatchDecode::OneAtATime(reason) => {
-                tracing::info!(model = %info.name, %reason, "generations run one at a time");
-                1
+                tracing::info!(model = %info.name, %reason, sequences = config.daemon.batch_sequences, "concurrent generations take turns, one model call each per step");
             }
-        };
+        }
+        let max_active = config.daemon.batch_sequences;
+        let kv_budget = kv_budget(config.daemon.batch_kv_mb, &info.name);
         Ok(GenerationService {
             info,
             generator,
             engine: fingerprint(config)?.id,
             max_active,
-            kv_budget: config.daemon.batch_kv_mb.saturating_mul(1 << 20),
+            kv_budget,
             active: Vec::new(),
         })
+    }
+
+    /// How its decode steps run when several generations are in progress.
+    pub fn batching(&self) -> BatchDecode {
+        self.generator.batching()
     }
 
     /// Runs a validated generation alone (see [`Model::generate`]).
@@ -210,10 +233,22 @@ impl Model for GenerationService {
 
     fn admit(&mut self, id: u64, request: &GenerateRequest) -> Result<Admission> {
         let sequence = self.generator.start(request)?;
+        let per_position = self.generator.kv_bytes_per_position();
+        let alone = kv_arena_bytes(1, sequence.max_positions(), per_position);
+        if alone > self.kv_budget {
+            return Err(Error::InvalidRequest(format!(
+                "this generation needs up to {} MiB of KV cache ({} prompt tokens + max_new_tokens {}), over this \
+                 server's {} MiB ([daemon] batch_kv_mb): lower max_new_tokens or shorten the prompt",
+                alone >> 20,
+                sequence.prompt_tokens(),
+                request.max_new_tokens,
+                self.kv_budget >> 20
+            )));
+        }
         if !self.active.is_empty() {
             let positions =
                 self.active.iter().map(|(_, s)| s.max_positions()).fold(sequence.max_positions(), usize::max);
-            let bytes = kv_arena_bytes(self.active.len() + 1, positions, self.generator.kv_bytes_per_position());
+            let bytes = kv_arena_bytes(self.active.len() + 1, positions, per_position);
             if bytes > self.kv_budget {
                 return Ok(Admission::Later);
             }

@@ -2,7 +2,8 @@
 //! and seeded sampling, different prompt and output lengths, admitted at scattered step offsets,
 //! some cancelled mid-way, some constrained to choices, a regex or a JSON Schema) give exactly the
 //! bytes each gives alone, with 1 and 2 threads; a model
-//! whose kernels are not batch invariant is found out at load and runs one generation at a time.
+//! whose kernels are not batch invariant is found out at load, and its generations take turns
+//! (each alone in every step), with the same bytes too.
 
 mod common;
 
@@ -14,6 +15,7 @@ use steadytext::engine::generate::{ChatMessage, GenerateRequest};
 use steadytext::engine::logprobs::LogprobsRequest;
 use steadytext::engine::sampler::Sampling;
 use steadytext::protocol::GenerateResult;
+use steadytext::engine::backend::BatchDecode;
 use steadytext::service::{Admission, Advance, GenerationService, Model};
 
 fn folder(level: u8) -> PathBuf {
@@ -150,19 +152,31 @@ fn batched_generations_give_the_bytes_each_gives_alone_with_1_and_2_threads() {
 #[test]
 fn a_generation_waits_while_the_kv_budget_is_spent_and_starts_when_room_comes() {
     let mut config = common::config(2);
-    config.daemon.batch_kv_mb = 1; // less than two rows of 64 positions (46 KiB each) take
+    // One row of 64 positions (46 KiB each, 2.9 MiB) fits; two rows (5.8 MiB) do not.
+    config.daemon.batch_kv_mb = 4;
     let mut model = GenerationService::load(&config, Some(folder(4).to_str().unwrap())).unwrap();
     let request = |max_new_tokens| GenerateRequest { max_new_tokens, ..requests()[0].clone() };
-    assert_eq!(model.admit(1, &request(3)).unwrap(), Admission::Started, "one alone always runs");
+    assert_eq!(model.admit(1, &request(3)).unwrap(), Admission::Started);
     assert_eq!(model.admit(2, &request(3)).unwrap(), Admission::Later);
+    // A generation that could not fit even alone is refused up front, saying why.
+    let refused = model.admit(3, &request(200)).unwrap_err().to_string();
+    assert!(refused.contains("batch_kv_mb") && refused.contains("max_new_tokens 200"), "{refused}");
     while !model.step().iter().any(|(id, a)| *id == 1 && matches!(a, Advance::Done(Ok(_)))) {}
     assert_eq!(model.admit(2, &request(3)).unwrap(), Admission::Started);
 }
 
 #[test]
-fn a_model_that_is_not_batch_invariant_runs_one_generation_at_a_time() {
+fn a_model_that_is_not_batch_invariant_runs_its_generations_in_turn_with_the_same_bytes() {
     // The fp32-compute twin: MatMulNBits takes another kernel for one row, so a batched row
     // differs from the row alone; the load-time probe must see it.
-    let model = load(0, 2);
-    assert_eq!(model.max_active(), 1);
+    let mut model = load(0, 2);
+    assert!(matches!(model.batching(), BatchDecode::OneAtATime(_)), "{:?}", model.batching());
+    // A long generation does not hold the others back: they advance in turn, each alone.
+    let requests: Vec<GenerateRequest> = requests().into_iter().take(6).collect();
+    let alone: Vec<GenerateResult> = requests.iter().map(|r| model.generate(r, &mut |_| true).unwrap()).collect();
+    let (together, widest) = run_concurrently(&mut model, &requests, &[0, 0, 1, 2, 3, 5], &HashMap::new());
+    assert!(widest >= 4, "at most {widest} generations overlapped");
+    for (i, expected) in alone.iter().enumerate() {
+        assert_eq!(together[&i].generation, expected.generation, "request {i} differs when taking turns");
+    }
 }

@@ -26,6 +26,21 @@ pub(crate) fn stall_limit() -> std::time::Duration {
     sd_notify::watchdog_enabled().map_or(std::time::Duration::from_secs(30), |period| period / 2)
 }
 
+/// How long a request for a model that has no room yet waits for one (models loading or in use
+/// to be done) before it is refused as overload.
+const ROOM_WAIT: Duration = Duration::from_secs(120);
+
+/// How often a request waiting for room looks again.
+const ROOM_POLL: Duration = Duration::from_millis(25);
+
+/// Whether a model may load now.
+enum Room {
+    /// Yes (models in the way were unloaded).
+    Made,
+    /// Not yet: the models in the way are loading or in use.
+    Wait,
+}
+
 /// Where one model's loading stands.
 #[derive(Clone)]
 enum Slot {
@@ -244,16 +259,18 @@ impl Registry {
     }
 
     /// Makes room for one more model of `kind` taking `bytes`: while `max_loaded` models of its
-    /// kind are loaded or loading, or the loaded models and it would exceed `max_memory_mb`,
-    /// unloads the least recently used loaded model (one no request holds, if any; of its kind
-    /// for the count, of any kind for memory). Fails when it alone exceeds the budget.
+    /// kind are loaded or loading, or the loaded and loading models and it would exceed
+    /// `max_memory_mb`, unloads the least recently used model no request holds (of its kind for
+    /// the count, of any kind for memory). [`Room::Wait`] when every model in the way is loading
+    /// or in use (loads in flight count: they will take their memory); an error when it alone
+    /// exceeds the budget.
     fn make_room(
         entries: &mut Vec<Entry>,
         kind: ModelKind,
         name: &str,
         bytes: u64,
         limits: &ModelsConfig,
-    ) -> Result<()> {
+    ) -> Result<Room> {
         let budget = limits.max_memory_mb.saturating_mul(1 << 20);
         if budget > 0 && bytes > budget {
             return Err(Error::model(
@@ -271,19 +288,58 @@ impl Registry {
             let over_count = live >= limits.max_loaded.max(1);
             let over_memory = budget > 0 && used + bytes > budget;
             if !over_count && !over_memory {
-                return Ok(());
+                return Ok(Room::Made);
             }
             let victim = entries
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| e.ready().is_some() && (e.kind == kind || !over_count))
-                .min_by_key(|(_, e)| (e.in_use(), e.last_used))
+                .filter(|(_, e)| e.ready().is_some() && !e.in_use() && (e.kind == kind || !over_count))
+                .min_by_key(|(_, e)| e.last_used)
                 .map(|(i, _)| i);
-            let Some(i) = victim else { return Ok(()) };
+            let Some(i) = victim else { return Ok(Room::Wait) };
             let e = entries.remove(i);
             let why = if over_count { "max_loaded" } else { "max_memory_mb" };
             tracing::info!(kind = e.kind.as_str(), model = %e.name, limit = why, "unloading the least recently used model to load another");
         }
+    }
+
+    /// The slot of the model `name` of `kind`: found, or its load started; None when there is no
+    /// room for it yet (see [`Registry::make_room`]).
+    fn find_or_load(
+        &self,
+        kind: ModelKind,
+        name: &str,
+        configured: &str,
+        config: &Config,
+    ) -> Result<Option<watch::Receiver<Slot>>> {
+        let mut entries = self.entries();
+        let key = if name == configured { folder_key(config, name) } else { requested_dir(config, name) };
+        let found = entries.iter_mut().find(|e| {
+            e.kind == kind
+                && (e.name == name
+                    || key.as_ref().is_ok_and(|k| *k == e.dir)
+                    || e.ready().is_some_and(|w| w.answers_to(name)))
+        });
+        if let Some(e) = found {
+            e.last_used = Instant::now();
+            return Ok(Some(e.slot.subscribe()));
+        }
+        let dir = match key {
+            Ok(dir) => dir,
+            Err(Error::Model { .. }) => return Err(Error::ModelNotLoaded(name.to_string())),
+            Err(e) => return Err(e),
+        };
+        let bytes = weight_bytes(&dir);
+        if let Room::Wait = Self::make_room(&mut entries, kind, name, bytes, &config.models)? {
+            return Ok(None);
+        }
+        let (slot, rx) = watch::channel(Slot::Loading);
+        tracing::info!(kind = kind.as_str(), model = %name, "loading a model a request names");
+        spawn_load(kind, name, config, &self.loader, &slot);
+        let last_used = Instant::now();
+        let configured = name == configured;
+        entries.push(Entry { kind, name: name.to_string(), dir, slot, last_used, bytes, configured });
+        Ok(Some(rx))
     }
 
     /// The worker for a request of `kind` naming `requested` (None: the configured model of that
@@ -294,36 +350,14 @@ impl Registry {
         if name.is_empty() {
             return Err(Error::ModelNotLoaded(format!("(any {} model)", kind.as_str())));
         }
-        let mut rx = {
-            let mut entries = self.entries();
-            let key = if name == configured { folder_key(config, name) } else { requested_dir(config, name) };
-            let found = entries.iter_mut().find(|e| {
-                e.kind == kind
-                    && (e.name == name
-                        || key.as_ref().is_ok_and(|k| *k == e.dir)
-                        || e.ready().is_some_and(|w| w.answers_to(name)))
-            });
-            match found {
-                Some(e) => {
-                    e.last_used = Instant::now();
-                    e.slot.subscribe()
+        let waiting_since = Instant::now();
+        let mut rx = loop {
+            match self.find_or_load(kind, name, configured, config)? {
+                Some(rx) => break rx,
+                None if waiting_since.elapsed() > ROOM_WAIT => {
+                    return Err(Error::Overloaded { kind: kind.as_str(), queued: 0, retry_after_ms: 5_000 })
                 }
-                None => {
-                    let dir = match key {
-                        Ok(dir) => dir,
-                        Err(Error::Model { .. }) => return Err(Error::ModelNotLoaded(name.to_string())),
-                        Err(e) => return Err(e),
-                    };
-                    let bytes = weight_bytes(&dir);
-                    Self::make_room(&mut entries, kind, name, bytes, &config.models)?;
-                    let (slot, rx) = watch::channel(Slot::Loading);
-                    tracing::info!(kind = kind.as_str(), model = %name, "loading a model a request names");
-                    spawn_load(kind, name, config, &self.loader, &slot);
-                    let last_used = Instant::now();
-                    let configured = name == configured;
-                    entries.push(Entry { kind, name: name.to_string(), dir, slot, last_used, bytes, configured });
-                    rx
-                }
+                None => tokio::time::sleep(ROOM_POLL).await,
             }
         };
         let slot = rx.wait_for(|s| !matches!(s, Slot::Loading)).await.map_err(|_| Error::ShuttingDown)?.clone();
@@ -489,6 +523,72 @@ mod tests {
         drop(held);
         assert_eq!(registry.unload_idle(Duration::ZERO), ["c"]);
         assert!(loaded(&registry).is_empty());
+    }
+
+    /// A fake that counts the models alive (loaded and not yet dropped) in `alive`, and the most
+    /// ever alive at once in `most`.
+    struct Counted {
+        fake: Fake,
+        alive: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.alive.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl crate::service::Model for Counted {
+        fn kind(&self) -> ModelKind {
+            self.fake.kind
+        }
+        fn info(&self) -> &crate::engine::ModelInfo {
+            &self.fake.info
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn models_requested_at_once_never_pass_max_loaded() {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let dir = tempfile::tempdir().unwrap();
+        let names = ["m1", "m2", "m3", "m4", "m5"];
+        for m in names {
+            std::fs::create_dir(dir.path().join(m)).unwrap();
+        }
+        let config = Config {
+            model_dir: dir.path().into(),
+            generation_model: "m1".into(),
+            embedding_model: "none".into(),
+            models: crate::config::ModelsConfig { max_loaded: 2, ..Default::default() },
+            ..Config::default()
+        };
+        let (alive, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, m) = (alive.clone(), most.clone());
+        let loader: Loader = Arc::new(move |kind, config: &Config| {
+            let now = a.fetch_add(1, SeqCst) + 1;
+            m.fetch_max(now, SeqCst);
+            std::thread::sleep(Duration::from_millis(100));
+            let mut fake = Fake::new(kind);
+            fake.info.name = crate::service::configured(kind, config).to_string();
+            fake.info.dir = config.model_dir.join(&fake.info.name);
+            Ok(Box::new(Counted { fake, alive: a.clone() }) as Box<dyn crate::service::Model>)
+        });
+        let registry = Arc::new(Registry::start(&Arc::new(config.clone()), &loader));
+        registry.settled().await;
+        let requests = names.into_iter().chain(names.into_iter().rev()).map(|name| {
+            let (registry, config) = (registry.clone(), config.clone());
+            tokio::spawn(async move {
+                let worker = registry.get(ModelKind::Generation, Some(name), &config).await.unwrap();
+                assert_eq!(worker.info().name, name);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            })
+        });
+        for r in futures_util::future::join_all(requests).await {
+            r.unwrap();
+        }
+        let generation_models = |n: usize| n.saturating_sub(1); // the embedding slot's fake is alive too
+        assert!(generation_models(most.load(SeqCst)) <= 2, "{} generation models were alive at once", most.load(SeqCst) - 1);
+        assert!(loaded(&registry).len() <= 2);
     }
 
     #[tokio::test]

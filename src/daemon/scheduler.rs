@@ -305,7 +305,8 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
         full &= gone.is_empty();
         for a in gone {
             model.cancel(a.id);
-            finish(&p, a.reply, Err(Error::Cancelled), false);
+            // Its KV cache (of any length) was just dropped: hand the memory back.
+            finish(&p, a.reply, Err(Error::Cancelled), true);
         }
         for (id, advance) in model.step() {
             let Some(at) = active.iter().position(|a| a.id == id) else { continue };

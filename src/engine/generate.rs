@@ -386,6 +386,11 @@ impl<S> Sequence<S> {
         self.ids.is_empty() && !self.pending_input.is_empty() && self.finish.is_none()
     }
 
+    /// Tokens of its prompt (after the template).
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_tokens
+    }
+
     /// Most positions its KV cache may reach: the prompt plus every token it may generate.
     pub fn max_positions(&self) -> usize {
         self.prompt_tokens + self.request.max_new_tokens

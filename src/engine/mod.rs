@@ -1,6 +1,7 @@
 //! The inference engine: loading models from their folders into generators and embedders.
 
 pub mod backend;
+mod concat_kv;
 pub mod constraint;
 pub mod cross_encoder;
 pub mod embed;
@@ -20,7 +21,7 @@ use tokenizers::Tokenizer;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
-use backend::{build_session, DecoderLayout, OnnxClassifier, OnnxDecoder, OnnxEncoder, SessionSettings};
+use backend::{build_session, DecoderLayout, Shapes, OnnxClassifier, OnnxDecoder, OnnxEncoder, SessionSettings};
 use cross_encoder::CrossEncoder;
 use embed::{Embedder, Pooling};
 use generate::Generator;
@@ -61,7 +62,7 @@ struct Loaded {
     tokenizer: Tokenizer,
 }
 
-fn load_common(config: &Config, name: &str) -> Result<Loaded> {
+fn load_common(config: &Config, name: &str, shapes: Shapes) -> Result<Loaded> {
     let dir = model::resolve_dir(&config.model_dir, name)?;
     let files = ModelFiles::discover(&dir)?;
     let genai_json = files.json("genai_config.json")?.unwrap_or_default();
@@ -86,7 +87,7 @@ fn load_common(config: &Config, name: &str) -> Result<Loaded> {
         device: config.device,
         cuda_device_id: config.cuda_device_id,
     };
-    let session = build_session(env, &files.onnx, &files.name, settings)?;
+    let session = build_session(env, &files.onnx, &files.name, settings, shapes)?;
     let info = ModelInfo { name: files.name.clone(), digest, dir };
     Ok(Loaded { files, info, config_json, genai_json, session, tokenizer })
 }
@@ -153,7 +154,7 @@ impl DecoderConfig {
 
 /// Loads a generation model by name (under `config.model_dir`) or path.
 pub fn load_generator(config: &Config, name: &str) -> Result<(ModelInfo, OnnxGenerator)> {
-    let l = load_common(config, name)?;
+    let l = load_common(config, name, Shapes::PerStep)?;
     let m = l.files.name.as_str();
     let d = DecoderConfig::read(&l)?;
     let backend = OnnxDecoder::new(l.session, m, d.layout, d.context, d.share_buffer)?;
@@ -165,7 +166,7 @@ pub fn load_generator(config: &Config, name: &str) -> Result<(ModelInfo, OnnxGen
 
 /// Loads an embedding model by name (under `config.model_dir`) or path.
 pub fn load_embedder(config: &Config, name: &str) -> Result<(ModelInfo, OnnxEmbedder)> {
-    let l = load_common(config, name)?;
+    let l = load_common(config, name, Shapes::Repeating)?;
     let m = l.files.name.as_str();
     let pooling = Pooling::from_config(m, l.files.json("1_Pooling/config.json")?.as_ref())?;
     let max_tokens = l
@@ -182,7 +183,7 @@ pub fn load_embedder(config: &Config, name: &str) -> Result<(ModelInfo, OnnxEmbe
 
 /// Loads a cross-encoder (sequence-classification export with one label) by name or path.
 pub fn load_cross_encoder(config: &Config, name: &str) -> Result<(ModelInfo, CrossEncoder)> {
-    let l = load_common(config, name)?;
+    let l = load_common(config, name, Shapes::Repeating)?;
     let m = l.files.name.as_str();
     let max_tokens = l.config_json.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
     let backend = OnnxClassifier::new(l.session, m)?;
