@@ -50,7 +50,7 @@ impl ApiKey {
             return Self::new(&text, &format!("the credential {CREDENTIAL}")).map(Some);
         }
         let Some(file) = file else { return Ok(None) };
-        let text = crate::config::read_secret_file(file)?;
+        let text = crate::config::read_private_file(file)?;
         Self::new(&text, &file.display().to_string()).map(Some)
     }
 }
@@ -74,7 +74,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");
         std::fs::write(&path, "a-key-of-enough-length\n").unwrap();
+        let mode = |m| std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
         if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+            mode(0o644);
+            let open = ApiKey::load(Some(&path)).unwrap_err().to_string();
+            assert!(open.contains("mode 0644") && open.contains("chmod 600"), "{open}");
+            mode(0o640);
             assert!(ApiKey::load(Some(&path)).unwrap().unwrap().verify("a-key-of-enough-length"));
             assert!(ApiKey::load(None).unwrap().is_none());
         }

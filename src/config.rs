@@ -20,6 +20,21 @@ const SYSTEM_STATE_DIR: &str = "/var/lib/steadytext";
 /// Largest key, certificate or credential file read, in bytes.
 pub const MAX_SECRET_BYTES: u64 = 1 << 20;
 
+/// Reads a private file (an API key, a TLS private key) after checking that other users can
+/// neither read nor change it (as ssh does for private keys): the owner and its group only.
+pub(crate) fn read_private_file(path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.permissions().mode() & 0o777;
+    if mode & 0o027 != 0 {
+        return Err(Error::Config(format!(
+            "{} is open to other users (mode {mode:04o}): it holds a secret; `chmod 600` it (or 640 for the \
+             daemon's group), or pass it as a systemd credential",
+            path.display()
+        )));
+    }
+    read_secret_file(path)
+}
+
 /// Reads a key or certificate file of at most [`MAX_SECRET_BYTES`].
 pub(crate) fn read_secret_file(path: &Path) -> Result<String> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -413,7 +428,14 @@ impl Config {
             )));
         }
         let d = &self.daemon;
-        let counts = [d.queue_depth, d.max_connections, d.max_connections_per_peer, d.max_unauthenticated, d.max_receiving_mb, d.stream_buffer];
+        let counts = [
+            d.queue_depth,
+            d.max_connections,
+            d.max_connections_per_peer,
+            d.max_unauthenticated,
+            d.max_receiving_mb,
+            d.stream_buffer,
+        ];
         if counts.contains(&0) || d.send_timeout_secs == 0 || d.line_timeout_secs == 0 || d.auth_timeout_secs == 0 {
             return Err(Error::Config(
                 "daemon.queue_depth, max_connections, max_connections_per_peer, max_unauthenticated, max_receiving_mb, \

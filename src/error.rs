@@ -39,6 +39,25 @@ pub enum Error {
         "model {0} is not loaded here; configure it as the daemon's model, or use direct mode (stctl --no-daemon)"
     )]
     ModelNotLoaded(String),
+    /// The request names a model the daemon does not have: no folder of that name under its
+    /// model folder (a request never names a path).
+    #[error("model {name:?} not found: {reason}")]
+    ModelNotFound {
+        /// The name as the request gave it.
+        name: String,
+        /// What is wrong with it and what to do.
+        reason: String,
+    },
+    /// The request names a model of another kind (an embedding model asked to generate...).
+    #[error("model {name} is {is} model; this request needs {wanted} model: name one (see `stctl models list`) or leave the model out for the configured one")]
+    WrongModelKind {
+        /// The model's name.
+        name: String,
+        /// What it is (`a generation`, `an embedding`, `a rerank`).
+        is: &'static str,
+        /// What the request needs.
+        wanted: &'static str,
+    },
     /// The configured model of a kind failed to load when the daemon started.
     #[error(
         "the {kind} model {name} could not be loaded: {reason}; install the recommended one (`stctl models pull \
@@ -54,6 +73,10 @@ pub enum Error {
         /// Why loading failed.
         reason: String,
     },
+    /// A constrained output did not finish matching its constraint within its budget (the request
+    /// was valid; the model did not get there).
+    #[error("output incomplete: {0}")]
+    OutputIncomplete(String),
     /// A TCP client did not present the API key first, or presented a wrong one.
     #[error("unauthorized: {0}")]
     Unauthorized(String),

@@ -39,6 +39,30 @@ pub const CONFIG_FILES: &[&str] = &[
     "genai_config.json",
 ];
 
+/// What kind of model a folder holds, when its files say so: a sentence-transformers layout is an
+/// embedding model (decoders exported as embedders included), an onnxruntime-genai folder or a
+/// `*ForCausalLM` / `*LMHeadModel` architecture a generation model, a `*ForSequenceClassification`
+/// one a cross-encoder. None when nothing says (the loader decides then).
+pub fn detect_kind(dir: &Path) -> Option<crate::protocol::ModelKind> {
+    use crate::protocol::ModelKind;
+    let has = |file: &str| dir.join(file).is_file();
+    if has("modules.json") || has("1_Pooling/config.json") || has("config_sentence_transformers.json") {
+        return Some(ModelKind::Embedding);
+    }
+    if has("genai_config.json") {
+        return Some(ModelKind::Generation);
+    }
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
+    let architecture = config.get("architectures")?.get(0)?.as_str()?;
+    if architecture.ends_with("ForCausalLM") || architecture.ends_with("LMHeadModel") {
+        Some(ModelKind::Generation)
+    } else if architecture.ends_with("ForSequenceClassification") {
+        Some(ModelKind::Rerank)
+    } else {
+        None
+    }
+}
+
 /// Turns a model name or path into a folder: an existing path is taken as is, otherwise the name
 /// is looked up under `model_dir`.
 pub fn resolve_dir(model_dir: &Path, name_or_path: &str) -> Result<PathBuf> {

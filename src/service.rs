@@ -104,14 +104,6 @@ pub fn configured(kind: ModelKind, config: &Config) -> &str {
     }
 }
 
-/// Checks that a request's `model` (if any) names the model `info`.
-pub fn check_model(requested: Option<&str>, info: &ModelInfo) -> Result<()> {
-    match requested {
-        Some(name) if !info.answers_to(name) => Err(Error::ModelNotLoaded(name.to_string())),
-        _ => Ok(()),
-    }
-}
-
 /// Bytes of a KV arena holding `sequences` rows of up to `positions` positions: rows and
 /// capacity both grow by doubling (capacity from 64), so this is what the arena may reach.
 fn kv_arena_bytes(sequences: usize, positions: usize, per_position: usize) -> usize {
@@ -126,7 +118,13 @@ fn kv_budget(batch_kv_mb: usize, model: &str) -> usize {
     match crate::fsutil::cgroup_memory_max() {
         Some(max) if (max / 2) < configured as u64 => {
             let budget = (max / 2) as usize;
-            tracing::info!(model, batch_kv_mb, memory_max_mb = max >> 20, kv_budget_mb = budget >> 20, "KV cache budget capped at half the unit's MemoryMax");
+            tracing::info!(
+                model,
+                batch_kv_mb,
+                memory_max_mb = max >> 20,
+                kv_budget_mb = budget >> 20,
+                "KV cache budget capped at half the unit's MemoryMax"
+            );
             budget
         }
         _ => configured,

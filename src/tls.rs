@@ -10,7 +10,7 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{env, read_secret_file};
+use crate::config::{env, read_private_file, read_secret_file};
 use crate::error::{Error, Result};
 
 /// The systemd credential holding the daemon's PEM certificate chain.
@@ -28,13 +28,13 @@ struct Pem {
     source: String,
 }
 
-/// The credential `name`, else `file`, else None.
-fn pem(credential: &str, file: Option<&Path>) -> Result<Option<Pem>> {
+/// The credential `name`, else `file` (read by `read`), else None.
+fn pem(credential: &str, file: Option<&Path>, read: fn(&Path) -> Result<String>) -> Result<Option<Pem>> {
     if let Some(text) = env::credential(credential)? {
         return Ok(Some(Pem { text, source: format!("the credential {credential}") }));
     }
     let Some(file) = file else { return Ok(None) };
-    Ok(Some(Pem { text: read_secret_file(file)?, source: file.display().to_string() }))
+    Ok(Some(Pem { text: read(file)?, source: file.display().to_string() }))
 }
 
 fn certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>> {
@@ -50,17 +50,18 @@ fn certificates(pem: &Pem) -> Result<Vec<CertificateDer<'static>>> {
 /// The daemon's TLS settings; None when no certificate is configured (TCP stays clear text,
 /// which the daemon allows on loopback addresses only).
 pub fn server_config(cert_file: Option<&Path>, key_file: Option<&Path>) -> Result<Option<Arc<ServerConfig>>> {
-    let (cert, key) = match (pem(CERT_CREDENTIAL, cert_file)?, pem(KEY_CREDENTIAL, key_file)?) {
-        (None, None) => return Ok(None),
-        (Some(cert), Some(key)) => (cert, key),
-        _ => {
-            return Err(Error::Config(
-                "TLS needs both a certificate and its key: set [daemon] tls_cert_file and tls_key_file \
+    let (cert, key) =
+        match (pem(CERT_CREDENTIAL, cert_file, read_secret_file)?, pem(KEY_CREDENTIAL, key_file, read_private_file)?) {
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            _ => {
+                return Err(Error::Config(
+                    "TLS needs both a certificate and its key: set [daemon] tls_cert_file and tls_key_file \
                  (or the credentials tls-cert and tls-key)"
-                    .into(),
-            ))
-        }
-    };
+                        .into(),
+                ))
+            }
+        };
     let chain = certificates(&cert)?;
     let private = PrivateKeyDer::from_pem_slice(key.text.as_bytes())
         .map_err(|e| Error::Config(format!("{}: no readable PEM private key: {e}", key.source)))?;

@@ -10,12 +10,12 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use steadytext::engine::backend::BatchDecode;
 use steadytext::engine::constraint::Constraint;
 use steadytext::engine::generate::{ChatMessage, GenerateRequest};
 use steadytext::engine::logprobs::LogprobsRequest;
 use steadytext::engine::sampler::Sampling;
 use steadytext::protocol::GenerateResult;
-use steadytext::engine::backend::BatchDecode;
 use steadytext::service::{Admission, Advance, GenerationService, Model};
 
 fn folder(level: u8) -> PathBuf {

@@ -151,7 +151,7 @@ fn tcp_listener_and_idle_exit() {
     let sock = dir.path().join("s.sock");
     let port = common::free_port();
     let key_file = dir.path().join("api-key");
-    std::fs::write(&key_file, "test-key-0123456789abcdef\n").unwrap();
+    common::write_private(&key_file, "test-key-0123456789abcdef\n");
     let mut daemon = command(env!("CARGO_BIN_EXE_steadytextd"))
         .env("STEADYTEXT_API_KEY_FILE", &key_file)
         .args(common::root_flags())
@@ -255,7 +255,7 @@ fn tcp_needs_the_api_key_first_and_refuses_http() {
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
     assert!(log.contains("needs an API key") && log.contains("api_key_file"), "{log}");
     let key_file = dir.path().join("api-key");
-    std::fs::write(&key_file, "right-key-0123456789abcdef\n").unwrap();
+    common::write_private(&key_file, "right-key-0123456789abcdef\n");
     let (mut public, _) = tcp_daemon(dir.path(), Some(&key_file), "0.0.0.0", &[]);
     assert!(!public.wait().unwrap().success());
     let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap();
@@ -307,7 +307,7 @@ fn tls_lets_remote_addresses_in_with_a_checked_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| {
         let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
+        common::write_private(&path, text);
         path
     };
     let (ca, cert, key) = common::test_pki();

@@ -98,7 +98,7 @@ pids+=($!)
 
 say "a reference daemon outside the fleet (this build, on the host)"
 ref_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-echo "$key" > "$work/api-key"
+(umask 077 && echo "$key" > "$work/api-key")
 mkdir -p "$work/ref-state"
 STEADYTEXT_API_KEY_FILE="$work/api-key" STATE_DIRECTORY="$work/ref-state" STEADYTEXT_MODEL_DIR="$models" \
     ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$here/.ort/libonnxruntime.so} STEADYTEXT_CONFIG=/dev/null \

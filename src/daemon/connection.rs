@@ -45,7 +45,11 @@ where
             true => Session { peer, budget, stage: Stage::Pending(d.admission().pending()) },
             false => {
                 let admitted = d.admission().admit(&budget, &peer, d.metrics().connections());
-                Session { peer, budget, stage: admitted.map_or_else(Stage::Refused, |_slots| Stage::Admitted { _slots }) }
+                Session {
+                    peer,
+                    budget,
+                    stage: admitted.map_or_else(Stage::Refused, |_slots| Stage::Admitted { _slots }),
+                }
             }
         };
         let setup = Duration::from_secs(d.config().daemon.line_timeout_secs);
@@ -112,11 +116,16 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
                 out.send(&Reply::error(null_id(), &Error::LineTooLong { limit: MAX_LINE_BYTES })).await
             }
             Ok(Line::Busy) => {
-                let _ = out.send(&Reply::error(null_id(), &Error::Overloaded {
-                    kind: "request",
-                    queued: daemon.metrics().in_flight(),
-                    retry_after_ms: 1000,
-                })).await;
+                let _ = out
+                    .send(&Reply::error(
+                        null_id(),
+                        &Error::Overloaded {
+                            kind: "request",
+                            queued: daemon.metrics().in_flight(),
+                            retry_after_ms: 1000,
+                        },
+                    ))
+                    .await;
                 out.close_politely(&mut reader).await;
                 break;
             }

@@ -139,19 +139,37 @@ fn folder_key(config: &Config, name: &str) -> Result<PathBuf> {
     Ok(dir.canonicalize().unwrap_or(dir))
 }
 
+/// Refuses what cannot be a model's name: empty, `.`, `..`, a NUL, surrounding white space.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('\0') || name.trim() != name {
+        return Err(Error::InvalidRequest(format!(
+            "{name:?} is not a model name: give the name of a model folder (`stctl models list` shows them), or \
+             leave the model out for the configured one"
+        )));
+    }
+    Ok(())
+}
+
 /// The folder of a model a request names that is not a configured one: a folder directly under
 /// `model_dir`, by its name (a request never points the daemon at another path, a relative one
 /// included; configured models may be paths).
 fn requested_dir(config: &Config, name: &str) -> Result<PathBuf> {
-    if name.is_empty() || name.starts_with('.') || name.contains('/') {
-        return Err(Error::ModelNotLoaded(name.to_string()));
+    check_name(name)?;
+    let not_found = |reason: String| Error::ModelNotFound { name: name.to_string(), reason };
+    if name.starts_with('.') || name.contains('/') {
+        return Err(not_found(
+            "a request names a model by its folder's name under the daemon's model folder, never by a path".into(),
+        ));
     }
     let dir = config.model_dir.join(name);
     match std::fs::metadata(&dir) {
         Ok(meta) if meta.is_dir() => Ok(dir.canonicalize().unwrap_or(dir)),
         // A folder this user may not read is said as such (resolve_dir words it).
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => folder_key(config, name),
-        _ => Err(Error::ModelNotLoaded(name.to_string())),
+        _ => Err(not_found(format!(
+            "the daemon has no model folder of that name; `stctl models list` shows what it has, `stctl models pull` \
+             fetches more"
+        ))),
     }
 }
 
@@ -314,21 +332,29 @@ impl Registry {
     ) -> Result<Option<watch::Receiver<Slot>>> {
         let mut entries = self.entries();
         let key = if name == configured { folder_key(config, name) } else { requested_dir(config, name) };
-        let found = entries.iter_mut().find(|e| {
-            e.kind == kind
-                && (e.name == name
-                    || key.as_ref().is_ok_and(|k| *k == e.dir)
-                    || e.ready().is_some_and(|w| w.answers_to(name)))
-        });
-        if let Some(e) = found {
+        let names = |e: &Entry| {
+            e.name == name || key.as_ref().is_ok_and(|k| *k == e.dir) || e.ready().is_some_and(|w| w.answers_to(name))
+        };
+        if let Some(e) = entries.iter_mut().find(|e| e.kind == kind && names(e)) {
             e.last_used = Instant::now();
             return Ok(Some(e.slot.subscribe()));
         }
+        let wrong = |is: ModelKind| Error::WrongModelKind {
+            name: name.to_string(),
+            is: is.with_article(),
+            wanted: kind.with_article(),
+        };
+        if let Some(other) = entries.iter().find(|e| e.kind != kind && names(e)) {
+            return Err(wrong(other.kind));
+        }
         let dir = match key {
             Ok(dir) => dir,
-            Err(Error::Model { .. }) => return Err(Error::ModelNotLoaded(name.to_string())),
+            Err(Error::Model { reason, .. }) => return Err(Error::ModelNotFound { name: name.to_string(), reason }),
             Err(e) => return Err(e),
         };
+        if let Some(is) = crate::model::detect_kind(&dir).filter(|&is| is != kind) {
+            return Err(wrong(is));
+        }
         let bytes = weight_bytes(&dir);
         if let Room::Wait = Self::make_room(&mut entries, kind, name, bytes, &config.models)? {
             return Ok(None);
@@ -346,6 +372,9 @@ impl Registry {
     /// kind), once it has loaded; a model folder not loaded yet is loaded now (see the module).
     pub(crate) async fn get(&self, kind: ModelKind, requested: Option<&str>, config: &Config) -> Result<Arc<Worker>> {
         let configured = crate::service::configured(kind, config);
+        if let Some(name) = requested {
+            check_name(name)?;
+        }
         let name = requested.unwrap_or(configured);
         if name.is_empty() {
             return Err(Error::ModelNotLoaded(format!("(any {} model)", kind.as_str())));
@@ -393,7 +422,7 @@ mod tests {
             ModelKind::Generation
         );
         let wrong = registry.get(ModelKind::Generation, Some("fake-embedding"), &config).await;
-        assert!(matches!(wrong, Err(Error::ModelNotLoaded(_))));
+        assert!(matches!(wrong, Err(Error::WrongModelKind { .. })), "{:?}", wrong.err());
         assert_eq!(registry.workers().len(), 2, "no cross-encoder slot unless one is configured");
         assert!(registry.get(ModelKind::Rerank, None, &config).await.is_err());
         let config = Config { rerank_model: "reranker".into(), ..Config::default() };
@@ -486,7 +515,7 @@ mod tests {
         assert_eq!(name(by_path), "b", "the folder's path finds the model loaded by its name");
         let unloaded_path = dir.path().join("c").display().to_string();
         let refused = registry.get(ModelKind::Generation, Some(&unloaded_path), &config).await;
-        assert!(matches!(refused, Err(Error::ModelNotLoaded(_))), "a path is never loaded on a request's say");
+        assert!(matches!(refused, Err(Error::ModelNotFound { .. })), "a path is never loaded on a request's say");
         assert_eq!(name(get(Some("a")).await.unwrap()), "a");
         // c must load: b is the least recently used.
         assert_eq!(name(get(Some("c")).await.unwrap()), "c");
@@ -507,7 +536,11 @@ mod tests {
         let relative = relative.file_name().into_string().unwrap();
         for bad in ["/etc", "../a", "missing", ".hidden", relative.as_str()] {
             let refused = registry.get(ModelKind::Generation, Some(bad), &config).await;
-            assert!(matches!(refused, Err(Error::ModelNotLoaded(_))), "{bad}");
+            assert!(matches!(refused, Err(Error::ModelNotFound { .. })), "{bad}");
+        }
+        for bad in ["", ".", "..", "a\0b", " a"] {
+            let refused = registry.get(ModelKind::Generation, Some(bad), &config).await;
+            assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{bad:?}");
         }
         // Concurrent requests for a model being loaded all wait for the one load.
         let before = loads.load(std::sync::atomic::Ordering::SeqCst);
@@ -587,7 +620,11 @@ mod tests {
             r.unwrap();
         }
         let generation_models = |n: usize| n.saturating_sub(1); // the embedding slot's fake is alive too
-        assert!(generation_models(most.load(SeqCst)) <= 2, "{} generation models were alive at once", most.load(SeqCst) - 1);
+        assert!(
+            generation_models(most.load(SeqCst)) <= 2,
+            "{} generation models were alive at once",
+            most.load(SeqCst) - 1
+        );
         assert!(loaded(&registry).len() <= 2);
     }
 

@@ -64,7 +64,13 @@ impl ConcatKv {
     /// Binds the past (`len` positions, from the current set) as the inputs and the present
     /// (`len + n` positions, into the other set) as the outputs named by `names`: one
     /// `(input, output)` pair per kind, in order. Call [`ConcatKv::flip`] after the run.
-    pub(crate) fn bind(&mut self, binding: &mut IoBinding, names: &[(&str, &str)], len: usize, n: usize) -> ort::Result<()> {
+    pub(crate) fn bind(
+        &mut self,
+        binding: &mut IoBinding,
+        names: &[(&str, &str)],
+        len: usize,
+        n: usize,
+    ) -> ort::Result<()> {
         let info = cpu_memory()?;
         let (heads, dim) = (self.heads as i64, self.dim as i64);
         let [a, b] = &mut self.sets;
@@ -75,7 +81,11 @@ impl ConcatKv {
             // `heads * capacity * dim` (capacity >= len + n, see `reserve`) that outlives the run:
             // the caller runs the binding while it holds `&mut self`.
             let past_view: TensorRefMut<'_, f32> = unsafe {
-                TensorRefMut::from_raw(info.clone(), past_data.as_mut_ptr().cast(), Shape::new([1, heads, len as i64, dim]))?
+                TensorRefMut::from_raw(
+                    info.clone(),
+                    past_data.as_mut_ptr().cast(),
+                    Shape::new([1, heads, len as i64, dim]),
+                )?
             };
             bind_input_in_place(binding, input, &past_view)?;
             let present_data = present.extract_tensor_mut().1;

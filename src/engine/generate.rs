@@ -410,10 +410,14 @@ impl<S> Sequence<S> {
                     FinishReason::Stop => "a stop string cut it".into(),
                     FinishReason::Eos => "the model ended it".into(),
                 };
-                return Err(Error::InvalidRequest(format!(
-                    "{why} before the output matched the {} constraint (finish_reason: {}); raise max_new_tokens \
-                     or loosen the constraint. The output so far: {:?}",
-                    self.request.constraint.as_ref().map_or("", |c| c.kind()),
+                let kind = self.request.constraint.as_ref().map_or("", |c| c.kind());
+                let open = match (kind, crate::engine::constraint::open_json_path(&self.text)) {
+                    ("schema", Some(path)) => format!(" ({path} never closed)"),
+                    _ => String::new(),
+                };
+                return Err(Error::OutputIncomplete(format!(
+                    "{why} before the output matched the {kind} constraint{open} (finish_reason: {}); raise \
+                     max_new_tokens or tighten the constraint. The output so far: {:?}",
                     serde_json::to_value(finish_reason)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_string))

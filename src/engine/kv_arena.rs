@@ -245,7 +245,11 @@ pub(crate) fn cpu_memory() -> ort::Result<MemoryInfo<'static>> {
 
 /// Binds `view` as an input without the copy ort makes of borrowed tensors: GroupQueryAttention
 /// detects a shared buffer by past and present having the same address.
-pub(crate) fn bind_input_in_place(binding: &mut IoBinding, name: &str, view: &TensorRefMut<'_, f32>) -> ort::Result<()> {
+pub(crate) fn bind_input_in_place(
+    binding: &mut IoBinding,
+    name: &str,
+    view: &TensorRefMut<'_, f32>,
+) -> ort::Result<()> {
     let name = CString::new(name).map_err(|e| ort::Error::new(e.to_string()))?;
     // SAFETY: both pointers are live ONNX Runtime objects; ONNX Runtime keeps its own reference to
     // the value, whose data (the arena buffer) outlives the run (see `bind_rows`).

@@ -21,7 +21,7 @@ use tokenizers::Tokenizer;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles};
-use backend::{build_session, DecoderLayout, Shapes, OnnxClassifier, OnnxDecoder, OnnxEncoder, SessionSettings};
+use backend::{build_session, DecoderLayout, OnnxClassifier, OnnxDecoder, OnnxEncoder, SessionSettings, Shapes};
 use cross_encoder::CrossEncoder;
 use embed::{Embedder, Pooling};
 use generate::Generator;

@@ -56,6 +56,9 @@ pub mod codes {
     pub const UNAUTHORIZED: i64 = -32004;
     /// An admin method called by a client that is not root or in the admin group.
     pub const FORBIDDEN: i64 = -32005;
+    /// A constrained output did not match its constraint before its budget (max_new_tokens, the
+    /// context) ran out.
+    pub const OUTPUT_INCOMPLETE: i64 = -32006;
 }
 
 /// A JSON-RPC request (or, without `id`, a notification).
@@ -100,12 +103,15 @@ impl From<&Error> for RpcError {
             Error::Parse(_) => codes::PARSE_ERROR,
             Error::NotJsonRpc(_) => codes::INVALID_REQUEST,
             Error::UnknownMethod { .. } => codes::METHOD_NOT_FOUND,
-            Error::InvalidRequest(_) | Error::CacheDisabled => codes::INVALID_PARAMS,
+            Error::InvalidRequest(_) | Error::CacheDisabled | Error::WrongModelKind { .. } => codes::INVALID_PARAMS,
             Error::LineTooLong { .. } => codes::TOO_LARGE,
             Error::Unauthorized(_) => codes::UNAUTHORIZED,
             Error::Forbidden(_) => codes::FORBIDDEN,
+            Error::OutputIncomplete(_) => codes::OUTPUT_INCOMPLETE,
             Error::LineTimeout { .. } => codes::INVALID_REQUEST,
-            Error::ModelNotLoaded(_) | Error::ModelUnavailable { .. } => codes::MODEL_NOT_LOADED,
+            Error::ModelNotLoaded(_) | Error::ModelNotFound { .. } | Error::ModelUnavailable { .. } => {
+                codes::MODEL_NOT_LOADED
+            }
             Error::Overloaded { .. } | Error::TooManyConnections { .. } => codes::OVERLOADED,
             Error::ShuttingDown | Error::Cancelled => codes::SHUTTING_DOWN,
             Error::Runtime { .. }
@@ -240,7 +246,7 @@ impl GenerateParams {
             return Err(Error::InvalidRequest(format!("give one constraint, not both {first} and {second}")));
         }
         Ok(if let Some(schema) = &self.schema {
-            Some(Constraint::Schema(schema.clone()))
+            Some(Constraint::schema(schema.clone()))
         } else if let Some(regex) = &self.regex {
             Some(Constraint::Regex(regex.clone()))
         } else if let Some(choices) = &self.choices {

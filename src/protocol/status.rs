@@ -27,6 +27,15 @@ impl ModelKind {
             ModelKind::Rerank => "rerank",
         }
     }
+
+    /// Its name with an article, for messages ("an embedding").
+    pub fn with_article(self) -> &'static str {
+        match self {
+            ModelKind::Generation => "a generation",
+            ModelKind::Embedding => "an embedding",
+            ModelKind::Rerank => "a rerank",
+        }
+    }
 }
 
 /// Result of `status`.

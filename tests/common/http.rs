@@ -34,7 +34,7 @@ impl HttpDaemon {
     /// test) is replaced by another.
     pub fn start(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("api-key"), format!("{KEY}\n")).unwrap();
+        super::write_private(&dir.path().join("api-key"), &format!("{KEY}\n"));
         std::fs::write(dir.path().join("steadytext.toml"), config).unwrap();
         let socket = dir.path().join("s.sock");
         let log = dir.path().join("daemon.log");
@@ -120,7 +120,7 @@ pub fn tls_files() -> (tempfile::TempDir, String) {
     let pki = tempfile::tempdir().unwrap();
     let (ca, cert, key) = super::test_pki();
     for (name, text) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
-        std::fs::write(pki.path().join(name), text).unwrap();
+        super::write_private(&pki.path().join(name), text);
     }
     let config = format!(
         "[daemon]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",

@@ -65,6 +65,13 @@ pub fn venv_python(requirements: &str) -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// Writes a file only its owner may read (as the daemon wants its API key and TLS key).
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path).unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
 /// Parses a JSON file of the shared models.
 pub fn reference(path: &str) -> serde_json::Value {
     let p = models_dir().join(path);

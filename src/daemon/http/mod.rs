@@ -35,7 +35,7 @@ use super::registry::stall_limit;
 use super::state::Daemon;
 use crate::config::Config;
 use crate::error::Error;
-use crate::protocol::{codes, RpcError, MAX_LINE_BYTES};
+use crate::protocol::{RpcError, MAX_LINE_BYTES};
 
 /// Largest request head (request line and headers) a client may send.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -329,22 +329,26 @@ async fn cache_stats(ready: Ready) -> Result<Response, ApiError> {
 /// `POST /v1/rpc`: one JSON-RPC request in the body; the answer is NDJSON: a streaming
 /// method's `generate.piece` notifications, then the response line, as on the socket.
 async fn rpc(ready: Ready, body: Body) -> Result<Response, ApiError> {
-    let request: crate::protocol::Request = read_json(body, &ready.daemon).await?;
-    if request.jsonrpc != "2.0" {
-        return Err(Error::InvalidRequest("jsonrpc must be \"2.0\"".into()).into());
-    }
-    let id = request.id.clone().unwrap_or(Value::Null);
+    let bytes = read_body(body, &ready.daemon).await?;
+    let request = crate::protocol::wire::decode_one(&bytes).map_err(|(_, error)| ApiError::from(error))?;
+    // The id is echoed as it was sent, byte for byte (as on the sockets).
+    let id = request.id.unwrap_or(null_id()).to_owned();
     let events = ready.start(&request.method, request.params);
-    let line = move |value: Value| {
-        let mut bytes = serde_json::to_vec(&value).unwrap_or_default();
-        bytes.push(b'\n');
-        Bytes::from(bytes)
-    };
-    let frames = event_stream(None, events, move |event| match event {
-        Event::Piece(text) => vec![line(json!({"jsonrpc": "2.0", "method": crate::protocol::PIECE_NOTIFICATION,
-                                               "params": {"id": id, "text": text}}))],
-        Event::Done(Ok(result)) => vec![line(json!({"jsonrpc": "2.0", "result": result, "id": id}))],
-        Event::Done(Err(error)) => vec![line(json!({"jsonrpc": "2.0", "error": error, "id": id}))],
+    // Lines are put together around the raw id: a Value would rewrite it (1e30 as 1e+30).
+    let frames = event_stream(None, events, move |event| {
+        let id = id.get();
+        let line = match event {
+            Event::Piece(text) => format!(
+                "{{\"jsonrpc\":\"2.0\",\"method\":\"{}\",\"params\":{{\"id\":{id},\"text\":{}}}}}",
+                crate::protocol::PIECE_NOTIFICATION,
+                Value::String(text)
+            ),
+            Event::Done(Ok(result)) => format!("{{\"jsonrpc\":\"2.0\",\"result\":{result},\"id\":{id}}}"),
+            Event::Done(Err(error)) => {
+                format!("{{\"jsonrpc\":\"2.0\",\"error\":{},\"id\":{id}}}", json!(RpcError::from(&error)))
+            }
+        };
+        vec![Bytes::from(line + "\n")]
     });
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(frames)).into_response())
 }
@@ -354,7 +358,7 @@ pub(crate) enum Event {
     /// A stream piece.
     Piece(String),
     /// The method's result.
-    Done(Result<Value, RpcError>),
+    Done(Result<Value, Error>),
 }
 
 /// The [`Sink`] of a method run for an HTTP request: pieces go to its response body through a
@@ -450,7 +454,7 @@ impl Ready {
             let mut call =
                 Call { daemon: &daemon, id: null_id(), out: Sink::Body(&mut sink), peer, served: Served::default() };
             let result = methods::run(&mut call, &method, params, started).await;
-            let done = Event::Done(result.map_err(|e| RpcError::from(&e)));
+            let done = Event::Done(result);
             let _ = tokio::time::timeout(deadline, events.send(done)).await;
         });
         receiver
@@ -497,8 +501,15 @@ where
     .flatten()
 }
 
-/// Reads a JSON body of at most [`MAX_BODY_BYTES`] within the line timeout.
+/// Reads a JSON body (see [`read_body`]).
 async fn read_json<T: DeserializeOwned>(body: Body, daemon: &Daemon) -> Result<T, ApiError> {
+    let bytes = read_body(body, daemon).await?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::InvalidRequest(format!("invalid JSON body: {e}")).into())
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`] within the line timeout, its bytes held from the
+/// daemon's receive budget while it arrives.
+async fn read_body(body: Body, daemon: &Daemon) -> Result<Vec<u8>, ApiError> {
     use futures_util::StreamExt;
     let timeout = Duration::from_secs(daemon.config().daemon.line_timeout_secs);
     let mut held = Received::default();
@@ -506,7 +517,8 @@ async fn read_json<T: DeserializeOwned>(body: Body, daemon: &Daemon) -> Result<T
     let mut stream = body.into_data_stream();
     let received = tokio::time::timeout(timeout, async {
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, &format!("broken request body: {e}")))?;
+            let chunk =
+                chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, &format!("broken request body: {e}")))?;
             if bytes.len() + chunk.len() > MAX_BODY_BYTES {
                 return Err(ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -514,7 +526,8 @@ async fn read_json<T: DeserializeOwned>(body: Body, daemon: &Daemon) -> Result<T
                 ));
             }
             if !daemon.receive_budget().hold(&mut held, bytes.len() + chunk.len()) {
-                let busy = Error::Overloaded { kind: "request", queued: daemon.metrics().in_flight(), retry_after_ms: 1000 };
+                let busy =
+                    Error::Overloaded { kind: "request", queued: daemon.metrics().in_flight(), retry_after_ms: 1000 };
                 return Err(busy.into());
             }
             bytes.extend_from_slice(&chunk);
@@ -531,7 +544,7 @@ async fn read_json<T: DeserializeOwned>(body: Body, daemon: &Daemon) -> Result<T
         }
         Ok(result) => result?,
     }
-    serde_json::from_slice(&bytes).map_err(|e| Error::InvalidRequest(format!("invalid JSON body: {e}")).into())
+    Ok(bytes)
 }
 
 /// An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
@@ -579,29 +592,49 @@ impl ApiError {
     }
 }
 
-/// The HTTP status of each JSON-RPC error code: the one mapping from the daemon's errors.
-impl From<RpcError> for ApiError {
-    fn from(e: RpcError) -> Self {
-        let status = match e.code {
-            codes::PARSE_ERROR | codes::INVALID_REQUEST | codes::INVALID_PARAMS => StatusCode::BAD_REQUEST,
-            codes::UNAUTHORIZED => StatusCode::UNAUTHORIZED,
-            codes::FORBIDDEN => StatusCode::FORBIDDEN,
-            codes::METHOD_NOT_FOUND => StatusCode::NOT_FOUND,
-            codes::TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-            codes::OVERLOADED => StatusCode::TOO_MANY_REQUESTS,
-            codes::MODEL_NOT_LOADED | codes::SHUTTING_DOWN => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let retry_ms = e.data.as_ref().and_then(|d| d["retry_after_ms"].as_u64());
-        let mut error = ApiError::new(status, &e.message).code(&e.code.to_string());
-        error.retry_after_secs = retry_ms.map(|ms| ms.div_ceil(1000).max(1));
-        error
+/// The HTTP status of each of the daemon's errors: the one mapping (JSON-RPC has its own, in
+/// [`crate::protocol`]).
+fn http_status(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidRequest(_)
+        | Error::Parse(_)
+        | Error::NotJsonRpc(_)
+        | Error::CacheDisabled
+        | Error::WrongModelKind { .. }
+        | Error::LineTimeout { .. } => StatusCode::BAD_REQUEST,
+        Error::UnknownMethod { .. } | Error::ModelNotFound { .. } => StatusCode::NOT_FOUND,
+        Error::LineTooLong { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::OutputIncomplete(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::Overloaded { .. } | Error::TooManyConnections { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::ModelNotLoaded(_) | Error::ModelUnavailable { .. } | Error::ShuttingDown | Error::Cancelled => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        Error::Runtime { .. }
+        | Error::Model { .. }
+        | Error::Inference { .. }
+        | Error::Engine { .. }
+        | Error::Config(_)
+        | Error::Io { .. }
+        | Error::Snapshot(_)
+        | Error::Hub { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
-        ApiError::from(RpcError::from(&e))
+        let status = http_status(&e);
+        let rpc = RpcError::from(&e);
+        let code = match e {
+            Error::ModelNotFound { .. } => "model_not_found".to_string(),
+            Error::OutputIncomplete(_) => "output_incomplete".to_string(),
+            _ => rpc.code.to_string(),
+        };
+        let retry_ms = rpc.data.as_ref().and_then(|d| d["retry_after_ms"].as_u64());
+        let mut error = ApiError::new(status, &rpc.message).code(&code);
+        error.retry_after_secs = retry_ms.map(|ms| ms.div_ceil(1000).max(1));
+        error
     }
 }
 
@@ -631,6 +664,16 @@ mod tests {
             (Error::LineTooLong { limit: 1 }, StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error"),
             (Error::ShuttingDown, StatusCode::SERVICE_UNAVAILABLE, "server_error"),
             (Error::ModelNotLoaded("m".into()), StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+            (
+                Error::ModelNotFound { name: "../m".into(), reason: "x".into() },
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+            ),
+            (
+                Error::WrongModelKind { name: "m".into(), is: "an embedding", wanted: "a generation" },
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+            ),
         ];
         for (error, status, kind) in cases {
             let message = error.to_string();

@@ -149,6 +149,16 @@ impl Common {
     /// The daemon's params for this request (prompt or messages filled in by the caller).
     fn params(&self) -> Result<GenerateParams, ApiError> {
         refuse_unknown(&self.other)?;
+        // A number past f32's range reads as infinity here: refused, never taken as "not given".
+        let floats = [
+            ("temperature", self.temperature),
+            ("top_p", self.top_p),
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ];
+        if let Some((name, _)) = floats.iter().find(|(_, v)| v.is_some_and(|v| !v.is_finite())) {
+            return Err(Error::InvalidRequest(format!("{name} is out of range (it must be a finite number)")).into());
+        }
         if self.n.unwrap_or(1) != 1 {
             return Err(unsupported("n other than 1"));
         }

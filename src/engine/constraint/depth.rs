@@ -375,7 +375,8 @@ mod tests {
         assert!(grammar_depth(&chain(500, false)).unwrap() >= 500);
         assert_eq!(grammar_depth(&chain(700, false)), Err(TooDeep));
         assert_eq!(grammar_depth(&chain(2000, true)), Err(TooDeep));
-        let recursive = "start: list\nlist: \"[\" (item (\",\" item)*)? \"]\"\nitem: NUMBER | list\n%import common.NUMBER\n";
+        let recursive =
+            "start: list\nlist: \"[\" (item (\",\" item)*)? \"]\"\nitem: NUMBER | list\n%import common.NUMBER\n";
         assert!(grammar_depth(recursive).unwrap() < 10);
         let alternatives = "?start: a\n  | b\na.2: \"a\"\nb: \"b\"";
         assert_eq!(grammar_depth(alternatives).unwrap(), 2);

@@ -44,7 +44,101 @@ pub enum Constraint {
     Grammar(String),
 }
 
+/// Keywords whose value is a map of subschemas.
+const SCHEMA_MAPS: [&str; 5] = ["properties", "patternProperties", "$defs", "definitions", "dependentSchemas"];
+/// Keywords whose value is a subschema (or, for `items`, a list of them).
+const SCHEMA_VALUES: [&str; 12] = [
+    "items",
+    "additionalItems",
+    "additionalProperties",
+    "contains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "propertyNames",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "prefixItems",
+];
+/// Keywords that combine an object schema with others: an object holding one is not closed (the
+/// others may add properties).
+const COMBINERS: [&str; 9] = [
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "$ref",
+    "$dynamicRef",
+    "if",
+    "dependentSchemas",
+    "patternProperties",
+    "unevaluatedProperties",
+];
+
+/// The largest integer JSON carries between programs without loss (RFC 8259, section 6: IEEE
+/// 754 doubles hold integers up to 2^53 - 1 exactly).
+const JSON_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
+/// Bounds what a schema leaves unbounded where a small model would otherwise write until its
+/// budget runs out, each a narrowing, so every answer stays valid against the schema as given,
+/// and each undone by saying otherwise in the schema:
+/// - an object that lists `properties` and says nothing of others is closed
+///   (`additionalProperties: false`), as OpenAI's structured outputs do; objects combined with
+///   others (`allOf`, `$ref` beside `properties`...) and the parts of an `allOf` are left open;
+/// - an array of enum values without `maxItems` holds at most as many items as the enum has
+///   values (a list without repeats could not be longer);
+/// - an integer without bounds stays within JSON's interoperable range, +-(2^53 - 1).
+fn bound_schema(schema: &mut serde_json::Value, partial: bool, level: usize) {
+    let serde_json::Value::Object(map) = schema else { return };
+    if level > MAX_CONSTRAINT_DEPTH {
+        return;
+    }
+    let lists_properties = map.get("properties").is_some_and(|p| p.as_object().is_some_and(|p| !p.is_empty()));
+    let combined = COMBINERS.iter().any(|k| map.contains_key(*k));
+    if lists_properties && !partial && !combined && !map.contains_key("additionalProperties") {
+        map.insert("additionalProperties".into(), serde_json::Value::Bool(false));
+    }
+    let enum_items = map.get("items").and_then(|i| i.get("enum")).and_then(|e| e.as_array()).map(Vec::len);
+    if let Some(values) = enum_items.filter(|_| !map.contains_key("maxItems") && !map.contains_key("contains")) {
+        map.insert("maxItems".into(), values.into());
+    }
+    if map.get("type").and_then(|t| t.as_str()) == Some("integer") {
+        if !map.contains_key("maximum") && !map.contains_key("exclusiveMaximum") {
+            map.insert("maximum".into(), JSON_SAFE_INTEGER.into());
+        }
+        if !map.contains_key("minimum") && !map.contains_key("exclusiveMinimum") {
+            map.insert("minimum".into(), (-JSON_SAFE_INTEGER).into());
+        }
+    }
+    for (key, value) in map.iter_mut() {
+        match (key.as_str(), value) {
+            (k, serde_json::Value::Object(children)) if SCHEMA_MAPS.contains(&k) => {
+                children.values_mut().for_each(|c| bound_schema(c, false, level + 1))
+            }
+            ("allOf", serde_json::Value::Array(parts)) => {
+                parts.iter_mut().for_each(|p| bound_schema(p, true, level + 1))
+            }
+            ("anyOf" | "oneOf", serde_json::Value::Array(branches)) => {
+                branches.iter_mut().for_each(|b| bound_schema(b, lists_properties, level + 1))
+            }
+            (k, value) if SCHEMA_VALUES.contains(&k) => match value {
+                serde_json::Value::Array(items) => items.iter_mut().for_each(|i| bound_schema(i, false, level + 1)),
+                other => bound_schema(other, false, level + 1),
+            },
+            _ => {}
+        }
+    }
+}
+
 impl Constraint {
+    /// A JSON Schema constraint, bounded where a small model would not stop (see
+    /// [`bound_schema`]): the normalized form the cache keys, so a schema and its bounded
+    /// spelling are one answer.
+    pub fn schema(mut schema: serde_json::Value) -> Self {
+        bound_schema(&mut schema, false, 0);
+        Constraint::Schema(schema)
+    }
+
     /// Checks sizes and nesting depth (compiling checks the rest).
     pub fn validate(&self) -> Result<()> {
         let bytes = match self {
@@ -176,6 +270,67 @@ impl Compiler {
     }
 }
 
+/// Where a JSON text cut short was still open: the innermost open container or string, as a path
+/// (`$.tags[2]`, `$.description`), or None when nothing was opened.
+pub fn open_json_path(text: &str) -> Option<String> {
+    enum Frame {
+        Object { key: Option<String>, expecting_key: bool },
+        Array { index: usize },
+    }
+    let mut stack: Vec<Frame> = Vec::new();
+    let (mut in_string, mut escaped, mut string) = (false, false, String::new());
+    for c in text.chars() {
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => {
+                    in_string = false;
+                    if let Some(Frame::Object { key, expecting_key: true }) = stack.last_mut() {
+                        *key = Some(std::mem::take(&mut string));
+                    }
+                }
+                (false, c) => string.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' => {
+                in_string = true;
+                string.clear();
+            }
+            '{' => stack.push(Frame::Object { key: None, expecting_key: true }),
+            '[' => stack.push(Frame::Array { index: 0 }),
+            '}' | ']' => {
+                stack.pop();
+            }
+            ':' => {
+                if let Some(Frame::Object { expecting_key, .. }) = stack.last_mut() {
+                    *expecting_key = false;
+                }
+            }
+            ',' => match stack.last_mut() {
+                Some(Frame::Object { expecting_key, .. }) => *expecting_key = true,
+                Some(Frame::Array { index }) => *index += 1,
+                None => {}
+            },
+            _ => {}
+        }
+    }
+    if stack.is_empty() && !in_string {
+        return None;
+    }
+    let mut path = String::from("$");
+    for frame in &stack {
+        match frame {
+            Frame::Object { key: Some(key), expecting_key: false } => path.push_str(&format!(".{key}")),
+            Frame::Object { .. } => {}
+            Frame::Array { index } => path.push_str(&format!("[{index}]")),
+        }
+    }
+    Some(path)
+}
+
 /// What a caught panic said (llguidance panicking on an input is that input's failure, not the
 /// worker's).
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -258,6 +413,17 @@ mod tests {
     }
 
     #[test]
+    fn the_open_part_of_a_cut_json_text_is_named() {
+        assert_eq!(
+            open_json_path(r#"{"tags": ["red", "blue"], "description": "I'm equipped with"#).as_deref(),
+            Some("$.description")
+        );
+        assert_eq!(open_json_path(r#"{"tags": ["red", "blue", "#).as_deref(), Some("$.tags[2]"));
+        assert_eq!(open_json_path(r#"{"a": {"b": [1, {"c": "x\"y"#).as_deref(), Some("$.a.b[1].c"));
+        assert_eq!(open_json_path(r#"{"a": 1}"#), None);
+    }
+
+    #[test]
     fn masks_follow_the_constraint_and_bad_constraints_are_request_errors() {
         let Some(c) = compiler() else { panic!("the shared SmolLM2 tokenizer is missing (STEADYTEXT_MODEL_DIR)") };
         let dir = c.tokenizer_json.clone();
@@ -280,6 +446,45 @@ mod tests {
             }
         }
         assert!(Constraint::Choices(vec![]).validate().is_err());
+        // Objects that list properties are closed; open ones by request, combined ones, and the
+        // parts of an allOf are left as they are; const values are data, not schemas.
+        let closed = Constraint::schema(serde_json::json!({
+            "type": "object",
+            "properties": {"tags": {"type": "array", "items": {"type": "object", "properties": {"n": {"type": "integer"}}}},
+                           "open": {"type": "object", "properties": {"a": {}}, "additionalProperties": true},
+                           "both": {"allOf": [{"properties": {"x": {}}}, {"properties": {"y": {}}}]},
+                           "fixed": {"const": {"properties": {"p": 1}}}},
+            "$defs": {"d": {"properties": {"q": {}}}},
+        }));
+        let Constraint::Schema(s) = closed else { panic!() };
+        assert_eq!(s["additionalProperties"], false);
+        assert_eq!(s["properties"]["tags"]["items"]["additionalProperties"], false);
+        assert_eq!(s["properties"]["open"]["additionalProperties"], true);
+        assert!(s["properties"]["both"]["allOf"][0].get("additionalProperties").is_none());
+        assert!(s["properties"]["fixed"]["const"].get("additionalProperties").is_none());
+        assert_eq!(s["$defs"]["d"]["additionalProperties"], false);
+        let Constraint::Schema(s) = Constraint::schema(serde_json::json!({"type": "object", "properties": {
+            "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}},
+            "long": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 9},
+            "n": {"type": "integer"}, "m": {"type": "integer", "minimum": 0}}}))
+        else {
+            panic!()
+        };
+        assert_eq!(s["properties"]["tags"]["maxItems"], 3, "as many items as enum values");
+        assert_eq!(s["properties"]["long"]["maxItems"], 9, "a bound given wins");
+        assert_eq!(
+            (s["properties"]["n"]["minimum"].as_i64(), s["properties"]["n"]["maximum"].as_i64()),
+            (Some(-JSON_SAFE_INTEGER), Some(JSON_SAFE_INTEGER))
+        );
+        assert_eq!(
+            (s["properties"]["m"]["minimum"].as_i64(), s["properties"]["m"]["maximum"].as_i64()),
+            (Some(0), Some(JSON_SAFE_INTEGER))
+        );
+        assert_eq!(
+            Constraint::schema(serde_json::json!({"type": "object"})),
+            Constraint::Schema(serde_json::json!({"type": "object"})),
+            "any object stays any object"
+        );
         assert!(Constraint::Regex("a".repeat(MAX_CONSTRAINT_BYTES + 1)).validate().is_err());
     }
 }
