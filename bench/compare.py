@@ -350,6 +350,27 @@ def embedding_figures(engine, batched, single):
     return {"embeddings_per_s_batched": n / s, "embeddings_per_s_single": n1 / s1}
 
 
+def single_text_latency(daemon, ort_embedder, texts, rounds=6):
+    """One text per request, uncached: the daemon through its socket (a kept-open connection,
+    the answer's JSON decoded) and Python onnxruntime in process (tokenize, run, pool), taking
+    turns in rounds so that both see the same machine; p50 and p99 of each."""
+    client, local = DaemonEmbedder(daemon), ort_embedder
+    client.embed([texts[0]])
+    local.embed([texts[0]])
+    per = len(texts) // rounds
+    lat = {"daemon": [], "ort": []}
+    for r in range(rounds):
+        chunk = texts[r * per:(r + 1) * per]
+        for name, engine in (("daemon", client), ("ort", local)) if r % 2 == 0 else (("ort", local), ("daemon", client)):
+            for t in chunk:
+                lat[name].append(time_first(lambda: engine.embed([t])))
+    figures = {}
+    for name, values in lat.items():
+        figures[f"one_text_embed_{name}_p50_ms"] = 1e3 * percentile(values, 50)
+        figures[f"one_text_embed_{name}_p99_ms"] = 1e3 * percentile(values, 99)
+    return figures
+
+
 def constraint_figures(daemon):
     """Structured output's cost: one raw counting prompt run free and held to a regex its answer
     already matches (the same tokens, so the difference is the per-token mask), best of three."""
@@ -559,6 +580,14 @@ def main():
     note("steadytextd shared", {"idle_cpu_percent": idle_cpu(d.proc.pid), "peak_rss_mb": peak_rss_mb(d.proc.pid)})
     d.stop()
 
+    print("one text per request, uncached: steadytextd (socket) and Python onnxruntime (in process), in turns",
+          flush=True)
+    d = Daemon(args.bin, uncached)
+    d.connect()
+    latency = single_text_latency(d, OrtEmbedder(emb_dir), sentences(600, 3))
+    note("one-text embed", latency)
+    d.stop()
+
     print("steadytextd, fused model, uncached", flush=True)
     d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)
     d.connect()
@@ -610,6 +639,11 @@ def main():
         ratio(f"fused daemon / python ort fused {key}", "steadytextd fused", "python onnxruntime fused", key)
         ratio(f"shared daemon / python ort shared {key}", "steadytextd shared", "python onnxruntime shared", key)
         ratio(f"fused daemon / fused daemon before batching {key}", "steadytextd fused", "baseline fused", key)
+    if "one-text embed" in rows:
+        r = rows["one-text embed"]
+        ratios["one-text embed p50: python ort / daemon (>= 1: daemon as fast)"] = (
+            r["one_text_embed_ort_p50_ms"] / r["one_text_embed_daemon_p50_ms"])
+        ratios["one-text embed p99: python ort / daemon"] = r["one_text_embed_ort_p99_ms"] / r["one_text_embed_daemon_p99_ms"]
     for key in ("embeddings_per_s_batched", "embeddings_per_s_single"):
         ratio(f"daemon / python ort {key}", "steadytextd shared", "python onnxruntime shared", key)
         ratio(f"daemon / fastembed {key}", "steadytextd shared", "fastembed", key)
