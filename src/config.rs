@@ -165,7 +165,8 @@ pub struct DaemonConfig {
     /// 1 runs one generation at a time.
     pub batch_sequences: usize,
     /// Most MiB the KV caches of one model's concurrent generations may take together; a
-    /// generation that would pass it waits until others finish (one alone always runs).
+    /// generation that would pass it waits until others finish; one that could not fit alone is
+    /// refused up front. At most half the cgroup's `memory.max` (systemd's `MemoryMax=`).
     pub batch_kv_mb: usize,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_timeout_secs: u64,

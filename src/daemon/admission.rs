@@ -196,7 +196,7 @@ mod tests {
         let third = admission.pending();
         let why = tokio::time::timeout(Duration::from_secs(1), first.expiry()).await.expect("the oldest is closed");
         assert!(why.to_string().contains("waited longest"), "{why}");
-        assert!(second.evicted.is_cancelled() == false && third.evicted.is_cancelled() == false);
+        assert!(!second.evicted.is_cancelled() && !third.evicted.is_cancelled());
         drop(second);
         let _fourth = admission.pending();
         assert!(!third.evicted.is_cancelled(), "a freed place is taken without closing anyone");

@@ -166,10 +166,11 @@ fn requested_dir(config: &Config, name: &str) -> Result<PathBuf> {
         Ok(meta) if meta.is_dir() => Ok(dir.canonicalize().unwrap_or(dir)),
         // A folder this user may not read is said as such (resolve_dir words it).
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => folder_key(config, name),
-        _ => Err(not_found(format!(
+        _ => Err(not_found(
             "the daemon has no model folder of that name; `stctl models list` shows what it has, `stctl models pull` \
              fetches more"
-        ))),
+                .into(),
+        )),
     }
 }
 

@@ -17,6 +17,8 @@ pub struct HttpDaemon {
     pub port: u16,
     /// Its JSON-RPC Unix socket.
     pub socket: PathBuf,
+    /// Its JSON-RPC TCP port on 127.0.0.1 (0: none).
+    pub tcp: u16,
     /// Its folder (config, key, log, state).
     pub dir: tempfile::TempDir,
 }
@@ -33,6 +35,11 @@ impl HttpDaemon {
     /// A port taken between `free_port`'s probe and the daemon's bind (by a process outside the
     /// test) is replaced by another.
     pub fn start(config: &str) -> Self {
+        Self::start_listening(config, false)
+    }
+
+    /// [`HttpDaemon::start`], also listening for JSON-RPC on a TCP port when `tcp` is set.
+    pub fn start_listening(config: &str, tcp: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         super::write_private(&dir.path().join("api-key"), &format!("{KEY}\n"));
         std::fs::write(dir.path().join("steadytext.toml"), config).unwrap();
@@ -40,10 +47,14 @@ impl HttpDaemon {
         let log = dir.path().join("daemon.log");
         for _ in 0..5 {
             let port = super::free_port();
+            let tcp_port = if tcp { super::free_port() } else { 0 };
+            let tcp_listen: Vec<String> =
+                if tcp { vec!["--listen".into(), format!("tcp:127.0.0.1:{tcp_port}")] } else { Vec::new() };
             let mut child = command(env!("CARGO_BIN_EXE_steadytextd"))
                 .args(super::root_flags())
                 .args(["--listen", &format!("unix:{}", socket.display())])
                 .args(["--listen", &format!("http:127.0.0.1:{port}")])
+                .args(&tcp_listen)
                 .env("STEADYTEXT_API_KEY_FILE", dir.path().join("api-key"))
                 .env("STEADYTEXT_CONFIG", dir.path().join("steadytext.toml"))
                 .env("STATE_DIRECTORY", dir.path())
@@ -58,7 +69,7 @@ impl HttpDaemon {
             let lost = child.try_wait().unwrap().is_some()
                 && std::fs::read_to_string(&log).unwrap_or_default().contains("Address already in use");
             if !lost {
-                return HttpDaemon { child, port, socket, dir };
+                return HttpDaemon { child, port, socket, tcp: tcp_port, dir };
             }
         }
         panic!("no free port after 5 tries: {}", std::fs::read_to_string(&log).unwrap_or_default());
