@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use crate::cache::{Cache, SharedCache};
 use crate::config::Config;
-use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
+use crate::model::ModelInfo;
 use crate::model::{self, ModelFiles};
 use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult};
 use crate::service::{CrossEncoderService, EmbeddingService, GenerationService};

@@ -121,7 +121,7 @@ pub enum Error {
 
     // --- the engine ---
     /// The ONNX Runtime shared library could not be found or loaded.
-    #[error("ONNX Runtime library not usable at {path}: {reason}; run `packaging/fetch-onnxruntime.sh` or set `onnxruntime` in the config / ORT_DYLIB_PATH to libonnxruntime.so.{version}", version = crate::runtime::ORT_VERSION)]
+    #[error("ONNX Runtime library not usable at {path}: {reason}; run `packaging/fetch-onnxruntime.sh` or set `onnxruntime` in the config / ORT_DYLIB_PATH to libonnxruntime.so.{version}", version = crate::version::ORT_VERSION)]
     Runtime {
         /// The library path that was tried.
         path: PathBuf,

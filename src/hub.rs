@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::fsutil::TEMP_MARK;
+use crate::model::ModelKind;
 
 /// The public Hub.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -65,14 +66,8 @@ pub const ALIASES: &[Alias] = &[
 ];
 
 /// The recommended model of a kind (what a fresh install is told to pull).
-pub fn recommended(kind: crate::protocol::ModelKind) -> &'static Alias {
-    use crate::protocol::ModelKind;
-    let name = match kind {
-        ModelKind::Generation => "small",
-        ModelKind::Embedding => "embed",
-        ModelKind::Rerank => "rerank",
-    };
-    alias(name).expect("every kind has a recommended model")
+pub fn recommended(kind: ModelKind) -> &'static Alias {
+    alias(kind.recommended_alias()).expect("every kind has a recommended model")
 }
 
 /// The alias named `name`.

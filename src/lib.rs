@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod direct;
 pub mod engine;
+pub mod env;
 pub mod error;
 pub(crate) mod fsutil;
 pub mod hub;
@@ -21,5 +22,9 @@ pub(crate) mod runtime;
 pub mod service;
 pub mod store;
 pub mod tls;
+pub mod version;
+
+#[cfg(test)]
+mod layering;
 
 pub use error::{Error, Result};

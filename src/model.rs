@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -23,6 +24,65 @@ pub struct ModelFiles {
     pub tokenizer: PathBuf,
 }
 
+/// What a model does: the kind of request it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// Text generation.
+    Generation,
+    /// Embeddings.
+    Embedding,
+    /// A cross-encoder for `rerank`.
+    Rerank,
+}
+
+impl ModelKind {
+    /// Lower-case name for logs and status output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Generation => "generation",
+            ModelKind::Embedding => "embedding",
+            ModelKind::Rerank => "rerank",
+        }
+    }
+
+    /// Its name with an article, for messages ("an embedding").
+    pub fn with_article(self) -> &'static str {
+        match self {
+            ModelKind::Generation => "a generation",
+            ModelKind::Embedding => "an embedding",
+            ModelKind::Rerank => "a rerank",
+        }
+    }
+
+    /// The alias of the recommended model of this kind (`stctl models pull ALIAS`).
+    pub fn recommended_alias(self) -> &'static str {
+        match self {
+            ModelKind::Generation => "small",
+            ModelKind::Embedding => "embed",
+            ModelKind::Rerank => "rerank",
+        }
+    }
+}
+
+/// Identity of a loaded model, shown to users and part of every cache key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Folder name.
+    pub name: String,
+    /// `sha256:...` over weights, tokenizer and configs.
+    pub digest: String,
+    /// Where it was loaded from.
+    pub dir: PathBuf,
+}
+
+impl ModelInfo {
+    /// Whether a request's `model` field names this model (its folder name or its path).
+    pub fn answers_to(&self, requested: &str) -> bool {
+        requested == self.name || Some(requested) == self.dir.to_str()
+    }
+}
+
 /// Configuration files of a model folder (besides the ONNX graph and `tokenizer.json`). Their
 /// content, when present, changes the model's outputs: they enter its digest, and `stctl pull`
 /// fetches them.
@@ -38,30 +98,6 @@ pub const CONFIG_FILES: &[&str] = &[
     "1_Pooling/config.json",
     "genai_config.json",
 ];
-
-/// What kind of model a folder holds, when its files say so: a sentence-transformers layout is an
-/// embedding model (decoders exported as embedders included), an onnxruntime-genai folder or a
-/// `*ForCausalLM` / `*LMHeadModel` architecture a generation model, a `*ForSequenceClassification`
-/// one a cross-encoder. None when nothing says (the loader decides then).
-pub fn detect_kind(dir: &Path) -> Option<crate::protocol::ModelKind> {
-    use crate::protocol::ModelKind;
-    let has = |file: &str| dir.join(file).is_file();
-    if has("modules.json") || has("1_Pooling/config.json") || has("config_sentence_transformers.json") {
-        return Some(ModelKind::Embedding);
-    }
-    if has("genai_config.json") {
-        return Some(ModelKind::Generation);
-    }
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
-    let architecture = config.get("architectures")?.get(0)?.as_str()?;
-    if architecture.ends_with("ForCausalLM") || architecture.ends_with("LMHeadModel") {
-        Some(ModelKind::Generation)
-    } else if architecture.ends_with("ForSequenceClassification") {
-        Some(ModelKind::Rerank)
-    } else {
-        None
-    }
-}
 
 /// Turns a model name or path into a folder: an existing path is taken as is, otherwise the name
 /// is looked up under `model_dir`.
@@ -102,6 +138,52 @@ fn permission_denied(name: &str, dir: &Path) -> Error {
 }
 
 impl ModelFiles {
+    /// What the folder's configs say the model does: a sentence-transformers layout is an
+    /// embedding model (decoders exported as embedders included), an onnxruntime-genai folder a
+    /// generation model; else its architecture or family says; None when nothing does.
+    pub fn kind(&self) -> Result<Option<ModelKind>> {
+        let files = self;
+        let sentence_transformers =
+            ["1_Pooling/config.json", "sentence_bert_config.json", "modules.json", "config_sentence_transformers.json"];
+        if sentence_transformers.iter().any(|f| files.dir.join(f).is_file()) {
+            return Ok(Some(ModelKind::Embedding));
+        }
+        if files.json("genai_config.json")?.is_some() {
+            return Ok(Some(ModelKind::Generation));
+        }
+        let config = files.json("config.json")?.unwrap_or_default();
+        let architectures: Vec<String> =
+            config.get("architectures").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
+        let by_architecture = architectures.iter().find_map(|a| {
+            if a.ends_with("ForCausalLM") || a.ends_with("LMHeadModel") {
+                Some(ModelKind::Generation)
+            } else if a.ends_with("ForSequenceClassification") {
+                Some(ModelKind::Rerank)
+            } else if a.ends_with("Model") {
+                Some(ModelKind::Embedding)
+            } else {
+                None
+            }
+        });
+        // Exports without `architectures` still name their family.
+        let by_family = config.get("model_type").and_then(|t| t.as_str()).and_then(|t| {
+            const DECODERS: &[&str] = &[
+                "llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo",
+                "smollm3",
+            ];
+            const ENCODERS: &[&str] =
+                &["bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "nomic_bert", "modernbert"];
+            if DECODERS.contains(&t) {
+                Some(ModelKind::Generation)
+            } else if ENCODERS.contains(&t) {
+                Some(ModelKind::Embedding)
+            } else {
+                None
+            }
+        });
+        Ok(by_architecture.or(by_family))
+    }
+
     /// Finds the files of the model folder `dir`.
     pub fn discover(dir: &Path) -> Result<Self> {
         let name =

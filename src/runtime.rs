@@ -7,14 +7,7 @@ use ort::environment::Environment;
 
 use crate::error::{Error, Result};
 
-/// The ONNX Runtime version this build is made for (from `packaging/onnxruntime.env`).
-pub const ORT_VERSION: &str = env!("STEADYTEXT_ORT_VERSION");
-
-/// Where the packages install the library.
-pub const INSTALLED_LIBRARY: &str = concat!("/usr/lib/steadytext/libonnxruntime.so.", env!("STEADYTEXT_ORT_VERSION"));
-
-/// sha256 of the library from the PyPI wheel `onnxruntime==ORT_VERSION` (CPU build).
-pub const PINNED_SHA256: &str = env!("STEADYTEXT_ORT_LIB_SHA256");
+pub use crate::version::{INSTALLED_LIBRARY, ORT_VERSION, PINNED_SHA256};
 
 /// How the library file is chosen and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,11 +19,16 @@ pub struct RuntimeSpec {
 }
 
 impl RuntimeSpec {
+    /// The library `config` names (`onnxruntime`, `onnxruntime_sha256`), else the defaults.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self::resolve(config.onnxruntime.as_deref(), config.onnxruntime_sha256.as_deref())
+    }
+
     /// Picks the library: configured path, then `ORT_DYLIB_PATH`, then the installed default.
     pub fn resolve(configured: Option<&Path>, configured_sha256: Option<&str>) -> Self {
         let library = configured
             .map(Path::to_path_buf)
-            .or_else(crate::config::env::ort_dylib_path)
+            .or_else(crate::env::ort_dylib_path)
             .unwrap_or_else(|| PathBuf::from(INSTALLED_LIBRARY));
         let sha256 = match configured_sha256 {
             Some("any") => None,

@@ -7,9 +7,11 @@ use crate::engine::backend::{BatchDecode, OnnxKv};
 use crate::engine::cross_encoder::CrossEncoder;
 use crate::engine::fingerprint::fingerprint;
 use crate::engine::generate::{GenerateRequest, Sequence};
-use crate::engine::{load_cross_encoder, load_embedder, load_generator, ModelInfo, OnnxEmbedder, OnnxGenerator};
+use crate::engine::{load_cross_encoder, load_embedder, load_generator, OnnxEmbedder, OnnxGenerator};
 use crate::error::{Error, Result};
-use crate::protocol::{EmbedResult, GenerateResult, ModelKind};
+use crate::model::ModelInfo;
+use crate::model::ModelKind;
+use crate::protocol::{EmbedResult, GenerateResult};
 
 /// Whether a generation could start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

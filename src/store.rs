@@ -9,22 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::ModelFiles;
+use crate::model::{ModelFiles, ModelKind};
 
 /// The manifest's file name inside a model folder.
 pub const MANIFEST: &str = "steadytext-manifest.json";
-
-/// What a model does, from its configs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Task {
-    /// A decoder (text generation).
-    Generation,
-    /// A sentence embedder.
-    Embedding,
-    /// A cross-encoder that scores (query, document) pairs.
-    Rerank,
-}
 
 /// One file of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,7 +46,7 @@ pub struct Listed {
     /// The folder.
     pub dir: PathBuf,
     /// What it does; None when its configs do not say.
-    pub task: Option<Task>,
+    pub task: Option<ModelKind>,
     /// Bytes on disk (all files of the folder).
     pub size: u64,
     /// The digest: the manifest's while its files' sizes and times match, else computed.
@@ -132,47 +120,6 @@ impl Manifest {
     }
 }
 
-/// What a folder's configs say the model does.
-pub fn task(files: &ModelFiles) -> Result<Option<Task>> {
-    if files.json("genai_config.json")?.is_some() {
-        return Ok(Some(Task::Generation));
-    }
-    if files.dir.join("1_Pooling/config.json").is_file() || files.dir.join("sentence_bert_config.json").is_file() {
-        return Ok(Some(Task::Embedding));
-    }
-    let config = files.json("config.json")?.unwrap_or_default();
-    let architectures: Vec<String> =
-        config.get("architectures").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
-    let by_architecture = architectures.iter().find_map(|a| {
-        if a.ends_with("ForCausalLM") {
-            Some(Task::Generation)
-        } else if a.ends_with("ForSequenceClassification") {
-            Some(Task::Rerank)
-        } else if a.ends_with("Model") {
-            Some(Task::Embedding)
-        } else {
-            None
-        }
-    });
-    // Exports without `architectures` still name their family.
-    let by_family = config.get("model_type").and_then(|t| t.as_str()).and_then(|t| {
-        const DECODERS: &[&str] = &[
-            "llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo",
-            "smollm3",
-        ];
-        const ENCODERS: &[&str] =
-            &["bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "nomic_bert", "modernbert"];
-        if DECODERS.contains(&t) {
-            Some(Task::Generation)
-        } else if ENCODERS.contains(&t) {
-            Some(Task::Embedding)
-        } else {
-            None
-        }
-    });
-    Ok(by_architecture.or(by_family))
-}
-
 fn folder_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
@@ -220,7 +167,7 @@ pub fn describe(dir: &Path) -> Listed {
         let manifest = Manifest::read(dir)?;
         listed.source = manifest.as_ref().map(|m| m.source.clone());
         let files = ModelFiles::discover(dir)?;
-        listed.task = task(&files)?;
+        listed.task = files.kind()?;
         listed.digest = Some(match manifest {
             Some(m) if m.unchanged(dir) => m.digest,
             _ => files.digest()?,
@@ -291,7 +238,7 @@ pub fn import(from: &Path, model_dir: &Path, name: &str) -> Result<PathBuf> {
         return Err(Error::InvalidRequest(format!("{name:?} is not a model folder name")));
     }
     let files = ModelFiles::discover(from)?;
-    task(&files)?.ok_or_else(|| {
+    files.kind()?.ok_or_else(|| {
         Error::model(
             name,
             "its configs do not say what it does (no genai_config.json, pooling config or architectures)",

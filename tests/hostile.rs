@@ -133,7 +133,7 @@ fn cases() -> Vec<(String, Vec<u8>, Expect)> {
             req("generate", json!({"prompt": "x", "model": "../../etc/passwd"})).into_bytes(),
             Code(MODEL_NOT_LOADED),
         ),
-        ("empty model", req("embed", json!({"texts": ["x"], "model": ""})).into_bytes(), Code(MODEL_NOT_LOADED)),
+        ("empty model", req("embed", json!({"texts": ["x"], "model": ""})).into_bytes(), Code(INVALID_PARAMS)),
         ("unknown cache", req("cache.clear", json!({"cache": "bogus"})).into_bytes(), Code(INVALID_PARAMS)),
         ("unknown cache.clear param", req("cache.clear", json!({"x": 1})).into_bytes(), Code(INVALID_PARAMS)),
         ("empty batch", b"[]".to_vec(), Code(INVALID_REQUEST)),

@@ -8,9 +8,10 @@ mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+use steadytext::model::ModelKind;
 
 use serde_json::{json, Value};
-use steadytext::protocol::{GenerateParams, ModelKind};
+use steadytext::protocol::GenerateParams;
 use steadytext::service::GenerationService;
 
 use common::Daemon;
@@ -137,7 +138,8 @@ fn three_models_two_loaded_each_answers_as_itself() {
     // A path or a missing folder is not loaded on a request's say.
     for bad in [common::models_dir().join("SmolLM2-135M-Instruct").display().to_string(), "nobody".into()] {
         let answer = conn.call("generate", request(&bad));
-        assert!(answer["error"]["message"].as_str().unwrap().contains("not loaded"), "{bad}: {answer}");
+        assert_eq!(answer["error"]["code"], steadytext::protocol::codes::MODEL_NOT_LOADED, "{bad}: {answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains("not found"), "{bad}: {answer}");
     }
 
     // keep_alive: with 1 s, idle models unload and the memory goes back.

@@ -9,8 +9,8 @@ use tokio::sync::watch;
 
 use super::{generation_key, Cache, Key};
 use crate::engine::generate::GenerateRequest;
-use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
+use crate::model::ModelInfo;
 use crate::protocol::{CacheStats, EmbedResult, GenerateResult, SnapshotInfo};
 
 /// Generations being computed, by cache key: later identical requests wait for the first one's

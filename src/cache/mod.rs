@@ -18,8 +18,8 @@ use crate::config::CacheConfig;
 use crate::engine::fingerprint::Fingerprint;
 use crate::engine::generate::{FinishReason, GenerateRequest, Generation};
 use crate::engine::logprobs::TokenLogprob;
-use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
+use crate::model::ModelInfo;
 use crate::protocol::{CacheKindStats, CacheStats, GenerateResult, SnapshotInfo};
 use frecency::{Entry, FrecencyMap};
 use snapshot::{EmbeddingRecord, GenerationRecord, SnapshotData};
@@ -393,6 +393,19 @@ impl Cache {
 pub(crate) mod tests {
     use super::*;
 
+    /// The values of [`golden_keys_do_not_change`], computed at ee35bdd + the third wave's
+    /// reliability commits (no key changed there).
+    const GOLDEN_KEYS: [&str; 8] = [
+        "c11289842d5775d1ef5137d91604e3d15395b95432de2fb6155aaf9c408cc055",
+        "0e0ea5ba748dd53eef60d4a8ceb6059fa28804165043f5045ea3303feb12fe45",
+        "1a4a99903ce632d9e46b74c6acc78934e5042581319a602efc12bcf36a1c5a40",
+        "58205154a9ec27b24e7585ea792ca67f49e1cb23f7cb61ae5a1e458dcaaa731f",
+        "73d97b3908aa6b1532bfcdf1759bd9cd",
+        "e045e1d49b8ff073f447458054447f13",
+        "2f512b6ef775ee64deca2cdc8dbf2b02",
+        "239823445b2f6fd369fc75f485f395c2",
+    ];
+
     /// An engine fingerprint for tests.
     pub(crate) fn test_engine() -> Fingerprint {
         Fingerprint { id: "00000000000000aa".into(), summary: "test engine".into() }
@@ -446,6 +459,45 @@ pub(crate) mod tests {
         assert_ne!(choices, constrained(Constraint::Choices(vec!["b".into()])));
         assert_ne!(choices, constrained(Constraint::Regex("a".into())));
         assert_ne!(embedding_key("d", "p"), embedding_key("e", "p"));
+    }
+
+    /// Cache keys are persisted in snapshots and route keys are hashed by load balancers: fixed
+    /// requests must keep these exact values (a change needs a snapshot format bump and a note).
+    #[test]
+    fn golden_keys_do_not_change() {
+        use crate::engine::generate::ChatMessage;
+        use crate::engine::logprobs::LogprobsRequest;
+        let plain = request("Write a haiku about the sea.");
+        let varied = GenerateRequest {
+            prompt: String::new(),
+            messages: vec![
+                ChatMessage { role: "system".into(), content: "Be terse.".into() },
+                ChatMessage { role: "user".into(), content: "Hi".into() },
+            ],
+            seed: 7,
+            max_new_tokens: 64,
+            stop: vec!["\n".into()],
+            sampling: Sampling { temperature: 0.7, top_k: 40, top_p: 0.9 },
+            constraint: Some(Constraint::Schema(serde_json::json!({"type": "object", "properties": {
+                "a": {"type": "integer"}}, "additionalProperties": false}))),
+            logprobs: Some(LogprobsRequest { top: 3, follow: vec!["yes".into()] }),
+            ..request("")
+        };
+        let raw =
+            GenerateRequest { raw: true, constraint: Some(Constraint::Regex("[0-9]+".into())), ..request("1, 2,") };
+        let hex = |k: Key| hex::encode(k);
+        let got = [
+            hex(generation_key("sha256:abc 00000000000000aa", &plain)),
+            hex(generation_key("sha256:abc 00000000000000aa", &varied)),
+            hex(generation_key("sha256:abc 00000000000000aa", &raw)),
+            hex(embedding_key("sha256:def 00000000000000aa", "The same text gives the same vector.")),
+            generation_route_key(Some("SmolLM2-135M-Instruct"), &plain),
+            generation_route_key(None, &varied),
+            embedding_route_key(Some("all-MiniLM-L6-v2"), Some("query"), &["a".into(), "b".into()]),
+            embedding_route_key(None, None, &["x".into()]),
+        ];
+        let pinned = GOLDEN_KEYS;
+        assert_eq!(got, pinned, "a cache or route key changed");
     }
 
     #[test]

@@ -542,7 +542,7 @@ mod tests {
         .await;
         assert_eq!(answer["result"]["text"], "abab", "{answer}");
         assert!(started.elapsed() < Duration::from_secs(5), "an honest client waited {:?}", started.elapsed());
-        let worker = daemon.worker(crate::protocol::ModelKind::Generation, None).await.unwrap();
+        let worker = daemon.worker(crate::model::ModelKind::Generation, None).await.unwrap();
         assert!(worker.since_heartbeat() < Duration::from_secs(1));
         // The stalled connection is cut off at its send deadline.
         let closed = tokio::time::timeout(Duration::from_secs(10), async {
@@ -564,7 +564,7 @@ mod tests {
         front.serve(daemon.clone());
         let limit = Duration::from_millis(500);
         assert_eq!(http::liveness(&front, limit).status(), 200, "an idle worker is alive");
-        let worker = daemon.worker(crate::protocol::ModelKind::Generation, None).await.unwrap();
+        let worker = daemon.worker(crate::model::ModelKind::Generation, None).await.unwrap();
         let request = tokio::spawn(async move {
             let line = json!({"jsonrpc": "2.0", "id": 1, "method": "generate",
                               "params": {"prompt": "p", "max_new_tokens": 1}});

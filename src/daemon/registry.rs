@@ -14,7 +14,8 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ModelsConfig};
 use crate::error::{Error, Result};
-use crate::protocol::{ModelKind, UnavailableModel};
+use crate::model::ModelKind;
+use crate::protocol::UnavailableModel;
 
 use super::scheduler::{Loader, Worker};
 
@@ -353,7 +354,8 @@ impl Registry {
             Err(Error::Model { reason, .. }) => return Err(Error::ModelNotFound { name: name.to_string(), reason }),
             Err(e) => return Err(e),
         };
-        if let Some(is) = crate::model::detect_kind(&dir).filter(|&is| is != kind) {
+        let detected = crate::model::ModelFiles::discover(&dir).ok().and_then(|f| f.kind().ok().flatten());
+        if let Some(is) = detected.filter(|&is| is != kind) {
             return Err(wrong(is));
         }
         let bytes = weight_bytes(&dir);
@@ -395,7 +397,7 @@ impl Registry {
             Slot::Ready(w) => Ok(w),
             Slot::Failed(u) => Err(Error::ModelUnavailable {
                 kind: kind.as_str(),
-                recommended: crate::hub::recommended(kind).name,
+                recommended: kind.recommended_alias(),
                 name: u.name,
                 reason: u.reason,
             }),
@@ -576,7 +578,7 @@ mod tests {
         fn kind(&self) -> ModelKind {
             self.fake.kind
         }
-        fn info(&self) -> &crate::engine::ModelInfo {
+        fn info(&self) -> &crate::model::ModelInfo {
             &self.fake.info
         }
     }

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::generate::GenerateRequest;
-use crate::engine::ModelInfo;
 use crate::error::{Error, Result};
-use crate::protocol::{EmbedResult, GenerateResult, ModelKind};
+use crate::model::ModelInfo;
+use crate::model::ModelKind;
+use crate::protocol::{EmbedResult, GenerateResult};
 use crate::service::{Admission, Advance, Model};
 
 /// How often an idle worker proves it is alive.

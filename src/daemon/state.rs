@@ -2,6 +2,7 @@
 //! and the shutdown tokens.
 
 use crate::engine::fingerprint::Fingerprint;
+use crate::model::ModelKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use crate::auth::ApiKey;
 use crate::cache::SharedCache;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::protocol::{ModelKind, ModelStatus, Status, PROTOCOL_VERSION};
+use crate::protocol::{ModelStatus, Status, PROTOCOL_VERSION};
 
 use super::admission::Admission;
 use super::metrics::Metrics;

@@ -125,7 +125,7 @@ impl Prompts {
     /// The prompts of the model `info`, read from its folder once per model digest (the file is
     /// part of the digest, so a changed file is read again) and shared afterwards: requests do no
     /// file I/O for them.
-    pub fn of(info: &crate::engine::ModelInfo) -> Result<std::sync::Arc<Self>> {
+    pub fn of(info: &crate::model::ModelInfo) -> Result<std::sync::Arc<Self>> {
         use std::collections::HashMap;
         use std::sync::{Arc, Mutex, OnceLock};
         static READ: OnceLock<Mutex<HashMap<String, Arc<Prompts>>>> = OnceLock::new();

@@ -71,7 +71,7 @@ pub fn isa_class() -> &'static str {
 /// The fingerprint of the engine `config` describes (cheap: the library is hashed only when
 /// its sha256 check is turned off).
 pub fn fingerprint(config: &Config) -> Result<Fingerprint> {
-    let spec = config.runtime_spec();
+    let spec = crate::runtime::RuntimeSpec::from_config(config);
     let library = match &spec.sha256 {
         Some(sha) => sha.clone(),
         None => {

@@ -12,15 +12,14 @@ pub mod logprobs;
 pub mod rerank;
 pub mod sampler;
 pub mod template;
+pub mod types;
 
-use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::model::{self, ModelFiles};
+use crate::model::{self, ModelFiles, ModelInfo};
 use backend::{build_session, DecoderLayout, OnnxClassifier, OnnxDecoder, OnnxEncoder, SessionSettings, Shapes};
 use cross_encoder::CrossEncoder;
 use embed::{Embedder, Pooling};
@@ -31,24 +30,6 @@ use template::ChatTemplate;
 pub type OnnxGenerator = Generator<OnnxDecoder>;
 /// An embedder over ONNX Runtime.
 pub type OnnxEmbedder = Embedder<OnnxEncoder>;
-
-/// Identity of a loaded model, shown to users and part of every cache key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelInfo {
-    /// Folder name.
-    pub name: String,
-    /// `sha256:...` over weights, tokenizer and configs.
-    pub digest: String,
-    /// Where it was loaded from.
-    pub dir: PathBuf,
-}
-
-impl ModelInfo {
-    /// Whether a request's `model` field names this model (its folder name or its path).
-    pub fn answers_to(&self, requested: &str) -> bool {
-        requested == self.name || Some(requested) == self.dir.to_str()
-    }
-}
 
 /// The model files, digest and session settings shared by both model kinds.
 struct Loaded {
@@ -86,7 +67,7 @@ fn load_common(config: &Config, name: &str, shapes: Shapes) -> Result<Loaded> {
     tokenizer.with_padding(None);
     tokenizer.with_truncation(None).map_err(|e| Error::model(&files.name, format!("cannot clear truncation: {e}")))?;
     let digest = files.digest()?;
-    let env = crate::runtime::environment(&config.runtime_spec())?;
+    let env = crate::runtime::environment(&crate::runtime::RuntimeSpec::from_config(config))?;
     let settings = SessionSettings {
         intra_threads: config.effective_intra_threads(),
         device: config.device,

@@ -3,7 +3,7 @@
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde_json::Value;
 
-use crate::engine::generate::ChatMessage;
+use crate::engine::types::ChatMessage;
 use crate::error::{Error, Result};
 use crate::model::ModelFiles;
 

@@ -5,7 +5,7 @@ mod status;
 pub mod wire;
 
 pub use status::{
-    CacheKindStats, CacheStats, Histogram, Latency, MetricsSnapshot, ModelKind, ModelStatus, SnapshotInfo, Status,
+    CacheKindStats, CacheStats, Histogram, Latency, MetricsSnapshot, ModelStatus, SnapshotInfo, Status,
     UnavailableModel, HISTOGRAM_BOUNDS,
 };
 
@@ -348,7 +348,7 @@ pub struct EmbedParams {
 impl EmbedParams {
     /// The texts as the model embeds them: each after the prompt of `mode` (see
     /// [`crate::engine::embed::Prompts`]). The cache keys these, so every mode has its own entries.
-    pub fn model_texts(&self, info: &crate::engine::ModelInfo) -> Result<Vec<String>> {
+    pub fn model_texts(&self, info: &crate::model::ModelInfo) -> Result<Vec<String>> {
         let prompts = crate::engine::embed::Prompts::of(info)?;
         let prefix = prompts.prefix(&info.name, self.mode.as_deref())?;
         Ok(self.texts.iter().map(|t| format!("{prefix}{t}")).collect())

@@ -6,37 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Which kind of model a worker serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    /// Text generation.
-    Generation,
-    /// Embeddings.
-    Embedding,
-    /// A cross-encoder for `rerank`.
-    Rerank,
-}
-
-impl ModelKind {
-    /// Lower-case name for logs and status output.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelKind::Generation => "generation",
-            ModelKind::Embedding => "embedding",
-            ModelKind::Rerank => "rerank",
-        }
-    }
-
-    /// Its name with an article, for messages ("an embedding").
-    pub fn with_article(self) -> &'static str {
-        match self {
-            ModelKind::Generation => "a generation",
-            ModelKind::Embedding => "an embedding",
-            ModelKind::Rerank => "a rerank",
-        }
-    }
-}
+use crate::model::ModelKind;
 
 /// Result of `status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

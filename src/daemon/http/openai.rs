@@ -20,7 +20,8 @@ use crate::cache::{embedding_route_key, generation_route_key};
 use crate::engine::generate::{ChatMessage, FinishReason};
 use crate::engine::logprobs::TokenLogprob;
 use crate::error::Error;
-use crate::protocol::{EmbedResult, GenerateParams, GenerateResult, ModelKind, ROUTE_KEY_HEADER};
+use crate::model::ModelKind;
+use crate::protocol::{EmbedResult, GenerateParams, GenerateResult, ROUTE_KEY_HEADER};
 
 /// Response header naming the engine fingerprint of the answer (equal on every replica that
 /// gives the same bytes).

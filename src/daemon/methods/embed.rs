@@ -7,7 +7,8 @@ use tokio::sync::oneshot;
 use super::{Call, PEER_POLL};
 use crate::daemon::scheduler::{Job, Worker};
 use crate::error::{Error, Result};
-use crate::protocol::{EmbedParams, EmbedResult, ModelKind};
+use crate::model::ModelKind;
+use crate::protocol::{EmbedParams, EmbedResult};
 
 pub(crate) async fn call(call: &mut Call<'_>, params: EmbedParams) -> Result<EmbedResult> {
     let daemon = call.daemon;

@@ -9,7 +9,8 @@ use super::{Call, PEER_POLL};
 use crate::daemon::scheduler::{Job, Worker};
 use crate::engine::generate::GenerateRequest;
 use crate::error::{Error, Result};
-use crate::protocol::{GenerateParams, GenerateResult, ModelKind};
+use crate::model::ModelKind;
+use crate::protocol::{GenerateParams, GenerateResult};
 
 pub(crate) async fn call(call: &mut Call<'_>, params: GenerateParams) -> Result<GenerateResult> {
     generate(call, params, false).await

@@ -8,7 +8,8 @@ use std::time::Instant;
 use super::generate::run;
 use super::Call;
 use crate::error::Result;
-use crate::protocol::{ModelKind, RerankParams, RerankResult};
+use crate::model::ModelKind;
+use crate::protocol::{RerankParams, RerankResult};
 
 pub(crate) async fn call(call: &mut Call<'_>, params: RerankParams) -> Result<RerankResult> {
     let daemon = call.daemon;
