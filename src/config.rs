@@ -293,6 +293,15 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The configured model of `kind` (a folder name under `model_dir`, or a path; empty: none).
+    pub fn model_name(&self, kind: ModelKind) -> &str {
+        match kind {
+            ModelKind::Generation => &self.generation_model,
+            ModelKind::Embedding => &self.embedding_model,
+            ModelKind::Rerank => &self.rerank_model,
+        }
+    }
+
     /// This configuration with `name` as the model of `kind` (how a model loaded on a request's
     /// say is loaded and reloaded).
     pub fn for_model(&self, kind: crate::model::ModelKind, name: &str) -> Config {

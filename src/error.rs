@@ -14,6 +14,9 @@ pub enum Error {
     /// The request itself is invalid (bad parameter, prompt too long...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// The request breaks one of the rules of `crate::core::validate`.
+    #[error("invalid request: {0}")]
+    Validation(#[from] ValidationError),
     /// The request line is not JSON.
     #[error("not valid JSON: {0}")]
     Parse(String),
@@ -196,3 +199,63 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 }
+
+/// Why a request is refused before any model work (the rules of `crate::core::validate`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    /// Neither a prompt nor messages.
+    #[error("give a prompt (or messages)")]
+    NoPrompt,
+    /// A text over `limits.max_input_bytes`.
+    #[error("{what} is {len} bytes; this server's limit is {limit} bytes")]
+    TooLong {
+        /// Which text.
+        what: &'static str,
+        /// Its bytes.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// `max_new_tokens` over `limits.max_new_tokens`.
+    #[error("max_new_tokens {asked} is over this server's limit of {limit}")]
+    TooManyNewTokens {
+        /// What the request asked for.
+        asked: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Two of `schema`, `regex`, `choices`, `grammar`.
+    #[error("give one constraint, not both {first} and {second}")]
+    TwoConstraints {
+        /// The first one given.
+        first: &'static str,
+        /// The second one.
+        second: &'static str,
+    },
+    /// `top_logprobs` without `logprobs`.
+    #[error("top_logprobs needs logprobs: true")]
+    TopLogprobsAlone,
+    /// An empty list of texts or documents.
+    #[error("{what} must hold at least one item")]
+    Empty {
+        /// `texts` or `documents`.
+        what: &'static str,
+    },
+    /// More texts or documents than `limits.max_batch`.
+    #[error("{count} {what} in one request; this server's limit is {limit}: split the request")]
+    TooMany {
+        /// `texts` or `documents`.
+        what: &'static str,
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A rerank without a query.
+    #[error("give a query")]
+    NoQuery,
+    /// A query with the pair separator in it.
+    #[error("the query must not contain NUL characters")]
+    NulInQuery,
+}
+

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod core;
 pub mod daemon;
 pub mod direct;
 pub mod engine;

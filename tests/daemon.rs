@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use steadytext::core::validate::ToRequest;
 use steadytext::protocol::{codes, EmbedParams, GenerateParams};
 use steadytext::service::{EmbeddingService, GenerationService};
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::Daemon;
 use serde_json::{json, Value};
+use steadytext::core::validate::ToRequest;
 use steadytext::protocol::{EmbedParams, GenerateParams};
 use steadytext::service::{EmbeddingService, GenerationService};
 

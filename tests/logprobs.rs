@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use steadytext::core::validate::ToRequest;
 use steadytext::protocol::{codes, GenerateParams};
 use steadytext::service::GenerationService;
 

@@ -8,6 +8,7 @@ mod common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
+use steadytext::core::validate::ToRequest;
 use steadytext::model::ModelKind;
 
 use serde_json::{json, Value};

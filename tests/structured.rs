@@ -10,6 +10,7 @@
 mod common;
 
 use serde_json::{json, Value};
+use steadytext::core::validate::ToRequest;
 use steadytext::protocol::{codes, GenerateParams};
 use steadytext::service::GenerationService;
 

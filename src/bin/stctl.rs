@@ -14,10 +14,12 @@ use serde_json::{json, Value};
 use steadytext::cache::{self, SharedCache};
 use steadytext::client::{target_from_env, Client, ClientError, ClientOptions, Fleet, FleetError, Target};
 use steadytext::config::Config;
+use steadytext::core::validate::ToRequest;
+use steadytext::core::{PieceSink, SinkFuture};
 use steadytext::direct;
 use steadytext::engine::rerank;
 use steadytext::protocol::{
-    CacheStats, EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult, SnapshotInfo,
+    CacheKind, CacheStats, EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult, SnapshotInfo,
     Status,
 };
 
@@ -460,6 +462,28 @@ fn read_stdin() -> Result<String> {
     Ok(s)
 }
 
+/// Direct mode's pieces, printed as they come when streaming.
+struct Printer {
+    stream: bool,
+}
+
+impl PieceSink for Printer {
+    fn piece(&mut self, text: String) -> SinkFuture<'_> {
+        if self.stream {
+            print_piece(&text);
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn is_broken(&self) -> bool {
+        false
+    }
+
+    fn peer_gone(&self) -> bool {
+        false
+    }
+}
+
 fn print_piece(text: &str) {
     if text.is_empty() {
         return;
@@ -511,13 +535,7 @@ fn generate(ctx: &Ctx, args: GenerateArgs) -> Result<()> {
         route_key.as_deref(),
         |c| c.call_streaming(method, &params, &mut on_piece),
         || {
-            let mut pieces = |t: &str| {
-                if stream {
-                    print_piece(t);
-                }
-                true
-            };
-            Ok(direct::generate(&ctx.config, &params, &mut pieces)?)
+            Ok(direct::generate(&ctx.config, &params, &mut Printer { stream })?)
         },
     )?;
     if args.json {
@@ -607,7 +625,12 @@ fn cache(ctx: &Ctx, command: CacheCommand) -> Result<()> {
                 |c| c.call("cache.clear", &json!({ "cache": which })),
                 || {
                     let cache = user_cache(ctx);
-                    cache.clear(which.as_deref())?;
+                    let kind = match which.as_deref() {
+                        Some("generation") => Some(CacheKind::Generation),
+                        Some(_) => Some(CacheKind::Embedding),
+                        None => None,
+                    };
+                    cache.clear(kind)?;
                     cache.snapshot()?;
                     Ok(json!({ "cleared": which.as_deref().unwrap_or("all") }))
                 },

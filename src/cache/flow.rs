@@ -11,7 +11,7 @@ use super::{generation_key, Cache, Key};
 use crate::engine::generate::GenerateRequest;
 use crate::error::{Error, Result};
 use crate::model::ModelInfo;
-use crate::protocol::{CacheStats, EmbedResult, GenerateResult, SnapshotInfo};
+use crate::protocol::{CacheKind, CacheStats, EmbedResult, GenerateResult, SnapshotInfo};
 
 /// Generations being computed, by cache key: later identical requests wait for the first one's
 /// answer instead of running the model again.
@@ -65,8 +65,8 @@ impl SharedCache {
     }
 
     /// Empties one cache or both, or [`Error::CacheDisabled`].
-    pub fn clear(&self, which: Option<&str>) -> Result<()> {
-        self.with(|c| c.clear(which)).ok_or(Error::CacheDisabled)?
+    pub fn clear(&self, which: Option<CacheKind>) -> Result<()> {
+        self.with(|c| c.clear(which)).ok_or(Error::CacheDisabled)
     }
 
     /// Writes a snapshot now; the contents are copied under the lock and written outside it.

@@ -18,9 +18,9 @@ use crate::config::CacheConfig;
 use crate::engine::fingerprint::Fingerprint;
 use crate::engine::generate::{FinishReason, GenerateRequest, Generation};
 use crate::engine::logprobs::TokenLogprob;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::ModelInfo;
-use crate::protocol::{CacheKindStats, CacheStats, GenerateResult, SnapshotInfo};
+use crate::protocol::{CacheKind, CacheKindStats, CacheStats, GenerateResult, SnapshotInfo};
 use frecency::{Entry, FrecencyMap};
 use snapshot::{EmbeddingRecord, GenerationRecord, SnapshotData};
 
@@ -161,21 +161,17 @@ impl Cache {
         self.dirty = true;
     }
 
-    /// Empties one cache (`generation`, `embedding`) or both (`None`).
-    pub fn clear(&mut self, which: Option<&str>) -> Result<()> {
+    /// Empties one cache or both (`None`).
+    pub fn clear(&mut self, which: Option<CacheKind>) {
         match which {
             None => {
                 self.generation.clear();
                 self.embedding.clear();
             }
-            Some("generation") => self.generation.clear(),
-            Some("embedding") => self.embedding.clear(),
-            Some(other) => {
-                return Err(Error::InvalidRequest(format!("unknown cache {other:?}: use generation or embedding")))
-            }
+            Some(CacheKind::Generation) => self.generation.clear(),
+            Some(CacheKind::Embedding) => self.embedding.clear(),
         }
         self.dirty = true;
-        Ok(())
     }
 
     /// Entries, bytes, hits, misses, hit rate, last snapshot.
@@ -565,8 +561,8 @@ pub(crate) mod tests {
         assert!(cache.get_embedding(&embedding_key("A", "u")).is_none());
         let s = cache.stats();
         assert_eq!(s.embedding.hit_rate, 0.5);
-        assert!(cache.clear(Some("nope")).is_err());
-        cache.clear(Some("embedding")).unwrap();
+        assert!(serde_json::from_str::<crate::protocol::CacheClearParams>(r#"{"cache": "nope"}"#).is_err());
+        cache.clear(Some(CacheKind::Embedding));
         assert_eq!(cache.stats().embedding.entries, 0);
     }
 }

@@ -1,21 +1,23 @@
-//! One client connection: JSON-RPC framing (one request per line, bounded), dispatch to
-//! [`methods`], responses and stream pieces written under a send deadline, and the request log.
+//! One client connection: JSON-RPC framing (one request per line, bounded), the connection's
+//! budgets and authentication, dispatch to [`methods`], responses and stream pieces written
+//! under a send deadline.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
+use crate::core::{PieceSink, SinkFuture};
 use crate::error::Error;
-use crate::protocol::wire::{self, Decoded, Incoming, Refused};
-use crate::protocol::{RpcError, MAX_LINE_BYTES, PIECE_NOTIFICATION};
+use crate::protocol::wire::{self, null_id, Decoded, Incoming, Refused, Reply};
+use crate::protocol::{Method, MAX_LINE_BYTES};
 
 use super::admission::{ListenerBudget, PendingTicket, ReceiveBudget, Received, Slots};
-use super::methods::{self, Call, Sink};
+use super::call::Call;
+use super::methods;
 use super::peer::Peer;
 use super::state::Daemon;
 
@@ -144,9 +146,9 @@ async fn serve<R: AsyncRead + Unpin>(daemon: &Daemon, mut reader: BufReader<R>, 
                     Some(reply) => out.send_raw(reply).await,
                     None => Ok(()),
                 };
-                if bytes.len() > super::LARGE_REQUEST_BYTES {
+                if bytes.len() > super::memory::LARGE_REQUEST_BYTES {
                     drop(bytes);
-                    super::release_memory();
+                    super::memory::release_memory();
                 }
                 if !session.is_admitted() {
                     out.close_politely(&mut reader).await;
@@ -216,45 +218,6 @@ impl Session {
     }
 }
 
-/// What a method served, for the request's log line.
-#[derive(Default)]
-pub(crate) struct Served {
-    /// The model that answered.
-    pub(crate) model: String,
-    /// Whether the answer came from the cache.
-    pub(crate) cached: bool,
-}
-
-/// A response line; `id` is the request's, as it was sent.
-#[derive(Serialize)]
-pub(crate) struct Reply<'a> {
-    jsonrpc: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<RpcError>,
-    id: &'a RawValue,
-}
-
-impl<'a> Reply<'a> {
-    fn new(id: &'a RawValue, outcome: Result<Value, &Error>) -> Self {
-        match outcome {
-            Ok(result) => Reply { jsonrpc: "2.0", result: Some(result), error: None, id },
-            Err(e) => Reply { jsonrpc: "2.0", result: None, error: Some(RpcError::from(e)), id },
-        }
-    }
-
-    fn error(id: &'a RawValue, error: &Error) -> Self {
-        Reply::new(id, Err(error))
-    }
-}
-
-/// The `null` id, for answers to requests whose id could not be read.
-pub(crate) fn null_id() -> &'static RawValue {
-    static NULL: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
-    NULL.get_or_init(|| RawValue::from_string("null".into()).expect("null is JSON"))
-}
-
 /// Handles one line: a request, or a batch (a JSON array of requests, answered by one array of
 /// the responses, notifications left out). Returns the serialized answer, if any.
 async fn handle_line(daemon: &Daemon, line: &[u8], out: &mut Out, session: &mut Session) -> Option<Vec<u8>> {
@@ -284,29 +247,44 @@ async fn handle<'l>(
     out: &mut Out,
     session: &mut Session,
 ) -> Option<Reply<'l>> {
-    let started = Instant::now();
     let request = match request {
         Ok(request) => request,
         Err((id, error)) => return Some(Reply::error(id.unwrap_or(null_id()), &error)),
     };
     let id = request.id;
-    if !session.is_admitted() && request.method != "auth" {
+    let auth = request.method == Method::Auth.name();
+    if !session.is_admitted() && !auth {
         return Some(Reply::error(id.unwrap_or(null_id()), &Error::Unauthorized(AUTH_FIRST.into())));
     }
-    let mut call = Call {
-        daemon,
-        id: id.unwrap_or(null_id()),
-        out: Sink::Line(out),
-        peer: session.peer,
-        served: Served::default(),
-    };
-    let mut result = methods::run(&mut call, &request.method, request.params, started).await;
-    if request.method == "auth" && result.is_ok() {
+    let mut sink = LineSink { out, id: id.unwrap_or(null_id()) };
+    let mut call = Call::new(daemon, &mut sink, session.peer);
+    let mut result = methods::run(&mut call, &request.method, request.params).await;
+    if auth && result.is_ok() {
         if let Err(refused) = session.authenticate(daemon) {
             result = Err(refused);
         }
     }
-    Some(Reply::new(id.or((!session.is_admitted()).then(null_id))?, result.as_ref().map(Value::clone)))
+    Some(Reply::new(id.or((!session.is_admitted()).then(null_id))?, result))
+}
+
+/// A request's stream pieces, as `generate.piece` notifications on its connection.
+struct LineSink<'a> {
+    out: &'a mut Out,
+    id: &'a RawValue,
+}
+
+impl PieceSink for LineSink<'_> {
+    fn piece(&mut self, text: String) -> SinkFuture<'_> {
+        Box::pin(self.out.send_raw(wire::piece(self.id, &text)))
+    }
+
+    fn is_broken(&self) -> bool {
+        self.out.is_broken()
+    }
+
+    fn peer_gone(&self) -> bool {
+        self.out.peer_gone()
+    }
 }
 
 /// The writing side of a connection. Every write has a deadline: a client that leaves its
@@ -330,7 +308,7 @@ impl Out {
     }
 
     /// Writes one already encoded JSON value as a line (see [`Out::send`]).
-    async fn send_raw(&mut self, mut bytes: Vec<u8>) -> std::io::Result<()> {
+    pub(crate) async fn send_raw(&mut self, mut bytes: Vec<u8>) -> std::io::Result<()> {
         if self.broken {
             return Err(std::io::ErrorKind::BrokenPipe.into());
         }
@@ -348,22 +326,6 @@ impl Out {
         };
         self.broken = outcome.is_err();
         outcome
-    }
-
-    /// Sends a `generate.piece` notification for the request `id`.
-    pub(crate) async fn piece(&mut self, id: &RawValue, text: String) -> std::io::Result<()> {
-        #[derive(Serialize)]
-        struct Params<'a> {
-            id: &'a RawValue,
-            text: String,
-        }
-        #[derive(Serialize)]
-        struct Notification<'a> {
-            jsonrpc: &'static str,
-            method: &'static str,
-            params: Params<'a>,
-        }
-        self.send(&Notification { jsonrpc: "2.0", method: PIECE_NOTIFICATION, params: Params { id, text } }).await
     }
 
     /// Closes a connection after an error answer so that the client can read that answer: shuts
@@ -396,19 +358,10 @@ impl Out {
     /// `echo ... | socat`, still gets its answers). Over TCP a closed client is indistinguishable
     /// from one that shut down sending, so its FIN (POLLRDHUP) counts as gone.
     pub(crate) fn peer_gone(&self) -> bool {
-        peer_hung_up(self.fd, self.tcp)
+        super::peer::hung_up(self.fd, self.tcp)
     }
 }
 
-/// Whether the peer of the socket `fd` has closed it (see [`Out::peer_gone`]; `tcp` counts a
-/// FIN as gone).
-pub(crate) fn peer_hung_up(fd: RawFd, tcp: bool) -> bool {
-    let events = if tcp { libc::POLLRDHUP } else { 0 };
-    let mut pfd = libc::pollfd { fd, events, revents: 0 };
-    // SAFETY: one valid pollfd, zero timeout; the caller's fd is a live socket of its connection.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP) != 0
-}
 
 /// How long, and how many bytes, a connection closed on an error still reads its client's input.
 const LINGER: Duration = Duration::from_millis(500);
@@ -498,6 +451,7 @@ async fn read_line<R: AsyncBufReadExt + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     #[tokio::test]
     async fn lines_are_split_and_limited() {
@@ -535,7 +489,7 @@ mod tests {
         let (near, _far) = tokio::io::duplex(64);
         let mut out = Out::new(Box::new(near), -1, false, Duration::from_millis(50));
         let started = Instant::now();
-        let err = out.piece(null_id(), "x".repeat(1000)).await.unwrap_err();
+        let err = out.send_raw(wire::piece(null_id(), &"x".repeat(1000))).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(out.is_broken());

@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Histogram, Latency, MetricsSnapshot, ModelStatus, Status, HISTOGRAM_BOUNDS};
-
-use super::methods;
+use crate::protocol::{Histogram, Latency, Method, MetricsSnapshot, ModelStatus, Status, HISTOGRAM_BOUNDS};
 
 /// Latencies kept for percentiles.
 const WINDOW: usize = 4096;
@@ -48,7 +46,7 @@ impl AtomicHistogram {
 /// Shared counters; cheap to update from any task.
 pub(crate) struct Metrics {
     started: Instant,
-    /// Per method of [`methods::NAMES`], then one for unknown methods.
+    /// Per method of [`Method::ALL`], then one for unknown methods.
     requests: Vec<AtomicU64>,
     /// Durations, per method as `requests`.
     durations: Vec<AtomicHistogram>,
@@ -66,8 +64,8 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             started: Instant::now(),
-            requests: (0..=methods::NAMES.len()).map(|_| AtomicU64::new(0)).collect(),
-            durations: (0..=methods::NAMES.len()).map(|_| AtomicHistogram::default()).collect(),
+            requests: (0..=Method::ALL.len()).map(|_| AtomicU64::new(0)).collect(),
+            durations: (0..=Method::ALL.len()).map(|_| AtomicHistogram::default()).collect(),
             first_piece: AtomicHistogram::default(),
             tokens_generated: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
@@ -112,9 +110,9 @@ fn hold(gauge: &AtomicUsize) -> GaugeGuard<'_> {
 }
 
 impl Metrics {
-    /// Records one finished request.
-    pub(crate) fn record(&self, method: &str, elapsed: Duration, ok: bool) {
-        let slot = methods::NAMES.iter().position(|m| *m == method).unwrap_or(methods::NAMES.len());
+    /// Records one finished request (of no known method: None).
+    pub(crate) fn record(&self, method: Option<Method>, elapsed: Duration, ok: bool) {
+        let slot = method.and_then(|m| Method::ALL.iter().position(|&k| k == m)).unwrap_or(Method::ALL.len());
         self.requests[slot].fetch_add(1, Ordering::Relaxed);
         self.durations[slot].observe(elapsed);
         self.requests_total.fetch_add(1, Ordering::Relaxed);
@@ -179,7 +177,7 @@ impl Metrics {
 
     /// The counters (part of `status`).
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
-        let names = methods::NAMES.iter().copied().chain([OTHER_METHOD]);
+        let names = Method::ALL.map(Method::name).into_iter().chain([OTHER_METHOD]);
         let requests: BTreeMap<String, u64> = names
             .zip(&self.requests)
             .map(|(name, n)| (name.to_string(), n.load(Ordering::Relaxed)))
@@ -202,9 +200,9 @@ impl Metrics {
                 samples: lat.len(),
             },
             rss_bytes: rss_bytes(),
-            durations: methods::NAMES
-                .iter()
-                .copied()
+            durations: Method::ALL
+                .map(Method::name)
+                .into_iter()
                 .chain([OTHER_METHOD])
                 .zip(&self.durations)
                 .map(|(name, h)| (name.to_string(), h.snapshot()))

@@ -1,20 +1,28 @@
-//! `steadytextd`: listeners, lifecycle (READY, WATCHDOG, STOPPING, RELOADING), signals and the
-//! accept loops. The server loop owns shutdown. Connections are in [`connection`], each method
-//! in its own file under `methods/`, scheduling in [`scheduler`], shared state in `state`.
+//! `steadytextd`'s lifecycle: start (models loading while the listeners already answer), READY,
+//! signals (SIGHUP reloads, SIGTERM drains), STOPPING and the last snapshot; [`run`] reads as that
+//! timeline. The listeners and their accept loops are in [`accept`], connections in `connection`
+//! (JSON-RPC) and `http`, the methods in `methods` over [`crate::core`] (through `runner`),
+//! scheduling in `scheduler`, shared state in `state`, background tasks in `tasks`.
 
+mod accept;
 mod admission;
+mod call;
 mod connection;
 mod deadline_io;
 mod http;
 pub mod listen;
+mod memory;
 mod methods;
 pub mod metrics;
 mod notify;
 mod peer;
 pub mod privileges;
 mod registry;
+mod reload;
+mod runner;
 mod scheduler;
 mod state;
+mod tasks;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,26 +36,11 @@ use tokio_util::task::TaskTracker;
 use crate::auth::ApiKey;
 use crate::cache::{Cache, SharedCache};
 use crate::config::Config;
-use admission::ListenerBudget;
-use listen::{Protocol, Socket, StdListener};
-use peer::Peer;
+use accept::{check_tcp_listeners, listen, Server};
+use listen::{Protocol, StdListener};
 use registry::Registry;
 use scheduler::Loader;
 use state::Daemon;
-
-pub use methods::NAMES as METHODS;
-
-/// Requests (and jobs) larger than this many bytes leave memory behind that is worth giving back.
-const LARGE_REQUEST_BYTES: usize = 1 << 20;
-
-/// Returns freed heap memory to the system (glibc keeps it in its arenas otherwise).
-fn release_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// What the binary decided before the runtime started.
 pub struct Options {
@@ -97,10 +90,7 @@ pub async fn run(options: Options) -> Result<()> {
             front.serve(daemon.clone());
             tracing::info!(load_ms = started.elapsed().as_millis() as u64, "ready");
             notify::ready(&daemon.status_line());
-            spawn_watchdog(&background, &daemon, &stopped);
-            spawn_status(&background, &daemon, &stopped);
-            spawn_snapshots(&background, &daemon, &stopped);
-            spawn_keep_alive(&background, &daemon, &stopped);
+            tasks::spawn_all(&background, &daemon, &stopped);
             let idle_exit = Duration::from_secs(config.daemon.idle_exit_secs);
             let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -109,7 +99,7 @@ pub async fn run(options: Options) -> Result<()> {
                     _ = int.recv() => break "SIGINT",
                     _ = hup.recv() => {
                         // Logged inside; the previous configuration stays in force on failure.
-                        let _ = reload(&daemon).await;
+                        let _ = reload::reload(&daemon).await;
                     }
                     _ = idle_tick.tick(), if !idle_exit.is_zero() => {
                         if daemon.idle_for() >= idle_exit {
@@ -189,88 +179,6 @@ fn prune_cache(daemon: &Daemon) {
     daemon.cache().with(|cache| cache.retain_models(&keep));
 }
 
-/// What serves a listener's connections.
-#[derive(Clone)]
-enum Server {
-    /// JSON-RPC lines.
-    Rpc(Arc<Daemon>),
-    /// The HTTP front.
-    Http(Arc<http::Front>),
-}
-
-impl Server {
-    /// Serves one accepted connection of a listener with `budget` once `setup` (a TLS handshake
-    /// or nothing) gives it.
-    fn spawn<S, F>(&self, setup: F, peer: Peer, budget: ListenerBudget)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
-        F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
-    {
-        match self {
-            Server::Rpc(daemon) => connection::spawn(daemon, budget, setup, peer),
-            Server::Http(front) => front.spawn_connection(setup, peer, budget),
-        }
-    }
-
-    /// Cancelled when accepting must stop.
-    fn shutdown(&self) -> CancellationToken {
-        match self {
-            Server::Rpc(daemon) => daemon.shutdown().clone(),
-            Server::Http(front) => front.shutdown().clone(),
-        }
-    }
-}
-
-/// Starts an accept loop per listener (TCP ones speak TLS when `tls` is set); returns the
-/// socket files to remove at exit.
-fn listen(
-    server: &Server,
-    listeners: Vec<StdListener>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    max_connections: usize,
-) -> Result<Vec<PathBuf>> {
-    let mut owned_paths = Vec::new();
-    for listener in listeners {
-        let tls = tls.clone().filter(|_| listener.is_tcp());
-        let server = &(server.clone(), ListenerBudget::new(max_connections));
-        tracing::info!(listener = %listener.name, tls = tls.is_some(), "listening");
-        owned_paths.extend(listener.owned_path);
-        match listener.socket {
-            Socket::Unix(listener) => {
-                listener.set_nonblocking(true)?;
-                let listener = Arc::new(tokio::net::UnixListener::from_std(listener)?);
-                spawn_accept_loop(server, move || {
-                    let l = listener.clone();
-                    async move { unix_peer(l.accept().await?.0) }
-                });
-            }
-            Socket::Tcp(listener) => {
-                listener.set_nonblocking(true)?;
-                let listener = Arc::new(tokio::net::TcpListener::from_std(listener)?);
-                let accept = move || {
-                    let l = listener.clone();
-                    async move {
-                        let (s, addr) = l.accept().await?;
-                        s.set_nodelay(true)?;
-                        Ok((s, Peer::Remote(addr.ip())))
-                    }
-                };
-                match tls {
-                    None => spawn_accept_loop(server, move || {
-                        let accepted = accept();
-                        async move { accepted.await.map(|(s, peer)| (std::future::ready(Ok(s)), peer)) }
-                    }),
-                    Some(acceptor) => spawn_accept_loop(server, move || {
-                        let (accepted, acceptor) = (accept(), acceptor.clone());
-                        async move { accepted.await.map(|(s, peer)| (acceptor.accept(s), peer)) }
-                    }),
-                }
-            }
-        }
-    }
-    Ok(owned_paths)
-}
-
 /// Shutdown: no new requests, in-flight ones finish (or are aborted after the timeout), then
 /// the last snapshot.
 async fn drain(daemon: &Arc<Daemon>, front: &http::Front, why: &str) {
@@ -288,195 +196,13 @@ async fn drain(daemon: &Arc<Daemon>, front: &http::Front, why: &str) {
         daemon.abort();
         let _ = tokio::time::timeout(Duration::from_secs(5), daemon.drained()).await;
     }
-    snapshot_if_dirty(daemon).await;
-}
-
-/// Refuses TCP listeners the daemon cannot guard: without an API key, or on a non-loopback
-/// address without TLS (keys and answers would cross the network in clear text).
-fn check_tcp_listeners(listeners: &[StdListener], have_key: bool, have_tls: bool) -> Result<()> {
-    for StdListener { socket, name, .. } in listeners {
-        let Socket::Tcp(listener) = socket else { continue };
-        let addr = listener.local_addr().with_context(|| format!("listener {name}"))?;
-        if !addr.ip().is_loopback() && !have_tls {
-            anyhow::bail!(
-                "refusing to serve JSON-RPC on {addr} ({name}) in clear text: it is not a loopback address; \
-                 configure TLS ([daemon] tls_cert_file and tls_key_file, or the credentials tls-cert and tls-key) \
-                 or listen on 127.0.0.1 or ::1"
-            );
-        }
-        if !have_key {
-            anyhow::bail!(
-                "the TCP listener {addr} ({name}) needs an API key: write one (`openssl rand -hex 32`) to a file readable \
-                 only by the daemon and name it in [daemon] api_key_file or STEADYTEXT_API_KEY_FILE, or pass it as the \
-                 systemd credential `api-key` (LoadCredential=api-key:FILE)"
-            );
-        }
-    }
-    Ok(())
-}
-
-/// A Unix connection (ready at once) with its peer's credentials.
-fn unix_peer(
-    stream: tokio::net::UnixStream,
-) -> std::io::Result<(std::future::Ready<std::io::Result<tokio::net::UnixStream>>, Peer)> {
-    let peer = Peer::of_unix(&stream).ok_or_else(|| std::io::Error::other("no peer credentials"))?;
-    Ok((std::future::ready(Ok(stream)), peer))
-}
-
-/// Accepts connections until shutdown begins; each one is set up (`Setup`: a TLS handshake or
-/// nothing) and served by its own task.
-fn spawn_accept_loop<S, Setup, F, Fut>((server, budget): &(Server, ListenerBudget), mut accept: F)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + std::os::fd::AsRawFd + Send + Unpin + 'static,
-    Setup: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = std::io::Result<(Setup, Peer)>> + Send,
-{
-    let (server, budget) = (server.clone(), budget.clone());
-    let shutdown = server.shutdown();
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = accept() => match r {
-                    Ok((stream, peer)) => server.spawn(stream, peer, budget.clone()),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// SIGHUP and the `reload` method: re-read the configuration, load models that had failed to,
-/// and reload models whose files or names changed; one reload at a time. On failure the previous
-/// configuration and models stay in force.
-pub(crate) async fn reload(daemon: &Daemon) -> crate::error::Result<()> {
-    let _turn = daemon.reload_turn().await;
-    notify::reloading();
-    tracing::info!("reloading configuration");
-    let outcome = async {
-        let config = Arc::new(Config::load(daemon.config_path())?);
-        if let Some(key) = ApiKey::load(config.daemon.api_key_file.as_deref())? {
-            daemon.set_api_key(key);
-        }
-        daemon.registry().settled().await;
-        // Models that failed to load are tried again (pulled since, or configured anew).
-        daemon.registry().retry_failed(&config);
-        daemon.registry().settled().await;
-        for (worker, config) in daemon.registry().reloadable(&config) {
-            match worker.reload(config).await? {
-                Some(info) => {
-                    tracing::info!(kind = worker.kind().as_str(), model = %info.name, digest = %info.digest, "model reloaded")
-                }
-                None => tracing::info!(kind = worker.kind().as_str(), "model unchanged"),
-            }
-        }
-        daemon.set_config(config);
-        Ok::<_, crate::Error>(())
-    }
-    .await;
-    if let Err(e) = &outcome {
-        tracing::error!(error = %e, "reload failed; keeping the previous configuration and models");
-    }
-    notify::ready(&daemon.status_line());
-    outcome
-}
-
-/// Runs `tick` every `period` until `stopped`.
-fn every<F>(tasks: &TaskTracker, stopped: &CancellationToken, period: Duration, mut tick: F)
-where
-    F: FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + 'static,
-{
-    let stopped = stopped.clone();
-    tasks.spawn(async move {
-        let mut interval = tokio::time::interval(period);
-        interval.tick().await;
-        loop {
-            tokio::select! {
-                _ = stopped.cancelled() => break,
-                _ = interval.tick() => tick().await,
-            }
-        }
-    });
-}
-
-/// Pings the watchdog at half its period, only while every worker shows progress.
-fn spawn_watchdog(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
-    if sd_notify::watchdog_enabled().is_none() {
-        return;
-    }
-    let half = registry::stall_limit();
-    notify::watchdog();
-    let d = daemon.clone();
-    every(tasks, stopped, half, move || {
-        match d.registry().stalled_worker(half) {
-            None => notify::watchdog(),
-            Some(w) => tracing::error!(
-                kind = w.kind().as_str(),
-                stalled_ms = w.since_heartbeat().as_millis() as u64,
-                "worker shows no progress; withholding the watchdog ping"
-            ),
-        }
-        Box::pin(async {})
-    });
-}
-
-/// Writes a cache snapshot (off the async threads) when entries changed since the last one.
-async fn snapshot_if_dirty(daemon: &Arc<Daemon>) {
-    let d = daemon.clone();
-    match tokio::task::spawn_blocking(move || d.cache().snapshot_if_dirty()).await {
-        Ok(Ok(Some(info))) => tracing::info!(path = %info.path.display(), bytes = info.bytes, "cache snapshot written"),
-        Ok(Ok(None)) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "cannot write the cache snapshot"),
-        Err(e) => tracing::error!(error = %e, "snapshot task failed"),
-    }
-}
-
-/// Writes a snapshot every `snapshot_interval_secs` while the cache changes.
-fn spawn_snapshots(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
-    let secs = daemon.config().cache.snapshot_interval_secs;
-    if secs == 0 || !daemon.cache().is_enabled() {
-        return;
-    }
-    let d = daemon.clone();
-    every(tasks, stopped, Duration::from_secs(secs), move || {
-        let d = d.clone();
-        Box::pin(async move { snapshot_if_dirty(&d).await })
-    });
-}
-
-/// Unloads models idle for `[models] keep_alive_secs` (read anew each time: a reload applies).
-fn spawn_keep_alive(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
-    let d = daemon.clone();
-    every(tasks, stopped, Duration::from_secs(1), move || {
-        let keep_alive = d.config().models.keep_alive_secs;
-        if keep_alive > 0 {
-            d.registry().unload_idle(Duration::from_secs(keep_alive));
-        }
-        Box::pin(async {})
-    });
-}
-
-/// Keeps systemd's STATUS= line current.
-fn spawn_status(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
-    let d = daemon.clone();
-    let mut last = String::new();
-    every(tasks, stopped, Duration::from_secs(1), move || {
-        let line = d.status_line();
-        if line != last {
-            notify::status(&line);
-            last = line;
-        }
-        Box::pin(async {})
-    });
+    tasks::snapshot_if_dirty(daemon).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::admission::ListenerBudget;
     use crate::daemon::scheduler::tests::{loader, Fake};
     use serde_json::{json, Value};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -498,9 +224,9 @@ mod tests {
         daemon.registry().settled().await;
         let path = dir.join("d.sock");
         let listener = Arc::new(tokio::net::UnixListener::bind(&path).unwrap());
-        spawn_accept_loop(&(Server::Rpc(daemon.clone()), budget), move || {
+        accept::spawn_accept_loop(&(Server::Rpc(daemon.clone()), budget), move || {
             let l = listener.clone();
-            async move { unix_peer(l.accept().await?.0) }
+            async move { accept::unix_peer(l.accept().await?.0) }
         });
         (daemon, path)
     }
@@ -595,7 +321,7 @@ mod tests {
         assert_eq!(status.models.len(), 2);
         let unknown = call(&path, json!({"jsonrpc": "2.0", "id": 2, "method": "nope"})).await;
         let message = unknown["error"]["message"].as_str().unwrap();
-        assert!(METHODS.iter().all(|m| message.contains(m)), "{message}");
+        assert!(crate::protocol::Method::ALL.iter().all(|m| message.contains(m.name())), "{message}");
         let off = call(&path, json!({"jsonrpc": "2.0", "id": 3, "method": "cache.stats"})).await;
         assert_eq!(off["error"]["code"], crate::protocol::codes::INVALID_PARAMS);
         let embed =

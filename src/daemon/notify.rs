@@ -40,3 +40,11 @@ pub fn watchdog() {
 pub fn extend_timeout(usec: u32) {
     send(&[NotifyState::ExtendTimeoutUsec(usec)]);
 }
+
+/// How long a worker may show no progress before the daemon counts it as stuck (the watchdog
+/// ping is withheld, `/health/live` answers 503): half the systemd watchdog period when there is
+/// one, else 30 s (what the shipped unit's `WatchdogSec=60` gives). A decode step, a prompt chunk
+/// or an embedding batch each beat; an idle worker beats every half second.
+pub(crate) fn stall_limit() -> std::time::Duration {
+    sd_notify::watchdog_enabled().map_or(std::time::Duration::from_secs(30), |period| period / 2)
+}

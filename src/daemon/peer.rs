@@ -100,6 +100,16 @@ pub(crate) fn group_id(name: &str) -> Option<u32> {
     (rc == 0 && !result.is_null()).then_some(grp.gr_gid)
 }
 
+/// Whether the peer of the socket `fd` has closed it (on a Unix socket a full close; over TCP, `tcp`, a FIN
+/// counts too: a closed client cannot be told from one that only shut down its sending side).
+pub(crate) fn hung_up(fd: std::os::fd::RawFd, tcp: bool) -> bool {
+    let events = if tcp { libc::POLLRDHUP } else { 0 };
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
+    // SAFETY: one valid pollfd, zero timeout; the caller's fd is a live socket of its connection.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLRDHUP) != 0
+}
+
 /// Open connections per peer.
 #[derive(Default)]
 pub(crate) struct PeerTable(Arc<Mutex<HashMap<PeerKey, usize>>>);

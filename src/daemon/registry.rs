@@ -19,13 +19,6 @@ use crate::protocol::UnavailableModel;
 
 use super::scheduler::{Loader, Worker};
 
-/// How long a worker may show no progress before the daemon counts it as stuck (the watchdog
-/// ping is withheld, `/health/live` answers 503): half the systemd watchdog period when there is
-/// one, else 30 s (what the shipped unit's `WatchdogSec=60` gives). A decode step, a prompt chunk
-/// or an embedding batch each beat; an idle worker beats every half second.
-pub(crate) fn stall_limit() -> std::time::Duration {
-    sd_notify::watchdog_enabled().map_or(std::time::Duration::from_secs(30), |period| period / 2)
-}
 
 /// How long a request for a model that has no room yet waits for one (models loading or in use
 /// to be done) before it is refused as overload.
@@ -260,7 +253,7 @@ impl Registry {
         self.each(|e, _| Some((e.ready()?, e.last_used.elapsed())))
     }
 
-    /// A worker that has shown no progress for longer than `limit` (see [`stall_limit`]).
+    /// A worker that has shown no progress for longer than `limit` (see `notify::stall_limit`).
     pub(crate) fn stalled_worker(&self, limit: std::time::Duration) -> Option<Arc<Worker>> {
         self.workers().into_iter().find(|w| w.since_heartbeat() > limit)
     }

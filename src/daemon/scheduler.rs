@@ -35,7 +35,7 @@ const MERGE_TEXTS: usize = 64;
 
 /// Inputs above this many bytes are large: after such a job the worker gives freed memory back
 /// to the system, so one big request does not leave the daemon's RSS high.
-const LARGE_JOB_BYTES: usize = super::LARGE_REQUEST_BYTES;
+const LARGE_JOB_BYTES: usize = super::memory::LARGE_REQUEST_BYTES;
 
 /// Generations of at least this many tokens (prompt and output) are followed by giving freed
 /// memory back too.
@@ -113,7 +113,7 @@ impl Worker {
                     // Runs until the registry and every request have let go of the worker; the
                     // model is dropped then, and its memory handed back.
                     run(model, rx, progress, loader, shown);
-                    super::release_memory();
+                    super::memory::release_memory();
                     tracing::info!(kind = kind.as_str(), model = %name, "model unloaded");
                 }
                 Err(e) => {
@@ -283,7 +283,7 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
                     p.merged.fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
                     embed_merged(model.as_mut(), batch, &p);
                     if large {
-                        super::release_memory();
+                        super::memory::release_memory();
                     }
                 }
                 Job::Reload { config, reply } if active.is_empty() => {
@@ -340,7 +340,7 @@ fn finish<T>(p: &Progress, reply: oneshot::Sender<Result<T>>, result: Result<T>,
     p.queued.fetch_sub(1, Ordering::Relaxed);
     let _ = reply.send(result);
     if large {
-        super::release_memory();
+        super::memory::release_memory();
     }
 }
 

@@ -349,6 +349,42 @@ impl<B: EncoderBackend> Embedder<B> {
     }
 }
 
+/// Longest text prefix counted for `usage`, in bytes: embedding models read a few hundred
+/// tokens at most, and counting must not tokenize megabytes.
+const COUNTED_BYTES: usize = 16 * 1024;
+
+/// Tokens of `texts` under the model's tokenizer (with its own truncation), for `usage`.
+pub fn token_count(dir: &std::path::Path, texts: &[String]) -> Result<usize> {
+    static TOKENIZERS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Arc<tokenizers::Tokenizer>>>> =
+        std::sync::OnceLock::new();
+    let tokenizer = {
+        let mut map = TOKENIZERS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(dir) {
+            Some(t) => t.clone(),
+            None => {
+                let path = dir.join("tokenizer.json");
+                let mut t = tokenizers::Tokenizer::from_file(&path)
+                    .map_err(|e| Error::model(dir.display().to_string(), format!("tokenizer.json: {e}")))?;
+                t.with_padding(None);
+                map.insert(dir.to_path_buf(), std::sync::Arc::new(t));
+                map[dir].clone()
+            }
+        }
+    };
+    let mut total = 0;
+    for text in texts {
+        let mut end = text.len().min(COUNTED_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let encoding = tokenizer
+            .encode(&text[..end], true)
+            .map_err(|e| Error::InvalidRequest(format!("cannot tokenize an input: {e}")))?;
+        total += encoding.get_ids().len();
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,11 +1,11 @@
 //! Decoding request lines: one JSON-RPC request, or a batch of them. Pure functions over bytes
 //! (the daemon's connection layer uses them; the fuzz target `protocol_line` drives them).
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::MAX_BATCH_REQUESTS;
+use super::{RpcError, MAX_BATCH_REQUESTS, PIECE_NOTIFICATION};
 use crate::error::Error;
 
 /// A request as it arrived; its id is kept as raw JSON and echoed byte for byte.
@@ -93,6 +93,60 @@ fn readable_id(line: &[u8]) -> Option<&RawValue> {
         id: Option<&'a RawValue>,
     }
     serde_json::from_slice::<IdOnly>(line).ok()?.id.filter(|id| is_valid_id(id))
+}
+
+/// A response line; `id` is the request's, as it was sent (byte for byte).
+#[derive(Serialize)]
+pub struct Reply<'a> {
+    jsonrpc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<RpcError>,
+    id: &'a RawValue,
+}
+
+impl<'a> Reply<'a> {
+    /// The response to the request `id`: its result, or its error.
+    pub fn new(id: &'a RawValue, outcome: Result<Box<RawValue>, Error>) -> Self {
+        match outcome {
+            Ok(result) => Reply { jsonrpc: "2.0", result: Some(result), error: None, id },
+            Err(e) => Reply::error(id, &e),
+        }
+    }
+
+    /// An error response.
+    pub fn error(id: &'a RawValue, error: &Error) -> Self {
+        Reply { jsonrpc: "2.0", result: None, error: Some(RpcError::from(error)), id }
+    }
+
+    /// The response as one JSON text (without the newline).
+    pub fn to_vec(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a response always serializes")
+    }
+}
+
+/// A `generate.piece` notification carrying `text` for the request `id` (without the newline).
+pub fn piece(id: &RawValue, text: &str) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Params<'a> {
+        id: &'a RawValue,
+        text: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Notification<'a> {
+        jsonrpc: &'static str,
+        method: &'static str,
+        params: Params<'a>,
+    }
+    let notification = Notification { jsonrpc: "2.0", method: PIECE_NOTIFICATION, params: Params { id, text } };
+    serde_json::to_vec(&notification).expect("a notification always serializes")
+}
+
+/// The `null` id, for answers to requests whose id could not be read.
+pub fn null_id() -> &'static RawValue {
+    static NULL: std::sync::OnceLock<Box<RawValue>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| RawValue::from_string("null".into()).expect("null is JSON"))
 }
 
 #[cfg(test)]

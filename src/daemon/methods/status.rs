@@ -1,9 +1,15 @@
-//! `status`: models, counters, latencies and cache figures.
+//! `status` (models, counters, latencies, cache figures) and `metrics` (the same as Prometheus
+//! text).
 
-use super::{Call, NoParams};
-use crate::error::Result;
-use crate::protocol::Status;
+use crate::daemon::metrics::prometheus;
+use crate::protocol::{NoParams, Status};
 
-pub(crate) async fn call(call: &mut Call<'_>, _: NoParams) -> Result<Status> {
-    Ok(call.daemon.status())
+use super::Call;
+
+pub(crate) fn status(call: &Call<'_>, _: NoParams) -> Status {
+    call.daemon.status()
+}
+
+pub(crate) fn metrics(call: &Call<'_>, _: NoParams) -> String {
+    prometheus(&call.daemon.status())
 }

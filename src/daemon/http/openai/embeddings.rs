@@ -1,0 +1,76 @@
+//! `/v1/embeddings` and `/v1/models`.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::super::body::read_json;
+use super::super::run::Ready;
+use super::super::ApiError;
+use super::types::EmbeddingsRequest;
+use super::{CACHE_HEADER, ENGINE_HEADER};
+use crate::cache::embedding_route_key;
+use crate::error::Error;
+use crate::protocol::{EmbedParams, Method, ROUTE_KEY_HEADER};
+
+/// `POST /v1/embeddings`: float or base64 (little-endian f32) vectors; `dimensions` keeps the
+/// first N components and re-normalizes them (Matryoshka truncation).
+pub(in super::super) async fn embeddings(ready: Ready, body: Body) -> Result<Response, ApiError> {
+    let request: EmbeddingsRequest = read_json(body, &ready.daemon).await?;
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(Error::InvalidRequest(format!("encoding_format {other:?} is not float or base64")).into())
+        }
+    };
+    let texts = request.input.into_vec();
+    let route = embedding_route_key(Some(&request.model), None, &texts);
+    let params = EmbedParams { texts, model: Some(request.model), mode: None, dimensions: request.dimensions };
+    let count = params.texts.len();
+    let (result, tokens) = ready
+        .run(Method::Embed, |call| Box::pin(super::super::super::methods::generate::embed_counting(call, params, true)))
+        .await?;
+    let mut data = Vec::with_capacity(result.embeddings.len());
+    for (index, vector) in result.embeddings.into_iter().enumerate() {
+        let embedding = if base64 {
+            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+        } else {
+            json!(vector)
+        };
+        data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
+    }
+    let body = axum::Json(json!({
+        "object": "list", "data": data, "model": result.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }));
+    let cached = match result.cached {
+        0 => "miss",
+        n if n == count => "hit",
+        _ => "partial",
+    };
+    let headers = [
+        (ENGINE_HEADER, ready.daemon.engine().id.clone()),
+        (CACHE_HEADER, cached.to_string()),
+        (ROUTE_KEY_HEADER, route),
+    ];
+    Ok((headers, body).into_response())
+}
+
+/// `GET /v1/models`: the loaded models.
+pub(in super::super) async fn models(ready: Ready) -> Response {
+    let data: Vec<Value> = ready
+        .daemon
+        .registry()
+        .workers()
+        .iter()
+        .map(|w| {
+            let info = w.info();
+            json!({"id": info.name, "object": "model", "created": 0, "owned_by": "steadytext",
+                   "kind": w.kind().as_str(), "digest": info.digest})
+        })
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}

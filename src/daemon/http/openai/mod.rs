@@ -1,0 +1,254 @@
+//! OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` and
+//! `/v1/models`. Each parses OpenAI's shape ([`types`]) into the daemon's typed params, runs the
+//! same use case as the JSON-RPC method ([`crate::core`], through the method's own function), and
+//! shapes the typed result as OpenAI does.
+
+mod embeddings;
+mod types;
+
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::run::{event_stream, Event, Ready};
+use super::{body::read_json, ApiError};
+use crate::cache::generation_route_key;
+use crate::core::validate;
+use crate::engine::generate::FinishReason;
+use crate::engine::logprobs::TokenLogprob;
+use crate::error::Error;
+use crate::protocol::{GenerateParams, GenerateResult, Method, ROUTE_KEY_HEADER};
+use types::{ChatRequest, Common, CompletionRequest, Message};
+
+pub(super) use embeddings::{embeddings, models};
+
+/// Response header naming the engine fingerprint of the answer (equal on every replica that
+/// gives the same bytes).
+const ENGINE_HEADER: &str = "x-steadytext-engine";
+
+/// Response header saying whether an answer came from the cache (`hit` or `miss`; `partial` when
+/// only some of an embedding request's inputs did).
+const CACHE_HEADER: &str = "x-steadytext-cache";
+
+/// Whether a response is a chat completion or a plain completion.
+#[derive(Clone, Copy)]
+enum Flavor {
+    Chat,
+    Completion,
+}
+
+/// `POST /v1/chat/completions`.
+pub(super) async fn chat_completions(ready: Ready, body: Body) -> Result<Response, ApiError> {
+    let request: ChatRequest = read_json(body, &ready.daemon).await?;
+    let mut params = request.common.params()?;
+    params.messages = request.messages.into_iter().map(Message::into_chat).collect::<Result<_, _>>()?;
+    if params.messages.is_empty() {
+        return Err(Error::InvalidRequest("messages must hold at least one message".into()).into());
+    }
+    generate(ready, params, &request.common, Flavor::Chat).await
+}
+
+/// `POST /v1/completions`: the prompt verbatim, without the chat template.
+pub(super) async fn completions(ready: Ready, body: Body) -> Result<Response, ApiError> {
+    let request: CompletionRequest = read_json(body, &ready.daemon).await?;
+    if request.echo || request.suffix.is_some() {
+        return Err(types::unsupported("echo or suffix"));
+    }
+    let mut params = request.common.params()?;
+    let mut prompts = request.prompt.into_vec();
+    if prompts.len() != 1 {
+        return Err(types::unsupported("a prompt list of other than one prompt"));
+    }
+    params.prompt = prompts.remove(0);
+    params.raw = true;
+    generate(ready, params, &request.common, Flavor::Completion).await
+}
+
+/// What identifies one answer in OpenAI's fields.
+struct Identity {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Eos | FinishReason::Stop => "stop",
+        FinishReason::Length | FinishReason::Context => "length",
+    }
+}
+
+fn usage(result: &GenerateResult) -> Value {
+    let (prompt, completion) = (result.generation.prompt_tokens, result.generation.token_ids.len());
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+/// OpenAI's `system_fingerprint` of a model's answers: its digest and the engine fingerprint.
+fn fingerprint(ready: &Ready, model_digest: &str) -> String {
+    let digest = Sha256::digest(format!("{model_digest}|{}", ready.daemon.engine().id));
+    format!("fp_{}", &hex::encode(digest)[..16])
+}
+
+/// The answer's `id`: a hash of the params as JSON with sorted keys (the form ids have always
+/// been made from, so a request keeps its id), under `prefix`.
+fn answer_id(prefix: &str, params: &GenerateParams) -> Result<String, ApiError> {
+    let text = serde_json::to_string(params).map_err(|e| ApiError::internal(&e.to_string()))?;
+    let sorted: Value = serde_json::from_str(&text).map_err(|e| ApiError::internal(&e.to_string()))?;
+    Ok(format!("{prefix}-{}", &hex::encode(Sha256::digest(sorted.to_string()))[..24]))
+}
+
+async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor: Flavor) -> Result<Response, ApiError> {
+    let prefix = match flavor {
+        Flavor::Chat => "chatcmpl",
+        Flavor::Completion => "cmpl",
+    };
+    let id = answer_id(prefix, &params)?;
+    // Params that do not normalize are refused by the call below, which says why.
+    let route = validate::generate(&params, &(&*ready.daemon.config()).into())
+        .map(|r| generation_route_key(params.model.as_deref(), &r))
+        .unwrap_or_default();
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if !common.stream {
+        let result =
+            ready.run(Method::Generate, |call| Box::pin(super::super::methods::generate::generate(call, params, false))).await?;
+        let identity = Identity {
+            id,
+            created,
+            model: result.model.clone(),
+            fingerprint: fingerprint(&ready, &result.model_digest),
+        };
+        let reason = finish_reason(result.generation.finish_reason);
+        let logprobs = logprobs(&result, flavor);
+        let choice = match flavor {
+            Flavor::Chat => json!({"index": 0, "message": {"role": "assistant", "content": result.generation.text},
+                                   "logprobs": logprobs, "finish_reason": reason}),
+            Flavor::Completion => {
+                json!({"index": 0, "text": result.generation.text, "logprobs": logprobs, "finish_reason": reason})
+            }
+        };
+        let object = match flavor {
+            Flavor::Chat => "chat.completion",
+            Flavor::Completion => "text_completion",
+        };
+        let body = axum::Json(json!({
+            "id": identity.id, "object": object, "created": identity.created, "model": identity.model,
+            "system_fingerprint": identity.fingerprint, "choices": [choice], "usage": usage(&result),
+        }));
+        let cached = if result.cached { "hit" } else { "miss" };
+        let headers = [
+            (ENGINE_HEADER, ready.daemon.engine().id.clone()),
+            (CACHE_HEADER, cached.to_string()),
+            (ROUTE_KEY_HEADER, route),
+        ];
+        return Ok((headers, body).into_response());
+    }
+    // Streaming: errors found before the first piece (bad params, overload) get their own
+    // status; later ones arrive as an error event.
+    let mut events = ready.spawn(Some(Method::GenerateStream), move |call| {
+        Box::pin(super::super::methods::generate::generate(call, params, true))
+    });
+    let mut model = None;
+    let first = loop {
+        match events.recv().await.ok_or_else(|| ApiError::internal("the request ended without a result"))? {
+            Event::Model(info) => model = Some(info),
+            Event::Done(Err(error)) => return Err(error.into()),
+            event => break event,
+        }
+    };
+    let info = model.ok_or_else(|| ApiError::internal("the answer named no model"))?;
+    let identity = Identity { id, created, model: info.name.clone(), fingerprint: fingerprint(&ready, &info.digest) };
+    let include_usage = common.include_usage();
+    let mut opened = false;
+    let frames = event_stream(Some(first), events, move |event| {
+        let mut frames = Vec::new();
+        if !opened {
+            opened = true;
+            if let Flavor::Chat = flavor {
+                frames.push(chunk(&identity, flavor, json!({"role": "assistant", "content": ""}), None));
+            }
+        }
+        match event {
+            Event::Model(_) => {}
+            Event::Piece(text) => frames.push(chunk(&identity, flavor, json!({"content": text}), None)),
+            Event::Done(Ok(result)) => {
+                let reason = finish_reason(result.generation.finish_reason);
+                let mut last = chunk_value(&identity, flavor, json!({}), Some(reason));
+                last["choices"][0]["logprobs"] = logprobs(&result, flavor);
+                frames.push(sse(&last));
+                if include_usage {
+                    frames.push(sse(&json!({"id": identity.id, "object": object(flavor), "created": identity.created,
+                        "model": identity.model, "system_fingerprint": identity.fingerprint, "choices": [],
+                        "usage": usage(&result)})));
+                }
+                frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+            }
+            Event::Done(Err(error)) => frames.push(sse(&ApiError::from(error).body())),
+        }
+        frames
+    });
+    let engine = ready.daemon.engine().id.clone();
+    let headers = [
+        (header::CONTENT_TYPE.as_str(), "text/event-stream".to_string()),
+        (ENGINE_HEADER, engine),
+        (ROUTE_KEY_HEADER, route),
+    ];
+    Ok(([(header::CACHE_CONTROL, "no-cache")], headers, Body::from_stream(frames)).into_response())
+}
+
+fn object(flavor: Flavor) -> &'static str {
+    match flavor {
+        Flavor::Chat => "chat.completion.chunk",
+        Flavor::Completion => "text_completion",
+    }
+}
+
+fn sse(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+/// One server-sent event of a streamed answer.
+fn chunk(identity: &Identity, flavor: Flavor, delta: Value, reason: Option<&str>) -> Bytes {
+    sse(&chunk_value(identity, flavor, delta, reason))
+}
+
+fn chunk_value(identity: &Identity, flavor: Flavor, delta: Value, reason: Option<&str>) -> Value {
+    let choice = match flavor {
+        Flavor::Chat => json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": reason}),
+        Flavor::Completion => json!({"index": 0, "text": delta["content"].as_str().unwrap_or(""),
+                                     "logprobs": null, "finish_reason": reason}),
+    };
+    json!({"id": identity.id, "object": object(flavor), "created": identity.created, "model": identity.model,
+           "system_fingerprint": identity.fingerprint, "choices": [choice]})
+}
+
+/// A choice's `logprobs` in OpenAI's shape for `flavor` (null when none were asked for). A
+/// stream carries them all in its last chunk.
+fn logprobs(result: &GenerateResult, flavor: Flavor) -> Value {
+    let Some(steps) = &result.generation.logprobs else { return Value::Null };
+    match flavor {
+        Flavor::Chat => {
+            let entry = |t: &TokenLogprob| json!({"token": t.token, "logprob": t.logprob, "bytes": null});
+            let content: Vec<Value> = steps
+                .iter()
+                .map(|s| {
+                    let mut e = entry(&s.chosen);
+                    e["top_logprobs"] = s.top_logprobs.iter().map(entry).collect();
+                    e
+                })
+                .collect();
+            json!({"content": content})
+        }
+        Flavor::Completion => json!({
+            "tokens": steps.iter().map(|s| &s.chosen.token).collect::<Vec<_>>(),
+            "token_logprobs": steps.iter().map(|s| s.chosen.logprob).collect::<Vec<_>>(),
+            "top_logprobs": steps
+                .iter()
+                .map(|s| s.top_logprobs.iter().map(|t| (t.token.clone(), json!(t.logprob))).collect::<Map<_, _>>())
+                .collect::<Vec<_>>(),
+        }),
+    }
+}
+

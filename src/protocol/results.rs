@@ -1,0 +1,124 @@
+//! Every method's result, as it goes out.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::types::Generation;
+
+/// Result of `generate` / `generate_stream`: the engine's [`Generation`] (flattened on the
+/// wire) with the model's identity. Engine, cache and protocol share this one shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateResult {
+    /// What the engine produced.
+    #[serde(flatten)]
+    pub generation: Generation,
+    /// Model name.
+    pub model: String,
+    /// Model digest.
+    pub model_digest: String,
+    /// Whether the answer came from the cache.
+    #[serde(default)]
+    pub cached: bool,
+    /// The engine fingerprint the answer belongs to (`status`'s `engine_fingerprint`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine_fingerprint: String,
+}
+
+/// Result of `embed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedResult {
+    /// One unit vector per text, in order. Floats round-trip exactly through JSON.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Model name.
+    pub model: String,
+    /// Model digest.
+    pub model_digest: String,
+    /// The engine fingerprint the vectors belong to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine_fingerprint: String,
+    /// How many of the texts were answered from the cache.
+    #[serde(default)]
+    pub cached: usize,
+}
+
+/// Result of `rerank`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RerankResult {
+    /// One score in 0..=1 per document, in input order: P(yes) / (P(yes) + P(no)).
+    pub scores: Vec<f32>,
+    /// Document indexes, best first (ties by input order).
+    pub order: Vec<usize>,
+    /// Model name.
+    pub model: String,
+    /// Model digest.
+    pub model_digest: String,
+    /// The judging prompt's version ([`rerank::PROMPT_VERSION`]).
+    pub prompt_version: String,
+    /// The engine fingerprint the scores belong to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub engine_fingerprint: String,
+    /// How many of the documents were scored from the cache.
+    #[serde(default)]
+    pub cached: usize,
+}
+
+/// Result of `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The daemon's version.
+    pub version: String,
+    /// [`super::PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// Its process id.
+    pub pid: u32,
+}
+
+/// Result of `auth`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authenticated {
+    /// Always true (a wrong key is an error).
+    pub authenticated: bool,
+}
+
+/// Result of `reload`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// The status line after the reload (what `STATUS=` says).
+    pub status: String,
+}
+
+/// Result of `cache.clear`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cleared {
+    /// `generation`, `embedding` or `all`.
+    pub cleared: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_round_trip_bit_exactly() {
+        let mut x: u32 = 0x1234_5678;
+        let values: Vec<f32> = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                f32::from_bits(x)
+            })
+            .filter(|f| f.is_finite())
+            .collect();
+        let result = EmbedResult {
+            embeddings: vec![values.clone()],
+            model: "m".into(),
+            model_digest: "d".into(),
+            engine_fingerprint: String::new(),
+            cached: 0,
+        };
+        let line = serde_json::to_string(&result).unwrap();
+        let back: EmbedResult = serde_json::from_str(&line).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back.embeddings[0]), bits(&values));
+    }
+}
