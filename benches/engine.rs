@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use steadytext::config::Config;
+use steadytext::core::validate::ToRequest;
 use steadytext::protocol::{EmbedParams, GenerateParams};
 use steadytext::service::{EmbeddingService, GenerationService};
 

@@ -46,7 +46,7 @@ impl ApiKey {
     /// The key from the systemd credential `api-key` (`$CREDENTIALS_DIRECTORY`), else from
     /// `file`; None when neither is there.
     pub fn load(file: Option<&Path>) -> Result<Option<Self>> {
-        if let Some(text) = crate::config::env::credential(CREDENTIAL)? {
+        if let Some(text) = crate::env::credential(CREDENTIAL)? {
             return Self::new(&text, &format!("the credential {CREDENTIAL}")).map(Some);
         }
         let Some(file) = file else { return Ok(None) };

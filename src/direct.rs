@@ -2,6 +2,7 @@
 //! models loaded in this process (each once, and only when the cache lacks an answer), with a
 //! per-user snapshot folder (`~/.cache/steadytext`).
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -13,28 +14,22 @@ use crate::core::{Core, NoSink, PieceSink, Runner};
 use crate::engine::generate::GenerateRequest;
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles, ModelInfo, ModelKind};
-use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult};
+use crate::protocol::{EmbedParams, EmbedResult, GenerateResult, RerankParams, RerankResult};
 use crate::service::{self, Model};
 
-/// The per-user cache folder: `[cache] dir`, else `$XDG_CACHE_HOME/steadytext` (`~/.cache/steadytext`).
-pub fn user_cache_dir(config: &Config) -> Option<PathBuf> {
-    config.cache.dir.clone().or_else(|| dirs::cache_dir().map(|d| d.join("steadytext")))
-}
-
-/// The user's cache, loaded from its newest snapshot (None when caching is off or the engine
-/// cannot be fingerprinted).
-pub fn user_cache(config: &Config) -> Option<Cache> {
+/// The user's cache (when caching is on and the engine can be fingerprinted) and the engine's id.
+fn user_cache(config: &Config) -> (SharedCache, String) {
     let engine = crate::engine::fingerprint::fingerprint(config)
-        .inspect_err(|e| tracing::warn!(error = %e, "cannot fingerprint the engine; running without the cache"));
-    let mut cache = Cache::new(&config.cache, user_cache_dir(config), engine.ok().filter(|_| config.cache.enabled)?);
-    cache.load();
-    Some(cache)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot fingerprint the engine; running without the cache"))
+        .ok();
+    let id = engine.as_ref().map(|f| f.id.clone()).unwrap_or_default();
+    (SharedCache::new(engine.filter(|_| config.cache.enabled).map(|e| Cache::for_user(&config.cache, e))), id)
 }
 
-/// Models loaded in this process, on first use.
-struct LocalRunner<'a> {
+/// Models loaded in this process on first use, by kind and folder.
+pub struct LocalRunner<'a> {
     config: &'a Config,
-    loaded: Mutex<Vec<(ModelKind, PathBuf, Box<dyn Model>)>>,
+    loaded: Mutex<HashMap<(ModelKind, PathBuf), Box<dyn Model>>>,
 }
 
 impl Runner for LocalRunner<'_> {
@@ -51,9 +46,16 @@ impl Runner for LocalRunner<'_> {
         info.clone()
     }
 
-    async fn generate(&self, m: &Self::Model, request: GenerateRequest, sink: &mut dyn PieceSink, stream: bool) -> Result<GenerateResult> {
+    async fn generate(
+        &self,
+        m: &Self::Model,
+        request: GenerateRequest,
+        sink: &mut dyn PieceSink,
+        stream: bool,
+    ) -> Result<GenerateResult> {
         // Direct mode's sinks deliver at once: each piece's future is ready.
-        self.with(m, |model| model.generate(&request, &mut |text| !stream || sink.piece(text.into()).now_or_never().is_none_or(|r| r.is_ok())))
+        let mut on_piece = |text: &str| !stream || sink.piece(text.into()).now_or_never().is_none_or(|r| r.is_ok());
+        self.with(m, |model| model.generate(&request, &mut on_piece))
     }
 
     async fn embed(&self, m: &Self::Model, texts: Vec<String>, _: &mut dyn PieceSink) -> Result<EmbedResult> {
@@ -62,38 +64,27 @@ impl Runner for LocalRunner<'_> {
 }
 
 impl LocalRunner<'_> {
-    /// Runs `work` on the loaded model `m`, loading it first if it is not.
-    fn with<T>(&self, (kind, info): &(ModelKind, ModelInfo), work: impl FnOnce(&mut dyn Model) -> Result<T>) -> Result<T> {
+    /// Runs `f` on the model `m`, loading it first if it is not loaded.
+    fn with<T>(&self, (kind, info): &(ModelKind, ModelInfo), f: impl FnOnce(&mut dyn Model) -> Result<T>) -> Result<T> {
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        let at = match loaded.iter().position(|(k, dir, _)| k == kind && *dir == info.dir) {
-            Some(at) => at,
-            None => {
-                let model = service::load(*kind, self.config, Some(&info.dir.display().to_string()))?;
-                loaded.push((*kind, info.dir.clone(), model));
-                loaded.len() - 1
-            }
+        let model = match loaded.entry((*kind, info.dir.clone())) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(service::load(*kind, self.config, Some(&info.dir.display().to_string()))?),
         };
-        work(loaded[at].2.as_mut())
+        f(model.as_mut())
     }
 }
 
 /// Runs `use_case` on a [`Core`] of in-process models and the user's cache, then snapshots it.
-fn run<T>(config: &Config, use_case: impl AsyncFnOnce(&Core<'_, LocalRunner<'_>>) -> Result<T>) -> Result<T> {
-    let cache = SharedCache::new(user_cache(config));
-    let engine = crate::engine::fingerprint::fingerprint(config).map(|f| f.id).unwrap_or_default();
-    let runner = LocalRunner { config, loaded: Mutex::default() };
-    let core = Core::new(runner, &cache, config.into(), &engine);
+pub fn run<T>(config: &Config, use_case: impl AsyncFnOnce(&Core<'_, LocalRunner<'_>>) -> Result<T>) -> Result<T> {
+    let (cache, engine) = user_cache(config);
+    let core = Core::new(LocalRunner { config, loaded: Mutex::default() }, &cache, config.into(), &engine);
     let runtime = tokio::runtime::Builder::new_current_thread().build().map_err(|e| Error::io("tokio", e))?;
     let result = runtime.block_on(use_case(&core));
     if let Err(e) = cache.snapshot_if_dirty() {
         tracing::warn!(error = %e, "cannot write the per-user cache snapshot");
     }
     result
-}
-
-/// Generates in-process; pieces go to `sink` (a cached answer is one piece).
-pub fn generate(config: &Config, params: &GenerateParams, sink: &mut dyn PieceSink) -> Result<GenerateResult> {
-    run(config, async |core| core.generate(params, sink, true).await)
 }
 
 /// Embeds in-process; only texts missing from the cache load and run the model.

@@ -258,4 +258,3 @@ pub enum ValidationError {
     #[error("the query must not contain NUL characters")]
     NulInQuery,
 }
-

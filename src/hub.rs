@@ -149,7 +149,7 @@ impl Pull {
     /// A pull of `repo` (`owner/name`, or an alias: then pinned, into the folder of its name)
     /// with the endpoint and token from the environment.
     pub fn new(repo: &str, model_dir: &Path) -> Result<Self> {
-        let (endpoint, token) = crate::config::env::hub();
+        let (endpoint, token) = crate::env::hub();
         let endpoint = endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into());
         if let Some(a) = alias(repo) {
             return Ok(Pull {

@@ -4,7 +4,7 @@
 //! The modules the binaries and the integration tests use are public; the rest is `pub(crate)`.
 #![warn(missing_docs)]
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod cache;
 pub mod client;
 pub mod config;
@@ -13,17 +13,17 @@ pub mod daemon;
 pub mod direct;
 pub mod engine;
 pub mod env;
-pub mod error;
+pub(crate) mod error;
 pub(crate) mod fsutil;
 pub mod hub;
 pub mod model;
-pub mod onnx_proto;
+pub(crate) mod onnx_proto;
 pub mod protocol;
 pub(crate) mod runtime;
 pub mod service;
 pub mod store;
-pub mod tls;
-pub mod version;
+pub(crate) mod tls;
+pub(crate) mod version;
 
 #[cfg(test)]
 mod layering;

@@ -97,15 +97,6 @@ pub fn load(kind: ModelKind, config: &Config, name: Option<&str>) -> Result<Box<
     })
 }
 
-/// The configured model name of `kind`.
-pub fn configured(kind: ModelKind, config: &Config) -> &str {
-    match kind {
-        ModelKind::Generation => &config.generation_model,
-        ModelKind::Embedding => &config.embedding_model,
-        ModelKind::Rerank => &config.rerank_model,
-    }
-}
-
 /// Bytes of a KV arena holding `sequences` rows of up to `positions` positions: rows and
 /// capacity both grow by doubling (capacity from 64), so this is what the arena may reach.
 fn kv_arena_bytes(sequences: usize, positions: usize, per_position: usize) -> usize {

@@ -10,7 +10,8 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::{env, read_private_file, read_secret_file};
+use crate::config::{read_private_file, read_secret_file};
+use crate::env;
 use crate::error::{Error, Result};
 
 /// The systemd credential holding the daemon's PEM certificate chain.

@@ -11,8 +11,9 @@ use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 use steadytext::client::Target;
-use steadytext::config::{env, Config};
+use steadytext::config::Config;
 use steadytext::daemon::{self, listen, privileges};
+use steadytext::env;
 
 #[derive(Parser)]
 #[command(

@@ -3,7 +3,7 @@
 //! holds the one look-up / compute / store routine that the daemon and direct mode both use.
 
 mod flow;
-pub mod frecency;
+pub(crate) mod frecency;
 pub mod snapshot;
 
 use std::path::PathBuf;
@@ -125,6 +125,15 @@ impl Cache {
             dirty: false,
             engine,
         }
+    }
+
+    /// Direct mode's per-user cache, persisting into `[cache] dir`, else
+    /// `$XDG_CACHE_HOME/steadytext` (`~/.cache/steadytext`), loaded from its newest snapshot.
+    pub fn for_user(config: &CacheConfig, engine: Fingerprint) -> Self {
+        let dir = config.dir.clone().or_else(|| dirs::cache_dir().map(|d| d.join("steadytext")));
+        let mut cache = Cache::new(config, dir, engine);
+        cache.load();
+        cache
     }
 
     /// What keys name besides the request: the model and the engine.

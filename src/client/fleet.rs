@@ -17,7 +17,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::{Client, ClientError, ClientOptions, Target, MAX_RETRY_WAIT};
-use crate::protocol::{codes, Status};
+use crate::protocol::{codes, Method, NoParams, Status};
 
 /// The longest wait for an endpoint's fingerprint before the first request.
 const SURVEY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -139,8 +139,7 @@ impl Fleet {
                 .map(|t| {
                     let options = survey_options.clone();
                     scope.spawn(move || -> Result<String, ClientError> {
-                        let status: Status =
-                            Client::connect_with(t, options)?.call("status", &serde_json::json!({}))?;
+                        let status: Status = Client::connect_with(t, options)?.request(Method::Status, &NoParams {})?;
                         Ok(status.engine_fingerprint)
                     })
                 })

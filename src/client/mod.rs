@@ -7,15 +7,21 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod fleet;
+mod render;
+mod session;
 
 pub use fleet::{rank, Fleet, FleetError, Refusal};
+pub use render::{render_cache_stats, render_status};
+pub use session::{Served, Session, SessionError, SessionSettings};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::config::env::ClientEnv;
-use crate::protocol::{codes, Piece, Request, Response, RpcError, PIECE_NOTIFICATION, ROUTE_KEY_HEADER};
+use crate::env::ClientEnv;
+use crate::protocol::{
+    codes, AuthParams, Authenticated, Method, Piece, Request, Response, RpcError, PIECE_NOTIFICATION, ROUTE_KEY_HEADER,
+};
 
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,7 +237,7 @@ impl Client {
             pieces: 0,
         };
         if let (true, Some(key)) = (target.is_tcp(), key) {
-            let _: Value = client.call("auth", &json!({ "key": key }))?;
+            let _: Authenticated = client.request(Method::Auth, &AuthParams { key: key.clone() })?;
         }
         Ok(client)
     }
@@ -315,23 +321,23 @@ impl Client {
     }
 
     /// Calls `method` and waits for its result.
-    pub fn call<P: Serialize, R: DeserializeOwned>(&mut self, method: &str, params: &P) -> Result<R, ClientError> {
-        self.call_streaming(method, params, &mut |_| {})
+    pub fn request<P: Serialize, R: DeserializeOwned>(&mut self, method: Method, params: &P) -> Result<R, ClientError> {
+        self.request_streaming(method, params, &mut |_| {})
     }
 
     /// Calls `method`, passing each `generate.piece` notification's text to `on_piece`. A call
     /// refused as overloaded is tried again after the daemon's `retry_after_ms`, up to
     /// `options.retries` times (no piece has been sent then).
-    pub fn call_streaming<P: Serialize, R: DeserializeOwned>(
+    pub fn request_streaming<P: Serialize, R: DeserializeOwned>(
         &mut self,
-        method: &str,
+        method: Method,
         params: &P,
         on_piece: &mut dyn FnMut(&str),
     ) -> Result<R, ClientError> {
         let params = serde_json::to_value(params).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut tries = 0;
         loop {
-            match self.call_once(method, params.clone(), on_piece) {
+            match self.call_once(method.name(), params.clone(), on_piece) {
                 Err(ClientError::Rpc(e)) if e.code == codes::OVERLOADED && tries < self.options.retries => {
                     tries += 1;
                     let hint = e.data.as_ref().and_then(|d| d["retry_after_ms"].as_u64()).unwrap_or(100);
@@ -473,7 +479,7 @@ fn connect_tcp(addr: &str, timeout: Duration) -> std::io::Result<TcpStream> {
     Err(last)
 }
 
-/// The daemon address from the environment ([`crate::config::env::client`]):
+/// The daemon address from the environment ([`crate::env::client`]):
 /// `STEADYTEXT_DAEMON_HOST`/`_PORT` for TCP, else `STEADYTEXT_SOCKET`, else the per-user daemon's
 /// socket when one is there, else `system_socket`.
 pub fn target_from_env(env: &ClientEnv, system_socket: &Path) -> Result<Target, String> {

@@ -144,7 +144,8 @@ impl<'a, R: Runner> Core<'a, R> {
         let texts = valid.model_texts(&info)?;
         let tokens = if count { crate::engine::embed::token_count(&info.dir, &params.texts)? } else { 0 };
         let model = &model;
-        let mut result = self.cache.embed(&info, &texts, move |missing| self.runner.embed(model, missing, sink)).await?;
+        let mut result =
+            self.cache.embed(&info, &texts, move |missing| self.runner.embed(model, missing, sink)).await?;
         valid.shape(&mut result)?;
         Ok((EmbedResult { engine_fingerprint: self.engine.to_string(), ..result }, tokens))
     }
@@ -159,7 +160,8 @@ impl<'a, R: Runner> Core<'a, R> {
                 let info = self.runner.info(&model);
                 let (model, reborrowed) = (&model, &mut *sink);
                 let pairs = valid.pairs();
-                let scored = self.cache.embed(&info, &pairs, move |missing| self.runner.embed(model, missing, reborrowed));
+                let scored =
+                    self.cache.embed(&info, &pairs, move |missing| self.runner.embed(model, missing, reborrowed));
                 rerank::from_cross_encoder(scored.await?)?
             }
             None => {
@@ -190,7 +192,7 @@ impl<'a, R: Runner> Core<'a, R> {
     }
 
     /// Writes a snapshot now.
-    pub fn cache_snapshot(&self) -> Result<SnapshotInfo> {
-        self.cache.snapshot()?.ok_or(crate::error::Error::CacheDisabled)
+    pub fn cache_snapshot(&self) -> Result<Option<SnapshotInfo>> {
+        self.cache.snapshot()
     }
 }

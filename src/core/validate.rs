@@ -9,8 +9,8 @@ use crate::engine::generate::GenerateRequest;
 use crate::engine::logprobs::LogprobsRequest;
 use crate::engine::sampler::Sampling;
 use crate::engine::{cross_encoder, embed, rerank};
-pub use crate::error::ValidationError;
 use crate::error::Result;
+pub use crate::error::ValidationError;
 use crate::model::ModelInfo;
 use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, RerankParams};
 
@@ -296,14 +296,22 @@ mod tests {
     #[test]
     fn each_rule_has_its_own_error_with_the_words_clients_saw() {
         let limits = Limits { max_input_bytes: 4, max_new_tokens: 8, max_batch: 2 };
-        let settings = RequestSettings { limits: limits.clone(), default_seed: 1, max_new_tokens: 4, rerank_model: String::new() };
+        let settings =
+            RequestSettings { limits: limits.clone(), default_seed: 1, max_new_tokens: 4, rerank_model: String::new() };
         let refused = |p: GenerateParams| match generate(&p, &settings) {
             Err(Error::Validation(e)) => e,
             other => panic!("{other:?}"),
         };
-        assert_eq!(refused(GenerateParams { prompt: "12345".into(), ..Default::default() }),
-                   ValidationError::TooLong { what: "prompt", len: 5, limit: 4 });
-        let two = GenerateParams { prompt: "x".into(), regex: Some("a".into()), grammar: Some("b".into()), ..Default::default() };
+        assert_eq!(
+            refused(GenerateParams { prompt: "12345".into(), ..Default::default() }),
+            ValidationError::TooLong { what: "prompt", len: 5, limit: 4 }
+        );
+        let two = GenerateParams {
+            prompt: "x".into(),
+            regex: Some("a".into()),
+            grammar: Some("b".into()),
+            ..Default::default()
+        };
         assert_eq!(refused(two).to_string(), "give one constraint, not both regex and grammar");
         let many = RerankParams { query: "q".into(), documents: vec!["a".into(); 3], model: None };
         assert!(matches!(rerank(&many, &limits), Err(Error::Validation(ValidationError::TooMany { count: 3, .. }))));

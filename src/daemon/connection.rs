@@ -362,7 +362,6 @@ impl Out {
     }
 }
 
-
 /// How long, and how many bytes, a connection closed on an error still reads its client's input.
 const LINGER: Duration = Duration::from_millis(500);
 const LINGER_BYTES: usize = 64 * 1024;

@@ -306,38 +306,3 @@ fn model_gauge(out: &mut String, status: &Status, name: &str, help: &str, value:
         );
     }
 }
-
-/// Renders a `status` result for people (`stctl status`).
-pub fn render_text(status: &Status) -> String {
-    let m = &status.metrics;
-    let mut out = String::new();
-    let _ = writeln!(out, "steadytextd {} (protocol {}), pid {}", status.version, status.protocol, status.pid);
-    let _ = writeln!(out, "uptime:      {:.0} s", m.uptime_seconds);
-    for model in &status.models {
-        let _ = writeln!(
-            out,
-            "model:       {} {} ({}, queue {}, idle {:.0} s)",
-            model.kind.as_str(),
-            model.name,
-            model.digest,
-            model.queue_depth,
-            model.idle_seconds
-        );
-    }
-    if !status.engine_fingerprint.is_empty() {
-        let _ = writeln!(out, "engine:      {} ({})", status.engine_fingerprint, status.engine);
-    }
-    for missing in &status.unavailable {
-        let _ = writeln!(out, "unavailable: {} {}: {}", missing.kind.as_str(), missing.name, missing.reason);
-    }
-    let _ = writeln!(
-        out,
-        "requests:    {} ({} errors, {} overloaded)",
-        m.requests_total, m.errors_total, m.overloaded_total
-    );
-    let _ = writeln!(out, "in flight:   {} on {} connections", m.in_flight, m.connections);
-    let l = &m.latency_ms;
-    let _ = writeln!(out, "latency:     p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms", l.p50, l.p90, l.p99);
-    let _ = writeln!(out, "memory:      {:.1} MiB resident", m.rss_bytes as f64 / 1048576.0);
-    out
-}

@@ -13,7 +13,7 @@ mod http;
 pub mod listen;
 mod memory;
 mod methods;
-pub mod metrics;
+mod metrics;
 mod notify;
 mod peer;
 pub mod privileges;
@@ -139,7 +139,7 @@ fn start(
     let cache = SharedCache::new(config.cache.enabled.then(|| {
         // Earlier builds of the system unit kept snapshots in its state folder, which holds the
         // group-readable models now; snapshots have their own 0700 cache folder.
-        if let (None, Some(state)) = (&config.cache.dir, crate::config::env::state_directory()) {
+        if let (None, Some(state)) = (&config.cache.dir, crate::env::state_directory()) {
             let moved = crate::cache::snapshot::adopt(&state, &config.daemon_state_dir());
             if moved > 0 {
                 tracing::info!(moved, from = %state.display(), "cache snapshots moved to the cache folder");

@@ -19,7 +19,6 @@ use crate::protocol::UnavailableModel;
 
 use super::scheduler::{Loader, Worker};
 
-
 /// How long a request for a model that has no room yet waits for one (models loading or in use
 /// to be done) before it is refused as overload.
 const ROOM_WAIT: Duration = Duration::from_secs(120);
@@ -73,7 +72,7 @@ impl Entry {
 
     /// For the configured model of its kind: takes the name `config` gives that kind now.
     fn follow(&mut self, config: &Config) {
-        let now = crate::service::configured(self.kind, config);
+        let now = config.model_name(self.kind);
         if self.configured && !now.is_empty() && now != self.name {
             self.name = now.to_string();
             self.dir = folder_key(config, now).unwrap_or_else(|_| PathBuf::from(now));
@@ -179,7 +178,7 @@ impl Registry {
             .into_iter()
             .filter(|&kind| kind != ModelKind::Rerank || !config.rerank_model.is_empty())
             .map(|kind| {
-                let name = crate::service::configured(kind, config).to_string();
+                let name = config.model_name(kind).to_string();
                 let dir = folder_key(config, &name).unwrap_or_else(|_| PathBuf::from(&name));
                 let (slot, _) = watch::channel(Slot::Loading);
                 spawn_load(kind, &name, config, loader, &slot);
@@ -367,7 +366,7 @@ impl Registry {
     /// The worker for a request of `kind` naming `requested` (None: the configured model of that
     /// kind), once it has loaded; a model folder not loaded yet is loaded now (see the module).
     pub(crate) async fn get(&self, kind: ModelKind, requested: Option<&str>, config: &Config) -> Result<Arc<Worker>> {
-        let configured = crate::service::configured(kind, config);
+        let configured = config.model_name(kind);
         if let Some(name) = requested {
             check_name(name)?;
         }
@@ -474,7 +473,7 @@ mod tests {
             loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             std::thread::sleep(Duration::from_millis(30));
             let mut fake = Fake::new(kind);
-            fake.info.name = crate::service::configured(kind, config).to_string();
+            fake.info.name = config.model_name(kind).to_string();
             fake.info.dir = config.model_dir.join(&fake.info.name);
             Ok(Box::new(fake) as Box<dyn crate::service::Model>)
         })
@@ -598,7 +597,7 @@ mod tests {
             m.fetch_max(now, SeqCst);
             std::thread::sleep(Duration::from_millis(100));
             let mut fake = Fake::new(kind);
-            fake.info.name = crate::service::configured(kind, config).to_string();
+            fake.info.name = config.model_name(kind).to_string();
             fake.info.dir = config.model_dir.join(&fake.info.name);
             Ok(Box::new(Counted { fake, alive: a.clone() }) as Box<dyn crate::service::Model>)
         });

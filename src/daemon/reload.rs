@@ -42,4 +42,3 @@ pub(crate) async fn reload(daemon: &Daemon) -> crate::error::Result<()> {
     notify::ready(&daemon.status_line());
     outcome
 }
-

@@ -402,7 +402,7 @@ fn embed_merged(model: &mut dyn Model, batch: Vec<EmbedJob>, p: &Progress) {
 /// Loads the configured model again when its name, folder or digest changed.
 fn reload(model: &mut Box<dyn Model>, config: &Config, loader: &Loader) -> Result<Option<ModelInfo>> {
     let kind = model.kind();
-    let dir = crate::model::resolve_dir(&config.model_dir, crate::service::configured(kind, config))?;
+    let dir = crate::model::resolve_dir(&config.model_dir, config.model_name(kind))?;
     let digest = crate::model::ModelFiles::discover(&dir)?.digest()?;
     if model.info().dir == dir && model.info().digest == digest {
         return Ok(None);

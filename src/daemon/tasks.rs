@@ -7,8 +7,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::state::Daemon;
 use super::notify;
+use super::state::Daemon;
 
 /// Starts every background task; they end once `stopped` is cancelled.
 pub(crate) fn spawn_all(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &CancellationToken) {
@@ -106,4 +106,3 @@ fn spawn_status(tasks: &TaskTracker, daemon: &Arc<Daemon>, stopped: &Cancellatio
         Box::pin(async {})
     });
 }
-

@@ -355,8 +355,9 @@ const COUNTED_BYTES: usize = 16 * 1024;
 
 /// Tokens of `texts` under the model's tokenizer (with its own truncation), for `usage`.
 pub fn token_count(dir: &std::path::Path, texts: &[String]) -> Result<usize> {
-    static TOKENIZERS: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Arc<tokenizers::Tokenizer>>>> =
-        std::sync::OnceLock::new();
+    static TOKENIZERS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Arc<tokenizers::Tokenizer>>>,
+    > = std::sync::OnceLock::new();
     let tokenizer = {
         let mut map = TOKENIZERS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
         match map.get(dir) {

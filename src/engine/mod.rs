@@ -11,9 +11,8 @@ mod kv_arena;
 pub mod logprobs;
 pub mod rerank;
 pub mod sampler;
-pub mod template;
+pub(crate) mod template;
 pub mod types;
-
 
 use tokenizers::Tokenizer;
 

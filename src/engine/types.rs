@@ -116,4 +116,3 @@ pub struct Generation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<StepLogprobs>>,
 }
-

@@ -168,4 +168,3 @@ pub struct Piece {
     /// The next text piece (whole UTF-8 characters).
     pub text: String,
 }
-

@@ -95,6 +95,25 @@ fn readable_id(line: &[u8]) -> Option<&RawValue> {
     serde_json::from_slice::<IdOnly>(line).ok()?.id.filter(|id| is_valid_id(id))
 }
 
+/// Writes an `f32` as the `f64` it widens to (`0.004130002` as `0.004130002111196518`): the
+/// digits results have always had on the wire, since they were once encoded through
+/// `serde_json::Value`, which holds `f64`. Both read back to the same `f32` bits; the bytes of an
+/// answer stay what they were.
+struct WidenedFloats;
+
+impl serde_json::ser::Formatter for WidenedFloats {
+    fn write_f32<W: ?Sized + std::io::Write>(&mut self, writer: &mut W, value: f32) -> std::io::Result<()> {
+        self.write_f64(writer, f64::from(value))
+    }
+}
+
+/// `value` as JSON text in the wire's form (see [`WidenedFloats`]).
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Box<RawValue>> {
+    let mut out = Vec::new();
+    value.serialize(&mut serde_json::Serializer::with_formatter(&mut out, WidenedFloats))?;
+    RawValue::from_string(String::from_utf8(out).expect("serde_json writes UTF-8"))
+}
+
 /// A response line; `id` is the request's, as it was sent (byte for byte).
 #[derive(Serialize)]
 pub struct Reply<'a> {
@@ -169,5 +188,19 @@ mod tests {
         assert!(matches!(decode(b"{oops"), Decoded::One(Err((None, Error::Parse(_))))));
         assert!(matches!(decode(br#"["jsonrpc","2.0"]"#), Decoded::Batch(_)));
         assert!(matches!(decode(br#""str""#), Decoded::One(Err((None, Error::NotJsonRpc(_))))));
+    }
+
+    #[test]
+    fn floats_keep_the_digits_the_wire_always_had() {
+        let result = crate::protocol::EmbedResult {
+            embeddings: vec![vec![0.004130002, -3.7855227e-33, 1.0]],
+            model: "m".into(),
+            model_digest: "sha256:0".into(),
+            engine_fingerprint: String::new(),
+            cached: 0,
+        };
+        let old = serde_json::to_value(&result).unwrap().to_string();
+        assert_eq!(encode(&result).unwrap().get(), old);
+        assert!(old.contains("0.004130002111196518"), "{old}");
     }
 }

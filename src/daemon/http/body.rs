@@ -56,4 +56,3 @@ pub(crate) async fn read_body(body: Body, daemon: &Daemon) -> Result<Vec<u8>, Ap
     }
     Ok(bytes)
 }
-

@@ -195,4 +195,3 @@ async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, error: ApiError) {
     })
     .await;
 }
-

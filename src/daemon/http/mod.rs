@@ -148,7 +148,9 @@ pub(crate) fn liveness(front: &Front, limit: std::time::Duration) -> Response {
 
 /// `GET /metrics`: the `metrics` method's Prometheus text.
 async fn metrics(ready: Ready) -> Result<Response, ApiError> {
-    let text = ready.run(Method::Metrics, |call| Box::pin(async move { Ok(super::metrics::prometheus(&call.daemon.status())) })).await?;
+    let text = ready
+        .run(Method::Metrics, |call| Box::pin(async move { Ok(super::metrics::prometheus(&call.daemon.status())) }))
+        .await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 

@@ -18,5 +18,5 @@ pub(crate) fn snapshot(call: &Call<'_>, _: NoParams) -> Result<SnapshotInfo> {
     if !call.daemon.cache().is_enabled() {
         return Err(Error::CacheDisabled);
     }
-    tokio::task::block_in_place(|| call.core().cache_snapshot())
+    tokio::task::block_in_place(|| call.core().cache_snapshot())?.ok_or(Error::CacheDisabled)
 }

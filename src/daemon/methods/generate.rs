@@ -18,7 +18,11 @@ pub(crate) async fn embed(call: &mut Call<'_>, params: EmbedParams) -> Result<Em
 }
 
 /// `embed`, and with `count` the texts' tokens (for OpenAI's usage figures).
-pub(crate) async fn embed_counting(call: &mut Call<'_>, params: EmbedParams, count: bool) -> Result<(EmbedResult, usize)> {
+pub(crate) async fn embed_counting(
+    call: &mut Call<'_>,
+    params: EmbedParams,
+    count: bool,
+) -> Result<(EmbedResult, usize)> {
     let (result, tokens) = call.core().embed_counting(&params, &mut call.sink, count).await?;
     call.served.model.clone_from(&result.model);
     Ok((result, tokens))

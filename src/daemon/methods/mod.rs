@@ -32,7 +32,7 @@ fn parse<T: DeserializeOwned>(params: Value) -> Result<T> {
 
 /// A result as it goes on the wire.
 fn encode<T: Serialize>(result: T) -> Result<Box<RawValue>> {
-    serde_json::value::to_raw_value(&result)
+    crate::protocol::wire::encode(&result)
         .map_err(|e| Error::engine("the daemon", format!("cannot encode the result: {e}")))
 }
 

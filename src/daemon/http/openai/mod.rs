@@ -19,7 +19,7 @@ use crate::core::validate;
 use crate::engine::generate::FinishReason;
 use crate::engine::logprobs::TokenLogprob;
 use crate::error::Error;
-use crate::protocol::{GenerateParams, GenerateResult, Method, ROUTE_KEY_HEADER};
+use crate::protocol::{wire, GenerateParams, GenerateResult, Method, ROUTE_KEY_HEADER};
 use types::{ChatRequest, Common, CompletionRequest, Message};
 
 pub(super) use embeddings::{embeddings, models};
@@ -92,12 +92,11 @@ fn fingerprint(ready: &Ready, model_digest: &str) -> String {
     format!("fp_{}", &hex::encode(digest)[..16])
 }
 
-/// The answer's `id`: a hash of the params as JSON with sorted keys (the form ids have always
-/// been made from, so a request keeps its id), under `prefix`.
+/// The answer's `id`: a hash of the params in the wire's JSON form (the form ids have always been
+/// made from, so a request keeps its id), under `prefix`.
 fn answer_id(prefix: &str, params: &GenerateParams) -> Result<String, ApiError> {
-    let text = serde_json::to_string(params).map_err(|e| ApiError::internal(&e.to_string()))?;
-    let sorted: Value = serde_json::from_str(&text).map_err(|e| ApiError::internal(&e.to_string()))?;
-    Ok(format!("{prefix}-{}", &hex::encode(Sha256::digest(sorted.to_string()))[..24]))
+    let text = wire::encode(params).map_err(|e| ApiError::internal(&e.to_string()))?;
+    Ok(format!("{prefix}-{}", &hex::encode(Sha256::digest(text.get()))[..24]))
 }
 
 async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor: Flavor) -> Result<Response, ApiError> {
@@ -112,8 +111,9 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
         .unwrap_or_default();
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if !common.stream {
-        let result =
-            ready.run(Method::Generate, |call| Box::pin(super::super::methods::generate::generate(call, params, false))).await?;
+        let result = ready
+            .run(Method::Generate, |call| Box::pin(super::super::methods::generate::generate(call, params, false)))
+            .await?;
         let identity = Identity {
             id,
             created,
@@ -251,4 +251,3 @@ fn logprobs(result: &GenerateResult, flavor: Flavor) -> Value {
         }),
     }
 }
-

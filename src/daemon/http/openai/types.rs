@@ -214,4 +214,3 @@ impl Message {
         Ok(ChatMessage { role, content })
     }
 }
-

@@ -1,0 +1,121 @@
+//! The encoder backend: a BERT-like ONNX graph (or a decoder exported as an embedder).
+
+use std::borrow::Cow;
+
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorElementType};
+
+use crate::error::{Error, Result};
+
+use super::session::{bert_inputs, i64_tensor, inference};
+use super::{EncoderBackend, Hidden};
+
+/// An encoder ONNX export with `input_ids`, `attention_mask` and optional `token_type_ids`; or a
+/// decoder exported as an embedder (Qwen3-Embedding's ONNX form): `position_ids` and an empty KV
+/// cache (`past_key_values.*`, float32, heads and head size from the graph) are fed when it takes them.
+pub struct OnnxEncoder {
+    session: Session,
+    model: String,
+    has_token_type_ids: bool,
+    has_position_ids: bool,
+    /// Past KV inputs to feed empty: name, heads, head size.
+    empty_past: Vec<(String, usize, usize)>,
+}
+
+impl OnnxEncoder {
+    /// Wraps a session, checking its inputs.
+    pub fn new(session: Session, model: &str) -> Result<Self> {
+        let names: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        let mut empty_past = Vec::new();
+        for input in session.inputs().iter().filter(|i| i.name().starts_with("past_key_values.")) {
+            let dtype = input.dtype();
+            let dims: Vec<i64> = dtype.tensor_shape().map(|s| s.iter().copied().collect()).unwrap_or_default();
+            if dtype.tensor_type() != Some(TensorElementType::Float32) || dims.len() != 4 || dims[1] < 1 || dims[3] < 1
+            {
+                return Err(Error::model(
+                    model,
+                    format!("input {} is not a float32 [batch, heads, past, head_dim] KV cache with fixed heads and head size", input.name()),
+                ));
+            }
+            empty_past.push((input.name().to_string(), dims[1] as usize, dims[3] as usize));
+        }
+        let past: Vec<&str> = empty_past.iter().map(|(n, ..)| n.as_str()).collect();
+        let has_token_type_ids = bert_inputs(&session, model, "encoder", &["position_ids"], &past)?;
+        let has_position_ids = names.iter().any(|n| n == "position_ids");
+        Ok(OnnxEncoder { session, model: model.to_string(), has_token_type_ids, has_position_ids, empty_past })
+    }
+}
+
+impl OnnxEncoder {
+    /// A decoder embeds each (right-padded) row alone, unpadded, so that a text embeds the same
+    /// alone or in company by construction: nothing bounds what padding does to a decoder graph's
+    /// bits (left padding moved the shared SmolLM2's by 5e-5; right padding left the test's pair
+    /// unchanged, which is an observation, not a guarantee).
+    fn encode_rows_alone(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Hidden> {
+        let mut data = Vec::new();
+        let mut dim = 0;
+        for b in 0..batch {
+            let row = b * seq..(b + 1) * seq;
+            let len = mask[row.clone()].iter().take_while(|&&m| m == 1).count().max(1);
+            let alone = self.encode(&ids[row.start..row.start + len], &mask[row.start..row.start + len], 1, len)?;
+            dim = alone.dim;
+            data.resize(batch * seq * dim, 0.0);
+            data[b * seq * dim..(b * seq + len) * dim].copy_from_slice(&alone.data);
+        }
+        Ok(Hidden { data, seq, dim })
+    }
+}
+
+impl EncoderBackend for OnnxEncoder {
+    fn encode(&mut self, ids: &[i64], mask: &[i64], batch: usize, seq: usize) -> Result<Hidden> {
+        if !self.empty_past.is_empty() && batch > 1 {
+            return self.encode_rows_alone(ids, mask, batch, seq);
+        }
+        let model = self.model.clone();
+        let mut inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)> = vec![
+            ("input_ids".into(), i64_tensor([batch, seq], ids.to_vec(), &model)?.into()),
+            ("attention_mask".into(), i64_tensor([batch, seq], mask.to_vec(), &model)?.into()),
+        ];
+        if self.has_token_type_ids {
+            inputs.push(("token_type_ids".into(), i64_tensor([batch, seq], vec![0; batch * seq], &model)?.into()));
+        }
+        if self.has_position_ids {
+            let positions = (0..batch).flat_map(|_| 0..seq as i64).collect();
+            inputs.push(("position_ids".into(), i64_tensor([batch, seq], positions, &model)?.into()));
+        }
+        for (name, heads, head_dim) in &self.empty_past {
+            let empty =
+                Tensor::from_array(([batch, *heads, 0, *head_dim], Vec::<f32>::new())).map_err(inference(&model))?;
+            inputs.push((name.clone().into(), empty.into_dyn().into()));
+        }
+        let outputs = self.session.run(inputs).map_err(inference(&model))?;
+        let hidden = outputs
+            .get("last_hidden_state")
+            .or_else(|| outputs.get("token_embeddings"))
+            .ok_or_else(|| Error::model(&model, "encoder ONNX graph has no `last_hidden_state` output"))?;
+        let (shape, data) = hidden.try_extract_tensor::<f32>().map_err(inference(&model))?;
+        if shape.len() != 3 || shape[0] as usize != batch || shape[1] as usize != seq {
+            return Err(Error::model(&model, format!("unexpected hidden state shape {shape:?}")));
+        }
+        Ok(Hidden { data: data.to_vec(), seq, dim: shape[2] as usize })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::backend::session::shared_minilm;
+
+    #[test]
+    fn a_padded_batch_gives_each_position_its_hidden_state() {
+        let mut encoder = OnnxEncoder::new(shared_minilm(), "minilm").unwrap();
+        // [CLS] hello world [SEP], and [CLS] hello [SEP] right-padded to 4.
+        let ids = [101, 7592, 2088, 102, 101, 7592, 102, 0];
+        let mask = [1, 1, 1, 1, 1, 1, 1, 0];
+        let hidden = encoder.encode(&ids, &mask, 2, 4).unwrap();
+        assert_eq!((hidden.seq, hidden.dim, hidden.data.len()), (4, 384, 2 * 4 * 384));
+        assert!(hidden.data.iter().all(|v| v.is_finite()));
+        let err = encoder.encode(&ids, &mask, 2, 3).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("minilm"), "a shape mismatch is the model's error: {err}");
+    }
+}

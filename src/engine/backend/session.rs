@@ -1,0 +1,180 @@
+//! ONNX Runtime sessions with the project's fixed options, and what the backends share: the
+//! input checks and tensor helpers.
+
+use std::path::Path;
+
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor};
+
+use crate::config::Device;
+use crate::error::{Error, Result};
+
+/// Fixed session settings; every one of them is part of the determinism contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionSettings {
+    /// Intra-op threads.
+    pub intra_threads: usize,
+    /// Execution provider.
+    pub device: Device,
+    /// CUDA device ordinal.
+    pub cuda_device_id: i32,
+}
+
+/// Whether a model's runs repeat their input shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shapes {
+    /// An encoder's: batches of a few sizes. ONNX Runtime's memory pattern (one block planned per
+    /// input shape, kept) pays off.
+    Repeating,
+    /// A decoder's: every step has another past length. A memory pattern per shape would be
+    /// planned, allocated and kept for each one (measured: a 2,600-token generation's RSS grew by
+    /// 1.3 GB with it, stayed flat without it); it is off. It changes no number either way.
+    PerStep,
+}
+
+/// Builds an ONNX Runtime session with the project's fixed options.
+#[allow(clippy::result_large_err)] // the large error type is ort's own builder error
+pub fn build_session(
+    env: &ort::environment::Environment,
+    onnx: &Path,
+    model: &str,
+    s: SessionSettings,
+    shapes: Shapes,
+) -> Result<Session> {
+    let fail = |e: String| {
+        Error::model(
+            model,
+            format!(
+                "cannot load {}: {e}; the file is corrupt or not an ONNX model, fetch the model again",
+                onnx.display()
+            ),
+        )
+    };
+    // Intra-op threads spin (between the many small nodes of a decode step, parking and waking
+    // them cost ~35% of decode speed) and keep spinning a bounded moment after a Run() returns,
+    // so the next step or sub-batch finds them awake; then they sleep. Measured idle CPU of the
+    // daemon over 10 s: 0.5% right after work, 0.1% after that (with
+    // `session.force_spinning_stop` = 1: 0.2%, and one-text embeds ~5% slower). Spinning changes
+    // no number.
+    let configure = |b: SessionBuilder| -> std::result::Result<SessionBuilder, ort::Error<SessionBuilder>> {
+        b.with_optimization_level(GraphOptimizationLevel::All)?
+            .with_intra_threads(s.intra_threads)?
+            .with_inter_threads(1)?
+            .with_parallel_execution(false)?
+            .with_intra_op_spinning(true)?
+            .with_config_entry("session.force_spinning_stop", "0")?
+            .with_inter_op_spinning(false)?
+            .with_deterministic_compute(true)?
+            .with_memory_pattern(shapes == Shapes::Repeating)
+    };
+    let builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
+    let mut builder = configure(builder).map_err(|e| fail(e.to_string()))?;
+    // No arena: ONNX Runtime's CPU arena keeps the peak of every run (a long sequence's KV
+    // cache, a large batch's attention scores) for the life of the process; with plain
+    // allocations the worker gives that memory back after large jobs (malloc_trim). Decode
+    // speed measured the same (40.3-40.9 vs 39.8-40.7 tokens/s, 48 tokens through the daemon).
+    if s.device == Device::Cpu {
+        builder = builder
+            .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    if s.device == Device::Cuda {
+        let cuda =
+            ort::ep::CUDA::default().with_device_id(s.cuda_device_id).with_tf32(false).build().error_on_failure();
+        builder = builder
+            .with_execution_providers([cuda])
+            .map_err(|e| Error::model(model, format!("CUDA execution provider unavailable: {e}; install the CUDA build of ONNX Runtime and CUDA 13 libraries, or set device = \"cpu\"")))?;
+    }
+    std::fs::File::open(onnx).map_err(|e| Error::io(onnx, e))?;
+    builder.commit_from_file(onnx).map_err(|e| fail(e.to_string()))
+}
+
+/// Maps ONNX Runtime's failures to the model's inference error.
+pub(super) fn inference(model: &str) -> impl Fn(ort::Error) -> Error + '_ {
+    move |source| Error::Inference { model: model.to_string(), source }
+}
+
+/// An int64 tensor of `shape`.
+pub(super) fn i64_tensor(shape: [usize; 2], data: Vec<i64>, model: &str) -> Result<DynValue> {
+    Tensor::from_array((shape, data)).map(|t| t.into_dyn()).map_err(inference(model))
+}
+
+/// Refuses a graph with an input steadytext does not feed, in one line saying which and why.
+pub(super) fn check_inputs(session: &Session, model: &str, what: &str, fed: &[&str], past: &[&str]) -> Result<()> {
+    match session.inputs().iter().map(|i| i.name()).find(|n| !fed.contains(n) && !past.contains(n)) {
+        None => Ok(()),
+        Some(other) => Err(Error::model(
+            model,
+            format!(
+                "the {what} ONNX graph takes input `{other}`, which steadytext does not feed (it feeds {}{}); use an export without it",
+                fed.join(", "),
+                if past.is_empty() { "" } else { " and the KV cache" }
+            ),
+        )),
+    }
+}
+
+/// Checks that a `what` graph (encoder, cross-encoder) takes `input_ids` and `attention_mask`,
+/// and nothing but those, `token_type_ids`, the `optional` inputs and the `past` cache; whether
+/// it takes `token_type_ids`.
+pub(super) fn bert_inputs(
+    session: &Session,
+    model: &str,
+    what: &str,
+    optional: &[&str],
+    past: &[&str],
+) -> Result<bool> {
+    let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    for required in ["input_ids", "attention_mask"] {
+        if !names.contains(&required) {
+            return Err(Error::model(model, format!("{what} ONNX graph has no `{required}` input")));
+        }
+    }
+    let fed: Vec<&str> = ["input_ids", "attention_mask", "token_type_ids"].iter().chain(optional).copied().collect();
+    check_inputs(session, model, what, &fed, past)?;
+    Ok(names.contains(&"token_type_ids"))
+}
+
+/// A session of the shared MiniLM encoder (`STEADYTEXT_MODEL_DIR`, else `../shared/models`).
+#[cfg(test)]
+pub(super) fn shared_minilm() -> Session {
+    let dir = std::env::var_os("STEADYTEXT_MODEL_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
+    build_session(test_env(), &dir.join("all-MiniLM-L6-v2/model.onnx"), "minilm", TEST_SETTINGS, Shapes::Repeating)
+        .unwrap()
+}
+
+/// ONNX Runtime from `ORT_DYLIB_PATH` (what `make` sets up), its hash not checked.
+#[cfg(test)]
+fn test_env() -> &'static ort::environment::Environment {
+    let spec = crate::runtime::RuntimeSpec::resolve(None, Some("any"));
+    crate::runtime::environment(&spec).expect("ONNX Runtime loads (ORT_DYLIB_PATH)")
+}
+
+#[cfg(test)]
+const TEST_SETTINGS: SessionSettings = SessionSettings { intra_threads: 1, device: Device::Cpu, cuda_device_id: 0 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_graph_input_that_is_not_fed_is_refused_by_name() {
+        let session = shared_minilm();
+        assert!(bert_inputs(&session, "minilm", "encoder", &[], &[]).unwrap(), "MiniLM takes token_type_ids");
+        let err = check_inputs(&session, "minilm", "encoder", &["input_ids", "attention_mask"], &[]).unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("`token_type_ids`") && err.contains("it feeds input_ids, attention_mask"), "{err}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_onnx_says_to_fetch_the_model_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("model.onnx");
+        std::fs::write(&bad, b"not a model").unwrap();
+        let err = build_session(test_env(), &bad, "bad", TEST_SETTINGS, Shapes::PerStep).unwrap_err().to_string();
+        assert!(err.contains("fetch the model again"), "{err}");
+    }
+}
