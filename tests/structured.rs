@@ -72,7 +72,7 @@ fn cases() -> Vec<Value> {
         .flat_map(|framing| {
             schemas.iter().map(move |c| {
                 json!({"prompt": format!("{framing}{}", c["prompt"].as_str().unwrap()), "schema": c["schema"],
-                       "max_new_tokens": 200})
+                       "max_new_tokens": 400})
             })
         })
         .collect();
@@ -117,6 +117,20 @@ fn answers(d: &Daemon, cases: &[Value]) -> Vec<Value> {
 /// them): on the shared model, every one of 20 such schemas gives valid, closed JSON within 96
 /// tokens (objects are closed, enum arrays and integers bounded: see `Constraint::schema`), and a
 /// budget that still runs out says which part never closed, with its own error code.
+/// Checks every answer against its constraint with independent validators (Python's jsonschema,
+/// re.fullmatch, membership: tests/structured/validate.py); what they report.
+fn validate_externally(cases: &[Value], answers: &[Value]) -> String {
+    let checked: Vec<Value> = cases.iter().zip(answers).map(|(p, a)| json!({"params": p, "text": a["text"]})).collect();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec(&checked).unwrap()).unwrap();
+    let python = common::venv_python("tests/python/requirements.txt");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/structured/validate.py");
+    let out = std::process::Command::new(python).arg(script).arg(file.path()).output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    report
+}
+
 #[test]
 fn schemas_left_open_give_closed_json_within_a_small_budget() {
     let cases: Vec<Value> = serde_json::from_str(include_str!("structured/open_schemas.json")).unwrap();
@@ -125,14 +139,7 @@ fn schemas_left_open_give_closed_json_within_a_small_budget() {
     assert_eq!(cases.len(), 20);
     let d = Daemon::socket_activated("", &[]);
     let answers = answers(&d, &cases);
-    let checked: Vec<Value> =
-        cases.iter().zip(&answers).map(|(p, a)| json!({"params": p, "text": a["text"]})).collect();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(&checked).unwrap()).unwrap();
-    let python = common::venv_python("tests/python/requirements.txt");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/structured/validate.py");
-    let out = std::process::Command::new(python).arg(script).arg(file.path()).output().unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    validate_externally(&cases, &answers);
     let short = json!({"prompt": "Numbers as JSON.", "max_new_tokens": 12,
                        "schema": {"type": "object", "properties": {"n": {"type": "array", "items": {"type": "number"}}}}});
     let answer = d.connect().call("generate", short);
@@ -191,15 +198,7 @@ fn every_answer_satisfies_its_constraint_alike_in_daemon_and_direct_mode() {
     }
 
     // Every answer checked by independent validators.
-    let checked: Vec<Value> =
-        cases.iter().zip(&answers).map(|(p, a)| json!({"params": p, "text": a["text"]})).collect();
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), serde_json::to_vec(&checked).unwrap()).unwrap();
-    let python = common::venv_python("tests/python/requirements.txt");
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/structured/validate.py");
-    let out = std::process::Command::new(python).arg(script).arg(file.path()).output().unwrap();
-    let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    let report = validate_externally(&cases, &answers);
     let grammar = answers.last().unwrap()["text"].as_str().unwrap();
     let items: Vec<&str> = grammar.split(',').collect();
     assert!(

@@ -63,6 +63,12 @@ pub fn embedding_route_key(model: Option<&str>, mode: Option<&str>, texts: &[Str
     hex::encode(&key("embed", model.unwrap_or(""), &material)[..16])
 }
 
+/// A load balancer's route key for a rerank: its query's (a fleet sends the same query to the
+/// daemon holding its documents' judgements), as the route key of the query's judgement alone.
+pub fn rerank_route_key(model: Option<&str>, query: &str) -> String {
+    generation_route_key(model, &crate::engine::rerank::judgement(query, ""))
+}
+
 /// The key of one text's embedding.
 pub fn embedding_key(model_digest: &str, text: &str) -> Key {
     key("embed", model_digest, text.as_bytes())
@@ -503,6 +509,16 @@ pub(crate) mod tests {
         ];
         let pinned = GOLDEN_KEYS;
         assert_eq!(got, pinned, "a cache or route key changed");
+    }
+
+    /// A rerank's route key (stctl's, for a fleet) is its query's judgement's: pinned like the others.
+    #[test]
+    fn the_rerank_route_key_does_not_change() {
+        assert_eq!(rerank_route_key(Some("SmolLM2-135M-Instruct"), "sea"), "74b26e17c66b77bf74b9617109246ec3");
+        assert_eq!(
+            rerank_route_key(None, "sea"),
+            generation_route_key(None, &crate::engine::rerank::judgement("sea", ""))
+        );
     }
 
     #[test]

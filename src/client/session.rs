@@ -265,11 +265,9 @@ impl Session {
         self.serve(Some(&route_key), |c| c.request(Method::Embed, params), || direct::embed(&self.config, params))
     }
 
-    /// Reranks. A fleet routes a rerank by its query: the same query finds its documents'
-    /// judgements.
+    /// Reranks (routed by its query: see [`cache::rerank_route_key`]).
     pub fn rerank(&self, params: &RerankParams) -> Result<(RerankResult, Served), SessionError> {
-        let route_key =
-            cache::generation_route_key(params.model.as_deref(), &crate::engine::rerank::judgement(&params.query, ""));
+        let route_key = cache::rerank_route_key(params.model.as_deref(), &params.query);
         self.serve(Some(&route_key), |c| c.request(Method::Rerank, params), || direct::rerank(&self.config, params))
     }
 

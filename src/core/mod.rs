@@ -33,7 +33,8 @@ pub trait PieceSink: Send {
     fn is_broken(&self) -> bool;
     /// Whether the client has gone.
     fn peer_gone(&self) -> bool;
-    /// The model that answers, once it is known (before any piece).
+    /// The model that answers, once it is known (before any piece). A sink that wraps another
+    /// passes it on.
     fn model(&mut self, info: &ModelInfo) {
         let _ = info;
     }

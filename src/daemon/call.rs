@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use crate::core::{Core, PieceSink, SinkFuture};
 use crate::error::Result;
+use crate::model::ModelInfo;
 use crate::protocol::Method;
 
 use super::peer::Peer;
@@ -85,5 +86,9 @@ impl PieceSink for FirstPiece<'_> {
 
     fn peer_gone(&self) -> bool {
         self.inner.peer_gone()
+    }
+
+    fn model(&mut self, info: &ModelInfo) {
+        self.inner.model(info);
     }
 }

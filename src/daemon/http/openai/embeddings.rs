@@ -11,6 +11,7 @@ use super::super::ApiError;
 use super::types::EmbeddingsRequest;
 use super::{CACHE_HEADER, ENGINE_HEADER};
 use crate::cache::embedding_route_key;
+use crate::daemon::methods::generate as methods;
 use crate::error::Error;
 use crate::protocol::{EmbedParams, Method, ROUTE_KEY_HEADER};
 
@@ -29,9 +30,8 @@ pub(in super::super) async fn embeddings(ready: Ready, body: Body) -> Result<Res
     let route = embedding_route_key(Some(&request.model), None, &texts);
     let params = EmbedParams { texts, model: Some(request.model), mode: None, dimensions: request.dimensions };
     let count = params.texts.len();
-    let (result, tokens) = ready
-        .run(Method::Embed, |call| Box::pin(super::super::super::methods::generate::embed_counting(call, params, true)))
-        .await?;
+    let (result, tokens) =
+        ready.run(Method::Embed, |call| Box::pin(methods::embed_counting(call, params, true))).await?;
     let mut data = Vec::with_capacity(result.embeddings.len());
     for (index, vector) in result.embeddings.into_iter().enumerate() {
         let embedding = if base64 {

@@ -16,6 +16,7 @@ use super::run::{event_stream, Event, Ready};
 use super::{body::read_json, ApiError};
 use crate::cache::generation_route_key;
 use crate::core::validate;
+use crate::daemon::methods::generate as methods;
 use crate::engine::generate::FinishReason;
 use crate::engine::logprobs::TokenLogprob;
 use crate::error::Error;
@@ -111,9 +112,7 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
         .unwrap_or_default();
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if !common.stream {
-        let result = ready
-            .run(Method::Generate, |call| Box::pin(super::super::methods::generate::generate(call, params, false)))
-            .await?;
+        let result = ready.run(Method::Generate, |call| Box::pin(methods::generate(call, params, false))).await?;
         let identity = Identity {
             id,
             created,
@@ -147,9 +146,8 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
     }
     // Streaming: errors found before the first piece (bad params, overload) get their own
     // status; later ones arrive as an error event.
-    let mut events = ready.spawn(Some(Method::GenerateStream), move |call| {
-        Box::pin(super::super::methods::generate::generate(call, params, true))
-    });
+    let mut events =
+        ready.spawn(Some(Method::GenerateStream), move |call| Box::pin(methods::generate(call, params, true)));
     let mut model = None;
     let first = loop {
         match events.recv().await.ok_or_else(|| ApiError::internal("the request ended without a result"))? {
