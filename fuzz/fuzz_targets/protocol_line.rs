@@ -1,14 +1,15 @@
 //! A request line, decoded as the daemon decodes it, then each request's params parsed and
-//! validated as `generate` / `embed` / `cache.clear` would: nothing may panic.
+//! validated as `generate` / `embed` / `rerank` / `cache.clear` would: nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use steadytext::config::Config;
+use steadytext::core::validate::{self, RequestSettings};
 use steadytext::protocol::wire::{decode, Decoded};
-use steadytext::protocol::{EmbedParams, GenerateParams, RpcError};
+use steadytext::protocol::{CacheClearParams, EmbedParams, GenerateParams, RerankParams, RpcError};
 
 fuzz_target!(|line: &[u8]| {
-    let config = Config::default();
+    let settings = RequestSettings::from(&Config::default());
     let requests = match decode(line) {
         Decoded::One(r) => vec![r],
         Decoded::Batch(rs) => rs,
@@ -21,11 +22,15 @@ fuzz_target!(|line: &[u8]| {
         match request {
             Ok(r) => {
                 if let Ok(p) = serde_json::from_value::<GenerateParams>(r.params.clone()) {
-                    let _ = p.to_request(&config);
+                    let _ = validate::generate(&p, &settings);
                 }
-                if let Ok(p) = serde_json::from_value::<EmbedParams>(r.params) {
-                    let _ = p.validate(&config.limits);
+                if let Ok(p) = serde_json::from_value::<EmbedParams>(r.params.clone()) {
+                    let _ = validate::embed(&p, &settings.limits);
                 }
+                if let Ok(p) = serde_json::from_value::<RerankParams>(r.params.clone()) {
+                    let _ = validate::rerank(&p, &settings.limits);
+                }
+                let _ = serde_json::from_value::<CacheClearParams>(r.params);
             }
             Err((_, e)) => {
                 let _ = RpcError::from(&e);
