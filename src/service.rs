@@ -2,11 +2,15 @@
 //! results out. [`Model`] is the small trait a worker drives (ONNX services here, scripted fakes
 //! in tests), so both modes give the same bytes.
 
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::engine::backend::{BatchDecode, OnnxKv};
 use crate::engine::cross_encoder::CrossEncoder;
 use crate::engine::fingerprint::fingerprint;
 use crate::engine::generate::{GenerateRequest, Sequence};
+use crate::engine::prefix::{PrefixState, PrefixStats};
 use crate::engine::{load_cross_encoder, load_embedder, load_generator, OnnxEmbedder, OnnxGenerator};
 use crate::error::{Error, Result};
 use crate::model::ModelInfo;
@@ -81,6 +85,10 @@ pub trait Model: Send {
             }
         }
     }
+    /// Its prefix cache's state and counters (generation models).
+    fn prefix_stats(&self) -> Option<Arc<PrefixStats>> {
+        None
+    }
     /// Embeds a batch; one vector per text, in order.
     fn embed(&mut self, texts: &[String]) -> Result<EmbedResult> {
         let _ = texts;
@@ -124,6 +132,16 @@ fn kv_budget(batch_kv_mb: usize, model: &str) -> usize {
     }
 }
 
+/// The bytes one generation model's prefix cache may hold: `[cache] prefix_mb`, and at most an
+/// eighth of the memory the process's cgroup allows.
+fn prefix_budget(prefix_mb: usize) -> usize {
+    let configured = prefix_mb.saturating_mul(1 << 20);
+    match crate::fsutil::cgroup_memory_max() {
+        Some(max) => configured.min((max / 8) as usize),
+        None => configured,
+    }
+}
+
 /// A loaded generation model and its active generations.
 pub struct GenerationService {
     info: ModelInfo,
@@ -140,6 +158,14 @@ impl GenerationService {
     /// Loads `name` (default: the configured generation model).
     pub fn load(config: &Config, name: Option<&str>) -> Result<Self> {
         let (info, generator) = load_generator(config, name.unwrap_or(&config.generation_model))?;
+        let generator = generator.with_prefix_cache(prefix_budget(config.cache.prefix_mb))?;
+        match generator.prefix_state() {
+            PrefixState::On => {
+                let budget_mb = generator.prefix_stats().budget_bytes.load(Ordering::Relaxed) >> 20;
+                tracing::info!(model = %info.name, budget_mb, "prompt prefixes are cached (prefix-reuse probe passed)");
+            }
+            PrefixState::Off(reason) => tracing::info!(model = %info.name, %reason, "prompt prefixes are not cached"),
+        }
         // Either way up to batch_sequences generations are in progress together, so that a long
         // one never holds the others back: batched, their decode steps are one model call; else
         // each step runs every one of them alone, in turn (the same bits as alone).
@@ -163,6 +189,11 @@ impl GenerationService {
         })
     }
 
+    /// Whether its prefix cache serves (else why not).
+    pub fn prefix_state(&self) -> PrefixState {
+        self.generator.prefix_state()
+    }
+
     /// How its decode steps run when several generations are in progress.
     pub fn batching(&self) -> BatchDecode {
         self.generator.batching()
@@ -174,7 +205,9 @@ impl GenerationService {
     }
 
     fn result(&self, sequence: Sequence<OnnxKv>) -> Result<GenerateResult> {
+        let prefix_tokens = sequence.prefix_tokens();
         Ok(GenerateResult {
+            prefix_tokens,
             generation: sequence.finish()?,
             model: self.info.name.clone(),
             model_digest: self.info.digest.clone(),
@@ -272,6 +305,10 @@ impl Model for GenerationService {
 
     fn cancel(&mut self, id: u64) {
         self.active.retain(|(active, _)| *active != id);
+    }
+
+    fn prefix_stats(&self) -> Option<Arc<PrefixStats>> {
+        Some(self.generator.prefix_stats().clone())
     }
 }
 

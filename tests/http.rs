@@ -25,6 +25,21 @@ fn f32_bits(line: &str) -> Vec<u64> {
     values.iter().map(|v| u64::from(v.to_bits())).collect()
 }
 
+/// A log without its terminal colours.
+fn plain(log: &str) -> String {
+    let mut out = String::new();
+    let mut escape = false;
+    for c in log.chars() {
+        match (escape, c) {
+            (false, '\u{1b}') => escape = true,
+            (true, 'm') => escape = false,
+            (false, c) => out.push(c),
+            (true, _) => {}
+        }
+    }
+    out
+}
+
 #[test]
 fn the_openai_package_gets_stctls_answers() {
     let python = python();
@@ -48,6 +63,13 @@ fn the_openai_package_gets_stctls_answers() {
     let usage: Vec<u64> = serde_json::from_value(got["chat_usage"].clone()).unwrap();
     assert_eq!(usage[0] + usage[1], usage[2]);
     assert!(got["fingerprint"].as_str().unwrap().starts_with("fp_"));
+    // The second turn of a conversation reused the first turn's prompt (whole 64-token calls of
+    // it), as OpenAI's usage and the request log say.
+    let cached: Vec<usize> = serde_json::from_value(got["conversation_cached_tokens"].clone()).unwrap();
+    assert_eq!(cached[0], 0);
+    assert_eq!(cached[1], cached[2] / 64 * 64, "{cached:?}");
+    let log = plain(&daemon.log());
+    assert!(log.contains(&format!("prefix_tokens={}", cached[1])), "{log}");
 
     // Log-probabilities through the OpenAI shapes are stctl's (f32 values printed as f64).
     let stctl_logprobs: Value = serde_json::from_str(&daemon.stctl(&[
@@ -105,6 +127,8 @@ fn the_openai_package_gets_stctls_answers() {
     assert_eq!(metrics["steadytext_cache_hits"]["type"], "counter");
     assert_eq!(metrics["steadytext_cache_misses"]["type"], "counter");
     assert_eq!(metrics["steadytext_queue_depth"]["type"], "gauge");
+    assert_eq!(metrics["steadytext_prefix_cache_hits"]["type"], "counter");
+    assert_eq!(metrics["steadytext_prefix_cache_bytes"]["type"], "gauge");
 }
 
 #[test]

@@ -87,17 +87,24 @@ fn generation_is_identical_across_runs_and_thread_counts() {
 
 #[test]
 fn long_prompts_are_fed_in_fixed_chunks_deterministically() {
-    use steadytext::engine::generate::PREFILL_CHUNK;
+    use steadytext::engine::prefix::chunk_len;
     let prompt = "The history of the lighthouse, told slowly. ".repeat(130);
     let req = request(&prompt, 8);
     let (_, mut one) = load_generator(&common::config(1), "SmolLM2-135M-Instruct").unwrap();
     let mut stream = one.stream(&req).unwrap();
     let pieces: Vec<String> = stream.by_ref().map(Result::unwrap).collect();
     let first = stream.finish().unwrap();
-    assert!(first.prompt_tokens > 2 * PREFILL_CHUNK, "prompt of {} tokens", first.prompt_tokens);
-    // One (empty) piece per prefill call before any text: the watchdog and cancellation see progress.
-    let prefill_calls = first.prompt_tokens.div_ceil(PREFILL_CHUNK) - 1;
-    assert!(pieces[..prefill_calls].iter().all(String::is_empty), "{pieces:?}");
+    let n = first.prompt_tokens;
+    assert!(n > 1024, "prompt of {n} tokens");
+    // One (empty) piece per prefill call but the last before any text: the watchdog and
+    // cancellation see progress. Calls end at the prefill boundaries.
+    let (mut fed, mut prefill_calls) = (0, 0);
+    while fed < n {
+        fed += chunk_len(fed, n - fed);
+        prefill_calls += 1;
+    }
+    assert!(prefill_calls > 12, "{prefill_calls} calls for {n} tokens");
+    assert!(pieces[..prefill_calls - 1].iter().all(String::is_empty), "{pieces:?}");
     assert_eq!(one.generate(&req).unwrap(), first, "repeated run");
     let (_, mut two) = load_generator(&common::config(2), "SmolLM2-135M-Instruct").unwrap();
     assert_eq!(two.generate(&req).unwrap(), first, "2 intra-op threads");

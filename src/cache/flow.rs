@@ -293,6 +293,7 @@ mod tests {
             model: "m".into(),
             model_digest: "sha256:m".into(),
             cached: false,
+            prefix_tokens: 0,
             engine_fingerprint: String::new(),
         })
     }

@@ -308,6 +308,7 @@ impl Cache {
             model: info.name.clone(),
             model_digest: info.digest.clone(),
             cached: true,
+            prefix_tokens: 0,
             engine_fingerprint: String::new(),
         })
     }
@@ -554,6 +555,7 @@ pub(crate) mod tests {
             model: "m".into(),
             model_digest: "sha256:m".into(),
             cached: false,
+            prefix_tokens: 0,
             engine_fingerprint: String::new(),
         };
         let mut a = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());

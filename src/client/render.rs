@@ -21,6 +21,25 @@ pub fn render_status(status: &Status) -> String {
             model.queue_depth,
             model.idle_seconds
         );
+        match &model.prefix_cache {
+            Some(p) if p.enabled => {
+                let _ = writeln!(
+                    out,
+                    "  prefixes:  {} hits, {} misses, {} tokens reused, {} prefilled, {:.1} of {:.0} MiB, {} evictions",
+                    p.hits,
+                    p.misses,
+                    p.tokens_reused,
+                    p.tokens_prefilled,
+                    p.bytes as f64 / 1048576.0,
+                    p.budget_bytes as f64 / 1048576.0,
+                    p.evictions
+                );
+            }
+            Some(p) => {
+                let _ = writeln!(out, "  prefixes:  not cached: {}", p.off_reason.as_deref().unwrap_or("off"));
+            }
+            None => {}
+        }
     }
     if !status.engine_fingerprint.is_empty() {
         let _ = writeln!(out, "engine:      {} ({})", status.engine_fingerprint, status.engine);

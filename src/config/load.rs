@@ -6,7 +6,7 @@ use crate::env;
 use crate::error::{Error, Result};
 use crate::model::ModelKind;
 
-use super::{Config, Device, CONFIG_FILE, MAX_BATCH_SEQUENCES, SYSTEM_CONFIG};
+use super::{Config, Device, CONFIG_FILE, MAX_BATCH_SEQUENCES, MAX_PREFIX_MB, SYSTEM_CONFIG};
 
 impl Config {
     /// Loads the configuration: `path` if given (must exist), else `STEADYTEXT_CONFIG`, else the
@@ -96,7 +96,8 @@ impl Config {
         if let Some(v) = get("STEADYTEXT_MAX_NEW_TOKENS") {
             self.max_new_tokens = parse_env("STEADYTEXT_MAX_NEW_TOKENS", &v)?;
         }
-        let cache_vars: [(&str, &mut usize); 4] = [
+        let cache_vars: [(&str, &mut usize); 5] = [
+            ("STEADYTEXT_PREFIX_CACHE_MB", &mut self.cache.prefix_mb),
             ("STEADYTEXT_GENERATION_CACHE_CAPACITY", &mut self.cache.generation_capacity),
             ("STEADYTEXT_GENERATION_CACHE_MAX_SIZE_MB", &mut self.cache.generation_max_size_mb),
             ("STEADYTEXT_EMBEDDING_CACHE_CAPACITY", &mut self.cache.embedding_capacity),
@@ -152,6 +153,12 @@ impl Config {
         }
         if self.limits.max_batch == 0 || self.limits.max_input_bytes == 0 {
             return Err(Error::Config("limits must be at least 1".into()));
+        }
+        if self.cache.prefix_mb > MAX_PREFIX_MB {
+            return Err(Error::Config(format!(
+                "[cache] prefix_mb = {} is out of range 0..={MAX_PREFIX_MB}",
+                self.cache.prefix_mb
+            )));
         }
         if self.intra_threads > 256 {
             return Err(Error::Config(format!("intra_threads = {} is out of range 0..=256", self.intra_threads)));

@@ -108,6 +108,10 @@ pub struct CacheConfig {
     pub embedding_max_size_mb: usize,
     /// Seconds between snapshots while entries change (0 = only at shutdown and on request).
     pub snapshot_interval_secs: u64,
+    /// Prompt-prefix KV each generation model may keep, in MiB (`STEADYTEXT_PREFIX_CACHE_MB`; 0:
+    /// off). Prompts that share their first tokens with an earlier one prefill only the rest; it
+    /// changes no answer (see `engine::prefix`). Capped at an eighth of the unit's `MemoryMax=`.
+    pub prefix_mb: usize,
     /// Snapshot folder; default `$STATE_DIRECTORY` (systemd) or /var/lib/steadytext for the
     /// daemon, the user's cache folder for `stctl`'s direct mode.
     pub dir: Option<PathBuf>,
@@ -122,10 +126,18 @@ impl Default for CacheConfig {
             embedding_capacity: 512,
             embedding_max_size_mb: 100,
             snapshot_interval_secs: 300,
+            prefix_mb: DEFAULT_PREFIX_MB,
             dir: None,
         }
     }
 }
+
+/// Default `[cache] prefix_mb`: about 11,000 positions of the 135M SmolLM2 (45 KiB each) or 8,000
+/// of a 1B Llama 3.2 (64 KiB each), a few long conversations; 2% of this project's 24 GiB machines.
+pub const DEFAULT_PREFIX_MB: usize = 512;
+
+/// Upper bound of `[cache] prefix_mb` (1 TiB; keeps the byte count far from overflow).
+pub const MAX_PREFIX_MB: usize = 1 << 20;
 
 /// Upper bound of `daemon.batch_sequences` (each sequence holds its KV cache in memory).
 pub const MAX_BATCH_SEQUENCES: usize = 64;

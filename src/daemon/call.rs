@@ -19,6 +19,8 @@ pub(crate) struct Served {
     pub(crate) model: String,
     /// Whether the answer came from the cache.
     pub(crate) cached: bool,
+    /// Prompt tokens whose KV came from the prefix cache (the journal's `PREFIX_TOKENS`).
+    pub(crate) prefix_tokens: usize,
 }
 
 /// One request in progress.
@@ -49,15 +51,17 @@ impl<'a> Call<'a> {
 
     /// Logs the request (at info, or debug for cache hits and quiet methods) and counts it.
     pub(crate) fn finish<T>(&self, method: Option<Method>, result: &Result<T>) {
-        let Served { model, cached } = &self.served;
+        let Served { model, cached, prefix_tokens } = &self.served;
         let (request_id, elapsed) = (self.request_id, self.sink.started.elapsed());
         let duration_ms = elapsed.as_secs_f64() * 1e3;
         let name = method.map_or("(unknown)", Method::name);
         match result {
             Ok(_) if *cached || method.is_some_and(Method::is_quiet) => {
-                tracing::debug!(request_id, method = name, duration_ms, cached, model, "request served")
+                tracing::debug!(request_id, method = name, duration_ms, cached, model, prefix_tokens, "request served")
             }
-            Ok(_) => tracing::info!(request_id, method = name, duration_ms, cached, model, "request served"),
+            Ok(_) => {
+                tracing::info!(request_id, method = name, duration_ms, cached, model, prefix_tokens, "request served")
+            }
             Err(e) => tracing::warn!(request_id, method = name, duration_ms, error = %e, "request failed"),
         }
         self.daemon.metrics().record(method, elapsed, result.is_ok());

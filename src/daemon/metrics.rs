@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{Histogram, Latency, Method, MetricsSnapshot, ModelStatus, Status, HISTOGRAM_BOUNDS};
+use crate::protocol::{
+    Histogram, Latency, Method, MetricsSnapshot, ModelStatus, PrefixCacheStatus, Status, HISTOGRAM_BOUNDS,
+};
 
 /// Latencies kept for percentiles.
 const WINDOW: usize = 4096;
@@ -286,23 +288,51 @@ pub fn prometheus(status: &Status) -> String {
             let _ = writeln!(out, "steadytext_cache_misses_total{{cache=\"{kind}\"}} {}", stats.misses);
         }
     }
-    model_gauge(&mut out, status, "queue_depth", "Requests waiting, by model.", |m| m.queue_depth as f64);
-    model_gauge(&mut out, status, "model_idle_seconds", "Seconds since a request last asked for the model.", |m| {
-        m.idle_seconds
-    });
+    let gauge = "gauge";
+    model_metric(&mut out, status, "queue_depth", "Requests waiting, by model.", gauge, |m| Some(m.queue_depth as f64));
+    let idle = "Seconds since a request last asked for the model.";
+    model_metric(&mut out, status, "model_idle_seconds", idle, gauge, |m| Some(m.idle_seconds));
+    let prefix: [PrefixMetric; 6] = [
+        ("prefix_cache_hits_total", "Prompts that took a cached prefix.", "counter", |p| p.hits),
+        ("prefix_cache_misses_total", "Prompts that found no cached prefix.", "counter", |p| p.misses),
+        ("prefix_cache_tokens_reused_total", "Prompt tokens whose KV came from the prefix cache.", "counter", |p| {
+            p.tokens_reused
+        }),
+        ("prefix_cache_tokens_prefilled_total", "Prompt tokens prefilled by the model.", "counter", |p| {
+            p.tokens_prefilled
+        }),
+        ("prefix_cache_bytes", "Bytes of prompt-prefix KV held.", gauge, |p| p.bytes),
+        ("prefix_cache_evictions_total", "Prefix cache blocks dropped to stay within the budget.", "counter", |p| {
+            p.evictions
+        }),
+    ];
+    for (name, help, kind, value) in prefix {
+        model_metric(&mut out, status, name, help, kind, |m| m.prefix_cache.as_ref().map(|p| value(p) as f64));
+    }
     out
 }
 
-/// One gauge per loaded model, labelled with its name and kind.
-fn model_gauge(out: &mut String, status: &Status, name: &str, help: &str, value: impl Fn(&ModelStatus) -> f64) {
-    let _ = writeln!(out, "# HELP steadytext_{name} {help}\n# TYPE steadytext_{name} gauge");
+/// A prefix cache figure as a metric: name, help, type and its value.
+type PrefixMetric = (&'static str, &'static str, &'static str, fn(&PrefixCacheStatus) -> u64);
+
+/// One metric per loaded model that has it, labelled with its name and kind.
+fn model_metric(
+    out: &mut String,
+    status: &Status,
+    name: &str,
+    help: &str,
+    kind: &str,
+    value: impl Fn(&ModelStatus) -> Option<f64>,
+) {
+    let _ = writeln!(out, "# HELP steadytext_{name} {help}\n# TYPE steadytext_{name} {kind}");
     for model in &status.models {
-        let _ = writeln!(
-            out,
-            "steadytext_{name}{{model=\"{}\",kind=\"{}\"}} {}",
-            model.name,
-            model.kind.as_str(),
-            value(model)
-        );
+        if let Some(value) = value(model) {
+            let _ = writeln!(
+                out,
+                "steadytext_{name}{{model=\"{}\",kind=\"{}\"}} {value}",
+                model.name,
+                model.kind.as_str(),
+            );
+        }
     }
 }

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::generate::GenerateRequest;
+use crate::engine::prefix::PrefixStats;
 use crate::error::{Error, Result};
 use crate::model::ModelInfo;
 use crate::model::ModelKind;
@@ -84,6 +85,8 @@ pub(crate) struct Worker {
     epoch: Instant,
     info: RwLock<ModelInfo>,
     max_active: Arc<AtomicUsize>,
+    /// The loaded model's prefix cache counters (generation models; replaced on reload).
+    prefix: Arc<Mutex<Option<Arc<PrefixStats>>>>,
 }
 
 impl Worker {
@@ -100,14 +103,15 @@ impl Worker {
             (progress.queued.clone(), progress.heartbeat_ms.clone(), progress.merged.clone(), progress.epoch);
         let (loaded_tx, loaded_rx) = std::sync::mpsc::channel();
         let max_active = Arc::new(AtomicUsize::new(1));
-        let shown = max_active.clone();
+        let shown = Shown { max_active: max_active.clone(), prefix: Arc::default() };
+        let prefix = shown.prefix.clone();
         std::thread::Builder::new()
             .name(format!("{}-worker", kind.as_str()))
             // Constraints compile and mask on this thread (see STACK_BYTES).
             .stack_size(crate::engine::constraint::STACK_BYTES)
             .spawn(move || match loader(kind, &config) {
                 Ok(model) => {
-                    shown.store(model.max_active(), Ordering::Relaxed);
+                    shown.update(model.as_ref());
                     let _ = loaded_tx.send(Ok(model.info().clone()));
                     let name = model.info().name.clone();
                     // Runs until the registry and every request have let go of the worker; the
@@ -122,7 +126,7 @@ impl Worker {
             })
             .map_err(|e| Error::io("worker thread", e))?;
         let info = loaded_rx.recv().map_err(|_| Error::ShuttingDown)??;
-        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: RwLock::new(info), max_active })
+        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: RwLock::new(info), max_active, prefix })
     }
 
     /// The model kind.
@@ -143,6 +147,11 @@ impl Worker {
     /// Most generations the model advances together.
     pub(crate) fn max_active(&self) -> usize {
         self.max_active.load(Ordering::Relaxed)
+    }
+
+    /// The loaded model's prefix cache counters (None: not a generation model).
+    pub(crate) fn prefix_stats(&self) -> Option<Arc<PrefixStats>> {
+        self.prefix.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Requests that were merged into another request's model run.
@@ -198,6 +207,19 @@ impl Worker {
     }
 }
 
+/// What the worker shows of its loaded model.
+struct Shown {
+    max_active: Arc<AtomicUsize>,
+    prefix: Arc<Mutex<Option<Arc<PrefixStats>>>>,
+}
+
+impl Shown {
+    fn update(&self, model: &dyn Model) {
+        self.max_active.store(model.max_active(), Ordering::Relaxed);
+        *self.prefix.lock().unwrap_or_else(|p| p.into_inner()) = model.prefix_stats();
+    }
+}
+
 /// The worker's shared counters.
 struct Progress {
     queued: Arc<AtomicUsize>,
@@ -231,7 +253,7 @@ impl Active {
 /// The worker loop: takes jobs at step boundaries (waiting only when idle), admits generations
 /// up to the model's [`Model::max_active`], and advances all admitted ones one step at a time.
 /// A reload waits until the active generations are done (no new one is admitted meanwhile).
-fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader, max_active: Arc<AtomicUsize>) {
+fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader, shown: Shown) {
     p.beat();
     let mut backlog: VecDeque<Job> = VecDeque::new();
     let mut active: Vec<Active> = Vec::new();
@@ -288,7 +310,7 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
                 }
                 Job::Reload { config, reply } if active.is_empty() => {
                     finish(&p, reply, reload(&mut model, &config, &loader), true);
-                    max_active.store(model.max_active(), Ordering::Relaxed);
+                    shown.update(model.as_ref());
                 }
                 reload @ Job::Reload { .. } => {
                     backlog.push_front(reload);
@@ -496,6 +518,7 @@ pub(crate) mod tests {
                         model: self.info.name.clone(),
                         model_digest: self.info.digest.clone(),
                         cached: false,
+                        prefix_tokens: 0,
                         engine_fingerprint: String::new(),
                     };
                     events.push((*id, Advance::Done(Ok(result))));

@@ -2,6 +2,7 @@
 //! and the shutdown tokens.
 
 use crate::engine::fingerprint::Fingerprint;
+use crate::engine::prefix::{PrefixState, PrefixStats};
 use crate::model::ModelKind;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,7 +15,7 @@ use crate::auth::ApiKey;
 use crate::cache::SharedCache;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::protocol::{ModelStatus, Status, PROTOCOL_VERSION};
+use crate::protocol::{ModelStatus, PrefixCacheStatus, Status, PROTOCOL_VERSION};
 
 use super::admission::Admission;
 use super::metrics::Metrics;
@@ -229,6 +230,7 @@ impl Daemon {
                         merged_requests: w.merged(),
                         batch_sequences: w.max_active(),
                         idle_seconds: idle.as_secs_f64(),
+                        prefix_cache: w.prefix_stats().map(|p| prefix_status(&p)),
                     }
                 })
                 .collect(),
@@ -266,5 +268,25 @@ impl Daemon {
     /// The worker serving a request of `kind` for `model` (waiting while that kind loads).
     pub(crate) async fn worker(&self, kind: ModelKind, model: Option<&str>) -> Result<Arc<Worker>> {
         self.registry.get(kind, model, &self.config()).await
+    }
+}
+
+/// A model's prefix cache as `status` shows it.
+fn prefix_status(stats: &PrefixStats) -> PrefixCacheStatus {
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let off_reason = match stats.state() {
+        PrefixState::On => None,
+        PrefixState::Off(reason) => Some(reason),
+    };
+    PrefixCacheStatus {
+        enabled: off_reason.is_none(),
+        off_reason,
+        budget_bytes: count(&stats.budget_bytes),
+        bytes: count(&stats.bytes),
+        hits: count(&stats.hits),
+        misses: count(&stats.misses),
+        tokens_reused: count(&stats.tokens_reused),
+        tokens_prefilled: count(&stats.tokens_prefilled),
+        evictions: count(&stats.evictions),
     }
 }

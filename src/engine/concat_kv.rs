@@ -14,6 +14,7 @@ use ort::session::IoBinding;
 use ort::value::{Shape, Tensor, TensorRefMut};
 
 use super::kv_arena::{bind_input_in_place, cpu_memory};
+use super::prefix::{KvBlock, KvPiece};
 
 /// Positions a fresh cache holds (doubling when full).
 const MIN_CAPACITY: usize = 64;
@@ -100,6 +101,41 @@ impl ConcatKv {
             binding.bind_output(*output, present_view)?;
         }
         Ok(())
+    }
+
+    /// A copy of positions `range` of the past, which holds `len` positions.
+    pub(crate) fn read(&self, len: usize, range: std::ops::Range<usize>) -> KvBlock {
+        let (heads, dim, rows) = (self.heads, self.dim, self.kinds * self.heads);
+        let mut block = KvBlock::zeroed(rows, range.len(), dim);
+        for (k, buffer) in self.sets[self.current].iter().enumerate() {
+            let data = buffer.extract_tensor().1;
+            for h in 0..heads {
+                let src = h * len * dim;
+                block
+                    .row_mut(rows, k * heads + h, 0..range.len())
+                    .copy_from_slice(&data[src + range.start * dim..src + range.end * dim]);
+            }
+        }
+        block
+    }
+
+    /// Makes `pieces`, in order, the past of an empty cache; returns its length.
+    pub(crate) fn write(&mut self, pieces: &[KvPiece<'_>]) -> ort::Result<usize> {
+        let total: usize = pieces.iter().map(|p| p.range.1 - p.range.0).sum();
+        self.reserve(0, total)?;
+        let (heads, dim, rows) = (self.heads, self.dim, self.kinds * self.heads);
+        for (k, buffer) in self.sets[self.current].iter_mut().enumerate() {
+            let data = buffer.extract_tensor_mut().1;
+            for h in 0..heads {
+                let mut at = h * total * dim;
+                for piece in pieces {
+                    let (a, b) = piece.range;
+                    data[at..at + (b - a) * dim].copy_from_slice(piece.block.row(rows, k * heads + h, a..b));
+                    at += (b - a) * dim;
+                }
+            }
+        }
+        Ok(total)
     }
 
     /// After a run: the present just written is the next step's past.

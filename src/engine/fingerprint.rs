@@ -5,7 +5,8 @@
 //! In it: the ONNX Runtime version and library (its sha256: the pinned or configured one, or the
 //! file's own when the check is turned off), the execution provider, the session options that
 //! change numbers (graph optimization level, CPU arena), and the CPU's instruction-set class
-//! (ONNX Runtime's kernels differ by ISA). Not in it: the intra-op thread count, because 1, 2, 3,
+//! (ONNX Runtime's kernels differ by ISA), and where prompts are cut into prefill calls (a call's
+//! length changes bits: see `engine::prefix`). Not in it: the intra-op thread count, because 1, 2, 3,
 //! 4 and 8 threads give identical bits (`tests/reference.rs` checks it for both models).
 
 use sha2::{Digest, Sha256};
@@ -83,10 +84,12 @@ pub fn fingerprint(config: &Config) -> Result<Fingerprint> {
         Device::Cuda => "cuda (tf32 off)",
     };
     let summary = format!(
-        "onnxruntime {} (library sha256 {}), {device} execution provider, graph optimization all, cpu arena off, {}",
+        "onnxruntime {} (library sha256 {}), {device} execution provider, graph optimization all, cpu arena off, {}, \
+         prompts prefilled in calls between fixed boundaries ({})",
         crate::runtime::ORT_VERSION,
         &library[..library.len().min(16)],
-        isa_class()
+        isa_class(),
+        crate::engine::prefix::BOUNDARIES
     );
     let id = hex::encode(&Sha256::digest(summary.as_bytes())[..8]);
     Ok(Fingerprint { id, summary })

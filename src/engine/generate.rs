@@ -1,21 +1,23 @@
 //! Text generation: chat template, tokenization, decoding with a KV cache, streaming of valid
 //! UTF-8 pieces, stop strings.
 
+use std::sync::Arc;
+
 use tokenizers::Tokenizer;
 
 use crate::engine::backend::{BatchDecode, DecoderBackend, Step};
 use crate::engine::constraint::{Compiler, Guide};
 use crate::engine::logprobs::{LogSoftmax, StepLogprobs};
+use crate::engine::prefix::{self, chunk_len, next_boundary, PrefixCache, PrefixState, PrefixStats, ReuseRule};
 use crate::engine::sampler;
 use crate::engine::template::ChatTemplate;
 use crate::error::{Error, Result};
 
 pub use crate::engine::types::{ChatMessage, FinishReason, GenerateRequest, Generation, CHAT_ROLES, MAX_STOP_STRINGS};
 
-/// Prompt tokens fed to the model per call. Bounds the time and memory of one model call (the
-/// watchdog and cancellation act between calls). A constant: results never depend on anything
-/// but the request.
-pub const PREFILL_CHUNK: usize = 512;
+/// Tokens of the prefix-reuse probe run at load (see [`prefix::probe_prefix_reuse`]): past the
+/// first prefill boundary (64), so that a prefix is reused.
+const PREFIX_PROBE_TOKENS: usize = 100;
 
 /// A generator: one decoder backend with its tokenizer, template and end tokens.
 pub struct Generator<B: DecoderBackend> {
@@ -25,6 +27,9 @@ pub struct Generator<B: DecoderBackend> {
     eos: Vec<u32>,
     model: String,
     constraints: Option<Compiler>,
+    /// Cached prompt-prefix KV (None: off, see `prefix_stats`).
+    prefix: Option<PrefixCache>,
+    prefix_stats: Arc<PrefixStats>,
 }
 
 impl<B: DecoderBackend> Generator<B> {
@@ -33,13 +38,67 @@ impl<B: DecoderBackend> Generator<B> {
         if eos.is_empty() {
             return Err(Error::model(model, "no eos_token_id in config.json or generation_config.json"));
         }
-        Ok(Generator { backend, tokenizer, template, eos, model: model.to_string(), constraints: None })
+        let prefix_stats = Arc::new(PrefixStats::default());
+        prefix::disable(&prefix_stats, "not enabled".into());
+        Ok(Generator {
+            backend,
+            tokenizer,
+            template,
+            eos,
+            model: model.to_string(),
+            constraints: None,
+            prefix: None,
+            prefix_stats,
+        })
     }
 
     /// Lets requests carry a constraint, compiled against the tokenizer in `tokenizer_json`.
     pub fn with_constraints(mut self, tokenizer_json: std::path::PathBuf) -> Self {
         self.constraints = Some(Compiler::new(tokenizer_json, self.eos.clone()));
         self
+    }
+
+    /// Turns the prefix cache on with a budget of `bytes` (0: off), if the model passes the
+    /// prefix-reuse probe; else it stays off, and [`Generator::prefix_stats`] says why.
+    pub fn with_prefix_cache(mut self, bytes: usize) -> Result<Self> {
+        let stats = Arc::new(PrefixStats::default());
+        let off = if bytes == 0 {
+            Some("turned off ([cache] prefix_mb = 0)".to_string())
+        } else {
+            match self.probe_prefix_reuse(PREFIX_PROBE_TOKENS, ReuseRule::EXACT) {
+                Ok(None) => None,
+                Ok(Some(reason)) => Some(reason),
+                Err(e) => Some(format!("the prefix-reuse probe could not run: {e}")),
+            }
+        };
+        match off {
+            None => self.prefix = Some(PrefixCache::new(self.backend.kv_rows(), bytes, stats.clone())),
+            Some(reason) => prefix::disable(&stats, reason),
+        }
+        self.prefix_stats = stats;
+        Ok(self)
+    }
+
+    /// Runs the prefix-reuse probe ([`prefix::probe_prefix_reuse`]) on a `tokens`-token prompt,
+    /// with the prefix `rule` gives: `None` when reuse changed no bit.
+    pub fn probe_prefix_reuse(&mut self, tokens: usize, rule: ReuseRule) -> Result<Option<String>> {
+        prefix::probe_prefix_reuse(&mut self.backend, tokens, rule)
+    }
+
+    /// The prefix cache, when on.
+    #[doc(hidden)]
+    pub fn prefix_cache_mut(&mut self) -> Option<&mut PrefixCache> {
+        self.prefix.as_mut()
+    }
+
+    /// The prefix cache's state and counters.
+    pub fn prefix_stats(&self) -> &Arc<PrefixStats> {
+        &self.prefix_stats
+    }
+
+    /// Whether the prefix cache serves (else why not).
+    pub fn prefix_state(&self) -> PrefixState {
+        self.prefix_stats.state()
     }
 
     /// Bytes one position of one sequence takes in the backend's KV cache.
@@ -99,8 +158,11 @@ impl<B: DecoderBackend> Generator<B> {
             failure: None,
             request: request.clone(),
             state: self.backend.new_state(),
-            prompt_tokens: prompt.len(),
-            pending_input: prompt,
+            pending_input: prompt.clone(),
+            prompt,
+            fed: 0,
+            prefix_tokens: 0,
+            looked_up: false,
             ids: Vec::new(),
             detok: Detokenizer::default(),
             held: String::new(),
@@ -114,7 +176,21 @@ impl<B: DecoderBackend> Generator<B> {
     /// steps as one call; a sequence's result never depends on the others). Returns the text each
     /// released, in order (often empty).
     pub fn advance(&mut self, sequences: &mut [&mut Sequence<B::State>]) -> Result<Vec<String>> {
-        let takes: Vec<usize> = sequences.iter().map(|s| s.pending_input.len().min(PREFILL_CHUNK)).collect();
+        for s in sequences.iter_mut().filter(|s| !s.looked_up) {
+            self.take_prefix(s);
+        }
+        // Prompt calls end at the prefill boundaries (see `engine::prefix`), whatever was cached.
+        let takes: Vec<usize> =
+            sequences
+                .iter()
+                .map(|s| {
+                    if s.fed < s.prompt.len() {
+                        chunk_len(s.fed, s.pending_input.len())
+                    } else {
+                        s.pending_input.len()
+                    }
+                })
+                .collect();
         let mut steps: Vec<Step<'_, B::State>> = sequences
             .iter_mut()
             .zip(&takes)
@@ -125,12 +201,53 @@ impl<B: DecoderBackend> Generator<B> {
         if logits.len() != sequences.len() {
             return Err(Error::model(&self.model, "backend returned logits for another number of sequences"));
         }
+        for (s, &take) in sequences.iter_mut().zip(&takes) {
+            if s.fed < s.prompt.len() {
+                self.keep_prefix(s, take);
+            }
+        }
         sequences
             .iter_mut()
             .zip(takes)
             .zip(logits)
             .map(|((s, take), logits)| self.after_call(s, take, logits))
             .collect()
+    }
+
+    /// Before a sequence's first call: loads the longest cached prefix of its prompt (leaving
+    /// [`prefix::MIN_PREFILL`] tokens or more to prefill, ending at a prefill boundary).
+    fn take_prefix(&mut self, s: &mut Sequence<B::State>) {
+        s.looked_up = true;
+        let Some(cache) = &mut self.prefix else { return };
+        let hit = cache.lookup(&s.prompt);
+        if hit.tokens == 0 {
+            return;
+        }
+        match self.backend.load_kv(&mut s.state, &hit.pieces) {
+            Ok(()) => {
+                s.fed = hit.tokens;
+                s.prefix_tokens = hit.tokens;
+                s.pending_input.drain(..hit.tokens);
+            }
+            // The sequence is still empty: it prefills its whole prompt instead.
+            Err(e) => tracing::warn!(model = %self.model, error = %e, "a cached prompt prefix could not be loaded"),
+        }
+    }
+
+    /// After a prefill call of `take` tokens: records them as fed, and their KV in the prefix
+    /// cache when the call ran from a boundary to the next (a partial last call is not the call a
+    /// longer prompt makes there).
+    fn keep_prefix(&mut self, s: &mut Sequence<B::State>, take: usize) {
+        let start = s.fed;
+        s.fed += take;
+        let Some(cache) = &mut self.prefix else { return };
+        if cache.rule().aligned && s.fed != next_boundary(start) {
+            return;
+        }
+        match self.backend.read_kv(&s.state, start..s.fed) {
+            Ok(kv) => cache.insert(&s.prompt[..s.fed], start, kv),
+            Err(e) => tracing::warn!(model = %self.model, error = %e, "a prompt chunk's KV could not be cached"),
+        }
     }
 
     /// A sequence's part after a model call that consumed `take` of its pending tokens.
@@ -169,7 +286,7 @@ impl<B: DecoderBackend> Generator<B> {
                 s.finish = Some(FinishReason::Stop);
             } else if s.ids.len() >= s.request.max_new_tokens {
                 s.finish = Some(FinishReason::Length);
-            } else if s.prompt_tokens + s.ids.len() >= self.backend.context_length() {
+            } else if s.prompt.len() + s.ids.len() >= self.backend.context_length() {
                 s.finish = Some(FinishReason::Context);
             }
             if s.finish.is_some() {
@@ -252,7 +369,14 @@ pub struct Sequence<S> {
     state: S,
     /// Tokens to feed next: the rest of the prompt, then the last sampled token.
     pending_input: Vec<u32>,
-    prompt_tokens: usize,
+    /// The prompt's tokens (the prefix cache's key).
+    prompt: Vec<u32>,
+    /// Prompt tokens in its KV cache (taken from the prefix cache or prefilled).
+    fed: usize,
+    /// Prompt tokens taken from the prefix cache.
+    prefix_tokens: usize,
+    /// Whether the prefix cache was asked (before its first call).
+    looked_up: bool,
     ids: Vec<u32>,
     detok: Detokenizer,
     held: String,
@@ -281,12 +405,17 @@ impl<S> Sequence<S> {
 
     /// Tokens of its prompt (after the template).
     pub fn prompt_tokens(&self) -> usize {
-        self.prompt_tokens
+        self.prompt.len()
+    }
+
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub fn prefix_tokens(&self) -> usize {
+        self.prefix_tokens
     }
 
     /// Most positions its KV cache may reach: the prompt plus every token it may generate.
     pub fn max_positions(&self) -> usize {
-        self.prompt_tokens + self.request.max_new_tokens
+        self.prompt.len() + self.request.max_new_tokens
     }
 
     /// The finished generation; an error if it was not run to its end.
@@ -322,7 +451,7 @@ impl<S> Sequence<S> {
         Ok(Generation {
             text: self.text,
             token_ids: self.ids,
-            prompt_tokens: self.prompt_tokens,
+            prompt_tokens: self.prompt.len(),
             finish_reason,
             logprobs: self.logprobs,
         })

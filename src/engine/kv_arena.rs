@@ -16,6 +16,8 @@ use ort::session::IoBinding;
 use ort::value::{Shape, Tensor, TensorRefMut};
 use ort::AsPointer;
 
+use crate::engine::prefix::{KvBlock, KvPiece};
+
 /// Positions a fresh arena holds per row (doubling when full). Small, so that the reference
 /// prompts (about 40 tokens plus 48 new ones) already cross a growth.
 const MIN_CAPACITY: usize = 64;
@@ -60,6 +62,11 @@ impl KvSlot {
     /// Its sequence id in the arena.
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    /// The arena it is a row of.
+    pub(crate) fn arena(&self) -> &Arc<Mutex<KvArena>> {
+        &self.arena
     }
 }
 
@@ -171,6 +178,44 @@ impl KvArena {
             }
         }
         ids.iter().map(|id| self.row_of(*id).unwrap_or(usize::MAX)).collect()
+    }
+
+    /// A copy of positions `range` of sequence `id` (None: it holds no row or not those positions).
+    pub(crate) fn read(&self, id: u64, range: std::ops::Range<usize>) -> Option<KvBlock> {
+        let row = self.row_of(id).filter(|&r| range.end <= self.used[r].len)?;
+        let (heads, cap, dim) = (self.heads, self.capacity, self.dim);
+        let mut block = KvBlock::zeroed(self.kinds * heads, range.len(), dim);
+        for (k, buffer) in self.buffers.iter().enumerate() {
+            let data = buffer.extract_tensor().1;
+            for h in 0..heads {
+                let src = (row * heads + h) * cap * dim;
+                block
+                    .row_mut(self.kinds * heads, k * heads + h, 0..range.len())
+                    .copy_from_slice(&data[src + range.start * dim..src + range.end * dim]);
+            }
+        }
+        Some(block)
+    }
+
+    /// Writes `pieces` in order as the first positions of the empty sequence `id`, making room.
+    pub(crate) fn write(&mut self, id: u64, pieces: &[KvPiece<'_>]) -> ort::Result<()> {
+        let total: usize = pieces.iter().map(|p| p.range.1 - p.range.0).sum();
+        self.reserve(total)?;
+        let Some(row) = self.row_of(id) else { return Ok(()) };
+        let (heads, cap, dim, rows) = (self.heads, self.capacity, self.dim, self.kinds * self.heads);
+        for (k, buffer) in self.buffers.iter_mut().enumerate() {
+            let data = buffer.extract_tensor_mut().1;
+            for h in 0..heads {
+                let mut at = (row * heads + h) * cap * dim;
+                for piece in pieces {
+                    let (a, b) = piece.range;
+                    data[at..at + (b - a) * dim].copy_from_slice(piece.block.row(rows, k * heads + h, a..b));
+                    at += (b - a) * dim;
+                }
+            }
+        }
+        self.set_len(id, total);
+        Ok(())
     }
 
     /// Makes room for every used row and `positions` positions per row (both doubling; capacity

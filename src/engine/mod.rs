@@ -9,6 +9,7 @@ pub mod fingerprint;
 pub mod generate;
 mod kv_arena;
 pub mod logprobs;
+pub mod prefix;
 pub mod rerank;
 pub mod sampler;
 pub(crate) mod template;

@@ -13,8 +13,8 @@ pub use method::Method;
 pub use params::{AuthParams, CacheClearParams, CacheKind, EmbedParams, GenerateParams, NoParams, RerankParams};
 pub use results::{Authenticated, Cleared, EmbedResult, GenerateResult, Pong, Reloaded, RerankResult};
 pub use status::{
-    CacheKindStats, CacheStats, Histogram, Latency, MetricsSnapshot, ModelStatus, SnapshotInfo, Status,
-    UnavailableModel, HISTOGRAM_BOUNDS,
+    CacheKindStats, CacheStats, Histogram, Latency, MetricsSnapshot, ModelStatus, PrefixCacheStatus, SnapshotInfo,
+    Status, UnavailableModel, HISTOGRAM_BOUNDS,
 };
 
 use serde::{Deserialize, Serialize};

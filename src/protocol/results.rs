@@ -18,6 +18,10 @@ pub struct GenerateResult {
     /// Whether the answer came from the cache.
     #[serde(default)]
     pub cached: bool,
+    /// Prompt tokens whose KV the prefix cache held (they were not prefilled again); the answer
+    /// is the same bytes either way.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prefix_tokens: usize,
     /// The engine fingerprint the answer belongs to (`status`'s `engine_fingerprint`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub engine_fingerprint: String,
@@ -91,6 +95,10 @@ pub struct Reloaded {
 pub struct Cleared {
     /// `generation`, `embedding` or `all`.
     pub cleared: String,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -70,6 +70,33 @@ pub struct ModelStatus {
     /// Seconds since a request last asked for it.
     #[serde(default)]
     pub idle_seconds: f64,
+    /// Its prompt-prefix KV cache (generation models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_cache: Option<PrefixCacheStatus>,
+}
+
+/// A generation model's prefix cache in `status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PrefixCacheStatus {
+    /// Whether it serves.
+    pub enabled: bool,
+    /// Why it does not (turned off, or the model failed the prefix-reuse probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_reason: Option<String>,
+    /// Most bytes it may hold.
+    pub budget_bytes: u64,
+    /// Bytes it holds.
+    pub bytes: u64,
+    /// Prompts that took a cached prefix.
+    pub hits: u64,
+    /// Prompts that found none.
+    pub misses: u64,
+    /// Prompt tokens whose KV came from it.
+    pub tokens_reused: u64,
+    /// Prompt tokens the model prefilled.
+    pub tokens_prefilled: u64,
+    /// Blocks dropped to stay within the budget.
+    pub evictions: u64,
 }
 
 /// The daemon's counters.

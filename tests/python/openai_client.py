@@ -46,6 +46,17 @@ out["chat_finish"] = chat.choices[0].finish_reason
 out["chat_usage"] = [chat.usage.prompt_tokens, chat.usage.completion_tokens, chat.usage.total_tokens]
 out["fingerprint"] = chat.system_fingerprint
 
+# A conversation's second turn: the first turn's prompt comes from the prefix cache.
+system = "You are a patient assistant for a garden shop. " * 8
+turns = [{"role": "system", "content": system}, {"role": "user", "content": "Which flowers like shade?"}]
+first = client.chat.completions.create(model=generation_model, messages=turns, max_tokens=12)
+turns += [{"role": "assistant", "content": first.choices[0].message.content},
+          {"role": "user", "content": "And which like sun?"}]
+second = client.chat.completions.create(model=generation_model, messages=turns, max_tokens=12)
+out["conversation_cached_tokens"] = [first.usage.prompt_tokens_details.cached_tokens,
+                                     second.usage.prompt_tokens_details.cached_tokens, first.usage.prompt_tokens]
+out["conversation_second"] = second.choices[0].message.content
+
 sampled = client.chat.completions.create(
     model=generation_model,
     messages=[{"role": "user", "content": "Tell me a word."}],

@@ -10,6 +10,7 @@ pub(crate) async fn generate(call: &mut Call<'_>, params: GenerateParams, stream
     let result = call.core().generate(&params, &mut call.sink, stream).await?;
     call.served.model.clone_from(&result.model);
     call.served.cached = result.cached;
+    call.served.prefix_tokens = result.prefix_tokens;
     Ok(result)
 }
 

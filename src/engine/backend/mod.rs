@@ -3,7 +3,10 @@
 //! Runtime backends: a decoder ([`OnnxDecoder`]), an encoder ([`OnnxEncoder`]) and a cross-encoder
 //! ([`OnnxClassifier`]), each in its file; [`build_session`] gives them their fixed options.
 
-use crate::error::Result;
+use std::ops::Range;
+
+use crate::engine::prefix::{KvBlock, KvPiece};
+use crate::error::{Error, Result};
 
 mod onnx_classifier;
 mod onnx_decoder;
@@ -37,6 +40,20 @@ pub trait DecoderBackend: Send {
     /// Bytes one position of one sequence takes in the KV cache (0 when unknown).
     fn kv_bytes_per_position(&self) -> usize {
         0
+    }
+    /// Rows of its KV cache per position (layers x key/value x heads), for [`KvBlock`]s.
+    fn kv_rows(&self) -> usize {
+        0
+    }
+    /// A copy of the KV of positions `range` of a sequence (for the prefix cache).
+    fn read_kv(&self, state: &Self::State, range: Range<usize>) -> Result<KvBlock> {
+        let _ = (state, range);
+        Err(Error::engine("decoder", "this backend cannot copy its KV cache"))
+    }
+    /// Fills an empty sequence with cached KV: `pieces` in order become its positions `0..n`.
+    fn load_kv(&mut self, state: &mut Self::State, pieces: &[KvPiece<'_>]) -> Result<()> {
+        let _ = (state, pieces);
+        Err(Error::engine("decoder", "this backend cannot copy its KV cache"))
     }
     /// Whether [`DecoderBackend::forward`] runs the decode steps of several sequences as one call.
     fn batching(&self) -> BatchDecode {

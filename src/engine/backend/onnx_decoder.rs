@@ -7,6 +7,7 @@ use ort::value::{DynValue, Tensor, TensorElementType};
 
 use crate::engine::concat_kv::ConcatKv;
 use crate::engine::kv_arena::{self, KvArena, KvSlot};
+use crate::engine::prefix::{KvBlock, KvPiece};
 use crate::error::{Error, Result};
 
 use super::session::{check_inputs, i64_tensor, inference};
@@ -334,6 +335,42 @@ impl DecoderBackend for OnnxDecoder {
 
     fn context_length(&self) -> usize {
         self.context
+    }
+
+    fn kv_rows(&self) -> usize {
+        2 * self.names.len() * self.layout.kv_heads
+    }
+
+    fn read_kv(&self, state: &OnnxKv, range: std::ops::Range<usize>) -> Result<KvBlock> {
+        let missing = || Error::engine(&self.model, format!("the sequence holds no KV for positions {range:?}"));
+        if range.end > state.len {
+            return Err(missing());
+        }
+        match (&state.slot, &state.concat) {
+            (Some(slot), _) => kv_arena::lock(slot.arena()).read(slot.id(), range.clone()).ok_or_else(missing),
+            (None, Some(concat)) => Ok(concat.read(state.len, range)),
+            (None, None) => Err(missing()),
+        }
+    }
+
+    fn load_kv(&mut self, state: &mut OnnxKv, pieces: &[KvPiece<'_>]) -> Result<()> {
+        if state.len > 0 {
+            return Err(Error::engine(&self.model, "cached KV can only start a sequence"));
+        }
+        let total = pieces.iter().map(|p| p.range.1 - p.range.0).sum();
+        match &self.arena {
+            Some(arena) => {
+                let id = OnnxKv::slot(state, arena).id();
+                kv_arena::lock(arena).write(id, pieces).map_err(inference(&self.model))?;
+            }
+            None => {
+                let (heads, dim, kinds) = (self.layout.kv_heads, self.layout.head_dim, 2 * self.names.len());
+                let kv = state.concat.get_or_insert_with(|| ConcatKv::new(heads, dim, kinds, self.context));
+                kv.write(pieces).map_err(inference(&self.model))?;
+            }
+        }
+        state.len = total;
+        Ok(())
     }
 
     fn batching(&self) -> BatchDecode {

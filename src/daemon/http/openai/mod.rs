@@ -82,9 +82,13 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     }
 }
 
+/// OpenAI's usage figures; `cached_tokens` counts the prompt tokens not prefilled for this answer
+/// (the prefix cache's, or all of them for an answer from the result cache).
 fn usage(result: &GenerateResult) -> Value {
     let (prompt, completion) = (result.generation.prompt_tokens, result.generation.token_ids.len());
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+    let cached = if result.cached { prompt } else { result.prefix_tokens };
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+           "prompt_tokens_details": {"cached_tokens": cached}})
 }
 
 /// OpenAI's `system_fingerprint` of a model's answers: its digest and the engine fingerprint.
