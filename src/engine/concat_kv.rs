@@ -14,7 +14,7 @@ use ort::session::IoBinding;
 use ort::value::{Shape, Tensor, TensorRefMut};
 
 use super::kv_arena::{bind_input_in_place, cpu_memory};
-use super::prefix::{KvBlock, KvPiece};
+use super::kv_block::{KvBlock, KvPiece};
 
 /// Positions a fresh cache holds (doubling when full).
 const MIN_CAPACITY: usize = 64;

@@ -16,7 +16,7 @@ use ort::session::IoBinding;
 use ort::value::{Shape, Tensor, TensorRefMut};
 use ort::AsPointer;
 
-use crate::engine::prefix::{KvBlock, KvPiece};
+use crate::engine::kv_block::{KvBlock, KvPiece};
 
 /// Positions a fresh arena holds per row (doubling when full). Small, so that the reference
 /// prompts (about 40 tokens plus 48 new ones) already cross a growth.

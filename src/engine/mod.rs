@@ -8,6 +8,7 @@ pub mod embed;
 pub mod fingerprint;
 pub mod generate;
 mod kv_arena;
+pub mod kv_block;
 pub mod logprobs;
 pub mod prefix;
 pub mod rerank;

@@ -2,7 +2,7 @@
 decoder's decode steps are batch invariant: every row of a batched decode step gives bit for bit
 the logits it gives alone, whatever the other rows' lengths, the batch size, the buffers'
 capacity and leftover data past a row's length. Also whether a prompt's chunk boundaries change
-its bits (chunks of 2 tokens or more must not; a 1-token chunk, the decode path, is reported).
+its bits (chunks of 2 tokens or more must not, but for lengths of 1 modulo 128; a 1-token chunk, the decode path, is reported).
 
 usage: batch_invariance.py MODEL_DIR [THREADS...]
 Prints one line per check and a summary; exits 1 if any row differed.
@@ -113,18 +113,23 @@ def chunked(dec, prompt, cuts, cap):
 
 def chunk_checks(dec, rng, vocab, threads):
     """Prompt chunk boundaries: chunks of 2 tokens or more, cut anywhere, must give the bits of
-    one call (what a prefix cache would rely on); a 1-token chunk takes GroupQueryAttention's
-    decode path, whose difference is printed as a limit, not counted. Returns the failures."""
+    one call, but for lengths of 1 modulo 128; a 1-token chunk takes GroupQueryAttention's
+    decode path; both differences are printed as limits, not counted. Returns the failures."""
     failures = 0
     for n in (45, 130, 300, 700):
         prompt = [int(x) for x in rng.integers(3, vocab, n)]
         ref = chunked(dec, prompt, [], 1024)
         splits = {"at 30": [30], "in halves": [n // 2], "every 16": list(range(16, n, 16)),
                   "2 first, 2 last": [2, n - 2], "1 first (decode path)": [1], "1 last (decode path)": [n - 1]}
+        if n > 131:
+            # A chunk of 1 modulo 128 tokens differs too (measured on ONNX Runtime 1.31.1, AVX2: 129,
+            # 257 and 385 did, 127-131 but 129 did not): why steadytext cuts prompts at fixed
+            # boundaries rather than anywhere (src/engine/prefix.rs).
+            splits["129 first (1 mod 128)"] = [129]
         for name, cuts in splits.items():
             got = chunked(dec, prompt, cuts, 1024)
             same = np.array_equal(got[0], ref[0]) and all(np.array_equal(a, b) for a, b in zip(got[1], ref[1]))
-            limit = "decode path" in name
+            limit = "decode path" in name or "1 mod 128" in name
             failures += not same and not limit
             verdict = "bit-identical" if same else ("differs (a limit)" if limit else "DIFFERS")
             print(f"threads {threads}: prompt of {n}, chunks {name}: {verdict} "

@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use crate::engine::prefix::{KvBlock, KvPiece};
+use crate::engine::kv_block::{KvBlock, KvPiece};
 use crate::error::{Error, Result};
 
 mod onnx_classifier;

@@ -7,7 +7,7 @@ use ort::value::{DynValue, Tensor, TensorElementType};
 
 use crate::engine::concat_kv::ConcatKv;
 use crate::engine::kv_arena::{self, KvArena, KvSlot};
-use crate::engine::prefix::{KvBlock, KvPiece};
+use crate::engine::kv_block::{KvBlock, KvPiece};
 use crate::error::{Error, Result};
 
 use super::session::{check_inputs, i64_tensor, inference};
