@@ -87,6 +87,21 @@ pub(crate) struct Worker {
     max_active: Arc<AtomicUsize>,
     /// The loaded model's prefix cache counters (generation models; replaced on reload).
     prefix: Arc<Mutex<Option<Arc<PrefixStats>>>>,
+    /// The thread, joined when the worker is dropped.
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Worker {
+    /// Closes the queue and waits until the thread has dropped its model, so that a model unloaded
+    /// to make room is gone (its memory given back) before another loads. No request holds the
+    /// worker by then, so the thread is idle or ends its step.
+    fn drop(&mut self) {
+        let (closed, _) = sync_channel(0);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Worker {
@@ -105,7 +120,7 @@ impl Worker {
         let max_active = Arc::new(AtomicUsize::new(1));
         let shown = Shown { max_active: max_active.clone(), prefix: Arc::default() };
         let prefix = shown.prefix.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("{}-worker", kind.as_str()))
             // Constraints compile and mask on this thread (see STACK_BYTES).
             .stack_size(crate::engine::constraint::STACK_BYTES)
@@ -126,7 +141,8 @@ impl Worker {
             })
             .map_err(|e| Error::io("worker thread", e))?;
         let info = loaded_rx.recv().map_err(|_| Error::ShuttingDown)??;
-        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: RwLock::new(info), max_active, prefix })
+        let thread = Some(thread);
+        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: RwLock::new(info), max_active, prefix, thread })
     }
 
     /// The model kind.
