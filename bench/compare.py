@@ -283,8 +283,13 @@ SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
 def chat_text(prompt):
-    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{prompt}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+    return render_chat([{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}])
+
+
+def render_chat(messages):
+    """SmolLM2's chat template (the model folder's chat_template.jinja) for messages that open with
+    a system turn, the assistant's turn opened."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + "<|im_start|>assistant\n"
 
 
 def best_of(passes, run):
@@ -509,6 +514,231 @@ def print_ceiling(ceiling):
         print(f"| {r['rows']} | " + " | ".join(f"{ms:.2f} | {most:.2f}x" for ms, most in cells) + " |")
 
 
+# ---------- the prefix cache ----------
+
+# The [cache] line that turns the prefix cache on and off in the prefix section's daemons (their
+# result cache is off). A daemon that predates the prefix cache rejects the key: run it with ""
+# for both, and the two columns measure the same thing.
+PREFIX_CACHE = {"on": "prefix_mb = 512\n", "off": "prefix_mb = 0\n"}
+# The conversation: turns, words of each user message (~215 tokens: the history is ~2,000
+# tokens by the last turn), new tokens of each answer.
+TURNS, TURN_WORDS, TURN_NEW = 8, 190, 24
+RERANK_DOCUMENTS = 20
+# Prefill lengths; the last is the fused model's context (8,192) less room for the new token.
+PREFILL_SIZES = (512, 2048, 8000)
+
+
+def prefix_daemon(args, cache):
+    """steadytextd on the fused model, result cache off, prefix cache `cache` ("on" or "off"),
+    its models loaded and one generation run."""
+    d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused)}\n"
+               f"[cache]\ngeneration_capacity = 0\n{PREFIX_CACHE[cache]}")
+    d.connect()
+    d.settle()
+    return d
+
+
+def conversation(nonce):
+    """The conversation's system turn and user messages, deterministic text; the nonce opens the
+    system turn, so that nothing cached by an earlier run holds any of it."""
+    users = [" ".join(" ".join(sentences(12, 100 + turn)).split()[:TURN_WORDS]) + "\nWhat does that mean?"
+             for turn in range(TURNS)]
+    return f"Conversation {nonce}. {SYSTEM}", users
+
+
+def chat_latencies(label, turn, system, users):
+    """Runs the conversation through `turn(messages)` -> (answer, figures): each turn's messages
+    are the history (the earlier answers as this engine gave them) and the next user message.
+    Returns each turn's figures."""
+    messages, rows = [{"role": "system", "content": system}], []
+    for user in users:
+        messages.append({"role": "user", "content": user})
+        answer, figures = turn(messages)
+        messages.append({"role": "assistant", "content": answer})
+        rows.append(figures)
+        print(f"  {label} turn {len(rows)}: " + ", ".join(f"{k} {v:.0f}" for k, v in figures.items()), flush=True)
+    return rows
+
+
+def daemon_turn(daemon):
+    """A streamed, greedy chat turn on the daemon: (answer, {prompt tokens, of them reused from the
+    prefix cache, ms to the first piece})."""
+    def turn(messages):
+        first = []
+        t = time.perf_counter()
+        result = daemon.call("generate_stream", {"messages": messages, "max_new_tokens": TURN_NEW},
+                             on_piece=lambda _: first or first.append(time.perf_counter() - t))
+        if result["cached"]:
+            sys.exit("a conversation turn came from the result cache: its latency would measure no prefill")
+        return result["text"], {"prompt_tokens": result["prompt_tokens"], "reused": result.get("prefix_tokens", 0),
+                                "first_ms": 1e3 * first[0] if first else float("nan")}
+    return turn
+
+
+class LlamaCppSession:
+    """llama.cpp as llama-server serves a chat: one Llama kept across requests (2 threads, 512-token
+    batches, the fused model's 8,192-token context, flash attention on as llama-server's default
+    "auto" has it on CPUs; llama-cpp-python's default, off, prefills 2,048 tokens at less than half
+    the speed here). Its Llama.generate (llama_cpp/llama.py) keeps
+    the KV of the longest token prefix a prompt shares with what it evaluated before (it drops the
+    rest with kv_cache_seq_rm) and evaluates only the remainder: its prompt cache."""
+
+    def __init__(self, gguf):
+        from llama_cpp import Llama
+        self.llm = Llama(model_path=gguf, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=8192, n_batch=512,
+                         n_ubatch=512, flash_attn=True, verbose=False)
+
+    def turn(self, messages):
+        """A greedy chat turn: (answer, {prompt tokens, of them kept from the last request, ms to
+        the first token})."""
+        llm = self.llm
+        t = time.perf_counter()
+        tokens = llm.tokenize(render_chat(messages).encode(), add_bos=False, special=True)
+        held = llm.input_ids[:llm.n_tokens].tolist()
+        reused = next((i for i, (a, b) in enumerate(zip(held, tokens)) if a != b), min(len(held), len(tokens)))
+        answer, first = [], None
+        for token in llm.generate(tokens, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+            first = first or time.perf_counter() - t
+            if token == llm.token_eos():
+                break
+            answer.append(token)
+            if len(answer) == TURN_NEW:
+                break
+        return llm.detokenize(answer).decode(errors="replace"), {
+            "prompt_tokens": len(tokens), "reused": reused, "first_ms": 1e3 * first}
+
+    def prefill_seconds(self, ids):
+        """Seconds to evaluate `ids` from an empty context (Llama.eval, in 512-token batches)."""
+        self.llm.reset()
+        t = time.perf_counter()
+        self.llm.eval(ids)
+        return time.perf_counter() - t
+
+
+def rerank_seconds(daemon, model, documents, nonce):
+    """The fastest of PASSES reranks of `documents` by the generation model's yes/no judgements
+    (`model` is its name, so that a configured cross-encoder is not used), each pass with a new
+    query, so that no judgement comes from the result cache."""
+    times = []
+    for p in range(PASSES):
+        query = f"({nonce}-{p}) Why does the model answer every question with the same bytes?"
+        t = time.perf_counter()
+        result = daemon.call("rerank", {"query": query, "documents": documents, "model": model})
+        times.append(time.perf_counter() - t)
+        if result["cached"]:
+            sys.exit("a rerank judgement came from the result cache")
+    return min(times)
+
+
+def prefill_prompts(tokenizer):
+    """(length, text, its token ids) for each of PREFILL_SIZES: deterministic sentences cut to that
+    many tokens and decoded (another text for each length, none a prefix of another)."""
+    prompts = []
+    for i, n in enumerate(PREFILL_SIZES):
+        ids = tokenizer.encode(" ".join(sentences(n // 8, 20 + i)), add_special_tokens=False).ids
+        if len(ids) < n:
+            sys.exit(f"the prefill text for {n} tokens is only {len(ids)} tokens")
+        text = tokenizer.decode(ids[:n])
+        prompts.append((n, text, tokenizer.encode(text, add_special_tokens=False).ids))
+    return prompts
+
+
+def daemon_prefill(daemon, prompts):
+    """{length: (prompt tokens the daemon counted, seconds)}: one raw request of each prompt for one
+    new token (its prefill and one step), measured once."""
+    daemon.call("generate", {"prompt": "1, 2, 3, 4,", "raw": True, "max_new_tokens": 1})
+    out = {}
+    for n, text, _ in prompts:
+        t = time.perf_counter()
+        result = daemon.call("generate", {"prompt": text, "raw": True, "max_new_tokens": 1})
+        out[n] = (result["prompt_tokens"], time.perf_counter() - t)
+        print(f"  steadytextd prefill {n}: {result['prompt_tokens']} tokens, {out[n][1]:.1f} s", flush=True)
+    return out
+
+
+def prefix_figures(args):
+    """The prefix cache's section: first-token latency of each turn of an 8-turn conversation and
+    one 20-document rerank by the generation model, steadytextd (fused model) with the prefix
+    cache on and off, llama.cpp with its prompt cache beside them; and prefill tokens/s of
+    steadytextd (prefix cache off) and llama.cpp at three prompt lengths."""
+    nonce = f"{random.SystemRandom().randrange(10 ** 8):08d}"
+    system, users = conversation(nonce)
+    documents = sentences(RERANK_DOCUMENTS, 7)
+    prompts = prefill_prompts(Tokenizer.from_file(os.path.join(args.fused, "tokenizer.json")))
+    turns, rerank = {}, {}
+    for cache in ("off", "on"):
+        print(f"steadytextd, fused model, prefix cache {cache} ({PREFIX_CACHE[cache].strip() or 'not configured'}), "
+              "result cache off", flush=True)
+        d = prefix_daemon(args, cache)
+        model = d.call("generate", {"prompt": f"warm up {nonce}", "max_new_tokens": 4})["model"]
+        turns[cache] = chat_latencies(cache, daemon_turn(d), system, users)
+        rerank[cache] = rerank_seconds(d, model, documents, nonce)
+        print(f"  {cache} rerank of {RERANK_DOCUMENTS} documents: {1e3 * rerank[cache]:.0f} ms", flush=True)
+        if cache == "off":
+            daemon_prefill_s = daemon_prefill(d, prompts)
+        d.stop()
+    llama_prefill_s = {}
+    if args.gguf:
+        print("llama.cpp (llama-cpp-python), one Llama kept across requests (its prompt cache)", flush=True)
+        llama = LlamaCppSession(args.gguf)
+        llama.turn([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "warm up"}])
+        turns["llama.cpp"] = chat_latencies("llama.cpp", llama.turn, system, users)
+        llama.prefill_seconds(prompts[0][2][:64])
+        llama_prefill_s = {n: llama.prefill_seconds(ids) for n, _, ids in prompts}
+    table = []
+    for i in range(TURNS):
+        on, off = turns["on"][i], turns["off"][i]
+        row = {"turn": i + 1, "prompt_tokens": off["prompt_tokens"], "reused_on": on["reused"], "reused_off": off["reused"],
+               "first_ms_on": on["first_ms"], "first_ms_off": off["first_ms"], "speedup": off["first_ms"] / on["first_ms"]}
+        if "llama.cpp" in turns:
+            lc = turns["llama.cpp"][i]
+            row.update({"first_ms_llama_cpp": lc["first_ms"], "llama_cpp_prompt_tokens": lc["prompt_tokens"],
+                        "llama_cpp_reused": lc["reused"]})
+        table.append(row)
+    prefill = []
+    for n, _, ids in prompts:
+        counted, seconds = daemon_prefill_s[n]
+        row = {"tokens": n, "daemon_prompt_tokens": counted, "steadytextd_tokens_per_s": counted / seconds}
+        if n in llama_prefill_s:
+            row.update({"llama_cpp_tokens": len(ids), "llama_cpp_tokens_per_s": len(ids) / llama_prefill_s[n]})
+            row["ratio"] = row["steadytextd_tokens_per_s"] / row["llama_cpp_tokens_per_s"]
+        prefill.append(row)
+    return {"prefix_cache": PREFIX_CACHE, "new_tokens_per_turn": TURN_NEW, "conversation": table,
+            "conversation_speedup_turns_2_8": statistics.mean(r["speedup"] for r in table[1:]),
+            "rerank": {"documents": RERANK_DOCUMENTS, "ms_on": 1e3 * rerank["on"], "ms_off": 1e3 * rerank["off"],
+                       "speedup": rerank["off"] / rerank["on"]},
+            "prefill": prefill}
+
+
+def print_prefix(prefix):
+    def cell(row, key, spec):
+        return format(row[key], spec) if key in row else "-"
+
+    print(f"8-turn conversation, ms to the first piece (token), greedy, {prefix['new_tokens_per_turn']} new tokens a "
+          f"turn; steadytextd fused, prefix cache on ({prefix['prefix_cache']['on'].strip() or 'not configured'}) "
+          f"and off ({prefix['prefix_cache']['off'].strip() or 'not configured'}), result cache off")
+    print("| turn | prompt tokens | reused on / off | on ms | off ms | speedup on/off | llama.cpp ms | llama.cpp reused / prompt tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in prefix["conversation"]:
+        print(f"| {r['turn']} | {r['prompt_tokens']} | {r['reused_on']} / {r['reused_off']} | {r['first_ms_on']:.0f} | {r['first_ms_off']:.0f} "
+              f"| {r['speedup']:.2f}x | {cell(r, 'first_ms_llama_cpp', '.0f')} "
+              f"| {cell(r, 'llama_cpp_reused', 'd')} / {cell(r, 'llama_cpp_prompt_tokens', 'd')} |")
+    print(f"\nMean speedup on/off, turns 2-{len(prefix['conversation'])}: "
+          f"{prefix['conversation_speedup_turns_2_8']:.2f}x (goal >= 5x)\n")
+    r = prefix["rerank"]
+    print(f"| rerank of {r['documents']} documents by the generation model, best of {PASSES} | on ms | off ms | speedup on/off |")
+    print("|---|---|---|---|")
+    print(f"| steadytextd fused (goal >= 2x) | {r['ms_on']:.0f} | {r['ms_off']:.0f} | {r['speedup']:.2f}x |\n")
+    print("Prefill of a raw prompt, measured once: steadytextd fused (prefix cache off; one request for one new token) "
+          "and llama.cpp on the Q4_1 GGUF (Llama.eval, 512-token batches); "
+          f"{PREFILL_SIZES[-1]:,} is the context (8,192) less room for the new token")
+    print("| tokens | daemon's prompt tokens | steadytextd tokens/s | llama.cpp tokens/s | steadytextd / llama.cpp |")
+    print("|---|---|---|---|---|")
+    for r in prefix["prefill"]:
+        print(f"| {r['tokens']:,} | {r['daemon_prompt_tokens']} | {r['steadytextd_tokens_per_s']:.0f} "
+              f"| {cell(r, 'llama_cpp_tokens_per_s', '.0f')} | {cell(r, 'ratio', '.2f')} |")
+
+
 def idle_cpu(pid):
     c0 = cpu_seconds(pid)
     time.sleep(IDLE_SECS)
@@ -516,6 +746,10 @@ def idle_cpu(pid):
 
 
 # ---------- the run ----------
+
+def machine():
+    return {"cpus": os.cpu_count(), "onnxruntime": ort.__version__}
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -525,9 +759,16 @@ def main():
     ap.add_argument("--gguf", help="SmolLM2 Q4_1 GGUF for llama.cpp")
     ap.add_argument("--json", required=True)
     ap.add_argument("--baseline-bin", help="another steadytextd build to compare single-stream speed with")
-    ap.add_argument("--only", choices=["concurrency"], help="run only this section")
+    ap.add_argument("--only", choices=["concurrency", "prefix"], help="run only this section")
     ap.add_argument("--ceiling", help="bench/ceiling.py's JSON, printed beside the concurrency table")
     args = ap.parse_args()
+    if args.only == "prefix":
+        prefix = prefix_figures(args)
+        print()
+        print_prefix(prefix)
+        json.dump({"machine": machine(), "prefix": prefix}, open(args.json, "w"), indent=1)
+        print(f"\nJSON: {args.json}")
+        return
     ceiling = json.load(open(args.ceiling)) if args.ceiling else None
     if ceiling and args.gguf:
         print("llama.cpp, sequences decoded in one llama_decode (its batching, beside the fused model's ceiling)",
@@ -636,6 +877,7 @@ def main():
     if args.gguf:
         print("llama.cpp (llama-cpp-python)", flush=True)
         note("llama.cpp", generation_figures(LlamaCppGenerator(args.gguf), prompts))
+    prefix = prefix_figures(args)
 
     ratios = {}
 
@@ -672,11 +914,13 @@ def main():
         print()
         print_ceiling(ceiling)
     print()
+    print_prefix(prefix)
+    print()
     print("| ratio | value |\n|---|---|")
     for k, v in ratios.items():
         print(f"| {k} | {v:.2f} |")
-    json.dump({"machine": {"cpus": os.cpu_count(), "onnxruntime": ort.__version__}, "figures": rows,
-               "ratios": ratios, "concurrency": concurrency, "ceiling": ceiling}, open(args.json, "w"), indent=1)
+    json.dump({"machine": machine(), "figures": rows, "ratios": ratios, "concurrency": concurrency,
+               "ceiling": ceiling, "prefix": prefix}, open(args.json, "w"), indent=1)
     print(f"\nJSON: {args.json}")
 
 

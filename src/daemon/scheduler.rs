@@ -142,7 +142,18 @@ impl Worker {
             .map_err(|e| Error::io("worker thread", e))?;
         let info = loaded_rx.recv().map_err(|_| Error::ShuttingDown)??;
         let thread = Some(thread);
-        Ok(Worker { kind, tx, queued, heartbeat_ms, merged, epoch, info: RwLock::new(info), max_active, prefix, thread })
+        Ok(Worker {
+            kind,
+            tx,
+            queued,
+            heartbeat_ms,
+            merged,
+            epoch,
+            info: RwLock::new(info),
+            max_active,
+            prefix,
+            thread,
+        })
     }
 
     /// The model kind.
