@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """steadytextd through its socket against the anchors a user could run instead, on the same
 work, in one run: Python onnxruntime on the shared model and on the fused model, llama.cpp
-(llama-cpp-python) on the SmolLM2 Q4_1 GGUF, and fastembed on the shared MiniLM model.
+(llama-cpp-python) on the SmolLM2 Q4_1 GGUF, and fastembed on the shared MiniLM model; and the
+prefix cache on and off (`--only prefix` runs that section alone).
 
 Prints one table and writes JSON (figures and ratios) to the path given by --json.
 Run through `make bench` (which builds everything it needs); CI does not run it.
@@ -579,9 +580,9 @@ class LlamaCppSession:
     """llama.cpp as llama-server serves a chat: one Llama kept across requests (2 threads, 512-token
     batches, the fused model's 8,192-token context, flash attention on as llama-server's default
     "auto" has it on CPUs; llama-cpp-python's default, off, prefills 2,048 tokens at less than half
-    the speed here). Its Llama.generate (llama_cpp/llama.py) keeps
-    the KV of the longest token prefix a prompt shares with what it evaluated before (it drops the
-    rest with kv_cache_seq_rm) and evaluates only the remainder: its prompt cache."""
+    the speed here). Its Llama.generate (llama_cpp/llama.py) keeps the KV of the longest token
+    prefix a prompt shares with what it evaluated before (it drops the rest with kv_cache_seq_rm)
+    and evaluates only the remainder: its prompt cache."""
 
     def __init__(self, gguf):
         from llama_cpp import Llama
