@@ -133,7 +133,7 @@ fn the_openai_package_gets_stctls_answers() {
 
 #[test]
 fn keys_limits_and_slow_clients() {
-    let daemon = HttpDaemon::start("[daemon]\nline_timeout_secs = 2\n");
+    let daemon = HttpDaemon::start("[daemon]\nline_timeout_secs = 2\nauth_timeout_secs = 1\n");
     // stctl waits out the loading (503 with Retry-After) as a JSON-RPC client waits in the queue.
     while curl(&[&daemon.url("/health")]).0 == 0 {
         std::thread::sleep(Duration::from_millis(10));
@@ -169,6 +169,28 @@ fn keys_limits_and_slow_clients() {
     assert!(code == 400 || code == 404 || code == 503, "{code} {body}");
     assert!(body.contains("gpt-4o"), "{body}");
 
+    // A kept-alive connection that presented the key outlives the deadline to authenticate
+    // (auth_timeout_secs): its next request is answered. It was closed at the deadline, a request
+    // in flight dropped without an answer, when the daemon had begun waiting for its key before
+    // the first request came (hence the moment before it).
+    let mut kept = TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let request = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\r\n");
+    for _ in 0..2 {
+        kept.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n\r\n") {
+            assert_eq!(kept.read(&mut byte).unwrap(), 1, "closed: {}", String::from_utf8_lossy(&answer));
+            answer.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&answer).to_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let length = head.split("content-length: ").nth(1).and_then(|l| l.split("\r\n").next()).unwrap();
+        kept.read_exact(&mut vec![0u8; length.parse().unwrap()]).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+    }
     // A client that sends its headers byte by byte and then stalls is cut off after
     // line_timeout_secs; others are served meanwhile.
     let mut slow = TcpStream::connect(("127.0.0.1", daemon.port)).unwrap();

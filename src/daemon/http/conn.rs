@@ -28,6 +28,8 @@ pub(crate) struct Connection {
     socket: Option<OwnedFd>,
     /// Cancelled when the connection must close after its current answer.
     closing: CancellationToken,
+    /// Cancelled when a request presented the key (the deadline to authenticate no longer holds).
+    admitted: CancellationToken,
 }
 
 /// Where an HTTP connection stands with the budgets (see [`super::super::admission`]).
@@ -42,16 +44,18 @@ enum Stage {
 }
 
 impl Connection {
-    /// Completes when a connection still waiting for a key must close (never otherwise).
+    /// Completes when a connection still waiting for a key must close (never otherwise, and
+    /// never once a request has presented the key, even if this was awaited before).
     async fn expired(&self) {
         let pending = match &*self.stage.lock().unwrap_or_else(|p| p.into_inner()) {
             Stage::Pending(ticket) => Some(ticket.expiry()),
             Stage::Admitted { .. } => None,
         };
         match pending {
-            Some(expiry) => {
-                expiry.await;
-            }
+            Some(expiry) => tokio::select! {
+                _ = expiry => {}
+                _ = self.admitted.cancelled() => std::future::pending().await,
+            },
             None => std::future::pending().await,
         }
     }
@@ -61,7 +65,10 @@ impl Connection {
         let mut stage = self.stage.lock().unwrap_or_else(|p| p.into_inner());
         if let Stage::Pending(_) = &*stage {
             match front.admission.admit(&self.budget, &self.peer, open) {
-                Ok(_slots) => *stage = Stage::Admitted { _slots },
+                Ok(_slots) => {
+                    *stage = Stage::Admitted { _slots };
+                    self.admitted.cancel();
+                }
                 Err(refused) => {
                     // Over a limit: this answer is the connection's last.
                     self.closing.cancel();
@@ -127,6 +134,7 @@ impl Front {
                 stage: Mutex::new(stage),
                 socket,
                 closing: CancellationToken::new(),
+                admitted: CancellationToken::new(),
             });
             if let Some(d) = &daemon {
                 d.touch();
