@@ -387,6 +387,7 @@ fn snapshot_load(config: &Config) {
             sampling: Default::default(),
             constraint: None,
             logprobs: None,
+            tools: None,
         };
         let generation = Generation {
             text: format!("A cached answer number {i}, about as long as a short sentence or two of output."),
@@ -394,6 +395,7 @@ fn snapshot_load(config: &Config) {
             prompt_tokens: 30,
             finish_reason: FinishReason::Length,
             logprobs: None,
+            tool_calls: Vec::new(),
         };
         let value = Stored { model_digest: digest.clone(), value: generation };
         cache.put_generation(generation_key(&digest, &request), value);

@@ -49,10 +49,7 @@ fn requests() -> Vec<GenerateRequest> {
             GenerateRequest {
                 prompt: if i == 7 { String::new() } else { format!("{topic}{}", " Be concise.".repeat(i % 4)) },
                 messages: if i == 7 {
-                    vec![
-                        ChatMessage { role: "system".into(), content: "You are terse.".into() },
-                        ChatMessage { role: "user".into(), content: topic.into() },
-                    ]
+                    vec![ChatMessage::new("system", "You are terse."), ChatMessage::new("user", topic)]
                 } else {
                     Vec::new()
                 },
@@ -79,6 +76,7 @@ fn requests() -> Vec<GenerateRequest> {
                     _ => None,
                 },
                 logprobs: (i % 3 == 0).then(|| LogprobsRequest { top: 5, follow: Vec::new() }),
+                tools: None,
             }
         })
         .collect()

@@ -41,6 +41,7 @@ fn request(prompt: &str, max_new_tokens: usize) -> GenerateRequest {
         sampling: Sampling::default(),
         constraint: None,
         logprobs: None,
+        tools: None,
     }
 }
 

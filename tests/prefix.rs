@@ -46,7 +46,7 @@ fn text(seed: u64, words: usize) -> String {
 }
 
 fn message(role: &str, content: String) -> ChatMessage {
-    ChatMessage { role: role.into(), content }
+    ChatMessage::new(role, content)
 }
 
 fn chat(messages: Vec<ChatMessage>, max_new_tokens: usize) -> GenerateRequest {
@@ -60,6 +60,7 @@ fn chat(messages: Vec<ChatMessage>, max_new_tokens: usize) -> GenerateRequest {
         sampling: Sampling::default(),
         constraint: None,
         logprobs: None,
+        tools: None,
     }
 }
 

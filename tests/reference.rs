@@ -17,6 +17,7 @@ fn request(prompt: &str, max_new_tokens: usize) -> GenerateRequest {
         sampling: Sampling::default(),
         constraint: None,
         logprobs: None,
+        tools: None,
     }
 }
 
@@ -31,7 +32,7 @@ fn greedy_ids_match_onnxruntime_python_reference() {
         let input_ids: Vec<u32> = serde_json::from_value(case["input_ids"].clone()).unwrap();
         assert_eq!(generator.prompt_ids(&request(prompt, 1)).unwrap(), input_ids, "prompt ids for {prompt:?}");
         // The same prompt as a one-message conversation renders to the same tokens.
-        let user = ChatMessage { role: "user".into(), content: prompt.into() };
+        let user = ChatMessage::new("user", prompt);
         let chat = GenerateRequest { prompt: String::new(), messages: vec![user], ..request("", 1) };
         assert_eq!(generator.prompt_ids(&chat).unwrap(), input_ids, "chat ids for {prompt:?}");
         let expected: Vec<u32> = serde_json::from_value(case["greedy_ids"].clone()).unwrap();

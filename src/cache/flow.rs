@@ -278,6 +278,7 @@ mod tests {
             sampling: Default::default(),
             constraint: None,
             logprobs: None,
+            tools: None,
         }
     }
 
@@ -289,6 +290,7 @@ mod tests {
                 prompt_tokens: 3,
                 finish_reason: FinishReason::Eos,
                 logprobs: None,
+                tool_calls: Vec::new(),
             },
             model: "m".into(),
             model_digest: "sha256:m".into(),

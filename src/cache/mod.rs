@@ -18,6 +18,7 @@ use crate::config::CacheConfig;
 use crate::engine::fingerprint::Fingerprint;
 use crate::engine::generate::{FinishReason, GenerateRequest, Generation};
 use crate::engine::logprobs::TokenLogprob;
+use crate::engine::tools::CallSyntax;
 use crate::error::Result;
 use crate::model::ModelInfo;
 use crate::protocol::{CacheKind, CacheKindStats, CacheStats, GenerateResult, SnapshotInfo};
@@ -83,8 +84,10 @@ pub struct Stored<T> {
     pub value: T,
 }
 
-const FINISH_CODES: [FinishReason; 4] =
-    [FinishReason::Eos, FinishReason::Length, FinishReason::Stop, FinishReason::Context];
+/// Finish reasons by their snapshot code (new ones only appended: a build that does not know a
+/// code skips its entries).
+const FINISH_CODES: [FinishReason; 5] =
+    [FinishReason::Eos, FinishReason::Length, FinishReason::Stop, FinishReason::Context, FinishReason::ToolCalls];
 
 fn finish_code(r: FinishReason) -> u8 {
     FINISH_CODES.iter().position(|x| *x == r).expect("listed") as u8
@@ -98,7 +101,8 @@ fn generation_size(g: &Generation) -> usize {
         .flatten()
         .map(|s| token(&s.chosen) + s.top_logprobs.iter().chain(&s.followed).map(token).sum::<usize>())
         .sum();
-    ENTRY_OVERHEAD + g.text.len() + 4 * g.token_ids.len() + logprobs
+    let calls: usize = g.tool_calls.iter().map(|c| 48 + c.id.len() + c.name.len() + c.arguments.len()).sum();
+    ENTRY_OVERHEAD + g.text.len() + 4 * g.token_ids.len() + logprobs + calls
 }
 
 /// Both caches, their limits and snapshot bookkeeping.
@@ -363,7 +367,7 @@ impl Cache {
             else {
                 continue;
             };
-            let generation = Generation {
+            let mut generation = Generation {
                 text: r.text.as_str().to_string(),
                 token_ids: r.token_ids.iter().map(|t| t.to_native()).collect(),
                 prompt_tokens: r.prompt_tokens.to_native() as usize,
@@ -372,7 +376,15 @@ impl Cache {
                     Ok(logprobs) => logprobs,
                     Err(_) => continue,
                 },
+                tool_calls: Vec::new(),
             };
+            // Tool calls are not stored: they are read again from the text, ids and all.
+            if finish_reason == FinishReason::ToolCalls {
+                match CallSyntax::of_answer(&generation.text) {
+                    Some(syntax) => generation.read_tool_calls(syntax),
+                    None => continue,
+                }
+            }
             let size = generation_size(&generation);
             let value = Stored { model_digest: digest, value: generation };
             self.generation
@@ -436,6 +448,7 @@ pub(crate) mod tests {
             sampling: Sampling::default(),
             constraint: None,
             logprobs: None,
+            tools: None,
         }
     }
 
@@ -446,6 +459,7 @@ pub(crate) mod tests {
             prompt_tokens: 5,
             finish_reason: FinishReason::Length,
             logprobs: None,
+            tool_calls: Vec::new(),
         };
         Stored { model_digest: Arc::from(digest), value }
     }
@@ -470,6 +484,15 @@ pub(crate) mod tests {
         assert_ne!(k, choices);
         assert_ne!(choices, constrained(Constraint::Choices(vec!["b".into()])));
         assert_ne!(choices, constrained(Constraint::Regex("a".into())));
+        let offered = |choice| {
+            let tool =
+                crate::engine::tools::Tool { name: "f".into(), description: None, parameters: serde_json::json!({}) };
+            let tools = crate::engine::tools::ToolUse { tools: vec![tool], choice, parallel: true };
+            generation_key("d", &GenerateRequest { tools: Some(tools), ..base.clone() })
+        };
+        let auto = offered(crate::engine::tools::ToolChoice::Auto);
+        assert_ne!(k, auto);
+        assert_ne!(auto, offered(crate::engine::tools::ToolChoice::Required));
         assert_ne!(embedding_key("d", "p"), embedding_key("e", "p"));
     }
 
@@ -482,10 +505,7 @@ pub(crate) mod tests {
         let plain = request("Write a haiku about the sea.");
         let varied = GenerateRequest {
             prompt: String::new(),
-            messages: vec![
-                ChatMessage { role: "system".into(), content: "Be terse.".into() },
-                ChatMessage { role: "user".into(), content: "Hi".into() },
-            ],
+            messages: vec![ChatMessage::new("system", "Be terse."), ChatMessage::new("user", "Hi")],
             seed: 7,
             max_new_tokens: 64,
             stop: vec!["\n".into()],
@@ -530,13 +550,21 @@ pub(crate) mod tests {
         let (a, b) = (generation_key("A", &request("x")), generation_key("B", &request("x")));
         cache.put_generation(a, generation("A", "from A"));
         cache.put_generation(b, generation("B", "from B"));
+        // A tool-calling answer: its calls are read again from the text, ids and all.
+        let called = generation_key("A", &request("call"));
+        let mut calls =
+            generation("A", "Looking.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call>");
+        calls.value.read_tool_calls(CallSyntax::Hermes);
+        assert_eq!(calls.value.finish_reason, FinishReason::ToolCalls);
+        cache.put_generation(called, calls.clone());
         let e = embedding_key("A", "t");
         cache.put_embedding(e, Stored { model_digest: Arc::from("A"), value: vec![0.1, f32::EPSILON] });
         cache.snapshot().unwrap();
 
         let mut all = Cache::new(&config, Some(dir.path().to_path_buf()), test_engine());
-        assert_eq!(all.load(), 3);
+        assert_eq!(all.load(), 4);
         assert_eq!(all.get_generation(&a).unwrap().text, "from A");
+        assert_eq!(all.get_generation(&called).unwrap(), calls.value, "the same calls after a restart");
         assert_eq!(all.get_embedding(&e).unwrap(), vec![0.1, f32::EPSILON]);
 
         all.retain_models(&["A"]);

@@ -8,9 +8,11 @@ use crate::engine::constraint::Constraint;
 use crate::engine::generate::GenerateRequest;
 use crate::engine::logprobs::LogprobsRequest;
 use crate::engine::sampler::Sampling;
+use crate::engine::tools::ToolUse;
+use crate::engine::types::ChatMessage;
 use crate::engine::{cross_encoder, embed, rerank};
-use crate::error::Result;
 pub use crate::error::ValidationError;
+use crate::error::{Error, Result};
 use crate::model::ModelInfo;
 use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, RerankParams};
 
@@ -95,7 +97,7 @@ pub fn generate(params: &GenerateParams, settings: &RequestSettings) -> Result<G
         return Err(ValidationError::NoPrompt.into());
     }
     check_len(limits, "prompt", params.prompt.len())?;
-    let conversation: usize = params.messages.iter().map(|m| m.content.len() + m.role.len()).sum();
+    let conversation: usize = params.messages.iter().map(ChatMessage::text_len).sum();
     check_len(limits, "the messages", conversation)?;
     let max_new_tokens = params.max_new_tokens.unwrap_or(settings.max_new_tokens);
     if max_new_tokens > limits.max_new_tokens {
@@ -123,9 +125,25 @@ pub fn generate(params: &GenerateParams, settings: &RequestSettings) -> Result<G
         },
         constraint: constraint(params)?,
         logprobs: logprobs(params)?,
+        tools: tools(params)?,
     };
     request.validate()?;
     Ok(request)
+}
+
+/// The request's tools and how they may be used (None without tools).
+fn tools(params: &GenerateParams) -> Result<Option<ToolUse>> {
+    if params.tools.is_empty() {
+        if params.tool_choice.is_some() || params.parallel_tool_calls.is_some() {
+            return Err(Error::InvalidRequest("tool_choice and parallel_tool_calls need tools".into()));
+        }
+        return Ok(None);
+    }
+    Ok(Some(ToolUse {
+        tools: params.tools.clone(),
+        choice: params.tool_choice.clone().unwrap_or_default(),
+        parallel: params.parallel_tool_calls.unwrap_or(true),
+    }))
 }
 
 /// The engine's request for a generation's params under `config` (what the daemon and direct
@@ -261,7 +279,7 @@ mod tests {
     #[test]
     fn conversations_are_checked_and_one_user_turn_is_its_prompt() {
         let config = Config::default();
-        let turn = |role: &str, content: &str| ChatMessage { role: role.into(), content: content.into() };
+        let turn = |role: &str, content: &str| ChatMessage::new(role, content);
         let one = GenerateParams { messages: vec![turn("user", "hi")], ..Default::default() };
         let plain = GenerateParams { prompt: "hi".into(), ..Default::default() };
         assert_eq!(one.to_request(&config).unwrap(), plain.to_request(&config).unwrap());
@@ -273,7 +291,8 @@ mod tests {
             crate::cache::generation_key("d", &request),
             crate::cache::generation_key("d", &plain.to_request(&config).unwrap())
         );
-        let bad_role = GenerateParams { messages: vec![turn("tool", "x"), turn("user", "y")], ..Default::default() };
+        let bad_role =
+            GenerateParams { messages: vec![turn("function", "x"), turn("user", "y")], ..Default::default() };
         assert!(bad_role.to_request(&config).unwrap_err().to_string().contains("role"));
         let both = GenerateParams { prompt: "p".into(), ..two.clone() };
         assert!(both.to_request(&config).unwrap_err().to_string().contains("not both"));

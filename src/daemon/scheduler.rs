@@ -541,6 +541,7 @@ pub(crate) mod tests {
                             prompt_tokens: request.prompt.len(),
                             finish_reason: FinishReason::Length,
                             logprobs: None,
+                            tool_calls: Vec::new(),
                         },
                         model: self.info.name.clone(),
                         model_digest: self.info.digest.clone(),
@@ -590,6 +591,7 @@ pub(crate) mod tests {
             sampling: Default::default(),
             constraint: None,
             logprobs: None,
+            tools: None,
         }
     }
 

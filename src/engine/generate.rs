@@ -11,6 +11,7 @@ use crate::engine::logprobs::{LogSoftmax, StepLogprobs};
 use crate::engine::prefix::{self, chunk_len, next_boundary, PrefixCache, PrefixState, PrefixStats, ReuseRule};
 use crate::engine::sampler;
 use crate::engine::template::ChatTemplate;
+use crate::engine::tools::{CallSyntax, ToolChoice};
 use crate::error::{Error, Result};
 
 pub use crate::engine::types::{ChatMessage, FinishReason, GenerateRequest, Generation, CHAT_ROLES, MAX_STOP_STRINGS};
@@ -115,10 +116,12 @@ impl<B: DecoderBackend> Generator<B> {
     pub fn prompt_ids(&self, request: &GenerateRequest) -> Result<Vec<u32>> {
         let text = if request.raw {
             request.prompt.clone()
-        } else if request.messages.is_empty() {
+        } else if request.messages.is_empty() && request.tools.is_none() {
             self.template.render_user(&request.prompt)?
+        } else if request.messages.is_empty() {
+            self.template.render(&[ChatMessage::new("user", request.prompt.as_str())], request.tools.as_ref())?
         } else {
-            self.template.render(&request.messages)?
+            self.template.render(&request.messages, request.tools.as_ref())?
         };
         let encoding = self
             .tokenizer
@@ -140,11 +143,44 @@ impl<B: DecoderBackend> Generator<B> {
                 context
             )));
         }
-        let guide = match (&request.constraint, &self.constraints) {
+        let mut guide = match (&request.constraint, &self.constraints) {
             (None, _) => None,
             (Some(c), Some(compiler)) => Some(compiler.compile(c)?),
             (Some(_), None) => {
                 return Err(Error::InvalidRequest(format!("model {} cannot constrain its output", self.model)))
+            }
+        };
+        let calls = match &request.tools {
+            None => None,
+            Some(tools) => {
+                let syntax = self.template.call_syntax(&self.model)?;
+                match (&tools.choice, &self.constraints) {
+                    (ToolChoice::None, _) => None,
+                    (choice, Some(compiler)) => {
+                        // Compiled now even when it waits for the model to open a call: a
+                        // schema that does not compile is refused before any model work.
+                        let compiled = compiler.compile_tools(&syntax.grammar(tools, ""))?;
+                        let waiting = *choice == ToolChoice::Auto;
+                        if !waiting {
+                            guide = Some(compiled);
+                        }
+                        Some(CallWatch {
+                            syntax,
+                            waiting,
+                            bytes: Vec::new(),
+                            starts: Vec::new(),
+                            opened_at: 0,
+                            last_close: None,
+                            longest: 0,
+                        })
+                    }
+                    (_, None) => {
+                        return Err(Error::InvalidRequest(format!(
+                            "model {} cannot constrain its output, so it cannot hold tool calls to their schemas",
+                            self.model
+                        )))
+                    }
+                }
             }
         };
         let follow = match &request.logprobs {
@@ -155,6 +191,7 @@ impl<B: DecoderBackend> Generator<B> {
             logprobs: request.logprobs.as_ref().map(|_| Vec::new()),
             follow,
             guide,
+            calls,
             failure: None,
             request: request.clone(),
             state: self.backend.new_state(),
@@ -277,12 +314,15 @@ impl<B: DecoderBackend> Generator<B> {
         }
         s.ids.push(token);
         s.pending_input = vec![token];
+        if let Err(e) = self.watch_for_call(s) {
+            return Ok(s.fail(e));
+        }
         let mut out = String::new();
         if let Some(piece) = s.detok.next(&self.tokenizer, &s.ids)? {
             out = s.push_text(&piece);
         }
         if s.finish.is_none() {
-            if s.guide.as_ref().is_some_and(Guide::is_stopped) {
+            if s.guide.as_ref().is_some_and(Guide::is_stopped) || s.calls_end_here() {
                 s.finish = Some(FinishReason::Stop);
             } else if s.ids.len() >= s.request.max_new_tokens {
                 s.finish = Some(FinishReason::Length);
@@ -294,6 +334,41 @@ impl<B: DecoderBackend> Generator<B> {
             }
         }
         Ok(out)
+    }
+
+    /// With tool choice `auto`, until the model opens a call: whether the token just taken
+    /// completed the call syntax's opening; then the tools' grammar holds the rest of the answer,
+    /// fed from the token where the opening began (with the text of that token before it).
+    fn watch_for_call(&self, s: &mut Sequence<B::State>) -> std::result::Result<(), String> {
+        let (Some(watch), Some(compiler), Some(tools)) = (&mut s.calls, &self.constraints, &s.request.tools) else {
+            return Ok(());
+        };
+        if !watch.waiting {
+            return Ok(());
+        }
+        let token = *s.ids.last().expect("a token was just taken");
+        watch.starts.push(watch.bytes.len());
+        let piece = compiler.token_bytes(token).map_err(|e| e.to_string())?;
+        let opening = watch.syntax.opening().as_bytes();
+        let from = watch.bytes.len().saturating_sub(opening.len() - 1);
+        watch.bytes.extend_from_slice(&piece);
+        let Some(at) = watch.bytes[from..].windows(opening.len()).position(|w| w == opening).map(|i| i + from) else {
+            return Ok(());
+        };
+        let first = watch.starts.iter().rposition(|&start| start <= at).expect("the first token starts at 0");
+        let before = std::str::from_utf8(&watch.bytes[watch.starts[first]..at]).map_err(|_| {
+            "the model opened a tool call inside a character; it cannot be held to the tools".to_string()
+        })?;
+        let mut guide = compiler.compile_tools(&watch.syntax.grammar(tools, before)).map_err(|e| e.to_string())?;
+        for &id in &s.ids[first..] {
+            guide.consume(id)?;
+        }
+        watch.waiting = false;
+        watch.opened_at = first;
+        watch.bytes = Vec::new();
+        watch.starts = Vec::new();
+        s.guide = Some(guide);
+        Ok(())
     }
 
     /// Starts a generation as a stream of text pieces (one sequence alone).
@@ -362,6 +437,21 @@ fn held_back_len(text: &str, stops: &[String]) -> usize {
     best
 }
 
+/// A generation's tool calls: its model's call syntax and, until a call opens (choice `auto`),
+/// the bytes of the tokens generated so far (where each starts), to find the opening in.
+struct CallWatch {
+    syntax: CallSyntax,
+    waiting: bool,
+    bytes: Vec<u8>,
+    starts: Vec<usize>,
+    /// Generated tokens before the first call.
+    opened_at: usize,
+    /// Generated tokens when the last call closed.
+    last_close: Option<usize>,
+    /// Tokens of the longest call so far.
+    longest: usize,
+}
+
 /// One generation in progress: its request, KV state and text so far. Advanced by
 /// [`Generator::advance`], alone or with others.
 pub struct Sequence<S> {
@@ -382,8 +472,10 @@ pub struct Sequence<S> {
     held: String,
     text: String,
     finish: Option<FinishReason>,
-    /// The constraint in progress.
+    /// The constraint in progress (a tool call's grammar too).
     guide: Option<Guide>,
+    /// Tool calling: the call syntax, and whether a call was opened yet.
+    calls: Option<CallWatch>,
     /// Why it failed on its own (its constraint), ending it; the others of its batch go on.
     failure: Option<String>,
     /// Log-probabilities so far, when the request asks for them.
@@ -431,8 +523,11 @@ impl<S> Sequence<S> {
                     FinishReason::Context => "the model's context filled up".into(),
                     FinishReason::Stop => "a stop string cut it".into(),
                     FinishReason::Eos => "the model ended it".into(),
+                    FinishReason::ToolCalls => "its calls ended".into(),
                 };
-                let kind = self.request.constraint.as_ref().map_or("", |c| c.kind());
+                let calling = self.calls.as_ref().is_some_and(|c| !c.waiting);
+                let kind =
+                    if calling { "tool call" } else { self.request.constraint.as_ref().map_or("", |c| c.kind()) };
                 let open = match (kind, crate::engine::constraint::open_json_path(&self.text)) {
                     ("schema", Some(path)) => format!(" ({path} never closed)"),
                     _ => String::new(),
@@ -448,13 +543,33 @@ impl<S> Sequence<S> {
                 )));
             }
         }
-        Ok(Generation {
+        let mut generation = Generation {
             text: self.text,
             token_ids: self.ids,
             prompt_tokens: self.prompt.len(),
             finish_reason,
             logprobs: self.logprobs,
-        })
+            tool_calls: Vec::new(),
+        };
+        if let Some(CallWatch { syntax, waiting: false, .. }) = self.calls {
+            generation.read_tool_calls(syntax);
+        }
+        Ok(generation)
+    }
+
+    /// Whether the answer ends after the tool call that just closed: when it repeats an earlier
+    /// call of the answer, or when what is left of `max_new_tokens` could not hold another call
+    /// as long as the longest so far (so a further call is never begun only to be cut short).
+    fn calls_end_here(&mut self) -> bool {
+        let Some(watch) = self.calls.as_mut().filter(|w| !w.waiting) else { return false };
+        let text = format!("{}{}", self.text, self.held);
+        if !text.trim_end().ends_with(watch.syntax.closing()) {
+            return false;
+        }
+        let written = self.ids.len();
+        watch.longest = watch.longest.max(written - watch.last_close.unwrap_or(watch.opened_at));
+        watch.last_close = Some(written);
+        watch.syntax.ends_with_repeat(&text) || self.request.max_new_tokens - written < watch.longest
     }
 
     /// Ends it with `error` (its own failure); nothing more is released.
@@ -632,6 +747,7 @@ mod tests {
             sampling: Sampling::default(),
             constraint: None,
             logprobs: None,
+            tools: None,
         };
         let mut stream = g.stream(&request).unwrap();
         let pieces: Vec<String> = stream.by_ref().map(|p| p.unwrap()).filter(|p| !p.is_empty()).collect();
@@ -682,6 +798,7 @@ mod tests {
             sampling: Sampling::default(),
             constraint: None,
             logprobs: None,
+            tools: None,
         };
         assert!(matches!(g.stream(&request), Err(Error::InvalidRequest(m)) if m.contains("shorten the prompt")));
     }

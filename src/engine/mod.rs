@@ -14,6 +14,7 @@ pub mod prefix;
 pub mod rerank;
 pub mod sampler;
 pub(crate) mod template;
+pub mod tools;
 pub mod types;
 
 use tokenizers::Tokenizer;

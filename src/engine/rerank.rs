@@ -38,8 +38,8 @@ pub fn judgement(query: &str, document: &str) -> GenerateRequest {
     GenerateRequest {
         prompt: String::new(),
         messages: vec![
-            ChatMessage { role: "system".into(), content: SYSTEM_PROMPT.into() },
-            ChatMessage { role: "user".into(), content: user_prompt(query, document) },
+            ChatMessage::new("system", SYSTEM_PROMPT),
+            ChatMessage::new("user", user_prompt(query, document)),
         ],
         raw: false,
         seed: 0,
@@ -48,6 +48,7 @@ pub fn judgement(query: &str, document: &str) -> GenerateRequest {
         sampling: Sampling::default(),
         constraint: Some(Constraint::Choices(vec!["yes".into(), "no".into()])),
         logprobs: Some(LogprobsRequest { top: 0, follow: YES.iter().chain(&NO).map(|s| s.to_string()).collect() }),
+        tools: None,
     }
 }
 
@@ -99,6 +100,7 @@ mod tests {
                 top_logprobs: Vec::new(),
                 followed: vec![t(yes), t(f32::NEG_INFINITY), t(no), t(f32::NEG_INFINITY)],
             }]),
+            tool_calls: Vec::new(),
         }
     }
 

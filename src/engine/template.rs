@@ -3,6 +3,7 @@
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde_json::Value;
 
+use crate::engine::tools::{CallSyntax, ToolUse};
 use crate::engine::types::ChatMessage;
 use crate::error::{Error, Result};
 use crate::model::ModelFiles;
@@ -12,6 +13,10 @@ pub struct ChatTemplate {
     env: Option<Environment<'static>>,
     bos_token: String,
     eos_token: String,
+    /// Whether the template reads a `tools` variable.
+    takes_tools: bool,
+    /// How it has the model write a tool call, when steadytext knows the syntax.
+    call_syntax: Option<CallSyntax>,
 }
 
 fn raise_exception(message: String) -> std::result::Result<String, JinjaError> {
@@ -47,6 +52,8 @@ impl ChatTemplate {
                 _ => None,
             }
         };
+        let takes_tools = source.as_deref().is_some_and(|s| s.contains("tools"));
+        let call_syntax = source.as_deref().and_then(CallSyntax::of_template);
         let env = match source {
             Some(source) => {
                 let mut env = Environment::new();
@@ -63,40 +70,89 @@ impl ChatTemplate {
             env,
             bos_token: token_text(tokenizer_config.as_ref(), "bos_token"),
             eos_token: token_text(tokenizer_config.as_ref(), "eos_token"),
+            takes_tools,
+            call_syntax,
         })
+    }
+
+    /// How the model writes a tool call; an error naming `model` when its template does not
+    /// take tools or says calls in a syntax steadytext does not know.
+    pub fn call_syntax(&self, model: &str) -> Result<CallSyntax> {
+        match (self.takes_tools, self.call_syntax) {
+            (true, Some(syntax)) => Ok(syntax),
+            (false, _) => Err(Error::InvalidRequest(format!(
+                "model {model}'s chat template does not take tools: use a model whose template does (Qwen2.5, \
+                 Qwen3 or another with <tool_call> calls), or leave tools out"
+            ))),
+            (true, None) => Err(Error::InvalidRequest(format!(
+                "model {model}'s chat template takes tools in a call syntax steadytext does not know (it knows \
+                 <tool_call> calls): leave tools out"
+            ))),
+        }
     }
 
     /// No template: prompts are used verbatim (for tests with scripted backends).
     #[cfg(test)]
     pub(crate) fn verbatim() -> Self {
-        ChatTemplate { env: None, bos_token: String::new(), eos_token: String::new() }
+        ChatTemplate {
+            env: None,
+            bos_token: String::new(),
+            eos_token: String::new(),
+            takes_tools: false,
+            call_syntax: None,
+        }
     }
 
     /// Renders one user message with the generation prompt appended.
     pub fn render_user(&self, prompt: &str) -> Result<String> {
         let Some(env) = &self.env else { return Ok(prompt.to_string()) };
-        Self::render_with(env, self, vec![context! { role => "user", content => prompt }])
+        Self::render_with(env, self, vec![context! { role => "user", content => prompt }], None)
     }
 
-    /// Renders a conversation with the generation prompt appended; without a template, the
-    /// turns' texts joined by newlines.
-    pub fn render(&self, messages: &[ChatMessage]) -> Result<String> {
+    /// Renders a conversation (offering `tools`, if any) with the generation prompt appended;
+    /// without a template, the turns' texts joined by newlines.
+    pub fn render(&self, messages: &[ChatMessage], tools: Option<&ToolUse>) -> Result<String> {
         let Some(env) = &self.env else {
             return Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"));
         };
-        let turns = messages.iter().map(|m| context! { role => &m.role, content => &m.content }).collect();
-        Self::render_with(env, self, turns)
+        let turns = messages.iter().map(turn).collect();
+        Self::render_with(env, self, turns, tools)
     }
 
-    fn render_with(env: &Environment<'static>, tokens: &Self, messages: Vec<minijinja::Value>) -> Result<String> {
+    fn render_with(
+        env: &Environment<'static>,
+        tokens: &Self,
+        messages: Vec<minijinja::Value>,
+        tools: Option<&ToolUse>,
+    ) -> Result<String> {
         let template = env.get_template("chat").map_err(|e| Error::InvalidRequest(e.to_string()))?;
         template
             .render(context! {
                 messages => messages,
+                tools => tools.map(ToolUse::template_tools),
                 add_generation_prompt => true,
                 bos_token => &tokens.bos_token,
                 eos_token => &tokens.eos_token,
             })
             .map_err(|e| Error::InvalidRequest(format!("chat template failed: {e}")))
+    }
+}
+
+/// One turn as chat templates take it (Hugging Face's convention): an assistant's calls as
+/// `tool_calls` of `{id, type, function: {name, arguments}}`, the arguments an object (templates
+/// write them with `tojson`); a tool turn with its `tool_call_id`.
+fn turn(m: &ChatMessage) -> minijinja::Value {
+    let calls: Vec<Value> = m
+        .tool_calls
+        .iter()
+        .map(|c| {
+            let arguments = serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| c.arguments.clone().into());
+            serde_json::json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": arguments}})
+        })
+        .collect();
+    match (calls.is_empty(), &m.tool_call_id) {
+        (true, None) => context! { role => &m.role, content => &m.content },
+        (true, Some(id)) => context! { role => &m.role, content => &m.content, tool_call_id => id },
+        (false, _) => context! { role => &m.role, content => &m.content, tool_calls => calls },
     }
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::constraint::Constraint;
 use crate::engine::logprobs::{LogprobsRequest, StepLogprobs};
 use crate::engine::sampler::Sampling;
+use crate::engine::tools::{CallSyntax, ToolCall, ToolChoice, ToolUse};
 use crate::error::{Error, Result};
 
 /// Most stop strings one request may carry.
@@ -16,14 +17,33 @@ pub const MAX_STOP_STRINGS: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
-    /// `system`, `user` or `assistant`.
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
-    /// The text of the turn.
+    /// The text of the turn (of a `tool` turn: the call's output).
     pub content: String,
+    /// An assistant turn's tool calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` turn: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+impl ChatMessage {
+    /// A turn of `role` saying `content`.
+    pub fn new(role: &str, content: impl Into<String>) -> Self {
+        ChatMessage { role: role.into(), content: content.into(), tool_calls: Vec::new(), tool_call_id: None }
+    }
+
+    /// Bytes of text it carries (role, content, calls), for the request size limits.
+    pub fn text_len(&self) -> usize {
+        let calls: usize = self.tool_calls.iter().map(|c| c.id.len() + c.name.len() + c.arguments.len()).sum();
+        self.role.len() + self.content.len() + calls + self.tool_call_id.as_ref().map_or(0, String::len)
+    }
 }
 
 /// Roles a chat message may have.
-pub const CHAT_ROLES: [&str; 3] = ["system", "user", "assistant"];
+pub const CHAT_ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
 /// What to generate. Every field is part of the answer's identity (fields at their default are
 /// left out of the serialized form, so adding one keeps the keys of older requests).
@@ -51,6 +71,9 @@ pub struct GenerateRequest {
     /// Log-probabilities to report with each generated token, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<LogprobsRequest>,
+    /// Tools the model may call, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<ToolUse>,
 }
 
 impl GenerateRequest {
@@ -80,10 +103,51 @@ impl GenerateRequest {
         if let Some(c) = &self.constraint {
             c.validate()?;
         }
+        if let Some(m) = self.messages.iter().find(|m| !m.tool_calls.is_empty() && m.role != "assistant") {
+            return Err(Error::InvalidRequest(format!("a {} message cannot carry tool calls", m.role)));
+        }
+        if let Some(tools) = &self.tools {
+            tools.validate()?;
+            if self.raw {
+                return Err(Error::InvalidRequest(
+                    "tools need the chat template: a raw prompt cannot offer them".into(),
+                ));
+            }
+            if let (Some(c), false) = (&self.constraint, tools.choice == ToolChoice::None) {
+                return Err(Error::InvalidRequest(format!(
+                    "a {} constraint (response format) with tool calls is not supported: leave one out, or set \
+                     tool_choice to none",
+                    c.kind()
+                )));
+            }
+        }
         if let Some(l) = &self.logprobs {
             l.validate()?;
         }
         self.sampling.validate()
+    }
+}
+
+impl Generation {
+    /// Reads the tool calls the text ends with (written in `syntax`) into `tool_calls`, ending
+    /// it with [`FinishReason::ToolCalls`] when it holds any.
+    pub fn read_tool_calls(&mut self, syntax: CallSyntax) {
+        if let Some((_, calls)) = syntax.parse(&self.text, self.prompt_tokens, &self.token_ids) {
+            if !calls.is_empty() {
+                self.tool_calls = calls;
+                self.finish_reason = FinishReason::ToolCalls;
+            }
+        }
+    }
+
+    /// The text before its tool calls (all of it when it has none).
+    pub fn content(&self) -> &str {
+        match self.tool_calls.is_empty() {
+            true => &self.text,
+            false => CallSyntax::of_answer(&self.text)
+                .and_then(|s| self.text.find(s.opening()))
+                .map_or(&self.text, |at| self.text[..at].trim_end()),
+        }
     }
 }
 
@@ -99,6 +163,8 @@ pub enum FinishReason {
     Stop,
     /// The model's context window is full.
     Context,
+    /// The answer ends with tool calls.
+    ToolCalls,
 }
 
 /// A finished generation.
@@ -115,4 +181,7 @@ pub struct Generation {
     /// One entry per generated token (as `token_ids`), when the request asked for them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<Vec<StepLogprobs>>,
+    /// The tool calls the answer ends with (`text` holds them as the model wrote them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
 }

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::engine::tools::{Tool, ToolChoice};
 use crate::engine::types::ChatMessage;
 
 /// Parameters of `generate` and `generate_stream`.
@@ -59,6 +60,16 @@ pub struct GenerateParams {
     /// With `logprobs`: also the N most likely tokens at each step (N <= 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_logprobs: Option<usize>,
+    /// Functions the model may call (`name`, `description`, `parameters` as a JSON Schema);
+    /// the model's chat template must take tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<Tool>,
+    /// With `tools`: `auto` (default), `none`, `required`, or `{"function": NAME}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// With `tools`: whether an answer may hold several calls (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// Parameters of `embed`.

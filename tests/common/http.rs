@@ -40,6 +40,11 @@ impl HttpDaemon {
 
     /// [`HttpDaemon::start`], also listening for JSON-RPC on a TCP port when `tcp` is set.
     pub fn start_listening(config: &str, tcp: bool) -> Self {
+        Self::start_with(config, tcp, &[])
+    }
+
+    /// [`HttpDaemon::start_listening`] with these environment variables set for the daemon.
+    pub fn start_with(config: &str, tcp: bool, env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         super::write_private(&dir.path().join("api-key"), &format!("{KEY}\n"));
         std::fs::write(dir.path().join("steadytext.toml"), config).unwrap();
@@ -58,6 +63,7 @@ impl HttpDaemon {
                 .env("STEADYTEXT_API_KEY_FILE", dir.path().join("api-key"))
                 .env("STEADYTEXT_CONFIG", dir.path().join("steadytext.toml"))
                 .env("STATE_DIRECTORY", dir.path())
+                .envs(env.iter().copied())
                 .stderr(std::fs::File::create(&log).unwrap())
                 .spawn()
                 .unwrap();

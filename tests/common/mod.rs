@@ -52,6 +52,29 @@ fn built(script: &str, (key, value): (&str, PathBuf)) -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// A model folder of links to the shared models, and `SmolLM2-135M-tools`: the shared SmolLM2
+/// with a ChatML chat template that takes tools (`tests/tools/chatml_tools.jinja`; the model's
+/// own template does not). Made in a fresh temporary folder; the models are linked, not copied.
+pub fn tool_models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = models_dir().canonicalize().unwrap();
+    for entry in std::fs::read_dir(&shared).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let tools = dir.path().join("SmolLM2-135M-tools");
+    std::fs::create_dir(&tools).unwrap();
+    for entry in std::fs::read_dir(shared.join("SmolLM2-135M-Instruct")).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name() != "chat_template.jinja" {
+            std::os::unix::fs::symlink(entry.path(), tools.join(entry.file_name())).unwrap();
+        }
+    }
+    let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/chatml_tools.jinja");
+    std::fs::copy(template, tools.join("chat_template.jinja")).unwrap();
+    dir
+}
+
 /// The python of a private venv holding the requirements file `requirements` (a path in the
 /// checkout), made from PyPI once by `tools/venv.sh`.
 pub fn venv_python(requirements: &str) -> PathBuf {

@@ -242,6 +242,17 @@ pub struct GenerateArgs {
     /// With --logprobs: also the N most likely tokens at each step (at most 20).
     #[arg(long, value_name = "N", requires = "logprobs")]
     pub top_logprobs: Option<usize>,
+    /// Functions the model may call: a JSON file holding a list of tools (`{"name",
+    /// "description", "parameters"}`, or OpenAI's `{"type": "function", "function": {...}}`).
+    /// Calls print as one JSON line each after the text.
+    #[arg(long, value_name = "FILE")]
+    pub tools: Option<PathBuf>,
+    /// With --tools: auto (default), none, required, or the name of the tool to call.
+    #[arg(long, value_name = "CHOICE", requires = "tools")]
+    pub tool_choice: Option<String>,
+    /// With --tools: at most one call per answer.
+    #[arg(long, requires = "tools")]
+    pub no_parallel_tool_calls: bool,
 }
 
 #[derive(Args)]

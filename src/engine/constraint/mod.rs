@@ -256,11 +256,23 @@ impl Compiler {
     /// Compiles `constraint`; an invalid or unsupported one is a request error with the
     /// compiler's message.
     pub fn compile(&self, constraint: &Constraint) -> Result<Guide> {
+        self.compile_grammar(constraint.grammar(), &format!("the {} constraint", constraint.kind()))
+    }
+
+    /// Compiles the Lark grammar of a request's tool calls (see `engine::tools`).
+    pub fn compile_tools(&self, lark: &str) -> Result<Guide> {
+        self.compile_grammar(TopLevelGrammar::from_lark(lark.to_string()), "a tool's parameter schema")
+    }
+
+    /// The bytes of token `id` (as the constraint engine reads them).
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        Ok(self.factory()?.tok_env().tok_trie().decode(&[id]))
+    }
+
+    fn compile_grammar(&self, grammar: TopLevelGrammar, what: &str) -> Result<Guide> {
         let factory = self.factory()?;
-        let refused = |e: &dyn std::fmt::Display| {
-            Error::InvalidRequest(format!("the {} constraint does not compile: {e}", constraint.kind()))
-        };
-        let compiled = catch_unwind(AssertUnwindSafe(|| factory.create_parser(constraint.grammar())))
+        let refused = |e: &dyn std::fmt::Display| Error::InvalidRequest(format!("{what} does not compile: {e}"));
+        let compiled = catch_unwind(AssertUnwindSafe(|| factory.create_parser(grammar)))
             .map_err(|panic| refused(&panic_message(&panic)))?;
         let matcher = Matcher::new(Ok(compiled.map_err(|e| refused(&e))?));
         if let Some(e) = matcher.get_error() {

@@ -19,9 +19,10 @@ use crate::core::validate;
 use crate::daemon::methods::generate as methods;
 use crate::engine::generate::FinishReason;
 use crate::engine::logprobs::TokenLogprob;
+use crate::engine::tools::{CallSyntax, ToolChoice};
 use crate::error::Error;
 use crate::protocol::{wire, GenerateParams, GenerateResult, Method, ROUTE_KEY_HEADER};
-use types::{ChatRequest, Common, CompletionRequest, Message};
+use types::{ChatRequest, CompletionRequest};
 
 pub(super) use embeddings::{embeddings, models};
 
@@ -43,12 +44,12 @@ enum Flavor {
 /// `POST /v1/chat/completions`.
 pub(super) async fn chat_completions(ready: Ready, body: Body) -> Result<Response, ApiError> {
     let request: ChatRequest = read_json(body, &ready.daemon).await?;
-    let mut params = request.common.params()?;
-    params.messages = request.messages.into_iter().map(Message::into_chat).collect::<Result<_, _>>()?;
+    let (stream, include_usage) = (request.common.stream, request.common.include_usage());
+    let params = request.params()?;
     if params.messages.is_empty() {
         return Err(Error::InvalidRequest("messages must hold at least one message".into()).into());
     }
-    generate(ready, params, &request.common, Flavor::Chat).await
+    generate(ready, params, stream, include_usage, Flavor::Chat).await
 }
 
 /// `POST /v1/completions`: the prompt verbatim, without the chat template.
@@ -64,7 +65,8 @@ pub(super) async fn completions(ready: Ready, body: Body) -> Result<Response, Ap
     }
     params.prompt = prompts.remove(0);
     params.raw = true;
-    generate(ready, params, &request.common, Flavor::Completion).await
+    let (stream, include_usage) = (request.common.stream, request.common.include_usage());
+    generate(ready, params, stream, include_usage, Flavor::Completion).await
 }
 
 /// What identifies one answer in OpenAI's fields.
@@ -79,6 +81,7 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Eos | FinishReason::Stop => "stop",
         FinishReason::Length | FinishReason::Context => "length",
+        FinishReason::ToolCalls => "tool_calls",
     }
 }
 
@@ -104,7 +107,79 @@ fn answer_id(prefix: &str, params: &GenerateParams) -> Result<String, ApiError> 
     Ok(format!("{prefix}-{}", &hex::encode(Sha256::digest(text.get()))[..24]))
 }
 
-async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor: Flavor) -> Result<Response, ApiError> {
+/// A chat answer's tool calls in OpenAI's shape (`index` for stream deltas).
+fn tool_calls(result: &GenerateResult, indexed: bool) -> Vec<Value> {
+    let calls = result.generation.tool_calls.iter().enumerate();
+    calls
+        .map(|(i, c)| {
+            let mut call = json!({"id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}});
+            if indexed {
+                call["index"] = i.into();
+            }
+            call
+        })
+        .collect()
+}
+
+/// A chat answer's message: its text (null when it only calls tools) and its calls.
+fn message(result: &GenerateResult) -> Value {
+    let generation = &result.generation;
+    if generation.tool_calls.is_empty() {
+        return json!({"role": "assistant", "content": generation.text});
+    }
+    let content = Some(generation.content()).filter(|c| !c.is_empty());
+    json!({"role": "assistant", "content": content, "tool_calls": tool_calls(result, false)})
+}
+
+/// The content of a streamed chat answer, as it grows: text that may still turn out to open a
+/// tool call (trailing blanks, a part of the opening tag) is held back until it is known, so the
+/// pieces add up to the message's `content` and never show call markup.
+#[derive(Default)]
+struct ContentStream {
+    text: String,
+    shown: usize,
+    opening: Option<&'static str>,
+}
+
+impl ContentStream {
+    fn new(opening: Option<&'static str>) -> Self {
+        ContentStream { opening, ..Default::default() }
+    }
+
+    /// What of `piece` (and what it held) may be shown now.
+    fn piece(&mut self, piece: &str) -> String {
+        self.text.push_str(piece);
+        let Some(opening) = self.opening else { return self.show(self.text.len()) };
+        let visible = match self.text.find(opening) {
+            Some(at) => self.text[..at].trim_end().len(),
+            None => {
+                let partial = (1..opening.len()).rev().find(|&n| self.text.ends_with(&opening[..n])).unwrap_or(0);
+                self.text[..self.text.len() - partial].trim_end().len()
+            }
+        };
+        self.show(visible)
+    }
+
+    /// At the end: the rest of the final content.
+    fn finish(&mut self, content: &str) -> String {
+        content.get(self.shown..).unwrap_or_default().to_string()
+    }
+
+    fn show(&mut self, upto: usize) -> String {
+        let out = self.text.get(self.shown..upto.max(self.shown)).unwrap_or_default().to_string();
+        self.shown = self.shown.max(upto);
+        out
+    }
+}
+
+async fn generate(
+    ready: Ready,
+    params: GenerateParams,
+    stream: bool,
+    include_usage: bool,
+    flavor: Flavor,
+) -> Result<Response, ApiError> {
     let prefix = match flavor {
         Flavor::Chat => "chatcmpl",
         Flavor::Completion => "cmpl",
@@ -115,7 +190,10 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
         .map(|r| generation_route_key(params.model.as_deref(), &r))
         .unwrap_or_default();
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    if !common.stream {
+    // The one call syntax steadytext knows (the request is refused if the model's is another).
+    let may_call = !params.tools.is_empty() && params.tool_choice != Some(ToolChoice::None);
+    let opening = may_call.then(|| CallSyntax::Hermes.opening());
+    if !stream {
         let result = ready.run(Method::Generate, |call| Box::pin(methods::generate(call, params, false))).await?;
         let identity = Identity {
             id,
@@ -126,8 +204,9 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
         let reason = finish_reason(result.generation.finish_reason);
         let logprobs = logprobs(&result, flavor);
         let choice = match flavor {
-            Flavor::Chat => json!({"index": 0, "message": {"role": "assistant", "content": result.generation.text},
-                                   "logprobs": logprobs, "finish_reason": reason}),
+            Flavor::Chat => {
+                json!({"index": 0, "message": message(&result), "logprobs": logprobs, "finish_reason": reason})
+            }
             Flavor::Completion => {
                 json!({"index": 0, "text": result.generation.text, "logprobs": logprobs, "finish_reason": reason})
             }
@@ -162,8 +241,8 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
     };
     let info = model.ok_or_else(|| ApiError::internal("the answer named no model"))?;
     let identity = Identity { id, created, model: info.name.clone(), fingerprint: fingerprint(&ready, &info.digest) };
-    let include_usage = common.include_usage();
     let mut opened = false;
+    let mut content = ContentStream::new(opening);
     let frames = event_stream(Some(first), events, move |event| {
         let mut frames = Vec::new();
         if !opened {
@@ -174,8 +253,20 @@ async fn generate(ready: Ready, params: GenerateParams, common: &Common, flavor:
         }
         match event {
             Event::Model(_) => {}
-            Event::Piece(text) => frames.push(chunk(&identity, flavor, json!({"content": text}), None)),
+            Event::Piece(text) => {
+                let shown = content.piece(&text);
+                if !shown.is_empty() {
+                    frames.push(chunk(&identity, flavor, json!({"content": shown}), None));
+                }
+            }
             Event::Done(Ok(result)) => {
+                let rest = content.finish(result.generation.content());
+                if !rest.is_empty() {
+                    frames.push(chunk(&identity, flavor, json!({"content": rest}), None));
+                }
+                if !result.generation.tool_calls.is_empty() {
+                    frames.push(chunk(&identity, flavor, json!({"tool_calls": tool_calls(&result, true)}), None));
+                }
                 let reason = finish_reason(result.generation.finish_reason);
                 let mut last = chunk_value(&identity, flavor, json!({}), Some(reason));
                 last["choices"][0]["logprobs"] = logprobs(&result, flavor);

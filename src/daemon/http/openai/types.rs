@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::error::ApiError;
 use crate::engine::generate::ChatMessage;
+use crate::engine::tools::{Tool, ToolCall, ToolChoice};
 use crate::error::Error;
 use crate::protocol::GenerateParams;
 
@@ -51,6 +52,47 @@ pub(super) struct Message {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    /// An assistant turn's calls.
+    #[serde(default)]
+    tool_calls: Vec<MessageToolCall>,
+    /// A tool turn: the call it answers.
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+/// A call in a conversation's history, in OpenAI's shape.
+#[derive(Deserialize)]
+struct MessageToolCall {
+    id: String,
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    function: FunctionCall,
+}
+
+#[derive(Deserialize)]
+struct FunctionCall {
+    name: String,
+    arguments: String,
+}
+
+/// A tool a request offers, in OpenAI's shape (only function tools are served).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RequestTool {
+    #[serde(rename = "type")]
+    kind: String,
+    function: Option<FunctionTool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FunctionTool {
+    name: String,
+    description: Option<String>,
+    parameters: Option<Value>,
+    /// Calls are always held to the schema here; `strict` changes nothing.
+    #[serde(rename = "strict")]
+    _strict: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -87,8 +129,63 @@ pub(super) struct Common {
 #[derive(Deserialize)]
 pub(super) struct ChatRequest {
     pub(super) messages: Vec<Message>,
+    pub(super) tools: Option<Vec<RequestTool>>,
+    pub(super) tool_choice: Option<Value>,
+    pub(super) parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub(super) common: Common,
+}
+
+impl ChatRequest {
+    /// The daemon's params: the common fields, the conversation and the tools.
+    pub(super) fn params(self) -> Result<GenerateParams, ApiError> {
+        let mut params = self.common.params()?;
+        params.messages = self.messages.into_iter().map(Message::into_chat).collect::<Result<_, _>>()?;
+        let tools = match self.tools {
+            Some(tools) if tools.is_empty() => {
+                return Err(
+                    Error::InvalidRequest("tools must list at least one tool (or leave tools out)".into()).into()
+                )
+            }
+            tools => tools.unwrap_or_default(),
+        };
+        params.tools = tools.into_iter().map(RequestTool::into_tool).collect::<Result<_, _>>()?;
+        params.tool_choice = self.tool_choice.map(|c| tool_choice(&c)).transpose()?;
+        params.parallel_tool_calls = self.parallel_tool_calls;
+        Ok(params)
+    }
+}
+
+/// OpenAI's `tool_choice`: `none`, `auto`, `required`, or `{"type": "function", "function": {"name": ...}}`.
+fn tool_choice(choice: &Value) -> Result<ToolChoice, ApiError> {
+    match choice {
+        Value::String(s) if s == "none" => Ok(ToolChoice::None),
+        Value::String(s) if s == "auto" => Ok(ToolChoice::Auto),
+        Value::String(s) if s == "required" => Ok(ToolChoice::Required),
+        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            match o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+                Some(name) => Ok(ToolChoice::Function(name.to_string())),
+                None => Err(Error::InvalidRequest("tool_choice of type function needs function.name".into()).into()),
+            }
+        }
+        _ => Err(unsupported(&format!(
+            "tool_choice {choice} (it must be none, auto, required or {{\"type\": \"function\", ...}})"
+        ))),
+    }
+}
+
+impl RequestTool {
+    fn into_tool(self) -> Result<Tool, ApiError> {
+        match (self.kind.as_str(), self.function) {
+            ("function", Some(f)) => Ok(Tool {
+                name: f.name,
+                description: f.description,
+                parameters: f.parameters.unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            }),
+            ("function", None) => Err(Error::InvalidRequest("a function tool needs its function".into()).into()),
+            (kind, _) => Err(unsupported(&format!("a tool of type {kind:?} (only function tools are served)"))),
+        }
+    }
 }
 
 /// `POST /v1/completions` body.
@@ -211,6 +308,16 @@ impl Message {
                 text
             }
         };
-        Ok(ChatMessage { role, content })
+        let tool_calls = self
+            .tool_calls
+            .into_iter()
+            .map(|c| match c.kind.as_deref() {
+                None | Some("function") => {
+                    Ok(ToolCall { id: c.id, name: c.function.name, arguments: c.function.arguments })
+                }
+                Some(kind) => Err(unsupported(&format!("a tool call of type {kind:?} in messages"))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ChatMessage { role, content, tool_calls, tool_call_id: self.tool_call_id })
     }
 }

@@ -1,0 +1,98 @@
+//! Tool calling against a real daemon: the official `openai` package (unchanged) through chat
+//! completions, streamed and not, and `stctl` through JSON-RPC, on the shared SmolLM2 given a
+//! ChatML template that takes tools. Calls name an offered tool and satisfy its schema
+//! (checked by Python's `jsonschema`), are the same bytes on every front and from the cache, and
+//! a text answer in `auto` is plain text.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::http::{HttpDaemon, KEY};
+use serde_json::{json, Value};
+
+const TOOLS_MODEL: &str = "SmolLM2-135M-tools";
+const PLAIN_MODEL: &str = "SmolLM2-135M-Instruct";
+
+/// Requests of the validity run in `make test` (`STEADYTEXT_TOOLS_VALIDITY` sets another count;
+/// the run is 200).
+const VALIDITY_REQUESTS: usize = 16;
+
+#[test]
+fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
+    let python = common::venv_python("tests/python/requirements.txt");
+    let models = common::tool_models();
+    let daemon = HttpDaemon::start_with("", false, &[("STEADYTEXT_MODEL_DIR", models.path().as_os_str())]);
+    daemon.health_until_ready();
+    let count = std::env::var("STEADYTEXT_TOOLS_VALIDITY").ok().and_then(|v| v.parse().ok());
+    let count = count.unwrap_or(VALIDITY_REQUESTS).to_string();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tools_client.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .args([&daemon.url("/v1"), KEY, TOOLS_MODEL, PLAIN_MODEL, &count])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // `required`: a call from the first token; streamed deltas add up to it; the cache gives the
+    // same bytes (ids included).
+    let required = &got["required"];
+    assert_eq!(required["finish"], "tool_calls", "{got}");
+    assert_eq!(required["content"], Value::Null);
+    let call = &required["calls"][0];
+    assert_eq!((&call[1], &call[2]), (&json!("function"), &json!("get_weather")), "{got}");
+    assert_eq!(got["required_stream"], *required);
+    assert_eq!(got["required_again"], *required);
+    assert_eq!(got["named"]["calls"][0][2], "add", "{got}");
+    // `auto`: the model opened a call by itself and was held to the tools from there; a text
+    // answer is the model's own text, streamed or not.
+    assert_eq!(got["auto_call"]["finish"], "tool_calls", "{got}");
+    assert_eq!(got["auto_call_stream"], got["auto_call"]);
+    let arguments: Value = serde_json::from_str(got["auto_call"]["calls"][0][3].as_str().unwrap()).unwrap();
+    assert!(arguments["city"].is_string(), "{got}");
+    assert_eq!(got["auto_text"]["finish"], "stop", "{got}");
+    assert_eq!(got["auto_text"]["calls"], json!([]));
+    assert_eq!(got["auto_text_stream"], got["auto_text"]);
+    assert!(got["after_tool"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{got}");
+    // Errors: a 400 naming the cause.
+    for (case, needle) in [
+        ("no_template", "does not take tools"),
+        ("bad_schema", "nope"),
+        ("not_offered", "send_mail"),
+        ("image", "image_url"),
+        ("custom_tool", "custom"),
+    ] {
+        let error = &got["errors"][case];
+        assert_eq!(error[0], 400, "{case}: {error}");
+        assert!(error[1].as_str().unwrap().contains(needle), "{case}: {error}");
+    }
+    // Validity: every call names an offered tool and its arguments satisfy the tool's schema;
+    // no text answer carries call markup.
+    let validity = &got["validity"];
+    assert_eq!(validity["requests"].as_u64().unwrap().to_string(), count);
+    assert_eq!(validity["invalid"], json!([]), "{validity}");
+    assert_eq!(validity["markup_in_text"], json!([]), "{validity}");
+    assert!(validity["calls"].as_u64().unwrap() * 2 >= validity["requests"].as_u64().unwrap(), "{validity}");
+
+    // JSON-RPC (stctl --tools): the same call, id and all, as the openai package got.
+    let tools = daemon.dir.path().join("tools.json");
+    let weather = json!({"name": "get_weather", "description": "Get the current weather in a city", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}});
+    let add = json!({"type": "function", "function": {"name": "add", "description": "Add two numbers", "parameters": {
+        "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}}});
+    std::fs::write(&tools, json!([weather, add]).to_string()).unwrap();
+    let tools = tools.to_str().unwrap();
+    let args = ["generate", "What is the weather in Paris?", "--model", TOOLS_MODEL, "--max-new-tokens", "96"];
+    let choice = ["--tools", tools, "--tool-choice", "required", "--no-parallel-tool-calls"];
+    let printed = daemon.stctl(&[&args[..], &choice[..]].concat());
+    let line = printed.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no call printed: {printed}"));
+    let call: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(json!([call["id"], "function", call["name"], call["arguments"]]), required["calls"][0]);
+    let result: Value = serde_json::from_str(&daemon.stctl(&[&args[..], &choice[..], &["--json"]].concat())).unwrap();
+    assert_eq!(result["finish_reason"], "tool_calls", "{result}");
+    assert_eq!(result["tool_calls"][0], call);
+    assert!(result["text"].as_str().unwrap().starts_with("<tool_call>"), "the text is what the model wrote");
+}
