@@ -1,5 +1,6 @@
 //! Tool calling against a real daemon: the official `openai` package (unchanged) through chat
-//! completions, streamed and not, and `stctl` through JSON-RPC, on the shared SmolLM2 given a
+//! completions and the `anthropic` package through the Messages API, streamed and not, and
+//! `stctl` through JSON-RPC, on the shared SmolLM2 given a
 //! ChatML template that takes tools. Calls name an offered tool and satisfy its schema
 //! (checked by Python's `jsonschema`), are the same bytes on every front and from the cache, and
 //! a text answer in `auto` is plain text.
@@ -56,6 +57,24 @@ fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
     assert_eq!(got["auto_text"]["calls"], json!([]));
     assert_eq!(got["auto_text_stream"], got["auto_text"]);
     assert!(got["after_tool"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{got}");
+    // The Responses API: the same call as a `function_call` item; the stream assembles to the
+    // same response; a call's output fed back gives a text answer.
+    let response = &got["responses"];
+    assert_eq!(response["status"], "completed", "{got}");
+    let item = &response["output"][0];
+    assert_eq!(item["type"], "function_call", "{got}");
+    assert_eq!(json!([item["call_id"], "function", item["name"], item["arguments"]]), required["calls"][0]);
+    assert_eq!(uncached(&got["responses_stream"]), uncached(response), "the stream assembles to the same response");
+    let text = &got["responses_text"];
+    assert_eq!(text["output"][0]["type"], "message", "{got}");
+    let said = text["output"][0]["content"][0]["text"].as_str().unwrap();
+    assert!(!said.is_empty(), "{got}");
+    assert_eq!(uncached(&got["responses_text_stream"]), uncached(text));
+    let deltas: Vec<&str> =
+        got["responses_text_deltas"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+    assert_eq!(deltas.concat(), said);
+    assert_eq!(got["responses_stored"][0], 400, "{got}");
+    assert!(got["responses_stored"][1].as_str().unwrap().contains("previous_response_id"), "{got}");
     // Errors: a 400 naming the cause.
     for (case, needle) in [
         ("no_template", "does not take tools"),
@@ -95,4 +114,56 @@ fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
     assert_eq!(result["finish_reason"], "tool_calls", "{result}");
     assert_eq!(result["tool_calls"][0], call);
     assert!(result["text"].as_str().unwrap().starts_with("<tool_call>"), "the text is what the model wrote");
+
+    // Anthropic's Messages API (the `anthropic` package, key as `x-api-key`): the same
+    // conversation gives the same call, id and arguments, as a `tool_use` block.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/messages_client.py");
+    let out = Command::new(&python).arg(script).args([&daemon.url(""), KEY, TOOLS_MODEL]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let any = &got["any"];
+    assert_eq!(any["stop_reason"], "tool_use", "{got}");
+    let tool_use = &any["content"][0];
+    assert_eq!(tool_use["type"], "tool_use", "{got}");
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!((&tool_use["id"], &tool_use["name"], &tool_use["input"]), (&call["id"], &call["name"], &arguments));
+    assert!(any["id"].as_str().unwrap().starts_with("msg_"), "{got}");
+    assert_eq!(uncached(&got["any_stream"]), uncached(any), "the stream assembles to the same message");
+    assert_eq!(got["any_again"]["content"], any["content"]);
+    assert_eq!(got["any_again"]["usage"]["cache_read_input_tokens"], any["usage"]["input_tokens"], "from the cache");
+    let after = &got["after_tool"];
+    assert_eq!(after["content"][0]["type"], "text", "{got}");
+    assert!(after["content"][0]["text"].as_str().is_some_and(|t| !t.is_empty()), "{got}");
+    assert_eq!(uncached(&got["after_tool_stream"]), uncached(after));
+    let pieces: Vec<&str> = got["after_tool_pieces"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(pieces.concat(), after["content"][0]["text"].as_str().unwrap());
+    let stopped = &got["stopped"];
+    assert_eq!(
+        (&stopped["stop_reason"], &stopped["stop_sequence"]),
+        (&json!("stop_sequence"), &json!("count")),
+        "{got}"
+    );
+    assert!(!stopped["content"][0]["text"].as_str().unwrap().contains("count"), "{got}");
+    for (case, status, kind, needle) in [
+        ("image", 400, "invalid_request_error", "image"),
+        ("not_offered", 400, "invalid_request_error", "send_mail"),
+        ("thinking", 400, "invalid_request_error", "thinking"),
+        ("wrong_key", 401, "authentication_error", "x-api-key"),
+    ] {
+        let error = &got["errors"][case];
+        assert_eq!((&error[0], &error[1]), (&json!(status), &json!(kind)), "{case}: {error}");
+        assert!(error[2].as_str().unwrap().contains(needle), "{case}: {error}");
+    }
+}
+
+/// An answer without its count of prompt tokens the caches held (a repeat is served from the
+/// result cache: the one figure that may differ).
+fn uncached(answer: &Value) -> Value {
+    let mut answer = answer.clone();
+    let usage = &mut answer["usage"];
+    usage["input_tokens_details"]["cached_tokens"] = Value::Null;
+    if let Some(usage) = usage.as_object_mut() {
+        usage.remove("cache_read_input_tokens");
+    }
+    answer
 }

@@ -1,4 +1,5 @@
-"""The official `openai` package, unchanged, calling tools through steadytextd's chat completions.
+"""The official `openai` package, unchanged, calling tools through steadytextd's chat completions
+and Responses API.
 
 Usage: tools_client.py BASE_URL API_KEY TOOLS_MODEL PLAIN_MODEL VALIDITY_REQUESTS
 TOOLS_MODEL's chat template takes tools (Hermes <tool_call> calls); PLAIN_MODEL's does not.
@@ -85,6 +86,49 @@ after = history + [
                                                             "function": {"name": call[2], "arguments": call[3]}}]},
     {"role": "tool", "tool_call_id": call[0], "content": "rain, 14 C"}]
 out["after_tool"] = answer(create(messages=after, tools=[WEATHER, ADD], tool_choice="none", max_tokens=24))
+
+# The Responses API: the same conversation as `paris`, the same call; streamed, the package
+# assembles the same response; the call's output goes back as a function_call_output item.
+def flat(tool):
+    return {"type": "function", **tool["function"]}
+
+
+def response(**kw):
+    return client.responses.create(model=tools_model, max_output_tokens=kw.pop("max_output_tokens", 96),
+                                   **kw).model_dump(exclude={"created_at"})
+
+
+def response_streamed(**kw):
+    with client.responses.stream(model=tools_model, max_output_tokens=kw.pop("max_output_tokens", 96),
+                                 **kw) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response().model_dump(exclude={"created_at"})
+    # The package's own additions to what it parsed from the stream (None: it parsed nothing).
+    for item in final["output"]:
+        item.pop("parsed_arguments", None)
+        for part in item.get("content") or []:
+            part.pop("parsed", None)
+    return final, deltas
+
+
+paris_items = dict(input="What is the weather in Paris?", tools=[flat(WEATHER), flat(ADD)], tool_choice="required",
+                   parallel_tool_calls=False)
+out["responses"] = response(**paris_items)
+out["responses_stream"], _ = response_streamed(**paris_items)
+fc = next((o for o in out["responses"]["output"] if o["type"] == "function_call"), None) or {
+    "call_id": "call_x", "name": "get_weather", "arguments": "{}"}
+followup = dict(instructions="You are a weather assistant.", tools=[flat(WEATHER), flat(ADD)], tool_choice="none",
+                max_output_tokens=24, input=[
+                    {"role": "user", "content": "What is the weather in Paris?"},
+                    {"type": "function_call", "call_id": fc["call_id"], "name": fc["name"], "arguments": fc["arguments"]},
+                    {"type": "function_call_output", "call_id": fc["call_id"], "output": "rain, 14 C"}])
+out["responses_text"] = response(**followup)
+out["responses_text_stream"], out["responses_text_deltas"] = response_streamed(**followup)
+try:
+    response(input="hi", previous_response_id="resp_123")
+    out["responses_stored"] = "served"
+except openai.BadRequestError as e:
+    out["responses_stored"] = [e.status_code, e.body.get("message", "") if isinstance(e.body, dict) else str(e.body)]
 
 # Errors: each a 400 in OpenAI's shape, naming the cause.
 errors = {

@@ -47,6 +47,11 @@ impl ApiError {
         self
     }
 
+    /// What happened and what to do.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     pub(crate) fn body(&self) -> Value {
         json!({"error": {"message": self.message, "type": self.kind, "param": null, "code": self.code}})
     }

@@ -1,15 +1,18 @@
 //! The HTTP front (hyper + axum on the daemon's runtime): OpenAI-compatible routes in
-//! [`openai`], health, Prometheus metrics, and steadytext's own methods as JSON-RPC over HTTP
+//! [`openai`], Anthropic's Messages API in [`anthropic`], health, Prometheus metrics, and steadytext's own methods as JSON-RPC over HTTP
 //! (`POST /v1/rpc`). Every route calls the same typed core as the JSON-RPC listeners (same
 //! validation, cache, log lines and metrics), so the answers are the same bytes. A route is a
 //! handler in its own file and one line in [`router`].
 //!
 //! The front starts before the models load and answers 503 until they are, and again once
-//! shutdown begins. Over TCP every route but `/health` needs `Authorization: Bearer KEY`.
+//! shutdown begins. Over TCP every route but `/health` needs the API key: `Authorization: Bearer KEY` or
+//! `x-api-key: KEY` (Anthropic's clients send the latter).
 
+mod anthropic;
 mod body;
 mod conn;
 mod error;
+mod generation;
 mod openai;
 mod run;
 
@@ -105,7 +108,9 @@ fn router(front: Arc<Front>) -> Router {
         .route("/v1/models", get(openai::models))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/responses", post(openai::responses))
         .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/messages", post(anthropic::messages))
         .route("/v1/rpc", post(rpc))
         .route("/v1/cache/stats", get(cache_stats))
         .fallback(|| async {

@@ -25,6 +25,9 @@ use crate::error::Result;
 use crate::model::ModelInfo;
 use crate::protocol::Method;
 
+/// The header Anthropic's clients present the key in (`Authorization: Bearer` works as well).
+const API_KEY_HEADER: &str = "x-api-key";
+
 /// Stream events buffered per request before the sender waits for the client.
 const EVENTS_BUFFERED: usize = 64;
 
@@ -56,11 +59,10 @@ impl FromRequestParts<Arc<Front>> for Ready {
         let connection =
             parts.extensions.get::<Arc<Connection>>().cloned().ok_or_else(|| ApiError::internal("no connection"))?;
         if connection.peer().is_tcp() {
-            let given = parts
-                .headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
+            let header_text = |name| parts.headers.get(name).and_then(|v| v.to_str().ok());
+            let given = header_text(header::AUTHORIZATION.as_str())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .or_else(|| header_text(API_KEY_HEADER));
             let valid = match (daemon.api_key(), given) {
                 (Some(key), Some(given)) => key.verify(given.trim()),
                 _ => false,
@@ -68,7 +70,7 @@ impl FromRequestParts<Arc<Front>> for Ready {
             if !valid {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "missing or wrong API key: send `Authorization: Bearer KEY` with the daemon's key",
+                    "missing or wrong API key: send `Authorization: Bearer KEY` (or `x-api-key: KEY`) with the daemon's key",
                 )
                 .kind("invalid_request_error")
                 .code("invalid_api_key"));

@@ -1,9 +1,11 @@
-//! OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` and
-//! `/v1/models`. Each parses OpenAI's shape ([`types`]) into the daemon's typed params, runs the
-//! same use case as the JSON-RPC method ([`crate::core`], through the method's own function), and
-//! shapes the typed result as OpenAI does.
+//! OpenAI-compatible routes: `/v1/chat/completions`, `/v1/completions`, `/v1/responses`
+//! ([`responses`]), `/v1/embeddings` and `/v1/models`. Each parses OpenAI's shape ([`types`])
+//! into the daemon's typed params, runs the same use case as the JSON-RPC method
+//! ([`crate::core`], through the method's own function), and shapes the typed result as OpenAI
+//! does.
 
 mod embeddings;
+mod responses;
 mod types;
 
 use axum::body::{Body, Bytes};
@@ -12,27 +14,19 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::generation::{
+    answer_id, generate_now, route_key, sse, ContentStream, Streaming, CACHE_HEADER, ENGINE_HEADER,
+};
 use super::run::{event_stream, Event, Ready};
 use super::{body::read_json, ApiError};
-use crate::cache::generation_route_key;
-use crate::core::validate;
-use crate::daemon::methods::generate as methods;
 use crate::engine::generate::FinishReason;
 use crate::engine::logprobs::TokenLogprob;
-use crate::engine::tools::{CallSyntax, ToolChoice};
 use crate::error::Error;
-use crate::protocol::{wire, GenerateParams, GenerateResult, Method, ROUTE_KEY_HEADER};
+use crate::protocol::{GenerateParams, GenerateResult, ROUTE_KEY_HEADER};
 use types::{ChatRequest, CompletionRequest};
 
 pub(super) use embeddings::{embeddings, models};
-
-/// Response header naming the engine fingerprint of the answer (equal on every replica that
-/// gives the same bytes).
-const ENGINE_HEADER: &str = "x-steadytext-engine";
-
-/// Response header saying whether an answer came from the cache (`hit` or `miss`; `partial` when
-/// only some of an embedding request's inputs did).
-const CACHE_HEADER: &str = "x-steadytext-cache";
+pub(super) use responses::responses;
 
 /// Whether a response is a chat completion or a plain completion.
 #[derive(Clone, Copy)]
@@ -100,13 +94,6 @@ fn fingerprint(ready: &Ready, model_digest: &str) -> String {
     format!("fp_{}", &hex::encode(digest)[..16])
 }
 
-/// The answer's `id`: a hash of the params in the wire's JSON form (the form ids have always been
-/// made from, so a request keeps its id), under `prefix`.
-fn answer_id(prefix: &str, params: &GenerateParams) -> Result<String, ApiError> {
-    let text = wire::encode(params).map_err(|e| ApiError::internal(&e.to_string()))?;
-    Ok(format!("{prefix}-{}", &hex::encode(Sha256::digest(text.get()))[..24]))
-}
-
 /// A chat answer's tool calls in OpenAI's shape (`index` for stream deltas).
 fn tool_calls(result: &GenerateResult, indexed: bool) -> Vec<Value> {
     let calls = result.generation.tool_calls.iter().enumerate();
@@ -132,47 +119,6 @@ fn message(result: &GenerateResult) -> Value {
     json!({"role": "assistant", "content": content, "tool_calls": tool_calls(result, false)})
 }
 
-/// The content of a streamed chat answer, as it grows: text that may still turn out to open a
-/// tool call (trailing blanks, a part of the opening tag) is held back until it is known, so the
-/// pieces add up to the message's `content` and never show call markup.
-#[derive(Default)]
-struct ContentStream {
-    text: String,
-    shown: usize,
-    opening: Option<&'static str>,
-}
-
-impl ContentStream {
-    fn new(opening: Option<&'static str>) -> Self {
-        ContentStream { opening, ..Default::default() }
-    }
-
-    /// What of `piece` (and what it held) may be shown now.
-    fn piece(&mut self, piece: &str) -> String {
-        self.text.push_str(piece);
-        let Some(opening) = self.opening else { return self.show(self.text.len()) };
-        let visible = match self.text.find(opening) {
-            Some(at) => self.text[..at].trim_end().len(),
-            None => {
-                let partial = (1..opening.len()).rev().find(|&n| self.text.ends_with(&opening[..n])).unwrap_or(0);
-                self.text[..self.text.len() - partial].trim_end().len()
-            }
-        };
-        self.show(visible)
-    }
-
-    /// At the end: the rest of the final content.
-    fn finish(&mut self, content: &str) -> String {
-        content.get(self.shown..).unwrap_or_default().to_string()
-    }
-
-    fn show(&mut self, upto: usize) -> String {
-        let out = self.text.get(self.shown..upto.max(self.shown)).unwrap_or_default().to_string();
-        self.shown = self.shown.max(upto);
-        out
-    }
-}
-
 async fn generate(
     ready: Ready,
     params: GenerateParams,
@@ -181,20 +127,15 @@ async fn generate(
     flavor: Flavor,
 ) -> Result<Response, ApiError> {
     let prefix = match flavor {
-        Flavor::Chat => "chatcmpl",
-        Flavor::Completion => "cmpl",
+        Flavor::Chat => "chatcmpl-",
+        Flavor::Completion => "cmpl-",
     };
     let id = answer_id(prefix, &params)?;
-    // Params that do not normalize are refused by the call below, which says why.
-    let route = validate::generate(&params, &(&*ready.daemon.config()).into())
-        .map(|r| generation_route_key(params.model.as_deref(), &r))
-        .unwrap_or_default();
+    let route = route_key(&ready, &params);
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    // The one call syntax steadytext knows (the request is refused if the model's is another).
-    let may_call = !params.tools.is_empty() && params.tool_choice != Some(ToolChoice::None);
-    let opening = may_call.then(|| CallSyntax::Hermes.opening());
+    let content = ContentStream::for_params(&params);
     if !stream {
-        let result = ready.run(Method::Generate, |call| Box::pin(methods::generate(call, params, false))).await?;
+        let result = generate_now(&ready, params).await?;
         let identity = Identity {
             id,
             created,
@@ -227,22 +168,10 @@ async fn generate(
         ];
         return Ok((headers, body).into_response());
     }
-    // Streaming: errors found before the first piece (bad params, overload) get their own
-    // status; later ones arrive as an error event.
-    let mut events =
-        ready.spawn(Some(Method::GenerateStream), move |call| Box::pin(methods::generate(call, params, true)));
-    let mut model = None;
-    let first = loop {
-        match events.recv().await.ok_or_else(|| ApiError::internal("the request ended without a result"))? {
-            Event::Model(info) => model = Some(info),
-            Event::Done(Err(error)) => return Err(error.into()),
-            event => break event,
-        }
-    };
-    let info = model.ok_or_else(|| ApiError::internal("the answer named no model"))?;
+    let Streaming { info, first, events } = Streaming::start(&ready, params).await?;
     let identity = Identity { id, created, model: info.name.clone(), fingerprint: fingerprint(&ready, &info.digest) };
     let mut opened = false;
-    let mut content = ContentStream::new(opening);
+    let mut content = content;
     let frames = event_stream(Some(first), events, move |event| {
         let mut frames = Vec::new();
         if !opened {
@@ -270,15 +199,18 @@ async fn generate(
                 let reason = finish_reason(result.generation.finish_reason);
                 let mut last = chunk_value(&identity, flavor, json!({}), Some(reason));
                 last["choices"][0]["logprobs"] = logprobs(&result, flavor);
-                frames.push(sse(&last));
+                frames.push(sse(None, &last));
                 if include_usage {
-                    frames.push(sse(&json!({"id": identity.id, "object": object(flavor), "created": identity.created,
+                    frames.push(sse(
+                        None,
+                        &json!({"id": identity.id, "object": object(flavor), "created": identity.created,
                         "model": identity.model, "system_fingerprint": identity.fingerprint, "choices": [],
-                        "usage": usage(&result)})));
+                        "usage": usage(&result)}),
+                    ));
                 }
                 frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
             }
-            Event::Done(Err(error)) => frames.push(sse(&ApiError::from(error).body())),
+            Event::Done(Err(error)) => frames.push(sse(None, &ApiError::from(error).body())),
         }
         frames
     });
@@ -298,13 +230,9 @@ fn object(flavor: Flavor) -> &'static str {
     }
 }
 
-fn sse(value: &Value) -> Bytes {
-    Bytes::from(format!("data: {value}\n\n"))
-}
-
 /// One server-sent event of a streamed answer.
 fn chunk(identity: &Identity, flavor: Flavor, delta: Value, reason: Option<&str>) -> Bytes {
-    sse(&chunk_value(identity, flavor, delta, reason))
+    sse(None, &chunk_value(identity, flavor, delta, reason))
 }
 
 fn chunk_value(identity: &Identity, flavor: Flavor, delta: Value, reason: Option<&str>) -> Value {
