@@ -408,6 +408,56 @@ def constraint_figures(daemon):
             "regex_mask_ms_per_token": 1e3 * (1 / held_rate - 1 / free_rate)}
 
 
+def tool_folder(model_dir, into):
+    """`model_dir` as a folder whose chat template takes tools (tests/tools/chatml_tools.jinja, the
+    tool tests' ChatML template; SmolLM2 shares Qwen's ChatML tokens): links to its files."""
+    folder = os.path.join(into, os.path.basename(model_dir.rstrip("/")) + "-tools")
+    os.makedirs(folder)
+    for name in os.listdir(model_dir):
+        if name != "chat_template.jinja":
+            os.symlink(os.path.join(os.path.abspath(model_dir), name), os.path.join(folder, name))
+    here = os.path.dirname(os.path.abspath(__file__))
+    shutil.copy(os.path.join(here, "..", "tests", "tools", "chatml_tools.jinja"),
+                os.path.join(folder, "chat_template.jinja"))
+    return folder
+
+
+TOOLS = [{"name": "get_weather", "description": "Get the current weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"},
+                                     "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+    "required": ["city"]}},
+         {"name": "add", "description": "Add two numbers", "parameters": {
+             "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}},
+             "required": ["a", "b"]}}]
+
+
+def tool_call_figures(daemon):
+    """Tool calling's cost per token: one conversation offering two tools, answered with a call held
+    to the tools' grammar from its first token (`required`) and as free text (`none`: the same
+    prompt, nothing held). Decode time per token after the first streamed piece (prefill left
+    out), best of three."""
+    base = {"messages": [{"role": "user", "content": "What is the weather in Paris?"}], "tools": TOOLS,
+            "max_new_tokens": 96}
+
+    def per_token(params):
+        def once():
+            first = []
+            t = time.perf_counter()
+            result = daemon.call("generate_stream", params,
+                                 on_piece=lambda _: first or first.append(time.perf_counter()))
+            end = time.perf_counter()
+            tokens = len(result["token_ids"])
+            return (end - first[0]) / max(tokens - 1, 1), tokens
+        runs = [once() for _ in range(3)]
+        return min(r for r, _ in runs), runs[0][1]
+
+    held, held_tokens = per_token({**base, "tool_choice": "required"})
+    free, free_tokens = per_token({**base, "tool_choice": "none"})
+    return {"tool_call_ms_per_token": 1e3 * held, "tool_call_tokens": held_tokens,
+            "free_text_ms_per_token": 1e3 * free, "free_text_tokens": free_tokens,
+            "tool_call_mask_ms_per_token": 1e3 * (held - free)}
+
+
 # Concurrent clients of the continuous-batching figures and the requests each pass runs: short
 # answers (prefill is a large share of the work), then long ones (decode dominates).
 SHORT_PASSES = {1: 64, 2: 32, 4: 64, 8: 128, 16: 320}
@@ -848,6 +898,14 @@ def main():
     note("steadytextd fused", generation_figures(DaemonGenerator(d), prompts))
     note("steadytextd fused", constraint_figures(d))
     note("steadytextd fused", {"idle_cpu_percent": idle_cpu(d.proc.pid), "peak_rss_mb": peak_rss_mb(d.proc.pid)})
+    d.stop()
+
+    print("steadytextd, fused model with a tool template, uncached: a held tool call against free text",
+          flush=True)
+    tools_dir = tempfile.mkdtemp(prefix="steadytext-bench-tools-")
+    d = Daemon(args.bin, f"generation_model = {json.dumps(tool_folder(args.fused, tools_dir))}\n" + uncached)
+    d.connect()
+    note("steadytextd fused tools", tool_call_figures(d))
     d.stop()
 
     print("steadytextd, shared model, cached answers on a kept-open connection", flush=True)

@@ -73,6 +73,7 @@ fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
     let deltas: Vec<&str> =
         got["responses_text_deltas"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
     assert_eq!(deltas.concat(), said);
+    assert_eq!(got["responses_count"], text["usage"]["input_tokens"], "the token count is the answer's");
     assert_eq!(got["responses_stored"][0], 400, "{got}");
     assert!(got["responses_stored"][1].as_str().unwrap().contains("previous_response_id"), "{got}");
     // Errors: a 400 naming the cause.
@@ -137,6 +138,8 @@ fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
     assert_eq!(uncached(&got["after_tool_stream"]), uncached(after));
     let pieces: Vec<&str> = got["after_tool_pieces"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     assert_eq!(pieces.concat(), after["content"][0]["text"].as_str().unwrap());
+    assert_eq!(got["count_any"], any["usage"]["input_tokens"], "the token count is the answer's");
+    assert_eq!(got["count_after_tool"], after["usage"]["input_tokens"]);
     let stopped = &got["stopped"];
     assert_eq!(
         (&stopped["stop_reason"], &stopped["stop_sequence"]),

@@ -13,11 +13,11 @@ use std::pin::Pin;
 
 use crate::cache::SharedCache;
 use crate::engine::generate::GenerateRequest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{ModelInfo, ModelKind};
 use crate::protocol::{
-    CacheClearParams, CacheStats, Cleared, EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams,
-    RerankResult, SnapshotInfo,
+    CacheClearParams, CacheStats, Cleared, CountResult, EmbedParams, EmbedResult, GenerateParams, GenerateResult,
+    RerankParams, RerankResult, SnapshotInfo,
 };
 use validate::RequestSettings;
 
@@ -126,6 +126,19 @@ impl<'a, R: Runner> Core<'a, R> {
         Ok(GenerateResult { engine_fingerprint: self.engine.to_string(), ..result })
     }
 
+    /// Counts the prompt tokens a generation of `params` would have (template and tools
+    /// applied; validated as `generate` is), without running the model.
+    pub async fn count_tokens(&self, params: &GenerateParams) -> Result<CountResult> {
+        let request = validate::generate(params, &self.settings)?;
+        let model = self.runner.model(ModelKind::Generation, params.model.as_deref()).await?;
+        let info = self.runner.info(&model);
+        let counted = info.clone();
+        let prompt_tokens = tokio::task::spawn_blocking(move || crate::engine::prompt_token_count(&counted, &request))
+            .await
+            .map_err(|e| Error::engine(&info.name, format!("counting tokens failed: {e}")))??;
+        Ok(CountResult { prompt_tokens, model: info.name, model_digest: info.digest })
+    }
+
     /// Embeds: cached vectors reused, the missing texts run on the model; `dimensions` last.
     pub async fn embed(&self, params: &EmbedParams, sink: &mut dyn PieceSink) -> Result<EmbedResult> {
         Ok(self.embed_counting(params, sink, false).await?.0)
@@ -143,7 +156,7 @@ impl<'a, R: Runner> Core<'a, R> {
         let model = self.runner.model(ModelKind::Embedding, valid.model.as_deref()).await?;
         let info = self.runner.info(&model);
         let texts = valid.model_texts(&info)?;
-        let tokens = if count { crate::engine::embed::token_count(&info.dir, &params.texts)? } else { 0 };
+        let tokens = if count { crate::engine::embed::token_count(&info, &params.texts)? } else { 0 };
         let model = &model;
         let mut result =
             self.cache.embed(&info, &texts, move |missing| self.runner.embed(model, missing, sink)).await?;

@@ -6,6 +6,7 @@ use tokenizers::Tokenizer;
 
 use crate::engine::backend::EncoderBackend;
 use crate::error::{Error, Result};
+use crate::model::ModelInfo;
 
 /// Texts sent to the encoder in one run.
 pub const ENCODER_CHUNK: usize = 32;
@@ -354,24 +355,15 @@ impl<B: EncoderBackend> Embedder<B> {
 const COUNTED_BYTES: usize = 16 * 1024;
 
 /// Tokens of `texts` under the model's tokenizer (with its own truncation), for `usage`.
-pub fn token_count(dir: &std::path::Path, texts: &[String]) -> Result<usize> {
-    static TOKENIZERS: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, std::sync::Arc<tokenizers::Tokenizer>>>,
-    > = std::sync::OnceLock::new();
-    let tokenizer = {
-        let mut map = TOKENIZERS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(dir) {
-            Some(t) => t.clone(),
-            None => {
-                let path = dir.join("tokenizer.json");
-                let mut t = tokenizers::Tokenizer::from_file(&path)
-                    .map_err(|e| Error::model(dir.display().to_string(), format!("tokenizer.json: {e}")))?;
-                t.with_padding(None);
-                map.insert(dir.to_path_buf(), std::sync::Arc::new(t));
-                map[dir].clone()
-            }
-        }
-    };
+pub fn token_count(info: &ModelInfo, texts: &[String]) -> Result<usize> {
+    static TOKENIZERS: super::PerModel<Tokenizer> = super::PerModel::new();
+    let tokenizer = TOKENIZERS.get(info, || {
+        let path = info.dir.join("tokenizer.json");
+        let mut t = Tokenizer::from_file(&path)
+            .map_err(|e| Error::model(info.dir.display().to_string(), format!("tokenizer.json: {e}")))?;
+        t.with_padding(None);
+        Ok(t)
+    })?;
     let mut total = 0;
     for text in texts {
         let mut end = text.len().min(COUNTED_BYTES);

@@ -114,20 +114,7 @@ impl<B: DecoderBackend> Generator<B> {
 
     /// Renders (unless raw) and tokenizes the request's prompt or conversation.
     pub fn prompt_ids(&self, request: &GenerateRequest) -> Result<Vec<u32>> {
-        let text = if request.raw {
-            request.prompt.clone()
-        } else if request.messages.is_empty() && request.tools.is_none() {
-            self.template.render_user(&request.prompt)?
-        } else if request.messages.is_empty() {
-            self.template.render(&[ChatMessage::new("user", request.prompt.as_str())], request.tools.as_ref())?
-        } else {
-            self.template.render(&request.messages, request.tools.as_ref())?
-        };
-        let encoding = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| Error::InvalidRequest(format!("cannot tokenize the prompt: {e}")))?;
-        Ok(encoding.get_ids().to_vec())
+        prompt_ids(&self.template, &self.tokenizer, request)
     }
 
     /// Starts a generation: a sequence to [`Generator::advance`] until it is finished.
@@ -422,6 +409,26 @@ impl Detokenizer {
         self.read_offset = ids.len();
         Ok(full.get(prefix.len()..).filter(|s| !s.is_empty()).map(str::to_string))
     }
+}
+
+/// A request's prompt or conversation rendered by `template` (unless raw) and tokenized.
+pub(crate) fn prompt_ids(
+    template: &ChatTemplate,
+    tokenizer: &Tokenizer,
+    request: &GenerateRequest,
+) -> Result<Vec<u32>> {
+    let text = if request.raw {
+        request.prompt.clone()
+    } else if request.messages.is_empty() && request.tools.is_none() {
+        template.render_user(&request.prompt)?
+    } else if request.messages.is_empty() {
+        template.render(&[ChatMessage::new("user", request.prompt.as_str())], request.tools.as_ref())?
+    } else {
+        template.render(&request.messages, request.tools.as_ref())?
+    };
+    let encoding =
+        tokenizer.encode(text, false).map_err(|e| Error::InvalidRequest(format!("cannot tokenize the prompt: {e}")))?;
+    Ok(encoding.get_ids().to_vec())
 }
 
 /// Length of the longest suffix of `text` that is a proper prefix of some stop string.

@@ -17,6 +17,10 @@ pub(crate) mod template;
 pub mod tools;
 pub mod types;
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
 use tokenizers::Tokenizer;
 
 use crate::config::Config;
@@ -64,10 +68,7 @@ fn load_common(config: &Config, name: &str, shapes: Shapes) -> Result<Loaded> {
             ))
         }
     };
-    let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
-        .map_err(|e| Error::model(&files.name, format!("{} does not load: {e}", files.tokenizer.display())))?;
-    tokenizer.with_padding(None);
-    tokenizer.with_truncation(None).map_err(|e| Error::model(&files.name, format!("cannot clear truncation: {e}")))?;
+    let tokenizer = load_tokenizer(&files)?;
     let digest = files.digest()?;
     let env = crate::runtime::environment(&crate::runtime::RuntimeSpec::from_config(config))?;
     let settings = SessionSettings {
@@ -78,6 +79,55 @@ fn load_common(config: &Config, name: &str, shapes: Shapes) -> Result<Loaded> {
     let session = build_session(env, &files.onnx, &files.name, settings, shapes)?;
     let info = ModelInfo { name: files.name.clone(), digest, dir };
     Ok(Loaded { files, info, config_json, genai_json, session, tokenizer })
+}
+
+/// A folder's tokenizer as its model uses it: no padding, no truncation.
+fn load_tokenizer(files: &ModelFiles) -> Result<Tokenizer> {
+    let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
+        .map_err(|e| Error::model(&files.name, format!("{} does not load: {e}", files.tokenizer.display())))?;
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(None).map_err(|e| Error::model(&files.name, format!("cannot clear truncation: {e}")))?;
+    Ok(tokenizer)
+}
+
+/// What is read once per model for work done beside it (counting tokens), by folder and
+/// digest: a model replaced in its folder is read again. One entry per model folder.
+pub(crate) struct PerModel<T> {
+    loaded: std::sync::OnceLock<std::sync::Mutex<ByModel<T>>>,
+}
+
+/// Entries by model folder and digest.
+type ByModel<T> = HashMap<(PathBuf, String), Arc<T>>;
+
+impl<T> PerModel<T> {
+    pub(crate) const fn new() -> Self {
+        PerModel { loaded: std::sync::OnceLock::new() }
+    }
+
+    /// `info`'s entry, made by `load` the first time.
+    pub(crate) fn get(&self, info: &ModelInfo, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let mut loaded = self.loaded.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        let key = (info.dir.clone(), info.digest.clone());
+        if let Some(entry) = loaded.get(&key) {
+            return Ok(entry.clone());
+        }
+        loaded.retain(|(dir, _), _| *dir != info.dir);
+        let entry = Arc::new(load()?);
+        loaded.insert(key, entry.clone());
+        Ok(entry)
+    }
+}
+
+/// Tokens of a generation request's prompt as the model would read it (its chat template
+/// renders the conversation and tools), counted without running the model: the token-count
+/// routes. Equal to the answer's `prompt_tokens`.
+pub fn prompt_token_count(info: &ModelInfo, request: &generate::GenerateRequest) -> Result<usize> {
+    static PROMPTS: PerModel<(ChatTemplate, Tokenizer)> = PerModel::new();
+    let prompt = PROMPTS.get(info, || {
+        let files = ModelFiles::discover(&info.dir)?;
+        Ok((ChatTemplate::load(&files)?, load_tokenizer(&files)?))
+    })?;
+    Ok(generate::prompt_ids(&prompt.0, &prompt.1, request)?.len())
 }
 
 /// What a decoder's configs say about its shape and ends, from `genai_config.json`

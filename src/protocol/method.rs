@@ -21,6 +21,8 @@ pub enum Method {
     Embed,
     /// Score documents against a query.
     Rerank,
+    /// Count a generation's prompt tokens without running the model.
+    CountTokens,
     /// The result cache's figures.
     CacheStats,
     /// Empty the result cache (admins).
@@ -33,7 +35,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order `docs/protocol.md` lists them.
-    pub const ALL: [Method; 12] = [
+    pub const ALL: [Method; 13] = [
         Method::Auth,
         Method::Ping,
         Method::Status,
@@ -42,6 +44,7 @@ impl Method {
         Method::GenerateStream,
         Method::Embed,
         Method::Rerank,
+        Method::CountTokens,
         Method::CacheStats,
         Method::CacheClear,
         Method::CacheSnapshot,
@@ -59,6 +62,7 @@ impl Method {
             Method::GenerateStream => "generate_stream",
             Method::Embed => "embed",
             Method::Rerank => "rerank",
+            Method::CountTokens => "count_tokens",
             Method::CacheStats => "cache.stats",
             Method::CacheClear => "cache.clear",
             Method::CacheSnapshot => "cache.snapshot",

@@ -11,7 +11,7 @@ pub mod wire;
 
 pub use method::Method;
 pub use params::{AuthParams, CacheClearParams, CacheKind, EmbedParams, GenerateParams, NoParams, RerankParams};
-pub use results::{Authenticated, Cleared, EmbedResult, GenerateResult, Pong, Reloaded, RerankResult};
+pub use results::{Authenticated, Cleared, CountResult, EmbedResult, GenerateResult, Pong, Reloaded, RerankResult};
 pub use status::{
     CacheKindStats, CacheStats, Histogram, Latency, MetricsSnapshot, ModelStatus, PrefixCacheStatus, SnapshotInfo,
     Status, UnavailableModel, HISTOGRAM_BOUNDS,

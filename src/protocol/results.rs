@@ -27,6 +27,18 @@ pub struct GenerateResult {
     pub engine_fingerprint: String,
 }
 
+/// Result of `count_tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CountResult {
+    /// Tokens of the prompt as the model reads it (template and tools applied): the
+    /// `prompt_tokens` a generation of the same params reports.
+    pub prompt_tokens: usize,
+    /// Model name.
+    pub model: String,
+    /// Model digest.
+    pub model_digest: String,
+}
+
 /// Result of `embed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbedResult {

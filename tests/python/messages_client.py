@@ -54,6 +54,11 @@ after = dict(messages=paris["messages"] + [
 out["after_tool"] = create(**after)
 out["after_tool_stream"], out["after_tool_pieces"] = streamed(**after)
 
+# The token count of a request is the input_tokens its answer reports.
+out["count_any"] = client.messages.count_tokens(model=tools_model, **paris).input_tokens
+out["count_after_tool"] = client.messages.count_tokens(
+    model=tools_model, **{k: v for k, v in after.items() if k != "max_tokens"}).input_tokens
+
 # Stop sequences: named back when one cut the answer.
 out["stopped"] = create(messages=[{"role": "user", "content": "Count from 1 to 20 with commas."}],
                         stop_sequences=["count"], max_tokens=48)

@@ -124,6 +124,8 @@ followup = dict(instructions="You are a weather assistant.", tools=[flat(WEATHER
                     {"type": "function_call_output", "call_id": fc["call_id"], "output": "rain, 14 C"}])
 out["responses_text"] = response(**followup)
 out["responses_text_stream"], out["responses_text_deltas"] = response_streamed(**followup)
+out["responses_count"] = client.responses.input_tokens.count(
+    model=tools_model, **{k: v for k, v in followup.items() if k != "max_output_tokens"}).input_tokens
 try:
     response(input="hi", previous_response_id="resp_123")
     out["responses_stored"] = "served"

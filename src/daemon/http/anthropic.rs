@@ -1,4 +1,4 @@
-//! Anthropic's Messages API: `POST /v1/messages`. The request (system prompt, content blocks,
+//! Anthropic's Messages API: `POST /v1/messages` and its token count. The request (system prompt, content blocks,
 //! `tool_use` / `tool_result`, tools and `tool_choice`) becomes the same typed `generate` params
 //! as a chat completion; the answer comes back as content blocks, streamed with the Messages
 //! event types, and errors in Anthropic's shape. Fields that would change an answer and are not
@@ -17,10 +17,11 @@ use super::generation::{
 };
 use super::run::{event_stream, Event, Ready};
 use super::ApiError;
+use crate::daemon::methods::generate as methods;
 use crate::engine::generate::{ChatMessage, FinishReason};
 use crate::engine::tools::{Tool, ToolCall, ToolChoice};
 use crate::error::Error;
-use crate::protocol::{GenerateParams, GenerateResult, ROUTE_KEY_HEADER};
+use crate::protocol::{GenerateParams, GenerateResult, Method, ROUTE_KEY_HEADER};
 
 /// Fields Anthropic clients send that change nothing here; any other unknown field is refused.
 const HARMLESS_FIELDS: [&str; 2] = ["metadata", "service_tier"];
@@ -115,7 +116,8 @@ struct RequestToolChoice {
 #[derive(Deserialize)]
 struct MessagesRequest {
     model: String,
-    max_tokens: usize,
+    /// Required by `/v1/messages`; the token count takes none.
+    max_tokens: Option<usize>,
     messages: Vec<Message>,
     system: Option<Content>,
     #[serde(default)]
@@ -183,7 +185,7 @@ impl MessagesRequest {
         };
         Ok(GenerateParams {
             messages,
-            max_new_tokens: Some(self.max_tokens),
+            max_new_tokens: self.max_tokens,
             stop: self.stop_sequences,
             temperature: self.temperature,
             top_p: self.top_p,
@@ -321,6 +323,9 @@ fn tool_use(call: &ToolCall, streamed: bool) -> Value {
 pub(super) async fn messages(ready: Result<Ready, ApiError>, body: Body) -> Result<Response, MessagesError> {
     let ready = ready?;
     let request: MessagesRequest = read_json(body, &ready.daemon).await?;
+    if request.max_tokens.is_none() {
+        return Err(invalid("max_tokens is required (the most tokens the answer may have)".into()));
+    }
     let stream = request.stream;
     let params = request.params()?;
     let id = answer_id("msg_", &params)?;
@@ -419,6 +424,16 @@ pub(super) async fn messages(ready: Result<Ready, ApiError>, body: Body) -> Resu
         (ROUTE_KEY_HEADER, route),
     ];
     Ok(([(header::CACHE_CONTROL, "no-cache")], headers, Body::from_stream(body)).into_response())
+}
+
+/// `POST /v1/messages/count_tokens`: the prompt tokens of a Messages request (system, messages
+/// and tools as the model's template renders them), without running the model.
+pub(super) async fn count_tokens(ready: Result<Ready, ApiError>, body: Body) -> Result<Response, MessagesError> {
+    let ready = ready?;
+    let request: MessagesRequest = read_json(body, &ready.daemon).await?;
+    let params = request.params()?;
+    let counted = ready.run(Method::CountTokens, |call| Box::pin(methods::count_tokens(call, params))).await?;
+    Ok(axum::Json(json!({"input_tokens": counted.prompt_tokens})).into_response())
 }
 
 #[cfg(test)]

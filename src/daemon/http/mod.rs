@@ -109,8 +109,10 @@ fn router(front: Arc<Front>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/responses", post(openai::responses))
+        .route("/v1/responses/input_tokens", post(openai::input_tokens))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/v1/rpc", post(rpc))
         .route("/v1/cache/stats", get(cache_stats))
         .fallback(|| async {

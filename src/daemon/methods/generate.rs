@@ -1,8 +1,10 @@
-//! `generate`, `generate_stream`, `embed` and `rerank`: the [`crate::core`] use cases over the
+//! `generate`, `generate_stream`, `embed`, `rerank` and `count_tokens`: the [`crate::core`] use cases over the
 //! daemon's workers; a stream's pieces go out as `generate.piece` notifications.
 
 use crate::error::Result;
-use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult};
+use crate::protocol::{
+    CountResult, EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult,
+};
 
 use super::Call;
 
@@ -33,5 +35,11 @@ pub(crate) async fn rerank(call: &mut Call<'_>, params: RerankParams) -> Result<
     let result = call.core().rerank(&params, &mut call.sink).await?;
     call.served.model.clone_from(&result.model);
     call.served.cached = result.cached == params.documents.len();
+    Ok(result)
+}
+
+pub(crate) async fn count_tokens(call: &mut Call<'_>, params: GenerateParams) -> Result<CountResult> {
+    let result = call.core().count_tokens(&params).await?;
+    call.served.model.clone_from(&result.model);
     Ok(result)
 }

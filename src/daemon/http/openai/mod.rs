@@ -26,7 +26,7 @@ use crate::protocol::{GenerateParams, GenerateResult, ROUTE_KEY_HEADER};
 use types::{ChatRequest, CompletionRequest};
 
 pub(super) use embeddings::{embeddings, models};
-pub(super) use responses::responses;
+pub(super) use responses::{input_tokens, responses};
 
 /// Whether a response is a chat completion or a plain completion.
 #[derive(Clone, Copy)]

@@ -1,4 +1,4 @@
-//! OpenAI's Responses API, stateless: `POST /v1/responses`. `instructions` and `input` (a string,
+//! OpenAI's Responses API, stateless: `POST /v1/responses` and its token count. `instructions` and `input` (a string,
 //! or messages, function calls and their outputs) become the same typed `generate` params as a
 //! chat completion; the answer comes back as output items (a message, then one `function_call`
 //! per call), streamed with the Responses event types. Nothing is stored: `store: true`,
@@ -17,10 +17,11 @@ use super::super::generation::{
 use super::super::run::{event_stream, Event, Ready};
 use super::super::ApiError;
 use super::types::unsupported;
+use crate::daemon::methods::generate as methods;
 use crate::engine::generate::{ChatMessage, FinishReason};
 use crate::engine::tools::{Tool, ToolCall, ToolChoice};
 use crate::error::Error;
-use crate::protocol::{GenerateParams, GenerateResult, ROUTE_KEY_HEADER};
+use crate::protocol::{GenerateParams, GenerateResult, Method, ROUTE_KEY_HEADER};
 
 /// Fields clients send that change nothing here (with any value); any other unknown field is
 /// refused.
@@ -478,6 +479,15 @@ pub(in super::super) async fn responses(ready: Ready, body: Body) -> Result<Resp
         (ROUTE_KEY_HEADER, route),
     ];
     Ok(([(header::CACHE_CONTROL, "no-cache")], headers, Body::from_stream(body)).into_response())
+}
+
+/// `POST /v1/responses/input_tokens`: the prompt tokens of a Responses request (instructions,
+/// input and tools as the model's template renders them), without running the model.
+pub(in super::super) async fn input_tokens(ready: Ready, body: Body) -> Result<Response, ApiError> {
+    let request: ResponsesRequest = read_json(body, &ready.daemon).await?;
+    let (params, _) = request.params()?;
+    let counted = ready.run(Method::CountTokens, |call| Box::pin(methods::count_tokens(call, params))).await?;
+    Ok(axum::Json(json!({"object": "response.input_tokens", "input_tokens": counted.prompt_tokens})).into_response())
 }
 
 #[cfg(test)]
