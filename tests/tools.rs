@@ -1,9 +1,9 @@
 //! Tool calling against a real daemon: the official `openai` package (unchanged) through chat
-//! completions and the `anthropic` package through the Messages API, streamed and not, and
-//! `stctl` through JSON-RPC, on the shared SmolLM2 given a
-//! ChatML template that takes tools. Calls name an offered tool and satisfy its schema
-//! (checked by Python's `jsonschema`), are the same bytes on every front and from the cache, and
-//! a text answer in `auto` is plain text.
+//! completions and the Responses API (and an agent loop of `openai-agents` over it), the
+//! `anthropic` package through the Messages API, streamed and not, and `stctl` through JSON-RPC,
+//! on the shared SmolLM2 given a ChatML template that takes tools. Calls name an offered tool and
+//! satisfy its schema (checked by Python's `jsonschema`), are the same bytes on every front and
+//! from the cache, and a text answer in `auto` is plain text.
 
 mod common;
 
@@ -115,6 +115,21 @@ fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
     assert_eq!(result["finish_reason"], "tool_calls", "{result}");
     assert_eq!(result["tool_calls"][0], call);
     assert!(result["text"].as_str().unwrap().starts_with("<tool_call>"), "the text is what the model wrote");
+
+    // An agent loop of the `openai-agents` package over the Responses API: a tool called, its
+    // output fed back, a final answer; run again and streamed, the same bytes.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/agent_client.py");
+    let out = Command::new(&python).arg(script).args([&daemon.url("/v1"), KEY, TOOLS_MODEL]).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+    let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = &runs[0];
+    assert!(!run["calls"].as_array().unwrap().is_empty(), "the agent called no tool: {run}");
+    let kinds: Vec<&str> = run["items"].as_array().unwrap().iter().filter_map(|i| i["type"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"function_call"), "{run}");
+    assert!(kinds.contains(&"function_call_output"), "{run}");
+    assert_eq!(kinds.last(), Some(&"message"), "the agent finishes with an answer: {run}");
+    assert!(run["final"].as_str().is_some_and(|f| !f.is_empty()), "{run}");
+    assert_eq!((&runs[1], &runs[2]), (run, run), "repeated and streamed runs are the same bytes");
 
     // Anthropic's Messages API (the `anthropic` package, key as `x-api-key`): the same
     // conversation gives the same call, id and arguments, as a `tool_use` block.
