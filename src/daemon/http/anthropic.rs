@@ -6,14 +6,13 @@
 //! (steadytext's default), not Anthropic's 1.0.
 
 use axum::body::Body;
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::body::read_json;
 use super::generation::{
-    answer_id, generate_now, route_key, sse, ContentStream, Streaming, CACHE_HEADER, ENGINE_HEADER,
+    answer_id, event_response, generate_now, route_key, sse, ContentStream, Streaming, CACHE_HEADER, ENGINE_HEADER,
 };
 use super::run::{event_stream, Event, Ready};
 use super::ApiError;
@@ -418,12 +417,7 @@ pub(super) async fn messages(ready: Result<Ready, ApiError>, body: Body) -> Resu
         }
         frames
     });
-    let headers = [
-        (header::CONTENT_TYPE.as_str(), "text/event-stream".to_string()),
-        (ENGINE_HEADER, engine),
-        (ROUTE_KEY_HEADER, route),
-    ];
-    Ok(([(header::CACHE_CONTROL, "no-cache")], headers, Body::from_stream(body)).into_response())
+    Ok(event_response(engine, route, body))
 }
 
 /// `POST /v1/messages/count_tokens`: the prompt tokens of a Messages request (system, messages

@@ -2,7 +2,11 @@
 //! now or as a stream (errors before the first piece keep their own status), the answer's id and
 //! route key, and the text of a streamed answer with tool calls held back.
 
-use axum::body::Bytes;
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
@@ -13,7 +17,7 @@ use crate::core::validate;
 use crate::daemon::methods::generate as methods;
 use crate::engine::tools::{CallSyntax, ToolChoice};
 use crate::model::ModelInfo;
-use crate::protocol::{wire, GenerateParams, GenerateResult, Method};
+use crate::protocol::{wire, GenerateParams, GenerateResult, Method, ROUTE_KEY_HEADER};
 
 /// Response header naming the engine fingerprint of the answer (equal on every replica that
 /// gives the same bytes).
@@ -68,6 +72,20 @@ impl Streaming {
         let info = model.ok_or_else(|| ApiError::internal("the answer named no model"))?;
         Ok(Streaming { info, first, events })
     }
+}
+
+/// A streamed answer: its server-sent events as the body, with the engine fingerprint and the
+/// route key in headers.
+pub(super) fn event_response<S>(engine: String, route: String, frames: S) -> Response
+where
+    S: futures_util::Stream<Item = Result<Bytes, Infallible>> + Send + 'static,
+{
+    let headers = [
+        (header::CONTENT_TYPE.as_str(), "text/event-stream".to_string()),
+        (ENGINE_HEADER, engine),
+        (ROUTE_KEY_HEADER, route),
+    ];
+    ([(header::CACHE_CONTROL, "no-cache")], headers, Body::from_stream(frames)).into_response()
 }
 
 /// One server-sent event of `data` (and its `event` name, for the APIs that name them).

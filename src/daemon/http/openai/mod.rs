@@ -9,13 +9,12 @@ mod responses;
 mod types;
 
 use axum::body::{Body, Bytes};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::generation::{
-    answer_id, generate_now, route_key, sse, ContentStream, Streaming, CACHE_HEADER, ENGINE_HEADER,
+    answer_id, event_response, generate_now, route_key, sse, ContentStream, Streaming, CACHE_HEADER, ENGINE_HEADER,
 };
 use super::run::{event_stream, Event, Ready};
 use super::{body::read_json, ApiError};
@@ -215,12 +214,7 @@ async fn generate(
         frames
     });
     let engine = ready.daemon.engine().id.clone();
-    let headers = [
-        (header::CONTENT_TYPE.as_str(), "text/event-stream".to_string()),
-        (ENGINE_HEADER, engine),
-        (ROUTE_KEY_HEADER, route),
-    ];
-    Ok(([(header::CACHE_CONTROL, "no-cache")], headers, Body::from_stream(frames)).into_response())
+    Ok(event_response(engine, route, frames))
 }
 
 fn object(flavor: Flavor) -> &'static str {

@@ -5,21 +5,20 @@
 //! `previous_response_id` and `conversation` are refused with that reason.
 
 use axum::body::Body;
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::super::body::read_json;
 use super::super::generation::{
-    answer_id, generate_now, route_key, sse, ContentStream, Streaming, CACHE_HEADER, ENGINE_HEADER,
+    answer_id, event_response, generate_now, route_key, sse, ContentStream, Streaming, CACHE_HEADER, ENGINE_HEADER,
 };
 use super::super::run::{event_stream, Event, Ready};
 use super::super::ApiError;
-use super::types::unsupported;
+use super::types::{tool_choice, unsupported};
 use crate::daemon::methods::generate as methods;
 use crate::engine::generate::{ChatMessage, FinishReason};
-use crate::engine::tools::{Tool, ToolCall, ToolChoice};
+use crate::engine::tools::{Tool, ToolCall};
 use crate::error::Error;
 use crate::protocol::{GenerateParams, GenerateResult, Method, ROUTE_KEY_HEADER};
 
@@ -196,24 +195,6 @@ impl RequestTool {
     fn echo(&self) -> Value {
         json!({"type": self.kind, "name": self.name, "description": self.description,
                "parameters": self.parameters, "strict": self.strict.unwrap_or(true)})
-    }
-}
-
-/// `tool_choice`: `none`, `auto`, `required`, or `{"type": "function", "name": ...}`.
-fn tool_choice(choice: &Value) -> Result<ToolChoice, ApiError> {
-    match choice {
-        Value::String(s) if s == "none" => Ok(ToolChoice::None),
-        Value::String(s) if s == "auto" => Ok(ToolChoice::Auto),
-        Value::String(s) if s == "required" => Ok(ToolChoice::Required),
-        Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
-            match o.get("name").and_then(Value::as_str) {
-                Some(name) => Ok(ToolChoice::Function(name.to_string())),
-                None => Err(invalid("tool_choice of type function needs its name".into())),
-            }
-        }
-        _ => Err(unsupported(&format!(
-            "tool_choice {choice} (it must be none, auto, required or {{\"type\": \"function\", \"name\": ...}})"
-        ))),
     }
 }
 
@@ -473,12 +454,7 @@ pub(in super::super) async fn responses(ready: Ready, body: Body) -> Result<Resp
         }
         frames
     });
-    let headers = [
-        (header::CONTENT_TYPE.as_str(), "text/event-stream".to_string()),
-        (ENGINE_HEADER, engine),
-        (ROUTE_KEY_HEADER, route),
-    ];
-    Ok(([(header::CACHE_CONTROL, "no-cache")], headers, Body::from_stream(body)).into_response())
+    Ok(event_response(engine, route, body))
 }
 
 /// `POST /v1/responses/input_tokens`: the prompt tokens of a Responses request (instructions,
@@ -493,6 +469,7 @@ pub(in super::super) async fn input_tokens(ready: Ready, body: Body) -> Result<R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::tools::ToolChoice;
 
     fn params(body: Value) -> Result<GenerateParams, ApiError> {
         serde_json::from_value::<ResponsesRequest>(body).expect("parses").params().map(|(p, _)| p)

@@ -156,16 +156,20 @@ impl ChatRequest {
     }
 }
 
-/// OpenAI's `tool_choice`: `none`, `auto`, `required`, or `{"type": "function", "function": {"name": ...}}`.
-fn tool_choice(choice: &Value) -> Result<ToolChoice, ApiError> {
+/// OpenAI's `tool_choice`: `none`, `auto`, `required`, or a function: `{"type": "function",
+/// "function": {"name": ...}}` (chat completions) or `{"type": "function", "name": ...}` (Responses).
+pub(super) fn tool_choice(choice: &Value) -> Result<ToolChoice, ApiError> {
     match choice {
         Value::String(s) if s == "none" => Ok(ToolChoice::None),
         Value::String(s) if s == "auto" => Ok(ToolChoice::Auto),
         Value::String(s) if s == "required" => Ok(ToolChoice::Required),
         Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("function") => {
-            match o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+            let name = o.get("function").and_then(|f| f.get("name")).or_else(|| o.get("name"));
+            match name.and_then(Value::as_str) {
                 Some(name) => Ok(ToolChoice::Function(name.to_string())),
-                None => Err(Error::InvalidRequest("tool_choice of type function needs function.name".into()).into()),
+                None => {
+                    Err(Error::InvalidRequest("tool_choice of type function needs the function's name".into()).into())
+                }
             }
         }
         _ => Err(unsupported(&format!(
