@@ -136,6 +136,17 @@ fn folder_size(dir: &Path) -> u64 {
 
 /// Lists the model folders under `model_dir`, by name.
 pub fn list(model_dir: &Path) -> Result<Vec<Listed>> {
+    Ok(folders(model_dir)?.iter().map(|dir| describe(dir)).collect())
+}
+
+/// [`list`] without hashing: a folder's digest only from its current manifest (cheap enough to
+/// answer a client's listing each time it asks).
+pub fn list_unhashed(model_dir: &Path) -> Result<Vec<Listed>> {
+    Ok(folders(model_dir)?.iter().map(|dir| describe_with(dir, false)).collect())
+}
+
+/// The model folders under `model_dir` (hidden ones left out), sorted.
+fn folders(model_dir: &Path) -> Result<Vec<PathBuf>> {
     let entries = std::fs::read_dir(model_dir).map_err(|e| Error::io(model_dir, e))?;
     let mut dirs: Vec<PathBuf> = entries
         .flatten()
@@ -143,7 +154,7 @@ pub fn list(model_dir: &Path) -> Result<Vec<Listed>> {
         .map(|e| e.path())
         .collect();
     dirs.sort();
-    Ok(dirs.into_iter().map(|dir| describe(&dir)).collect())
+    Ok(dirs)
 }
 
 /// The digest a folder's manifest records, while its files keep their sizes and times (no
@@ -154,6 +165,11 @@ pub fn recorded_digest(dir: &Path) -> Option<String> {
 
 /// One folder's listing; a folder that cannot be served is listed with the reason.
 pub fn describe(dir: &Path) -> Listed {
+    describe_with(dir, true)
+}
+
+/// [`describe`]; without `hash`, the digest only from a current manifest.
+fn describe_with(dir: &Path, hash: bool) -> Listed {
     let mut listed = Listed {
         name: folder_name(dir),
         dir: dir.to_path_buf(),
@@ -168,10 +184,11 @@ pub fn describe(dir: &Path) -> Listed {
         listed.source = manifest.as_ref().map(|m| m.source.clone());
         let files = ModelFiles::discover(dir)?;
         listed.task = files.kind()?;
-        listed.digest = Some(match manifest {
-            Some(m) if m.unchanged(dir) => m.digest,
-            _ => files.digest()?,
-        });
+        listed.digest = match manifest {
+            Some(m) if m.unchanged(dir) => Some(m.digest),
+            _ if hash => Some(files.digest()?),
+            _ => None,
+        };
         Ok(())
     })();
     listed.problem = outcome.err().map(|e| e.to_string());

@@ -31,11 +31,11 @@ install_missing debootstrap:debootstrap systemd-nspawn:systemd-container dpkg-bu
 say "unit files: systemd-analyze verify and security gates"
 units=$(mktemp -d)
 mkdir "$units/user"
-for u in systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext.service systemd/user/steadytext.socket systemd/user/steadytext.service; do
+for u in systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext-ollama.socket systemd/steadytext.service systemd/user/steadytext.socket systemd/user/steadytext.service; do
     sed "s|/usr/bin/steadytextd|$here/target/release/steadytextd|; s|/usr/bin/stctl|$here/target/release/stctl|" "$u" > "$units/${u#systemd/}"
 done
 cargo build --release --locked --bins -q
-check "systemd-analyze verify" systemd-analyze verify --man=no "$units"/steadytext.socket "$units"/steadytext-tcp.socket "$units"/steadytext-http.socket "$units"/steadytext.service
+check "systemd-analyze verify" systemd-analyze verify --man=no "$units"/steadytext.socket "$units"/steadytext-tcp.socket "$units"/steadytext-http.socket "$units"/steadytext-ollama.socket "$units"/steadytext.service
 check "systemd-analyze verify --user (the per-user units)" env XDG_RUNTIME_DIR="$units" systemd-analyze verify --user --man=no "$units"/user/steadytext.socket "$units"/user/steadytext.service
 # The threshold is in tenths: 10 = exposure 1.0.
 check "systemd-analyze security --offline (exposure at most 1.0)" \
@@ -212,6 +212,26 @@ check "stctl over HTTP (127.0.0.1:5558) gives the reference text" test "$http_go
 check "HTTP without the key is refused" bash -c "! nsenter -t $init -a runuser -u alice -- stctl --daemon-only --socket http://127.0.0.1:5558 ping 2>$work/http.err && grep -q 'HTTP 401' $work/http.err"
 c systemctl stop steadytext.service
 c systemctl disable --now steadytext-http.socket
+
+say "Ollama's API (steadytext-ollama.socket)"
+# GET /api/tags with KEY over bash's /dev/tcp (the container has no HTTP client): the answer.
+ollama_tags() {
+    c bash -c 'exec 3<>/dev/tcp/127.0.0.1/11434 && printf "GET /api/tags HTTP/1.0\r\nAuthorization: Bearer %s\r\n\r\n" "$1" >&3 && cat <&3' _ "$1"
+}
+# The first connection starts the service; it answers 503 until the models are loaded.
+ollama_lists_models() {
+    for _ in $(seq 120); do
+        ollama_tags e2e-http-key-0123456789abcdef 2>/dev/null | grep -q '"name":"SmolLM2-135M-Instruct"' && return 0
+        sleep 0.5
+    done
+    return 1
+}
+check "systemctl enable --now steadytext-ollama.socket" c systemctl enable --now steadytext-ollama.socket
+check "Ollama's /api/tags on 127.0.0.1:11434 lists the models" ollama_lists_models
+ollama_refuses_a_wrong_key() { ollama_tags wrong | grep -q '^{"error":"missing or wrong API key'; }
+check "Ollama's API without the key is refused, in Ollama's shape" ollama_refuses_a_wrong_key
+c systemctl stop steadytext.service
+c systemctl disable --now steadytext-ollama.socket
 c rm -f /etc/systemd/system/steadytext.service.d/tcp.conf
 c systemctl daemon-reload
 

@@ -16,8 +16,8 @@ use crate::engine::generate::GenerateRequest;
 use crate::error::{Error, Result};
 use crate::model::{ModelInfo, ModelKind};
 use crate::protocol::{
-    CacheClearParams, CacheStats, Cleared, CountResult, EmbedParams, EmbedResult, GenerateParams, GenerateResult,
-    RerankParams, RerankResult, SnapshotInfo,
+    CacheClearParams, CacheStats, Cleared, CountResult, DetokenizeParams, DetokenizeResult, EmbedParams, EmbedResult,
+    GenerateParams, GenerateResult, RerankParams, RerankResult, SnapshotInfo, TokenizeParams, TokenizeResult,
 };
 use validate::RequestSettings;
 
@@ -133,10 +133,41 @@ impl<'a, R: Runner> Core<'a, R> {
         let model = self.runner.model(ModelKind::Generation, params.model.as_deref()).await?;
         let info = self.runner.info(&model);
         let counted = info.clone();
-        let prompt_tokens = tokio::task::spawn_blocking(move || crate::engine::prompt_token_count(&counted, &request))
-            .await
-            .map_err(|e| Error::engine(&info.name, format!("counting tokens failed: {e}")))??;
+        let prompt_tokens =
+            blocking(&info, "counting tokens", move || crate::engine::prompt_token_count(&counted, &request)).await?;
         Ok(CountResult { prompt_tokens, model: info.name, model_digest: info.digest })
+    }
+
+    /// `params.text`'s token ids under the generation model's tokenizer (no template).
+    pub async fn tokenize(&self, params: &TokenizeParams) -> Result<TokenizeResult> {
+        validate::tokenize(params, &self.settings.limits)?;
+        let info = self.tokenizer_model(params.model.as_deref()).await?;
+        let (counted, params) = (info.clone(), params.clone());
+        let tokenized = blocking(&info, "tokenizing", move || {
+            crate::engine::tokenize(&counted, &params.text, params.add_special, params.with_pieces)
+        })
+        .await?;
+        Ok(TokenizeResult {
+            tokens: tokenized.ids,
+            pieces: tokenized.pieces,
+            model: info.name,
+            model_digest: info.digest,
+        })
+    }
+
+    /// The text of `params.tokens` under the generation model's tokenizer.
+    pub async fn detokenize(&self, params: &DetokenizeParams) -> Result<DetokenizeResult> {
+        validate::detokenize(params, &self.settings.limits)?;
+        let info = self.tokenizer_model(params.model.as_deref()).await?;
+        let (read, ids) = (info.clone(), params.tokens.clone());
+        let text = blocking(&info, "detokenizing", move || crate::engine::detokenize(&read, &ids)).await?;
+        Ok(DetokenizeResult { text, model: info.name, model_digest: info.digest })
+    }
+
+    /// The generation model whose tokenizer a request names (the default one when none).
+    async fn tokenizer_model(&self, requested: Option<&str>) -> Result<ModelInfo> {
+        let model = self.runner.model(ModelKind::Generation, requested).await?;
+        Ok(self.runner.info(&model))
     }
 
     /// Embeds: cached vectors reused, the missing texts run on the model; `dimensions` last.
@@ -209,4 +240,14 @@ impl<'a, R: Runner> Core<'a, R> {
     pub fn cache_snapshot(&self) -> Result<Option<SnapshotInfo>> {
         self.cache.snapshot()
     }
+}
+
+/// Runs tokenizer work (`what`, for the error) on the blocking pool: it reads files and takes
+/// CPU time the runtime's threads must not.
+async fn blocking<T: Send + 'static>(
+    info: &ModelInfo,
+    what: &str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| Error::engine(&info.name, format!("{what} failed: {e}")))?
 }

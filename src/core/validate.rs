@@ -14,7 +14,7 @@ use crate::engine::{cross_encoder, embed, rerank};
 pub use crate::error::ValidationError;
 use crate::error::{Error, Result};
 use crate::model::ModelInfo;
-use crate::protocol::{EmbedParams, EmbedResult, GenerateParams, RerankParams};
+use crate::protocol::{DetokenizeParams, EmbedParams, EmbedResult, GenerateParams, RerankParams, TokenizeParams};
 
 /// What requests are checked against and filled in with: the narrow part of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +222,21 @@ pub fn rerank(params: &RerankParams, limits: &Limits) -> Result<ValidRerank> {
     check_len(limits, "query", params.query.len())?;
     params.documents.iter().try_for_each(|d| check_len(limits, "document", d.len()))?;
     Ok(ValidRerank { query: params.query.clone(), documents: params.documents.clone(), model: params.model.clone() })
+}
+
+/// A `tokenize` request: its text within the size limit.
+pub fn tokenize(params: &TokenizeParams, limits: &Limits) -> Result<(), ValidationError> {
+    check_len(limits, "text", params.text.len())
+}
+
+/// A `detokenize` request: no more ids than a text of the size limit could give.
+pub fn detokenize(params: &DetokenizeParams, limits: &Limits) -> Result<(), ValidationError> {
+    match params.tokens.len() > limits.max_input_bytes {
+        true => {
+            Err(ValidationError::TooMany { what: "tokens", count: params.tokens.len(), limit: limits.max_input_bytes })
+        }
+        false => Ok(()),
+    }
 }
 
 impl ValidRerank {

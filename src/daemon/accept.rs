@@ -20,8 +20,8 @@ use super::{connection, http};
 pub(crate) enum Server {
     /// JSON-RPC lines.
     Rpc(Arc<Daemon>),
-    /// The HTTP front.
-    Http(Arc<http::Front>),
+    /// The HTTP front, speaking one API.
+    Http(Arc<http::Front>, http::Api),
 }
 
 impl Server {
@@ -34,7 +34,7 @@ impl Server {
     {
         match self {
             Server::Rpc(daemon) => connection::spawn(daemon, budget, setup, peer),
-            Server::Http(front) => front.spawn_connection(setup, peer, budget),
+            Server::Http(front, api) => front.spawn_connection(setup, peer, budget, *api),
         }
     }
 
@@ -42,7 +42,7 @@ impl Server {
     fn shutdown(&self) -> CancellationToken {
         match self {
             Server::Rpc(daemon) => daemon.shutdown().clone(),
-            Server::Http(front) => front.shutdown().clone(),
+            Server::Http(front, _) => front.shutdown().clone(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Listening sockets: handed over by systemd (socket activation) or bound by hand
-//! (`--listen unix:PATH` / `--listen tcp:ADDR`).
+//! (`--listen unix:PATH`, `tcp:ADDR`, `http:ADDR`, `ollama:ADDR`...).
 
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -16,16 +16,30 @@ pub enum Protocol {
     JsonRpc,
     /// HTTP: the OpenAI-compatible front.
     Http,
+    /// HTTP: Ollama's API.
+    Ollama,
 }
 
 impl Protocol {
     /// The protocol of a socket systemd passed, from its `FileDescriptorName=`: names starting
-    /// with `http` are HTTP.
+    /// with `http` are HTTP, with `ollama` Ollama's API.
     fn of_fd_name(name: &str) -> Self {
         if name.starts_with("http") {
             Protocol::Http
+        } else if name.starts_with("ollama") {
+            Protocol::Ollama
         } else {
             Protocol::JsonRpc
+        }
+    }
+
+    /// The scheme of its `--listen` addresses (`http:`, `ollama:`; `+unix:` after it for a
+    /// Unix socket), None for JSON-RPC.
+    fn scheme(self) -> Option<&'static str> {
+        match self {
+            Protocol::JsonRpc => None,
+            Protocol::Http => Some("http"),
+            Protocol::Ollama => Some("ollama"),
         }
     }
 }
@@ -63,17 +77,20 @@ impl StdListener {
 }
 
 /// Parses a `--listen` address: `unix:PATH`, `tcp:HOST:PORT` (JSON-RPC), `http:HOST:PORT` or
-/// `http+unix:PATH` (HTTP).
+/// `http+unix:PATH` (HTTP), `ollama:HOST:PORT` or `ollama+unix:PATH` (Ollama's API).
 pub fn parse(spec: &str) -> Result<(Protocol, Target)> {
-    if let Some(path) = spec.strip_prefix("http+unix:") {
-        return Ok((Protocol::Http, Target::Unix(PathBuf::from(path))));
-    }
-    if let Some(addr) = spec.strip_prefix("http:") {
-        let addr = addr.trim_start_matches("//");
-        if !addr.contains(':') {
-            bail!("{spec:?}: an HTTP address needs a port, as in http:127.0.0.1:5558");
+    for protocol in [Protocol::Http, Protocol::Ollama] {
+        let Some(scheme) = protocol.scheme() else { continue };
+        if let Some(path) = spec.strip_prefix(scheme).and_then(|s| s.strip_prefix("+unix:")) {
+            return Ok((protocol, Target::Unix(PathBuf::from(path))));
         }
-        return Ok((Protocol::Http, Target::Tcp(addr.to_string())));
+        if let Some(addr) = spec.strip_prefix(scheme).and_then(|s| s.strip_prefix(':')) {
+            let addr = addr.trim_start_matches("//");
+            if !addr.contains(':') {
+                bail!("{spec:?}: an address of {scheme} needs a port, as in {scheme}:127.0.0.1:5558");
+            }
+            return Ok((protocol, Target::Tcp(addr.to_string())));
+        }
     }
     let target = Target::parse(spec).map_err(anyhow::Error::msg)?;
     Ok((Protocol::JsonRpc, target))
@@ -118,17 +135,19 @@ pub unsafe fn from_systemd() -> Result<Vec<StdListener>> {
 
 /// Binds `target` by hand, to speak `protocol`.
 pub fn bind(protocol: Protocol, target: &Target) -> Result<StdListener> {
-    let scheme = if protocol == Protocol::Http { "http+" } else { "" };
     match target {
         Target::Unix(path) => {
             let (listener, name) = bind_unix(path)?;
-            let name = format!("{scheme}{name}");
+            let name = match protocol.scheme() {
+                Some(scheme) => format!("{scheme}+{name}"),
+                None => name,
+            };
             Ok(StdListener { socket: Socket::Unix(listener), protocol, name, owned_path: Some(path.to_path_buf()) })
         }
         Target::Tcp(addr) => {
             let listener = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("cannot listen on tcp:{addr} (is another daemon serving it?)"))?;
-            let name = if protocol == Protocol::Http { format!("http:{addr}") } else { format!("tcp:{addr}") };
+            let name = format!("{}:{addr}", protocol.scheme().unwrap_or("tcp"));
             Ok(StdListener { socket: Socket::Tcp(listener), protocol, name, owned_path: None })
         }
         Target::Http(url) => bail!("--listen {url}: write http:HOST:PORT"),
@@ -165,6 +184,20 @@ fn bind_unix(path: &Path) -> Result<(std::os::unix::net::UnixListener, String)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses_name_their_protocol() {
+        let parsed = |s: &str| parse(s).map(|(p, t)| (p, format!("{t:?}"))).map_err(|e| e.to_string());
+        assert_eq!(parsed("ollama:127.0.0.1:11434").unwrap().0, Protocol::Ollama);
+        assert_eq!(parsed("ollama+unix:/run/o.sock").unwrap().0, Protocol::Ollama);
+        assert_eq!(parsed("http:127.0.0.1:5558").unwrap().0, Protocol::Http);
+        assert_eq!(parsed("http+unix:/run/h.sock").unwrap().0, Protocol::Http);
+        assert_eq!(parsed("tcp:127.0.0.1:5557").unwrap().0, Protocol::JsonRpc);
+        assert!(parsed("ollama:localhost").unwrap_err().contains("needs a port"));
+        assert_eq!(Protocol::of_fd_name("ollama"), Protocol::Ollama);
+        assert_eq!(Protocol::of_fd_name("http"), Protocol::Http);
+        assert_eq!(Protocol::of_fd_name("steadytext"), Protocol::JsonRpc);
+    }
 
     #[test]
     fn refuses_symlinks_and_live_sockets_and_removes_stale_ones() {

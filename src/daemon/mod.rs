@@ -69,9 +69,11 @@ pub async fn run(options: Options) -> Result<()> {
     // The HTTP front answers from the start (503 while loading).
     let admission = Arc::new(admission::Admission::new(&config.daemon));
     let front = http::Front::new(config.clone(), admission.clone());
-    let (web, rpc): (Vec<_>, Vec<_>) = options.listeners.into_iter().partition(|l| l.protocol == Protocol::Http);
+    let (web, rpc): (Vec<_>, Vec<_>) = options.listeners.into_iter().partition(|l| l.protocol != Protocol::JsonRpc);
+    let (ollama, web): (Vec<_>, Vec<_>) = web.into_iter().partition(|l| l.protocol == Protocol::Ollama);
     let max_connections = config.daemon.max_connections;
-    let mut owned_paths = listen(&Server::Http(front.clone()), web, tls.clone(), max_connections)?;
+    let mut owned_paths = listen(&Server::Http(front.clone(), http::Api::Main), web, tls.clone(), max_connections)?;
+    owned_paths.extend(listen(&Server::Http(front.clone(), http::Api::Ollama), ollama, tls.clone(), max_connections)?);
     // JSON-RPC serves while the models load: a request waits only for the models of its kind.
     let daemon = start(config.clone(), api_key, options.config_path.clone(), admission)?;
     owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls, max_connections)?);

@@ -146,7 +146,7 @@ fn check_name(name: &str) -> Result<()> {
 /// The folder of a model a request names that is not a configured one: a folder directly under
 /// `model_dir`, by its name (a request never points the daemon at another path, a relative one
 /// included; configured models may be paths).
-fn requested_dir(config: &Config, name: &str) -> Result<PathBuf> {
+pub(crate) fn requested_dir(config: &Config, name: &str) -> Result<PathBuf> {
     check_name(name)?;
     let not_found = |reason: String| Error::ModelNotFound { name: name.to_string(), reason };
     if name.starts_with('.') || name.contains('/') {
@@ -268,6 +268,20 @@ impl Registry {
         }
         entries.retain(|e| !idle(e));
         names
+    }
+
+    /// Unloads the model `name` now, unless a request holds it (Ollama's `keep_alive: 0`);
+    /// whether it was loaded and is gone. A later request loads it again.
+    pub(crate) fn unload(&self, name: &str) -> bool {
+        let mut entries = self.entries();
+        let idle = |e: &Entry| e.ready().is_some_and(|w| w.info().answers_to(name)) && !e.in_use();
+        let before = entries.len();
+        entries.retain(|e| !idle(e));
+        let unloaded = entries.len() < before;
+        if unloaded {
+            tracing::info!(model = %name, "unloading a model on request");
+        }
+        unloaded
     }
 
     /// Makes room for one more model of `kind` taking `bytes`: while `max_loaded` models of its

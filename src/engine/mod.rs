@@ -130,6 +130,54 @@ pub fn prompt_token_count(info: &ModelInfo, request: &generate::GenerateRequest)
     Ok(generate::prompt_ids(&prompt.0, &prompt.1, request)?.len())
 }
 
+/// A folder's tokenizer, read once (for work beside the model: tokenize, detokenize).
+fn tokenizer(info: &ModelInfo) -> Result<Arc<Tokenizer>> {
+    static TOKENIZERS: PerModel<Tokenizer> = PerModel::new();
+    TOKENIZERS.get(info, || load_tokenizer(&ModelFiles::discover(&info.dir)?))
+}
+
+/// `text`'s token ids under `info`'s tokenizer (with its special tokens when `add_special`),
+/// and with `with_pieces` each token's text alone.
+pub fn tokenize(info: &ModelInfo, text: &str, add_special: bool, with_pieces: bool) -> Result<TokenizedText> {
+    let tokenizer = tokenizer(info)?;
+    let encoding = tokenizer
+        .encode(text, add_special)
+        .map_err(|e| Error::engine(&info.name, format!("tokenizing failed: {e}")))?;
+    let ids = encoding.get_ids().to_vec();
+    let pieces = match with_pieces {
+        true => Some(ids.iter().map(|&id| decode(&tokenizer, info, &[id])).collect::<Result<Vec<_>>>()?),
+        false => None,
+    };
+    Ok(TokenizedText { ids, pieces })
+}
+
+/// A text's token ids (and each one's text, when asked for).
+pub struct TokenizedText {
+    /// The ids.
+    pub ids: Vec<u32>,
+    /// Each id's text alone.
+    pub pieces: Option<Vec<String>>,
+}
+
+/// The text of `ids` under `info`'s tokenizer, special tokens included; an id outside the
+/// vocabulary is the caller's mistake.
+pub fn detokenize(info: &ModelInfo, ids: &[u32]) -> Result<String> {
+    let tokenizer = tokenizer(info)?;
+    let size = tokenizer.get_vocab_size(true);
+    if let Some(id) = ids.iter().find(|&&id| id as usize >= size) {
+        return Err(Error::InvalidRequest(format!(
+            "token id {id} is not in the vocabulary of {} ({size} tokens, ids 0 to {})",
+            info.name,
+            size - 1
+        )));
+    }
+    decode(&tokenizer, info, ids)
+}
+
+fn decode(tokenizer: &Tokenizer, info: &ModelInfo, ids: &[u32]) -> Result<String> {
+    tokenizer.decode(ids, false).map_err(|e| Error::engine(&info.name, format!("detokenizing failed: {e}")))
+}
+
 /// What a decoder's configs say about its shape and ends, from `genai_config.json`
 /// (onnxruntime-genai layout) when the folder has one, else from `config.json`.
 struct DecoderConfig {

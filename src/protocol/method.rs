@@ -23,6 +23,10 @@ pub enum Method {
     Rerank,
     /// Count a generation's prompt tokens without running the model.
     CountTokens,
+    /// A text's token ids under the generation model's tokenizer.
+    Tokenize,
+    /// Token ids back to text.
+    Detokenize,
     /// The result cache's figures.
     CacheStats,
     /// Empty the result cache (admins).
@@ -35,7 +39,7 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the order `docs/protocol.md` lists them.
-    pub const ALL: [Method; 13] = [
+    pub const ALL: [Method; 15] = [
         Method::Auth,
         Method::Ping,
         Method::Status,
@@ -45,6 +49,8 @@ impl Method {
         Method::Embed,
         Method::Rerank,
         Method::CountTokens,
+        Method::Tokenize,
+        Method::Detokenize,
         Method::CacheStats,
         Method::CacheClear,
         Method::CacheSnapshot,
@@ -63,6 +69,8 @@ impl Method {
             Method::Embed => "embed",
             Method::Rerank => "rerank",
             Method::CountTokens => "count_tokens",
+            Method::Tokenize => "tokenize",
+            Method::Detokenize => "detokenize",
             Method::CacheStats => "cache.stats",
             Method::CacheClear => "cache.clear",
             Method::CacheSnapshot => "cache.snapshot",

@@ -10,8 +10,14 @@ mod status;
 pub mod wire;
 
 pub use method::Method;
-pub use params::{AuthParams, CacheClearParams, CacheKind, EmbedParams, GenerateParams, NoParams, RerankParams};
-pub use results::{Authenticated, Cleared, CountResult, EmbedResult, GenerateResult, Pong, Reloaded, RerankResult};
+pub use params::{
+    AuthParams, CacheClearParams, CacheKind, DetokenizeParams, EmbedParams, GenerateParams, NoParams, RerankParams,
+    TokenizeParams,
+};
+pub use results::{
+    Authenticated, Cleared, CountResult, DetokenizeResult, EmbedResult, GenerateResult, Pong, Reloaded, RerankResult,
+    TokenizeResult,
+};
 pub use status::{
     CacheKindStats, CacheStats, Histogram, Latency, MetricsSnapshot, ModelStatus, PrefixCacheStatus, SnapshotInfo,
     Status, UnavailableModel, HISTOGRAM_BOUNDS,

@@ -103,6 +103,34 @@ pub struct RerankParams {
     pub model: Option<String>,
 }
 
+/// Params of `tokenize`: a text as the generation model's tokenizer splits it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeParams {
+    /// The text, verbatim (no chat template).
+    pub text: String,
+    /// Generation model (folder name); the default one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Whether the tokenizer adds its special tokens (a BOS, for models that have one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub add_special: bool,
+    /// Whether the result carries each token's text.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub with_pieces: bool,
+}
+
+/// Params of `detokenize`: token ids back to text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeParams {
+    /// Token ids of the model's vocabulary.
+    pub tokens: Vec<u32>,
+    /// Generation model (folder name); the default one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
 /// Params of `auth`. Never logged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -39,6 +39,31 @@ pub struct CountResult {
     pub model_digest: String,
 }
 
+/// Result of `tokenize`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenizeResult {
+    /// The text's token ids.
+    pub tokens: Vec<u32>,
+    /// Each token's text, when asked for (`with_pieces`): what `detokenize` makes of it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pieces: Option<Vec<String>>,
+    /// Model name.
+    pub model: String,
+    /// Model digest.
+    pub model_digest: String,
+}
+
+/// Result of `detokenize`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DetokenizeResult {
+    /// The ids' text (special tokens included, as the model wrote them).
+    pub text: String,
+    /// Model name.
+    pub model: String,
+    /// Model digest.
+    pub model_digest: String,
+}
+
 /// Result of `embed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmbedResult {

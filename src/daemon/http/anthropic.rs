@@ -350,7 +350,7 @@ pub(super) async fn messages(ready: Result<Ready, ApiError>, body: Body) -> Resu
         let headers = [(ENGINE_HEADER, engine), (CACHE_HEADER, cached.to_string()), (ROUTE_KEY_HEADER, route)];
         return Ok((headers, body).into_response());
     }
-    let Streaming { info, first, events } = Streaming::start(&ready, params).await?;
+    let Streaming { info, first, events, .. } = Streaming::start(&ready, params).await?;
     let start = json!({"type": "message_start", "message": {
         "id": id, "type": "message", "role": "assistant", "model": info.name, "content": [],
         "stop_reason": null, "stop_sequence": null,

@@ -16,7 +16,7 @@ use super::super::admission::{ListenerBudget, PendingTicket, Slots};
 use super::super::deadline_io::DeadlineIo;
 use super::super::peer::{self, Peer};
 use super::error::ApiError;
-use super::{router, Front, MAX_HEAD_BYTES};
+use super::{Api, Front, MAX_HEAD_BYTES};
 
 /// One HTTP connection, as its requests see it.
 pub(crate) struct Connection {
@@ -91,11 +91,11 @@ impl Connection {
 }
 
 impl Front {
-    /// Serves one accepted connection of a listener with `budget`: `setup` (a TLS handshake or
+    /// Serves one accepted connection of a listener with `budget`, speaking `api`: `setup` (a TLS handshake or
     /// nothing), then HTTP/1.1 with bounded heads and a deadline on every write, until the client
     /// leaves or shutdown. A Unix connection takes its slots at once; a TCP one waits among the
     /// unauthenticated until a request presents the key (see [`super::admission`]).
-    pub(crate) fn spawn_connection<S, F>(self: &Arc<Self>, setup: F, peer: Peer, budget: ListenerBudget)
+    pub(crate) fn spawn_connection<S, F>(self: &Arc<Self>, setup: F, peer: Peer, budget: ListenerBudget, api: Api)
     where
         S: AsyncRead + AsyncWrite + AsRawFd + Send + Unpin + 'static,
         F: std::future::Future<Output = std::io::Result<S>> + Send + 'static,
@@ -139,7 +139,7 @@ impl Front {
             if let Some(d) = &daemon {
                 d.touch();
             }
-            let router = router(front.clone());
+            let router = api.router(front.clone());
             let state = connection.clone();
             let service = hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
                 request.extensions_mut().insert(state.clone());

@@ -3,6 +3,7 @@
 //! route key, and the text of a streamed answer with tool calls held back.
 
 use std::convert::Infallible;
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::http::header;
@@ -53,6 +54,10 @@ pub(super) struct Streaming {
     pub(super) info: ModelInfo,
     pub(super) first: Event<GenerateResult>,
     pub(super) events: mpsc::Receiver<Event<GenerateResult>>,
+    /// When the model was known (it had loaded) and when the first event after it came (the
+    /// prompt was read and a first piece made, or a cached answer found).
+    pub(super) model_at: Instant,
+    pub(super) first_at: Instant,
 }
 
 impl Streaming {
@@ -64,13 +69,13 @@ impl Streaming {
         let mut model = None;
         let first = loop {
             match events.recv().await.ok_or_else(|| ApiError::internal("the request ended without a result"))? {
-                Event::Model(info) => model = Some(info),
+                Event::Model(info) => model = Some((info, Instant::now())),
                 Event::Done(Err(error)) => return Err(error.into()),
                 event => break event,
             }
         };
-        let info = model.ok_or_else(|| ApiError::internal("the answer named no model"))?;
-        Ok(Streaming { info, first, events })
+        let (info, model_at) = model.ok_or_else(|| ApiError::internal("the answer named no model"))?;
+        Ok(Streaming { info, first, events, model_at, first_at: Instant::now() })
     }
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP front (hyper + axum on the daemon's runtime): OpenAI-compatible routes in
-//! [`openai`], Anthropic's Messages API in [`anthropic`], health, Prometheus metrics, and steadytext's own methods as JSON-RPC over HTTP
+//! [`openai`], Anthropic's Messages API in [`anthropic`], rerank and tokenize routes in other
+//! servers' shapes, Ollama's API on listeners of its own ([`ollama`]), health, Prometheus metrics, and steadytext's own methods as JSON-RPC over HTTP
 //! (`POST /v1/rpc`). Every route calls the same typed core as the JSON-RPC listeners (same
 //! validation, cache, log lines and metrics), so the answers are the same bytes. A route is a
 //! handler in its own file and one line in [`router`].
@@ -13,8 +14,11 @@ mod body;
 mod conn;
 mod error;
 mod generation;
+mod ollama;
 mod openai;
+mod rerank;
 mod run;
+mod tokens;
 
 use std::sync::{Arc, OnceLock};
 
@@ -99,6 +103,24 @@ impl Front {
     }
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// OpenAI's, Anthropic's, the rerank and tokenize routes, `/v1/rpc`, health and metrics.
+    Main,
+    /// Ollama's `/api/*` ([`ollama`]).
+    Ollama,
+}
+
+impl Api {
+    fn router(self, front: Arc<Front>) -> Router {
+        match self {
+            Api::Main => router(front),
+            Api::Ollama => ollama::router(front),
+        }
+    }
+}
+
 fn router(front: Arc<Front>) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -106,6 +128,7 @@ fn router(front: Arc<Front>) -> Router {
         .route("/health/live", get(live))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model_by_id))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/responses", post(openai::responses))
@@ -113,6 +136,10 @@ fn router(front: Arc<Front>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/messages", post(anthropic::messages))
         .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
+        .route("/v1/rerank", post(rerank::v1_rerank))
+        .route("/rerank", post(rerank::rerank))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/detokenize", post(tokens::detokenize))
         .route("/v1/rpc", post(rpc))
         .route("/v1/cache/stats", get(cache_stats))
         .fallback(|| async {

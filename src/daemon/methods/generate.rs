@@ -1,9 +1,10 @@
-//! `generate`, `generate_stream`, `embed`, `rerank` and `count_tokens`: the [`crate::core`] use cases over the
+//! `generate`, `generate_stream`, `embed`, `rerank`, `count_tokens`, `tokenize` and `detokenize`: the [`crate::core`] use cases over the
 //! daemon's workers; a stream's pieces go out as `generate.piece` notifications.
 
 use crate::error::Result;
 use crate::protocol::{
-    CountResult, EmbedParams, EmbedResult, GenerateParams, GenerateResult, RerankParams, RerankResult,
+    CountResult, DetokenizeParams, DetokenizeResult, EmbedParams, EmbedResult, GenerateParams, GenerateResult,
+    RerankParams, RerankResult, TokenizeParams, TokenizeResult,
 };
 
 use super::Call;
@@ -40,6 +41,18 @@ pub(crate) async fn rerank(call: &mut Call<'_>, params: RerankParams) -> Result<
 
 pub(crate) async fn count_tokens(call: &mut Call<'_>, params: GenerateParams) -> Result<CountResult> {
     let result = call.core().count_tokens(&params).await?;
+    call.served.model.clone_from(&result.model);
+    Ok(result)
+}
+
+pub(crate) async fn tokenize(call: &mut Call<'_>, params: TokenizeParams) -> Result<TokenizeResult> {
+    let result = call.core().tokenize(&params).await?;
+    call.served.model.clone_from(&result.model);
+    Ok(result)
+}
+
+pub(crate) async fn detokenize(call: &mut Call<'_>, params: DetokenizeParams) -> Result<DetokenizeResult> {
+    let result = call.core().detokenize(&params).await?;
     call.served.model.clone_from(&result.model);
     Ok(result)
 }

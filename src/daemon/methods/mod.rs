@@ -48,6 +48,8 @@ async fn dispatch(call: &mut Call<'_>, method: Method, params: Value) -> Result<
         Method::Embed => encode(generate::embed(call, parse(params)?).await?),
         Method::Rerank => encode(generate::rerank(call, parse(params)?).await?),
         Method::CountTokens => encode(generate::count_tokens(call, parse(params)?).await?),
+        Method::Tokenize => encode(generate::tokenize(call, parse(params)?).await?),
+        Method::Detokenize => encode(generate::detokenize(call, parse(params)?).await?),
         Method::CacheStats => encode(cache::stats(call, parse(params)?)?),
         Method::CacheClear => encode(cache::clear(call, parse(params)?)?),
         Method::CacheSnapshot => encode(cache::snapshot(call, parse(params)?)?),

@@ -1,6 +1,7 @@
-//! `/v1/embeddings` and `/v1/models`.
+//! `/v1/embeddings`, `/v1/models` and `/v1/models/{id}`.
 
 use axum::body::Body;
+use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -13,6 +14,7 @@ use super::{CACHE_HEADER, ENGINE_HEADER};
 use crate::cache::embedding_route_key;
 use crate::daemon::methods::generate as methods;
 use crate::error::Error;
+use crate::model::{ModelFiles, ModelKind};
 use crate::protocol::{EmbedParams, Method, ROUTE_KEY_HEADER};
 
 /// `POST /v1/embeddings`: float or base64 (little-endian f32) vectors; `dimensions` keeps the
@@ -59,18 +61,32 @@ pub(in super::super) async fn embeddings(ready: Ready, body: Body) -> Result<Res
     Ok((headers, body).into_response())
 }
 
+/// A model in OpenAI's shape (`digest` absent for a folder not loaded: it is not hashed here).
+fn model(name: &str, kind: ModelKind, digest: Option<&str>) -> Value {
+    json!({"id": name, "object": "model", "created": 0, "owned_by": "steadytext", "kind": kind.as_str(),
+           "digest": digest})
+}
+
 /// `GET /v1/models`: the loaded models.
 pub(in super::super) async fn models(ready: Ready) -> Response {
-    let data: Vec<Value> = ready
-        .daemon
-        .registry()
-        .workers()
-        .iter()
-        .map(|w| {
-            let info = w.info();
-            json!({"id": info.name, "object": "model", "created": 0, "owned_by": "steadytext",
-                   "kind": w.kind().as_str(), "digest": info.digest})
-        })
-        .collect();
+    let workers = ready.daemon.registry().workers();
+    let data: Vec<Value> = workers.iter().map(|w| model(&w.info().name, w.kind(), Some(&w.info().digest))).collect();
     axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `GET /v1/models/{id}`: a loaded model, or a model folder the daemon would load for it; 404
+/// otherwise.
+pub(in super::super) async fn model_by_id(ready: Ready, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let workers = ready.daemon.registry().workers();
+    if let Some(w) = workers.iter().find(|w| w.info().answers_to(&id)) {
+        return Ok(axum::Json(model(&w.info().name, w.kind(), Some(&w.info().digest))).into_response());
+    }
+    let config = ready.daemon.config();
+    let dir = crate::daemon::registry::requested_dir(&config, &id)?;
+    let kind = ModelFiles::discover(&dir).and_then(|files| files.kind())?;
+    let kind = kind.ok_or_else(|| Error::ModelNotFound {
+        name: id.clone(),
+        reason: "its folder's configs do not say what the model does".into(),
+    })?;
+    Ok(axum::Json(model(&id, kind, None)).into_response())
 }

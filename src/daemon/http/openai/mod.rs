@@ -6,7 +6,7 @@
 
 mod embeddings;
 mod responses;
-mod types;
+pub(super) mod types;
 
 use axum::body::{Body, Bytes};
 use axum::response::{IntoResponse, Response};
@@ -24,7 +24,7 @@ use crate::error::Error;
 use crate::protocol::{GenerateParams, GenerateResult, ROUTE_KEY_HEADER};
 use types::{ChatRequest, CompletionRequest};
 
-pub(super) use embeddings::{embeddings, models};
+pub(super) use embeddings::{embeddings, model_by_id, models};
 pub(super) use responses::{input_tokens, responses};
 
 /// Whether a response is a chat completion or a plain completion.
@@ -167,7 +167,7 @@ async fn generate(
         ];
         return Ok((headers, body).into_response());
     }
-    let Streaming { info, first, events } = Streaming::start(&ready, params).await?;
+    let Streaming { info, first, events, .. } = Streaming::start(&ready, params).await?;
     let identity = Identity { id, created, model: info.name.clone(), fingerprint: fingerprint(&ready, &info.digest) };
     let mut opened = false;
     let mut content = content;

@@ -364,7 +364,7 @@ pub(in super::super) async fn responses(ready: Ready, body: Body) -> Result<Resp
         let headers = [(ENGINE_HEADER, engine), (CACHE_HEADER, cached.to_string()), (ROUTE_KEY_HEADER, route)];
         return Ok((headers, body).into_response());
     }
-    let Streaming { info, first, events } = Streaming::start(&ready, params).await?;
+    let Streaming { info, first, events, .. } = Streaming::start(&ready, params).await?;
     let model = info.name;
     let mut numbered = Events { next: 0 };
     let mut opening = Vec::new();

@@ -78,7 +78,7 @@ struct FunctionCall {
 /// A tool a request offers, in OpenAI's shape (only function tools are served).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct RequestTool {
+pub(in super::super) struct RequestTool {
     #[serde(rename = "type")]
     kind: String,
     function: Option<FunctionTool>,
@@ -179,7 +179,7 @@ pub(super) fn tool_choice(choice: &Value) -> Result<ToolChoice, ApiError> {
 }
 
 impl RequestTool {
-    fn into_tool(self) -> Result<Tool, ApiError> {
+    pub(in super::super) fn into_tool(self) -> Result<Tool, ApiError> {
         match (self.kind.as_str(), self.function) {
             ("function", Some(f)) => Ok(Tool {
                 name: f.name,
