@@ -131,4 +131,4 @@ install:
 	install -D -m 0644 target/completions/stctl $(DESTDIR)$(PREFIX)/share/bash-completion/completions/stctl
 	install -D -m 0644 target/completions/_stctl $(DESTDIR)$(ZSH_COMPLETIONS)/_stctl
 	install -D -m 0644 target/completions/stctl.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/stctl.fish
-	install -D -m 0644 -t $(DESTDIR)$(DOCDIR) docs/protocol.md docs/http.md systemd/steadytext.service.d/cuda.conf.example systemd/steadytext.service.d/tcp.conf.example README.md
+	install -D -m 0644 -t $(DESTDIR)$(DOCDIR) docs/protocol.md docs/http.md docs/compat.md systemd/steadytext.service.d/cuda.conf.example systemd/steadytext.service.d/tcp.conf.example README.md
