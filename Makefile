@@ -122,7 +122,7 @@ install:
 	install -D -m 0755 target/release/steadytextd $(DESTDIR)$(PREFIX)/bin/steadytextd
 	install -D -m 0755 target/release/stctl $(DESTDIR)$(PREFIX)/bin/stctl
 	install -D -m 0644 .ort/libonnxruntime.so.$(ORT_VERSION) $(DESTDIR)$(PREFIX)/lib/steadytext/libonnxruntime.so.$(ORT_VERSION)
-	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext-ollama.socket systemd/steadytext.service
+	install -D -m 0644 -t $(DESTDIR)$(UNITDIR) systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext-ollama.socket systemd/steadytext-zmq.socket systemd/steadytext.service
 	install -D -m 0644 -t $(DESTDIR)$(USERUNITDIR) systemd/user/steadytext.socket systemd/user/steadytext.service
 	install -D -m 0644 packaging/steadytext.toml $(DESTDIR)$(SYSCONFDIR)/steadytext/steadytext.toml
 	install -D -m 0644 man/stctl.1 $(DESTDIR)$(PREFIX)/share/man/man1/stctl.1

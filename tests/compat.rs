@@ -1,8 +1,9 @@
 //! Clients written for other servers, unchanged, against steadytextd: the official `ollama`
-//! package on the Ollama API (configured only by `OLLAMA_HOST` and `OLLAMA_API_KEY`), and curl on
-//! the rerank and tokenize routes in Jina's, Cohere's, text-embeddings-inference's and
-//! llama-server's shapes. Each answer is the bytes `stctl` or the JSON-RPC method gives for the
-//! same request. One daemon serves every check.
+//! package on the Ollama API (configured only by `OLLAMA_HOST` and `OLLAMA_API_KEY`), SteadyText's
+//! own SDK on its ZeroMQ protocol (configured only by `STEADYTEXT_DAEMON_*`), hostile and crowded
+//! pyzmq clients, and curl on the rerank and tokenize routes in Jina's, Cohere's,
+//! text-embeddings-inference's and llama-server's shapes. Each answer is the bytes `stctl` or the
+//! JSON-RPC method gives for the same request. One daemon serves every check.
 
 mod common;
 
@@ -16,6 +17,8 @@ use serde_json::{json, Value};
 
 const GENERATION: &str = "SmolLM2-135M-Instruct";
 const EMBEDDING: &str = "all-MiniLM-L6-v2";
+/// The SteadyText listener's connection cap in this test (250 clients are tried).
+const SDK_CONNECTIONS: usize = 220;
 
 fn f32_bits(values: &Value) -> Vec<u32> {
     let values: Vec<f32> = serde_json::from_value(values.clone()).unwrap();
@@ -38,11 +41,14 @@ fn post(daemon: &HttpDaemon, path: &str, body: &Value) -> (u16, Value) {
 #[test]
 fn clients_of_ollama_and_other_servers_get_steadytexts_answers() {
     let python = common::venv_python("tests/python/requirements.txt");
-    let daemon = HttpDaemon::start("");
+    let sdk_python = common::venv_python_with("tests/python/sdk-requirements.txt", &["steadytext==2025.11.25"]);
+    let daemon = HttpDaemon::start(&format!("[compat.steadytext]\nmax_connections = {SDK_CONNECTIONS}\n"));
     daemon.health_until_ready();
     ollama_package(&daemon, &python);
     rerank_routes(&daemon);
     tokenize_routes(&daemon);
+    steadytext_sdk(&daemon, &sdk_python);
+    hostile_zmq_clients(&daemon, &sdk_python);
 }
 
 fn ollama_package(daemon: &HttpDaemon, python: &Path) {
@@ -191,4 +197,132 @@ fn tokenize_routes(daemon: &HttpDaemon) {
     assert_eq!(serde_json::from_str::<Value>(&model).unwrap()["kind"], "generation");
     let (code, _) = curl(&["-H", &format!("Authorization: Bearer {KEY}"), &daemon.url("/v1/models/no-such-model")]);
     assert_eq!(code, 404);
+}
+
+fn steadytext_sdk(daemon: &HttpDaemon, python: &Path) {
+    let home = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/sdk_client.py");
+    let stub = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/stub");
+    let served_before = model_requests(daemon);
+    let out = Command::new(python)
+        .arg(script)
+        .env("STEADYTEXT_DAEMON_HOST", "127.0.0.1")
+        .env("STEADYTEXT_DAEMON_PORT", daemon.zmq.to_string())
+        .env("STEADYTEXT_DAEMON_TIMEOUT_MS", "120000")
+        .env("STEADYTEXT_ALLOW_MODEL_DOWNLOADS", "false")
+        .env("STEADYTEXT_SKIP_MODEL_LOAD", "1")
+        .env("PYTHONPATH", stub)
+        .env("HOME", home.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+    // No fallback: the daemon counted each of the SDK's nine model calls (and the stub llama_cpp,
+    // which raises when used, never ran; a fallback's None, zero vector or word-overlap scores
+    // would not match below).
+    assert_eq!(model_requests(daemon) - served_before, 9, "{}", daemon.log());
+    let mut got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let vectors_got: Vec<Value> = ["embed", "embed_list"].map(|k| got[k].take()).into();
+
+    // generate: the text stripped, as SteadyText's generate returns it.
+    let colors = stctl_text(daemon, &["generate", "Name three colors.", "--seed", "42", "--max-new-tokens", "24"]);
+    assert_eq!(got["generate"], colors.trim(), "{got}");
+    let logprobs: Value = serde_json::from_str(&daemon.stctl(&[
+        "generate",
+        "Name three colors.",
+        "--seed",
+        "42",
+        "--max-new-tokens",
+        "8",
+        "--json",
+        "--logprobs",
+    ]))
+    .unwrap();
+    assert_eq!(got["generate_logprobs"]["text"], logprobs["text"].as_str().unwrap().trim());
+    assert_eq!(got["generate_logprobs"]["logprobs"], logprobs["logprobs"], "stctl's log-probabilities");
+    let schema = r#"{"type":"object","properties":{"color":{"type":"string","enum":["red","green","blue"]}},"required":["color"],"additionalProperties":false}"#;
+    let picked = stctl_text(daemon, &["generate", "Pick a color.", "--schema", schema, "--max-new-tokens", "32"]);
+    assert_eq!(got["generate_schema"], format!("<json-output>{picked}</json-output>"), "SteadyText's JSON wrapping");
+    let choice = stctl_text(daemon, &["generate", "Is the sky blue?", "--choices", "yes,no", "--max-new-tokens", "8"]);
+    assert_eq!(got["generate_choices"], choice.as_str());
+    // generate_iter: a token per ACK; together stctl's text (a stream is not stripped).
+    let animals = stctl_text(daemon, &["generate", "Name three animals.", "--max-new-tokens", "24"]);
+    let tokens: Vec<String> = serde_json::from_value(got["generate_iter"].clone()).unwrap();
+    assert!(tokens.len() > 5, "{tokens:?}");
+    assert_eq!(tokens.concat(), animals);
+
+    // embed: one text is stctl's vector, zero-padded to 1024; a list is the normalized mean.
+    let vectors: Vec<Value> = daemon
+        .stctl(&["embed", "first text", "second text"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let embedded = f32_bits(&vectors_got[0]);
+    assert_eq!(embedded.len(), 1024);
+    assert_eq!(embedded[..384], f32_bits(&vectors[0])[..], "stctl's bits");
+    assert!(embedded[384..].iter().all(|&b| b == 0), "zero-padded");
+    let (a, b): (Vec<f32>, Vec<f32>) =
+        (serde_json::from_value(vectors[0].clone()).unwrap(), serde_json::from_value(vectors[1].clone()).unwrap());
+    let mean: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (x + y) / 2.0).collect();
+    let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let expected: Vec<u32> = mean.iter().map(|x| (x / norm).to_bits()).collect();
+    assert_eq!(f32_bits(&vectors_got[1])[..384], expected[..], "the normalized mean of stctl's vectors");
+
+    // rerank: the method's scores, best first.
+    let documents = [
+        "Photosynthesis turns light into sugar in leaves.",
+        "The train leaves at noon.",
+        "Chlorophyll captures sunlight for the plant.",
+        "Bread needs flour and water.",
+    ];
+    let mut conn = Conn::new(UnixStream::connect(&daemon.socket).unwrap());
+    let method =
+        conn.call("rerank", json!({"query": "How do plants make food?", "documents": documents}))["result"].clone();
+    let order: Vec<usize> = serde_json::from_value(method["order"].clone()).unwrap();
+    let scores = f32_bits(&method["scores"]);
+    let ranked = got["rerank"].as_array().unwrap();
+    for (pair, &i) in ranked.iter().zip(&order) {
+        assert_eq!(pair[0], documents[i]);
+        assert_eq!(f32_bits(&json!([pair[1]])), [scores[i]], "the method's score bits");
+    }
+    let in_order: Vec<&str> = order.iter().map(|&i| documents[i]).collect();
+    assert_eq!(got["rerank_documents"], json!(in_order));
+    assert!(got["model_repo"].as_str().unwrap().contains("model_repo"), "{got}");
+}
+
+/// Requests of the model methods (generate, generate_stream, embed, rerank) the daemon counted.
+fn model_requests(daemon: &HttpDaemon) -> u64 {
+    let mut conn = Conn::new(UnixStream::connect(&daemon.socket).unwrap());
+    let metrics = conn.call("metrics", json!({}))["result"].as_str().unwrap().to_string();
+    ["generate", "generate_stream", "embed", "rerank"]
+        .iter()
+        .filter_map(|m| {
+            let prefix = format!("steadytext_requests_total{{method=\"{m}\"}} ");
+            metrics.lines().find_map(|l| l.strip_prefix(&prefix)).map(|n| n.parse::<u64>().unwrap())
+        })
+        .sum()
+}
+
+fn hostile_zmq_clients(daemon: &HttpDaemon, python: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/zmq_hostile.py");
+    let out = Command::new(python).arg(script).arg(daemon.zmq.to_string()).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Another protocol's greeting: the daemon's own greeting (64 bytes), then it closes.
+    assert_eq!(got["http_greeting"], json!([64, true]), "{got}");
+    // A PUB socket: greeting and READY, then closed. A frame of 2^40 bytes: closed unread.
+    assert_eq!(got["pub_socket"][1], true, "{got}");
+    assert_eq!(got["huge_frame"][1], true, "{got}");
+    for after in ["http_then_honest", "huge_then_honest", "lazy_then_honest", "crowd_then_honest"] {
+        assert_eq!(got[after], true, "{after}: {got}");
+    }
+    // 250 clients against a cap of 220 (one more held by the client that never reads): the rest
+    // are told, none waits for a timeout.
+    let (pongs, refused) = (got["crowd_pongs"].as_u64().unwrap(), got["crowd_refused"].as_u64().unwrap());
+    assert_eq!(pongs + refused, 250, "{got}");
+    assert!(pongs >= 200 && refused >= 1, "{got}");
+    assert!(got["crowd_refusal"].as_str().unwrap().contains("too many connections"), "{got}");
+    assert_eq!(got["stream_left"], json!([["token"], {"id": "p", "result": "pong", "error": null}]), "{got}");
+    assert!(got["not_json"]["error"].as_str().unwrap().contains("not SteadyText's JSON"), "{got}");
+    assert_eq!(got["unknown"], json!({"id": "t", "result": null, "error": "Unknown method: status"}));
+    assert!(got["shutdown"]["error"].as_str().unwrap().contains("systemctl stop steadytext"), "{got}");
 }

@@ -31,11 +31,11 @@ install_missing debootstrap:debootstrap systemd-nspawn:systemd-container dpkg-bu
 say "unit files: systemd-analyze verify and security gates"
 units=$(mktemp -d)
 mkdir "$units/user"
-for u in systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext-ollama.socket systemd/steadytext.service systemd/user/steadytext.socket systemd/user/steadytext.service; do
+for u in systemd/steadytext.socket systemd/steadytext-tcp.socket systemd/steadytext-http.socket systemd/steadytext-ollama.socket systemd/steadytext-zmq.socket systemd/steadytext.service systemd/user/steadytext.socket systemd/user/steadytext.service; do
     sed "s|/usr/bin/steadytextd|$here/target/release/steadytextd|; s|/usr/bin/stctl|$here/target/release/stctl|" "$u" > "$units/${u#systemd/}"
 done
 cargo build --release --locked --bins -q
-check "systemd-analyze verify" systemd-analyze verify --man=no "$units"/steadytext.socket "$units"/steadytext-tcp.socket "$units"/steadytext-http.socket "$units"/steadytext-ollama.socket "$units"/steadytext.service
+check "systemd-analyze verify" systemd-analyze verify --man=no "$units"/steadytext.socket "$units"/steadytext-tcp.socket "$units"/steadytext-http.socket "$units"/steadytext-ollama.socket "$units"/steadytext-zmq.socket "$units"/steadytext.service
 check "systemd-analyze verify --user (the per-user units)" env XDG_RUNTIME_DIR="$units" systemd-analyze verify --user --man=no "$units"/user/steadytext.socket "$units"/user/steadytext.service
 # The threshold is in tenths: 10 = exposure 1.0.
 check "systemd-analyze security --offline (exposure at most 1.0)" \
@@ -232,6 +232,21 @@ ollama_refuses_a_wrong_key() { ollama_tags wrong | grep -q '^{"error":"missing o
 check "Ollama's API without the key is refused, in Ollama's shape" ollama_refuses_a_wrong_key
 c systemctl stop steadytext.service
 c systemctl disable --now steadytext-ollama.socket
+
+say "SteadyText's protocol (steadytext-zmq.socket)"
+# A ZMTP 3.1 REQ peer by hand (greeting, READY, the empty delimiter and SteadyText's ping) over
+# bash's /dev/tcp: the answer holds "pong".
+zmq_pings() {
+    c bash -c 'exec 3<>/dev/tcp/127.0.0.1/5555 || exit 1
+        printf "\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03\x01NULL" >&3; head -c 48 /dev/zero >&3
+        printf "\x04\x19\x05READY\x0bSocket-Type\x00\x00\x00\x03REQ" >&3
+        printf "\x01\x00\x00\x26{\"method\":\"ping\",\"params\":{},\"id\":\"e\"}" >&3
+        timeout 5 cat <&3' | grep -aq '"result":"pong"'
+}
+check "systemctl enable --now steadytext-zmq.socket" c systemctl enable --now steadytext-zmq.socket
+check "SteadyText's ping on 127.0.0.1:5555 is answered (socket-activated, no key)" zmq_pings
+c systemctl stop steadytext.service
+c systemctl disable --now steadytext-zmq.socket
 c rm -f /etc/systemd/system/steadytext.service.d/tcp.conf
 c systemctl daemon-reload
 

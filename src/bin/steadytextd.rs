@@ -28,7 +28,8 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Listen on unix:PATH or tcp:HOST:PORT (JSON-RPC), http:HOST:PORT or http+unix:PATH (HTTP),
-    /// ollama:HOST:PORT or ollama+unix:PATH (Ollama's API), repeatable, when not socket-activated.
+    /// ollama:HOST:PORT or ollama+unix:PATH (Ollama's API), zmq:HOST:PORT (SteadyText's protocol,
+    /// loopback only), repeatable, when not socket-activated.
     #[arg(long, value_name = "ADDR")]
     listen: Vec<String>,
     /// Exit after this many seconds without clients (overrides daemon.idle_exit_secs).

@@ -160,6 +160,18 @@ impl Config {
                 self.cache.prefix_mb
             )));
         }
+        let sdk = &self.compat.steadytext;
+        if !(1..=65_536).contains(&sdk.embedding_dimensions) || sdk.max_new_tokens == 0 || sdk.max_connections == 0 {
+            return Err(Error::Config(
+                "[compat.steadytext] embedding_dimensions (at most 65536), max_new_tokens and max_connections must be \
+                 at least 1"
+                    .into(),
+            ));
+        }
+        if let Some((name, _)) = sdk.model_aliases.iter().chain(&sdk.size_aliases).find(|(_, folder)| folder.is_empty())
+        {
+            return Err(Error::Config(format!("[compat.steadytext] alias {name:?} names no model folder")));
+        }
         if self.intra_threads > 256 {
             return Err(Error::Config(format!("intra_threads = {} is out of range 0..=256", self.intra_threads)));
         }

@@ -71,6 +71,49 @@ pub struct Config {
     pub cache: CacheConfig,
     /// How many models stay loaded.
     pub models: ModelsConfig,
+    /// The fronts for clients written for other servers (`[compat.*]`).
+    pub compat: CompatConfig,
+}
+
+/// The fronts for clients written for other servers (`[compat]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompatConfig {
+    /// SteadyText's daemon protocol (`[compat.steadytext]`, docs/compat.md).
+    pub steadytext: SteadytextCompat,
+}
+
+/// SteadyText's daemon protocol (`[compat.steadytext]`): how its SDK's names and defaults map to
+/// this daemon's.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SteadytextCompat {
+    /// SteadyText model names (`model`, e.g. `qwen3-4b`) to model folders; a name not listed is
+    /// taken as a folder name.
+    pub model_aliases: std::collections::BTreeMap<String, String>,
+    /// SteadyText sizes (`size`: `mini`, `small`, `large`) to model folders.
+    pub size_aliases: std::collections::BTreeMap<String, String>,
+    /// Length of every `embed` vector: a shorter model's is zero-padded, a longer one's cut and
+    /// re-normalized (pg_steadytext declares `vector(1024)`).
+    pub embedding_dimensions: usize,
+    /// `max_new_tokens` of a `generate` that names none (SteadyText's default, 1024), at most
+    /// `limits.max_new_tokens`.
+    pub max_new_tokens: usize,
+    /// Most connections a SteadyText listener holds (its clients are all 127.0.0.1, so the
+    /// per-peer limit does not apply to them).
+    pub max_connections: usize,
+}
+
+impl Default for SteadytextCompat {
+    fn default() -> Self {
+        SteadytextCompat {
+            model_aliases: Default::default(),
+            size_aliases: Default::default(),
+            embedding_dimensions: 1024,
+            max_new_tokens: 1024,
+            max_connections: 256,
+        }
+    }
 }
 
 /// Models loaded on demand (`[models]`).
@@ -278,6 +321,7 @@ impl Default for Config {
             daemon: DaemonConfig::default(),
             cache: CacheConfig::default(),
             models: ModelsConfig::default(),
+            compat: CompatConfig::default(),
         }
     }
 }

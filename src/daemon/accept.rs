@@ -10,10 +10,10 @@ use anyhow::{Context, Result};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::ListenerBudget;
-use super::listen::{Socket, StdListener};
+use super::listen::{Protocol, Socket, StdListener};
 use super::peer::Peer;
 use super::state::Daemon;
-use super::{connection, http};
+use super::{connection, http, sdk};
 
 /// What serves a listener's connections.
 #[derive(Clone)]
@@ -22,6 +22,8 @@ pub(crate) enum Server {
     Rpc(Arc<Daemon>),
     /// The HTTP front, speaking one API.
     Http(Arc<http::Front>, http::Api),
+    /// SteadyText's daemon protocol.
+    Sdk(Arc<Daemon>),
 }
 
 impl Server {
@@ -35,13 +37,14 @@ impl Server {
         match self {
             Server::Rpc(daemon) => connection::spawn(daemon, budget, setup, peer),
             Server::Http(front, api) => front.spawn_connection(setup, peer, budget, *api),
+            Server::Sdk(daemon) => sdk::spawn(daemon, budget, setup, peer),
         }
     }
 
     /// Cancelled when accepting must stop.
     fn shutdown(&self) -> CancellationToken {
         match self {
-            Server::Rpc(daemon) => daemon.shutdown().clone(),
+            Server::Rpc(daemon) | Server::Sdk(daemon) => daemon.shutdown().clone(),
             Server::Http(front, _) => front.shutdown().clone(),
         }
     }
@@ -57,7 +60,8 @@ pub(crate) fn listen(
 ) -> Result<Vec<PathBuf>> {
     let mut owned_paths = Vec::new();
     for listener in listeners {
-        let tls = tls.clone().filter(|_| listener.is_tcp());
+        // SteadyText's SDK cannot speak TLS: its listeners are loopback only, in clear text.
+        let tls = tls.clone().filter(|_| listener.is_tcp() && listener.protocol != Protocol::Zmtp);
         let server = &(server.clone(), ListenerBudget::new(max_connections));
         tracing::info!(listener = %listener.name, tls = tls.is_some(), "listening");
         owned_paths.extend(listener.owned_path);
@@ -100,9 +104,19 @@ pub(crate) fn listen(
 /// Refuses TCP listeners the daemon cannot guard: without an API key, or on a non-loopback
 /// address without TLS (keys and answers would cross the network in clear text).
 pub(crate) fn check_tcp_listeners(listeners: &[StdListener], have_key: bool, have_tls: bool) -> Result<()> {
-    for StdListener { socket, name, .. } in listeners {
+    for StdListener { socket, name, protocol, .. } in listeners {
         let Socket::Tcp(listener) = socket else { continue };
         let addr = listener.local_addr().with_context(|| format!("listener {name}"))?;
+        if *protocol == Protocol::Zmtp {
+            // Its SDK sends neither a key nor TLS: loopback only, any local user may use it.
+            if !addr.ip().is_loopback() {
+                anyhow::bail!(
+                    "refusing to serve SteadyText's protocol on {addr} ({name}): its SDK can send neither a key nor TLS, \
+                     so it is served on a loopback address only (127.0.0.1:5555)"
+                );
+            }
+            continue;
+        }
         if !addr.ip().is_loopback() && !have_tls {
             anyhow::bail!(
                 "refusing to serve JSON-RPC on {addr} ({name}) in clear text: it is not a loopback address; \

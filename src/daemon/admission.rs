@@ -163,6 +163,12 @@ impl Admission {
         PendingTicket { pool: self.pending.clone(), id, evicted, deadline, timeout: self.auth_timeout }
     }
 
+    /// A slot of `listener` alone, for a listener whose clients are all one peer (SteadyText's
+    /// SDK, always from 127.0.0.1): its own `max_connections` is its only budget.
+    pub(crate) fn admit_to_listener(&self, listener: &ListenerBudget, open: usize) -> Result<OwnedSemaphorePermit> {
+        listener.0.clone().try_acquire_owned().map_err(|_| Error::TooManyConnections { open, limit: "max_connections" })
+    }
+
     /// Slots for a connection of `peer` that may send requests (a Unix one at once, a TCP one
     /// once it has authenticated): one of its listener's, one of its peer's. `open` is the
     /// number of connections open now, for the message.

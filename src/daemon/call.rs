@@ -96,3 +96,21 @@ impl PieceSink for FirstPiece<'_> {
         self.inner.model(info);
     }
 }
+
+/// The sink of a request answered whole (no pieces); `gone` says whether its client hung up,
+/// which cancels the request.
+pub(crate) struct Whole<F>(pub(crate) F);
+
+impl<F: Fn() -> bool + Send> PieceSink for Whole<F> {
+    fn piece(&mut self, _: String) -> SinkFuture<'_> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn is_broken(&self) -> bool {
+        false
+    }
+
+    fn peer_gone(&self) -> bool {
+        (self.0)()
+    }
+}

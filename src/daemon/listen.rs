@@ -18,16 +18,20 @@ pub enum Protocol {
     Http,
     /// HTTP: Ollama's API.
     Ollama,
+    /// ZMTP: SteadyText's daemon protocol (its Python SDK).
+    Zmtp,
 }
 
 impl Protocol {
     /// The protocol of a socket systemd passed, from its `FileDescriptorName=`: names starting
-    /// with `http` are HTTP, with `ollama` Ollama's API.
+    /// with `http` are HTTP, with `ollama` Ollama's API, with `zmq` SteadyText's protocol.
     fn of_fd_name(name: &str) -> Self {
         if name.starts_with("http") {
             Protocol::Http
         } else if name.starts_with("ollama") {
             Protocol::Ollama
+        } else if name.starts_with("zmq") {
+            Protocol::Zmtp
         } else {
             Protocol::JsonRpc
         }
@@ -40,6 +44,7 @@ impl Protocol {
             Protocol::JsonRpc => None,
             Protocol::Http => Some("http"),
             Protocol::Ollama => Some("ollama"),
+            Protocol::Zmtp => Some("zmq"),
         }
     }
 }
@@ -77,11 +82,15 @@ impl StdListener {
 }
 
 /// Parses a `--listen` address: `unix:PATH`, `tcp:HOST:PORT` (JSON-RPC), `http:HOST:PORT` or
-/// `http+unix:PATH` (HTTP), `ollama:HOST:PORT` or `ollama+unix:PATH` (Ollama's API).
+/// `http+unix:PATH` (HTTP), `ollama:HOST:PORT` or `ollama+unix:PATH` (Ollama's API), `zmq:HOST:PORT`
+/// (SteadyText's protocol: TCP only, as its SDK connects).
 pub fn parse(spec: &str) -> Result<(Protocol, Target)> {
-    for protocol in [Protocol::Http, Protocol::Ollama] {
+    for protocol in [Protocol::Http, Protocol::Ollama, Protocol::Zmtp] {
         let Some(scheme) = protocol.scheme() else { continue };
         if let Some(path) = spec.strip_prefix(scheme).and_then(|s| s.strip_prefix("+unix:")) {
+            if protocol == Protocol::Zmtp {
+                bail!("{spec:?}: SteadyText's SDK connects over TCP only; listen on zmq:127.0.0.1:5555");
+            }
             return Ok((protocol, Target::Unix(PathBuf::from(path))));
         }
         if let Some(addr) = spec.strip_prefix(scheme).and_then(|s| s.strip_prefix(':')) {
@@ -194,6 +203,9 @@ mod tests {
         assert_eq!(parsed("http+unix:/run/h.sock").unwrap().0, Protocol::Http);
         assert_eq!(parsed("tcp:127.0.0.1:5557").unwrap().0, Protocol::JsonRpc);
         assert!(parsed("ollama:localhost").unwrap_err().contains("needs a port"));
+        assert_eq!(parsed("zmq:127.0.0.1:5555").unwrap().0, Protocol::Zmtp);
+        assert!(parsed("zmq+unix:/run/z.sock").unwrap_err().contains("TCP only"));
+        assert_eq!(Protocol::of_fd_name("zmq"), Protocol::Zmtp);
         assert_eq!(Protocol::of_fd_name("ollama"), Protocol::Ollama);
         assert_eq!(Protocol::of_fd_name("http"), Protocol::Http);
         assert_eq!(Protocol::of_fd_name("steadytext"), Protocol::JsonRpc);

@@ -21,8 +21,10 @@ mod registry;
 mod reload;
 mod runner;
 mod scheduler;
+mod sdk;
 mod state;
 mod tasks;
+mod zmtp;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,14 +71,18 @@ pub async fn run(options: Options) -> Result<()> {
     // The HTTP front answers from the start (503 while loading).
     let admission = Arc::new(admission::Admission::new(&config.daemon));
     let front = http::Front::new(config.clone(), admission.clone());
-    let (web, rpc): (Vec<_>, Vec<_>) = options.listeners.into_iter().partition(|l| l.protocol != Protocol::JsonRpc);
+    let is_web = |l: &StdListener| matches!(l.protocol, Protocol::Http | Protocol::Ollama);
+    let (web, rpc): (Vec<_>, Vec<_>) = options.listeners.into_iter().partition(is_web);
     let (ollama, web): (Vec<_>, Vec<_>) = web.into_iter().partition(|l| l.protocol == Protocol::Ollama);
     let max_connections = config.daemon.max_connections;
     let mut owned_paths = listen(&Server::Http(front.clone(), http::Api::Main), web, tls.clone(), max_connections)?;
     owned_paths.extend(listen(&Server::Http(front.clone(), http::Api::Ollama), ollama, tls.clone(), max_connections)?);
     // JSON-RPC serves while the models load: a request waits only for the models of its kind.
     let daemon = start(config.clone(), api_key, options.config_path.clone(), admission)?;
-    owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls, max_connections)?);
+    let (sdk, rpc): (Vec<_>, Vec<_>) = rpc.into_iter().partition(|l| l.protocol == Protocol::Zmtp);
+    owned_paths.extend(listen(&Server::Rpc(daemon.clone()), rpc, tls.clone(), max_connections)?);
+    let sdk_connections = config.compat.steadytext.max_connections;
+    owned_paths.extend(listen(&Server::Sdk(daemon.clone()), sdk, tls, sdk_connections)?);
     let stopped_while_loading = tokio::select! {
         _ = daemon.registry().settled() => None,
         _ = term.recv() => Some("SIGTERM"),

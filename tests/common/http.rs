@@ -1,5 +1,5 @@
-//! A hand-run daemon with an HTTP front on a TCP port, Ollama's API on another (and its JSON-RPC
-//! socket), and curl.
+//! A hand-run daemon with an HTTP front on a TCP port, Ollama's API and SteadyText's protocol on
+//! others (and its JSON-RPC socket), and curl.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
@@ -18,6 +18,8 @@ pub struct HttpDaemon {
     pub port: u16,
     /// Its port for Ollama's API on 127.0.0.1.
     pub ollama: u16,
+    /// Its port for SteadyText's protocol on 127.0.0.1.
+    pub zmq: u16,
     /// Its JSON-RPC Unix socket.
     pub socket: PathBuf,
     /// Its JSON-RPC TCP port on 127.0.0.1 (0: none).
@@ -54,7 +56,7 @@ impl HttpDaemon {
         let socket = dir.path().join("s.sock");
         let log = dir.path().join("daemon.log");
         for _ in 0..5 {
-            let (port, ollama) = (super::free_port(), super::free_port());
+            let (port, ollama, zmq) = (super::free_port(), super::free_port(), super::free_port());
             let tcp_port = if tcp { super::free_port() } else { 0 };
             let tcp_listen: Vec<String> =
                 if tcp { vec!["--listen".into(), format!("tcp:127.0.0.1:{tcp_port}")] } else { Vec::new() };
@@ -63,6 +65,7 @@ impl HttpDaemon {
                 .args(["--listen", &format!("unix:{}", socket.display())])
                 .args(["--listen", &format!("http:127.0.0.1:{port}")])
                 .args(["--listen", &format!("ollama:127.0.0.1:{ollama}")])
+                .args(["--listen", &format!("zmq:127.0.0.1:{zmq}")])
                 .args(&tcp_listen)
                 .env("STEADYTEXT_API_KEY_FILE", dir.path().join("api-key"))
                 .env("STEADYTEXT_CONFIG", dir.path().join("steadytext.toml"))
@@ -79,7 +82,7 @@ impl HttpDaemon {
             let lost = child.try_wait().unwrap().is_some()
                 && std::fs::read_to_string(&log).unwrap_or_default().contains("Address already in use");
             if !lost {
-                return HttpDaemon { child, port, ollama, socket, tcp: tcp_port, dir };
+                return HttpDaemon { child, port, ollama, zmq, socket, tcp: tcp_port, dir };
             }
         }
         panic!("no free port after 5 tries: {}", std::fs::read_to_string(&log).unwrap_or_default());

@@ -78,9 +78,16 @@ pub fn tool_models() -> tempfile::TempDir {
 /// The python of a private venv holding the requirements file `requirements` (a path in the
 /// checkout), made from PyPI once by `tools/venv.sh`.
 pub fn venv_python(requirements: &str) -> PathBuf {
+    venv_python_with(requirements, &[])
+}
+
+/// [`venv_python`], with `no_deps` packages installed without their dependencies (name them in
+/// the requirements file too, so that its hash changes with them).
+pub fn venv_python_with(requirements: &str, no_deps: &[&str]) -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new(root.join("tools/venv.sh"))
         .arg(root.join(requirements))
+        .args(no_deps)
         .stderr(std::process::Stdio::inherit())
         .output()
         .unwrap();

@@ -41,6 +41,7 @@ use crate::error::Error;
 use crate::protocol::wire::{self, Reply};
 use crate::protocol::{Method, MAX_LINE_BYTES};
 pub(crate) use error::ApiError;
+pub(crate) use run::Work;
 use run::{event_stream, Event, Ready};
 
 /// Largest request head (request line and headers) a client may send.

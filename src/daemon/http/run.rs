@@ -15,7 +15,7 @@ use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, StatusCode};
 use tokio::sync::mpsc;
 
-use super::super::call::Call;
+use super::super::call::{Call, Whole};
 use super::super::state::Daemon;
 use super::conn::Connection;
 use super::error::ApiError;
@@ -88,7 +88,8 @@ impl Ready {
         F: for<'c, 'd> FnOnce(&'c mut Call<'d>) -> Work<'c, T>,
     {
         let _busy = self.daemon.metrics().request();
-        let mut sink = HangUp(self.connection.clone());
+        let connection = self.connection.clone();
+        let mut sink = Whole(move || connection.hung_up());
         let mut call = Call::new(&self.daemon, &mut sink, self.connection.peer());
         let result = work(&mut call).await;
         call.finish(Some(method), &result);
@@ -119,23 +120,6 @@ impl Ready {
             let _ = tokio::time::timeout(deadline, events.send(Event::Done(result))).await;
         });
         receiver
-    }
-}
-
-/// The sink of a request answered whole: no pieces; the client hanging up cancels it.
-struct HangUp(Arc<Connection>);
-
-impl PieceSink for HangUp {
-    fn piece(&mut self, _: String) -> SinkFuture<'_> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn is_broken(&self) -> bool {
-        false
-    }
-
-    fn peer_gone(&self) -> bool {
-        self.0.hung_up()
     }
 }
 
