@@ -105,7 +105,8 @@ async fn ollama_errors(response: Response) -> Response {
     Response::from_parts(parts, Body::from(json!({ "error": message }).to_string()))
 }
 
-/// `GET /` (and `HEAD`): what Ollama answers, which clients check to find a server (no key).
+/// `GET /` (and `HEAD`): what Ollama's server answers there (its gin routes reply "Ollama is
+/// running" to `GET /` and `HEAD /`), which clients check to find a server (no key).
 async fn running() -> &'static str {
     "Ollama is running"
 }
