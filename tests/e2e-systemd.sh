@@ -235,13 +235,23 @@ c systemctl disable --now steadytext-ollama.socket
 
 say "SteadyText's protocol (steadytext-zmq.socket)"
 # A ZMTP 3.1 REQ peer by hand (greeting, READY, the empty delimiter and SteadyText's ping) over
-# bash's /dev/tcp: the answer holds "pong".
-zmq_pings() {
+# bash's /dev/tcp: the answer (134 bytes: greeting, READY, delimiter, reply) holds "pong". The
+# first connection starts the service: tried again until it answers.
+zmq_ping() {
     c bash -c 'exec 3<>/dev/tcp/127.0.0.1/5555 || exit 1
         printf "\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7f\x03\x01NULL" >&3; head -c 48 /dev/zero >&3
         printf "\x04\x19\x05READY\x0bSocket-Type\x00\x00\x00\x03REQ" >&3
         printf "\x01\x00\x00\x26{\"method\":\"ping\",\"params\":{},\"id\":\"e\"}" >&3
-        timeout 5 cat <&3' | grep -aq '"result":"pong"'
+        timeout 20 head -c 134 <&3'
+}
+zmq_pings() {
+    for _ in $(seq 30); do
+        zmq_ping 2>/dev/null | grep -aq '"result":"pong"' && return 0
+        sleep 1
+    done
+    zmq_ping | od -c | head -5
+    c journalctl -u steadytext --no-pager -n 20
+    return 1
 }
 check "systemctl enable --now steadytext-zmq.socket" c systemctl enable --now steadytext-zmq.socket
 check "SteadyText's ping on 127.0.0.1:5555 is answered (socket-activated, no key)" zmq_pings
