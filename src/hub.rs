@@ -29,31 +29,79 @@ pub struct Alias {
     pub revision: &'static str,
     /// The ONNX file to take.
     pub onnx_file: &'static str,
+    /// How the export is laid out, and so whether its sequences batch.
+    pub layout: Layout,
     /// What it is, in a few words.
     pub about: &'static str,
 }
 
-/// The recommended models (revisions as the Hub's pages showed them on 2026-11-25).
+/// The layout of a pinned export, as `stctl models pull --list` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// An onnxruntime-genai folder (GroupQueryAttention over one shared KV buffer): generations
+    /// batch with each other.
+    Genai,
+    /// A sentence-transformers or cross-encoder export (an encoder: its texts batch).
+    Encoder,
+}
+
+impl Layout {
+    /// The `--list` column.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Layout::Genai => "onnxruntime-genai folder, generations batch",
+            Layout::Encoder => "encoder, texts batch",
+        }
+    }
+}
+
+/// The recommended models. Every pin is a commit that public material names beside the same
+/// repository (the Hub itself cannot be reached from where this was written, so the files were
+/// not fetched from it; the folder listings below are what those sources show):
+/// - `small`: commit "Add optimized models for ORT GenAI (#3)" of onnx-community/Qwen3-0.6B-ONNX,
+///   with the folder onnxruntime/cpu_and_mobile/cpu-int4-kld-block-128 (chat_template.jinja,
+///   config.json, genai_config.json, model.onnx of 524,589,133 bytes with its weights inside,
+///   tokenizer.json, tokenizer_config.json): github.com/john-rocky/edge-llm-bench,
+///   models/ortgenai-recipes.json.
+/// - `large`: github.com/StephaneDelcroix/procrastinate, Services/OnnxModelManager.cs (branch
+///   add-llama-3.2-models) pins onnx-community/Llama-3.2-1B-Instruct-GENAI-ONNX at this commit,
+///   folder cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4, 1,866,090,000 bytes; the Hub's page
+///   of onnx-community/Llama-3.2-1B-Instruct-ONNX shows the same short id (e983c74) at the head
+///   of its main branch. The file names (model.onnx, model.onnx.data, genai_config.json,
+///   tokenizer files) are what onnxruntime-genai's builder writes (src/python/py/models/builders/base.py:
+///   `filename` "model.onnx", data `model.onnx.data`) and what public download lists of that
+///   folder name.
+/// - `embed`: github.com/Pogryziony/SAM-architecture-research,
+///   benchmarks/pins/sentence_transformers_all_minilm_l6_v2.json.
+/// - `rerank`: github.com/micchyboy237/jet_python_modules, jet/models/resolve_onnx_symlinks.sh
+///   (a Hub cache snapshot path at this commit).
+///
+/// Earlier pins of `small` (its transformers.js file `onnx/model_q4.onnx`: one sequence at a
+/// time) and of `large` (onnx-community/Llama-3.2-1B-Instruct@c5b77c42..., a commit no public
+/// material names) are replaced.
 pub const ALIASES: &[Alias] = &[
     Alias {
         name: "small",
         repo: "onnx-community/Qwen3-0.6B-ONNX",
         revision: "da1453100cf3ff33ef56d17983fc7a8648706db6",
-        onnx_file: "onnx/model_q4.onnx",
-        about: "Qwen3 0.6B instruct, int4 weights, float32 KV cache (Apache-2.0, ~0.9 GB)",
+        onnx_file: "onnxruntime/cpu_and_mobile/cpu-int4-kld-block-128/model.onnx",
+        layout: Layout::Genai,
+        about: "Qwen3 0.6B, int4 weights (accuracy level 4), float32 KV cache (Apache-2.0, ~0.5 GB)",
     },
     Alias {
         name: "large",
-        repo: "onnx-community/Llama-3.2-1B-Instruct",
-        revision: "c5b77c42b9a13105f54d55be507e1a65b5b8149b",
-        onnx_file: "onnx/model_q4.onnx",
-        about: "Llama 3.2 1B instruct, int4 weights, float32 KV cache (Llama 3.2 licence, ~1.7 GB)",
+        repo: "onnx-community/Llama-3.2-1B-Instruct-GENAI-ONNX",
+        revision: "e983c740a38fcfa57fb4d124b18b644974c3d966",
+        onnx_file: "cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4/model.onnx",
+        layout: Layout::Genai,
+        about: "Llama 3.2 1B instruct, int4 weights (accuracy level 4), float32 KV cache (Llama 3.2 licence, ~1.9 GB)",
     },
     Alias {
         name: "embed",
         repo: "sentence-transformers/all-MiniLM-L6-v2",
         revision: "c9745ed1d9f207416be6d2e6f8de32d1f16199bf",
         onnx_file: "onnx/model.onnx",
+        layout: Layout::Encoder,
         about: "all-MiniLM-L6-v2 sentence embeddings, 384 dimensions (Apache-2.0, 90 MB)",
     },
     Alias {
@@ -61,6 +109,7 @@ pub const ALIASES: &[Alias] = &[
         repo: "cross-encoder/ms-marco-MiniLM-L6-v2",
         revision: "ce0834f22110de6d9222af7a7a03628121708969",
         onnx_file: "onnx/model.onnx",
+        layout: Layout::Encoder,
         about: "MS MARCO MiniLM-L6 cross-encoder reranker (Apache-2.0, 90 MB)",
     },
 ];
@@ -75,8 +124,9 @@ pub fn alias(name: &str) -> Option<&'static Alias> {
     ALIASES.iter().find(|a| a.name == name)
 }
 
-/// The ONNX files a pull takes when none is named, best first: the graph at the top, then the
-/// CPU variants of the transformers.js layout (int4 weights, int8, float32 in `onnx/model.onnx`).
+/// The ONNX files a pull takes when none is named and the repository has no onnxruntime-genai
+/// CPU folder, best first: the graph at the top, then the CPU variants of the transformers.js
+/// layout (float32 in `onnx/model.onnx`, int8, int4).
 const CPU_VARIANTS: &[&str] = &[
     "model.onnx",
     "onnx/model.onnx",
@@ -86,13 +136,54 @@ const CPU_VARIANTS: &[&str] = &[
     "onnx/model_uint8.onnx",
 ];
 
-/// Why the engine cannot serve an ONNX variant, judged by its file name (float16 activations
-/// and KV cache: the WebGPU and GPU variants).
+/// The same for a decoder (its config.json says so): int4 and int8 before float32, whose file
+/// is four to eight times the size (Llama 3.2 1B's transformers.js float32 graph is ~5 GB).
+const DECODER_VARIANTS: &[&str] = &[
+    "model.onnx",
+    "onnx/model_q4.onnx",
+    "onnx/model_int8.onnx",
+    "onnx/model_quantized.onnx",
+    "onnx/model_uint8.onnx",
+    "onnx/model.onnx",
+];
+
+/// Folder names of onnxruntime-genai's GPU variants (`cuda/`, `dml/`, `gpu/gpu-int4-...`,
+/// `webgpu/`) and of float16 ones.
+const GPU_FOLDER_MARKS: &[&str] = &["cuda", "dml", "gpu", "fp16"];
+
+/// Why the engine cannot serve an ONNX variant, judged by its path before anything is
+/// downloaded: float16 activations and KV cache (the WebGPU and GPU variants of the
+/// transformers.js layout), or a folder of GPU variants.
 fn unservable_variant(file: &str) -> Option<&'static str> {
-    let stem = file.rsplit('/').next().unwrap_or(file).trim_end_matches(".onnx");
-    (stem.ends_with("_fp16") || stem.ends_with("_q4f16") || stem.ends_with("_bnb4f16")).then_some(
-        "a float16 variant (for WebGPU and GPUs: float16 KV cache); steadytext serves float32 KV caches, pull the _q4, _int8 or float32 file",
-    )
+    let (folders, name) = file.rsplit_once('/').unwrap_or(("", file));
+    let stem = name.trim_end_matches(".onnx");
+    if stem.ends_with("_fp16") || stem.ends_with("_q4f16") || stem.ends_with("_bnb4f16") {
+        return Some(
+            "a float16 variant (for WebGPU and GPUs: float16 KV cache); steadytext serves float32 KV caches, pull the _q4, _int8 or float32 file",
+        );
+    }
+    let gpu = folders.split('/').any(|f| {
+        let f = f.to_ascii_lowercase();
+        GPU_FOLDER_MARKS.iter().any(|m| f.contains(m))
+    });
+    gpu.then_some("in a folder of GPU variants (CUDA, DirectML, WebGPU or float16); steadytext serves the CPU ones: pull a cpu folder's graph")
+}
+
+/// The graph of the best onnxruntime-genai CPU folder of `files` (a folder with a
+/// genai_config.json beside a `.onnx` file, named for the CPU, not for a GPU): int4 folders
+/// first, then by name, so the choice is the same every time.
+fn genai_cpu_graph<'f>(files: &[&'f str]) -> Option<&'f str> {
+    let mut graphs: Vec<&str> = files
+        .iter()
+        .copied()
+        .filter(|f| f.ends_with(".onnx") && unservable_variant(f).is_none())
+        .filter(|f| {
+            let dir = f.rsplit_once('/').map_or("", |(d, _)| d);
+            dir.to_ascii_lowercase().contains("cpu") && files.contains(&format!("{dir}/genai_config.json").as_str())
+        })
+        .collect();
+    graphs.sort_by_key(|f| (!f.contains("int4"), *f));
+    graphs.first().copied()
 }
 
 /// What to pull.
@@ -220,7 +311,7 @@ impl Pull {
             .map_err(|e| hub_error(&self.repo, format!("cannot read {api}: {e}")))?;
         let info: RepoInfo = serde_json::from_str(&text)
             .map_err(|e| hub_error(&self.repo, format!("unexpected answer from {api}: {e}")))?;
-        let onnx = self.pick_onnx(&info)?;
+        let onnx = self.pick_onnx(&agent, &info)?;
         let sibling = |name: &str| info.siblings.iter().find(|s| s.rfilename == name);
         // A graph beside a genai_config.json in a subfolder (onnxruntime-genai's layout, e.g.
         // `cpu_and_mobile/cpu-int4-rtn-block-32/`) makes that subfolder the model folder: its
@@ -288,7 +379,7 @@ impl Pull {
         self.download(agent, &url, target, &expected, size, progress)
     }
 
-    fn pick_onnx(&self, info: &RepoInfo) -> Result<String> {
+    fn pick_onnx(&self, agent: &ureq::Agent, info: &RepoInfo) -> Result<String> {
         let has = |f: &str| info.siblings.iter().any(|s| s.rfilename == f);
         if let Some(f) = &self.onnx_file {
             if !has(f) {
@@ -299,21 +390,51 @@ impl Pull {
             }
             return Ok(f.clone());
         }
-        if let Some(f) = CPU_VARIANTS.iter().find(|f| has(f)) {
+        let names: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+        if let Some(f) = genai_cpu_graph(&names) {
             return Ok(f.to_string());
         }
-        let all: Vec<&str> =
-            info.siblings.iter().map(|s| s.rfilename.as_str()).filter(|f| f.ends_with(".onnx")).collect();
+        let first = |order: &[&str]| order.iter().find(|f| has(f)).map(|f| f.to_string());
+        let (plain, decoder) = (first(CPU_VARIANTS), first(DECODER_VARIANTS));
+        // config.json is read only when the choice depends on it.
+        if plain != decoder && self.is_decoder(agent, info)? {
+            return Ok(decoder.expect("the same files as the plain order"));
+        }
+        if let Some(f) = plain {
+            return Ok(f);
+        }
+        let all: Vec<&str> = names.into_iter().filter(|f| f.ends_with(".onnx")).collect();
         Err(hub_error(
             &self.repo,
             if all.is_empty() {
                 "the repository has no ONNX file; pull an ONNX export of the model".to_string()
             } else if all.iter().all(|f| unservable_variant(f).is_some()) {
-                format!("its ONNX files ({}) are float16 variants for WebGPU and GPUs; steadytext serves float32 KV caches: pull a CPU export (_q4, _int8, float32)", all.join(", "))
+                format!("its ONNX files ({}) are float16 or GPU variants; steadytext serves float32 KV caches on the CPU: pull a CPU export (_q4, _int8, float32, a cpu genai folder)", all.join(", "))
             } else {
                 format!("no model.onnx; choose one with --onnx-file: {}", all.join(", "))
             },
         ))
+    }
+
+    /// Whether the repository's top-level config.json describes a decoder (read before any
+    /// graph is chosen; a repository without one is not taken for a decoder).
+    fn is_decoder(&self, agent: &ureq::Agent, info: &RepoInfo) -> Result<bool> {
+        /// config.json files are a few kilobytes; a larger one is not read.
+        const CONFIG_LIMIT: u64 = 1 << 20;
+        if !info.siblings.iter().any(|s| s.rfilename == "config.json") {
+            return Ok(false);
+        }
+        let url = format!("{}/{}/resolve/{}/config.json", self.endpoint, self.repo, info.sha);
+        let text = self
+            .get(agent, &url)?
+            .body_mut()
+            .with_config()
+            .limit(CONFIG_LIMIT)
+            .read_to_string()
+            .map_err(|e| hub_error(&self.repo, format!("cannot read {url}: {e}")))?;
+        let config: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| hub_error(&self.repo, format!("{url} is not JSON: {e}")))?;
+        Ok(crate::model::kind_from_config(&config) == Some(ModelKind::Generation))
     }
 
     fn download(
@@ -412,6 +533,46 @@ mod tests {
         assert!(Pull::new("owner/name", dir).is_ok());
         for bad in ["name", "a/b/c", "../x", "a/..", "/x"] {
             assert!(Pull::new(bad, dir).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn gpu_and_float16_variants_are_known_by_their_path() {
+        for gpu in
+            ["cuda/cuda-int4-rtn-block-32/model.onnx", "directml/dml-int4/model.onnx", "gpu/gpu-int4-awq/model.onnx"]
+        {
+            assert!(unservable_variant(gpu).is_some_and(|why| why.contains("GPU")), "{gpu}");
+        }
+        assert!(unservable_variant("webgpu/model.onnx").is_some());
+        assert!(unservable_variant("onnx/model_q4f16.onnx").is_some_and(|why| why.contains("float16")));
+        for cpu in ["cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4/model.onnx", "onnx/model_q4.onnx", "model.onnx"] {
+            assert_eq!(unservable_variant(cpu), None, "{cpu}");
+        }
+    }
+
+    #[test]
+    fn the_genai_cpu_folder_is_chosen_int4_first_and_never_a_gpu_one() {
+        let files = [
+            "cuda/cuda-int4-rtn-block-32/genai_config.json",
+            "cuda/cuda-int4-rtn-block-32/model.onnx",
+            "cpu_and_mobile/cpu-fp32/genai_config.json",
+            "cpu_and_mobile/cpu-fp32/model.onnx",
+            "cpu_and_mobile/cpu-int4-rtn-block-32/genai_config.json",
+            "cpu_and_mobile/cpu-int4-rtn-block-32/model.onnx",
+            "cpu_and_mobile/cpu-int4-rtn-block-32/model.onnx.data",
+            "onnx/model_q4.onnx",
+        ];
+        assert_eq!(genai_cpu_graph(&files), Some("cpu_and_mobile/cpu-int4-rtn-block-32/model.onnx"));
+        assert_eq!(genai_cpu_graph(&files[..4]), Some("cpu_and_mobile/cpu-fp32/model.onnx"));
+        assert_eq!(genai_cpu_graph(&files[..2]), None, "a GPU folder is never taken");
+        assert_eq!(genai_cpu_graph(&["cpu/model.onnx", "onnx/model_q4.onnx"]), None, "no genai_config.json beside it");
+    }
+
+    #[test]
+    fn every_alias_is_a_servable_cpu_export() {
+        for a in ALIASES {
+            assert_eq!(unservable_variant(a.onnx_file), None, "{}", a.name);
+            assert_eq!(a.revision.len(), 40, "{}: a full commit id", a.name);
         }
     }
 }

@@ -151,37 +151,7 @@ impl ModelFiles {
         if files.json("genai_config.json")?.is_some() {
             return Ok(Some(ModelKind::Generation));
         }
-        let config = files.json("config.json")?.unwrap_or_default();
-        let architectures: Vec<String> =
-            config.get("architectures").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
-        let by_architecture = architectures.iter().find_map(|a| {
-            if a.ends_with("ForCausalLM") || a.ends_with("LMHeadModel") {
-                Some(ModelKind::Generation)
-            } else if a.ends_with("ForSequenceClassification") {
-                Some(ModelKind::Rerank)
-            } else if a.ends_with("Model") {
-                Some(ModelKind::Embedding)
-            } else {
-                None
-            }
-        });
-        // Exports without `architectures` still name their family.
-        let by_family = config.get("model_type").and_then(|t| t.as_str()).and_then(|t| {
-            const DECODERS: &[&str] = &[
-                "llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo",
-                "smollm3",
-            ];
-            const ENCODERS: &[&str] =
-                &["bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "nomic_bert", "modernbert"];
-            if DECODERS.contains(&t) {
-                Some(ModelKind::Generation)
-            } else if ENCODERS.contains(&t) {
-                Some(ModelKind::Embedding)
-            } else {
-                None
-            }
-        });
-        Ok(by_architecture.or(by_family))
+        Ok(kind_from_config(&files.json("config.json")?.unwrap_or_default()))
     }
 
     /// Finds the files of the model folder `dir`.
@@ -270,6 +240,41 @@ impl ModelFiles {
         }
         Ok(format!("sha256:{}", hex::encode(manifest.finalize())))
     }
+}
+
+/// What a `config.json` says the model does: its architecture, else its family; None when
+/// neither says.
+pub fn kind_from_config(config: &Value) -> Option<ModelKind> {
+    let architectures: Vec<String> =
+        config.get("architectures").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
+    let by_architecture = architectures.iter().find_map(|a| {
+        if a.ends_with("ForCausalLM") || a.ends_with("LMHeadModel") {
+            Some(ModelKind::Generation)
+        } else if a.ends_with("ForSequenceClassification") {
+            Some(ModelKind::Rerank)
+        } else if a.ends_with("Model") {
+            Some(ModelKind::Embedding)
+        } else {
+            None
+        }
+    });
+    // Exports without `architectures` still name their family.
+    let by_family = config.get("model_type").and_then(|t| t.as_str()).and_then(|t| {
+        const DECODERS: &[&str] = &[
+            "llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo",
+            "smollm3",
+        ];
+        const ENCODERS: &[&str] =
+            &["bert", "roberta", "xlm-roberta", "mpnet", "distilbert", "nomic_bert", "modernbert"];
+        if DECODERS.contains(&t) {
+            Some(ModelKind::Generation)
+        } else if ENCODERS.contains(&t) {
+            Some(ModelKind::Embedding)
+        } else {
+            None
+        }
+    });
+    by_architecture.or(by_family)
 }
 
 /// The decoder file `genai_config.json` names (onnxruntime-genai layout), if the folder has one.

@@ -134,13 +134,27 @@ fresh_state="$(c systemctl show -P ActiveState steadytext.service) $(c systemctl
 check "it stays up, never restarted (ActiveState NRestarts Result: $fresh_state)" test "$fresh_state" = "active 0 success"
 check "stctl status answers" c stctl --daemon-only status
 # `stctl models pull small` from a Hub-like server on this machine (the container shares its
-# network): the alias's repository and pinned revision, serving the shared model's files.
+# network): the alias's repository, pinned revision and file layout (an onnxruntime-genai
+# subfolder, whose files the pull brings to the model folder's top), serving the shared model's
+# files there with a genai_config.json written from its config.json.
 hub_root="$work/hub"
 small_repo=$(target/release/stctl models pull --list | awk '$1 == "small" {print $2}')
-mkdir -p "$hub_root/onnx"
+small_file=$(target/release/stctl models pull --list | awk '$1 == "small" {print $3}')
+small_dir="$hub_root/$(dirname "$small_file")"
+mkdir -p "$small_dir"
 for f in "$models"/SmolLM2-135M-Instruct/*; do
-    case "$(basename "$f")" in model.onnx) cp "$f" "$hub_root/onnx/model_q4.onnx" ;; reference*) ;; *) cp -r "$f" "$hub_root/" ;; esac
+    case "$(basename "$f")" in model.onnx) cp "$f" "$small_dir/$(basename "$small_file")" ;; reference*) ;; *) cp -r "$f" "$small_dir/" ;; esac
 done
+python3 - "$small_dir" "$(basename "$small_file")" <<'PY'
+import json, os, sys
+folder, graph = sys.argv[1:3]
+c = json.load(open(os.path.join(folder, "config.json")))
+heads = c["num_attention_heads"]
+decoder = {"filename": graph, "num_key_value_heads": c.get("num_key_value_heads", heads),
+           "head_size": c.get("head_dim", c["hidden_size"] // heads)}
+json.dump({"model": {"context_length": c["max_position_embeddings"], "decoder": decoder, "eos_token_id": c["eos_token_id"]},
+           "search": {"past_present_share_buffer": False}}, open(os.path.join(folder, "genai_config.json"), "w"))
+PY
 python3 tests/python/fake_hub.py "$hub_root" "${small_repo%@*}" "${small_repo#*@}" > "$work/hub.port" &
 hub_pid=$!
 for _ in $(seq 50); do [ -s "$work/hub.port" ] && break; sleep 0.1; done

@@ -305,7 +305,7 @@ fn pulls_take_a_cpu_variant_and_refuse_float16_ones() {
     std::fs::remove_file(onnx.join("model_q4.onnx")).unwrap();
     let out = pull(&[]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("float16 variants"), "{err}");
+    assert!(!out.status.success() && err.contains("float16 or GPU variants"), "{err}");
 }
 
 #[test]
@@ -332,15 +332,14 @@ fn a_genai_subfolder_is_pulled_as_the_model_folder() {
     let d = dest.path().to_str().unwrap();
     let full = format!("test/{name}");
 
-    // Without --onnx-file nothing is guessed: the error lists the graphs to choose from.
-    let out = stctl(&["models", "pull", &full, "--model-dir", d], &hub);
+    // The GPU folder's graph is refused by its path, before anything is downloaded.
+    let out = stctl(&["models", "pull", &full, "--onnx-file", "gpu/gpu-fp16/model.onnx", "--model-dir", d], &hub);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("cpu_and_mobile/cpu-int4-acc4/model.onnx"), "{err}");
+    assert!(!out.status.success() && err.contains("GPU variants"), "{err}");
+    assert_eq!(hub.downloads.load(Ordering::SeqCst), 0, "a refused pull downloads nothing");
 
-    let out = stctl(
-        &["models", "pull", &full, "--onnx-file", "cpu_and_mobile/cpu-int4-acc4/model.onnx", "--model-dir", d],
-        &hub,
-    );
+    // Without --onnx-file the CPU folder is taken (it batches), the GPU one never fetched.
+    let out = stctl(&["models", "pull", &full, "--model-dir", d], &hub);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let pulled = dest.path().join(&name);
     let mut got: Vec<String> = files(&pulled).into_iter().map(|(rel, _)| rel).collect();
@@ -364,4 +363,37 @@ fn a_genai_subfolder_is_pulled_as_the_model_folder() {
         (v["text"].clone(), v["token_ids"].clone(), v["model_digest"].clone())
     };
     assert_eq!(generate(&pulled), generate(&source), "the same model: same digest, same answer");
+}
+
+#[test]
+fn a_decoder_pulled_bare_takes_int4_before_float32() {
+    // onnx-community's transformers.js layout: onnx/model.onnx (float32) beside onnx/model_q4.onnx.
+    // Stand-ins: any ONNX graph will do, the test looks at which file comes down.
+    let graph = common::models_dir().join("all-MiniLM-L6-v2/model.onnx");
+    let pull_from = |config: &Path| {
+        let repo = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(repo.path().join("onnx")).unwrap();
+        for (to, from) in [
+            ("config.json", config.to_path_buf()),
+            ("tokenizer.json", config.with_file_name("tokenizer.json")),
+            ("onnx/model.onnx", graph.clone()),
+            ("onnx/model_q4.onnx", graph.clone()),
+        ] {
+            std::fs::hard_link(&from, repo.path().join(to))
+                .or_else(|_| std::fs::copy(&from, repo.path().join(to)).map(drop))
+                .unwrap();
+        }
+        let hub = serve(repo.path().to_path_buf());
+        let name = repo.path().file_name().unwrap().to_string_lossy().into_owned();
+        let dest = tempfile::tempdir().unwrap();
+        let out =
+            stctl(&["models", "pull", &format!("test/{name}"), "--model-dir", dest.path().to_str().unwrap()], &hub);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let pulled = dest.path().join(&name);
+        (pulled.join("onnx/model_q4.onnx").is_file(), pulled.join("onnx/model.onnx").is_file())
+    };
+    let decoder = pull_from(&common::models_dir().join("SmolLM2-135M-Instruct/config.json"));
+    assert_eq!(decoder, (true, false), "a decoder (LlamaForCausalLM) takes the int4 graph only");
+    let encoder = pull_from(&common::models_dir().join("all-MiniLM-L6-v2/config.json"));
+    assert_eq!(encoder, (false, true), "an encoder keeps float32");
 }

@@ -16,7 +16,15 @@ use crate::cli::{ModelsCommand, PullArgs};
 pub fn pull(session: &Session, args: PullArgs) -> Result<()> {
     let Some(repo) = args.repo.filter(|_| !args.list) else {
         for a in hub::ALIASES {
-            println!("{:8} {}@{} {}\n         {}", a.name, a.repo, a.revision, a.onnx_file, a.about);
+            println!(
+                "{:8} {}@{} {}\n         {}\n         {}",
+                a.name,
+                a.repo,
+                a.revision,
+                a.onnx_file,
+                a.layout.describe(),
+                a.about
+            );
         }
         return Ok(());
     };
