@@ -11,7 +11,7 @@ export STEADYTEXT_MODEL_DIR ?= $(abspath $(CURDIR)/../shared/models)
 DEMO_SOCKET := $(CURDIR)/target/demo.sock
 ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: setup build demo test test-cargo test-style test-fuzz test-e2e test-source-package test-manifests bench bench-engine package-build install
+.PHONY: setup build demo test test-cargo test-style test-fuzz test-e2e test-source-package test-manifests bench bench-engine bench-prefix-soak package-build install
 
 setup:
 	./packaging/dev-setup.sh
@@ -76,6 +76,15 @@ test-source-package:
 # on the same work: one table, JSON in target/bench/compare.json. Not run by CI.
 bench: build
 	./bench/run.sh
+
+# The prefix cache under a 10-minute run of 8 clients holding long conversations, its budget
+# small enough that evictions never stop: RSS and the cache's bytes every 5 s (fails when the
+# cache passes its budget or a request fails). CLIENTS, SECONDS and BUDGET change the run.
+bench-prefix-soak: build
+	mkdir -p target/bench && "$$(./tools/venv.sh bench/soak-requirements.txt)" bench/prefix_soak.py --bin target/release \
+	    --fused "$$(./tools/fused-decoder/build.sh)/SmolLM2-135M-Instruct-fused-acc4" \
+	    --clients $(or $(CLIENTS),8) --seconds $(or $(SECONDS),600) --budget-mb $(or $(BUDGET),128) \
+	    --json target/bench/prefix-soak.json
 
 # The engine's own figures (daemon round trip, concurrency, snapshots, long prompts).
 bench-engine: setup

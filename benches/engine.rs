@@ -381,6 +381,7 @@ fn snapshot_load(config: &Config) {
             prompt: format!("prompt {i}"),
             messages: Vec::new(),
             raw: false,
+            think: false,
             seed: 42,
             max_new_tokens: 32,
             stop: vec![],

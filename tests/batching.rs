@@ -54,6 +54,7 @@ fn requests() -> Vec<GenerateRequest> {
                     Vec::new()
                 },
                 raw: i == 11,
+                think: false,
                 seed: 1000 + i as u64,
                 max_new_tokens: 6 + (i * 7) % 40,
                 stop: if i % 5 == 4 { vec![".".into()] } else { Vec::new() },

@@ -119,6 +119,7 @@ fn ollama_package(daemon: &HttpDaemon, python: &Path) {
     refused("unknown_model", 404, "no-such-model");
     refused("penalty", 400, "repeat_penalty");
     refused("wrong_kind", 400, GENERATION);
+    refused("think", 400, "no thinking switch");
     refused("wrong_key", 401, "API key");
 }
 

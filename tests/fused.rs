@@ -35,6 +35,7 @@ fn request(prompt: &str, max_new_tokens: usize) -> GenerateRequest {
         prompt: prompt.into(),
         messages: Vec::new(),
         raw: false,
+        think: false,
         seed: 0,
         max_new_tokens,
         stop: vec![],

@@ -54,6 +54,7 @@ fn chat(messages: Vec<ChatMessage>, max_new_tokens: usize) -> GenerateRequest {
         prompt: String::new(),
         messages,
         raw: false,
+        think: false,
         seed: 7,
         max_new_tokens,
         stop: Vec::new(),

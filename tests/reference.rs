@@ -11,6 +11,7 @@ fn request(prompt: &str, max_new_tokens: usize) -> GenerateRequest {
         prompt: prompt.into(),
         messages: Vec::new(),
         raw: false,
+        think: false,
         seed: 42,
         max_new_tokens,
         stop: vec![],

@@ -272,6 +272,7 @@ mod tests {
             prompt: "p".into(),
             messages: Vec::new(),
             raw: false,
+            think: false,
             seed: 1,
             max_new_tokens: 4,
             stop: vec![],

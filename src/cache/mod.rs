@@ -442,6 +442,7 @@ pub(crate) mod tests {
             prompt: prompt.into(),
             messages: Vec::new(),
             raw: false,
+            think: false,
             seed: 42,
             max_new_tokens: 8,
             stop: vec![],

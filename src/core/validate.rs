@@ -115,6 +115,7 @@ pub fn generate(params: &GenerateParams, settings: &RequestSettings) -> Result<G
         prompt,
         messages,
         raw: params.raw,
+        think: params.think,
         seed: params.seed.unwrap_or(settings.default_seed),
         max_new_tokens,
         stop: params.stop.clone(),
@@ -318,6 +319,14 @@ mod tests {
             crate::cache::generation_key("d", &raw),
             crate::cache::generation_key("d", &plain.to_request(&config).unwrap())
         );
+        // So is think; it means nothing to a raw prompt.
+        let think = GenerateParams { think: true, ..plain.clone() }.to_request(&config).unwrap();
+        assert_ne!(
+            crate::cache::generation_key("d", &think),
+            crate::cache::generation_key("d", &plain.to_request(&config).unwrap())
+        );
+        let err = GenerateParams { think: true, raw: true, ..plain.clone() }.to_request(&config).unwrap_err();
+        assert!(err.to_string().contains("drop one"), "{err}");
     }
 
     #[test]

@@ -585,6 +585,7 @@ pub(crate) mod tests {
             prompt: "p".into(),
             messages: Vec::new(),
             raw: false,
+            think: false,
             seed: 1,
             max_new_tokens,
             stop: vec![],

@@ -114,7 +114,7 @@ impl<B: DecoderBackend> Generator<B> {
 
     /// Renders (unless raw) and tokenizes the request's prompt or conversation.
     pub fn prompt_ids(&self, request: &GenerateRequest) -> Result<Vec<u32>> {
-        prompt_ids(&self.template, &self.tokenizer, request)
+        prompt_ids(&self.model, &self.template, &self.tokenizer, request)
     }
 
     /// Starts a generation: a sequence to [`Generator::advance`] until it is finished.
@@ -411,20 +411,24 @@ impl Detokenizer {
     }
 }
 
-/// A request's prompt or conversation rendered by `template` (unless raw) and tokenized.
+/// A request's prompt or conversation rendered by `template` (unless raw) and tokenized; `think`
+/// refused when the template of `model` has no thinking switch.
 pub(crate) fn prompt_ids(
+    model: &str,
     template: &ChatTemplate,
     tokenizer: &Tokenizer,
     request: &GenerateRequest,
 ) -> Result<Vec<u32>> {
+    let think = request.think;
+    template.check_thinking(model, think)?;
     let text = if request.raw {
         request.prompt.clone()
     } else if request.messages.is_empty() && request.tools.is_none() {
-        template.render_user(&request.prompt)?
+        template.render_user(&request.prompt, think)?
     } else if request.messages.is_empty() {
-        template.render(&[ChatMessage::new("user", request.prompt.as_str())], request.tools.as_ref())?
+        template.render(&[ChatMessage::new("user", request.prompt.as_str())], request.tools.as_ref(), think)?
     } else {
-        template.render(&request.messages, request.tools.as_ref())?
+        template.render(&request.messages, request.tools.as_ref(), think)?
     };
     let encoding =
         tokenizer.encode(text, false).map_err(|e| Error::InvalidRequest(format!("cannot tokenize the prompt: {e}")))?;
@@ -748,6 +752,7 @@ mod tests {
             prompt: "prompt".into(),
             messages: Vec::new(),
             raw: false,
+            think: false,
             seed: 0,
             max_new_tokens,
             stop: stop.iter().map(|s| s.to_string()).collect(),
@@ -799,6 +804,7 @@ mod tests {
             prompt: "prompt".into(),
             messages: Vec::new(),
             raw: false,
+            think: false,
             seed: 0,
             max_new_tokens: 4,
             stop: vec![],

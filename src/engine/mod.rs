@@ -127,7 +127,7 @@ pub fn prompt_token_count(info: &ModelInfo, request: &generate::GenerateRequest)
         let files = ModelFiles::discover(&info.dir)?;
         Ok((ChatTemplate::load(&files)?, load_tokenizer(&files)?))
     })?;
-    Ok(generate::prompt_ids(&prompt.0, &prompt.1, request)?.len())
+    Ok(generate::prompt_ids(&info.name, &prompt.0, &prompt.1, request)?.len())
 }
 
 /// A folder's tokenizer, read once (for work beside the model: tokenize, detokenize).

@@ -42,6 +42,7 @@ pub fn judgement(query: &str, document: &str) -> GenerateRequest {
             ChatMessage::new("user", user_prompt(query, document)),
         ],
         raw: false,
+        think: false,
         seed: 0,
         max_new_tokens: ANSWER_TOKENS,
         stop: Vec::new(),

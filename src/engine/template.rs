@@ -15,6 +15,8 @@ pub struct ChatTemplate {
     eos_token: String,
     /// Whether the template reads a `tools` variable.
     takes_tools: bool,
+    /// Whether the template has a thinking switch (`enable_thinking`).
+    takes_thinking: bool,
     /// How it has the model write a tool call, when steadytext knows the syntax.
     call_syntax: Option<CallSyntax>,
 }
@@ -53,6 +55,7 @@ impl ChatTemplate {
             }
         };
         let takes_tools = source.as_deref().is_some_and(|s| s.contains("tools"));
+        let takes_thinking = source.as_deref().is_some_and(|s| s.contains("enable_thinking"));
         let call_syntax = source.as_deref().and_then(CallSyntax::of_template);
         let env = match source {
             Some(source) => {
@@ -71,6 +74,7 @@ impl ChatTemplate {
             bos_token: token_text(tokenizer_config.as_ref(), "bos_token"),
             eos_token: token_text(tokenizer_config.as_ref(), "eos_token"),
             takes_tools,
+            takes_thinking,
             call_syntax,
         })
     }
@@ -99,24 +103,35 @@ impl ChatTemplate {
             bos_token: String::new(),
             eos_token: String::new(),
             takes_tools: false,
+            takes_thinking: false,
             call_syntax: None,
         }
     }
 
-    /// Renders one user message with the generation prompt appended.
-    pub fn render_user(&self, prompt: &str) -> Result<String> {
-        let Some(env) = &self.env else { return Ok(prompt.to_string()) };
-        Self::render_with(env, self, vec![context! { role => "user", content => prompt }], None)
+    /// Refuses `think` for a model (`model`) whose template has no thinking switch.
+    pub fn check_thinking(&self, model: &str, think: bool) -> Result<()> {
+        if think && !self.takes_thinking {
+            return Err(Error::InvalidRequest(format!(
+                "model {model}'s chat template has no thinking switch (enable_thinking): leave think out"
+            )));
+        }
+        Ok(())
     }
 
-    /// Renders a conversation (offering `tools`, if any) with the generation prompt appended;
-    /// without a template, the turns' texts joined by newlines.
-    pub fn render(&self, messages: &[ChatMessage], tools: Option<&ToolUse>) -> Result<String> {
+    /// Renders one user message with the generation prompt appended (thinking if `think`).
+    pub fn render_user(&self, prompt: &str, think: bool) -> Result<String> {
+        let Some(env) = &self.env else { return Ok(prompt.to_string()) };
+        Self::render_with(env, self, vec![context! { role => "user", content => prompt }], None, think)
+    }
+
+    /// Renders a conversation (offering `tools`, if any) with the generation prompt appended
+    /// (thinking if `think`); without a template, the turns' texts joined by newlines.
+    pub fn render(&self, messages: &[ChatMessage], tools: Option<&ToolUse>, think: bool) -> Result<String> {
         let Some(env) = &self.env else {
             return Ok(messages.iter().map(|m| m.content.as_str()).collect::<Vec<_>>().join("\n"));
         };
         let turns = messages.iter().map(turn).collect();
-        Self::render_with(env, self, turns, tools)
+        Self::render_with(env, self, turns, tools, think)
     }
 
     fn render_with(
@@ -124,6 +139,7 @@ impl ChatTemplate {
         tokens: &Self,
         messages: Vec<minijinja::Value>,
         tools: Option<&ToolUse>,
+        think: bool,
     ) -> Result<String> {
         let template = env.get_template("chat").map_err(|e| Error::InvalidRequest(e.to_string()))?;
         template
@@ -131,6 +147,7 @@ impl ChatTemplate {
                 messages => messages,
                 tools => tools.map(ToolUse::template_tools),
                 add_generation_prompt => true,
+                enable_thinking => think,
                 bos_token => &tokens.bos_token,
                 eos_token => &tokens.eos_token,
             })
@@ -154,5 +171,52 @@ fn turn(m: &ChatMessage) -> minijinja::Value {
         (true, None) => context! { role => &m.role, content => &m.content },
         (true, Some(id)) => context! { role => &m.role, content => &m.content, tool_call_id => id },
         (false, _) => context! { role => &m.role, content => &m.content, tool_calls => calls },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A template of `source` in a folder of its own.
+    fn template(source: &str) -> ChatTemplate {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("chat_template.jinja"), source).unwrap();
+        let files = ModelFiles {
+            name: "m".into(),
+            dir: dir.path().to_path_buf(),
+            onnx: dir.path().join("model.onnx"),
+            tokenizer: dir.path().join("tokenizer.json"),
+        };
+        ChatTemplate::load(&files).unwrap()
+    }
+
+    #[test]
+    fn thinking_is_off_unless_asked_and_refused_where_the_template_has_no_switch() {
+        // The shape of Qwen3's generation prompt: an empty think block when thinking is off.
+        let switch = template(
+            "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+             {% if add_generation_prompt %}<|im_start|>assistant\n\
+             {% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}",
+        );
+        let off = switch.render_user("hi", false).unwrap();
+        let on = switch.render_user("hi", true).unwrap();
+        assert!(off.ends_with("<|im_start|>assistant\n<think>\n\n</think>\n\n"), "{off:?}");
+        assert!(on.ends_with("<|im_start|>assistant\n"), "{on:?}");
+        assert!(switch.check_thinking("m", true).is_ok());
+
+        let plain = template("{% for m in messages %}{{ m.content }}{% endfor %}");
+        assert!(plain.check_thinking("m", false).is_ok());
+        let err = plain.check_thinking("m", true).unwrap_err().to_string();
+        assert!(err.contains("no thinking switch") && err.contains("model m"), "{err}");
+    }
+
+    #[test]
+    fn templates_cannot_read_the_clock() {
+        // Llama 3.2's template dates its system turn with strftime_now when it is defined, else
+        // with a fixed date: a prompt must never depend on the day it is rendered.
+        let dated =
+            template("{% if strftime_now is defined %}{{ strftime_now('%d %b %Y') }}{% else %}fixed{% endif %}");
+        assert_eq!(dated.render_user("hi", false).unwrap(), "fixed");
     }
 }

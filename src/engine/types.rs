@@ -57,6 +57,10 @@ pub struct GenerateRequest {
     /// Use `prompt` verbatim, without the chat template (a plain completion).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub raw: bool,
+    /// Let a model whose chat template has a thinking switch (`enable_thinking`, Qwen3's) think
+    /// before it answers; off by default (the template is rendered with `enable_thinking` false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub think: bool,
     /// Seed; greedy decoding ignores it, sampling is keyed by it.
     pub seed: u64,
     /// Most tokens to generate.
@@ -87,6 +91,11 @@ impl GenerateRequest {
         }
         if self.stop.iter().any(String::is_empty) {
             return Err(Error::InvalidRequest("stop strings must not be empty".into()));
+        }
+        if self.raw && self.think {
+            return Err(Error::InvalidRequest(
+                "think switches the chat template's thinking on, and raw prompts skip the template: drop one".into(),
+            ));
         }
         if !self.messages.is_empty() && (!self.prompt.is_empty() || self.raw) {
             return Err(Error::InvalidRequest(

@@ -21,6 +21,10 @@ pub struct GenerateParams {
     /// Use `prompt` verbatim, without the chat template.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub raw: bool,
+    /// Let a model with a thinking switch in its chat template (Qwen3's `enable_thinking`) think
+    /// first (default off; refused for a model without one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub think: bool,
     /// Seed (default: the configured default seed, 42).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,

@@ -82,6 +82,7 @@ out["pull"] = refused(lambda: client.pull("llama3.2"))
 out["unknown_model"] = refused(lambda: client.generate(model="no-such-model", prompt="x", stream=False))
 out["penalty"] = refused(lambda: client.generate(model=generation_model, prompt="x", stream=False,
                                                  options={"repeat_penalty": 1.3}))
+out["think"] = refused(lambda: client.generate(model=generation_model, prompt="x", stream=False, think=True))
 out["wrong_kind"] = refused(lambda: client.embed(model=generation_model, input="x"))
 out["wrong_key"] = refused(lambda: ollama.Client(headers={"Authorization": "Bearer wrong"}).list())
 json.dump(out, sys.stdout)

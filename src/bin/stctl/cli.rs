@@ -224,6 +224,10 @@ pub struct GenerateArgs {
     /// Use the prompt verbatim, without the model's chat template (a plain completion).
     #[arg(long)]
     pub raw: bool,
+    /// Let a model whose chat template has a thinking switch (Qwen3's) think before it answers
+    /// (off by default).
+    #[arg(long, conflicts_with = "raw")]
+    pub think: bool,
     /// The answer is JSON valid against this JSON Schema (a file, or the schema itself).
     #[arg(long, value_name = "FILE|JSON", group = "constraint")]
     pub schema: Option<String>,

@@ -168,16 +168,22 @@ impl Shared {
         if self.model.is_empty() {
             return Err(invalid("model is required: name a model folder (GET /api/tags lists them)"));
         }
-        if self.think.as_ref().is_some_and(|t| !matches!(t, Value::Bool(false) | Value::Null)) {
-            return Err(invalid("think is not served by steadytext: leave it out or set it to false"));
-        }
+        let think = match &self.think {
+            None | Some(Value::Null | Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(_) => {
+                return Err(invalid(
+                    "think takes true or false here (levels such as \"high\" are gpt-oss's); the thinking text stays in the answer",
+                ))
+            }
+        };
         if self.logprobs == Some(true) || self.top_logprobs.is_some() {
             return Err(invalid(
                 "logprobs are not served on Ollama's API; ask /v1/chat/completions or stctl generate --logprobs",
             ));
         }
         keep_alive(self.keep_alive.as_ref())?;
-        let mut params = GenerateParams { model: Some(self.model.clone()), ..Default::default() };
+        let mut params = GenerateParams { model: Some(self.model.clone()), think, ..Default::default() };
         params.schema = match &self.format {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
@@ -776,7 +782,9 @@ mod tests {
         assert!(refused(json!({"model": "m", "options": {"num_predict": 0}})).contains("num_predict"));
         assert!(refused(json!({"model": "m", "prompt": "x", "sufix": "y"})).contains("sufix"));
         assert!(refused(json!({"model": "m", "format": "yaml"})).contains("format"));
-        assert!(refused(json!({"model": "m", "think": true})).contains("think"));
+        assert!(refused(json!({"model": "m", "think": "high"})).contains("think"));
+        assert!(generate_request(json!({"model": "m", "think": true})).unwrap().think);
+        assert!(!generate_request(json!({"model": "m", "think": false})).unwrap().think);
         assert!(refused(json!({"model": ""})).contains("model is required"));
     }
 

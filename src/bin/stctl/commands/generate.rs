@@ -71,6 +71,7 @@ pub fn run(session: &Session, args: GenerateArgs) -> Result<()> {
         top_p: args.top_p,
         model: args.model,
         raw: args.raw,
+        think: args.think,
         messages: Vec::new(),
         schema: args.schema.as_deref().map(read_schema).transpose()?,
         regex: args.regex,
