@@ -55,12 +55,17 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peak_rss_mb(pid):
+def status_mb(pid, field):
+    """A memory figure of /proc/PID/status (VmRSS, VmHWM...) in MB."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mb(pid):
+    return status_mb(pid, "VmHWM")
 
 
 class Daemon:
@@ -600,15 +605,16 @@ def conversation(nonce):
 def chat_latencies(label, turn, system, users):
     """Runs the conversation through `turn(messages)` -> (answer, figures): each turn's messages
     are the history (the earlier answers as this engine gave them) and the next user message.
-    Returns each turn's figures."""
-    messages, rows = [{"role": "system", "content": system}], []
+    Returns each turn's figures and answers."""
+    messages, rows, answers = [{"role": "system", "content": system}], [], []
     for user in users:
         messages.append({"role": "user", "content": user})
         answer, figures = turn(messages)
         messages.append({"role": "assistant", "content": answer})
         rows.append(figures)
+        answers.append(answer)
         print(f"  {label} turn {len(rows)}: " + ", ".join(f"{k} {v:.0f}" for k, v in figures.items()), flush=True)
-    return rows
+    return rows, answers
 
 
 def daemon_turn(daemon):
@@ -716,13 +722,13 @@ def prefix_figures(args):
     system, users = conversation(nonce)
     documents = sentences(RERANK_DOCUMENTS, 7)
     prompts = prefill_prompts(Tokenizer.from_file(os.path.join(args.fused, "tokenizer.json")))
-    turns, rerank = {}, {}
+    turns, answers, rerank = {}, {}, {}
     for cache in ("off", "on"):
         print(f"steadytextd, fused model, prefix cache {cache} ({PREFIX_CACHE[cache].strip() or 'not configured'}), "
               "result cache off", flush=True)
         d = prefix_daemon(args, cache)
         model = d.call("generate", {"prompt": f"warm up {nonce}", "max_new_tokens": 4})["model"]
-        turns[cache] = chat_latencies(cache, daemon_turn(d), system, users)
+        turns[cache], answers[cache] = chat_latencies(cache, daemon_turn(d), system, users)
         rerank[cache] = rerank_seconds(d, model, documents, nonce)
         print(f"  {cache} rerank of {RERANK_DOCUMENTS} documents: {1e3 * rerank[cache]:.0f} ms", flush=True)
         if cache == "off":
@@ -733,9 +739,12 @@ def prefix_figures(args):
         print("llama.cpp (llama-cpp-python), one Llama kept across requests (its prompt cache)", flush=True)
         llama = LlamaCppSession(args.gguf)
         llama.turn([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "warm up"}])
-        turns["llama.cpp"] = chat_latencies("llama.cpp", llama.turn, system, users)
+        turns["llama.cpp"], _ = chat_latencies("llama.cpp", llama.turn, system, users)
         llama.prefill_seconds(prompts[0][2][:64])
         llama_prefill_s = {n: llama.prefill_seconds(ids) for n, _, ids in prompts}
+    if answers["on"] != answers["off"]:
+        sys.exit("the conversation's answers differ with the prefix cache on and off: "
+                 + json.dumps({"on": answers["on"], "off": answers["off"]}))
     table = []
     for i in range(TURNS):
         on, off = turns["on"][i], turns["off"][i]
@@ -755,6 +764,7 @@ def prefix_figures(args):
             row["ratio"] = row["steadytextd_tokens_per_s"] / row["llama_cpp_tokens_per_s"]
         prefill.append(row)
     return {"prefix_cache": PREFIX_CACHE, "new_tokens_per_turn": TURN_NEW, "conversation": table,
+            "answers_equal_on_off": True,
             "conversation_speedup_turns_2_8": statistics.mean(r["speedup"] for r in table[1:]),
             "rerank": {"documents": RERANK_DOCUMENTS, "ms_on": 1e3 * rerank["on"], "ms_off": 1e3 * rerank["off"],
                        "speedup": rerank["off"] / rerank["on"]},

@@ -24,14 +24,6 @@ import compare  # noqa: E402  (the bench's daemon and client)
 SAMPLE_SECS = 5
 
 
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def client_loop(daemon, index, stop, counts, failures):
     """Conversations until `stop`: each turn resends the history with the model's answers."""
     client = compare.Client(daemon.socket_path, daemon.log.name)
@@ -86,7 +78,7 @@ def main():
     while time.time() - start < args.seconds and not failures:
         time.sleep(SAMPLE_SECS)
         cache = prefix_status()
-        samples.append({"t": round(time.time() - start), "rss_mb": rss_mb(daemon.proc.pid),
+        samples.append({"t": round(time.time() - start), "rss_mb": compare.status_mb(daemon.proc.pid, "VmRSS"),
                         "prefix_bytes": cache["bytes"], "evictions": cache["evictions"],
                         "tokens_reused": cache["tokens_reused"], "requests": sum(counts)})
         print(f"  {samples[-1]['t']:4d} s: RSS {samples[-1]['rss_mb']:.0f} MB, prefix cache "
