@@ -242,8 +242,14 @@ impl ModelFiles {
     }
 }
 
-/// What a `config.json` says the model does: its architecture, else its family; None when
-/// neither says.
+/// The part of a `config.json` that describes the decoder: its `text_config` when it nests one
+/// (multimodal families such as Gemma 3 and Qwen2.5-VL), else the whole file.
+pub fn decoder_config(config: &Value) -> &Value {
+    config.get("text_config").filter(|t| t.is_object()).unwrap_or(config)
+}
+
+/// What a `config.json` says the model does: its architecture, else its family (its
+/// `text_config`'s when the top level names none we know); None when neither says.
 pub fn kind_from_config(config: &Value) -> Option<ModelKind> {
     let architectures: Vec<String> =
         config.get("architectures").and_then(|a| serde_json::from_value(a.clone()).ok()).unwrap_or_default();
@@ -261,7 +267,18 @@ pub fn kind_from_config(config: &Value) -> Option<ModelKind> {
     // Exports without `architectures` still name their family.
     let by_family = config.get("model_type").and_then(|t| t.as_str()).and_then(|t| {
         const DECODERS: &[&str] = &[
-            "llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "gemma3", "granite", "olmo",
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "phi",
+            "phi3",
+            "gemma",
+            "gemma2",
+            "gemma3",
+            "gemma3_text",
+            "granite",
+            "olmo",
             "smollm3",
         ];
         const ENCODERS: &[&str] =
@@ -274,7 +291,11 @@ pub fn kind_from_config(config: &Value) -> Option<ModelKind> {
             None
         }
     });
-    by_architecture.or(by_family)
+    let nested = || match decoder_config(config) {
+        text if !std::ptr::eq(text, config) => kind_from_config(text),
+        _ => None,
+    };
+    by_architecture.or(by_family).or_else(nested)
 }
 
 /// The decoder file `genai_config.json` names (onnxruntime-genai layout), if the folder has one.
@@ -452,6 +473,16 @@ mod tests {
         config("gone.onnx");
         let err = ModelFiles::discover(dir.path()).unwrap_err().to_string();
         assert!(err.contains("gone.onnx") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_multimodal_config_is_known_by_its_text_config() {
+        let config = serde_json::json!({
+            "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3_vlm",
+            "text_config": {"model_type": "gemma3_text"}
+        });
+        assert_eq!(kind_from_config(&config), Some(ModelKind::Generation));
+        assert_eq!(kind_from_config(&serde_json::json!({"model_type": "gemma3_vlm"})), None);
     }
 
     #[test]

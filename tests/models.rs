@@ -97,9 +97,9 @@ fn a_model_folder_this_user_may_not_read_is_reported_as_such() {
     assert!(!said.contains("no such model folder"), "{said}");
 }
 
-/// A copy of the shared model folder `name` (files linked) whose graph gets the extra inputs
-/// `inputs` (name, ONNX element type, shape), unused by the graph.
-fn with_inputs(name: &str, inputs: &[(&str, i32, &[i64])]) -> tempfile::TempDir {
+/// A copy of the shared model folder `name` (files linked) whose graph the Python `edit` (a
+/// statement on the loaded ModelProto `m`, with `arg` the JSON of `arg`) changes.
+fn rewritten(name: &str, edit: &str, arg: &serde_json::Value) -> tempfile::TempDir {
     let source = common::models_dir().join(name);
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(&source).unwrap() {
@@ -109,20 +109,38 @@ fn with_inputs(name: &str, inputs: &[(&str, i32, &[i64])]) -> tempfile::TempDir 
         }
     }
     let python = common::venv_python("tools/cross-encoder/requirements.txt");
-    let script = "import onnx, sys, json\n\
-        m = onnx.load(sys.argv[1])\n\
-        for name, elem, shape in json.loads(sys.argv[3]):\n\
-        \x20   m.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, shape))\n\
-        onnx.save(m, sys.argv[2])\n";
+    let script = format!(
+        "import onnx, sys, json\nfrom onnx import helper, TensorProto\nm = onnx.load(sys.argv[1])\narg = json.loads(sys.argv[3])\n{edit}\nonnx.save(m, sys.argv[2])\n"
+    );
     let out = std::process::Command::new(python)
-        .args(["-c", script])
+        .args(["-c", &script])
         .arg(source.join("model.onnx"))
         .arg(dir.path().join("model.onnx"))
-        .arg(serde_json::to_string(inputs).unwrap())
+        .arg(arg.to_string())
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     dir
+}
+
+/// The shared model folder `name` whose graph gets the extra inputs `inputs` (name, ONNX
+/// element type, shape), unused by the graph.
+fn with_inputs(name: &str, inputs: &[(&str, i32, &[i64])]) -> tempfile::TempDir {
+    let edit =
+        "for name, elem, shape in arg:\n    m.graph.input.append(helper.make_tensor_value_info(name, elem, shape))";
+    rewritten(name, edit, &serde_json::to_value(inputs).unwrap())
+}
+
+/// The shared SmolLM2 as newer transformers exports take positions: a `cache_position` input
+/// (`[seq]`, the call's positions in the cache) instead of `position_ids`, which the graph now
+/// computes from it (batch 1).
+fn with_cache_position() -> tempfile::TempDir {
+    let edit = "inputs = [i for i in m.graph.input if i.name != 'position_ids']\n\
+        del m.graph.input[:]\n\
+        m.graph.input.extend(inputs + [helper.make_tensor_value_info('cache_position', TensorProto.INT64, ['seq'])])\n\
+        m.graph.initializer.append(helper.make_tensor('cache_position_axes', TensorProto.INT64, [1], [0]))\n\
+        m.graph.node.insert(0, helper.make_node('Unsqueeze', ['cache_position', 'cache_position_axes'], ['position_ids']))";
+    rewritten("SmolLM2-135M-Instruct", edit, &serde_json::Value::Null)
 }
 
 #[test]
@@ -148,10 +166,16 @@ fn the_loader_feeds_the_optional_inputs_a_graph_takes_and_names_the_one_it_canno
     let out = generate(optional.path());
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(out.stdout, shared.stdout);
-    // An input steadytext does not feed: refused at load, in one line naming it.
-    let unknown = with_inputs("SmolLM2-135M-Instruct", &[("cache_position", INT64, &[-1])]);
+    // Positions as `cache_position` (the graph derives its position_ids from it): fed each
+    // call's positions in the cache, the same answer; any other positions would change it.
+    let cache_position = with_cache_position();
+    let out = generate(cache_position.path());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(out.stdout, shared.stdout);
+    // An input steadytext does not feed (OpenVINO's beam index): refused at load, in one line naming it.
+    let unknown = with_inputs("SmolLM2-135M-Instruct", &[("beam_idx", INT64, &[-1])]);
     let out = generate(unknown.path());
-    assert!(!out.status.success() && text(&out).contains("takes input `cache_position`"), "{}", text(&out));
+    assert!(!out.status.success() && text(&out).contains("takes input `beam_idx`"), "{}", text(&out));
     let task_id = with_inputs("all-MiniLM-L6-v2", &[("task_id", INT64, &[])]);
     let out = stctl(&["--no-daemon", "embed", "x", "--model", task_id.path().to_str().unwrap()]);
     assert!(!out.status.success() && text(&out).contains("takes input `task_id`"), "{}", text(&out));

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::config::Config;
@@ -180,6 +181,7 @@ fn decode(tokenizer: &Tokenizer, info: &ModelInfo, ids: &[u32]) -> Result<String
 
 /// What a decoder's configs say about its shape and ends, from `genai_config.json`
 /// (onnxruntime-genai layout) when the folder has one, else from `config.json`.
+#[derive(Debug)]
 struct DecoderConfig {
     layout: DecoderLayout,
     context: usize,
@@ -190,18 +192,31 @@ struct DecoderConfig {
 
 impl DecoderConfig {
     fn read(l: &Loaded) -> Result<Self> {
-        use serde_json::Value;
-        let m = l.files.name.as_str();
-        let mut eos =
-            model::token_ids(l.files.json("generation_config.json")?.as_ref().and_then(|g| g.get("eos_token_id")));
-        if let Some(genai) = l.genai_json.get("model") {
+        let generation = l.files.json("generation_config.json")?;
+        Self::from_json(&l.files.name, &l.config_json, &l.genai_json, generation.as_ref())
+    }
+
+    /// The configuration the folder's JSON files give: `genai` (genai_config.json, `Null` when
+    /// absent) wins; else `config` (config.json), whose decoder fields may sit in `text_config`
+    /// (multimodal families such as Gemma 3 nest them there). Each refusal names the field.
+    fn from_json(m: &str, config: &Value, genai: &Value, generation: Option<&Value>) -> Result<Self> {
+        let mut eos = model::token_ids(generation.and_then(|g| g.get("eos_token_id")));
+        if let Some(genai_model) = genai.get("model") {
             let field = |json: &Value, key: &str| {
                 json.get(key)
                     .and_then(Value::as_u64)
                     .map(|v| v as usize)
                     .ok_or_else(|| Error::model(m, format!("genai_config.json lacks the integer field `{key}`")))
             };
-            let decoder = genai.get("decoder").cloned().unwrap_or_default();
+            let decoder = genai_model.get("decoder").cloned().unwrap_or_default();
+            if let Some(window) = decoder.get("sliding_window").filter(|w| !w.is_null()) {
+                return Err(Error::model(
+                    m,
+                    format!(
+                        "genai_config.json sets model.decoder.sliding_window ({window}): its sliding layers keep a windowed KV cache, which steadytext does not manage (it gives every layer a full-length buffer); use an export without sliding-window layers"
+                    ),
+                ));
+            }
             let inputs = decoder.get("inputs").cloned().unwrap_or_default();
             let outputs = decoder.get("outputs").cloned().unwrap_or_default();
             let name = |side: &Value, key: &str, default: String| {
@@ -216,18 +231,19 @@ impl DecoderConfig {
                 present_value: name(&outputs, "present_value_names", hf.present_value.clone()),
                 ..hf
             };
-            model::push_new_ids(&mut eos, genai.get("eos_token_id"));
+            model::push_new_ids(&mut eos, genai_model.get("eos_token_id"));
             let share_buffer =
-                l.genai_json.pointer("/search/past_present_share_buffer").and_then(Value::as_bool).unwrap_or(false);
-            return Ok(DecoderConfig { layout, context: field(genai, "context_length")?, eos, share_buffer });
+                genai.pointer("/search/past_present_share_buffer").and_then(Value::as_bool).unwrap_or(false);
+            return Ok(DecoderConfig { layout, context: field(genai_model, "context_length")?, eos, share_buffer });
         }
-        let c = &l.config_json;
+        let c = model::decoder_config(config);
         let heads = model::usize_field(m, c, "num_attention_heads")?;
         let kv_heads = c.get("num_key_value_heads").and_then(Value::as_u64).map(|v| v as usize).unwrap_or(heads);
         let head_dim = match c.get("head_dim").and_then(Value::as_u64) {
             Some(d) => d as usize,
             None => model::usize_field(m, c, "hidden_size")? / heads.max(1),
         };
+        model::push_new_ids(&mut eos, config.get("eos_token_id"));
         model::push_new_ids(&mut eos, c.get("eos_token_id"));
         Ok(DecoderConfig {
             layout: DecoderLayout::hugging_face(kv_heads, head_dim),
@@ -274,4 +290,40 @@ pub fn load_cross_encoder(config: &Config, name: &str) -> Result<(ModelInfo, Cro
     let max_tokens = l.config_json.get("max_position_embeddings").and_then(|v| v.as_u64()).unwrap_or(512) as usize;
     let backend = OnnxClassifier::new(l.session, m)?;
     Ok((l.info, CrossEncoder::new(backend, l.tokenizer, max_tokens, m)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn decoder_fields_nested_in_text_config_are_read() {
+        // Gemma 3's multimodal config.json: the decoder's fields under text_config, ends at both levels.
+        let config = json!({
+            "architectures": ["Gemma3ForConditionalGeneration"], "eos_token_id": [1, 106],
+            "text_config": {"model_type": "gemma3_text", "num_attention_heads": 4, "num_key_value_heads": 1,
+                            "head_dim": 256, "hidden_size": 640, "max_position_embeddings": 32768, "eos_token_id": 1}
+        });
+        let d = DecoderConfig::from_json("gemma", &config, &Value::Null, None).unwrap();
+        assert_eq!((d.layout.kv_heads, d.layout.head_dim, d.context), (1, 256, 32768));
+        assert_eq!(d.eos, [1, 106]);
+        let flat = json!({"num_attention_heads": 9, "hidden_size": 576, "max_position_embeddings": 8192});
+        let d = DecoderConfig::from_json("smol", &flat, &Value::Null, None).unwrap();
+        assert_eq!((d.layout.kv_heads, d.layout.head_dim, d.context), (9, 64, 8192));
+        let err = DecoderConfig::from_json("x", &json!({"text_config": {}}), &Value::Null, None).unwrap_err();
+        assert!(err.to_string().contains("`num_attention_heads`"), "{err}");
+    }
+
+    #[test]
+    fn a_genai_folder_with_windowed_layers_is_refused_naming_the_field() {
+        let genai = |decoder: Value| json!({"model": {"context_length": 4096, "decoder": decoder}, "search": {"past_present_share_buffer": true}});
+        let plain = json!({"num_key_value_heads": 1, "head_size": 256});
+        let d = DecoderConfig::from_json("g", &Value::Null, &genai(plain.clone()), None).unwrap();
+        assert!(d.share_buffer && d.context == 4096);
+        let mut windowed = plain;
+        windowed["sliding_window"] = json!({"window_size": 512, "slide_key_value_cache": false, "layers": [0, 1]});
+        let err = DecoderConfig::from_json("g", &Value::Null, &genai(windowed), None).unwrap_err().to_string();
+        assert!(err.contains("model.decoder.sliding_window") && err.contains("\"window_size\":512"), "{err}");
+    }
 }

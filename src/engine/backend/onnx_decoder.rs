@@ -74,6 +74,7 @@ pub struct OnnxDecoder {
     context: usize,
     /// Which of the optional inputs ([`DECODER_OPTIONAL_INPUTS`]) the graph takes.
     has_position_ids: bool,
+    has_cache_position: bool,
     has_num_logits_to_keep: bool,
     has_use_cache_branch: bool,
     /// Graphs that write in place (GroupQueryAttention with `past_present_share_buffer`): every
@@ -94,9 +95,11 @@ struct BoundRows {
 }
 
 /// Decoder inputs fed when the graph takes them, besides `input_ids`, `attention_mask` and the
-/// KV cache: positions (unless RoPE is fused into GroupQueryAttention), the number of positions
-/// to compute logits for (always 1: the last), and Optimum's merged-decoder branch flag.
-const DECODER_OPTIONAL_INPUTS: &[&str] = &["position_ids", "num_logits_to_keep", "use_cache_branch"];
+/// KV cache: positions (unless RoPE is fused into GroupQueryAttention), the positions of the
+/// call's tokens in the cache (`cache_position`, one `[seq]` vector for the whole call: newer
+/// transformers exports), the number of positions to compute logits for (always 1: the last),
+/// and Optimum's merged-decoder branch flag.
+const DECODER_OPTIONAL_INPUTS: &[&str] = &["position_ids", "cache_position", "num_logits_to_keep", "use_cache_branch"];
 
 /// The KV cache of one sequence for [`OnnxDecoder`].
 pub struct OnnxKv {
@@ -156,6 +159,7 @@ impl OnnxDecoder {
         let fed: Vec<&str> = ["input_ids", "attention_mask"].iter().chain(DECODER_OPTIONAL_INPUTS).copied().collect();
         check_inputs(&session, model, "decoder", &fed, &past)?;
         let has_position_ids = inputs.contains(&"position_ids");
+        let has_cache_position = inputs.contains(&"cache_position");
         let has_num_logits_to_keep = inputs.contains(&"num_logits_to_keep");
         let has_use_cache_branch = inputs.contains(&"use_cache_branch");
         let arena = share_buffer
@@ -167,13 +171,16 @@ impl OnnxDecoder {
             names,
             context,
             has_position_ids,
+            has_cache_position,
             has_num_logits_to_keep,
             has_use_cache_branch,
             arena,
             batching: BatchDecode::Batched,
             bound: None,
         };
-        decoder.batching = if decoder.arena.is_none() {
+        decoder.batching = if decoder.has_cache_position {
+            BatchDecode::OneAtATime("its `cache_position` input is one vector for the whole batch".into())
+        } else if decoder.arena.is_none() {
             BatchDecode::OneAtATime(
                 "its KV cache is concatenated per step (a Hugging Face export): only GroupQueryAttention graphs with \
                  past_present_share_buffer batch"
@@ -203,6 +210,18 @@ impl OnnxDecoder {
         if self.has_position_ids {
             let positions = past.iter().flat_map(|&p| p as i64..(p + n) as i64).collect();
             inputs.push(("position_ids", i64_tensor([rows, n], positions, &self.model)?));
+        }
+        if self.has_cache_position {
+            let p = past.first().copied().unwrap_or(0);
+            if past.iter().any(|&q| q != p) {
+                return Err(Error::engine(
+                    &self.model,
+                    "rows of different lengths in one call of a cache_position graph",
+                ));
+            }
+            let positions: Vec<i64> = (p as i64..(p + n) as i64).collect();
+            let tensor = Tensor::from_array(([n], positions)).map_err(inference(&self.model))?;
+            inputs.push(("cache_position", tensor.into_dyn()));
         }
         if self.has_num_logits_to_keep {
             let one = Tensor::from_array(([0usize; 0], vec![1i64])).map_err(inference(&self.model))?;
