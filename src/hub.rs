@@ -169,6 +169,41 @@ fn unservable_variant(file: &str) -> Option<&'static str> {
     gpu.then_some("in a folder of GPU variants (CUDA, DirectML, WebGPU or float16); steadytext serves the CPU ones: pull a cpu folder's graph")
 }
 
+/// Why a genai folder's `genai_config.json` (`genai`) shows it cannot be served: it was built for
+/// another execution provider than the CPU (its session options name one), or it keeps a
+/// windowed KV cache. None when it can.
+fn genai_unservable(genai: &serde_json::Value) -> Option<String> {
+    let providers = genai.pointer("/model/decoder/session_options/provider_options").and_then(|p| p.as_array());
+    let other = providers
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_object())
+        .flat_map(|p| p.keys())
+        .find(|k| !k.eq_ignore_ascii_case("cpu"));
+    if let Some(provider) = other {
+        return Some(format!(
+            "built for the {provider} execution provider (model.decoder.session_options.provider_options); steadytext runs genai folders on the CPU: pull a cpu folder's graph"
+        ));
+    }
+    crate::model::genai_windowed(genai)
+}
+
+/// Why a downloaded graph cannot be served, judged by its inputs' types (read from its header,
+/// its weights not needed): a float16 or bfloat16 KV cache (WebGPU and GPU exports).
+fn float16_cache(graph: &Path) -> Result<Option<String>> {
+    let inputs = crate::onnx_proto::graph_inputs(graph)?;
+    Ok(inputs
+        .iter()
+        .find(|i| i.name.contains("past") && i.elem_type.is_some_and(|t| t != crate::onnx_proto::FLOAT32))
+        .map(|i| {
+            format!(
+                "its KV cache input `{}` is not float32 (ONNX type {}): a float16 variant for WebGPU or GPUs; steadytext serves float32 KV caches, pull a CPU variant (_q4, _int8, float32, a cpu genai folder)",
+                i.name,
+                i.elem_type.unwrap_or_default()
+            )
+        }))
+}
+
 /// The graph of the best onnxruntime-genai CPU folder of `files` (a folder with a
 /// genai_config.json beside a `.onnx` file, named for the CPU, not for a GPU): int4 folders
 /// first, then by name, so the choice is the same every time.
@@ -300,8 +335,11 @@ impl Pull {
     }
 
     /// Downloads the model into `model_dir/<name>`; returns that folder. Files already present
-    /// with the right hash are kept.
-    pub fn run(&self, progress: &indicatif::MultiProgress) -> Result<PathBuf> {
+    /// with the right hash are kept. `say` gets the plan (files, sizes) before anything is
+    /// downloaded. A variant steadytext cannot serve is refused as early as its files tell: by its
+    /// path and its genai_config.json before any download, by its graph's KV inputs before its
+    /// weights; a folder this pull created is then removed.
+    pub fn run(&self, progress: &indicatif::MultiProgress, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
         let agent = self.agent();
         let api = format!("{}/api/models/{}/revision/{}?blobs=true", self.endpoint, self.repo, self.revision);
         let text = self
@@ -327,11 +365,60 @@ impl Pull {
                 format!("the repository has no {base}tokenizer.json; steadytext needs the fast tokenizer file"),
             ));
         }
-        let dest = self.model_dir.join(&self.folder);
-        for name in std::iter::once(&"tokenizer.json").chain(crate::model::CONFIG_FILES) {
-            if let Some(s) = top(name) {
-                self.fetch(&agent, &info.sha, s, &dest.join(name), progress)?;
+        if let Some(genai) = top("genai_config.json") {
+            let json = self.small_json(&agent, &info.sha, &genai.rfilename)?;
+            if let Some(why) = genai_unservable(&json) {
+                return Err(hub_error(&self.repo, format!("{}: {why}", genai.rfilename)));
             }
+        }
+        let dest = self.model_dir.join(&self.folder);
+        let small: Vec<(&Sibling, PathBuf)> = std::iter::once(&"tokenizer.json")
+            .chain(crate::model::CONFIG_FILES)
+            .filter_map(|name| top(name).map(|s| (s, dest.join(name))))
+            .collect();
+        // The weights beside the graph, by the names exporters give them (`model.onnx.data`,
+        // `model.onnx_data`, `model.onnx_data_1`): what the graph names is checked once it is here.
+        let weights = info.siblings.iter().filter(|s| {
+            s.rfilename.strip_prefix(onnx.as_str()).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('_'))
+        });
+        let planned: Vec<(&Sibling, u64)> = small
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(sibling(&onnx))
+            .chain(weights)
+            .map(|s| (s, s.lfs.as_ref().map(|l| l.size).or(s.size).unwrap_or(0)))
+            .collect();
+        let total: u64 = planned.iter().map(|(_, size)| size).sum();
+        say(&format!(
+            "pulling {}@{} {onnx}: {} files, {} (the graph and its weights {})",
+            self.repo,
+            &info.sha[..info.sha.len().min(12)],
+            planned.len(),
+            indicatif::HumanBytes(total),
+            indicatif::HumanBytes(planned.iter().skip(small.len()).map(|(_, size)| size).sum()),
+        ));
+        std::fs::create_dir_all(&self.model_dir).map_err(|e| Error::io(&self.model_dir, e))?;
+        let free = crate::fsutil::free_bytes(&self.model_dir).map_err(|e| Error::io(&self.model_dir, e))?;
+        if free < total {
+            return Err(hub_error(
+                &self.repo,
+                format!(
+                    "the pull needs up to {} and {} has {} free; free some space or pull into another --model-dir",
+                    indicatif::HumanBytes(total),
+                    self.model_dir.display(),
+                    indicatif::HumanBytes(free)
+                ),
+            ));
+        }
+        let created = !dest.exists();
+        let refuse = |why: String| {
+            if created {
+                let _ = std::fs::remove_dir_all(&dest);
+            }
+            hub_error(&self.repo, why)
+        };
+        for (s, target) in &small {
+            self.fetch(&agent, &info.sha, s, target, progress)?;
         }
         // The graph keeps its place when model discovery finds it there (`model.onnx`,
         // `onnx/model*.onnx`, or where genai_config.json says), else it becomes `model.onnx`; its
@@ -344,6 +431,10 @@ impl Pull {
             _ => dest.join("model.onnx"),
         };
         self.fetch(&agent, &info.sha, sibling(&onnx).expect("picked among the siblings"), &graph, progress)?;
+        if let Some(why) = float16_cache(&graph)? {
+            let _ = std::fs::remove_file(&graph);
+            return Err(refuse(format!("{onnx}: {why}")));
+        }
         let onnx_dir = onnx.rsplit_once('/').map(|(d, _)| format!("{d}/")).unwrap_or_default();
         for location in crate::onnx_proto::external_data(&graph)? {
             let name = format!("{onnx_dir}{location}");
@@ -419,12 +510,18 @@ impl Pull {
     /// Whether the repository's top-level config.json describes a decoder (read before any
     /// graph is chosen; a repository without one is not taken for a decoder).
     fn is_decoder(&self, agent: &ureq::Agent, info: &RepoInfo) -> Result<bool> {
-        /// config.json files are a few kilobytes; a larger one is not read.
-        const CONFIG_LIMIT: u64 = 1 << 20;
         if !info.siblings.iter().any(|s| s.rfilename == "config.json") {
             return Ok(false);
         }
-        let url = format!("{}/{}/resolve/{}/config.json", self.endpoint, self.repo, info.sha);
+        let config = self.small_json(agent, &info.sha, "config.json")?;
+        Ok(crate::model::kind_from_config(&config) == Some(ModelKind::Generation))
+    }
+
+    /// A small JSON file of the repository (a config), read into memory, not kept.
+    fn small_json(&self, agent: &ureq::Agent, commit: &str, file: &str) -> Result<serde_json::Value> {
+        /// Config files are a few kilobytes; a larger one is not read.
+        const CONFIG_LIMIT: u64 = 1 << 20;
+        let url = format!("{}/{}/resolve/{}/{}", self.endpoint, self.repo, commit, file);
         let text = self
             .get(agent, &url)?
             .body_mut()
@@ -432,9 +529,7 @@ impl Pull {
             .limit(CONFIG_LIMIT)
             .read_to_string()
             .map_err(|e| hub_error(&self.repo, format!("cannot read {url}: {e}")))?;
-        let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| hub_error(&self.repo, format!("{url} is not JSON: {e}")))?;
-        Ok(crate::model::kind_from_config(&config) == Some(ModelKind::Generation))
+        serde_json::from_str(&text).map_err(|e| hub_error(&self.repo, format!("{url} is not JSON: {e}")))
     }
 
     fn download(
@@ -534,6 +629,20 @@ mod tests {
         for bad in ["name", "a/b/c", "../x", "a/..", "/x"] {
             assert!(Pull::new(bad, dir).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_genai_config_for_another_device_or_with_windowed_layers_is_refused() {
+        let with = |decoder: serde_json::Value| serde_json::json!({"model": {"decoder": decoder}});
+        let providers = |p: serde_json::Value| with(serde_json::json!({"session_options": {"provider_options": p}}));
+        assert_eq!(genai_unservable(&providers(serde_json::json!([]))), None);
+        assert_eq!(genai_unservable(&providers(serde_json::json!([{"CPU": {}}]))), None);
+        for other in ["cuda", "dml", "webgpu", "NvTensorRtRtx"] {
+            let why = genai_unservable(&providers(serde_json::json!([{ other: {} }]))).unwrap();
+            assert!(why.contains(&format!("the {other} execution provider")), "{why}");
+        }
+        let windowed = with(serde_json::json!({"sliding_window": {"window_size": 512}}));
+        assert!(genai_unservable(&windowed).unwrap().contains("sliding_window"));
     }
 
     #[test]

@@ -298,6 +298,16 @@ pub fn kind_from_config(config: &Value) -> Option<ModelKind> {
     by_architecture.or(by_family).or_else(nested)
 }
 
+/// Why steadytext cannot serve an onnxruntime-genai folder whose `genai_config.json` is `genai`:
+/// sliding-window layers with a windowed KV cache (Gemma 2/3, gpt-oss), which steadytext does
+/// not manage. None when nothing in it says so.
+pub fn genai_windowed(genai: &Value) -> Option<String> {
+    let window = genai.pointer("/model/decoder/sliding_window").filter(|w| !w.is_null())?;
+    Some(format!(
+        "genai_config.json sets model.decoder.sliding_window ({window}): its sliding layers keep a windowed KV cache, which steadytext does not manage (it gives every layer a full-length buffer); use an export without sliding-window layers"
+    ))
+}
+
 /// The decoder file `genai_config.json` names (onnxruntime-genai layout), if the folder has one.
 fn genai_decoder_file(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
     let path = dir.join("genai_config.json");

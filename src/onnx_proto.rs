@@ -1,6 +1,7 @@
-//! What an ONNX file names outside itself: the external-data files its tensors live in
-//! (`model.onnx_data`, `model.onnx_data_1`, `model.onnx.data`...). Read straight from the
-//! protobuf, skipping tensor bytes with seeks, so that a graph of gigabytes costs milliseconds.
+//! What an ONNX file says about itself without loading it: the external-data files its tensors
+//! live in (`model.onnx_data`, `model.onnx_data_1`, `model.onnx.data`...) and its graph's inputs
+//! with their element types. Read straight from the protobuf, skipping tensor bytes with seeks,
+//! so that a graph of gigabytes costs milliseconds.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -22,6 +23,14 @@ enum Message {
     SparseTensor,
     /// `StringStringEntryProto` (TensorProto.external_data).
     Entry,
+    /// The top-level graph (ModelProto.graph): its inputs are collected, a subgraph's are not.
+    TopGraph,
+    /// `ValueInfoProto` (GraphProto.input).
+    ValueInfo,
+    /// `TypeProto` (ValueInfoProto.type).
+    Type,
+    /// `TypeProto.Tensor` (TypeProto.tensor_type).
+    TensorType,
 }
 
 impl Message {
@@ -29,10 +38,13 @@ impl Message {
     fn child(self, number: u64) -> Option<Message> {
         use Message::*;
         match (self, number) {
-            (Model, 7) => Some(Graph),
-            (Graph, 1) => Some(Node),
-            (Graph, 5) => Some(Tensor),
-            (Graph, 15) => Some(SparseTensor),
+            (Model, 7) => Some(TopGraph),
+            (TopGraph, 11) => Some(ValueInfo),
+            (ValueInfo, 2) => Some(Type),
+            (Type, 1) => Some(TensorType),
+            (Graph | TopGraph, 1) => Some(Node),
+            (Graph | TopGraph, 5) => Some(Tensor),
+            (Graph | TopGraph, 15) => Some(SparseTensor),
             (Node, 5) => Some(Attribute),
             (Attribute, 5 | 10) => Some(Tensor),
             (Attribute, 6 | 11) => Some(Graph),
@@ -85,19 +97,49 @@ impl Reader {
     }
 }
 
-/// The external-data files the ONNX file at `path` names, relative to its folder, sorted and
-/// without repeats. A location that leaves the folder (absolute, `..`) is an error.
-pub fn external_data(path: &Path) -> Result<Vec<String>> {
+/// What [`read`] collects.
+#[derive(Debug, Default)]
+struct Found {
+    /// External-data locations, in file order.
+    locations: Vec<String>,
+    /// The top-level graph's inputs: name and element type (`None` when not a tensor).
+    inputs: Vec<GraphInput>,
+}
+
+/// An input of an ONNX graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphInput {
+    /// Its name.
+    pub name: String,
+    /// Its element type (TensorProto.DataType: 1 float32, 10 float16, 16 bfloat16, 7 int64...),
+    /// when it is a tensor that says.
+    pub elem_type: Option<i32>,
+}
+
+/// ONNX's code of float32 (TensorProto.DataType.FLOAT).
+pub const FLOAT32: i32 = 1;
+
+fn read(path: &Path) -> Result<Found> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let end = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut reader = Reader { inner: BufReader::with_capacity(1 << 16, file), pos: 0 };
-    let mut found = Vec::new();
-    let malformed = |reason: String| Error::Config(format!("{} is not a valid ONNX file: {reason}", path.display()));
-    walk(&mut reader, Message::Model, end, 0, &mut found).map_err(|e| malformed(e.to_string()))?;
+    let mut found = Found::default();
+    walk(&mut reader, Message::Model, end, 0, &mut found).map_err(|e| malformed(path, e.to_string()))?;
+    Ok(found)
+}
+
+fn malformed(path: &Path, reason: String) -> Error {
+    Error::Config(format!("{} is not a valid ONNX file: {reason}", path.display()))
+}
+
+/// The external-data files the ONNX file at `path` names, relative to its folder, sorted and
+/// without repeats. A location that leaves the folder (absolute, `..`) is an error.
+pub fn external_data(path: &Path) -> Result<Vec<String>> {
+    let mut found = read(path)?.locations;
     for location in &found {
         let p = Path::new(location);
         if location.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
-            return Err(malformed(format!("external data location {location:?} is not a file beside the graph")));
+            return Err(malformed(path, format!("external data location {location:?} is not a file beside the graph")));
         }
     }
     found.sort();
@@ -105,19 +147,33 @@ pub fn external_data(path: &Path) -> Result<Vec<String>> {
     Ok(found)
 }
 
-/// Reads the fields of a `kind` message up to byte `end`, adding each external-data location.
-fn walk(r: &mut Reader, kind: Message, end: u64, depth: usize, found: &mut Vec<String>) -> std::io::Result<()> {
+/// The inputs of the ONNX file's graph, in order.
+pub fn graph_inputs(path: &Path) -> Result<Vec<GraphInput>> {
+    Ok(read(path)?.inputs)
+}
+
+/// Reads the fields of a `kind` message up to byte `end`, adding each external-data location and
+/// top-level graph input to `found`.
+fn walk(r: &mut Reader, kind: Message, end: u64, depth: usize, found: &mut Found) -> std::io::Result<()> {
     let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     if depth > MAX_DEPTH {
         return Err(invalid("messages nested too deep"));
     }
     let (mut key, mut value) = (None::<Vec<u8>>, None::<Vec<u8>>);
+    if kind == Message::ValueInfo {
+        found.inputs.push(GraphInput { name: String::new(), elem_type: None });
+    }
     while r.pos < end {
         let tag = r.varint()?;
         let (number, wire) = (tag >> 3, tag & 7);
         match wire {
             0 => {
-                r.varint()?;
+                let v = r.varint()?;
+                if kind == Message::TensorType && number == 1 {
+                    if let Some(input) = found.inputs.last_mut() {
+                        input.elem_type = i32::try_from(v).ok();
+                    }
+                }
             }
             1 => r.skip(8)?,
             5 => r.skip(4)?,
@@ -129,6 +185,13 @@ fn walk(r: &mut Reader, kind: Message, end: u64, depth: usize, found: &mut Vec<S
                 match (kind, number, kind.child(number)) {
                     (Message::Entry, 1, _) => key = Some(r.bytes(len.min(4096))?),
                     (Message::Entry, 2, _) => value = Some(r.bytes(len.min(4096))?),
+                    (Message::ValueInfo, 1, _) => {
+                        let name = r.bytes(len.min(4096))?;
+                        r.skip(len - len.min(4096))?;
+                        if let Some(input) = found.inputs.last_mut() {
+                            input.name = String::from_utf8_lossy(&name).into_owned();
+                        }
+                    }
                     (_, _, Some(child)) => walk(r, child, r.pos + len, depth + 1, found)?,
                     _ => r.skip(len)?,
                 }
@@ -141,7 +204,7 @@ fn walk(r: &mut Reader, kind: Message, end: u64, depth: usize, found: &mut Vec<S
     }
     if kind == Message::Entry && key.as_deref() == Some(b"location") {
         let location = value.ok_or_else(|| invalid("external data entry without a value"))?;
-        found.push(String::from_utf8(location).map_err(|_| invalid("external data location is not UTF-8"))?);
+        found.locations.push(String::from_utf8(location).map_err(|_| invalid("external data location is not UTF-8"))?);
     }
     Ok(())
 }
@@ -222,5 +285,25 @@ mod tests {
         assert!(err.contains("not a valid ONNX file"), "{err}");
         let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/SmolLM2-135M-Instruct/model.onnx");
         assert!(external_data(&shared).unwrap().is_empty(), "the shared model keeps its weights inline");
+    }
+
+    #[test]
+    fn the_graph_inputs_and_their_types_are_read_without_loading_it() {
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/SmolLM2-135M-Instruct/model.onnx");
+        let inputs = graph_inputs(&shared).unwrap();
+        // The decoder contract of ../shared/models/README.md: ids, mask, positions, 30 layers' past.
+        assert_eq!(inputs.len(), 3 + 2 * 30);
+        assert_eq!(inputs[0], GraphInput { name: "input_ids".into(), elem_type: Some(7) });
+        let past: Vec<&GraphInput> = inputs.iter().filter(|i| i.name.starts_with("past_key_values.")).collect();
+        assert_eq!(past.len(), 60);
+        assert!(past.iter().all(|i| i.elem_type == Some(FLOAT32)));
+        assert!(inputs.iter().any(|i| i.name == "past_key_values.29.value"));
+        // A subgraph's inputs are not the model's.
+        let sub_input = field(11, &[field(1, b"cond"), field(2, &field(1, &[0x08, 10]))].concat());
+        let node = field(5, &[field(1, b"then_branch"), field(6, &sub_input)].concat());
+        let top_input = field(11, &[field(1, b"past_key_values.0.key"), field(2, &field(1, &[0x08, 10]))].concat());
+        let bytes = [vec![0x08, 9], field(7, &[field(1, &node), top_input].concat())].concat();
+        let inputs = graph_inputs(write(&bytes).path()).unwrap();
+        assert_eq!(inputs, [GraphInput { name: "past_key_values.0.key".into(), elem_type: Some(10) }]);
     }
 }

@@ -397,3 +397,86 @@ fn a_decoder_pulled_bare_takes_int4_before_float32() {
     let encoder = pull_from(&common::models_dir().join("all-MiniLM-L6-v2/config.json"));
     assert_eq!(encoder, (false, true), "an encoder keeps float32");
 }
+
+/// Protobuf bytes of field `number` holding `payload` (length-delimited).
+fn proto_field(number: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut put = |mut v: u64| loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    };
+    put((number << 3) | 2);
+    put(payload.len() as u64);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The header of an ONNX graph (no nodes) whose weights lie in `model.onnx_data` and whose KV
+/// input `past_key_values.0.key` has ONNX element type `kv_type`: what a pull reads of a graph
+/// before its weights.
+fn graph_header(kv_type: u8) -> Vec<u8> {
+    let external = |key: &[u8], value: &[u8]| proto_field(13, &[proto_field(1, key), proto_field(2, value)].concat());
+    let weight = [proto_field(8, b"w"), external(b"location", b"model.onnx_data"), vec![0x70, 1]].concat();
+    let tensor_type = |elem: u8| proto_field(2, &proto_field(1, &[0x08, elem]));
+    let input = |name: &[u8], elem: u8| proto_field(11, &[proto_field(1, name), tensor_type(elem)].concat());
+    let graph = [proto_field(5, &weight), input(b"input_ids", 7), input(b"past_key_values.0.key", kv_type)].concat();
+    [vec![0x08, 9], proto_field(7, &graph)].concat()
+}
+
+#[test]
+fn variants_for_other_devices_are_refused_before_their_weights_come_down() {
+    // A graph under a neutral name whose KV cache is float16 (a WebGPU export): its header is
+    // read once it is here, and its weights are never fetched; the folder the pull made is gone.
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::write(repo.path().join("model.onnx"), graph_header(10)).unwrap();
+    std::fs::write(repo.path().join("model.onnx_data"), vec![0u8; 200_000]).unwrap();
+    std::fs::copy(common::models_dir().join("all-MiniLM-L6-v2/tokenizer.json"), repo.path().join("tokenizer.json"))
+        .unwrap();
+    let hub = serve(repo.path().to_path_buf());
+    let name = repo.path().file_name().unwrap().to_string_lossy().into_owned();
+    let dest = tempfile::tempdir().unwrap();
+    let d = dest.path().to_str().unwrap();
+    let full = format!("test/{name}");
+    let out = stctl(&["models", "pull", &full, "--model-dir", d], &hub);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pulling {full}@c0ffee model.onnx: 3 files")),
+        "the plan comes before the download: {err}"
+    );
+    assert!(!out.status.success() && err.contains("`past_key_values.0.key` is not float32 (ONNX type 10)"), "{err}");
+    assert_eq!(hub.downloads.load(Ordering::SeqCst), 2, "the tokenizer and the graph, not its weights");
+    assert!(!dest.path().join(&name).exists(), "the refused pull's folder is removed");
+
+    // The same graph with a float32 KV cache passes that check and fetches its weights.
+    std::fs::write(repo.path().join("model.onnx"), graph_header(1)).unwrap();
+    let out = stctl(&["models", "pull", &full, "--model-dir", d], &hub);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("not float32"), "{err}");
+    assert_eq!(hub.downloads.load(Ordering::SeqCst), 5, "tokenizer, graph and weights this time");
+
+    // A genai folder built for another execution provider, under a name that does not say so:
+    // refused from its genai_config.json, before any file is downloaded.
+    let genai = tempfile::tempdir().unwrap();
+    let folder = genai.path().join("int4-awq-block-128");
+    std::fs::create_dir_all(&folder).unwrap();
+    let config = serde_json::json!({"model": {"decoder": {"filename": "model.onnx",
+        "session_options": {"provider_options": [{"webgpu": {}}]}}}});
+    std::fs::write(folder.join("genai_config.json"), config.to_string()).unwrap();
+    std::fs::write(folder.join("model.onnx"), graph_header(1)).unwrap();
+    std::fs::copy(common::models_dir().join("all-MiniLM-L6-v2/tokenizer.json"), folder.join("tokenizer.json")).unwrap();
+    let hub = serve(genai.path().to_path_buf());
+    let name = genai.path().file_name().unwrap().to_string_lossy().into_owned();
+    let out = stctl(
+        &["models", "pull", &format!("test/{name}"), "--onnx-file", "int4-awq-block-128/model.onnx", "--model-dir", d],
+        &hub,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("built for the webgpu execution provider"), "{err}");
+    assert_eq!(hub.downloads.load(Ordering::SeqCst), 1, "genai_config.json read, nothing else downloaded");
+    assert!(!dest.path().join(&name).exists(), "nothing kept");
+}

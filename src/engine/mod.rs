@@ -209,13 +209,8 @@ impl DecoderConfig {
                     .ok_or_else(|| Error::model(m, format!("genai_config.json lacks the integer field `{key}`")))
             };
             let decoder = genai_model.get("decoder").cloned().unwrap_or_default();
-            if let Some(window) = decoder.get("sliding_window").filter(|w| !w.is_null()) {
-                return Err(Error::model(
-                    m,
-                    format!(
-                        "genai_config.json sets model.decoder.sliding_window ({window}): its sliding layers keep a windowed KV cache, which steadytext does not manage (it gives every layer a full-length buffer); use an export without sliding-window layers"
-                    ),
-                ));
+            if let Some(why) = model::genai_windowed(genai) {
+                return Err(Error::model(m, why));
             }
             let inputs = decoder.get("inputs").cloned().unwrap_or_default();
             let outputs = decoder.get("outputs").cloned().unwrap_or_default();

@@ -41,7 +41,7 @@ pub fn pull(session: &Session, args: PullArgs) -> Result<()> {
     if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let dest = pull.run(&progress)?;
+    let dest = pull.run(&progress, &mut |line| eprintln!("{line}"))?;
     let digest = ModelFiles::discover(&dest)?.digest()?;
     println!("{} ({digest})", dest.display());
     Ok(())
