@@ -16,9 +16,14 @@ use serde_json::{json, Value};
 const TOOLS_MODEL: &str = "SmolLM2-135M-tools";
 const PLAIN_MODEL: &str = "SmolLM2-135M-Instruct";
 
-/// Requests of the validity run in `make test` (`STEADYTEXT_TOOLS_VALIDITY` sets another count;
-/// the run is 200).
-const VALIDITY_REQUESTS: usize = 16;
+/// The fused model (onnxruntime-genai layout) with the same template.
+const FUSED_TOOLS_MODEL: &str = "SmolLM2-135M-fused-tools";
+/// The shared SmolLM2 with a Llama 3.x-style template (JSON calls).
+const LLAMA_TOOLS_MODEL: &str = "SmolLM2-135M-llama-tools";
+
+/// Requests of the validity run in `make test`, per model (`STEADYTEXT_TOOLS_VALIDITY` sets
+/// another count; the run is 200).
+const VALIDITY_REQUESTS: usize = 10;
 
 #[test]
 fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
@@ -29,11 +34,8 @@ fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
     let count = std::env::var("STEADYTEXT_TOOLS_VALIDITY").ok().and_then(|v| v.parse().ok());
     let count = count.unwrap_or(VALIDITY_REQUESTS).to_string();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tools_client.py");
-    let out = Command::new(&python)
-        .arg(script)
-        .args([&daemon.url("/v1"), KEY, TOOLS_MODEL, PLAIN_MODEL, &count])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(&python).arg(script).args([&daemon.url("/v1"), KEY, TOOLS_MODEL, PLAIN_MODEL]).output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
 
@@ -88,13 +90,53 @@ fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
         assert_eq!(error[0], 400, "{case}: {error}");
         assert!(error[1].as_str().unwrap().contains(needle), "{case}: {error}");
     }
-    // Validity: every call names an offered tool and its arguments satisfy the tool's schema;
-    // no text answer carries call markup.
-    let validity = &got["validity"];
-    assert_eq!(validity["requests"].as_u64().unwrap().to_string(), count);
-    assert_eq!(validity["invalid"], json!([]), "{validity}");
-    assert_eq!(validity["markup_in_text"], json!([]), "{validity}");
-    assert!(validity["calls"].as_u64().unwrap() * 2 >= validity["requests"].as_u64().unwrap(), "{validity}");
+    // Validity, on both layouts and both call syntaxes: every call names an offered tool and its
+    // arguments satisfy the tool's schema; no text answer carries call markup.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/tools_validity.py");
+    for (model, markup) in
+        [(TOOLS_MODEL, "<tool_call>"), (FUSED_TOOLS_MODEL, "<tool_call>"), (LLAMA_TOOLS_MODEL, "{\"name\"")]
+    {
+        let out =
+            Command::new(&python).arg(&script).args([&daemon.url("/v1"), KEY, model, &count, markup]).output().unwrap();
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), daemon.log());
+        let validity: Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!("validity of {model}: {validity}");
+        assert_eq!(validity["requests"].as_u64().unwrap().to_string(), count, "{model}");
+        assert_eq!(validity["invalid"], json!([]), "{model}: {validity}");
+        assert_eq!(validity["markup_in_text"], json!([]), "{model}: {validity}");
+        assert!(
+            validity["calls"].as_u64().unwrap() * 2 >= validity["requests"].as_u64().unwrap(),
+            "{model}: {validity}"
+        );
+    }
+
+    // Llama 3.x's syntax: a required call is a bare JSON object; fed back with the tool's result
+    // (the template's ipython turn), the model answers in text.
+    let chat = |body: Value| {
+        let (status, text) = common::http::curl(&[
+            "-H",
+            &format!("Authorization: Bearer {KEY}"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body.to_string(),
+            &daemon.url("/v1/chat/completions"),
+        ]);
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["choices"][0].clone()
+    };
+    let weather = json!({"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}});
+    let ask = json!({"role": "user", "content": "What is the weather in Paris?"});
+    let called = chat(json!({"model": LLAMA_TOOLS_MODEL, "messages": [ask], "tools": [weather],
+                             "tool_choice": "required", "max_tokens": 64}));
+    assert_eq!(called["finish_reason"], "tool_calls", "{called}");
+    let call = &called["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{called}");
+    assert!(serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap()).unwrap()["city"].is_string());
+    let answered = chat(json!({"model": LLAMA_TOOLS_MODEL, "tools": [weather], "max_tokens": 24, "messages": [
+        ask, called["message"], {"role": "tool", "tool_call_id": call["id"], "content": "18 C and sunny"}]}));
+    assert!(answered["message"]["content"].as_str().is_some_and(|c| !c.is_empty()), "{answered}");
 
     // JSON-RPC (stctl --tools): the same call, id and all, as the openai package got.
     let tools = daemon.dir.path().join("tools.json");

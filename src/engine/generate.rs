@@ -574,7 +574,7 @@ impl<S> Sequence<S> {
     fn calls_end_here(&mut self) -> bool {
         let Some(watch) = self.calls.as_mut().filter(|w| !w.waiting) else { return false };
         let text = format!("{}{}", self.text, self.held);
-        if !text.trim_end().ends_with(watch.syntax.closing()) {
+        if !watch.syntax.ends_with_call(&text) {
             return false;
         }
         let written = self.ids.len();

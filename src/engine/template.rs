@@ -86,11 +86,12 @@ impl ChatTemplate {
             (true, Some(syntax)) => Ok(syntax),
             (false, _) => Err(Error::InvalidRequest(format!(
                 "model {model}'s chat template does not take tools: use a model whose template does (Qwen2.5, \
-                 Qwen3 or another with <tool_call> calls), or leave tools out"
+                 Qwen3, Llama 3.x or another with <tool_call> or {{\"name\": ..., \"parameters\": ...}} calls), or \
+                 leave tools out"
             ))),
             (true, None) => Err(Error::InvalidRequest(format!(
                 "model {model}'s chat template takes tools in a call syntax steadytext does not know (it knows \
-                 <tool_call> calls): leave tools out"
+                 <tool_call> calls and Llama 3.x's {{\"name\": ..., \"parameters\": ...}}): leave tools out"
             ))),
         }
     }

@@ -164,61 +164,96 @@ impl ToolUse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CallSyntax {
     /// `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` (Hermes style, as the
-    /// templates of Qwen2.5 and Qwen3 ask for).
+    /// templates of Qwen2.5 and Qwen3 ask for); several calls one after the other.
     Hermes,
+    /// A bare JSON object `{"name": ..., "parameters": {...}}`, as the templates of Llama 3.1,
+    /// 3.2 and 3.3 ask for custom tools ("Respond in the format {"name": function name,
+    /// "parameters": dictionary of argument name and its value}"); one call per answer (those
+    /// templates refuse an assistant turn with more).
+    LlamaJson,
 }
 
 const HERMES_OPEN: &str = "<tool_call>";
 const HERMES_CLOSE: &str = "</tool_call>";
+/// How a Llama 3.x call begins (its JSON object's first key).
+const LLAMA_OPEN: &str = "{\"name\"";
 
 impl CallSyntax {
-    /// The syntax a chat template's source asks the model for, if steadytext knows it.
+    /// Every syntax steadytext knows.
+    pub const ALL: [CallSyntax; 2] = [CallSyntax::Hermes, CallSyntax::LlamaJson];
+
+    /// The syntax a chat template's source asks the model for, if steadytext knows it: Hermes
+    /// tags, else Llama 3.x's JSON (the template writes a call's `"parameters": ` after its
+    /// `{"name": `).
     pub fn of_template(source: &str) -> Option<Self> {
-        source.contains(HERMES_OPEN).then_some(CallSyntax::Hermes)
+        if source.contains(HERMES_OPEN) {
+            Some(CallSyntax::Hermes)
+        } else if source.contains("{\"name\": ") && source.contains("\"parameters\": ") {
+            Some(CallSyntax::LlamaJson)
+        } else {
+            None
+        }
     }
 
     /// The text that opens a call.
     pub fn opening(self) -> &'static str {
         match self {
             CallSyntax::Hermes => HERMES_OPEN,
+            CallSyntax::LlamaJson => LLAMA_OPEN,
+        }
+    }
+
+    /// The text that closes a call written after another one may follow; None for a syntax of
+    /// one call per answer (its grammar ends the answer).
+    fn closing(self) -> Option<&'static str> {
+        match self {
+            CallSyntax::Hermes => Some(HERMES_CLOSE),
+            CallSyntax::LlamaJson => None,
+        }
+    }
+
+    /// The key of a call's arguments.
+    fn arguments_key(self) -> &'static str {
+        match self {
+            CallSyntax::Hermes => "arguments",
+            CallSyntax::LlamaJson => "parameters",
         }
     }
 
     /// A Lark grammar (llguidance's dialect) of an answer that is `before` (text the model
     /// already wrote in the token that opens the call; empty when calls hold from the start),
-    /// then one call of a callable tool, or several with `parallel`. Each call's arguments are
-    /// held to its tool's schema, bounded as structured output's are (closed objects...).
+    /// then one call of a callable tool, or several with `parallel` where the syntax allows.
+    /// Each call's arguments are held to its tool's schema, bounded as structured output's are
+    /// (closed objects...).
     pub fn grammar(self, tools: &ToolUse, before: &str) -> String {
+        let key = self.arguments_key();
         let branches: Vec<Value> = tools
             .callable()
             .map(|t| {
                 let Constraint::Schema(arguments) = Constraint::schema(t.parameters.clone()) else {
                     unreachable!("Constraint::schema gives a schema")
                 };
-                json!({"type": "object", "properties": {"name": {"const": t.name}, "arguments": arguments},
-                       "required": ["name", "arguments"], "additionalProperties": false})
+                json!({"type": "object", "properties": {"name": {"const": t.name}, key: arguments},
+                       "required": ["name", key], "additionalProperties": false})
             })
             .collect();
         let call = json!({
             "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "},
             "anyOf": branches,
         });
-        let more = if tools.parallel { format!(r#" ("\n" call){{0,{}}}"#, MAX_CALLS - 1) } else { String::new() };
         let lit = |s: &str| Value::from(s).to_string();
+        let before = if before.is_empty() { String::new() } else { format!("{} ", lit(before)) };
         match self {
-            CallSyntax::Hermes => format!(
-                "start: {before}call{more}\ncall: {open} \"\\n\" body \"\\n\" {close}\nbody: %json {call}\n",
-                before = if before.is_empty() { String::new() } else { format!("{} ", lit(before)) },
-                open = lit(HERMES_OPEN),
-                close = lit(HERMES_CLOSE),
-            ),
-        }
-    }
-
-    /// The text that closes a call.
-    pub fn closing(self) -> &'static str {
-        match self {
-            CallSyntax::Hermes => HERMES_CLOSE,
+            CallSyntax::Hermes => {
+                let more =
+                    if tools.parallel { format!(r#" ("\n" call){{0,{}}}"#, MAX_CALLS - 1) } else { String::new() };
+                format!(
+                    "start: {before}call{more}\ncall: {open} \"\\n\" body \"\\n\" {close}\nbody: %json {call}\n",
+                    open = lit(HERMES_OPEN),
+                    close = lit(HERMES_CLOSE),
+                )
+            }
+            CallSyntax::LlamaJson => format!("start: {before}call\ncall: %json {call}\n"),
         }
     }
 
@@ -226,23 +261,38 @@ impl CallSyntax {
     /// when the text holds no whole call or a call that does not read.
     fn calls(self, text: &str) -> Option<(usize, Vec<(String, String)>)> {
         let start = text.find(self.opening())?;
+        let read = |json: &str| -> Option<(String, String)> {
+            let call: Value = serde_json::Deserializer::from_str(json).into_iter::<Value>().next()?.ok()?;
+            let (Some(name), Some(arguments)) = (call["name"].as_str(), call.get(self.arguments_key())) else {
+                return None;
+            };
+            Some((name.to_string(), arguments.to_string()))
+        };
         let mut calls = Vec::new();
-        let mut rest = &text[start..];
-        while let Some(open) = rest.find(self.opening()) {
-            let after = &rest[open + self.opening().len()..];
-            let Some(close) = after.find(self.closing()) else { break };
-            let call: Value = serde_json::from_str(after[..close].trim()).ok()?;
-            let (Some(name), Some(arguments)) = (call["name"].as_str(), call.get("arguments")) else { return None };
-            calls.push((name.to_string(), arguments.to_string()));
-            rest = &after[close + self.closing().len()..];
+        match self.closing() {
+            Some(closing) => {
+                let mut rest = &text[start..];
+                while let Some(open) = rest.find(self.opening()) {
+                    let after = &rest[open + self.opening().len()..];
+                    let Some(close) = after.find(closing) else { break };
+                    calls.push(read(after[..close].trim())?);
+                    rest = &after[close + closing.len()..];
+                }
+            }
+            None => calls.push(read(&text[start..])?),
         }
         (!calls.is_empty()).then_some((start, calls))
+    }
+
+    /// Whether the text ends with a whole call after which another may follow.
+    pub fn ends_with_call(self, text: &str) -> bool {
+        self.closing().is_some_and(|closing| text.trim_end().ends_with(closing))
     }
 
     /// Whether the text ends with a call that repeats an earlier one of the same answer (a
     /// small model can repeat its call until its budget runs out; the answer ends there).
     pub fn ends_with_repeat(self, text: &str) -> bool {
-        if !text.trim_end().ends_with(self.closing()) {
+        if !self.ends_with_call(text) {
             return false;
         }
         match self.calls(text) {
@@ -267,10 +317,10 @@ impl CallSyntax {
         Some((text[..start].trim_end().to_string(), calls))
     }
 
-    /// The syntax of an answer's calls, known from the answer alone (for answers read back from
-    /// a cache snapshot; steadytext knows one syntax today).
+    /// The syntax of an answer's calls, known from an answer that holds calls (for answers read
+    /// back from a cache snapshot): the first syntax whose whole call it holds.
     pub fn of_answer(text: &str) -> Option<Self> {
-        text.contains(HERMES_OPEN).then_some(CallSyntax::Hermes)
+        Self::ALL.into_iter().find(|s| s.calls(text).is_some())
     }
 }
 
@@ -340,6 +390,35 @@ mod tests {
         assert_ne!(calls[0].id, next_turn[0].id, "another prompt, other ids");
         assert!(CallSyntax::Hermes.parse("no call here", 1, &[]).is_none());
         assert!(CallSyntax::Hermes.parse("<tool_call>\n{\"name\": ", 1, &[]).is_none(), "a cut call is no call");
+    }
+
+    #[test]
+    fn llama_calls_are_one_bare_json_object_with_parameters() {
+        // The tool parts of Llama 3.x's template: the instruction and how a call in the history is written.
+        let source = r#"{{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
+            {{- '{"name": "' + tool_call.name + '", ' }}{{- '"parameters": ' }}{{- tool_call.arguments | tojson }}"#;
+        assert_eq!(CallSyntax::of_template(source), Some(CallSyntax::LlamaJson));
+        assert_eq!(CallSyntax::of_template("{{ tools }} <tool_call> \"parameters\": "), Some(CallSyntax::Hermes));
+        assert_eq!(CallSyntax::of_template("{{ tools | tojson }}"), None);
+
+        let text = r#"{"name": "get_weather", "parameters": {"city": "Paris", "unit": "c"}}"#;
+        let (content, calls) = CallSyntax::LlamaJson.parse(text, 40, &[1, 2]).unwrap();
+        assert_eq!(content, "");
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("get_weather", r#"{"city":"Paris","unit":"c"}"#)
+        );
+        assert_eq!(CallSyntax::of_answer(text), Some(CallSyntax::LlamaJson));
+        assert_eq!(CallSyntax::of_answer(r#"{"name": "x"} is JSON"#), None, "no parameters, no call");
+        assert!(CallSyntax::LlamaJson.parse(r#"{"name": "get_weather", "parameters": {"ci"#, 1, &[]).is_none());
+        assert!(!CallSyntax::LlamaJson.ends_with_call(text), "one call per answer: the grammar ends it");
+
+        let mut tools = weather();
+        tools.parallel = true;
+        let g = CallSyntax::LlamaJson.grammar(&tools, "Sure. ");
+        assert!(g.starts_with("start: \"Sure. \" call\ncall: %json "), "{g}");
+        assert!(g.contains(r#""parameters":{"#) && g.contains(r#""required":["name","parameters"]"#), "{g}");
+        assert!(!g.contains("call ("), "no second call even with parallel: {g}");
     }
 
     #[test]

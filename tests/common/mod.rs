@@ -52,9 +52,12 @@ fn built(script: &str, (key, value): (&str, PathBuf)) -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
-/// A model folder of links to the shared models, and `SmolLM2-135M-tools`: the shared SmolLM2
-/// with a ChatML chat template that takes tools (`tests/tools/chatml_tools.jinja`; the model's
-/// own template does not). Made in a fresh temporary folder; the models are linked, not copied.
+/// A model folder of links to the shared models, and three models whose chat templates take
+/// tools: `SmolLM2-135M-tools` (the shared SmolLM2 with the ChatML template
+/// `tests/tools/chatml_tools.jinja`, Hermes `<tool_call>` calls; the model's own template takes
+/// no tools), `SmolLM2-135M-fused-tools` (the fused acc4 model with the same template) and
+/// `SmolLM2-135M-llama-tools` (the shared SmolLM2 with `tests/tools/llama3_tools.jinja`, Llama
+/// 3.x's JSON calls). Made in a fresh temporary folder; the models are linked, not copied.
 pub fn tool_models() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let shared = models_dir().canonicalize().unwrap();
@@ -62,16 +65,24 @@ pub fn tool_models() -> tempfile::TempDir {
         let entry = entry.unwrap();
         std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name())).unwrap();
     }
-    let tools = dir.path().join("SmolLM2-135M-tools");
-    std::fs::create_dir(&tools).unwrap();
-    for entry in std::fs::read_dir(shared.join("SmolLM2-135M-Instruct")).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_name() != "chat_template.jinja" {
-            std::os::unix::fs::symlink(entry.path(), tools.join(entry.file_name())).unwrap();
+    let smollm = shared.join("SmolLM2-135M-Instruct");
+    let fused = fused_models().join("SmolLM2-135M-Instruct-fused-acc4");
+    for (name, model, template) in [
+        ("SmolLM2-135M-tools", &smollm, "chatml_tools.jinja"),
+        ("SmolLM2-135M-fused-tools", &fused, "chatml_tools.jinja"),
+        ("SmolLM2-135M-llama-tools", &smollm, "llama3_tools.jinja"),
+    ] {
+        let folder = dir.path().join(name);
+        std::fs::create_dir(&folder).unwrap();
+        for entry in std::fs::read_dir(model).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() != "chat_template.jinja" {
+                std::os::unix::fs::symlink(entry.path(), folder.join(entry.file_name())).unwrap();
+            }
         }
+        let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools").join(template);
+        std::fs::copy(template, folder.join("chat_template.jinja")).unwrap();
     }
-    let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/chatml_tools.jinja");
-    std::fs::copy(template, tools.join("chat_template.jinja")).unwrap();
     dir
 }
 

@@ -1,20 +1,18 @@
 """The official `openai` package, unchanged, calling tools through steadytextd's chat completions
 and Responses API.
 
-Usage: tools_client.py BASE_URL API_KEY TOOLS_MODEL PLAIN_MODEL VALIDITY_REQUESTS
+Usage: tools_client.py BASE_URL API_KEY TOOLS_MODEL PLAIN_MODEL
 TOOLS_MODEL's chat template takes tools (Hermes <tool_call> calls); PLAIN_MODEL's does not.
 Prints one JSON object of what came back; tests/tools.rs checks it (and compares it with stctl).
-The validity run sends VALIDITY_REQUESTS requests (tool sets x prompts, `required` and `auto`
-alternating) and checks every call against its tool's schema with `jsonschema`.
+The validity run is tools_validity.py.
 """
 
 import json
 import sys
 
-import jsonschema
 import openai
 
-base_url, api_key, tools_model, plain_model, validity_requests = sys.argv[1:6]
+base_url, api_key, tools_model, plain_model = sys.argv[1:5]
 client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 out = {}
 
@@ -150,75 +148,5 @@ for name, kw in errors.items():
         out["errors"][name] = "served"
     except openai.BadRequestError as e:
         out["errors"][name] = [e.status_code, e.body.get("message", "") if isinstance(e.body, dict) else str(e.body)]
-
-# Validity: tool sets with nested, enum, array and required parameters, `required` and `auto`.
-TOOL_SETS = [
-    [WEATHER, ADD],
-    [function("search_flights", "Find flights", {
-        "from": {"type": "string"}, "to": {"type": "string"},
-        "date": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"},
-        "cabin": {"enum": ["economy", "business", "first"]}}, ["from", "to", "date"])],
-    [function("create_event", "Add a calendar event", {
-        "title": {"type": "string", "maxLength": 40},
-        "when": {"type": "object", "properties": {"day": {"type": "integer", "minimum": 1, "maximum": 31},
-                                                   "hour": {"type": "integer", "minimum": 0, "maximum": 23}},
-                 "required": ["day", "hour"]},
-        "attendees": {"type": "array", "items": {"type": "string", "maxLength": 20}, "maxItems": 4}},
-        ["title", "when"])],
-    [function("set_lights", "Switch lights", {"room": {"enum": ["kitchen", "hall", "bedroom"]},
-                                              "on": {"type": "boolean"}}, ["room", "on"]),
-     function("set_heating", "Set the heating", {"celsius": {"type": "number", "minimum": 5, "maximum": 30}},
-              ["celsius"])],
-    [function("tag_photo", "Tag a photo", {"tags": {"type": "array", "items": {"enum": ["cat", "dog", "tree", "car"]}},
-                                          "rating": {"type": "integer", "minimum": 1, "maximum": 5}}, ["tags"])],
-    [function("send_mail", "Send an e-mail", {"to": {"type": "string", "maxLength": 40},
-                                               "subject": {"type": "string", "maxLength": 40},
-                                               "urgent": {"type": "boolean"}}, ["to", "subject"]),
-     WEATHER],
-    [function("convert", "Convert units", {"value": {"type": "number"}, "from_unit": {"enum": ["km", "mi", "m"]},
-                                           "to_unit": {"enum": ["km", "mi", "m"]}}, ["value", "from_unit", "to_unit"])],
-    [function("order_pizza", "Order a pizza", {
-        "size": {"enum": ["small", "medium", "large"]},
-        "toppings": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 3},
-        "address": {"type": "object", "properties": {"street": {"type": "string", "maxLength": 30},
-                                                     "number": {"type": "integer", "minimum": 1, "maximum": 999}},
-                    "required": ["street"]}}, ["size", "address"])],
-    [function("lookup_word", "Dictionary lookup", {"word": {"type": "string", "maxLength": 30},
-                                                    "language": {"enum": ["en", "fr", "de"]}}, ["word"]),
-     ADD],
-    [function("book_table", "Book a restaurant table", {"people": {"type": "integer", "minimum": 1, "maximum": 12},
-                                                        "time": {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"},
-                                                        "name": {"type": "string", "maxLength": 30}},
-              ["people", "time", "name"])],
-]
-PROMPTS = ["What is the weather in Oslo?", "Please book something for tomorrow.", "Add 12 and 30.",
-           "Turn on the kitchen lights.", "I need a flight from Paris to Rome on 2026-05-01.",
-           "Tag this photo of a cat under a tree.", "Send a mail to Ann about lunch.", "How far is 10 km in miles?",
-           "Order a large pizza to Main Street 5.", "Book a table for four at 19:30 for Lee."]
-checked, invalid, calls, texts, markup = 0, [], 0, 0, []
-for i in range(int(validity_requests)):
-    tools = TOOL_SETS[i % len(TOOL_SETS)]
-    prompt = PROMPTS[(i // len(TOOL_SETS) + i) % len(PROMPTS)]
-    mode = "required" if i % 2 == 0 else "auto"
-    got = create(messages=[{"role": "user", "content": prompt}], tools=tools, tool_choice=mode, max_tokens=128)
-    message = got.choices[0].message
-    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
-    checked += 1
-    if mode == "required" and not message.tool_calls:
-        invalid.append([i, "required gave no call", message.content])
-    for c in message.tool_calls or []:
-        calls += 1
-        if c.function.name not in schemas:
-            invalid.append([i, "unoffered tool", c.function.name])
-            continue
-        try:
-            jsonschema.validate(json.loads(c.function.arguments), schemas[c.function.name])
-        except Exception as e:  # noqa: BLE001 - any failure is the finding
-            invalid.append([i, c.function.name, c.function.arguments, str(e)[:200]])
-    if not message.tool_calls:
-        texts += 1
-        if "<tool_call>" in (message.content or ""):
-            markup.append([i, message.content])
-out["validity"] = {"requests": checked, "calls": calls, "texts": texts, "invalid": invalid, "markup_in_text": markup}
 
 print(json.dumps(out))

@@ -108,28 +108,39 @@ pub(super) fn sse(event: Option<&str>, data: &serde_json::Value) -> Bytes {
 pub(super) struct ContentStream {
     text: String,
     shown: usize,
-    opening: Option<&'static str>,
+    /// Whether the answer may hold calls (then every known syntax's opening is held back: the
+    /// front does not know the model's).
+    may_call: bool,
 }
 
 impl ContentStream {
-    /// For a request's params: call markup is held back when the request may call tools (the
-    /// one call syntax steadytext knows; a model that says calls another way is refused).
+    /// For a request's params: call markup is held back when the request may call tools.
     pub(super) fn for_params(params: &GenerateParams) -> Self {
         let may_call = !params.tools.is_empty() && params.tool_choice != Some(ToolChoice::None);
-        ContentStream { opening: may_call.then(|| CallSyntax::Hermes.opening()), ..Default::default() }
+        ContentStream { may_call, ..Default::default() }
     }
 
     /// What of `piece` (and what it held) may be shown now.
     pub(super) fn piece(&mut self, piece: &str) -> String {
         self.text.push_str(piece);
-        let Some(opening) = self.opening else { return self.show(self.text.len()) };
-        let visible = match self.text.find(opening) {
-            Some(at) => self.text[..at].trim_end().len(),
-            None => {
-                let partial = (1..opening.len()).rev().find(|&n| self.text.ends_with(&opening[..n])).unwrap_or(0);
-                self.text[..self.text.len() - partial].trim_end().len()
-            }
-        };
+        if !self.may_call {
+            return self.show(self.text.len());
+        }
+        let visible = CallSyntax::ALL
+            .iter()
+            .map(|syntax| {
+                let opening = syntax.opening();
+                match self.text.find(opening) {
+                    Some(at) => self.text[..at].trim_end().len(),
+                    None => {
+                        let partial =
+                            (1..opening.len()).rev().find(|&n| self.text.ends_with(&opening[..n])).unwrap_or(0);
+                        self.text[..self.text.len() - partial].trim_end().len()
+                    }
+                }
+            })
+            .min()
+            .unwrap_or(self.text.len());
         self.show(visible)
     }
 
