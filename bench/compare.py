@@ -576,9 +576,13 @@ def print_ceiling(ceiling):
 # result cache is off). A daemon that predates the prefix cache rejects the key: run it with ""
 # for both, and the two columns measure the same thing.
 PREFIX_CACHE = {"on": "prefix_mb = 512\n", "off": "prefix_mb = 0\n"}
-# The conversation: turns, words of each user message (~215 tokens: the history is ~2,000
-# tokens by the last turn), new tokens of each answer.
-TURNS, TURN_WORDS, TURN_NEW = 8, 190, 24
+# The conversations: turns, new tokens of each answer; words of each user message of the "long
+# turns" one (~215 tokens: the history is ~2,000 tokens by the last turn) and of the "agent" one,
+# which opens with a long system turn (instructions and six tool definitions, ~2,200 tokens, as
+# an agent sends) and then has short turns (~40 tokens).
+TURNS, TURN_NEW = 8, 24
+TURN_WORDS = {"long turns": 190, "agent": 30}
+AGENT_TOOLS = 6
 RERANK_DOCUMENTS = 20
 # Prefill lengths; the last is the fused model's context (8,192) less room for the new token.
 PREFILL_SIZES = (512, 2048, 8000)
@@ -594,12 +598,22 @@ def prefix_daemon(args, cache):
     return d
 
 
-def conversation(nonce):
-    """The conversation's system turn and user messages, deterministic text; the nonce opens the
-    system turn, so that nothing cached by an earlier run holds any of it."""
-    users = [" ".join(" ".join(sentences(12, 100 + turn)).split()[:TURN_WORDS]) + "\nWhat does that mean?"
+def conversation(nonce, shape):
+    """The conversation `shape` ("long turns" or "agent"): its system turn and user messages,
+    deterministic text; the nonce opens the system turn, so that nothing cached by an earlier
+    run holds any of it."""
+    users = [" ".join(" ".join(sentences(12, 100 + turn)).split()[:TURN_WORDS[shape]]) + "\nWhat does that mean?"
              for turn in range(TURNS)]
-    return f"Conversation {nonce}. {SYSTEM}", users
+    system = f"Conversation {nonce}. {SYSTEM}"
+    if shape == "agent":
+        tools = [{"type": "function", "function": {
+            "name": f"tool_{i}", "description": " ".join(sentences(3, 300 + i)),
+            "parameters": {"type": "object", "properties": {
+                word: {"type": "string", "description": sentence}
+                for word, sentence in zip(("query", "target", "mode"), sentences(3, 400 + i))}}}}
+            for i in range(AGENT_TOOLS)]
+        system += "\nYou can call these tools:\n" + "\n".join(json.dumps(t) for t in tools)
+    return system, users
 
 
 def chat_latencies(label, turn, system, users):
@@ -719,7 +733,7 @@ def prefix_figures(args):
     cache on and off, llama.cpp with its prompt cache beside them; and prefill tokens/s of
     steadytextd (prefix cache off) and llama.cpp at three prompt lengths."""
     nonce = f"{random.SystemRandom().randrange(10 ** 8):08d}"
-    system, users = conversation(nonce)
+    shapes = {shape: conversation(nonce, shape) for shape in TURN_WORDS}
     documents = sentences(RERANK_DOCUMENTS, 7)
     prompts = prefill_prompts(Tokenizer.from_file(os.path.join(args.fused, "tokenizer.json")))
     turns, answers, rerank = {}, {}, {}
@@ -728,7 +742,8 @@ def prefix_figures(args):
               "result cache off", flush=True)
         d = prefix_daemon(args, cache)
         model = d.call("generate", {"prompt": f"warm up {nonce}", "max_new_tokens": 4})["model"]
-        turns[cache], answers[cache] = chat_latencies(cache, daemon_turn(d), system, users)
+        for shape, (system, users) in shapes.items():
+            turns[shape, cache], answers[shape, cache] = chat_latencies(f"{shape}, {cache}", daemon_turn(d), system, users)
         rerank[cache] = rerank_seconds(d, model, documents, nonce)
         print(f"  {cache} rerank of {RERANK_DOCUMENTS} documents: {1e3 * rerank[cache]:.0f} ms", flush=True)
         if cache == "off":
@@ -739,22 +754,27 @@ def prefix_figures(args):
         print("llama.cpp (llama-cpp-python), one Llama kept across requests (its prompt cache)", flush=True)
         llama = LlamaCppSession(args.gguf)
         llama.turn([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "warm up"}])
-        turns["llama.cpp"], _ = chat_latencies("llama.cpp", llama.turn, system, users)
+        for shape, (system, users) in shapes.items():
+            turns[shape, "llama.cpp"], _ = chat_latencies(f"{shape}, llama.cpp", llama.turn, system, users)
         llama.prefill_seconds(prompts[0][2][:64])
         llama_prefill_s = {n: llama.prefill_seconds(ids) for n, _, ids in prompts}
-    if answers["on"] != answers["off"]:
-        sys.exit("the conversation's answers differ with the prefix cache on and off: "
-                 + json.dumps({"on": answers["on"], "off": answers["off"]}))
-    table = []
-    for i in range(TURNS):
-        on, off = turns["on"][i], turns["off"][i]
-        row = {"turn": i + 1, "prompt_tokens": off["prompt_tokens"], "reused_on": on["reused"], "reused_off": off["reused"],
-               "first_ms_on": on["first_ms"], "first_ms_off": off["first_ms"], "speedup": off["first_ms"] / on["first_ms"]}
-        if "llama.cpp" in turns:
-            lc = turns["llama.cpp"][i]
-            row.update({"first_ms_llama_cpp": lc["first_ms"], "llama_cpp_prompt_tokens": lc["prompt_tokens"],
-                        "llama_cpp_reused": lc["reused"]})
-        table.append(row)
+    conversations = {}
+    for shape in shapes:
+        if answers[shape, "on"] != answers[shape, "off"]:
+            sys.exit(f"the {shape} conversation's answers differ with the prefix cache on and off: "
+                     + json.dumps({"on": answers[shape, "on"], "off": answers[shape, "off"]}))
+        table = []
+        for i in range(TURNS):
+            on, off = turns[shape, "on"][i], turns[shape, "off"][i]
+            row = {"turn": i + 1, "prompt_tokens": off["prompt_tokens"], "reused_on": on["reused"],
+                   "reused_off": off["reused"], "first_ms_on": on["first_ms"], "first_ms_off": off["first_ms"],
+                   "speedup": off["first_ms"] / on["first_ms"]}
+            if (shape, "llama.cpp") in turns:
+                lc = turns[shape, "llama.cpp"][i]
+                row.update({"first_ms_llama_cpp": lc["first_ms"], "llama_cpp_prompt_tokens": lc["prompt_tokens"],
+                            "llama_cpp_reused": lc["reused"]})
+            table.append(row)
+        conversations[shape] = {"turns": table, "speedup_turns_2_8": statistics.mean(r["speedup"] for r in table[1:])}
     prefill = []
     for n, _, ids in prompts:
         counted, seconds = daemon_prefill_s[n]
@@ -763,9 +783,8 @@ def prefix_figures(args):
             row.update({"llama_cpp_tokens": len(ids), "llama_cpp_tokens_per_s": len(ids) / llama_prefill_s[n]})
             row["ratio"] = row["steadytextd_tokens_per_s"] / row["llama_cpp_tokens_per_s"]
         prefill.append(row)
-    return {"prefix_cache": PREFIX_CACHE, "new_tokens_per_turn": TURN_NEW, "conversation": table,
+    return {"prefix_cache": PREFIX_CACHE, "new_tokens_per_turn": TURN_NEW, "conversations": conversations,
             "answers_equal_on_off": True,
-            "conversation_speedup_turns_2_8": statistics.mean(r["speedup"] for r in table[1:]),
             "rerank": {"documents": RERANK_DOCUMENTS, "ms_on": 1e3 * rerank["on"], "ms_off": 1e3 * rerank["off"],
                        "speedup": rerank["off"] / rerank["on"]},
             "prefill": prefill}
@@ -775,17 +794,19 @@ def print_prefix(prefix):
     def cell(row, key, spec):
         return format(row[key], spec) if key in row else "-"
 
-    print(f"8-turn conversation, ms to the first piece (token), greedy, {prefix['new_tokens_per_turn']} new tokens a "
-          f"turn; steadytextd fused, prefix cache on ({prefix['prefix_cache']['on'].strip() or 'not configured'}) "
-          f"and off ({prefix['prefix_cache']['off'].strip() or 'not configured'}), result cache off")
-    print("| turn | prompt tokens | reused on / off | on ms | off ms | speedup on/off | llama.cpp ms | llama.cpp reused / prompt tokens |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in prefix["conversation"]:
-        print(f"| {r['turn']} | {r['prompt_tokens']} | {r['reused_on']} / {r['reused_off']} | {r['first_ms_on']:.0f} | {r['first_ms_off']:.0f} "
-              f"| {r['speedup']:.2f}x | {cell(r, 'first_ms_llama_cpp', '.0f')} "
-              f"| {cell(r, 'llama_cpp_reused', 'd')} / {cell(r, 'llama_cpp_prompt_tokens', 'd')} |")
-    print(f"\nMean speedup on/off, turns 2-{len(prefix['conversation'])}: "
-          f"{prefix['conversation_speedup_turns_2_8']:.2f}x (goal >= 5x)\n")
+    for shape, conversation_figures in prefix["conversations"].items():
+        print(f"8-turn conversation ({shape}), ms to the first piece (token), greedy, {prefix['new_tokens_per_turn']} "
+              f"new tokens a turn; steadytextd fused, prefix cache on "
+              f"({prefix['prefix_cache']['on'].strip() or 'not configured'}) and off "
+              f"({prefix['prefix_cache']['off'].strip() or 'not configured'}), result cache off")
+        print("| turn | prompt tokens | reused on / off | on ms | off ms | speedup on/off | llama.cpp ms | llama.cpp reused / prompt tokens |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in conversation_figures["turns"]:
+            print(f"| {r['turn']} | {r['prompt_tokens']} | {r['reused_on']} / {r['reused_off']} | {r['first_ms_on']:.0f} "
+                  f"| {r['first_ms_off']:.0f} | {r['speedup']:.2f}x | {cell(r, 'first_ms_llama_cpp', '.0f')} "
+                  f"| {cell(r, 'llama_cpp_reused', 'd')} / {cell(r, 'llama_cpp_prompt_tokens', 'd')} |")
+        print(f"\nMean speedup on/off ({shape}), turns 2-{len(conversation_figures['turns'])}: "
+              f"{conversation_figures['speedup_turns_2_8']:.2f}x (goal >= 5x)\n")
     r = prefix["rerank"]
     print(f"| rerank of {r['documents']} documents by the generation model, best of {PASSES} | on ms | off ms | speedup on/off |")
     print("|---|---|---|---|")

@@ -31,7 +31,7 @@ def client_loop(daemon, index, stop, counts, failures):
     conversation = 0
     while not stop.is_set():
         conversation += 1
-        system, users = compare.conversation(f"{index}-{conversation}-{rng.randrange(10 ** 9)}")
+        system, users = compare.conversation(f"{index}-{conversation}-{rng.randrange(10 ** 9)}", "long turns")
         messages = [{"role": "system", "content": system}]
         for user in users:
             if stop.is_set():

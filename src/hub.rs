@@ -376,35 +376,53 @@ impl Pull {
             .chain(crate::model::CONFIG_FILES)
             .filter_map(|name| top(name).map(|s| (s, dest.join(name))))
             .collect();
+        // The graph keeps its place when model discovery finds it there (`model.onnx`,
+        // `onnx/model*.onnx`, or where genai_config.json says), else it becomes `model.onnx`; its
+        // external data go beside it under the names the graph gives them.
+        let kept = onnx == "model.onnx"
+            || onnx.strip_prefix("onnx/").is_some_and(|f| f.starts_with("model") && !f.contains('/'));
+        let graph = match onnx.strip_prefix(&base) {
+            Some(file) if !base.is_empty() => dest.join(file),
+            _ if kept => dest.join(&onnx),
+            _ => dest.join("model.onnx"),
+        };
         // The weights beside the graph, by the names exporters give them (`model.onnx.data`,
         // `model.onnx_data`, `model.onnx_data_1`): what the graph names is checked once it is here.
         let weights = info.siblings.iter().filter(|s| {
             s.rfilename.strip_prefix(onnx.as_str()).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('_'))
         });
-        let planned: Vec<(&Sibling, u64)> = small
+        let beside = |s: &Sibling| graph.with_file_name(s.rfilename.rsplit('/').next().unwrap_or(&s.rfilename));
+        let planned: Vec<(&Sibling, PathBuf)> = small
             .iter()
-            .map(|(s, _)| *s)
-            .chain(sibling(&onnx))
-            .chain(weights)
-            .map(|s| (s, s.lfs.as_ref().map(|l| l.size).or(s.size).unwrap_or(0)))
+            .cloned()
+            .chain(sibling(&onnx).map(|s| (s, graph.clone())))
+            .chain(weights.map(|s| (s, beside(s))))
             .collect();
-        let total: u64 = planned.iter().map(|(_, size)| size).sum();
+        let size = |s: &Sibling| s.lfs.as_ref().map(|l| l.size).or(s.size).unwrap_or(0);
+        let total: u64 = planned.iter().map(|(s, _)| size(s)).sum();
+        // Files already there at their size are most likely kept (their hash decides).
+        let needed: u64 = planned
+            .iter()
+            .filter(|(s, target)| std::fs::metadata(target).map_or(true, |m| m.len() != size(s)))
+            .map(|(s, _)| size(s))
+            .sum();
         say(&format!(
-            "pulling {}@{} {onnx}: {} files, {} (the graph and its weights {})",
+            "pulling {}@{} {onnx}: {} files, {} (the graph and its weights {}), {} to download",
             self.repo,
             &info.sha[..info.sha.len().min(12)],
             planned.len(),
             indicatif::HumanBytes(total),
-            indicatif::HumanBytes(planned.iter().skip(small.len()).map(|(_, size)| size).sum()),
+            indicatif::HumanBytes(planned.iter().skip(small.len()).map(|(s, _)| size(s)).sum()),
+            indicatif::HumanBytes(needed),
         ));
         std::fs::create_dir_all(&self.model_dir).map_err(|e| Error::io(&self.model_dir, e))?;
         let free = crate::fsutil::free_bytes(&self.model_dir).map_err(|e| Error::io(&self.model_dir, e))?;
-        if free < total {
+        if free < needed {
             return Err(hub_error(
                 &self.repo,
                 format!(
-                    "the pull needs up to {} and {} has {} free; free some space or pull into another --model-dir",
-                    indicatif::HumanBytes(total),
+                    "the pull needs {} more and {} has {} free; free some space or pull into another --model-dir",
+                    indicatif::HumanBytes(needed),
                     self.model_dir.display(),
                     indicatif::HumanBytes(free)
                 ),
@@ -420,16 +438,6 @@ impl Pull {
         for (s, target) in &small {
             self.fetch(&agent, &info.sha, s, target, progress)?;
         }
-        // The graph keeps its place when model discovery finds it there (`model.onnx`,
-        // `onnx/model*.onnx`, or where genai_config.json says), else it becomes `model.onnx`; its
-        // external data go beside it under the names the graph gives them.
-        let kept = onnx == "model.onnx"
-            || onnx.strip_prefix("onnx/").is_some_and(|f| f.starts_with("model") && !f.contains('/'));
-        let graph = match onnx.strip_prefix(&base) {
-            Some(file) if !base.is_empty() => dest.join(file),
-            _ if kept => dest.join(&onnx),
-            _ => dest.join("model.onnx"),
-        };
         self.fetch(&agent, &info.sha, sibling(&onnx).expect("picked among the siblings"), &graph, progress)?;
         if let Some(why) = float16_cache(&graph)? {
             let _ = std::fs::remove_file(&graph);

@@ -22,8 +22,9 @@ const FUSED_TOOLS_MODEL: &str = "SmolLM2-135M-fused-tools";
 const LLAMA_TOOLS_MODEL: &str = "SmolLM2-135M-llama-tools";
 
 /// Requests of the validity run in `make test`, per model (`STEADYTEXT_TOOLS_VALIDITY` sets
-/// another count; the run is 200).
-const VALIDITY_REQUESTS: usize = 10;
+/// another count; the run is 200). Request 11 on the fused model is a call opened in
+/// `auto` by a token that carries bytes past the opening (`></`).
+const VALIDITY_REQUESTS: usize = 12;
 
 #[test]
 fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
@@ -104,10 +105,12 @@ fn tool_calls_are_valid_deterministic_and_the_same_on_every_front() {
         assert_eq!(validity["requests"].as_u64().unwrap().to_string(), count, "{model}");
         assert_eq!(validity["invalid"], json!([]), "{model}: {validity}");
         assert_eq!(validity["markup_in_text"], json!([]), "{model}: {validity}");
-        assert!(
-            validity["calls"].as_u64().unwrap() * 2 >= validity["requests"].as_u64().unwrap(),
-            "{model}: {validity}"
-        );
+        // A call the budget cut short is refused with a clear 422, never returned half-written:
+        // allowed, but rare (the shared SmolLM2 was not trained on Llama's syntax and can loop
+        // inside a string: 6 of 200 there, 0 of 200 with the ChatML template).
+        let (calls, requests) = (validity["calls"].as_u64().unwrap(), validity["requests"].as_u64().unwrap());
+        let incomplete = validity["incomplete"].as_array().unwrap().len() as u64;
+        assert!((calls + incomplete) * 2 >= requests && incomplete * 6 <= requests, "{model}: {validity}");
     }
 
     // Llama 3.x's syntax: a required call is a bare JSON object; fed back with the tool's result

@@ -296,14 +296,15 @@ impl<B: DecoderBackend> Generator<B> {
         if let Some(Err(e)) = s.guide.as_mut().map(|g| g.consume(token)) {
             return Ok(s.fail(e));
         }
+        let token = match self.watch_for_call(s, token, &logits) {
+            Ok(token) => token,
+            Err(e) => return Ok(s.fail(e)),
+        };
         if let (Some(raw), Some(request), Some(steps)) = (raw, &s.request.logprobs, &mut s.logprobs) {
             steps.push(LogSoftmax::new(&raw).step(&self.tokenizer, request, &s.follow, token)?);
         }
         s.ids.push(token);
         s.pending_input = vec![token];
-        if let Err(e) = self.watch_for_call(s) {
-            return Ok(s.fail(e));
-        }
         let mut out = String::new();
         if let Some(piece) = s.detok.next(&self.tokenizer, &s.ids)? {
             out = s.push_text(&piece);
@@ -323,39 +324,66 @@ impl<B: DecoderBackend> Generator<B> {
         Ok(out)
     }
 
-    /// With tool choice `auto`, until the model opens a call: whether the token just taken
-    /// completed the call syntax's opening; then the tools' grammar holds the rest of the answer,
-    /// fed from the token where the opening began (with the text of that token before it).
-    fn watch_for_call(&self, s: &mut Sequence<B::State>) -> std::result::Result<(), String> {
+    /// With tool choice `auto`, until the model opens a call: whether `token`, chosen from
+    /// `logits` for the next position, completes the call syntax's opening; then the tools'
+    /// grammar holds the rest of the answer, fed from the token where the opening began (with the
+    /// text of that token before it). When `token` also carries bytes after the opening that no
+    /// call can have (a token `></` that closes `<tool_call` and goes on), the grammar chooses
+    /// this position's token again from the same logits, as the sampler would have under it.
+    /// Returns the token to take. Everything is a function of the logits and the tokens so far.
+    fn watch_for_call(
+        &self,
+        s: &mut Sequence<B::State>,
+        token: u32,
+        logits: &[f32],
+    ) -> std::result::Result<u32, String> {
         let (Some(watch), Some(compiler), Some(tools)) = (&mut s.calls, &self.constraints, &s.request.tools) else {
-            return Ok(());
+            return Ok(token);
         };
         if !watch.waiting {
-            return Ok(());
+            return Ok(token);
         }
-        let token = *s.ids.last().expect("a token was just taken");
         watch.starts.push(watch.bytes.len());
         let piece = compiler.token_bytes(token).map_err(|e| e.to_string())?;
         let opening = watch.syntax.opening().as_bytes();
         let from = watch.bytes.len().saturating_sub(opening.len() - 1);
         watch.bytes.extend_from_slice(&piece);
         let Some(at) = watch.bytes[from..].windows(opening.len()).position(|w| w == opening).map(|i| i + from) else {
-            return Ok(());
+            return Ok(token);
         };
+        // Token `first` (of the answer's tokens, this one being the last) holds the opening's start.
         let first = watch.starts.iter().rposition(|&start| start <= at).expect("the first token starts at 0");
         let before = std::str::from_utf8(&watch.bytes[watch.starts[first]..at]).map_err(|_| {
             "the model opened a tool call inside a character; it cannot be held to the tools".to_string()
         })?;
-        let mut guide = compiler.compile_tools(&watch.syntax.grammar(tools, before)).map_err(|e| e.to_string())?;
-        for &id in &s.ids[first..] {
-            guide.consume(id)?;
-        }
+        let grammar = watch.syntax.grammar(tools, before);
+        let held = || -> std::result::Result<Guide, String> {
+            let mut guide = compiler.compile_tools(&grammar).map_err(|e| e.to_string())?;
+            for &id in &s.ids[first.min(s.ids.len())..] {
+                guide.consume(id)?;
+            }
+            Ok(guide)
+        };
+        let mut guide = held()?;
+        let token = match guide.consume(token) {
+            Ok(()) => token,
+            Err(_) => {
+                guide = held()?;
+                let mut masked = logits.to_vec();
+                guide.mask(&mut masked)?;
+                let again = sampler::select(&masked, &s.request.sampling, s.request.seed, s.ids.len() as u64)
+                    .map_err(|e| e.to_string())?;
+                guide.consume(again)?;
+                again
+            }
+        };
+        let watch = s.calls.as_mut().expect("watched above");
         watch.waiting = false;
         watch.opened_at = first;
         watch.bytes = Vec::new();
         watch.starts = Vec::new();
         s.guide = Some(guide);
-        Ok(())
+        Ok(token)
     }
 
     /// Starts a generation as a stream of text pieces (one sequence alone).

@@ -5,7 +5,9 @@ arguments must satisfy that tool's schema (Python's `jsonschema`); a text answer
 MARKUP (the opening of a call in the model's syntax).
 
 Usage: tools_validity.py BASE_URL API_KEY MODEL REQUESTS MARKUP
-Prints one JSON object: requests, calls, texts, invalid, markup_in_text.
+Prints one JSON object: requests, calls, texts, incomplete (422: max_tokens ran out before the
+call closed; no call returned), invalid (a wrong call, a `required` answer without one, any other
+error), markup_in_text.
 """
 
 import json
@@ -72,13 +74,24 @@ PROMPTS = ["What is the weather in Oslo?", "Please book something for tomorrow."
            "Turn on the kitchen lights.", "I need a flight from Paris to Rome on 2026-05-01.",
            "Tag this photo of a cat under a tree.", "Send a mail to Ann about lunch.", "How far is 10 km in miles?",
            "Order a large pizza to Main Street 5.", "Book a table for four at 19:30 for Lee."]
-checked, invalid, calls, texts, markup = 0, [], 0, 0, []
+checked, invalid, incomplete, calls, texts, markup = 0, [], [], 0, 0, []
 for i in range(int(requests)):
     tools = TOOL_SETS[i % len(TOOL_SETS)]
     prompt = PROMPTS[(i // len(TOOL_SETS) + i) % len(PROMPTS)]
     mode = "required" if i % 2 == 0 else "auto"
-    got = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}], tools=tools,
-                                         tool_choice=mode, max_tokens=128)
+    try:
+        got = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                             tools=tools, tool_choice=mode, max_tokens=128)
+    except openai.UnprocessableEntityError as e:
+        # The budget ran out before the call closed (a small model repeating itself inside a
+        # string): no call is returned, the client is told why (422, output incomplete).
+        checked += 1
+        incomplete.append([i, mode, str(e)[:200]])
+        continue
+    except openai.APIError as e:
+        checked += 1
+        invalid.append([i, mode, "refused", str(e)[:300]])
+        continue
     message = got.choices[0].message
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
     checked += 1
@@ -97,4 +110,5 @@ for i in range(int(requests)):
         texts += 1
         if markup_opening in (message.content or ""):
             markup.append([i, message.content])
-print(json.dumps({"requests": checked, "calls": calls, "texts": texts, "invalid": invalid, "markup_in_text": markup}))
+print(json.dumps({"requests": checked, "calls": calls, "texts": texts, "incomplete": incomplete, "invalid": invalid,
+                  "markup_in_text": markup}))

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Where a decode step goes: ONNX Runtime's own per-operator profile of the fused decoder's
+decode steps (one new token per row) at 1, 8 and 16 rows and 100, 250 and 1,000 positions of
+past, 2 intra-op threads, as the daemon runs them (one shared KV buffer, rows batched in one
+call). Prints, per shape, the step's time and the share of each operator type (MatMulNBits,
+GroupQueryAttention, the rest), from the profile's node events; the step time minus the nodes'
+is the call's own overhead (binding, scheduling between nodes).
+
+    python3 bench/decode_profile.py FUSED_MODEL_DIR [JSON]
+"""
+
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "fused-decoder"))
+from batch_invariance import Decoder  # noqa: E402  (the shared-buffer decode call)
+
+ROWS = (1, 8, 16)
+PASTS = (100, 250, 1000)
+WARM, STEPS = 3, 20
+
+
+def profile(model_dir, config, rows, past, vocab):
+    """(seconds per step, {op type: ms per step}) of STEPS decode steps of `rows` rows holding
+    `past` positions each (KV of random values: the time does not depend on them), profiled."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    opts.inter_op_num_threads = 1
+    opts.enable_profiling = True
+    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "decode")
+    sess = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    dec = Decoder(sess, config)
+    rng = np.random.default_rng(rows * 10000 + past)
+    bufs = dec.buffers(rows, past + WARM + STEPS + 1)
+    for b in bufs:
+        b[...] = rng.standard_normal(b.shape, dtype=np.float32)
+    done = past
+    for _ in range(WARM):
+        dec.run(bufs, [[int(t)] for t in rng.integers(100, vocab - 100, rows)], [done] * rows)
+        done += 1
+    t = time.perf_counter()
+    for _ in range(STEPS):
+        dec.run(bufs, [[int(t)] for t in rng.integers(100, vocab - 100, rows)], [done] * rows)
+        done += 1
+    seconds = (time.perf_counter() - t) / STEPS
+    events = json.load(open(sess.end_profiling()))
+    runs = [e for e in events if e.get("name") == "model_run"]
+    # Only the timed steps: node events after the warm-up runs ended.
+    after = runs[WARM - 1]["ts"] + runs[WARM - 1]["dur"] if len(runs) >= WARM else 0
+    by_op = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= after:
+            by_op[e["args"]["op_name"]] += e["dur"] / 1e3 / STEPS
+    return seconds, dict(by_op)
+
+
+def main():
+    model_dir = sys.argv[1]
+    config = json.load(open(os.path.join(model_dir, "genai_config.json")))
+    vocab = config["model"]["vocab_size"]
+    out = []
+    print("| rows | past | step ms | nodes ms | MatMulNBits | GroupQueryAttention | the rest | ms per row |")
+    print("|---|---|---|---|---|---|---|---|")
+    for rows in ROWS:
+        for past in PASTS:
+            seconds, by_op = profile(model_dir, config, rows, past, vocab)
+            nodes = sum(by_op.values())
+            mm, gqa = by_op.get("MatMulNBits", 0.0), by_op.get("GroupQueryAttention", 0.0)
+            rest = nodes - mm - gqa
+            out.append({"rows": rows, "past": past, "step_ms": 1e3 * seconds, "nodes_ms": nodes, "ops_ms": by_op})
+            print(f"| {rows} | {past} | {1e3 * seconds:.2f} | {nodes:.2f} | {mm:.2f} ({100 * mm / nodes:.0f}%) | "
+                  f"{gqa:.2f} ({100 * gqa / nodes:.0f}%) | {rest:.2f} ({100 * rest / nodes:.0f}%) | "
+                  f"{1e3 * seconds / rows:.2f} |", flush=True)
+    if len(sys.argv) > 2:
+        json.dump(out, open(sys.argv[2], "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
