@@ -237,7 +237,7 @@ fn a_one_token_chunk_after_a_cached_prefix_is_caught() {
     let config = common::config(2);
     let (_, generator) = steadytext::engine::load_generator(&config, fused().to_str().unwrap()).unwrap();
     let mut generator = generator.with_prefix_cache(64 << 20).unwrap();
-    // The probe holds at several thousand tokens (chunks of 512 cut after a cached prefix), and
+    // The probe holds at several thousand tokens (chunks of 128 cut after a cached prefix), and
     // fails when a 1-token chunk follows the prefix.
     assert_eq!(generator.probe_prefix_reuse(3000, ReuseRule::EXACT).unwrap(), None);
     let loose = ReuseRule { min_prefill: 1, aligned: false };

@@ -4,7 +4,7 @@
 //! the rest.
 //!
 //! Why it never changes an answer, by construction: every prompt is prefilled in calls that start
-//! and end at fixed positions ([`next_boundary`]: every 64 tokens up to 512, then 128, 256, 512),
+//! and end at fixed positions ([`next_boundary`]: every 64 tokens up to 512, then every 128),
 //! a pure function of the position, with or without the cache. The cache keeps the KV of whole
 //! calls only (never a partial last call, never a generated token's), and a prompt takes from it
 //! only whole calls, ending at a boundary at least [`MIN_PREFILL`] tokens before its end. So every
@@ -31,18 +31,19 @@ use crate::error::Result;
 pub const MIN_PREFILL: usize = 2;
 
 /// The boundaries below, for the engine fingerprint (a change changes answers' bits).
-pub const BOUNDARIES: &str = "every 64 to 512, 128 to 1024, 256 to 2048, then 512";
+pub const BOUNDARIES: &str = "every 64 to 512, then 128";
 
 /// Tokens between prefill boundaries around position `pos`: small calls early (shared system
-/// prompts and rerank instructions are reused at a fine grain), large ones later (long prompts
-/// prefill fast: on 2 cores a 4,000-token prompt took 17.8 s in calls of 64 tokens, 13.2 s in
-/// calls of 128 and 12.4 s in calls of 512). Each size divides the position where it starts.
+/// prompts and rerank instructions are reused at a fine grain), 128 after: a conversation turn
+/// re-prefills at most 127 tokens it shares with the last one. Larger calls prefill long prompts
+/// only a little faster (on 2 cores a 4,000-token prompt took 17.8 s in calls of 64 tokens, 13.2 s
+/// in calls of 128 and 12.4 s in calls of 512), while an agent's turn after a 2,300-token
+/// history re-prefilled up to 511 tokens with 512-token calls past 2,048 (the prefix section of
+/// `make bench`). Each size divides the position where it starts.
 fn block_at(pos: usize) -> usize {
     match pos {
         0..512 => 64,
-        512..1024 => 128,
-        1024..2048 => 256,
-        _ => 512,
+        _ => 128,
     }
 }
 
@@ -451,17 +452,17 @@ mod tests {
 
     #[test]
     fn prefill_calls_end_at_fixed_boundaries() {
-        let cases = [(0, 64), (63, 64), (64, 128), (500, 512), (512, 640), (1000, 1024), (1024, 1280), (2047, 2048)];
+        let cases = [(0, 64), (63, 64), (64, 128), (500, 512), (512, 640), (1000, 1024), (1024, 1152), (2047, 2048)];
         for (pos, next) in cases {
             assert_eq!(next_boundary(pos), next, "after {pos}");
         }
-        assert_eq!(next_boundary(2048), 2560);
-        assert_eq!((boundary_at_or_below(600), boundary_at_or_below(2559), boundary_at_or_below(63)), (512, 2048, 0));
+        assert_eq!(next_boundary(2048), 2176);
+        assert_eq!((boundary_at_or_below(600), boundary_at_or_below(2559), boundary_at_or_below(63)), (512, 2432, 0));
         for total in 1..3000 {
             let mut fed = 0;
             while fed < total {
                 let take = chunk_len(fed, total - fed);
-                assert!((1..=512).contains(&take));
+                assert!((1..=128).contains(&take));
                 fed += take;
                 assert!(fed == total || fed == boundary_at_or_below(fed), "{total}: a call ended at {fed}");
             }
