@@ -10,18 +10,16 @@ Python harness, which also binds every KV buffer anew and copies every output ba
     python3 bench/decode_profile.py FUSED_MODEL_DIR [JSON]
 """
 
-import collections
 import json
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
-import onnxruntime as ort
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools", "fused-decoder"))
 from batch_invariance import Decoder  # noqa: E402  (the shared-buffer decode call)
+from prefill_profile import ms_by_op, profiled_session  # noqa: E402  (the same profiling)
 
 ROWS = (1, 8, 16)
 PASTS = (100, 250, 1000)
@@ -31,12 +29,7 @@ WARM, STEPS = 3, 20
 def profile(model_dir, config, rows, past, vocab):
     """(seconds per step, {op type: ms per step}) of STEPS decode steps of `rows` rows holding
     `past` positions each (KV of random values: the time does not depend on them), profiled."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    opts.inter_op_num_threads = 1
-    opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "decode")
-    sess = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    sess = profiled_session(model_dir, "decode")
     dec = Decoder(sess, config)
     rng = np.random.default_rng(rows * 10000 + past)
     bufs = dec.buffers(rows, past + WARM + STEPS + 1)
@@ -51,15 +44,7 @@ def profile(model_dir, config, rows, past, vocab):
         dec.run(bufs, [[int(t)] for t in rng.integers(100, vocab - 100, rows)], [done] * rows)
         done += 1
     seconds = (time.perf_counter() - t) / STEPS
-    events = json.load(open(sess.end_profiling()))
-    runs = [e for e in events if e.get("name") == "model_run"]
-    # Only the timed steps: node events after the warm-up runs ended.
-    after = runs[WARM - 1]["ts"] + runs[WARM - 1]["dur"] if len(runs) >= WARM else 0
-    by_op = collections.Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= after:
-            by_op[e["args"]["op_name"]] += e["dur"] / 1e3 / STEPS
-    return seconds, dict(by_op)
+    return seconds, ms_by_op(sess, WARM, STEPS)  # the timed steps: after the warm-up runs
 
 
 def main():

@@ -25,14 +25,31 @@ LENGTHS = (512, 2048, 8000)
 CALL = 512
 
 
-def profile(model_dir, config, n, vocab):
-    """(seconds, {op type: ms}) of prefilling n tokens in CALL-token calls, profiled."""
+def profiled_session(model_dir, name):
+    """A session of the model with ONNX Runtime's profiler on, 2 intra-op threads."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     opts.inter_op_num_threads = 1
     opts.enable_profiling = True
-    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "prefill")
-    sess = ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+    opts.profile_file_prefix = os.path.join(tempfile.mkdtemp(), name)
+    return ort.InferenceSession(os.path.join(model_dir, "model.onnx"), opts, providers=["CPUExecutionProvider"])
+
+
+def ms_by_op(sess, warm_runs, per=1):
+    """{op type: ms / per} of the node events after the first `warm_runs` runs of the profile."""
+    events = json.load(open(sess.end_profiling()))
+    runs = [e for e in events if e.get("name") == "model_run"]
+    after = runs[warm_runs - 1]["ts"] + runs[warm_runs - 1]["dur"] if len(runs) >= warm_runs else 0
+    by_op = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= after:
+            by_op[e["args"]["op_name"]] += e["dur"] / 1e3 / per
+    return dict(by_op)
+
+
+def profile(model_dir, config, n, vocab):
+    """(seconds, {op type: ms}) of prefilling n tokens in CALL-token calls, profiled."""
+    sess = profiled_session(model_dir, "prefill")
     dec = Decoder(sess, config)
     ids = np.random.default_rng(n).integers(100, vocab - 100, n).tolist()
     bufs = dec.buffers(1, n + 8)
@@ -44,15 +61,7 @@ def profile(model_dir, config, n, vocab):
         dec.run(bufs, [chunk], [done])
         done += len(chunk)
     seconds = time.perf_counter() - t
-    events = json.load(open(sess.end_profiling()))
-    runs = [e for e in events if e.get("name") == "model_run"]
-    # Only the timed calls: node events after the warm-up run ended.
-    after = runs[0]["ts"] + runs[0]["dur"] if runs else 0
-    by_op = collections.Counter()
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= after:
-            by_op[e["args"]["op_name"]] += e["dur"] / 1e3
-    return seconds, dict(by_op)
+    return seconds, ms_by_op(sess, 1)  # the timed calls: after the warm-up run
 
 
 def main():

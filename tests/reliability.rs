@@ -170,16 +170,7 @@ fn grammar_chain(n: usize, upper: bool) -> String {
 
 /// `POST path` with `body` over HTTP on 127.0.0.1:`port` with the key; status and body.
 fn post(port: u16, path: &str, body: &Value) -> (u16, String) {
-    let url = format!("http://127.0.0.1:{port}{path}");
-    curl(&[
-        "-H",
-        &format!("Authorization: Bearer {KEY}"),
-        "-H",
-        "Content-Type: application/json",
-        "-d",
-        &body.to_string(),
-        &url,
-    ])
+    common::http::post_json(&format!("http://127.0.0.1:{port}{path}"), body)
 }
 
 #[test]

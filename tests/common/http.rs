@@ -159,6 +159,12 @@ pub fn tls_files() -> (tempfile::TempDir, String) {
     (pki, config)
 }
 
+/// `POST url` with the JSON `body` and the test key: the HTTP status and the body.
+pub fn post_json(url: &str, body: &serde_json::Value) -> (u16, String) {
+    let auth = format!("Authorization: Bearer {KEY}");
+    curl(&["-H", &auth, "-H", "Content-Type: application/json", "-d", &body.to_string(), url])
+}
+
 /// `curl -s ARGS`: the HTTP status (0: no answer) and the body.
 pub fn curl(args: &[&str]) -> (u16, String) {
     let out: Output =

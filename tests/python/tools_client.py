@@ -12,20 +12,11 @@ import sys
 
 import openai
 
+from tool_sets import ADD, WEATHER, function
+
 base_url, api_key, tools_model, plain_model = sys.argv[1:5]
 client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
 out = {}
-
-
-def function(name, description, properties, required):
-    return {"type": "function", "function": {"name": name, "description": description, "parameters": {
-        "type": "object", "properties": properties, "required": required}}}
-
-
-WEATHER = function("get_weather", "Get the current weather in a city",
-                   {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-                   ["city"])
-ADD = function("add", "Add two numbers", {"a": {"type": "number"}, "b": {"type": "number"}}, ["a", "b"])
 
 
 def create(**kw):
