@@ -602,7 +602,9 @@ impl<S> Sequence<S> {
     fn calls_end_here(&mut self) -> bool {
         let Some(watch) = self.calls.as_mut().filter(|w| !w.waiting) else { return false };
         let text = format!("{}{}", self.text, self.held);
-        if !watch.syntax.ends_with_call(&text) {
+        // A call closed where the grammar could end: the closing tag written inside a call's
+        // string argument is not the call's end.
+        if !watch.syntax.ends_with_call(&text) || !self.guide.as_mut().is_some_and(Guide::is_accepting) {
             return false;
         }
         let written = self.ids.len();
