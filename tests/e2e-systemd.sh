@@ -133,36 +133,40 @@ check "the daemon starts without models and says what to pull" bash -c "! nsente
 fresh_state="$(c systemctl show -P ActiveState steadytext.service) $(c systemctl show -P NRestarts steadytext.service) $(c systemctl show -P Result steadytext.service)"
 check "it stays up, never restarted (ActiveState NRestarts Result: $fresh_state)" test "$fresh_state" = "active 0 success"
 check "stctl status answers" c stctl --daemon-only status
-# `stctl models pull small` from a Hub-like server on this machine (the container shares its
-# network): the alias's repository, pinned revision and file layout (an onnxruntime-genai
-# subfolder, whose files the pull brings to the model folder's top), serving the shared model's
-# files there with a genai_config.json written from its config.json.
-hub_root="$work/hub"
-small_repo=$(target/release/stctl models pull --list | awk '$1 == "small" {print $2}')
-small_file=$(target/release/stctl models pull --list | awk '$1 == "small" {print $3}')
-small_dir="$hub_root/$(dirname "$small_file")"
-mkdir -p "$small_dir"
-for f in "$models"/SmolLM2-135M-Instruct/*; do
-    case "$(basename "$f")" in model.onnx) cp "$f" "$small_dir/$(basename "$small_file")" ;; reference*) ;; *) cp -r "$f" "$small_dir/" ;; esac
-done
-python3 - "$small_dir" "$(basename "$small_file")" <<'PY'
-import json, os, sys
-folder, graph = sys.argv[1:3]
-c = json.load(open(os.path.join(folder, "config.json")))
-heads = c["num_attention_heads"]
-decoder = {"filename": graph, "num_key_value_heads": c.get("num_key_value_heads", heads),
-           "head_size": c.get("head_dim", c["hidden_size"] // heads)}
-json.dump({"model": {"context_length": c["max_position_embeddings"], "decoder": decoder, "eos_token_id": c["eos_token_id"]},
-           "search": {"past_present_share_buffer": False}}, open(os.path.join(folder, "genai_config.json"), "w"))
-PY
-python3 tests/python/fake_hub.py "$hub_root" "${small_repo%@*}" "${small_repo#*@}" > "$work/hub.port" &
-hub_pid=$!
-for _ in $(seq 50); do [ -s "$work/hub.port" ] && break; sleep 0.1; done
-check "stctl models pull small (as root, from the Hub-like server)" bash -c "nsenter -t $init -a env HF_ENDPOINT=http://127.0.0.1:$(cat "$work/hub.port") stctl models pull small > $work/pull.log 2>&1 || { cat $work/pull.log; false; }"
-kill "$hub_pid"
+# `stctl models pull small` and `large` from a Hub-like server on this machine (the container
+# shares its network): each alias's repository, pinned revision and file layout (an
+# onnxruntime-genai subfolder, whose files the pull brings to the model folder's top), holding the
+# conformance zoo's model of the alias's architecture in the genai layout (tools/zoo: Qwen3 for
+# small, Llama 3.2 for large); each then answers as Python onnxruntime did on that file.
+zoo=$(STEADYTEXT_SHARED_MODEL="$models/SmolLM2-135M-Instruct" "$here/tools/zoo/build.sh")
+pull_alias() { # ALIAS ZOO_FOLDER
+    hub_root="$work/hub-$1"
+    repo=$(target/release/stctl models pull --list | awk -v a="$1" '$1 == a {print $2}')
+    file=$(target/release/stctl models pull --list | awk -v a="$1" '$1 == a {print $3}')
+    mkdir -p "$hub_root/$(dirname "$file")"
+    for f in "$zoo/$2"/*; do
+        case "$(basename "$f")" in reference.json) ;; *) cp "$f" "$hub_root/$(dirname "$file")/" ;; esac
+    done
+    python3 tests/python/fake_hub.py "$hub_root" "${repo%@*}" "${repo#*@}" > "$work/hub-$1.port" &
+    hub_pid=$!
+    for _ in $(seq 50); do [ -s "$work/hub-$1.port" ] && break; sleep 0.1; done
+    check "stctl models pull $1 (as root, from the Hub-like server: $2 in ${file%/*})" bash -c "nsenter -t $init -a env HF_ENDPOINT=http://127.0.0.1:$(cat "$work/hub-$1.port") stctl models pull $1 > $work/pull-$1.log 2>&1 || { cat $work/pull-$1.log; false; }"
+    kill "$hub_pid"
+}
+answers_as_python() { # ZOO_FOLDER [STCTL ARGS...]: the first reference case's greedy ids
+    folder=$1
+    shift
+    case_json=$(python3 -c 'import json,sys; c=json.load(open(sys.argv[1]))["cases"][0]; print(json.dumps([c["prompt"], c["max_new_tokens"], c["greedy_ids"]]))' "$zoo/$folder/reference.json")
+    zoo_prompt=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])[0])' "$case_json")
+    zoo_max=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])[1])' "$case_json")
+    got=$(c stctl --daemon-only generate "$zoo_prompt" --max-new-tokens "$zoo_max" --json "$@" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token_ids"])' || true)
+    test "$got" = "$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])[2])' "$case_json")"
+}
+pull_alias small qwen3-genai
+pull_alias large llama3-genai
 check "systemctl reload steadytext" c systemctl reload steadytext.service
-fresh_got=$(c stctl --daemon-only generate "$prompt" --max-new-tokens 48 || true)
-check "the pulled model serves the reference text" test "$fresh_got" = "$expected"
+check "the pulled small is the default generation model and gives Python onnxruntime's ids" answers_as_python qwen3-genai
+check "the pulled large gives Python onnxruntime's ids (--model large)" answers_as_python llama3-genai --model large
 
 c cp -r /root/models/SmolLM2-135M-Instruct /root/models/all-MiniLM-L6-v2 /var/lib/steadytext/models/
 c useradd -m -G steadytext alice

@@ -419,10 +419,22 @@ impl Detokenizer {
     fn next(&mut self, tokenizer: &Tokenizer, ids: &[u32]) -> Result<Option<String>> {
         let prefix = Self::decode(tokenizer, &ids[self.prefix_offset..self.read_offset])?;
         let full = Self::decode(tokenizer, &ids[self.prefix_offset..])?;
-        if full.len() > prefix.len() && !full.ends_with('\u{FFFD}') && full.is_char_boundary(prefix.len()) {
+        if full.len() <= prefix.len() || full.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        if full.starts_with(&prefix) {
             self.prefix_offset = self.read_offset;
             self.read_offset = ids.len();
             return Ok(Some(full[prefix.len()..].to_string()));
+        }
+        // The text already sent no longer begins the window's text: a byte-fallback decoder
+        // (SentencePiece-style vocabularies) turns a whole run of byte tokens into replacement
+        // characters once a later byte makes the run invalid. What was sent stands; the new
+        // tokens are decoded on their own (they begin with that byte token, so no leading space
+        // is stripped).
+        if self.prefix_offset < self.read_offset {
+            self.prefix_offset = self.read_offset;
+            return self.next(tokenizer, ids);
         }
         Ok(None)
     }
@@ -434,8 +446,13 @@ impl Detokenizer {
         }
         let prefix = Self::decode(tokenizer, &ids[self.prefix_offset..self.read_offset])?;
         let full = Self::decode(tokenizer, &ids[self.prefix_offset..])?;
+        let rest = match full.strip_prefix(&prefix) {
+            Some(rest) => rest.to_string(),
+            // As in `next`: the sent text stands, the rest is decoded on its own.
+            None => Self::decode(tokenizer, &ids[self.read_offset..])?,
+        };
         self.read_offset = ids.len();
-        Ok(full.get(prefix.len()..).filter(|s| !s.is_empty()).map(str::to_string))
+        Ok(Some(rest).filter(|s| !s.is_empty()))
     }
 }
 

@@ -41,6 +41,13 @@ pub fn cross_encoder_model() -> PathBuf {
     built("tools/cross-encoder/build.sh", ("STEADYTEXT_SHARED_TOKENIZER", tokenizer)).join("tiny-cross-encoder")
 }
 
+/// The conformance zoo built by `tools/zoo/build.sh` (once; cached outside git): the folder
+/// holding one model folder per architecture and layout (`llama3-hf`, `llama3-genai`, ...), each
+/// with the reference.json Python onnxruntime computed on it.
+pub fn zoo_models() -> PathBuf {
+    built("tools/zoo/build.sh", ("STEADYTEXT_SHARED_MODEL", models_dir().join("SmolLM2-135M-Instruct")))
+}
+
 /// Runs a fixture build script of the checkout with one variable set; the folder it prints.
 fn built(script: &str, (key, value): (&str, PathBuf)) -> PathBuf {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(script);

@@ -264,8 +264,6 @@ impl OnnxDecoder {
                 .flat_map(|n| [(n[0].as_str(), n[2].as_str()), (n[1].as_str(), n[3].as_str())])
                 .collect();
             a.bind_rows(&mut binding, &names, 0, ids.len()).map_err(inference(&model))?;
-            let cpu = kv_arena::cpu_memory().map_err(inference(&model))?;
-            binding.bind_output_to_device("logits", &cpu).map_err(inference(&model))?;
             self.bound = Some(BoundRows { binding, rows: ids.len(), generation: a.generation() });
         }
         let inputs = self.step_inputs(&past, &row_tokens)?;
@@ -273,6 +271,10 @@ impl OnnxDecoder {
         for (name, value) in inputs {
             bound.binding.bind_input(name, &value).map_err(inference(&model))?;
         }
+        // Bound afresh each call: ONNX Runtime keeps the last run's logits in the binding, and a
+        // graph that returns every position's logits (onnxruntime-genai's exports) changes shape.
+        let cpu = kv_arena::cpu_memory().map_err(inference(&model))?;
+        bound.binding.bind_output_to_device("logits", &cpu).map_err(inference(&model))?;
         let outputs = self.session.run_binding(&bound.binding).map_err(inference(&model))?;
         let by_row = last_logits(&model, &outputs, ids.len())?;
         let mut logits = vec![Vec::new(); ids.len()];
