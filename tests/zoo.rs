@@ -3,7 +3,8 @@
 //! concatenation) and the onnxruntime-genai layout (GroupQueryAttention, shared KV buffer). Every
 //! folder is served, renders its family's chat template and tokenizes as Python does, and gives
 //! the greedy ids and text of Python onnxruntime's own decode loop on the same file; the genai
-//! ones give those bytes when their requests are batched together in the daemon.
+//! ones give those bytes when their requests are batched together in the daemon, and
+//! onnxruntime-genai's own runner gives those ids.
 
 mod common;
 
@@ -123,6 +124,34 @@ fn genai_layouts_batched_together_give_their_single_stream_bytes() {
         .collect();
     assert_eq!(batched.len(), 6, "{status}");
     assert!(batched.iter().all(|(_, b)| b.as_u64() > Some(1)), "every genai model batches: {batched:?}");
+}
+
+#[test]
+fn onnxruntime_genai_runs_every_genai_folder_to_the_same_ids() {
+    // onnxruntime-genai 0.18.0 (its own ONNX Runtime and greedy search) reads each folder's
+    // genai_config.json: the folders are real onnxruntime-genai models, Gemma 3's sliding layers
+    // included, and their answers are the reference's (which steadytext gives, test above).
+    let python = common::venv_python("tools/fused-decoder/genai-requirements.txt");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/fused-decoder/genai_ids.py");
+    for folder in folders(&["genai"]) {
+        let cases = cases(&folder);
+        let input: Vec<Value> =
+            cases.iter().map(|c| json!({"input_ids": c.input_ids, "max_new_tokens": c.max_new_tokens})).collect();
+        let mut child = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(&folder)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        serde_json::to_writer(child.stdin.take().unwrap(), &input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}: {}", folder.display(), String::from_utf8_lossy(&out.stderr));
+        let theirs: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+        let ours: Vec<Vec<u32>> = cases.into_iter().map(|c| c.greedy_ids).collect();
+        assert_eq!(theirs, ours, "{}", folder.display());
+    }
 }
 
 #[test]

@@ -534,7 +534,9 @@ def make_model(g, inputs, outputs):
 def configs(name, s, tok):
     vocab = tok.get_vocab_size(with_added_tokens=True)
     ids = [tok.token_to_id(t) for t in s["eos"]]
-    bos = tok.token_to_id(s["bos"]) if s["bos"] else None
+    # ChatML families name <|endoftext|> as bos in config.json (their templates write none);
+    # onnxruntime-genai requires a number there.
+    bos = tok.token_to_id(s["bos"] or "<|endoftext|>")
     config = {
         "architectures": [s["arch"]], "model_type": s["model_type"], "hidden_size": s["hidden"],
         "intermediate_size": s["ffn"], "num_hidden_layers": s["layers"], "num_attention_heads": s["heads"],
