@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use steadytext::engine::generate::GenerateRequest;
 use steadytext::engine::load_generator;
-use steadytext::engine::sampler::Sampling;
 
 fn folder(level: u8) -> PathBuf {
     common::fused_models().join(format!("SmolLM2-135M-Instruct-fused-acc{level}"))
@@ -31,19 +30,7 @@ fn cases(reference: &Path) -> Vec<(String, usize, Vec<u32>)> {
 }
 
 fn request(prompt: &str, max_new_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        prompt: prompt.into(),
-        messages: Vec::new(),
-        raw: false,
-        think: false,
-        seed: 0,
-        max_new_tokens,
-        stop: vec![],
-        sampling: Sampling::default(),
-        constraint: None,
-        logprobs: None,
-        tools: None,
-    }
+    common::greedy_request(prompt, max_new_tokens)
 }
 
 fn assert_direct(model: &Path, reference: &Path, threads: usize) {
@@ -78,28 +65,14 @@ fn onnxruntime_genai_runs_the_fused_folder_to_steadytexts_ids() {
     // onnxruntime-genai (its own ONNX Runtime, 1.32.0) reads genai_config.json and runs its own
     // greedy search: the folder is a real onnxruntime-genai model, and its answers are ours.
     let model = folder(4);
-    let python = common::venv_python("tools/fused-decoder/genai-requirements.txt");
-    let reference = model.join("reference.json");
     let (_, mut generator) = load_generator(&common::config(2), model.to_str().unwrap()).unwrap();
     let mut input = Vec::new();
     let mut ours = Vec::new();
-    for (prompt, max, _) in cases(&reference) {
-        let ids = generator.prompt_ids(&request(&prompt, max)).unwrap();
-        input.push(json!({"input_ids": ids, "max_new_tokens": max}));
+    for (prompt, max, _) in cases(&model.join("reference.json")) {
+        input.push((generator.prompt_ids(&request(&prompt, max)).unwrap(), max));
         ours.push(generator.generate(&request(&prompt, max)).unwrap().token_ids);
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/fused-decoder/genai_ids.py");
-    let mut child = std::process::Command::new(python)
-        .arg(script)
-        .arg(&model)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    serde_json::to_writer(child.stdin.take().unwrap(), &input).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "genai_ids.py failed");
-    let theirs: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs = common::genai_ids(&model, &input);
     assert_eq!(theirs, ours);
 }
 
@@ -112,15 +85,11 @@ fn shared_kv_buffers_give_the_ids_of_a_concatenated_cache_over_long_runs() {
     let copy = tempfile::tempdir().unwrap();
     let concat = copy.path().join("concatenating");
     std::fs::create_dir(&concat).unwrap();
-    for entry in std::fs::read_dir(&model).unwrap() {
-        let path = entry.unwrap().path();
-        std::os::unix::fs::symlink(&path, concat.join(path.file_name().unwrap())).unwrap();
-    }
+    common::link_entries(&model, &concat, &["genai_config.json"]);
     let mut genai: Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("genai_config.json")).unwrap()).unwrap();
     assert_eq!(genai["search"]["past_present_share_buffer"], true);
     genai["search"]["past_present_share_buffer"] = json!(false);
-    std::fs::remove_file(concat.join("genai_config.json")).unwrap();
     std::fs::write(concat.join("genai_config.json"), genai.to_string()).unwrap();
     let prompt = (1..400).map(|i| i.to_string()).collect::<Vec<_>>().join(", ") + ",";
     let long = GenerateRequest { raw: true, ..request(&prompt, 600) };

@@ -7,19 +7,7 @@ use steadytext::engine::sampler::Sampling;
 use steadytext::engine::{load_embedder, load_generator};
 
 fn request(prompt: &str, max_new_tokens: usize) -> GenerateRequest {
-    GenerateRequest {
-        prompt: prompt.into(),
-        messages: Vec::new(),
-        raw: false,
-        think: false,
-        seed: 42,
-        max_new_tokens,
-        stop: vec![],
-        sampling: Sampling::default(),
-        constraint: None,
-        logprobs: None,
-        tools: None,
-    }
+    common::greedy_request(prompt, max_new_tokens)
 }
 
 #[test]

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 use steadytext::engine::generate::GenerateRequest;
 use steadytext::engine::load_generator;
-use steadytext::engine::sampler::Sampling;
 
 const ARCHITECTURES: [&str; 6] = ["llama3", "qwen2", "qwen3", "phi3", "gemma3", "smollm3"];
 
@@ -49,19 +48,7 @@ fn folders(layouts: &[&str]) -> Vec<PathBuf> {
 }
 
 fn request(case: &Case) -> GenerateRequest {
-    GenerateRequest {
-        prompt: case.prompt.clone(),
-        messages: Vec::new(),
-        raw: false,
-        think: false,
-        seed: 0,
-        max_new_tokens: case.max_new_tokens,
-        stop: vec![],
-        sampling: Sampling::default(),
-        constraint: None,
-        logprobs: None,
-        tools: None,
-    }
+    common::greedy_request(&case.prompt, case.max_new_tokens)
 }
 
 #[test]
@@ -131,24 +118,10 @@ fn onnxruntime_genai_runs_every_genai_folder_to_the_same_ids() {
     // onnxruntime-genai 0.18.0 (its own ONNX Runtime and greedy search) reads each folder's
     // genai_config.json: the folders are real onnxruntime-genai models, Gemma 3's sliding layers
     // included, and their answers are the reference's (which steadytext gives, test above).
-    let python = common::venv_python("tools/fused-decoder/genai-requirements.txt");
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/fused-decoder/genai_ids.py");
     for folder in folders(&["genai"]) {
         let cases = cases(&folder);
-        let input: Vec<Value> =
-            cases.iter().map(|c| json!({"input_ids": c.input_ids, "max_new_tokens": c.max_new_tokens})).collect();
-        let mut child = std::process::Command::new(&python)
-            .arg(&script)
-            .arg(&folder)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        serde_json::to_writer(child.stdin.take().unwrap(), &input).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}: {}", folder.display(), String::from_utf8_lossy(&out.stderr));
-        let theirs: Vec<Vec<u32>> = serde_json::from_slice(&out.stdout).unwrap();
+        let input: Vec<(Vec<u32>, usize)> = cases.iter().map(|c| (c.input_ids.clone(), c.max_new_tokens)).collect();
+        let theirs = common::genai_ids(&folder, &input);
         let ours: Vec<Vec<u32>> = cases.into_iter().map(|c| c.greedy_ids).collect();
         assert_eq!(theirs, ours, "{}", folder.display());
     }
@@ -162,15 +135,11 @@ fn a_genai_folder_with_a_windowed_kv_cache_is_refused_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let folder = dir.path().join("gemma3-windowed");
     std::fs::create_dir(&folder).unwrap();
-    for entry in std::fs::read_dir(&source).unwrap() {
-        let entry = entry.unwrap();
-        std::os::unix::fs::symlink(entry.path(), folder.join(entry.file_name())).unwrap();
-    }
+    common::link_entries(&source, &folder, &["genai_config.json"]);
     let mut genai: Value =
         serde_json::from_str(&std::fs::read_to_string(source.join("genai_config.json")).unwrap()).unwrap();
     genai["model"]["decoder"]["sliding_window"] =
         json!({"window_size": 16, "slide_key_value_cache": false, "layers": [0, 1, 2, 3, 4]});
-    std::fs::remove_file(folder.join("genai_config.json")).unwrap();
     std::fs::write(folder.join("genai_config.json"), genai.to_string()).unwrap();
     let err = load_generator(&common::config(1), folder.to_str().unwrap()).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("model.decoder.sliding_window") && err.contains("windowed KV cache"), "{err}");

@@ -41,6 +41,57 @@ pub fn cross_encoder_model() -> PathBuf {
     built("tools/cross-encoder/build.sh", ("STEADYTEXT_SHARED_TOKENIZER", tokenizer)).join("tiny-cross-encoder")
 }
 
+/// Links every entry of the folder `from` into the existing folder `into`, but those named in
+/// `except` (a model folder made from another with some files of its own).
+pub fn link_entries(from: &std::path::Path, into: &std::path::Path, except: &[&str]) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if !except.iter().any(|e| entry.file_name() == *e) {
+            std::os::unix::fs::symlink(entry.path(), into.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A greedy generation request for `prompt` (the chat template applies), at most
+/// `max_new_tokens`, with the default seed.
+pub fn greedy_request(prompt: &str, max_new_tokens: usize) -> steadytext::engine::generate::GenerateRequest {
+    steadytext::engine::generate::GenerateRequest {
+        prompt: prompt.into(),
+        messages: Vec::new(),
+        raw: false,
+        think: false,
+        seed: 42,
+        max_new_tokens,
+        stop: vec![],
+        sampling: steadytext::engine::sampler::Sampling::default(),
+        constraint: None,
+        logprobs: None,
+        tools: None,
+    }
+}
+
+/// The greedy ids onnxruntime-genai 0.18.0 (`tools/fused-decoder/genai_ids.py`, its own ONNX
+/// Runtime and greedy search, an independent runner of the layout) gives for each
+/// `(prompt ids, max_new_tokens)` on the genai model folder `model`.
+pub fn genai_ids(model: &std::path::Path, cases: &[(Vec<u32>, usize)]) -> Vec<Vec<u32>> {
+    let python = venv_python("tools/fused-decoder/genai-requirements.txt");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/fused-decoder/genai_ids.py");
+    let input: Vec<serde_json::Value> =
+        cases.iter().map(|(ids, max)| serde_json::json!({"input_ids": ids, "max_new_tokens": max})).collect();
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(model)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    serde_json::to_writer(child.stdin.take().unwrap(), &input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "genai_ids.py on {}: {}", model.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// The conformance zoo built by `tools/zoo/build.sh` (once; cached outside git): the folder
 /// holding one model folder per architecture and layout (`llama3-hf`, `llama3-genai`, ...), each
 /// with the reference.json Python onnxruntime computed on it.
@@ -68,10 +119,7 @@ fn built(script: &str, (key, value): (&str, PathBuf)) -> PathBuf {
 pub fn tool_models() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let shared = models_dir().canonicalize().unwrap();
-    for entry in std::fs::read_dir(&shared).unwrap() {
-        let entry = entry.unwrap();
-        std::os::unix::fs::symlink(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
+    link_entries(&shared, dir.path(), &[]);
     let smollm = shared.join("SmolLM2-135M-Instruct");
     let fused = fused_models().join("SmolLM2-135M-Instruct-fused-acc4");
     for (name, model, template) in [
@@ -81,12 +129,7 @@ pub fn tool_models() -> tempfile::TempDir {
     ] {
         let folder = dir.path().join(name);
         std::fs::create_dir(&folder).unwrap();
-        for entry in std::fs::read_dir(model).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_name() != "chat_template.jinja" {
-                std::os::unix::fs::symlink(entry.path(), folder.join(entry.file_name())).unwrap();
-            }
-        }
+        link_entries(model, &folder, &["chat_template.jinja"]);
         let template = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools").join(template);
         std::fs::copy(template, folder.join("chat_template.jinja")).unwrap();
     }
