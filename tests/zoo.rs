@@ -3,16 +3,19 @@
 //! concatenation) and the onnxruntime-genai layout (GroupQueryAttention, shared KV buffer). Every
 //! folder is served, renders its family's chat template and tokenizes as Python does, and gives
 //! the greedy ids and text of Python onnxruntime's own decode loop on the same file; the genai
-//! ones give those bytes when their requests are batched together in the daemon, and
-//! onnxruntime-genai's own runner gives those ids.
+//! ones give those bytes when their requests are batched together in the daemon and when a long
+//! shared system turn comes from the prefix cache, and onnxruntime-genai's own runner gives those
+//! ids.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use steadytext::engine::generate::GenerateRequest;
+use steadytext::engine::generate::{ChatMessage, GenerateRequest};
 use steadytext::engine::load_generator;
+use steadytext::engine::prefix::PrefixState;
+use steadytext::service::{GenerationService, Model};
 
 const ARCHITECTURES: [&str; 6] = ["llama3", "qwen2", "qwen3", "phi3", "gemma3", "smollm3"];
 
@@ -111,6 +114,44 @@ fn genai_layouts_batched_together_give_their_single_stream_bytes() {
         .collect();
     assert_eq!(batched.len(), 6, "{status}");
     assert!(batched.iter().all(|(_, b)| b.as_u64() > Some(1)), "every genai model batches: {batched:?}");
+}
+
+#[test]
+fn the_prefix_cache_gives_every_genai_architecture_the_same_bytes() {
+    // A long system turn shared by three requests: with the prefix cache the later ones take its
+    // KV (the load-time probe must pass on every architecture, sliding layers included), and
+    // every answer is the one a model without the cache gives.
+    let system = ["river stone ledger quiet machine north paper seven harbor cloud"; 24].join(" ");
+    let requests: Vec<GenerateRequest> = ["Say hi.", "Name a colour.", "Count to three."]
+        .iter()
+        .map(|user| GenerateRequest {
+            prompt: String::new(),
+            messages: vec![ChatMessage::new("system", system.clone()), ChatMessage::new("user", user.to_string())],
+            ..common::greedy_request("", 16)
+        })
+        .collect();
+    for folder in folders(&["genai"]) {
+        let load = |prefix_mb| {
+            let mut config = common::config(2);
+            config.cache.prefix_mb = prefix_mb;
+            GenerationService::load(&config, Some(folder.to_str().unwrap())).unwrap()
+        };
+        let (mut plain, mut cached) = (load(0), load(64));
+        let state = cached.prefix_stats().unwrap().state();
+        assert!(matches!(state, PrefixState::On), "{}: {state:?}", folder.display());
+        for (i, request) in requests.iter().enumerate() {
+            let expected = plain.generate(request, &mut |_| true).unwrap();
+            let got = cached.generate(request, &mut |_| true).unwrap();
+            assert_eq!(got.generation, expected.generation, "{}, request {i}", folder.display());
+            assert_eq!(
+                got.prefix_tokens > 0,
+                i > 0,
+                "{}, request {i}: {} tokens reused",
+                folder.display(),
+                got.prefix_tokens
+            );
+        }
+    }
 }
 
 #[test]
