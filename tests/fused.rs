@@ -82,15 +82,10 @@ fn shared_kv_buffers_give_the_ids_of_a_concatenated_cache_over_long_runs() {
     // whose genai_config.json turns past_present_share_buffer off): a long prompt fed in chunks
     // and 600 new tokens cross several buffer growths; every id must agree.
     let model = folder(4);
-    let copy = tempfile::tempdir().unwrap();
-    let concat = copy.path().join("concatenating");
-    std::fs::create_dir(&concat).unwrap();
-    common::link_entries(&model, &concat, &["genai_config.json"]);
-    let mut genai: Value =
-        serde_json::from_str(&std::fs::read_to_string(model.join("genai_config.json")).unwrap()).unwrap();
-    assert_eq!(genai["search"]["past_present_share_buffer"], true);
-    genai["search"]["past_present_share_buffer"] = json!(false);
-    std::fs::write(concat.join("genai_config.json"), genai.to_string()).unwrap();
+    let (_copy, concat) = common::genai_variant(&model, "concatenating", |genai| {
+        assert_eq!(genai["search"]["past_present_share_buffer"], true);
+        genai["search"]["past_present_share_buffer"] = json!(false);
+    });
     let prompt = (1..400).map(|i| i.to_string()).collect::<Vec<_>>().join(", ") + ",";
     let long = GenerateRequest { raw: true, ..request(&prompt, 600) };
     let ids = |folder: &Path| {

@@ -172,16 +172,11 @@ fn onnxruntime_genai_runs_every_genai_folder_to_the_same_ids() {
 fn a_genai_folder_with_a_windowed_kv_cache_is_refused_naming_the_field() {
     // What onnxruntime-genai 0.16+ writes for Gemma 3's sliding layers: the same graph, and a
     // genai_config.json whose decoder keeps windowed buffers.
-    let source = common::zoo_models().join("gemma3-genai");
-    let dir = tempfile::tempdir().unwrap();
-    let folder = dir.path().join("gemma3-windowed");
-    std::fs::create_dir(&folder).unwrap();
-    common::link_entries(&source, &folder, &["genai_config.json"]);
-    let mut genai: Value =
-        serde_json::from_str(&std::fs::read_to_string(source.join("genai_config.json")).unwrap()).unwrap();
-    genai["model"]["decoder"]["sliding_window"] =
-        json!({"window_size": 16, "slide_key_value_cache": false, "layers": [0, 1, 2, 3, 4]});
-    std::fs::write(folder.join("genai_config.json"), genai.to_string()).unwrap();
+    let (_dir, folder) =
+        common::genai_variant(&common::zoo_models().join("gemma3-genai"), "gemma3-windowed", |genai| {
+            genai["model"]["decoder"]["sliding_window"] =
+                json!({"window_size": 16, "slide_key_value_cache": false, "layers": [0, 1, 2, 3, 4]});
+        });
     let err = load_generator(&common::config(1), folder.to_str().unwrap()).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("model.decoder.sliding_window") && err.contains("windowed KV cache"), "{err}");
 }

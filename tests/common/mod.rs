@@ -52,6 +52,24 @@ pub fn link_entries(from: &std::path::Path, into: &std::path::Path, except: &[&s
     }
 }
 
+/// A copy of the genai model folder `source` named `name` (its files linked) whose
+/// genai_config.json is `edit`ed; the temporary folder holding it comes with it.
+pub fn genai_variant(
+    source: &std::path::Path,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join(name);
+    std::fs::create_dir(&folder).unwrap();
+    link_entries(source, &folder, &["genai_config.json"]);
+    let mut genai: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("genai_config.json")).unwrap()).unwrap();
+    edit(&mut genai);
+    std::fs::write(folder.join("genai_config.json"), genai.to_string()).unwrap();
+    (dir, folder)
+}
+
 /// A greedy generation request for `prompt` (the chat template applies), at most
 /// `max_new_tokens`, with the default seed.
 pub fn greedy_request(prompt: &str, max_new_tokens: usize) -> steadytext::engine::generate::GenerateRequest {
