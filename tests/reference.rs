@@ -77,7 +77,7 @@ fn generation_is_identical_across_runs_and_thread_counts() {
 
 #[test]
 fn long_prompts_are_fed_in_fixed_chunks_deterministically() {
-    use steadytext::engine::prefix::chunk_len;
+    use steadytext::engine::prefix::Boundaries;
     let prompt = "The history of the lighthouse, told slowly. ".repeat(130);
     let req = request(&prompt, 8);
     let (_, mut one) = load_generator(&common::config(1), "SmolLM2-135M-Instruct").unwrap();
@@ -88,9 +88,11 @@ fn long_prompts_are_fed_in_fixed_chunks_deterministically() {
     assert!(n > 1024, "prompt of {n} tokens");
     // One (empty) piece per prefill call but the last before any text: the watchdog and
     // cancellation see progress. Calls end at the prefill boundaries.
+    // The raw prompt holds no end-of-turn token: its calls end on the fixed grid.
+    let (grid, tokens) = (Boundaries::default(), vec![0; n]);
     let (mut fed, mut prefill_calls) = (0, 0);
     while fed < n {
-        fed += chunk_len(fed, n - fed);
+        fed += grid.chunk_len(&tokens, fed);
         prefill_calls += 1;
     }
     assert!(prefill_calls > 12, "{prefill_calls} calls for {n} tokens");

@@ -85,7 +85,7 @@ pub fn fingerprint(config: &Config) -> Result<Fingerprint> {
     };
     let summary = format!(
         "onnxruntime {} (library sha256 {}), {device} execution provider, graph optimization all, cpu arena off, {}, \
-         prompts prefilled in calls between fixed boundaries ({})",
+         prompts prefilled in calls between boundaries ({})",
         crate::runtime::ORT_VERSION,
         &library[..library.len().min(16)],
         isa_class(),

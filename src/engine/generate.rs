@@ -8,7 +8,7 @@ use tokenizers::Tokenizer;
 use crate::engine::backend::{BatchDecode, DecoderBackend, Step};
 use crate::engine::constraint::{Compiler, Guide};
 use crate::engine::logprobs::{LogSoftmax, StepLogprobs};
-use crate::engine::prefix::{self, chunk_len, next_boundary, PrefixCache, PrefixState, PrefixStats, ReuseRule};
+use crate::engine::prefix::{self, Boundaries, PrefixCache, PrefixState, PrefixStats, ReuseRule};
 use crate::engine::sampler;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tools::{CallSyntax, ToolChoice};
@@ -28,6 +28,8 @@ pub struct Generator<B: DecoderBackend> {
     eos: Vec<u32>,
     model: String,
     constraints: Option<Compiler>,
+    /// Where prompts are cut into prefill calls, with the prefix cache or without.
+    boundaries: Boundaries,
     /// Cached prompt-prefix KV (None: off, see `prefix_stats`).
     prefix: Option<PrefixCache>,
     prefix_stats: Arc<PrefixStats>,
@@ -41,6 +43,7 @@ impl<B: DecoderBackend> Generator<B> {
         }
         let prefix_stats = Arc::new(PrefixStats::default());
         prefix::disable(&prefix_stats, "not enabled".into());
+        let boundaries = Boundaries::new(eos.clone());
         Ok(Generator {
             backend,
             tokenizer,
@@ -48,6 +51,7 @@ impl<B: DecoderBackend> Generator<B> {
             eos,
             model: model.to_string(),
             constraints: None,
+            boundaries,
             prefix: None,
             prefix_stats,
         })
@@ -73,7 +77,10 @@ impl<B: DecoderBackend> Generator<B> {
             }
         };
         match off {
-            None => self.prefix = Some(PrefixCache::new(self.backend.kv_rows(), bytes, stats.clone())),
+            None => {
+                self.prefix =
+                    Some(PrefixCache::new(self.backend.kv_rows(), bytes, stats.clone(), self.boundaries.clone()))
+            }
             Some(reason) => prefix::disable(&stats, reason),
         }
         self.prefix_stats = stats;
@@ -83,7 +90,7 @@ impl<B: DecoderBackend> Generator<B> {
     /// Runs the prefix-reuse probe ([`prefix::probe_prefix_reuse`]) on a `tokens`-token prompt,
     /// with the prefix `rule` gives: `None` when reuse changed no bit.
     pub fn probe_prefix_reuse(&mut self, tokens: usize, rule: ReuseRule) -> Result<Option<String>> {
-        prefix::probe_prefix_reuse(&mut self.backend, tokens, rule)
+        prefix::probe_prefix_reuse(&mut self.backend, &self.boundaries, tokens, rule)
     }
 
     /// The prefix cache, when on.
@@ -204,17 +211,16 @@ impl<B: DecoderBackend> Generator<B> {
             self.take_prefix(s);
         }
         // Prompt calls end at the prefill boundaries (see `engine::prefix`), whatever was cached.
-        let takes: Vec<usize> =
-            sequences
-                .iter()
-                .map(|s| {
-                    if s.fed < s.prompt.len() {
-                        chunk_len(s.fed, s.pending_input.len())
-                    } else {
-                        s.pending_input.len()
-                    }
-                })
-                .collect();
+        let takes: Vec<usize> = sequences
+            .iter()
+            .map(|s| {
+                if s.fed < s.prompt.len() {
+                    self.boundaries.chunk_len(&s.prompt, s.fed)
+                } else {
+                    s.pending_input.len()
+                }
+            })
+            .collect();
         let mut steps: Vec<Step<'_, B::State>> = sequences
             .iter_mut()
             .zip(&takes)
@@ -265,7 +271,7 @@ impl<B: DecoderBackend> Generator<B> {
         let start = s.fed;
         s.fed += take;
         let Some(cache) = &mut self.prefix else { return };
-        if cache.rule().aligned && s.fed != next_boundary(start) {
+        if cache.rule().aligned && s.fed != self.boundaries.next(&s.prompt, start) {
             return;
         }
         match self.backend.read_kv(&s.state, start..s.fed) {

@@ -4,19 +4,20 @@
 //! the rest.
 //!
 //! Why it never changes an answer, by construction: every prompt is prefilled in calls that start
-//! and end at fixed positions ([`next_boundary`]: every 64 tokens up to 512, then every 128),
-//! a pure function of the position, with or without the cache. The cache keeps the KV of whole
-//! calls only (never a partial last call, never a generated token's), and a prompt takes from it
-//! only whole calls, ending at a boundary at least [`MIN_PREFILL`] tokens before its end. So every
-//! position's KV was written by the very call (same tokens, same past, same length) that would
-//! have written it without the cache, and every later call of the prompt is the same call too.
-//! Cutting calls anywhere would not do: a chunk of 129, 257 or 385 tokens (length 1 modulo 128)
-//! gives other bits than the same tokens cut otherwise (measured on the fused SmolLM2, ONNX
-//! Runtime 1.31.1, AVX2: by up to 0.42 in the logits), as a 1-token chunk does (the decode path),
-//! and KV written by decode steps differs from prefill-written KV. What the construction still
-//! assumes (a call's bits do not depend on its buffers' capacity or on the sequence it was copied
-//! from) [`probe_prefix_reuse`] checks on each model at load; the cache is off for a model that
-//! fails it.
+//! and end at its prefill boundaries ([`Boundaries`]: every 64 tokens up to 512, then every 128,
+//! and after each end-of-turn token), a pure function of the prompt's tokens up to each boundary,
+//! so two prompts sharing a prefix share its boundaries, with or without the cache. The cache keeps
+//! the KV of whole calls only (never a partial last call, never a generated token's), and a prompt
+//! takes from it only whole calls, ending at one of its boundaries at least [`MIN_PREFILL`] tokens
+//! before its end. So every position's KV was written by the very call (same tokens, same past,
+//! same length) that would have written it without the cache, and every later call of the prompt
+//! is the same call too. Cutting calls anywhere would not do: a chunk of 129, 257 or 385 tokens
+//! (length 1 modulo 128) gives other bits than the same tokens cut otherwise (measured on the
+//! fused SmolLM2, ONNX Runtime 1.31.1, AVX2: by up to 0.42 in the logits), as a 1-token chunk does
+//! (the decode path), and KV written by decode steps differs from prefill-written KV. What the
+//! construction still assumes (a call's bits do not depend on its buffers' capacity or on the
+//! sequence it was copied from) [`probe_prefix_reuse`] checks on each model at load; the cache is
+//! off for a model that fails it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +32,7 @@ use crate::error::Result;
 pub const MIN_PREFILL: usize = 2;
 
 /// The boundaries below, for the engine fingerprint (a change changes answers' bits).
-pub const BOUNDARIES: &str = "every 64 to 512, then 128";
+pub const BOUNDARIES: &str = "every 64 to 512, then 128; after an end-of-turn token 2 or more from either";
 
 /// Tokens between prefill boundaries around position `pos`: small calls early (shared system
 /// prompts and rerank instructions are reused at a fine grain), 128 after: a conversation turn
@@ -47,22 +48,62 @@ fn block_at(pos: usize) -> usize {
     }
 }
 
-/// The first prefill boundary after position `pos`: a call that starts at `pos` ends there at most.
+/// The first boundary of the fixed grid after position `pos`.
 pub fn next_boundary(pos: usize) -> usize {
     let block = block_at(pos);
     (pos / block + 1) * block
 }
 
-/// The last prefill boundary at or before position `pos`.
+/// The last boundary of the fixed grid at or before position `pos`.
 pub fn boundary_at_or_below(pos: usize) -> usize {
     let block = block_at(pos);
     pos / block * block
 }
 
-/// Tokens of the next prefill call of a prompt that has `fed` tokens in its KV cache and
-/// `remaining` to feed: up to the next boundary.
-pub fn chunk_len(fed: usize, remaining: usize) -> usize {
-    (next_boundary(fed) - fed).min(remaining)
+/// Where a model's prompts are cut into prefill calls: the fixed grid ([`next_boundary`]), and
+/// right after each end-of-turn token that lies [`MIN_PREFILL`] tokens or more past the previous
+/// boundary and before the next grid boundary. A conversation's earlier turns, a system prompt
+/// and a rerank query (its judgements' system turn) then end on a boundary, so the next prompt
+/// reuses all of them, not only up to the grid. Whether a position is a boundary depends on the
+/// prompt's tokens before it only (a prefix has its prompt's boundaries), and no call but a
+/// prompt's last is shorter than [`MIN_PREFILL`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Boundaries {
+    /// The model's end-of-turn tokens (its end tokens: a chat template closes each turn with one).
+    turn_ends: Vec<u32>,
+}
+
+impl Boundaries {
+    /// The boundaries of a model whose turns end with `turn_ends` (none: the fixed grid only).
+    pub fn new(turn_ends: Vec<u32>) -> Self {
+        Boundaries { turn_ends }
+    }
+
+    /// The first boundary of `prompt` after `pos`, itself a boundary (0 included); a boundary
+    /// past the prompt's end may be one of the grid's only.
+    pub fn next(&self, prompt: &[u32], pos: usize) -> usize {
+        let grid = next_boundary(pos);
+        let last = grid.saturating_sub(MIN_PREFILL).min(prompt.len());
+        (pos + MIN_PREFILL..=last).find(|&end| self.turn_ends.contains(&prompt[end - 1])).unwrap_or(grid)
+    }
+
+    /// The last boundary of `prompt` at or before `pos`.
+    pub fn at_or_below(&self, prompt: &[u32], pos: usize) -> usize {
+        let mut at = 0;
+        loop {
+            let next = self.next(prompt, at);
+            if next > pos {
+                return at;
+            }
+            at = next;
+        }
+    }
+
+    /// Tokens of the next prefill call of `prompt` when its first `fed` (a boundary) are in the
+    /// KV cache: up to the next boundary or the prompt's end.
+    pub fn chunk_len(&self, prompt: &[u32], fed: usize) -> usize {
+        self.next(prompt, fed).min(prompt.len()) - fed
+    }
 }
 
 /// Which cached prefix a prompt may take.
@@ -78,11 +119,11 @@ impl ReuseRule {
     /// The rule that keeps every answer exact.
     pub const EXACT: ReuseRule = ReuseRule { min_prefill: MIN_PREFILL, aligned: true };
 
-    /// Tokens a prompt of `len` tokens takes when the cache holds its first `matched`.
-    pub fn reuse(&self, matched: usize, len: usize) -> usize {
-        let most = matched.min(len.saturating_sub(self.min_prefill));
+    /// Tokens `prompt` takes when the cache holds its first `matched`.
+    pub fn reuse(&self, boundaries: &Boundaries, prompt: &[u32], matched: usize) -> usize {
+        let most = matched.min(prompt.len().saturating_sub(self.min_prefill));
         if self.aligned {
-            boundary_at_or_below(most)
+            boundaries.at_or_below(prompt, most)
         } else {
             most
         }
@@ -160,6 +201,8 @@ pub struct PrefixCache {
     stats: Arc<PrefixStats>,
     /// Which prefix a lookup may give ([`ReuseRule::EXACT`]).
     rule: ReuseRule,
+    /// Its model's prefill boundaries.
+    boundaries: Boundaries,
 }
 
 /// A lookup's result: how many tokens matched and where their KV is.
@@ -171,8 +214,9 @@ pub struct PrefixHit<'a> {
 }
 
 impl PrefixCache {
-    /// An empty cache of blocks with `rows` rows (kinds x heads), holding at most `budget` bytes.
-    pub fn new(rows: usize, budget: usize, stats: Arc<PrefixStats>) -> Self {
+    /// An empty cache of blocks with `rows` rows (kinds x heads), holding at most `budget` bytes,
+    /// for a model whose prompts are cut at `boundaries`.
+    pub fn new(rows: usize, budget: usize, stats: Arc<PrefixStats>, boundaries: Boundaries) -> Self {
         stats.budget_bytes.store(budget as u64, Ordering::Relaxed);
         let root = Node {
             tokens: Vec::new(),
@@ -190,6 +234,7 @@ impl PrefixCache {
             clock: 0,
             stats,
             rule: ReuseRule::EXACT,
+            boundaries,
         }
     }
 
@@ -244,7 +289,7 @@ impl PrefixCache {
     pub fn lookup(&mut self, prompt: &[u32]) -> PrefixHit<'_> {
         let path = self.walk(prompt, prompt.len());
         let matched = path.iter().map(|(_, m)| m).sum();
-        let tokens = self.rule.reuse(matched, prompt.len());
+        let tokens = self.rule.reuse(&self.boundaries, prompt, matched);
         let counter = if tokens > 0 { &self.stats.hits } else { &self.stats.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         self.stats.tokens_reused.fetch_add(tokens as u64, Ordering::Relaxed);
@@ -349,21 +394,26 @@ impl PrefixCache {
 /// (the reference); a second, longer prompt that shares the prefix `rule` lets the first take
 /// (other tokens after it) is prefilled, that prefix's KV read back, loaded into a fresh sequence,
 /// and the rest of the probe prompt prefilled after it. Returns `None` when the last logits and
-/// every position's KV matched bit for bit, else what differed. With a rule other than
-/// [`ReuseRule::EXACT`] (a prefix that ends off a boundary, a 1-token call after it) the probe
-/// must fail.
+/// every position's KV matched bit for bit, else what differed. The probe prompt holds an
+/// end-of-turn token three quarters in, so that the prefix may end on a turn's boundary. With a
+/// rule other than [`ReuseRule::EXACT`] (a prefix that ends off a boundary, a 1-token call after
+/// it) the probe must fail.
 pub fn probe_prefix_reuse<B: DecoderBackend>(
     backend: &mut B,
+    boundaries: &Boundaries,
     tokens: usize,
     rule: ReuseRule,
 ) -> Result<Option<String>> {
-    let prompt: Vec<u32> = (0..tokens).map(|i| 100 + (i as u32 * 37) % 900).collect();
-    let reuse = rule.reuse(tokens, tokens);
+    let mut prompt: Vec<u32> = (0..tokens).map(|i| 100 + (i as u32 * 37) % 900).collect();
+    if let (Some(&turn_end), Some(slot)) = (boundaries.turn_ends.first(), (tokens * 3 / 4).checked_sub(1)) {
+        prompt[slot] = turn_end;
+    }
+    let reuse = rule.reuse(boundaries, &prompt, tokens);
     // Prefills `tokens` from position `fed` on, call by call; the last call's logits.
     let prefill = |backend: &mut B, state: &mut B::State, tokens: &[u32], mut fed: usize| -> Result<Vec<f32>> {
         let mut logits = Vec::new();
         while fed < tokens.len() {
-            let take = chunk_len(fed, tokens.len() - fed);
+            let take = boundaries.chunk_len(tokens, fed);
             logits =
                 backend.forward(&mut [Step { state, tokens: &tokens[fed..fed + take] }])?.pop().unwrap_or_default();
             fed += take;
@@ -445,7 +495,7 @@ mod tests {
 
     /// A cache whose prefixes need not end at a boundary (the tree's own tests use short prompts).
     fn cache(budget: usize) -> PrefixCache {
-        let mut cache = PrefixCache::new(ROWS, budget, Arc::default());
+        let mut cache = PrefixCache::new(ROWS, budget, Arc::default(), Boundaries::default());
         cache.set_rule(ReuseRule { min_prefill: MIN_PREFILL, aligned: false });
         cache
     }
@@ -458,10 +508,12 @@ mod tests {
         }
         assert_eq!(next_boundary(2048), 2176);
         assert_eq!((boundary_at_or_below(600), boundary_at_or_below(2559), boundary_at_or_below(63)), (512, 2432, 0));
+        let grid = Boundaries::default();
         for total in 1..3000 {
+            let prompt = vec![7; total];
             let mut fed = 0;
             while fed < total {
-                let take = chunk_len(fed, total - fed);
+                let take = grid.chunk_len(&prompt, fed);
                 assert!((1..=128).contains(&take));
                 fed += take;
                 assert!(fed == total || fed == boundary_at_or_below(fed), "{total}: a call ended at {fed}");
@@ -469,9 +521,68 @@ mod tests {
         }
     }
 
+    /// The calls of `prompt`, as (start, end).
+    fn calls(boundaries: &Boundaries, prompt: &[u32]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut fed = 0;
+        while fed < prompt.len() {
+            let end = fed + boundaries.chunk_len(prompt, fed);
+            out.push((fed, end));
+            fed = end;
+        }
+        out
+    }
+
+    #[test]
+    fn turn_ends_are_boundaries_two_tokens_or_more_from_any_other() {
+        let b = Boundaries::new(vec![2, 9]);
+        let mut prompt = vec![5u32; 300];
+        for end in [0, 40, 41, 62, 70, 126, 127, 200] {
+            prompt[end] = 2;
+        }
+        prompt[150] = 9;
+        let ends: Vec<usize> = calls(&b, &prompt).iter().map(|c| c.1).collect();
+        // 1 (too near 0), 42 (too near 41), 63 (one before the grid), 127 and 128 (too near
+        // the grid) are not boundaries.
+        assert_eq!(ends, [41, 64, 71, 128, 151, 192, 201, 256, 300]);
+        assert_eq!(b.at_or_below(&prompt, 70), 64);
+        assert_eq!(b.at_or_below(&prompt, 71), 71);
+        assert_eq!(b.at_or_below(&prompt, 298), 256);
+        // A prompt ending on a turn's end ends on a boundary.
+        assert_eq!(b.next(&prompt[..71], 64), 71);
+    }
+
+    #[test]
+    fn a_prefix_has_its_prompts_boundaries() {
+        // Prompts of random tokens, a quarter of them turn ends: every boundary of a prompt
+        // within a prefix is one of the prefix's, and the other way round; every call but the
+        // last is 2 tokens or more, none is longer than 128.
+        let b = Boundaries::new(vec![0]);
+        let mut seed = 12345u64;
+        for _ in 0..200 {
+            let len = 2 + (seed % 700) as usize;
+            let prompt: Vec<u32> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 33) as u32 % 4
+                })
+                .collect();
+            let whole = calls(&b, &prompt);
+            for (i, &(start, end)) in whole.iter().enumerate() {
+                assert!(end - start <= 128);
+                assert!(end - start >= MIN_PREFILL || i == whole.len() - 1, "{whole:?}");
+            }
+            for cut in 1..len {
+                let part = calls(&b, &prompt[..cut]);
+                let inside: Vec<_> = whole.iter().copied().filter(|&(_, end)| end < cut).collect();
+                assert_eq!(inside, part[..part.len() - 1], "prefix of {cut} tokens");
+            }
+        }
+    }
+
     #[test]
     fn exact_lookups_take_whole_calls_and_leave_two_tokens() {
-        let mut c = PrefixCache::new(ROWS, 1 << 20, Arc::default());
+        let mut c = PrefixCache::new(ROWS, 1 << 20, Arc::default(), Boundaries::default());
         let a: Vec<u32> = (0..130).collect();
         c.insert(&a[..64], 0, block(0..64));
         c.insert(&a[..128], 64, block(64..128));

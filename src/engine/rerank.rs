@@ -4,7 +4,10 @@
 //! score independent of the other documents of a request (a decoder whose attention leaks padding
 //! would change with batch neighbours), and makes each one an ordinary cached generation: its
 //! request, hence its cache key, holds the query, the document, the prompt (so its version) and
-//! the model digest.
+//! the model digest. The query closes the system turn, so that all of a query's judgements share
+//! that whole turn, which ends on a prefill boundary (see `engine::prefix`): the prefix cache
+//! gives each judgement after the first the instructions and the query, and it prefills the
+//! document only.
 
 use crate::engine::constraint::Constraint;
 use crate::engine::generate::{ChatMessage, GenerateRequest, Generation};
@@ -13,10 +16,10 @@ use crate::engine::sampler::Sampling;
 use crate::error::{Error, Result};
 
 /// The version of the prompt below; change it with the prompt.
-pub const PROMPT_VERSION: &str = "yes-no-v1";
+pub const PROMPT_VERSION: &str = "yes-no-v2";
 
-/// The system turn of every judgement.
-pub const SYSTEM_PROMPT: &str = "You judge search results. Answer \"yes\" if the document answers the query or is \
+/// The instructions that open the system turn of every judgement.
+pub const INSTRUCTIONS: &str = "You judge search results. Answer \"yes\" if the document answers the query or is \
      about what the query asks, and \"no\" if it is about something else. Answer with one word: yes or no.";
 
 /// Tokens counted as "yes", then as "no" (the first token of each).
@@ -27,9 +30,14 @@ const NO: [&str; 2] = ["no", "No"];
 /// pieces.
 const ANSWER_TOKENS: usize = 4;
 
-/// The user turn for `query` and `document`.
-pub fn user_prompt(query: &str, document: &str) -> String {
-    format!("Query: {query}\nDocument: {document}\nDoes the document answer the query?")
+/// The system turn for `query`.
+pub fn system_prompt(query: &str) -> String {
+    format!("{INSTRUCTIONS}\nQuery: {query}")
+}
+
+/// The user turn for `document`.
+pub fn user_prompt(document: &str) -> String {
+    format!("Document: {document}\nDoes the document answer the query?")
 }
 
 /// The generation that judges `document` for `query`: greedy, the answer held to "yes" or "no"
@@ -38,8 +46,8 @@ pub fn judgement(query: &str, document: &str) -> GenerateRequest {
     GenerateRequest {
         prompt: String::new(),
         messages: vec![
-            ChatMessage::new("system", SYSTEM_PROMPT),
-            ChatMessage::new("user", user_prompt(query, document)),
+            ChatMessage::new("system", system_prompt(query)),
+            ChatMessage::new("user", user_prompt(document)),
         ],
         raw: false,
         think: false,
