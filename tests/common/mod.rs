@@ -181,6 +181,15 @@ pub fn write_private(path: &Path, text: &str) {
     file.write_all(text.as_bytes()).unwrap();
 }
 
+/// Drops the fields of a result that say what caches served it (`cached`, `prefix_tokens`):
+/// they depend on what earlier requests left, the answer itself does not.
+pub fn without_cache_fields(result: &mut serde_json::Value) {
+    if let Some(fields) = result.as_object_mut() {
+        fields.remove("cached");
+        fields.remove("prefix_tokens");
+    }
+}
+
 /// Parses a JSON file of the shared models.
 pub fn reference(path: &str) -> serde_json::Value {
     let p = models_dir().join(path);
