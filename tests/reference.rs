@@ -89,12 +89,7 @@ fn long_prompts_are_fed_in_fixed_chunks_deterministically() {
     // One (empty) piece per prefill call but the last before any text: the watchdog and
     // cancellation see progress. Calls end at the prefill boundaries.
     // The raw prompt holds no end-of-turn token: its calls end on the fixed grid.
-    let (grid, tokens) = (Boundaries::default(), vec![0; n]);
-    let (mut fed, mut prefill_calls) = (0, 0);
-    while fed < n {
-        fed += grid.chunk_len(&tokens, fed);
-        prefill_calls += 1;
-    }
+    let prefill_calls = Boundaries::default().calls(&vec![0; n], 0).count();
     assert!(prefill_calls > 12, "{prefill_calls} calls for {n} tokens");
     assert!(pieces[..prefill_calls - 1].iter().all(String::is_empty), "{pieces:?}");
     assert_eq!(one.generate(&req).unwrap(), first, "repeated run");

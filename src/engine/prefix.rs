@@ -20,6 +20,7 @@
 //! off for a model that fails it.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -103,6 +104,15 @@ impl Boundaries {
     /// KV cache: up to the next boundary or the prompt's end.
     pub fn chunk_len(&self, prompt: &[u32], fed: usize) -> usize {
         self.next(prompt, fed).min(prompt.len()) - fed
+    }
+
+    /// The prefill calls of `prompt` after its first `fed` tokens (a boundary), in order.
+    pub fn calls<'a>(&'a self, prompt: &'a [u32], mut fed: usize) -> impl Iterator<Item = Range<usize>> + 'a {
+        std::iter::from_fn(move || {
+            let start = fed;
+            fed += self.chunk_len(prompt, fed);
+            (start < prompt.len()).then_some(start..fed)
+        })
     }
 }
 
@@ -410,13 +420,10 @@ pub fn probe_prefix_reuse<B: DecoderBackend>(
     }
     let reuse = rule.reuse(boundaries, &prompt, tokens);
     // Prefills `tokens` from position `fed` on, call by call; the last call's logits.
-    let prefill = |backend: &mut B, state: &mut B::State, tokens: &[u32], mut fed: usize| -> Result<Vec<f32>> {
+    let prefill = |backend: &mut B, state: &mut B::State, tokens: &[u32], fed: usize| -> Result<Vec<f32>> {
         let mut logits = Vec::new();
-        while fed < tokens.len() {
-            let take = boundaries.chunk_len(tokens, fed);
-            logits =
-                backend.forward(&mut [Step { state, tokens: &tokens[fed..fed + take] }])?.pop().unwrap_or_default();
-            fed += take;
+        for call in boundaries.calls(tokens, fed) {
+            logits = backend.forward(&mut [Step { state, tokens: &tokens[call] }])?.pop().unwrap_or_default();
         }
         Ok(logits)
     };
@@ -462,8 +469,6 @@ pub fn disable(stats: &PrefixStats, reason: String) {
 
 #[cfg(test)]
 mod tests {
-    use std::ops::Range;
-
     use super::*;
 
     const ROWS: usize = 2;
@@ -511,26 +516,12 @@ mod tests {
         let grid = Boundaries::default();
         for total in 1..3000 {
             let prompt = vec![7; total];
-            let mut fed = 0;
-            while fed < total {
-                let take = grid.chunk_len(&prompt, fed);
-                assert!((1..=128).contains(&take));
-                fed += take;
-                assert!(fed == total || fed == boundary_at_or_below(fed), "{total}: a call ended at {fed}");
+            for call in grid.calls(&prompt, 0) {
+                assert!((1..=128).contains(&call.len()));
+                let end = call.end;
+                assert!(end == total || end == boundary_at_or_below(end), "{total}: a call ended at {end}");
             }
         }
-    }
-
-    /// The calls of `prompt`, as (start, end).
-    fn calls(boundaries: &Boundaries, prompt: &[u32]) -> Vec<(usize, usize)> {
-        let mut out = Vec::new();
-        let mut fed = 0;
-        while fed < prompt.len() {
-            let end = fed + boundaries.chunk_len(prompt, fed);
-            out.push((fed, end));
-            fed = end;
-        }
-        out
     }
 
     #[test]
@@ -541,7 +532,7 @@ mod tests {
             prompt[end] = 2;
         }
         prompt[150] = 9;
-        let ends: Vec<usize> = calls(&b, &prompt).iter().map(|c| c.1).collect();
+        let ends: Vec<usize> = b.calls(&prompt, 0).map(|c| c.end).collect();
         // 1 (too near 0), 42 (too near 41), 63 (one before the grid), 127 and 128 (too near
         // the grid) are not boundaries.
         assert_eq!(ends, [41, 64, 71, 128, 151, 192, 201, 256, 300]);
@@ -567,14 +558,14 @@ mod tests {
                     (seed >> 33) as u32 % 4
                 })
                 .collect();
-            let whole = calls(&b, &prompt);
-            for (i, &(start, end)) in whole.iter().enumerate() {
-                assert!(end - start <= 128);
-                assert!(end - start >= MIN_PREFILL || i == whole.len() - 1, "{whole:?}");
+            let whole: Vec<Range<usize>> = b.calls(&prompt, 0).collect();
+            for (i, call) in whole.iter().enumerate() {
+                assert!(call.len() <= 128);
+                assert!(call.len() >= MIN_PREFILL || i == whole.len() - 1, "{whole:?}");
             }
             for cut in 1..len {
-                let part = calls(&b, &prompt[..cut]);
-                let inside: Vec<_> = whole.iter().copied().filter(|&(_, end)| end < cut).collect();
+                let part: Vec<Range<usize>> = b.calls(&prompt[..cut], 0).collect();
+                let inside: Vec<_> = whole.iter().filter(|c| c.end < cut).cloned().collect();
                 assert_eq!(inside, part[..part.len() - 1], "prefix of {cut} tokens");
             }
         }
