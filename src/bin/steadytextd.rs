@@ -91,7 +91,7 @@ fn start(cli: Cli) -> Result<()> {
     let owned: Vec<&std::path::Path> = listeners.iter().filter_map(listen::StdListener::owned_path).collect();
     privileges::drop_privileges(cli.allow_root, &config.daemon_state_dir(), &owned)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(config.effective_io_threads())
         .thread_name("steadytextd-io")
         .enable_all()
         .build()

@@ -6,7 +6,7 @@ use crate::env;
 use crate::error::{Error, Result};
 use crate::model::ModelKind;
 
-use super::{Config, Device, CONFIG_FILE, MAX_BATCH_SEQUENCES, MAX_PREFIX_MB, SYSTEM_CONFIG};
+use super::{Config, Device, CONFIG_FILE, MAX_BATCH_SEQUENCES, MAX_IO_THREADS, MAX_PREFIX_MB, SYSTEM_CONFIG};
 
 impl Config {
     /// Loads the configuration: `path` if given (must exist), else `STEADYTEXT_CONFIG`, else the
@@ -141,6 +141,12 @@ impl Config {
                  send_timeout_secs, line_timeout_secs and auth_timeout_secs must be at least 1"
                     .into(),
             ));
+        }
+        if d.io_threads > MAX_IO_THREADS {
+            return Err(Error::Config(format!(
+                "daemon.io_threads = {} is out of range 0..={MAX_IO_THREADS} (0 = a quarter of the cores)",
+                d.io_threads
+            )));
         }
         if d.batch_kv_mb == 0 {
             return Err(Error::Config("daemon.batch_kv_mb must be at least 1".into()));

@@ -16,6 +16,7 @@ mod methods;
 mod metrics;
 mod notify;
 mod peer;
+mod peer_poll;
 pub mod privileges;
 mod registry;
 mod reload;

@@ -15,9 +15,6 @@ use crate::protocol::{EmbedResult, GenerateResult};
 use super::scheduler::{Job, Worker};
 use super::state::Daemon;
 
-/// How often a request waiting for a worker checks whether its client hung up.
-const PEER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// The model workers of `daemon`.
 pub(crate) struct WorkerRunner<'a> {
     /// Shared state.
@@ -53,7 +50,7 @@ impl Runner for WorkerRunner<'_> {
         };
         self.daemon.submit(worker, job)?;
         let _cancel_on_drop = cancel.clone().drop_guard();
-        let mut poll = tokio::time::interval(PEER_POLL);
+        let poll = self.daemon.peer_poll().watch();
         let result = loop {
             tokio::select! {
                 biased;
@@ -80,7 +77,7 @@ impl Runner for WorkerRunner<'_> {
     async fn embed(&self, worker: &Arc<Worker>, texts: Vec<String>, sink: &mut dyn PieceSink) -> Result<EmbedResult> {
         let (reply, mut answer) = oneshot::channel();
         self.daemon.submit(worker, Job::Embed { texts, reply })?;
-        let mut poll = tokio::time::interval(PEER_POLL);
+        let poll = self.daemon.peer_poll().watch();
         loop {
             tokio::select! {
                 r = &mut answer => return r.map_err(|_| Error::ShuttingDown)?,

@@ -20,6 +20,7 @@ use crate::protocol::{ModelStatus, PrefixCacheStatus, Status, PROTOCOL_VERSION};
 use super::admission::Admission;
 use super::metrics::Metrics;
 use super::peer::Peer;
+use super::peer_poll::PeerPoll;
 use super::registry::Registry;
 use super::scheduler::{Job, Worker};
 
@@ -42,6 +43,8 @@ pub(crate) struct Daemon {
     config_path: Option<std::path::PathBuf>,
     /// Held while a reload runs: SIGHUP and the `reload` method take turns.
     reloading: tokio::sync::Mutex<()>,
+    /// The clock of requests waiting on a worker.
+    peer_poll: Arc<PeerPoll>,
 }
 
 impl Daemon {
@@ -71,6 +74,7 @@ impl Daemon {
             engine,
             config_path,
             reloading: tokio::sync::Mutex::new(()),
+            peer_poll: Arc::default(),
         })
     }
 
@@ -127,6 +131,11 @@ impl Daemon {
     /// Cancelled when shutdown begins: stop accepting and reading new requests.
     pub(crate) fn shutdown(&self) -> &CancellationToken {
         &self.shutdown
+    }
+
+    /// The clock a request waiting on a worker watches its client by.
+    pub(crate) fn peer_poll(&self) -> &Arc<PeerPoll> {
+        &self.peer_poll
     }
 
     /// A token cancelled when the shutdown timeout expires: in-flight work is aborted.
