@@ -366,9 +366,9 @@ impl Config {
 
     /// The daemon's connection threads. By default a quarter of the cores, 1 to 4: connection work
     /// is light next to a model's, and on a small machine every thread that wakes beside a model
-    /// run preempts one of its intra-op threads (measured on 2 cores: a second connection thread,
-    /// woken by Tokio to look for work whenever the first one got some, took ~6% from a one-text
-    /// embed's latency).
+    /// run preempts one of its intra-op threads (on 2 cores, a second connection thread was woken
+    /// by Tokio to look for work whenever the first one got some; `perf sched` showed it
+    /// preempting the model's threads).
     pub fn effective_io_threads(&self) -> usize {
         match self.daemon.io_threads {
             0 => (std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) / 4).clamp(1, 4),
@@ -401,13 +401,17 @@ mod tests {
     }
 
     #[test]
-    fn an_old_file_with_stream_buffer_still_loads() {
+    fn io_threads_default_to_a_quarter_of_the_cores_and_are_bounded() {
         let c = Config::from_toml("[daemon]\nio_threads = 3").unwrap();
         assert_eq!(c.effective_io_threads(), 3);
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(Config::default().effective_io_threads(), (cores / 4).clamp(1, 4));
         let err = Config::from_toml("[daemon]\nio_threads = 65").unwrap_err().to_string();
         assert!(err.contains("daemon.io_threads = 65 is out of range 0..=64"), "{err}");
+    }
+
+    #[test]
+    fn an_old_file_with_stream_buffer_still_loads() {
         let c = Config::from_toml("[daemon]\nstream_buffer = 0\nqueue_depth = 3").unwrap();
         assert_eq!(c.daemon.queue_depth, 3);
     }

@@ -1,7 +1,7 @@
 //! One clock for every request that waits on a model worker while watching its client.
 //!
-//! A timer per request (each wait polling its client every [`PEER_POLL`]) cost a one-text embed
-//! ~6% of its latency on 2 cores: registering a timer earlier than the runtime's next one wakes
+//! A timer per request (each wait polling its client every [`PEER_POLL`]) slowed one-text embeds
+//! on 2 cores (2-8% in paired runs): registering a timer earlier than the runtime's next one wakes
 //! the thread parked in the I/O driver to re-arm it, and a dropped timer does not disarm it, so
 //! that thread woke again 50 ms after each request, in the middle of a later model run,
 //! preempting one of ONNX Runtime's threads (both cores were the model's). Measured with
