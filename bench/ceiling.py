@@ -76,6 +76,14 @@ def matmul_only_model(fused, work):
     return path
 
 
+def matmul_shapes(path):
+    """[K, N] of each MatMulNBits node of the matmul-only model (benches/kernels.rs times our
+    kernel on the same shapes)."""
+    model = onnx.load(path, load_external_data=False)
+    return [[helper.get_attribute_value(a) for k in ("K", "N") for a in n.attribute if a.name == k]
+            for n in model.graph.node]
+
+
 def matmul_figures(path, threads):
     sess = session(path, threads)
     widths = [(i.name, i.shape[1]) for i in sess.get_inputs()]
@@ -115,7 +123,8 @@ def step_figures(fused, threads):
 def main():
     fused, work, json_out = sys.argv[1:4]
     threads = int(sys.argv[4]) if len(sys.argv) > 4 else 2
-    matmul = matmul_figures(matmul_only_model(fused, work), threads)
+    matmul_model = matmul_only_model(fused, work)
+    matmul = matmul_figures(matmul_model, threads)
     steps = step_figures(fused, threads)
     table = []
     for rows in ROWS:
@@ -125,7 +134,8 @@ def main():
             row[f"step_ms_past_{past}"] = steps[(rows, past)]
             row[f"step_ceiling_past_{past}"] = rows * steps[(1, past)] / steps[(rows, past)]
         table.append(row)
-    json.dump({"threads": threads, "onnxruntime": ort.__version__, "pasts": PASTS, "table": table},
+    json.dump({"threads": threads, "onnxruntime": ort.__version__, "pasts": PASTS, "table": table,
+               "matmul_shapes": matmul_shapes(matmul_model)},
               open(json_out, "w"), indent=1)
     print(f"ceiling: {json_out}", file=sys.stderr)
 

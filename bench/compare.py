@@ -579,13 +579,18 @@ def print_ceiling(ceiling):
     pasts = ceiling["pasts"]
     print(f"One decode call for n rows (ms, and at most n x one row's speed), fused model in Python onnxruntime "
           f"{ceiling['onnxruntime']}, {ceiling['threads']} threads" + (", and llama.cpp on the Q4_1 GGUF" if "llama_cpp" in ceiling else ""))
-    heads = ["MatMulNBits alone"] + [f"step, {p} positions" for p in pasts]
+    kernel = ceiling.get("int4_kernel")
+    heads = ["MatMulNBits alone"] + ([f"our int4 x int8 kernel ({kernel['isa']})"] if kernel else [])
+    heads += [f"step, {p} positions" for p in pasts]
     if "llama_cpp" in ceiling:
         heads += [f"llama.cpp step, {p} positions" for p in pasts]
     print("| rows | " + " | ".join(f"{h} | at most" for h in heads) + " |")
     print("|---|" + "---|---|" * len(heads))
     for i, r in enumerate(ceiling["table"]):
         cells = [(r["matmulnbits_ms"], r["matmulnbits_ceiling"])]
+        if kernel:
+            ms = kernel["table"][i]["ms"]
+            cells.append((ms, r["rows"] * kernel["table"][0]["ms"] / ms))
         cells += [(r[f"step_ms_past_{p}"], r[f"step_ceiling_past_{p}"]) for p in pasts]
         if "llama_cpp" in ceiling:
             cells += [(ceiling["llama_cpp"][i][f"step_ms_past_{p}"], ceiling["llama_cpp"][i][f"step_ceiling_past_{p}"])

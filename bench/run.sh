@@ -51,6 +51,9 @@ if [ -z "$only" ] || [ "$only" = concurrency ]; then
     "$("$root/tools/venv.sh" "$root/tools/fused-decoder/requirements.txt")" "$root/bench/ceiling.py" \
         "$fused" "$root/target/bench/ceiling-model" "$root/target/bench/ceiling.json"
     ceiling="$root/target/bench/ceiling.json"
+    # Our int4 x int8 kernel (src/engine/kernels) on the same products, added to that JSON.
+    echo "bench: our int4 x int8 kernel on one decode step's products" >&2
+    cargo bench --locked --manifest-path "$root/Cargo.toml" --bench kernels -- "$ceiling"
 fi
 exec "$python" "$root/bench/compare.py" --bin "$root/target/release" --shared "$STEADYTEXT_MODEL_DIR" \
     --fused "$fused" --gguf "$gguf" ${ceiling:+--ceiling "$ceiling"} ${twin:+--twin "$twin"} \

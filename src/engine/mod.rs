@@ -7,6 +7,7 @@ pub mod cross_encoder;
 pub mod embed;
 pub mod fingerprint;
 pub mod generate;
+pub mod kernels;
 mod kv_arena;
 pub mod kv_block;
 pub mod logprobs;

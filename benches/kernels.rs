@@ -1,0 +1,104 @@
+//! Our int4 x int8 kernel on one decode step's matrix products, beside ONNX Runtime's
+//! `MatMulNBits` in make bench's ceiling table: the shapes of the fused model's `MatMulNBits`
+//! nodes, the rows and the thread count come from bench/ceiling.py's JSON, and the kernel's
+//! milliseconds per step (each product quantizing its input rows, as `MatMulNBits` does at int8
+//! compute) are added to it under "int4_kernel". Weights are random: the time does not depend on
+//! their values. Timed as ceiling.py times: three warm-up steps, then the fastest of three rounds.
+//!
+//!     cargo bench --bench kernels -- CEILING_JSON
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde_json::{json, Value};
+use steadytext::engine::kernels::int4_matmul::{Int4Matrix, Isa, ParallelFor, QuantizedRows, BLOCK};
+
+/// A rayon pool as the kernel's threads; the steps run inside it, as a model's nodes run on the
+/// session's threads (between products the other threads are still awake, not parked).
+struct Pool(rayon::ThreadPool);
+
+impl ParallelFor for Pool {
+    fn threads(&self) -> usize {
+        self.0.current_num_threads()
+    }
+
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        self.0.scope(|scope| {
+            for i in 1..tasks {
+                scope.spawn(move |_| task(i));
+            }
+            task(0);
+        });
+    }
+}
+
+const ROUNDS: usize = 3;
+const STEPS: usize = 30;
+
+fn random_matrix(rng: &mut ChaCha8Rng, k: usize, n: usize) -> Result<Int4Matrix> {
+    let mut bytes = |len: usize| (0..len).map(|_| rng.next_u32() as u8).collect::<Vec<u8>>();
+    let (qweight, zero_points) = (bytes(n * k / 2), bytes(n * (k / BLOCK).div_ceil(2)));
+    let scales = vec![0.01f32; n * k / BLOCK];
+    Ok(Int4Matrix::from_matmul_nbits(k, n, &qweight, &scales, Some(&zero_points))?)
+}
+
+/// The fastest round's milliseconds per decode step (every product once) of `rows` rows.
+fn step_ms(matrices: &[Int4Matrix], rows: usize, isa: Isa, pool: &Pool) -> Result<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(rows as u64);
+    let inputs: Vec<Vec<f32>> = matrices
+        .iter()
+        .map(|m| (0..rows * m.k()).map(|_| (rng.next_u32() % 2001) as f32 / 1000.0 - 1.0).collect())
+        .collect();
+    let mut outputs: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0f32; rows * m.n()]).collect();
+    let mut step = || -> Result<()> {
+        pool.0.install(|| {
+            for ((m, x), out) in matrices.iter().zip(&inputs).zip(&mut outputs) {
+                m.matmul(&QuantizedRows::new(x, rows, m.k())?, out, isa, pool)?;
+            }
+            Ok(())
+        })
+    };
+    for _ in 0..3 {
+        step()?;
+    }
+    let mut best = f64::INFINITY;
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        for _ in 0..STEPS {
+            step()?;
+        }
+        best = best.min(start.elapsed().as_secs_f64() * 1e3 / STEPS as f64);
+    }
+    Ok(best)
+}
+
+fn main() -> Result<()> {
+    let path = std::env::args().skip(1).find(|a| a != "--bench").context("usage: kernels CEILING_JSON")?;
+    let mut ceiling: Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("reading {path}"))?)?;
+    let shapes: Vec<(usize, usize)> =
+        serde_json::from_value(ceiling["matmul_shapes"].clone()).context("the ceiling JSON has no matmul_shapes")?;
+    let threads = ceiling["threads"].as_u64().context("the ceiling JSON has no threads")? as usize;
+    let rows: Vec<usize> = ceiling["table"]
+        .as_array()
+        .context("the ceiling JSON has no table")?
+        .iter()
+        .map(|r| r["rows"].as_u64().map(|n| n as usize).context("a table row without rows"))
+        .collect::<Result<_>>()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let matrices = shapes.iter().map(|&(k, n)| random_matrix(&mut rng, k, n)).collect::<Result<Vec<_>>>()?;
+    let pool = Pool(rayon::ThreadPoolBuilder::new().num_threads(threads).build()?);
+    let isa = Isa::detect();
+    let mut table = Vec::new();
+    for &n in &rows {
+        let ms = step_ms(&matrices, n, isa, &pool)?;
+        eprintln!("int4 x int8 kernel ({isa:?}, {threads} threads), {n} rows: {ms:.2} ms per step");
+        table.push(json!({"rows": n, "ms": ms}));
+    }
+    ceiling["int4_kernel"] = json!({"isa": format!("{isa:?}"), "table": table});
+    let tmp = format!("{path}.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&ceiling)?)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}

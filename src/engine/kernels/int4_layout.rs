@@ -1,0 +1,98 @@
+//! The data of [`super::int4_matmul`] that its vector paths (`int4_matmul_x86`) share: block and
+//! tile sizes, quantized rows, one tile's weights, the threads a product runs on, its errors.
+
+/// Weights (and activations) per quantization block along K: `MatMulNBits`' `block_size` this
+/// kernel takes (the fused decoders are built with 32).
+pub const BLOCK: usize = 32;
+/// Output columns per tile: one 512-bit vector of i32 or f32 lanes.
+pub const TILE: usize = 16;
+/// Bytes of one tile's block of packed weights (16 columns x 32 nibbles).
+pub(super) const TILE_BLOCK_BYTES: usize = TILE * BLOCK / 2;
+
+/// Threads to run a product's shares of columns on: ONNX Runtime's pool inside a session, a
+/// pool of the caller's elsewhere (the kernel brings none of its own).
+pub trait ParallelFor: Sync {
+    /// How many threads (the columns are split into as many shares).
+    fn threads(&self) -> usize;
+    /// Runs `task(i)` once for each `i` in `0..tasks`, possibly at the same time, and returns
+    /// when all have.
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync));
+}
+
+/// A shape or a buffer that does not fit the kernel.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KernelError {
+    /// K must be a whole number of blocks.
+    #[error("K = {0} is not a multiple of the kernel's block of {BLOCK}")]
+    UnevenK(usize),
+    /// A buffer has another length than its shape gives.
+    #[error("{what} holds {got} values where the shape needs {want}")]
+    Length {
+        /// The buffer.
+        what: &'static str,
+        /// Its length.
+        got: usize,
+        /// The length its shape gives.
+        want: usize,
+    },
+}
+
+/// `Ok` when the buffer `what` has the length its shape gives.
+pub(super) fn check_len(what: &'static str, got: usize, want: usize) -> Result<(), KernelError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(KernelError::Length { what, got, want })
+    }
+}
+
+/// One tile's weights: per block, 256 packed bytes, 16 scales, 16 zero points.
+pub(super) struct TileView<'a> {
+    pub packed: &'a [u8],
+    pub scales: &'a [f32],
+    pub zero_points: &'a [u8],
+}
+
+/// Rows of activations quantized per block of 32: `q = round(x · 127 / max|x|)` (half to even),
+/// held as `u = q + 128` (a byte the vector paths multiply as unsigned), with the block's scale
+/// `max|x| / 127`.
+pub struct QuantizedRows {
+    pub(super) rows: usize,
+    pub(super) k: usize,
+    /// `[rows, K]`: `q + 128`.
+    pub(super) u: Vec<u8>,
+    /// `[rows, K/32]`.
+    pub(super) scales: Vec<f32>,
+}
+
+impl QuantizedRows {
+    /// `x` `[rows, k]` (row-major) quantized.
+    pub fn new(x: &[f32], rows: usize, k: usize) -> Result<Self, KernelError> {
+        if !k.is_multiple_of(BLOCK) {
+            return Err(KernelError::UnevenK(k));
+        }
+        check_len("x", x.len(), rows * k)?;
+        let mut u = vec![0u8; rows * k];
+        let mut scales = Vec::with_capacity(rows * k / BLOCK);
+        for (values, quantized) in x.chunks_exact(BLOCK).zip(u.chunks_exact_mut(BLOCK)) {
+            let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
+            for (v, out) in values.iter().zip(quantized.iter_mut()) {
+                // Round half to even by the 1.5 * 2^23 trick (exact for |r| <= 127 here):
+                // `f32::round` is a libm call on baseline x86-64, most of this function's time.
+                let r = (v * inverse).clamp(-127.0, 127.0);
+                *out = (((r + ROUNDER) - ROUNDER) as i32 + 128) as u8;
+            }
+            scales.push(max / 127.0);
+        }
+        Ok(QuantizedRows { rows, k, u, scales })
+    }
+
+    /// How many rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// 1.5 * 2^23: adding it leaves no fraction bits in an f32 of magnitude below 2^22.
+const ROUNDER: f32 = 12_582_912.0;

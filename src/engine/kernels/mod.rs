@@ -1,0 +1,8 @@
+//! Our own decode kernels (the first of them: the int4 x int8 matrix product of a decode step),
+//! written so that a row's result cannot depend on the other rows of a batch: every output element
+//! is computed by one thread, from its own row only, by the same sequence of operations whatever
+//! the batch, the thread count or the instruction set. Unsafe code stays in the `*_x86` files.
+
+mod int4_layout;
+pub mod int4_matmul;
+mod int4_matmul_x86;
