@@ -881,6 +881,7 @@ def main():
     ap.add_argument("--baseline-bin", help="another steadytextd build to compare single-stream speed with")
     ap.add_argument("--only", choices=["concurrency", "prefix", "twin"], help="run only this section")
     ap.add_argument("--twin", help="tools/twin/build.sh's folder (genai/ and model-q4_0.gguf): the 1B twin section")
+    ap.add_argument("--fused-st", help="the fused model folder on our int4 x int8 kernel (tools/fused-decoder)")
     ap.add_argument("--ceiling", help="bench/ceiling.py's JSON, printed beside the concurrency table")
     args = ap.parse_args()
     if args.only == "twin":
@@ -937,6 +938,12 @@ def main():
     concurrency = (concurrency_figures(d, short, SHORT_PASSES, "24-96 token", note)
                    + concurrency_figures(d, long, LONG_PASSES, "256 token", note))
     d.stop()
+    if args.fused_st:
+        print("steadytextd, the fused model on our int4 x int8 kernel (fused-st), concurrent clients, uncached", flush=True)
+        d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused_st)}\n" + uncached)
+        concurrency += concurrency_figures(d, long, LONG_PASSES, "256 token, our int4 kernel", note,
+                                           name="steadytextd fused-st")
+        d.stop()
     if args.baseline_bin:
         print("steadytextd before continuous batching (--baseline-bin), fused model, 1 client", flush=True)
         d = Daemon(args.baseline_bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)

@@ -56,5 +56,5 @@ if [ -z "$only" ] || [ "$only" = concurrency ]; then
     cargo bench --locked --manifest-path "$root/Cargo.toml" --bench kernels -- "$ceiling"
 fi
 exec "$python" "$root/bench/compare.py" --bin "$root/target/release" --shared "$STEADYTEXT_MODEL_DIR" \
-    --fused "$fused" --gguf "$gguf" ${ceiling:+--ceiling "$ceiling"} ${twin:+--twin "$twin"} \
+    --fused "$fused" --fused-st "${fused%-acc4}-st" --gguf "$gguf" ${ceiling:+--ceiling "$ceiling"} ${twin:+--twin "$twin"} \
     --json "$root/target/bench/compare.json" "$@"

@@ -61,6 +61,29 @@ fn served_fused_model_gives_its_python_reference_ids_with_1_and_2_threads() {
 }
 
 #[test]
+fn our_kernel_variant_gives_its_recorded_ids_with_1_and_2_threads() {
+    // The served graph on our own int4 x int8 kernel (`fused-st`: `ai.steadytext` `Int4MatMul`
+    // for every MatMulNBits). Only this engine runs it, so its greedy ids are recorded here
+    // (tests/fused/st_greedy_ids.json, computed by the engine: a change to the kernel's numbers
+    // changes `kernels::VERSION` and them). The independent check: the same weights under
+    // ONNX Runtime's own int8 rounding choose the same first token for every reference prompt.
+    let model = common::fused_models().join("SmolLM2-135M-Instruct-fused-st");
+    let served = cases(&folder(4).join("reference.json"));
+    let recorded: Vec<Vec<u32>> = serde_json::from_str(include_str!("fused/st_greedy_ids.json")).unwrap();
+    for threads in [1, 2] {
+        let (_, mut generator) = load_generator(&common::config(threads), model.to_str().unwrap()).unwrap();
+        let got: Vec<Vec<u32>> = served
+            .iter()
+            .map(|(prompt, max, _)| generator.generate(&request(prompt, *max)).unwrap().token_ids)
+            .collect();
+        for ((prompt, _, theirs), ours) in served.iter().zip(&got) {
+            assert_eq!(ours[0], theirs[0], "first token of {prompt:?}");
+        }
+        assert_eq!(got, recorded, "{threads} threads: {}", serde_json::to_string(&got).unwrap());
+    }
+}
+
+#[test]
 fn onnxruntime_genai_runs_the_fused_folder_to_steadytexts_ids() {
     // onnxruntime-genai (its own ONNX Runtime, 1.32.0) reads genai_config.json and runs its own
     // greedy search: the folder is a real onnxruntime-genai model, and its answers are ours.

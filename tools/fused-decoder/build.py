@@ -14,7 +14,9 @@ builder emits for Llama on the CPU:
 Two variants are written, each a model folder (model.onnx + model.onnx.data, genai_config.json,
 config.json and the tokenizer files):
   accuracy_level = 4 (int8 compute, what the builder sets for CPU): the served fast model;
-  accuracy_level = 0 (fp32 compute): proves the graph right against the shared model.
+  accuracy_level = 0 (fp32 compute): proves the graph right against the shared model;
+and a third, SmolLM2-135M-Instruct-fused-st: the accuracy_level 4 graph with its MatMulNBits on
+steadytext's own int4 x int8 kernel (a custom operator only steadytextd has).
 
 For each variant it also writes reference.json: the greedy ids of the six reference prompts
 computed by Python onnxruntime's own decode loop (one intra-op thread) on that file. For
@@ -354,6 +356,34 @@ def main():
         os.rename(tmp, folder)
         print(f"{folder}: {len(model.graph.node)} nodes; "
               + (f"6/6 reference ids, max |logit diff| {worst:.2e}" if level == 0 else "reference.json written"))
+        if level == 4:
+            write_kernels_variant(folder, config, shared_dir, out_dir, max_len)
+
+
+def write_kernels_variant(served, config, shared_dir, out_dir, max_len):
+    """SmolLM2-135M-Instruct-fused-st: the served graph with its MatMulNBits nodes on steadytext's
+    own int4 x int8 kernel (`ai.steadytext` `Int4MatMul`, same inputs and attributes;
+    src/engine/kernels). Only steadytextd runs it (the operator is ours), so it has no Python
+    reference.json: tests/fused.rs holds its greedy ids, computed by the engine."""
+    folder = os.path.join(out_dir, "SmolLM2-135M-Instruct-fused-st")
+    tmp = folder + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    # Read back from the served folder: saving with external data emptied the in-memory tensors.
+    variant = onnx.load(os.path.join(served, "model.onnx"))
+    for node in variant.graph.node:
+        if node.op_type == "MatMulNBits":
+            node.domain, node.op_type = "ai.steadytext", "Int4MatMul"
+    variant.opset_import.append(helper.make_opsetid("ai.steadytext", 1))
+    onnx.save_model(variant, os.path.join(tmp, "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
+    for name in COPIED_FILES:
+        if os.path.exists(os.path.join(shared_dir, name)):
+            shutil.copy(os.path.join(shared_dir, name), tmp)
+    json.dump(genai_config(config, max_len), open(os.path.join(tmp, "genai_config.json"), "w"), indent=2)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.rename(tmp, folder)
+    print(f"{folder}: MatMulNBits on ai.steadytext Int4MatMul")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 #!/bin/sh
 # Builds the fused (onnxruntime-genai layout) SmolLM2 decoders from ../shared's model, once, into
 # $XDG_CACHE_HOME/steadytext/fused-<hash of this folder's scripts>/ (outside git; the shared
-# folder stays as it is), and prints that folder. It holds two model folders:
+# folder stays as it is), and prints that folder. It holds three model folders:
 #   SmolLM2-135M-Instruct-fused-acc4  the served fast form (int8 compute), with reference.json
 #   SmolLM2-135M-Instruct-fused-acc0  fp32 compute, proven against the shared model's reference
+#   SmolLM2-135M-Instruct-fused-st    acc4 on our own int4 x int8 kernel (src/engine/kernels)
 # Python (onnx, onnxruntime from PyPI) runs in a private venv; nothing else is downloaded.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)

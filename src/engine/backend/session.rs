@@ -78,6 +78,8 @@ pub fn build_session(
     };
     let builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
     let mut builder = configure(builder).map_err(|e| fail(e.to_string()))?;
+    let kernels = crate::engine::kernels::ort_op::domain(s.intra_threads).map_err(|e| fail(e.to_string()))?;
+    builder = builder.with_operators(kernels).map_err(|e| fail(e.to_string()))?;
     // No arena: ONNX Runtime's CPU arena keeps the peak of every run (a long sequence's KV
     // cache, a large batch's attention scores) for the life of the process; with plain
     // allocations the worker gives that memory back after large jobs (malloc_trim). Decode

@@ -11,7 +11,7 @@ pub(super) const TILE_BLOCK_BYTES: usize = TILE * BLOCK / 2;
 
 /// Threads to run a product's shares of columns on: ONNX Runtime's pool inside a session, a
 /// pool of the caller's elsewhere (the kernel brings none of its own).
-pub trait ParallelFor: Sync {
+pub trait ParallelFor {
     /// How many threads (the columns are split into as many shares).
     fn threads(&self) -> usize;
     /// Runs `task(i)` once for each `i` in `0..tasks`, possibly at the same time, and returns

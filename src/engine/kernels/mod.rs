@@ -3,6 +3,10 @@
 //! is computed by one thread, from its own row only, by the same sequence of operations whatever
 //! the batch, the thread count or the instruction set. Unsafe code stays in the `*_x86` files.
 
+/// Our kernels' version, in the engine fingerprint: change it with any change to their numbers.
+pub const VERSION: &str = "int4-matmul-1";
+
 mod int4_layout;
 pub mod int4_matmul;
 mod int4_matmul_x86;
+pub mod ort_op;
