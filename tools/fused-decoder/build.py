@@ -311,6 +311,19 @@ def decode(sess, ids, config, max_new, with_positions, logits_out=None):
     return out
 
 
+def write_folder(tmp, model, config, shared_dir, max_len):
+    """A model folder in `tmp` (made anew): `model` (its tensors in model.onnx.data), the shared
+    model's tokenizer and config files, genai_config.json."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    onnx.save_model(model, os.path.join(tmp, "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
+    for name in COPIED_FILES:
+        if os.path.exists(os.path.join(shared_dir, name)):
+            shutil.copy(os.path.join(shared_dir, name), tmp)
+    json.dump(genai_config(config, max_len), open(os.path.join(tmp, "genai_config.json"), "w"), indent=2)
+
+
 def main():
     shared_dir, out_dir = sys.argv[1], sys.argv[2]
     reference = json.load(open(os.path.join(shared_dir, "reference_ort.json")))
@@ -321,15 +334,8 @@ def main():
     for level in (0, 4):
         folder = os.path.join(out_dir, f"SmolLM2-135M-Instruct-fused-acc{level}")
         tmp = folder + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
         model, config = build(shared_dir, level, max_len)
-        onnx.save_model(model, os.path.join(tmp, "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx.data", size_threshold=1024)
-        for name in COPIED_FILES:
-            if os.path.exists(os.path.join(shared_dir, name)):
-                shutil.copy(os.path.join(shared_dir, name), tmp)
-        json.dump(genai_config(config, max_len), open(os.path.join(tmp, "genai_config.json"), "w"), indent=2)
+        write_folder(tmp, model, config, shared_dir, max_len)
         fused = session(os.path.join(tmp, "model.onnx"))
         results, worst = [], 0.0
         for case in cases:
@@ -367,20 +373,13 @@ def write_kernels_variant(served, config, shared_dir, out_dir, max_len):
     reference.json: tests/fused.rs holds its greedy ids, computed by the engine."""
     folder = os.path.join(out_dir, "SmolLM2-135M-Instruct-fused-st")
     tmp = folder + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
     # Read back from the served folder: saving with external data emptied the in-memory tensors.
     variant = onnx.load(os.path.join(served, "model.onnx"))
     for node in variant.graph.node:
         if node.op_type == "MatMulNBits":
             node.domain, node.op_type = "ai.steadytext", "Int4MatMul"
     variant.opset_import.append(helper.make_opsetid("ai.steadytext", 1))
-    onnx.save_model(variant, os.path.join(tmp, "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
-    for name in COPIED_FILES:
-        if os.path.exists(os.path.join(shared_dir, name)):
-            shutil.copy(os.path.join(shared_dir, name), tmp)
-    json.dump(genai_config(config, max_len), open(os.path.join(tmp, "genai_config.json"), "w"), indent=2)
+    write_folder(tmp, variant, config, shared_dir, max_len)
     shutil.rmtree(folder, ignore_errors=True)
     os.rename(tmp, folder)
     print(f"{folder}: MatMulNBits on ai.steadytext Int4MatMul")
