@@ -295,6 +295,95 @@ mod tests {
         }
     }
 
+    /// Per output, the most the kernel may differ from the float64 product: each activation is
+    /// off by at most half its block's step (`max|x| / 127 / 2`), times `|w − zp| · s_w`; plus
+    /// 1e-5 of the sum of |terms| for the f32 epilogue.
+    fn bound(k: usize, n: usize, (qw, sc, zp): &(Vec<u8>, Vec<f32>, Vec<u8>), x: &[f32], rows: usize) -> Vec<f64> {
+        let blocks = k / BLOCK;
+        let mut out = vec![0f64; rows * n];
+        for row in 0..rows {
+            for block in 0..blocks {
+                let values = &x[row * k + block * BLOCK..][..BLOCK];
+                let step = f64::from(values.iter().fold(0f32, |m, v| m.max(v.abs()))) / 127.0;
+                for col in 0..n {
+                    let zb = zp[col * blocks.div_ceil(2) + block / 2];
+                    let z = f64::from(if block.is_multiple_of(2) { zb & 0x0f } else { zb >> 4 });
+                    let scale = f64::from(sc[col * blocks + block]);
+                    for (i, v) in values.iter().enumerate() {
+                        let kk = block * BLOCK + i;
+                        let byte = qw[col * k / 2 + kk / 2];
+                        let w = f64::from(if kk.is_multiple_of(2) { byte & 0x0f } else { byte >> 4 });
+                        let weight = (w - z).abs() * scale;
+                        out[row * n + col] += weight * (step / 2.0 + 1e-5 * f64::from(v.abs()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn random_shapes_and_values_agree_across_paths_and_hold_to_the_rounding_bound() {
+        // Fuzz-style, 150 draws: K 32-768, N 1-70, rows 1-17, threads 1-3, zero points given or
+        // not, activations from 1e-3 to 300 in size, some blocks all zero. Activations quantize
+        // to within half a step; every path gives the portable path's bits; the portable path
+        // stays within `bound` of the float64 product.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let draw = |rng: &mut ChaCha8Rng, below: usize| rng.next_u32() as usize % below;
+        for case in 0..150 {
+            let (k, n, rows, threads) = (
+                BLOCK * (1 + draw(&mut rng, 24)),
+                1 + draw(&mut rng, 70),
+                1 + draw(&mut rng, 17),
+                1 + draw(&mut rng, 3),
+            );
+            let mut w = random_weights(&mut rng, k, n);
+            let given = case % 3 != 0;
+            if !given {
+                w.2.fill(0x88);
+            }
+            let m = Int4Matrix::from_matmul_nbits(k, n, &w.0, &w.1, given.then_some(&w.2[..])).unwrap();
+            let size = [1e-3f32, 1.0, 300.0][case % 3];
+            let mut x: Vec<f32> = (0..rows * k).map(|_| size * uniform(&mut rng, -1.0, 1.0)).collect();
+            if case % 5 == 0 {
+                x[..BLOCK].fill(0.0);
+            }
+            // Each activation comes back from its byte within half its block's step, and a
+            // block's largest reaches ±127.
+            let quantized = QuantizedRows::new(&x, rows, k).unwrap();
+            for (block, (values, bytes)) in x.chunks_exact(BLOCK).zip(quantized.u.chunks_exact(BLOCK)).enumerate() {
+                let step = quantized.scales[block];
+                let q: Vec<i32> = bytes.iter().map(|u| i32::from(*u) - 128).collect();
+                assert!(
+                    step == 0.0 || q.iter().any(|q| q.abs() == 127),
+                    "case {case}: block {block} never reaches 127"
+                );
+                for (v, q) in values.iter().zip(&q) {
+                    let error = (f64::from(*v) - f64::from(*q) * f64::from(step)).abs();
+                    assert!(
+                        error <= f64::from(step) * 0.500_001,
+                        "case {case}: {v} came back {error} off, step {step}"
+                    );
+                }
+            }
+            let portable = product(&m, &x, rows, Isa::Portable, threads);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            for isa in paths() {
+                let got = product(&m, &x, rows, isa, threads);
+                assert_eq!(
+                    bits(&got),
+                    bits(&portable),
+                    "case {case}: {isa:?}, k {k}, n {n}, {rows} rows, {threads} threads"
+                );
+            }
+            let (want, most) = (reference(k, n, &w, &x, rows), bound(k, n, &w, &x, rows));
+            for (i, (got, want)) in portable.iter().zip(&want).enumerate() {
+                let error = (f64::from(*got) - want).abs();
+                assert!(error <= most[i] + 1e-30, "case {case}: output {i} off by {error}, bound {}", most[i]);
+            }
+        }
+    }
+
     #[test]
     fn every_path_thread_count_and_batch_gives_the_same_bits() {
         let mut rng = ChaCha8Rng::seed_from_u64(2);
