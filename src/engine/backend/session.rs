@@ -2,6 +2,8 @@
 //! input checks and tensor helpers.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
@@ -97,7 +99,30 @@ pub fn build_session(
             .map_err(|e| Error::model(model, format!("CUDA execution provider unavailable: {e}; install the CUDA build of ONNX Runtime and CUDA 13 libraries, or set device = \"cpu\"")))?;
     }
     std::fs::File::open(onnx).map_err(|e| Error::io(onnx, e))?;
-    builder.commit_from_file(onnx).map_err(|e| fail(e.to_string()))
+    in_turn_until_the_domain_is_added(|| builder.commit_from_file(onnx)).map_err(|e| fail(e.to_string()))
+}
+
+/// Creates sessions one at a time until one has been created, then at once.
+///
+/// ONNX Runtime adds a session's custom-operator domains to a process-wide table as it creates
+/// the session, and checks whether a domain is there outside that table's lock
+/// (`CreateCustomRegistry` in onnxruntime/core/session/custom_ops.cc, read in the public source):
+/// two first sessions created at once both find `ai.steadytext` missing, and the second fails
+/// with "the domain is already exist". Once one session has added it, the check only reads.
+fn in_turn_until_the_domain_is_added<T, E>(
+    create: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
+    static ADDED: AtomicBool = AtomicBool::new(false);
+    static TURN: Mutex<()> = Mutex::new(());
+    if ADDED.load(Ordering::Acquire) {
+        return create();
+    }
+    let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
+    let created = create();
+    if created.is_ok() {
+        ADDED.store(true, Ordering::Release);
+    }
+    created
 }
 
 /// Maps ONNX Runtime's failures to the model's inference error.
@@ -186,5 +211,39 @@ mod tests {
         std::fs::write(&bad, b"not a model").unwrap();
         let err = build_session(test_env(), &bad, "bad", TEST_SETTINGS, Shapes::PerStep).unwrap_err().to_string();
         assert!(err.contains("fetch the model again"), "{err}");
+    }
+
+    /// Set in the child process of the test below.
+    const FIRST_SESSIONS_CHILD: &str = "STEADYTEXT_TEST_FIRST_SESSIONS";
+
+    #[test]
+    fn the_first_sessions_of_a_process_created_at_once_all_load() {
+        if std::env::var_os(FIRST_SESSIONS_CHILD).is_some() {
+            let start = std::sync::Barrier::new(8);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        start.wait();
+                        shared_minilm();
+                    });
+                }
+            });
+            return;
+        }
+        // Each round is a process of its own, where no session came before (without the turn taking,
+        // 20 of 20 such processes failed here).
+        for round in 0..3 {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "engine::backend::session::tests::the_first_sessions_of_a_process_created_at_once_all_load",
+                ])
+                .args(["--nocapture", "--test-threads=1"])
+                .env(FIRST_SESSIONS_CHILD, "1")
+                .output()
+                .unwrap();
+            let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && said.contains("1 passed"), "round {round}: {said}");
+        }
     }
 }
