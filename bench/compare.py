@@ -596,6 +596,25 @@ def print_ceiling(ceiling):
             cells += [(ceiling["llama_cpp"][i][f"step_ms_past_{p}"], ceiling["llama_cpp"][i][f"step_ceiling_past_{p}"])
                       for p in pasts]
         print(f"| {r['rows']} | " + " | ".join(f"{ms:.2f} | {most:.2f}x" for ms, most in cells) + " |")
+    print_attention(ceiling)
+
+
+def print_attention(ceiling):
+    """The attention layers of one decode step alone: ONNX Runtime's GroupQueryAttention
+    (bench/ceiling.py) beside ours (benches/kernels.rs), ms per step."""
+    theirs, ours = ceiling.get("attention"), ceiling.get("attention_kernel")
+    if not theirs or not ours:
+        return
+    print()
+    print(f"Attention of one decode step alone ({theirs['layers']} layers, {theirs['heads']} query heads on "
+          f"{theirs['kv_heads']} KV heads of {theirs['head_dim']}), ms per step")
+    pasts = ceiling["pasts"]
+    heads = [f"{who}, {p} positions" for p in pasts for who in ("GroupQueryAttention", f"ours ({ours['isa']})")]
+    print("| rows | " + " | ".join(heads) + " |")
+    print("|---|" + "---|" * len(heads))
+    for t, o in zip(theirs["table"], ours["table"]):
+        cells = [f"{r[f'ms_past_{p}']:.2f}" for p in pasts for r in (t, o)]
+        print(f"| {t['rows']} | " + " | ".join(cells) + " |")
 
 
 # ---------- the prefix cache ----------

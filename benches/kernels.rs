@@ -1,9 +1,10 @@
-//! Our int4 x int8 kernel on one decode step's matrix products, beside ONNX Runtime's
-//! `MatMulNBits` in make bench's ceiling table: the shapes of the fused model's `MatMulNBits`
-//! nodes, the rows and the thread count come from bench/ceiling.py's JSON, and the kernel's
-//! milliseconds per step (each product quantizing its input rows, as `MatMulNBits` does at int8
-//! compute) are added to it under "int4_kernel". Weights are random: the time does not depend on
-//! their values. Timed as ceiling.py times: three warm-up steps, then the fastest of three rounds.
+//! Our kernels on one decode step, beside ONNX Runtime's in make bench's ceiling table. The int4 x
+//! int8 kernel on the shapes of the fused model's `MatMulNBits` nodes (each product quantizing its
+//! input rows, as `MatMulNBits` does at int8 compute), under "int4_kernel"; our attention on its
+//! GroupQueryAttention layers (one call per layer, each layer its own KV buffer), under
+//! "attention_kernel". The shapes, rows, past lengths and thread count come from
+//! bench/ceiling.py's JSON. Weights and activations are random: the time does not depend on their
+//! values. Timed as ceiling.py times: three warm-up steps, then the fastest of three rounds.
 //!
 //!     cargo bench --bench kernels -- CEILING_JSON
 
@@ -13,6 +14,7 @@ use anyhow::{Context, Result};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Value};
+use steadytext::engine::kernels::attention::{AttentionHeads, AttentionInput, KvCache};
 use steadytext::engine::kernels::int4_matmul::{Int4Matrix, Isa, ParallelFor, QuantizedRows, BLOCK};
 
 /// A rayon pool as the kernel's threads; the steps run inside it, as a model's nodes run on the
@@ -44,22 +46,8 @@ fn random_matrix(rng: &mut ChaCha8Rng, k: usize, n: usize) -> Result<Int4Matrix>
     Ok(Int4Matrix::from_matmul_nbits(k, n, &qweight, &scales, Some(&zero_points))?)
 }
 
-/// The fastest round's milliseconds per decode step (every product once) of `rows` rows.
-fn step_ms(matrices: &[Int4Matrix], rows: usize, isa: Isa, pool: &Pool) -> Result<f64> {
-    let mut rng = ChaCha8Rng::seed_from_u64(rows as u64);
-    let inputs: Vec<Vec<f32>> = matrices
-        .iter()
-        .map(|m| (0..rows * m.k()).map(|_| (rng.next_u32() % 2001) as f32 / 1000.0 - 1.0).collect())
-        .collect();
-    let mut outputs: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0f32; rows * m.n()]).collect();
-    let mut step = || -> Result<()> {
-        pool.0.install(|| {
-            for ((m, x), out) in matrices.iter().zip(&inputs).zip(&mut outputs) {
-                m.matmul(&QuantizedRows::new(x, rows, m.k())?, out, isa, pool)?;
-            }
-            Ok(())
-        })
-    };
+/// The fastest round of `step`'s milliseconds, after three warm-up steps.
+fn best_ms(mut step: impl FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..3 {
         step()?;
     }
@@ -72,6 +60,58 @@ fn step_ms(matrices: &[Int4Matrix], rows: usize, isa: Isa, pool: &Pool) -> Resul
         best = best.min(start.elapsed().as_secs_f64() * 1e3 / STEPS as f64);
     }
     Ok(best)
+}
+
+/// The fastest round's milliseconds per decode step (every product once) of `rows` rows.
+fn step_ms(matrices: &[Int4Matrix], rows: usize, isa: Isa, pool: &Pool) -> Result<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(rows as u64);
+    let inputs: Vec<Vec<f32>> = matrices
+        .iter()
+        .map(|m| (0..rows * m.k()).map(|_| (rng.next_u32() % 2001) as f32 / 1000.0 - 1.0).collect())
+        .collect();
+    let mut outputs: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0f32; rows * m.n()]).collect();
+    best_ms(|| {
+        pool.0.install(|| {
+            for ((m, x), out) in matrices.iter().zip(&inputs).zip(&mut outputs) {
+                m.matmul(&QuantizedRows::new(x, rows, m.k())?, out, isa, pool)?;
+            }
+            Ok(())
+        })
+    })
+}
+
+/// The fused model's attention layers as ceiling.py describes them.
+#[derive(serde::Deserialize)]
+struct AttentionShape {
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    layers: usize,
+    capacity: usize,
+}
+
+/// Milliseconds per decode step of our attention on every layer, `rows` rows each `past` long.
+fn attention_ms(shape: &AttentionShape, rows: usize, past: usize, isa: Isa, pool: &Pool) -> Result<f64> {
+    let heads = AttentionHeads::new(shape.heads, shape.kv_heads, shape.head_dim, None)?;
+    let mut rng = ChaCha8Rng::seed_from_u64(past as u64);
+    let mut random = |n: usize| (0..n).map(|_| (rng.next_u32() % 2001) as f32 / 10_000.0 - 0.1).collect::<Vec<f32>>();
+    let per_cache = rows * shape.kv_heads * shape.capacity * shape.head_dim;
+    let mut caches: Vec<(Vec<f32>, Vec<f32>)> =
+        (0..shape.layers).map(|_| (random(per_cache), random(per_cache))).collect();
+    let qkv = random(rows * heads.qkv_width());
+    let rotary = random((past + 1) * shape.head_dim / 2);
+    let mut out = vec![0f32; rows * heads.out_width()];
+    let (pasts, valid) = (vec![past; rows], vec![1; rows]);
+    let input = AttentionInput { qkv: &qkv, seq: 1, past: &pasts, valid: &valid, cos: &rotary, sin: &rotary };
+    best_ms(|| {
+        pool.0.install(|| {
+            for (keys, values) in &mut caches {
+                let cache = KvCache { keys, values, capacity: shape.capacity };
+                heads.run(&input, cache, &mut out, isa, pool)?;
+            }
+            Ok(())
+        })
+    })
 }
 
 fn main() -> Result<()> {
@@ -97,6 +137,21 @@ fn main() -> Result<()> {
         table.push(json!({"rows": n, "ms": ms}));
     }
     ceiling["int4_kernel"] = json!({"isa": format!("{isa:?}"), "table": table});
+    let shape: AttentionShape =
+        serde_json::from_value(ceiling["attention"].clone()).context("the ceiling JSON has no attention shape")?;
+    let pasts: Vec<usize> =
+        serde_json::from_value(ceiling["pasts"].clone()).context("the ceiling JSON has no pasts")?;
+    let mut table = Vec::new();
+    for &n in &rows {
+        let mut row = json!({"rows": n});
+        for &past in &pasts {
+            let ms = attention_ms(&shape, n, past, isa, &pool)?;
+            eprintln!("attention ({isa:?}, {threads} threads), {n} rows after {past}: {ms:.2} ms per step");
+            row[format!("ms_past_{past}")] = json!(ms);
+        }
+        table.push(row);
+    }
+    ceiling["attention_kernel"] = json!({"isa": format!("{isa:?}"), "table": table});
     let tmp = format!("{path}.tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&ceiling)?)?;
     std::fs::rename(&tmp, &path)?;

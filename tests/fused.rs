@@ -62,11 +62,13 @@ fn served_fused_model_gives_its_python_reference_ids_with_1_and_2_threads() {
 
 #[test]
 fn our_kernel_variant_gives_its_recorded_ids_with_1_and_2_threads() {
-    // The served graph on our own int4 x int8 kernel (`fused-st`: `ai.steadytext` `Int4MatMul`
-    // for every MatMulNBits). Only this engine runs it, so its greedy ids are recorded here
+    // The served graph on our own kernels (`fused-st`: `ai.steadytext` `Int4MatMul` for every
+    // MatMulNBits, `GroupQueryAttention` for every attention). Only this engine runs it, so its greedy ids are recorded here
     // (tests/fused/st_greedy_ids.json, computed by the engine: a change to the kernel's numbers
-    // changes `kernels::VERSION` and them). The independent check: the same weights under
-    // ONNX Runtime's own int8 rounding choose the same first token for every reference prompt.
+    // changes `kernels::VERSION` and them). The independent checks: the same weights under
+    // ONNX Runtime's own int8 rounding and attention choose the same first token for every
+    // reference prompt; each operator against ONNX Runtime's (the test below) and a float64
+    // reference (beside the kernels).
     let model = common::fused_models().join("SmolLM2-135M-Instruct-fused-st");
     let served = cases(&folder(4).join("reference.json"));
     let recorded: Vec<Vec<u32>> = serde_json::from_str(include_str!("fused/st_greedy_ids.json")).unwrap();
@@ -167,4 +169,123 @@ fn concurrent_daemon_clients_get_the_single_stream_bytes_and_status_shows_batchi
             .clone()
     };
     assert_eq!((batch("generation"), batch("embedding")), (json!(16), json!(1)), "{status}");
+}
+
+/// One-node models of ONNX Runtime's `GroupQueryAttention` (`com.microsoft`) and of ours
+/// (`ai.steadytext`), same attributes (9 query heads on 3 KV heads of 64, rotary, the default
+/// scale), written by Python's `onnx` into `dir`.
+fn attention_layer_models(dir: &Path) -> [PathBuf; 2] {
+    let python = common::venv_python("tools/cross-encoder/requirements.txt");
+    let script = r#"
+import sys
+from onnx import TensorProto, helper, save
+F, I = TensorProto.FLOAT, TensorProto.INT32
+inputs = [helper.make_tensor_value_info(n, t, s) for n, t, s in [
+    ("query", F, ["b", "s", 960]), ("past_key", F, ["b", 3, "p", 64]), ("past_value", F, ["b", 3, "p", 64]),
+    ("seqlens_k", I, ["b"]), ("total_sequence_length", I, [1]), ("cos_cache", F, ["m", 32]), ("sin_cache", F, ["m", 32])]]
+outputs = [helper.make_tensor_value_info(n, F, None) for n in ("output", "present_key", "present_value")]
+for domain, path in zip(("com.microsoft", "ai.steadytext"), sys.argv[1:]):
+    node = helper.make_node("GroupQueryAttention", ["query", "", "", "past_key", "past_value", "seqlens_k",
+                            "total_sequence_length", "cos_cache", "sin_cache"], ["output", "present_key", "present_value"],
+                            domain=domain, num_heads=9, kv_num_heads=3, do_rotary=1)
+    graph = helper.make_graph([node], "attention", inputs, outputs)
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)]), path)
+"#;
+    let paths = [dir.join("ort.onnx"), dir.join("st.onnx")];
+    let out = std::process::Command::new(python).args(["-c", script]).args(&paths).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    paths
+}
+
+#[test]
+fn our_attention_operator_computes_what_onnxruntimes_computes() {
+    use ort::value::Tensor;
+    use steadytext::engine::backend::Shapes;
+
+    let dir = tempfile::tempdir().unwrap();
+    let [mut theirs, mut ours] = attention_layer_models(dir.path())
+        .map(|path| steadytext::engine::session(&common::config(2), &path, "attention", Shapes::PerStep).unwrap());
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut random = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                (seed % 20_001) as f32 / 10_000.0 - 1.0
+            })
+            .collect()
+    };
+    let positions = 64;
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in 0..positions {
+        for i in 0..32 {
+            let angle = p as f64 / 10_000f64.powf(i as f64 / 32.0);
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    // (tokens per row, past buffer length, each row's positions before the call, each row's real
+    // tokens): a right-padded first prompt, a chunk after cached positions (ONNX Runtime takes
+    // one row then), decode steps.
+    let scenarios: [(usize, usize, Vec<usize>, Vec<usize>); 4] = [
+        (7, 0, vec![0, 0], vec![7, 4]),
+        (5, 20, vec![12], vec![5]),
+        (1, 40, vec![5, 39, 17], vec![1, 1, 1]),
+        (1, 64, vec![63], vec![1]),
+    ];
+    for (seq, buffer, past, valid) in scenarios {
+        let rows = past.len();
+        let total = past.iter().zip(&valid).map(|(p, v)| p + v).max().unwrap() as i32;
+        let total = if buffer == 0 { seq as i32 } else { total };
+        let query = random(rows * seq * 960);
+        let (past_key, past_value) = (random(rows * 3 * buffer * 64), random(rows * 3 * buffer * 64));
+        let seqlens: Vec<i32> = past.iter().zip(&valid).map(|(p, v)| (p + v) as i32 - 1).collect();
+        let run = |session: &mut ort::session::Session| -> Vec<(Vec<i64>, Vec<f32>)> {
+            let outputs = session
+                .run(ort::inputs![
+                    "query" => Tensor::from_array(([rows, seq, 960], query.clone())).unwrap(),
+                    "past_key" => Tensor::from_array(([rows, 3, buffer, 64], past_key.clone())).unwrap(),
+                    "past_value" => Tensor::from_array(([rows, 3, buffer, 64], past_value.clone())).unwrap(),
+                    "seqlens_k" => Tensor::from_array(([rows], seqlens.clone())).unwrap(),
+                    "total_sequence_length" => Tensor::from_array(([1], vec![total])).unwrap(),
+                    "cos_cache" => Tensor::from_array(([positions, 32], cos.clone())).unwrap(),
+                    "sin_cache" => Tensor::from_array(([positions, 32], sin.clone())).unwrap(),
+                ])
+                .unwrap();
+            ["output", "present_key", "present_value"]
+                .map(|name| {
+                    let (shape, data) = outputs[name].try_extract_tensor::<f32>().unwrap();
+                    (shape.to_vec(), data.to_vec())
+                })
+                .to_vec()
+        };
+        let (want, got) = (run(&mut theirs), run(&mut ours));
+        let what = format!("{seq} tokens after {past:?}");
+        for (name, (w, g)) in ["output", "present_key", "present_value"].iter().zip(want.iter().zip(&got)) {
+            assert_eq!(w.0, g.0, "{what}: {name}'s shape");
+        }
+        // The real tokens' outputs, and every written position of the caches.
+        let largest = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let mut worst = [0f32; 3];
+        for row in 0..rows {
+            for i in 0..valid[row] {
+                let at = (row * seq + i) * 576;
+                let (w, g) = (&want[0].1[at..at + 576], &got[0].1[at..at + 576]);
+                worst[0] = worst[0].max(w.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / largest(w));
+            }
+            let capacity = want[1].0[2] as usize;
+            for kind in 1..3 {
+                for kv in 0..3 {
+                    let at = (row * 3 + kv) * capacity * 64;
+                    let end = at + (past[row] + valid[row]) * 64;
+                    let (w, g) = (&want[kind].1[at..end], &got[kind].1[at..end]);
+                    let diff = w.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+                    worst[kind] = worst[kind].max(diff / largest(w).max(1e-30));
+                }
+            }
+        }
+        assert!(worst.iter().all(|&e| e < 1e-5), "{what}: relative differences {worst:?} (output, keys, values)");
+        eprintln!("{what}: relative differences {worst:?} (output, keys, values)");
+    }
 }

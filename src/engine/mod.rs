@@ -19,7 +19,7 @@ pub mod tools;
 pub mod types;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -72,15 +72,21 @@ fn load_common(config: &Config, name: &str, shapes: Shapes) -> Result<Loaded> {
     };
     let tokenizer = load_tokenizer(&files)?;
     let digest = files.digest()?;
+    let session = session(config, &files.onnx, &files.name, shapes)?;
+    let info = ModelInfo { name: files.name.clone(), digest, dir };
+    Ok(Loaded { files, info, config_json, genai_json, session, tokenizer })
+}
+
+/// An ONNX Runtime session of the file `onnx` (named `name` in errors) with the configured runtime,
+/// threads and device, and the engine's fixed options and operators.
+pub fn session(config: &Config, onnx: &Path, name: &str, shapes: Shapes) -> Result<ort::session::Session> {
     let env = crate::runtime::environment(&crate::runtime::RuntimeSpec::from_config(config))?;
     let settings = SessionSettings {
         intra_threads: config.effective_intra_threads(),
         device: config.device,
         cuda_device_id: config.cuda_device_id,
     };
-    let session = build_session(env, &files.onnx, &files.name, settings, shapes)?;
-    let info = ModelInfo { name: files.name.clone(), digest, dir };
-    Ok(Loaded { files, info, config_json, genai_json, session, tokenizer })
+    build_session(env, onnx, name, settings, shapes)
 }
 
 /// A folder's tokenizer as its model uses it: no padding, no truncation.

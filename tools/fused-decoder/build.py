@@ -367,10 +367,11 @@ def main():
 
 
 def write_kernels_variant(served, config, shared_dir, out_dir, max_len):
-    """SmolLM2-135M-Instruct-fused-st: the served graph with its MatMulNBits nodes on steadytext's
-    own int4 x int8 kernel (`ai.steadytext` `Int4MatMul`, same inputs and attributes;
-    src/engine/kernels). Only steadytextd runs it (the operator is ours), so it has no Python
-    reference.json: tests/fused.rs holds its greedy ids, computed by the engine."""
+    """SmolLM2-135M-Instruct-fused-st: the served graph on steadytext's own kernels
+    (src/engine/kernels), same inputs and attributes: its MatMulNBits nodes on `ai.steadytext`
+    `Int4MatMul` (int4 x int8), its GroupQueryAttention nodes on `ai.steadytext`
+    `GroupQueryAttention` (query by query). Only steadytextd runs it (the operators are ours), so it
+    has no Python reference.json: tests/fused.rs holds its greedy ids, computed by the engine."""
     folder = os.path.join(out_dir, "SmolLM2-135M-Instruct-fused-st")
     tmp = folder + ".tmp"
     # Read back from the served folder: saving with external data emptied the in-memory tensors.
@@ -378,11 +379,13 @@ def write_kernels_variant(served, config, shared_dir, out_dir, max_len):
     for node in variant.graph.node:
         if node.op_type == "MatMulNBits":
             node.domain, node.op_type = "ai.steadytext", "Int4MatMul"
+        elif node.op_type == "GroupQueryAttention":
+            node.domain = "ai.steadytext"
     variant.opset_import.append(helper.make_opsetid("ai.steadytext", 1))
     write_folder(tmp, variant, config, shared_dir, max_len)
     shutil.rmtree(folder, ignore_errors=True)
     os.rename(tmp, folder)
-    print(f"{folder}: MatMulNBits on ai.steadytext Int4MatMul")
+    print(f"{folder}: MatMulNBits and GroupQueryAttention on ai.steadytext's kernels")
 
 
 if __name__ == "__main__":

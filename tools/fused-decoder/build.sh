@@ -4,7 +4,8 @@
 # folder stays as it is), and prints that folder. It holds three model folders:
 #   SmolLM2-135M-Instruct-fused-acc4  the served fast form (int8 compute), with reference.json
 #   SmolLM2-135M-Instruct-fused-acc0  fp32 compute, proven against the shared model's reference
-#   SmolLM2-135M-Instruct-fused-st    acc4 on our own int4 x int8 kernel (src/engine/kernels)
+#   SmolLM2-135M-Instruct-fused-st    acc4 on our own kernels (src/engine/kernels): int4 x int8
+#                                     matmul and attention
 # Python (onnx, onnxruntime from PyPI) runs in a private venv; nothing else is downloaded.
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)

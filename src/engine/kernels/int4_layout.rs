@@ -25,6 +25,25 @@ pub enum KernelError {
     /// K must be a whole number of blocks.
     #[error("K = {0} is not a multiple of the kernel's block of {BLOCK}")]
     UnevenK(usize),
+    /// Query heads come in equal groups per KV head.
+    #[error("{heads} query heads do not share {kv_heads} KV heads evenly")]
+    Heads {
+        /// Query heads.
+        heads: usize,
+        /// KV heads.
+        kv_heads: usize,
+    },
+    /// The attention kernel takes heads of a multiple of 32 values (two rotary halves of 16 lanes).
+    #[error("a head of {0} values is not a multiple of 32")]
+    HeadDim(usize),
+    /// A row's tokens go past the KV cache or the rotary tables.
+    #[error("tokens up to position {end} do not fit a cache and rotary tables of {capacity} positions")]
+    Positions {
+        /// One past the last position.
+        end: usize,
+        /// The positions there are.
+        capacity: usize,
+    },
     /// A buffer has another length than its shape gives.
     #[error("{what} holds {got} values where the shape needs {want}")]
     Length {

@@ -1,10 +1,13 @@
-//! Our kernels as ONNX Runtime custom operators, in the domain [`DOMAIN`]: `Int4MatMul` takes
-//! `MatMulNBits`' inputs and attributes (4 bits, blocks of 32) and runs [`Int4Matrix`] on the
-//! session's intra-op threads. Its weights are repacked once, when the session creates the kernel.
+//! Our kernels as ONNX Runtime custom operators, in the domain [`DOMAIN`], on the session's
+//! intra-op threads: `Int4MatMul` takes `MatMulNBits`' inputs and attributes (4 bits, blocks of
+//! 32) and runs [`Int4Matrix`], its weights repacked once, when the session creates the kernel;
+//! `GroupQueryAttention` takes the inputs and attributes of ONNX Runtime's operator of that name
+//! (packed QKV, rotary embedding, non-interleaved) and runs [`AttentionHeads`].
 
 use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
 use ort::value::{DynTensorValueType, TensorElementType};
 
+use super::attention::{AttentionHeads, AttentionInput, KvCache};
 use super::int4_matmul::{Int4Matrix, Isa, ParallelFor, QuantizedRows, BLOCK};
 
 /// The custom domain a graph names to use our operators.
@@ -12,7 +15,8 @@ pub const DOMAIN: &str = "ai.steadytext";
 
 /// Our operators, for a session of `threads` intra-op threads.
 pub fn domain(threads: usize) -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(Int4MatMul { threads: threads.max(1) })
+    let threads = threads.max(1);
+    OperatorDomain::new(DOMAIN)?.add(Int4MatMul { threads })?.add(GroupQueryAttention { threads })
 }
 
 /// `Y = A · Bᵀ` with `B` as `MatMulNBits` holds it.
@@ -107,5 +111,163 @@ impl ParallelFor for SessionThreads<'_> {
 
     fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
         self.ctx.par_for(tasks, tasks, task).expect("ONNX Runtime's parallel for");
+    }
+}
+
+/// Causal attention as ONNX Runtime's `GroupQueryAttention` computes it, query by query.
+struct GroupQueryAttention {
+    threads: usize,
+}
+
+impl Operator for GroupQueryAttention {
+    type Kernel<'attr> = AttentionKernel;
+
+    fn name(&self) -> &str {
+        "GroupQueryAttention"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        let float = || OperatorInput::required(TensorElementType::Float32);
+        let int = || OperatorInput::required(TensorElementType::Int32);
+        [
+            float(),
+            OperatorInput::optional(TensorElementType::Float32),
+            OperatorInput::optional(TensorElementType::Float32),
+            float(),
+            float(),
+            int(),
+            int(),
+            float(),
+            float(),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        (0..3).map(|_| OperatorOutput::required(TensorElementType::Float32))
+    }
+
+    fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let fail = |what: String| ort::Error::new(format!("GroupQueryAttention ({DOMAIN}): {what}"));
+        let int = |name: &str| ctx.get::<i64>(name);
+        let count = |name: &str| {
+            int(name).and_then(|v| usize::try_from(v).ok()).ok_or_else(|| fail(format!("needs a positive {name}")))
+        };
+        let (heads, kv_heads) = (count("num_heads")?, count("kv_num_heads")?);
+        for (name, want, default) in [("do_rotary", 1, 0), ("rotary_interleaved", 0, 0), ("local_window_size", -1, -1)]
+        {
+            if int(name).unwrap_or(default) != want {
+                return Err(fail(format!("takes {name} = {want} only")));
+            }
+        }
+        if ctx.get::<f32>("softcap").unwrap_or(0.0) != 0.0 {
+            return Err(fail("takes softcap = 0 only".into()));
+        }
+        let scale = ctx.get::<f32>("scale").filter(|&s| s != 0.0);
+        Ok(AttentionKernel { heads, kv_heads, scale, isa: Isa::detect(), threads: self.threads })
+    }
+}
+
+struct AttentionKernel {
+    heads: usize,
+    kv_heads: usize,
+    /// `None`: 1 / sqrt(head size).
+    scale: Option<f32>,
+    isa: Isa,
+    threads: usize,
+}
+
+impl Kernel for AttentionKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let fail = |what: String| ort::Error::new(format!("GroupQueryAttention ({DOMAIN}): {what}"));
+        let input = |idx: usize, name: &str| ctx.input(idx)?.ok_or_else(|| fail(format!("no {name}")));
+        if ctx.input(1)?.is_some() || ctx.input(2)?.is_some() {
+            return Err(fail("takes q, k and v packed in the query input only".into()));
+        }
+        let query = input(0, "query")?;
+        let (qshape, qkv) = query.try_extract_tensor::<f32>()?;
+        let &[rows, seq, width] = &qshape[..] else {
+            return Err(fail(format!("query of shape {qshape:?}, not [batch, sequence, width]")));
+        };
+        let (rows, seq, width) = (rows as usize, seq as usize, width as usize);
+        let head_dim = width / (self.heads + 2 * self.kv_heads);
+        let heads =
+            AttentionHeads::new(self.heads, self.kv_heads, head_dim, self.scale).map_err(|e| fail(e.to_string()))?;
+        if heads.qkv_width() != width {
+            return Err(fail(format!("a query width of {width} is not (heads + 2 kv heads) x head size")));
+        }
+        let seqlens = input(5, "seqlens_k")?;
+        let (_, seqlens) = seqlens.try_extract_tensor::<i32>()?;
+        let total = input(6, "total_sequence_length")?;
+        let total = total.try_extract_tensor::<i32>()?.1.first().copied().unwrap_or(0);
+        let (cos, sin) = (input(7, "cos_cache")?, input(8, "sin_cache")?);
+        let (cos, sin) = (cos.try_extract_tensor::<f32>()?.1, sin.try_extract_tensor::<f32>()?.1);
+        let (past_key, past_value) = (input(3, "past_key")?, input(4, "past_value")?);
+        let (kshape, past_keys) = past_key.try_extract_tensor::<f32>()?;
+        let want = [rows, self.kv_heads, kshape.get(2).copied().unwrap_or(0) as usize, head_dim];
+        if kshape.iter().map(|&x| x as usize).ne(want) || seqlens.len() != rows || total < 0 {
+            return Err(fail(format!(
+                "past_key {kshape:?}, seqlens_k of {} and total {total} do not fit the query",
+                seqlens.len()
+            )));
+        }
+        // A first prompt (its length is the total) may be right-padded; later calls are not.
+        let first = total as usize == seq;
+        let mut past = Vec::with_capacity(rows);
+        let mut valid = Vec::with_capacity(rows);
+        for &s in seqlens {
+            let length = usize::try_from(s + 1).map_err(|_| fail(format!("seqlens_k holds {s}")))?;
+            let (p, v) = if first {
+                (0, length.min(seq))
+            } else {
+                (length.checked_sub(seq).ok_or_else(|| fail(format!("seqlens_k {s} is shorter than the call")))?, seq)
+            };
+            past.push(p);
+            valid.push(v);
+        }
+        let past_capacity = want[2];
+        let capacity = past_capacity.max(total as usize);
+        let present_shape = [rows, self.kv_heads, capacity, head_dim].map(|x| x as i64);
+        let (past_keys_at, past_values) = (past_keys.as_ptr(), past_value.try_extract_tensor::<f32>()?.1);
+        let mut present_key = ctx.output(1, present_shape)?.ok_or_else(|| fail("no present_key".into()))?;
+        let mut present_value = ctx.output(2, present_shape)?.ok_or_else(|| fail("no present_value".into()))?;
+        let keys = present_key.try_extract_tensor_mut::<f32>()?.1;
+        let values = present_value.try_extract_tensor_mut::<f32>()?.1;
+        // ONNX Runtime gives the past's own buffer when past and present share it (the engine's
+        // KV arena); otherwise the past is copied in first.
+        if keys.as_ptr() != past_keys_at {
+            if past.iter().any(|&p| p > past_capacity) {
+                return Err(fail(format!("seqlens_k go past the {past_capacity} positions of past_key")));
+            }
+            let layout = CacheLayout { kv_heads: self.kv_heads, head_dim, from: past_capacity, to: capacity };
+            layout.copy_past(past_keys, keys, &past);
+            layout.copy_past(past_values, values, &past);
+        }
+        let mut output =
+            ctx.output(0, [rows, seq, heads.out_width()].map(|x| x as i64))?.ok_or_else(|| fail("no output".into()))?;
+        let out = output.try_extract_tensor_mut::<f32>()?.1;
+        let call = AttentionInput { qkv, seq, past: &past, valid: &valid, cos, sin };
+        let threads = SessionThreads { ctx, threads: self.threads };
+        heads.run(&call, KvCache { keys, values, capacity }, out, self.isa, &threads).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// Two KV caches' shapes: `[rows, kv_heads, from or to, head_dim]`.
+struct CacheLayout {
+    kv_heads: usize,
+    head_dim: usize,
+    from: usize,
+    to: usize,
+}
+
+impl CacheLayout {
+    /// Copies each row's first `past[row]` positions of every head.
+    fn copy_past(&self, from: &[f32], to: &mut [f32], past: &[usize]) {
+        let d = self.head_dim;
+        for (row, &p) in past.iter().enumerate() {
+            for kv in 0..self.kv_heads {
+                let (src, dst) = ((row * self.kv_heads + kv) * self.from * d, (row * self.kv_heads + kv) * self.to * d);
+                to[dst..dst + p * d].copy_from_slice(&from[src..src + p * d]);
+            }
+        }
     }
 }
