@@ -19,12 +19,10 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use super::attention_x86;
+pub use super::attention_x86::LANES;
+use super::attention_x86::{on_avx2, on_avx512, HeadDot, WithDot};
 use super::int4_layout::{check_len, KernelError, ParallelFor};
 use super::int4_matmul::Isa;
-
-/// The lane count of the fixed summation orders.
-pub const LANES: usize = 16;
 
 /// Queries per task: a prompt's queries are split in blocks of this many over the threads.
 const QUERY_BLOCK: usize = 16;
@@ -100,13 +98,13 @@ pub struct KvCache<'a> {
 }
 
 /// What every task of a call reads.
-pub(super) struct Call<'a> {
-    pub heads: AttentionHeads,
-    pub input: &'a AttentionInput<'a>,
-    pub keys: &'a [f32],
-    pub values: &'a [f32],
-    pub capacity: usize,
-    pub blocks: usize,
+struct Call<'a> {
+    heads: AttentionHeads,
+    input: &'a AttentionInput<'a>,
+    keys: &'a [f32],
+    values: &'a [f32],
+    capacity: usize,
+    blocks: usize,
 }
 
 impl AttentionHeads {
@@ -140,26 +138,59 @@ impl AttentionHeads {
         if rows == 0 || seq == 0 {
             return Ok(());
         }
-        attention_x86::write_kv(isa, self, input, cache.keys, cache.values, cache.capacity);
+        on_isa(isa, WriteKv { heads: self, input, keys: cache.keys, values: cache.values, capacity: cache.capacity });
         let blocks = seq.div_ceil(QUERY_BLOCK);
         let call =
             Call { heads: *self, input, keys: cache.keys, values: cache.values, capacity: cache.capacity, blocks };
         // One share per (row, token, KV head): the outputs of that KV head's query heads.
         let shares: Vec<Mutex<&mut [f32]>> = out.chunks_mut(self.group() * d).map(Mutex::new).collect();
-        threads.run(rows * self.kv_heads * blocks, &|task| attention_x86::attend(isa, &call, task, &shares));
+        threads.run(rows * self.kv_heads * blocks, &|task| on_isa(isa, Attend { call: &call, task, shares: &shares }));
         Ok(())
+    }
+}
+
+/// Runs `work` on `isa` (which the caller has checked the CPU has).
+fn on_isa(isa: Isa, work: impl WithDot) {
+    match isa {
+        Isa::Avx512Vnni => on_avx512(work),
+        Isa::Avx2 => on_avx2(work),
+        Isa::Portable => work.run(&PortableDot),
+    }
+}
+
+/// Writing a call's keys and values into the cache.
+struct WriteKv<'a> {
+    heads: &'a AttentionHeads,
+    input: &'a AttentionInput<'a>,
+    keys: &'a mut [f32],
+    values: &'a mut [f32],
+    capacity: usize,
+}
+
+impl WithDot for WriteKv<'_> {
+    #[inline(always)]
+    fn run(self, _: &impl HeadDot) {
+        write_kv(self.heads, self.input, self.keys, self.values, self.capacity)
+    }
+}
+
+/// One task of a call's queries.
+struct Attend<'a> {
+    call: &'a Call<'a>,
+    task: usize,
+    shares: &'a [Mutex<&'a mut [f32]>],
+}
+
+impl WithDot for Attend<'_> {
+    #[inline(always)]
+    fn run(self, dots: &impl HeadDot) {
+        attend(self.call, self.task, self.shares, dots)
     }
 }
 
 /// Writes row `row`'s valid tokens' keys (rotated) and values into the cache.
 #[inline(always)]
-pub(super) fn write_kv_body(
-    h: &AttentionHeads,
-    input: &AttentionInput,
-    keys: &mut [f32],
-    values: &mut [f32],
-    capacity: usize,
-) {
+fn write_kv(h: &AttentionHeads, input: &AttentionInput, keys: &mut [f32], values: &mut [f32], capacity: usize) {
     let d = h.head_dim;
     for (row, (&past, &valid)) in input.past.iter().zip(input.valid).enumerate() {
         for i in 0..valid {
@@ -197,7 +228,7 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], scale: f32, out: &mut [f32]) {
 
 /// Task `task` of `call`: one row's queries of one block for the query heads of one KV head.
 #[inline(always)]
-pub(super) fn attend_body(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl HeadDot) {
+fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl HeadDot) {
     let h = &call.heads;
     let (d, group, input) = (h.head_dim, h.group(), call.input);
     let block = task % call.blocks;
@@ -281,15 +312,8 @@ fn dot(q: &[f32], k: &[f32]) -> f32 {
     reduce(acc)
 }
 
-/// How a path computes [`dot`]: the compiler splits its 16 lanes into pairs, so the vector paths
-/// write it with intrinsics (`attention_x86`), the same operations in the same order.
-pub(super) trait HeadDot {
-    /// [`dot`]`(q, k)`, bit for bit.
-    fn dot(&self, q: &[f32], k: &[f32]) -> f32;
-}
-
-/// [`dot`] itself.
-pub(super) struct PortableDot;
+/// [`dot`] itself, what the vector paths' intrinsics compute bit for bit.
+struct PortableDot;
 
 impl HeadDot for PortableDot {
     #[inline(always)]

@@ -4,75 +4,70 @@
 //! time). Fused multiply-adds round once on every path and nothing is reassociated, so the paths
 //! give the same bits.
 
-use std::sync::Mutex;
-
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::attention::{attend_body, write_kv_body, AttentionHeads, AttentionInput, Call, HeadDot, PortableDot, LANES};
-use super::int4_matmul::Isa;
+/// The lane count of attention's fixed summation orders.
+pub const LANES: usize = 16;
 
-/// Writes the call's keys and values into the cache on `isa`.
-pub(super) fn write_kv(
-    isa: Isa,
-    h: &AttentionHeads,
-    input: &AttentionInput,
-    keys: &mut [f32],
-    values: &mut [f32],
-    capacity: usize,
-) {
-    assert!(isa.available(), "{isa:?} is not available on this CPU");
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512 F (Isa::Avx512Vnni implies it; asserted above); the
-        // function is safe code otherwise.
-        Isa::Avx512Vnni => unsafe { write_kv_avx512(h, input, keys, values, capacity) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2 and FMA (asserted above); safe code otherwise.
-        Isa::Avx2 => unsafe { write_kv_avx2(h, input, keys, values, capacity) },
-        _ => write_kv_body(h, input, keys, values, capacity),
+/// How a path computes attention's dot product of two heads (16 lanes of fused multiply-adds,
+/// then a fixed reduction tree): the compiler splits the portable code's lanes into pairs, so the
+/// vector paths write it with intrinsics, the same operations in the same order.
+pub(super) trait HeadDot {
+    /// The dot product of `q` and `k` (a multiple of 16 values each), bit for bit.
+    fn dot(&self, q: &[f32], k: &[f32]) -> f32;
+}
+
+/// Work that runs on an instruction set: generic code, given that set's [`HeadDot`].
+pub(super) trait WithDot {
+    /// Runs the work; `#[inline(always)]` in its implementations, so that it is compiled with
+    /// the caller's target features.
+    fn run(self, dots: &impl HeadDot);
+}
+
+/// Runs `work` compiled for AVX-512 F.
+pub(super) fn on_avx512(work: impl WithDot) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(is_x86_feature_detected!("avx512f"), "the CPU has no AVX-512 F");
+        // SAFETY: the CPU has AVX-512 F (asserted above); the function is safe code otherwise.
+        unsafe { avx512(work) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = work;
+        panic!("AVX-512 on a CPU that is not x86-64");
     }
 }
 
-/// Runs task `task` of `call` on `isa`.
-pub(super) fn attend(isa: Isa, call: &Call, task: usize, shares: &[Mutex<&mut [f32]>]) {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `write_kv`, called first for the same call, asserted the CPU has the features;
-        // the function is safe code otherwise.
-        Isa::Avx512Vnni => unsafe { attend_avx512(call, task, shares) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        Isa::Avx2 => unsafe { attend_avx2(call, task, shares) },
-        _ => attend_body(call, task, shares, &PortableDot),
+/// Runs `work` compiled for AVX2 and FMA.
+pub(super) fn on_avx2(work: impl WithDot) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"), "the CPU has no AVX2 and FMA");
+        // SAFETY: the CPU has AVX2 and FMA (asserted above); the function is safe code otherwise.
+        unsafe { avx2(work) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = work;
+        panic!("AVX2 on a CPU that is not x86-64");
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-fn write_kv_avx512(h: &AttentionHeads, input: &AttentionInput, keys: &mut [f32], values: &mut [f32], capacity: usize) {
-    write_kv_body(h, input, keys, values, capacity)
+fn avx512(work: impl WithDot) {
+    work.run(&Avx512Dot(()))
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn write_kv_avx2(h: &AttentionHeads, input: &AttentionInput, keys: &mut [f32], values: &mut [f32], capacity: usize) {
-    write_kv_body(h, input, keys, values, capacity)
+fn avx2(work: impl WithDot) {
+    work.run(&Avx2Dot(()))
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn attend_avx512(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>]) {
-    attend_body(call, task, shares, &Avx512Dot(()))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn attend_avx2(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>]) {
-    attend_body(call, task, shares, &Avx2Dot(()))
-}
-
-/// Proof that the CPU has AVX-512 F: made only inside `attend_avx512`.
+/// Proof that the CPU has AVX-512 F: made only inside `avx512`.
 #[cfg(target_arch = "x86_64")]
 struct Avx512Dot(());
 
@@ -94,7 +89,7 @@ impl HeadDot for Avx512Dot {
     }
 }
 
-/// Proof that the CPU has AVX2 and FMA: made only inside `attend_avx2`.
+/// Proof that the CPU has AVX2 and FMA: made only inside `avx2`.
 #[cfg(target_arch = "x86_64")]
 struct Avx2Dot(());
 
@@ -117,7 +112,7 @@ impl HeadDot for Avx2Dot {
     }
 }
 
-/// [`super::attention`]'s `reduce` from its second stage: `b[l] = a[l] + a[l + 8]` given, then
+/// Attention's `reduce` from its second stage: `b[l] = a[l] + a[l + 8]` given, then
 /// `c[l] = b[l] + b[l + 4]`, `[c0 + c2, c1 + c3]`, and their sum.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
