@@ -15,8 +15,11 @@
 //! target features and write the dot product with intrinsics (`attention_x86`), and fused
 //! multiply-adds round once everywhere, so every path gives the same bits. On this machine the
 //! vector paths read the KV cache about as fast as memory gives it (16 rows at 250 positions:
-//! 185 MB a step, 9 ms; `make bench`).
+//! 185 MB a step, 9 ms; `make bench`). A prompt's queries go in blocks of 16 that share each
+//! load of a key or value (each query's operations unchanged), which makes a long prompt's
+//! attention bound by arithmetic rather than by reading the cache once per query.
 
+use std::cell::RefCell;
 use std::sync::{Mutex, PoisonError};
 
 pub use super::attention_x86::LANES;
@@ -226,7 +229,32 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], scale: f32, out: &mut [f32]) {
     }
 }
 
+/// Keys whose values one pass of [`attend`]'s weighted sums takes for every query of its block:
+/// 64 x the head's values stay in the first-level cache while every query uses them.
+const VALUE_TILE: usize = 64;
+
+/// A thread's buffers for [`attend`], kept between calls.
+#[derive(Default)]
+struct Scratch {
+    /// The block's rotated, scaled queries, `[query, group head, head_dim]`.
+    q: Vec<f32>,
+    /// Their scores, then weights, one row of `most` per query head.
+    p: Vec<f32>,
+    /// Their weighted sums of values.
+    sums: Vec<f32>,
+    /// Their sums of weights.
+    totals: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 /// Task `task` of `call`: one row's queries of one block for the query heads of one KV head.
+/// The block's queries share every load of a key or value: keys 16 at a time for all their
+/// dot products ([`HeadDot::dots16`]), then values [`VALUE_TILE`] at a time for all their
+/// weighted sums (each sum kept in `j` order across tiles). Each query's operations and their
+/// order are those of a query alone, so the bits are too.
 #[inline(always)]
 fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl HeadDot) {
     let h = &call.heads;
@@ -236,54 +264,95 @@ fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl He
     let row = task / call.blocks / h.kv_heads;
     let (past, valid) = (input.past[row], input.valid[row]);
     let cache = (row * h.kv_heads + kv) * call.capacity * d;
-    let mut q = vec![0f32; group * d];
-    let mut p = Vec::new();
-    for i in block * QUERY_BLOCK..((block + 1) * QUERY_BLOCK).min(input.seq) {
-        let share =
-            &mut *shares[(row * input.seq + i) * h.kv_heads + kv].lock().unwrap_or_else(PoisonError::into_inner);
-        if i >= valid {
-            share.fill(0.0);
-            continue;
-        }
-        let position = past + i;
-        let keys = position + 1;
-        let token = &input.qkv[(row * input.seq + i) * h.qkv_width()..][..h.qkv_width()];
-        let (cos, sin) = rotary(input, position, d);
-        for g in 0..group {
-            let head = kv * group + g;
-            rotate(&token[head * d..][..d], cos, sin, h.scale, &mut q[g * d..][..d]);
-        }
-        // Scores, by head then key.
-        p.clear();
-        p.resize(group * keys, 0.0);
-        for j in 0..keys {
-            let k = &call.keys[cache + j * d..][..d];
+    let share =
+        |i: usize| shares[(row * input.seq + i) * h.kv_heads + kv].lock().unwrap_or_else(PoisonError::into_inner);
+    let first = block * QUERY_BLOCK;
+    let end = (first + QUERY_BLOCK).min(input.seq);
+    let real = valid.clamp(first, end);
+    for i in real..end {
+        share(i).fill(0.0);
+    }
+    let queries = real - first;
+    if queries == 0 {
+        return;
+    }
+    // Query `n` of the block (token `first + n`) sees keys `0..keys(n)`; `most` is the last's.
+    let keys = |n: usize| past + first + n + 1;
+    let most = keys(queries - 1);
+    let vectors = queries * group;
+    // Taken out and put back (not borrowed in a closure, which would be compiled without this
+    // path's target features).
+    let mut scratch = SCRATCH.take();
+    {
+        let Scratch { q, p, sums, totals } = &mut scratch;
+        q.resize(vectors * d, 0.0);
+        p.resize(vectors * most, 0.0);
+        sums.clear();
+        sums.resize(vectors * d, 0.0);
+        totals.resize(vectors, 0.0);
+        for n in 0..queries {
+            let token = &input.qkv[(row * input.seq + first + n) * h.qkv_width()..][..h.qkv_width()];
+            let (cos, sin) = rotary(input, keys(n) - 1, d);
             for g in 0..group {
-                p[g * keys + j] = dots.dot(&q[g * d..][..d], k);
+                let head = kv * group + g;
+                rotate(&token[head * d..][..d], cos, sin, h.scale, &mut q[(n * group + g) * d..][..d]);
             }
         }
-        let values = &call.values[cache..cache + keys * d];
-        for (g, out) in share.chunks_mut(d).enumerate() {
-            let weights = &mut p[g * keys..][..keys];
-            let sum = softmax_weights(weights);
-            // 64 values of the head at a time (then 32), their sums in registers.
-            let mut offset = 0;
-            while offset + 4 * LANES <= d {
-                weighted_sum::<4>(weights, values, d, offset, sum, out);
-                offset += 4 * LANES;
+        // Scores: whole tiles of 16 keys for every query that sees all of a tile, then the rest
+        // one key at a time.
+        for tile in (0..most / LANES).map(|t| t * LANES) {
+            let tile_keys = &call.keys[cache + tile * d..][..LANES * d];
+            for v in (0..vectors).filter(|v| keys(v / group) >= tile + LANES) {
+                dots.dots16(&q[v * d..][..d], tile_keys, &mut p[v * most + tile..][..LANES]);
             }
-            if offset < d {
-                weighted_sum::<2>(weights, values, d, offset, sum, out);
+        }
+        for v in 0..vectors {
+            let seen = keys(v / group);
+            let q = &q[v * d..][..d];
+            for j in seen / LANES * LANES..seen {
+                p[v * most + j] = dots.dot(q, &call.keys[cache + j * d..][..d]);
+            }
+            totals[v] = softmax_weights(&mut p[v * most..][..seen]);
+        }
+        for tile in (0..most).step_by(VALUE_TILE) {
+            for v in (0..vectors).filter(|v| keys(v / group) > tile) {
+                let stop = keys(v / group).min(tile + VALUE_TILE);
+                let (weights, values) =
+                    (&p[v * most + tile..v * most + stop], &call.values[cache + tile * d..cache + stop * d]);
+                let sum = &mut sums[v * d..][..d];
+                // 64 values of the head at a time (then 32), their sums in registers.
+                let mut offset = 0;
+                while offset + 4 * LANES <= d {
+                    weighted_sum::<4>(weights, values, d, offset, sum);
+                    offset += 4 * LANES;
+                }
+                if offset < d {
+                    weighted_sum::<2>(weights, values, d, offset, sum);
+                }
+            }
+        }
+        for n in 0..queries {
+            let mut out = share(first + n);
+            for (g, out) in out.chunks_mut(d).enumerate() {
+                let v = n * group + g;
+                for (out, sum) in out.iter_mut().zip(&sums[v * d..][..d]) {
+                    *out = sum / totals[v];
+                }
             }
         }
     }
+    SCRATCH.set(scratch);
 }
 
-/// `out[i] = (Σ_j w_j v_j[i]) / sum` for the `N` x 16 values `i` from `offset` of each head `v_j`
-/// (rows of `d` in `values`), `j` in order.
+/// `sum[i] += Σ_j w_j v_j[i]` by fused multiply-adds in `j` order, for the `N` x 16 values `i`
+/// from `offset` of each head `v_j` (rows of `d` in `values`), the sums held in registers.
 #[inline(always)]
-fn weighted_sum<const N: usize>(weights: &[f32], values: &[f32], d: usize, offset: usize, sum: f32, out: &mut [f32]) {
+fn weighted_sum<const N: usize>(weights: &[f32], values: &[f32], d: usize, offset: usize, sum: &mut [f32]) {
+    let sum = &mut sum[offset..offset + N * LANES];
     let mut acc = [[0f32; LANES]; N];
+    for c in 0..N {
+        acc[c].copy_from_slice(&sum[c * LANES..][..LANES]);
+    }
     for (&w, v) in weights.iter().zip(values.chunks_exact(d)) {
         let v = &v[offset..offset + N * LANES];
         for c in 0..N {
@@ -292,11 +361,8 @@ fn weighted_sum<const N: usize>(weights: &[f32], values: &[f32], d: usize, offse
             }
         }
     }
-    let out = &mut out[offset..offset + N * LANES];
     for c in 0..N {
-        for l in 0..LANES {
-            out[c * LANES + l] = acc[c][l] / sum;
-        }
+        sum[c * LANES..][..LANES].copy_from_slice(&acc[c]);
     }
 }
 

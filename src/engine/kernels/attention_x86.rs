@@ -16,6 +16,14 @@ pub const LANES: usize = 16;
 pub(super) trait HeadDot {
     /// The dot product of `q` and `k` (a multiple of 16 values each), bit for bit.
     fn dot(&self, q: &[f32], k: &[f32]) -> f32;
+
+    /// `out[j] = dot(q, k_j)` for the 16 keys `k_j` (rows of `q.len()` in `keys`), bit for bit.
+    #[inline(always)]
+    fn dots16(&self, q: &[f32], keys: &[f32], out: &mut [f32]) {
+        for (out, k) in out[..LANES].iter_mut().zip(keys.chunks_exact(q.len())) {
+            *out = self.dot(q, k);
+        }
+    }
 }
 
 /// Work that runs on an instruction set: generic code, given that set's [`HeadDot`].
@@ -85,6 +93,46 @@ impl HeadDot for Avx512Dot {
             }
             let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
             reduce8(_mm256_add_ps(_mm512_castps512_ps256(acc), high))
+        }
+    }
+
+    /// 16 dot products at once: each key's 16 lanes as in `dot`, then the 16 reductions
+    /// interleaved, each step of the tree adding the same lanes as `reduce` (halves of 8, 4, 2,
+    /// then the last two) for two to eight keys in one instruction.
+    #[inline(always)]
+    fn dots16(&self, q: &[f32], keys: &[f32], out: &mut [f32]) {
+        let d = q.len();
+        assert!(d.is_multiple_of(LANES) && keys.len() >= LANES * d && out.len() >= LANES);
+        // SAFETY: an `Avx512Dot` exists only where the CPU has AVX-512 F; every load reads 16
+        // values at `16c < d` of `q` or at `j d + 16c` of `keys` with `j < 16`, and the store
+        // writes `out[..16]` (asserted above).
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); LANES];
+            for c in (0..d).step_by(LANES) {
+                let q = _mm512_loadu_ps(q.as_ptr().add(c));
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm512_fmadd_ps(q, _mm512_loadu_ps(keys.as_ptr().add(j * d + c)), *acc);
+                }
+            }
+            // a[l] + a[l + 8]: keys 2m and 2m + 1 in one vector, 8 lanes each.
+            let b: [__m512; 8] = std::array::from_fn(|m| {
+                let (x, y) = (acc[2 * m], acc[2 * m + 1]);
+                _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x, y), _mm512_shuffle_f32x4::<0xEE>(x, y))
+            });
+            // b[l] + b[l + 4]: keys 4m to 4m + 3, 4 lanes each.
+            let c: [__m512; 4] = std::array::from_fn(|m| {
+                let (x, y) = (b[2 * m], b[2 * m + 1]);
+                _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(x, y), _mm512_shuffle_f32x4::<0xDD>(x, y))
+            });
+            // c[l] + c[l + 2]: in the 4-lane block k, keys 8m + k and 8m + 4 + k, 2 lanes each.
+            let e: [__m512; 2] = std::array::from_fn(|m| {
+                let (x, y) = (c[2 * m], c[2 * m + 1]);
+                _mm512_add_ps(_mm512_shuffle_ps::<0x44>(x, y), _mm512_shuffle_ps::<0xEE>(x, y))
+            });
+            // e[0] + e[1]: lane 4k + i holds key 4i + k; put key j in lane j.
+            let dots = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(e[0], e[1]), _mm512_shuffle_ps::<0xDD>(e[0], e[1]));
+            let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+            _mm512_storeu_ps(out.as_mut_ptr(), _mm512_permutexvar_ps(order, dots));
         }
     }
 }

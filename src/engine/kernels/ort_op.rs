@@ -215,7 +215,7 @@ impl Kernel for AttentionKernel {
         let mut past = Vec::with_capacity(rows);
         let mut valid = Vec::with_capacity(rows);
         for &s in seqlens {
-            let length = usize::try_from(s + 1).map_err(|_| fail(format!("seqlens_k holds {s}")))?;
+            let length = usize::try_from(i64::from(s) + 1).map_err(|_| fail(format!("seqlens_k holds {s}")))?;
             let (p, v) = if first {
                 (0, length.min(seq))
             } else {
