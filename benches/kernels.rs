@@ -15,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 use steadytext::engine::kernels::attention::{AttentionHeads, AttentionInput, KvCache};
-use steadytext::engine::kernels::int4_matmul::{Int4Matrix, Isa, ParallelFor, QuantizedRows, BLOCK};
+use steadytext::engine::kernels::int4_matmul::{quantize, Int4Matrix, Isa, ParallelFor, BLOCK};
 
 /// A rayon pool as the kernel's threads; the steps run inside it, as a model's nodes run on the
 /// session's threads (between products the other threads are still awake, not parked).
@@ -73,7 +73,7 @@ fn step_ms(matrices: &[Int4Matrix], rows: usize, isa: Isa, pool: &Pool) -> Resul
     best_ms(|| {
         pool.0.install(|| {
             for ((m, x), out) in matrices.iter().zip(&inputs).zip(&mut outputs) {
-                m.matmul(&QuantizedRows::new(x, rows, m.k())?, out, isa, pool)?;
+                m.matmul(&quantize(x, rows, m.k(), isa)?, out, isa, pool)?;
             }
             Ok(())
         })

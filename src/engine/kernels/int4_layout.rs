@@ -87,29 +87,57 @@ pub struct QuantizedRows {
 impl QuantizedRows {
     /// `x` `[rows, k]` (row-major) quantized.
     pub fn new(x: &[f32], rows: usize, k: usize) -> Result<Self, KernelError> {
+        Self::with(x, rows, k, quantize_into)
+    }
+
+    /// As [`QuantizedRows::new`], by `quantize` ([`quantize_into`] compiled for an instruction
+    /// set).
+    pub(super) fn with(
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        quantize: impl FnOnce(&[f32], &mut [u8], &mut [f32]),
+    ) -> Result<Self, KernelError> {
         if !k.is_multiple_of(BLOCK) {
             return Err(KernelError::UnevenK(k));
         }
         check_len("x", x.len(), rows * k)?;
         let mut u = vec![0u8; rows * k];
-        let mut scales = Vec::with_capacity(rows * k / BLOCK);
-        for (values, quantized) in x.chunks_exact(BLOCK).zip(u.chunks_exact_mut(BLOCK)) {
-            let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
-            for (v, out) in values.iter().zip(quantized.iter_mut()) {
-                // Round half to even by the 1.5 * 2^23 trick (exact for |r| <= 127 here):
-                // `f32::round` is a libm call on baseline x86-64, most of this function's time.
-                let r = (v * inverse).clamp(-127.0, 127.0);
-                *out = (((r + ROUNDER) - ROUNDER) as i32 + 128) as u8;
-            }
-            scales.push(max / 127.0);
-        }
+        let mut scales = vec![0f32; rows * k / BLOCK];
+        quantize(x, &mut u, &mut scales);
         Ok(QuantizedRows { rows, k, u, scales })
     }
 
     /// How many rows.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+}
+
+/// Quantizes `x` block by block into `u` and `scales` (lengths `x.len()` and `x.len() / 32`).
+/// Written on arrays of 16 lanes so that the instruction-set copies vectorize it; `max|x|` is
+/// exact in any order (NaN ignored), so every copy gives the same bits.
+#[inline(always)]
+pub(super) fn quantize_into(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
+    for ((values, quantized), scale) in x.chunks_exact(BLOCK).zip(u.chunks_exact_mut(BLOCK)).zip(scales) {
+        let mut lanes = [0f32; 16];
+        for half in values.chunks_exact(16) {
+            for (lane, v) in lanes.iter_mut().zip(half) {
+                *lane = lane.max(v.abs());
+            }
+        }
+        let max = lanes.iter().fold(0f32, |m, &v| m.max(v));
+        let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
+        for (v, out) in values.iter().zip(quantized.iter_mut()) {
+            // `r + 128` rounded half to even is the low byte of `r + 1.5 * 2^23 + 128`: that sum
+            // lies in [2^23, 2^24), where floats are the integers (and 1.5 * 2^23's low bits
+            // are 0). No `f32::round` (a libm call on baseline x86-64) and no float-to-int
+            // conversion, so the copies vectorize. NaN (a NaN or infinite row) gives 128, `q = 0`.
+            let r = (v * inverse).clamp(-127.0, 127.0);
+            let biased = (r + (ROUNDER + 128.0)).to_bits() as u8;
+            *out = if r.is_nan() { 128 } else { biased };
+        }
+        *scale = max / 127.0;
     }
 }
 

@@ -46,6 +46,16 @@ impl Isa {
     }
 }
 
+/// `x` `[rows, k]` quantized on `isa` (which must be [`Isa::available`]): the bits of
+/// [`QuantizedRows::new`], faster.
+pub fn quantize(x: &[f32], rows: usize, k: usize, isa: Isa) -> Result<QuantizedRows, KernelError> {
+    match isa {
+        Isa::Avx512Vnni => QuantizedRows::with(x, rows, k, x86::quantize_avx512),
+        Isa::Avx2 => QuantizedRows::with(x, rows, k, x86::quantize_avx2),
+        Isa::Portable => QuantizedRows::new(x, rows, k),
+    }
+}
+
 /// A weight matrix `[N, K]` repacked for the kernel: per tile of 16 columns and block of 32
 /// along K, 256 bytes in four 64-byte chunks; chunk `c`'s byte `4j + p` holds column `j`'s weight
 /// `8c + p` in its low nibble and `8c + 4 + p` in its high one (so that one 32-bit lane holds four
@@ -266,7 +276,7 @@ mod tests {
     }
 
     fn product(m: &Int4Matrix, x: &[f32], rows: usize, isa: Isa, threads: usize) -> Vec<f32> {
-        let q = QuantizedRows::new(x, rows, m.k()).unwrap();
+        let q = quantize(x, rows, m.k(), isa).unwrap();
         let mut out = vec![f32::NAN; rows * m.n()];
         m.matmul(&q, &mut out, isa, &Spawned(threads)).unwrap();
         out
@@ -407,6 +417,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn every_path_quantizes_as_the_scalar_formula_does() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut x = random_rows(&mut rng, 3, 8 * BLOCK);
+        // Blocks of: all zeros; ties at .5 after scaling (127 sets the scale to 1); a NaN; an
+        // infinity; subnormals and -0; tiny and huge magnitudes.
+        x[..BLOCK].fill(0.0);
+        for (i, v) in x[BLOCK..2 * BLOCK].iter_mut().enumerate() {
+            *v = if i == 0 { 127.0 } else { i as f32 - 15.5 };
+        }
+        x[2 * BLOCK + 5] = f32::NAN;
+        x[3 * BLOCK + 9] = f32::NEG_INFINITY;
+        for (i, v) in x[4 * BLOCK..5 * BLOCK].iter_mut().enumerate() {
+            *v = if i % 2 == 0 { f32::from_bits(i as u32 + 1) } else { -0.0 };
+        }
+        x[5 * BLOCK..6 * BLOCK].iter_mut().for_each(|v| *v *= 1e-30);
+        x[6 * BLOCK..7 * BLOCK].iter_mut().for_each(|v| *v *= 1e30);
+        // The formula, one value at a time: max |x| in order (NaN ignored), round half to even.
+        let (mut want_u, mut want_scales) = (Vec::new(), Vec::new());
+        for block in x.chunks_exact(BLOCK) {
+            let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
+            for v in block {
+                let r = (v * inverse).clamp(-127.0, 127.0).round_ties_even();
+                want_u.push((r as i32 + 128) as u8);
+            }
+            want_scales.push(max / 127.0);
+        }
+        for isa in paths() {
+            let q = quantize(&x, 3, 8 * BLOCK, isa).unwrap();
+            assert_eq!(q.u, want_u, "{isa:?}");
+            let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&q.scales), bits(&want_scales), "{isa:?}");
+        }
+        assert!(quantize(&x[..100], 1, 100, Isa::Portable).is_err());
     }
 
     #[test]

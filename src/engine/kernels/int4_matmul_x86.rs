@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::int4_layout::{ParallelFor, QuantizedRows, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
+use super::int4_layout::{quantize_into, ParallelFor, QuantizedRows, TileView, BLOCK, TILE, TILE_BLOCK_BYTES};
 
 /// Whether this CPU has AVX-512 F, BW and VNNI.
 pub(super) fn has_avx512_vnni() -> bool {
@@ -54,6 +54,42 @@ pub(super) fn tile_avx2(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
     unsafe {
         avx2(tile, x, acc)
     }
+}
+
+/// [`quantize_into`] on AVX-512 F/BW; the caller has checked [`has_avx512_vnni`].
+pub(super) fn quantize_avx512(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
+    assert!(has_avx512_vnni());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has the features (asserted above); the function is safe code.
+    unsafe {
+        quantize_avx512_copy(x, u, scales)
+    }
+}
+
+/// [`quantize_into`] on AVX2; the caller has checked [`has_avx2_fma`].
+pub(super) fn quantize_avx2(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
+    assert!(has_avx2_fma());
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `quantize_avx512`.
+    unsafe {
+        quantize_avx2_copy(x, u, scales)
+    }
+}
+
+/// # Safety
+/// The CPU has AVX-512 F and BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_avx512_copy(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
+    quantize_into(x, u, scales)
+}
+
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_avx2_copy(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
+    quantize_into(x, u, scales)
 }
 
 /// The lengths the vector tiles rely on.

@@ -8,7 +8,7 @@ use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorDom
 use ort::value::{DynTensorValueType, TensorElementType};
 
 use super::attention::{AttentionHeads, AttentionInput, KvCache};
-use super::int4_matmul::{Int4Matrix, Isa, ParallelFor, QuantizedRows, BLOCK};
+use super::int4_matmul::{quantize, Int4Matrix, Isa, ParallelFor, BLOCK};
 
 /// The custom domain a graph names to use our operators.
 pub const DOMAIN: &str = "ai.steadytext";
@@ -90,7 +90,7 @@ impl Kernel for Int4MatMulKernel {
             Some(last) if *last as usize == k => *last = self.matrix.n() as i64,
             _ => return Err(ort::Error::new(format!("Int4MatMul: A's last dimension is not K = {k}"))),
         }
-        let x = QuantizedRows::new(a, rows, k).map_err(|e| ort::Error::new(format!("Int4MatMul: {e}")))?;
+        let x = quantize(a, rows, k, self.isa).map_err(|e| ort::Error::new(format!("Int4MatMul: {e}")))?;
         let mut output = ctx.output(0, out_shape)?.ok_or_else(|| ort::Error::new("Int4MatMul: no output Y"))?;
         let (_, y) = output.try_extract_tensor_mut::<f32>()?;
         let threads = SessionThreads { ctx, threads: self.threads };
