@@ -42,7 +42,7 @@ pub fn argmax(logits: &[f32]) -> Result<u32> {
     let mut best = 0usize;
     for (i, &v) in logits.iter().enumerate() {
         if v.is_nan() {
-            return Err(Error::engine("decoder", "the model produced NaN logits"));
+            return Err(nan_logits());
         }
         if v > logits[best] {
             best = i;
@@ -51,53 +51,84 @@ pub fn argmax(logits: &[f32]) -> Result<u32> {
     Ok(best as u32)
 }
 
+fn nan_logits() -> Error {
+    Error::engine("decoder", "the model produced NaN logits")
+}
+
 /// Token ids by logit, largest first, ties by lower id (the order of `f32::total_cmp`); only the
-/// first `top_k` when it is not 0. Sorts packed integer keys (logit order, id) instead of comparing
-/// through the logits: the top k are selected and sorted; a whole vocabulary is radix-sorted.
-pub(crate) fn by_logit(logits: &[f32], top_k: usize) -> Vec<u32> {
-    let mut keys: Vec<u64> = logits
-        .iter()
-        .enumerate()
-        .map(|(id, &v)| {
-            // The bits of `v` as an unsigned integer that orders like `total_cmp`.
-            let bits = v.to_bits();
-            let ascending = if bits >> 31 == 1 { !bits } else { bits | 0x8000_0000 };
-            (u64::from(!ascending) << 32) | id as u64
-        })
-        .collect();
-    if top_k > 0 && top_k < keys.len() {
-        keys.select_nth_unstable(top_k - 1);
-        keys.truncate(top_k);
-        keys.sort_unstable();
-    } else {
-        radix_sort_by_high_half(&mut keys);
+/// first `top` when it is not 0. Sorts packed integer keys (rank key, id) instead of comparing
+/// through the logits.
+pub(crate) fn by_logit(logits: &[f32], top: usize) -> Vec<u32> {
+    let mut keys: Vec<u64> =
+        logits.iter().enumerate().map(|(id, &v)| (u64::from(rank_key(v)) << 32) | id as u64).collect();
+    if top > 0 && top < keys.len() {
+        keys.select_nth_unstable(top - 1);
+        keys.truncate(top);
     }
+    keys.sort_unstable();
     keys.into_iter().map(|k| k as u32).collect()
 }
 
-/// Sorts keys whose low 32 bits (the id) already ascend by their high 32 bits, stably: four
-/// passes of a byte-wise least-significant-digit radix sort. Equal to sorting the whole keys.
-fn radix_sort_by_high_half(keys: &mut Vec<u64>) {
-    let mut scratch = vec![0u64; keys.len()];
-    for byte in 4..8 {
-        let shift = byte * 8;
-        let mut starts = [0usize; 257];
-        for k in keys.iter() {
-            starts[((k >> shift) & 0xff) as usize + 1] += 1;
-        }
-        if starts[1..].contains(&keys.len()) {
-            continue; // every key has the same byte here
-        }
-        for i in 1..257 {
-            starts[i] += starts[i - 1];
-        }
-        for &k in keys.iter() {
-            let bucket = ((k >> shift) & 0xff) as usize;
-            scratch[starts[bucket]] = k;
-            starts[bucket] += 1;
-        }
-        std::mem::swap(keys, &mut scratch);
+/// `v` as an unsigned integer that orders largest first as `f32::total_cmp` orders (two logits
+/// have one key exactly when their bits are equal).
+fn rank_key(v: f32) -> u32 {
+    let bits = v.to_bits();
+    !(if bits >> 31 == 1 { !bits } else { bits | 0x8000_0000 })
+}
+
+/// The logit whose [`rank_key`] is `key`.
+fn logit_of(key: u32) -> f32 {
+    let ascending = !key;
+    f32::from_bits(if ascending >> 31 == 1 { ascending & 0x7fff_ffff } else { !ascending })
+}
+
+/// The rank keys of `logits` in order (largest logit first); only the first `top` when it is
+/// not 0. Keys without ids, half the bytes to sort: which token holds a position is looked up
+/// for the drawn position only ([`Weights::token_at`]).
+fn ranked(logits: &[f32], top: usize) -> Vec<u32> {
+    let mut keys: Vec<u32> = logits.iter().map(|&v| rank_key(v)).collect();
+    if top > 0 && top < keys.len() {
+        keys.select_nth_unstable(top - 1);
+        keys.truncate(top);
+        keys.sort_unstable();
+        return keys;
     }
+    radix_sort(keys)
+}
+
+/// Bits of each digit of [`radix_sort`]: three digits (11 + 11 + 10) cover a key, and the counts
+/// of all three fit the L1 cache.
+const DIGIT_BITS: usize = 11;
+
+/// Sorts `keys` by a least-significant-digit radix sort whose counts are all taken in one pass;
+/// a digit every key shares is skipped.
+fn radix_sort(mut keys: Vec<u32>) -> Vec<u32> {
+    let buckets = 1 << DIGIT_BITS;
+    let digits = 32_usize.div_ceil(DIGIT_BITS);
+    let digit = |key: u32, d: usize| (key >> (DIGIT_BITS * d)) as usize & (buckets - 1);
+    let mut counts = vec![0u32; digits * buckets];
+    for &key in &keys {
+        for d in 0..digits {
+            counts[d * buckets + digit(key, d)] += 1;
+        }
+    }
+    let mut scratch = vec![0u32; keys.len()];
+    for (d, counts) in counts.chunks_exact_mut(buckets).enumerate() {
+        if counts.iter().any(|&c| c as usize == keys.len()) {
+            continue; // every key has this digit
+        }
+        let mut start = 0;
+        for c in counts.iter_mut() {
+            (start, *c) = (start + *c, start);
+        }
+        for &key in &keys {
+            let at = &mut counts[digit(key, d)];
+            scratch[*at as usize] = key;
+            *at += 1;
+        }
+        std::mem::swap(&mut keys, &mut scratch);
+    }
+    keys
 }
 
 /// Picks the next token for decoding step `step` of a request seeded with `seed`.
@@ -105,35 +136,78 @@ pub fn select(logits: &[f32], sampling: &Sampling, seed: u64, step: u64) -> Resu
     if sampling.is_greedy() {
         return argmax(logits);
     }
-    argmax(logits)?; // rejects NaN
-    let order = by_logit(logits, sampling.top_k);
-    let t = f64::from(sampling.temperature);
-    let max = f64::from(logits[order[0] as usize]);
-    let weights: Vec<f64> = order.iter().map(|&i| ((f64::from(logits[i as usize]) - max) / t).exp()).collect();
-    let total: f64 = weights.iter().sum();
-    let mut keep = weights.len();
-    if sampling.top_p > 0.0 && sampling.top_p < 1.0 {
-        let mut acc = 0.0;
-        for (i, w) in weights.iter().enumerate() {
-            acc += w / total;
-            if acc >= f64::from(sampling.top_p) {
-                keep = i + 1;
-                break;
+    let weights = Weights::new(logits, sampling)?;
+    Ok(weights.token_at(logits, weights.draw(seed, step)))
+}
+
+/// What a sampled draw picks from: the kept tokens' rank keys in logit order with their weights
+/// `exp((logit - max) / t)`, and the sum of the kept weights, every sum taken in logit order in
+/// float64 (tied logits have equal weights, so no sum depends on the order among them).
+#[derive(Debug)]
+struct Weights {
+    ranked: Vec<u32>,
+    weights: Vec<f64>,
+    kept: usize,
+    kept_total: f64,
+}
+
+impl Weights {
+    fn new(logits: &[f32], sampling: &Sampling) -> Result<Self> {
+        if logits.iter().any(|v| v.is_nan()) {
+            return Err(nan_logits());
+        }
+        let ranked = ranked(logits, sampling.top_k);
+        let t = f64::from(sampling.temperature);
+        let max = f64::from(logit_of(ranked[0]));
+        let mut weights = Vec::with_capacity(ranked.len());
+        let mut total = 0.0;
+        for &key in &ranked {
+            let w = ((f64::from(logit_of(key)) - max) / t).exp();
+            total += w;
+            weights.push(w);
+        }
+        let mut kept = weights.len();
+        if sampling.top_p > 0.0 && sampling.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (i, w) in weights.iter().enumerate() {
+                acc += w / total;
+                if acc >= f64::from(sampling.top_p) {
+                    kept = i + 1;
+                    break;
+                }
             }
         }
+        let kept_total = match kept == weights.len() {
+            true => total,
+            false => weights[..kept].iter().fold(0.0, |sum, w| sum + w),
+        };
+        Ok(Weights { ranked, weights, kept, kept_total })
     }
-    let kept_total: f64 = weights[..keep].iter().sum();
-    let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    rng.set_stream(step);
-    let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * kept_total;
-    let mut acc = 0.0;
-    for (i, w) in weights[..keep].iter().enumerate() {
-        acc += w;
-        if u < acc {
-            return Ok(order[i]);
+
+    /// The position drawn at step `step` of the ChaCha20 stream seeded with `seed`.
+    fn draw(&self, seed: u64, step: u64) -> usize {
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        rng.set_stream(step);
+        let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * self.kept_total;
+        let mut acc = 0.0;
+        for (i, w) in self.weights[..self.kept].iter().enumerate() {
+            acc += w;
+            if u < acc {
+                return i;
+            }
         }
+        self.kept - 1
     }
-    Ok(order[keep - 1])
+
+    /// The token at position `i` of the logit order (ties by lower id): of the tokens whose
+    /// logit has the key at `i`, the one whose rank by id is `i`'s distance from the key's first
+    /// position.
+    fn token_at(&self, logits: &[f32], i: usize) -> u32 {
+        let key = self.ranked[i];
+        let rank = i - self.ranked.partition_point(|&k| k < key);
+        let id = logits.iter().enumerate().filter(|&(_, &v)| rank_key(v) == key).nth(rank).map(|(id, _)| id);
+        id.expect("a ranked key is some logit's") as u32
+    }
 }
 
 #[cfg(test)]
@@ -179,6 +253,93 @@ mod tests {
             for k in [1, 7, 40, logits.len()] {
                 assert_eq!(by_logit(&logits, k), expected[..k]);
             }
+        }
+    }
+
+    /// The sampler as first written: ids ordered by comparing the logits, the weights collected,
+    /// then summed by `Iterator::sum`. Returns the kept weights, their sum, and the draw of step
+    /// 0 for each of `seeds`.
+    fn sampler_as_first_written(logits: &[f32], sampling: &Sampling, seeds: &[u64]) -> (Vec<f64>, f64, Vec<u32>) {
+        let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+        order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+        if sampling.top_k > 0 {
+            order.truncate(sampling.top_k);
+        }
+        let t = f64::from(sampling.temperature);
+        let max = f64::from(logits[order[0] as usize]);
+        let weights: Vec<f64> = order.iter().map(|&i| ((f64::from(logits[i as usize]) - max) / t).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut keep = weights.len();
+        if sampling.top_p > 0.0 && sampling.top_p < 1.0 {
+            let mut acc = 0.0;
+            for (i, w) in weights.iter().enumerate() {
+                acc += w / total;
+                if acc >= f64::from(sampling.top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        let kept_total: f64 = weights[..keep].iter().sum();
+        let draw = |seed: u64| {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            rng.set_stream(0);
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * kept_total;
+            let mut acc = 0.0;
+            for (i, w) in weights[..keep].iter().enumerate() {
+                acc += w;
+                if u < acc {
+                    return order[i];
+                }
+            }
+            order[keep - 1]
+        };
+        (weights[..keep].to_vec(), kept_total, seeds.iter().map(|&seed| draw(seed)).collect())
+    }
+
+    #[test]
+    fn sampling_weighs_as_the_first_sampler_did() {
+        let mut rng = ChaCha20Rng::seed_from_u64(11);
+        for round in 0..24 {
+            // A vocabulary's size and spread of logits, with runs of ties (rounded to 1/8), or a
+            // small one with a few values.
+            let (n, scale) = if round % 3 == 0 { (37 + round, 4.0) } else { (49_152, 30.0) };
+            let logits: Vec<f32> = (0..n)
+                .map(|_| {
+                    let v = (rng.next_u32() as f32 / u32::MAX as f32 - 0.8) * scale;
+                    if round % 2 == 0 {
+                        (v * 8.0).round() / 8.0
+                    } else {
+                        v
+                    }
+                })
+                .collect();
+            let sampling = Sampling {
+                temperature: [0.3, 0.8, 1.0, 2.5][round % 4] as f32,
+                top_k: [0, 0, 50, 1][round % 4] * usize::from(round % 5 != 0),
+                top_p: [0.0, 0.95, 0.5, 1.0, 0.999][round % 5],
+            };
+            let seeds: Vec<u64> = (0..64).map(|_| rng.next_u64()).collect();
+            let (weights, kept_total, draws) = sampler_as_first_written(&logits, &sampling, &seeds);
+            let ours = Weights::new(&logits, &sampling).unwrap();
+            let bits = |w: &[f64], total: f64| (total.to_bits(), w.iter().map(|w| w.to_bits()).collect::<Vec<_>>());
+            assert_eq!(bits(&ours.weights[..ours.kept], ours.kept_total), bits(&weights, kept_total), "round {round}");
+            let ours: Vec<u32> = seeds.iter().map(|&seed| select(&logits, &sampling, seed, 0).unwrap()).collect();
+            assert_eq!(ours, draws, "round {round}");
+        }
+        let mut with_nan = vec![0.5f32; 100];
+        with_nan[60] = -f32::NAN;
+        assert!(select(&with_nan, &Sampling { temperature: 1.0, top_k: 0, top_p: 0.0 }, 1, 0).is_err());
+    }
+
+    #[test]
+    fn a_rank_key_gives_back_its_logit() {
+        let specials =
+            [0.0, -0.0, 1e-42, -1e-42, f32::MIN_POSITIVE, f32::MAX, f32::MIN, f32::INFINITY, f32::NEG_INFINITY];
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        for v in specials.into_iter().chain((0..10_000).map(|_| f32::from_bits(rng.next_u32())).filter(|v| !v.is_nan()))
+        {
+            assert_eq!(logit_of(rank_key(v)).to_bits(), v.to_bits(), "{v}");
         }
     }
 
