@@ -11,6 +11,7 @@ Run through `make bench` (which builds everything it needs); CI does not run it.
 """
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -379,6 +380,18 @@ class DaemonEmbedder:
         return self.d.call("embed", {"texts": texts})["embeddings"]
 
 
+class DaemonBase64Embedder:
+    """`embed` with `encoding_format: "base64"`: the same float32 bits, decoded into numpy arrays
+    as the in-process engine returns them, with no float parsing."""
+
+    def __init__(self, daemon):
+        self.d = daemon
+
+    def embed(self, texts):
+        vectors = self.d.call("embed", {"texts": texts, "encoding_format": "base64"})["embeddings"]
+        return [np.frombuffer(base64.b64decode(v), "<f4") for v in vectors]
+
+
 def embedding_figures(engine, batched, single):
     engine.embed(single[:4])
 
@@ -395,16 +408,18 @@ def embedding_figures(engine, batched, single):
 
 def single_text_latency(daemon, ort_embedder, texts, rounds=6):
     """One text per request, uncached: the daemon through its socket (a kept-open connection,
-    the answer's JSON decoded) and Python onnxruntime in process (tokenize, run, pool), taking
-    turns in rounds so that both see the same machine; p50 and p99 of each."""
-    client, local = DaemonEmbedder(daemon), ort_embedder
-    client.embed([texts[0]])
-    local.embed([texts[0]])
+    the answer decoded: JSON numbers, or base64 into numpy arrays) and Python onnxruntime in
+    process (tokenize, run, pool), taking turns in rounds (each round in another order) so that
+    all see the same machine; p50 and p99 of each."""
+    engines = [("daemon", DaemonEmbedder(daemon)), ("daemon_base64", DaemonBase64Embedder(daemon)),
+               ("ort", ort_embedder)]
+    for _, engine in engines:
+        engine.embed([texts[0]])
     per = len(texts) // rounds
-    lat = {"daemon": [], "ort": []}
+    lat = {name: [] for name, _ in engines}
     for r in range(rounds):
         chunk = texts[r * per:(r + 1) * per]
-        for name, engine in (("daemon", client), ("ort", local)) if r % 2 == 0 else (("ort", local), ("daemon", client)):
+        for name, engine in engines[r % 3:] + engines[:r % 3]:
             for t in chunk:
                 lat[name].append(time_first(lambda: engine.embed([t])))
     figures = {}
@@ -1062,9 +1077,10 @@ def main():
         ratio(f"fused daemon / fused daemon before batching {key}", "steadytextd fused", "baseline fused", key)
     if "one-text embed" in rows:
         r = rows["one-text embed"]
-        ratios["one-text embed p50: python ort / daemon (>= 1: daemon as fast)"] = (
-            r["one_text_embed_ort_p50_ms"] / r["one_text_embed_daemon_p50_ms"])
-        ratios["one-text embed p99: python ort / daemon"] = r["one_text_embed_ort_p99_ms"] / r["one_text_embed_daemon_p99_ms"]
+        for daemon in ("daemon_base64", "daemon"):
+            for q in ("p50", "p99"):
+                ratios[f"one-text embed {q}: python ort / {daemon} (>= 1: daemon as fast)"] = (
+                    r[f"one_text_embed_ort_{q}_ms"] / r[f"one_text_embed_{daemon}_{q}_ms"])
     for key in ("embeddings_per_s_batched", "embeddings_per_s_single"):
         ratio(f"daemon / python ort {key}", "steadytextd shared", "python onnxruntime shared", key)
         ratio(f"daemon / fastembed {key}", "steadytextd shared", "fastembed", key)

@@ -93,6 +93,8 @@ fn protocol_errors_concurrency_and_cancellation() {
         codes::INVALID_PARAMS
     );
     assert_eq!(conn.call("embed", json!({"texts": []}))["error"]["code"], codes::INVALID_PARAMS);
+    let hex = conn.call("embed", json!({"texts": ["x"], "encoding_format": "hex"}));
+    assert_eq!(hex["error"]["code"], codes::INVALID_PARAMS, "{hex}");
     assert_eq!(
         conn.call("generate", json!({"prompt": "x", "model": "other"}))["error"]["code"],
         codes::MODEL_NOT_LOADED
@@ -171,6 +173,19 @@ fn protocol_errors_concurrency_and_cancellation() {
         .collect();
     for (h, want) in handles.into_iter().zip(expected) {
         assert_eq!(h.join().unwrap(), want);
+    }
+    // Base64 vectors carry the JSON numbers' exact bits.
+    let texts = json!(["burst 3 text 5", "a text asked for in base64 first"]);
+    let b64 = conn.call("embed", json!({"texts": texts, "encoding_format": "base64"}))["result"].clone();
+    let floats = conn.call("embed", json!({ "texts": texts }))["result"].clone();
+    assert_eq!(b64["model_digest"], floats["model_digest"]);
+    for (b64, floats) in b64["embeddings"].as_array().unwrap().iter().zip(floats["embeddings"].as_array().unwrap()) {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).unwrap();
+        let bits: Vec<u32> = bytes.chunks(4).map(|b| u32::from_le_bytes(b.try_into().unwrap())).collect();
+        let want: Vec<u32> =
+            floats.as_array().unwrap().iter().map(|x| (x.as_f64().unwrap() as f32).to_bits()).collect();
+        assert_eq!(bits, want);
     }
     let merged = d.connect().call("status", json!({}))["result"]["models"][1]["merged_requests"].as_u64().unwrap();
     assert!(merged > 0, "no embed requests were merged");

@@ -314,7 +314,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Connection<S> {
         }
         let model = request.model.map(|m| settings.model_aliases.get(&m).cloned().unwrap_or(m));
         let mode = Some(request.mode.unwrap_or_else(|| "query".into()));
-        let params = EmbedParams { texts, model, mode, dimensions: None };
+        let params = EmbedParams { texts, model, mode, dimensions: None, ..Default::default() };
         let result = self.run(Method::Embed, |call| Box::pin(methods::embed(call, params))).await?;
         let vector = one_vector(result.embeddings, settings.embedding_dimensions).map_err(|e| e.to_string())?;
         Ok(json!(vector))

@@ -12,11 +12,11 @@ pub mod wire;
 pub use method::Method;
 pub use params::{
     AuthParams, CacheClearParams, CacheKind, DetokenizeParams, EmbedParams, GenerateParams, NoParams, RerankParams,
-    TokenizeParams,
+    TokenizeParams, VectorEncoding,
 };
 pub use results::{
-    Authenticated, Cleared, CountResult, DetokenizeResult, EmbedResult, GenerateResult, Pong, Reloaded, RerankResult,
-    TokenizeResult,
+    base64_vector, Authenticated, Cleared, CountResult, DetokenizeResult, EmbedResult, GenerateResult, Pong, Reloaded,
+    RerankResult, TokenizeResult,
 };
 pub use status::{
     CacheKindStats, CacheStats, Histogram, Latency, MetricsSnapshot, ModelStatus, PrefixCacheStatus, SnapshotInfo,

@@ -92,6 +92,26 @@ pub struct EmbedParams {
     /// Keep this many leading dimensions, re-normalized (Matryoshka models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dimensions: Option<usize>,
+    /// How the vectors are written: JSON numbers (default) or base64.
+    #[serde(default, skip_serializing_if = "VectorEncoding::is_float")]
+    pub encoding_format: VectorEncoding,
+}
+
+/// How `embed` writes its vectors (OpenAI's `encoding_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorEncoding {
+    /// JSON numbers, each an f32 written with the digits the wire always had.
+    #[default]
+    Float,
+    /// Each vector one string, [`crate::protocol::base64_vector`].
+    Base64,
+}
+
+impl VectorEncoding {
+    fn is_float(&self) -> bool {
+        *self == VectorEncoding::Float
+    }
 }
 
 /// Parameters of `rerank`.

@@ -64,11 +64,11 @@ pub struct DetokenizeResult {
     pub model_digest: String,
 }
 
-/// Result of `embed`.
+/// Result of `embed`: vectors as JSON numbers, or (`V` = `String`) as base64.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EmbedResult {
+pub struct EmbedResult<V = Vec<f32>> {
     /// One unit vector per text, in order. Floats round-trip exactly through JSON.
-    pub embeddings: Vec<Vec<f32>>,
+    pub embeddings: Vec<V>,
     /// Model name.
     pub model: String,
     /// Model digest.
@@ -79,6 +79,23 @@ pub struct EmbedResult {
     /// How many of the texts were answered from the cache.
     #[serde(default)]
     pub cached: usize,
+}
+
+impl EmbedResult {
+    /// The same result with each vector as [`base64_vector`].
+    pub fn into_base64(self) -> EmbedResult<String> {
+        let EmbedResult { embeddings, model, model_digest, engine_fingerprint, cached } = self;
+        let embeddings = embeddings.iter().map(|v| base64_vector(v)).collect();
+        EmbedResult { embeddings, model, model_digest, engine_fingerprint, cached }
+    }
+}
+
+/// A vector as the base64 of its little-endian f32 bytes (OpenAI's `encoding_format: "base64"`):
+/// the exact bits, a quarter of the JSON numbers' size, and no float parsing for the client.
+pub fn base64_vector(vector: &[f32]) -> String {
+    use base64::Engine as _;
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// Result of `rerank`.
@@ -165,5 +182,23 @@ mod tests {
         let back: EmbedResult = serde_json::from_str(&line).unwrap();
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&back.embeddings[0]), bits(&values));
+    }
+
+    #[test]
+    fn base64_vectors_are_little_endian_float32_bytes() {
+        // 1.0 is 00 00 80 3f, -0.0 is 00 00 00 80.
+        assert_eq!(base64_vector(&[1.0, -0.0]), "AACAPwAAAIA=");
+        let result = EmbedResult {
+            embeddings: vec![vec![1.0], vec![]],
+            model: "m".into(),
+            model_digest: "d".into(),
+            engine_fingerprint: "e".into(),
+            cached: 1,
+        };
+        let line = serde_json::to_string(&result.into_base64()).unwrap();
+        assert_eq!(
+            line,
+            r#"{"embeddings":["AACAPw==",""],"model":"m","model_digest":"d","engine_fingerprint":"e","cached":1}"#
+        );
     }
 }

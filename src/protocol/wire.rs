@@ -192,7 +192,7 @@ mod tests {
 
     #[test]
     fn floats_keep_the_digits_the_wire_always_had() {
-        let result = crate::protocol::EmbedResult {
+        let result: crate::protocol::EmbedResult = crate::protocol::EmbedResult {
             embeddings: vec![vec![0.004130002, -3.7855227e-33, 1.0]],
             model: "m".into(),
             model_digest: "sha256:0".into(),

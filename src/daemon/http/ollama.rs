@@ -588,7 +588,7 @@ async fn embed_texts(
     keep_alive(keep)?;
     let mut ignored = GenerateParams::default();
     self::options(&mut ignored, options)?;
-    let params = EmbedParams { texts, model: Some(model), mode: None, dimensions };
+    let params = EmbedParams { texts, model: Some(model), mode: None, dimensions, ..Default::default() };
     ready.run(Method::Embed, |call| Box::pin(methods::embed_counting(call, params, true))).await
 }
 

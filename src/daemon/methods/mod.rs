@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::protocol::Method;
+use crate::protocol::{EmbedParams, Method, VectorEncoding};
 
 use super::call::Call;
 
@@ -45,7 +45,13 @@ async fn dispatch(call: &mut Call<'_>, method: Method, params: Value) -> Result<
         Method::Metrics => encode(status::metrics(call, parse(params)?)),
         Method::Generate => encode(generate::generate(call, parse(params)?, false).await?),
         Method::GenerateStream => encode(generate::generate(call, parse(params)?, true).await?),
-        Method::Embed => encode(generate::embed(call, parse(params)?).await?),
+        Method::Embed => {
+            let params: EmbedParams = parse(params)?;
+            match params.encoding_format {
+                VectorEncoding::Float => encode(generate::embed(call, params).await?),
+                VectorEncoding::Base64 => encode(generate::embed(call, params).await?.into_base64()),
+            }
+        }
         Method::Rerank => encode(generate::rerank(call, parse(params)?).await?),
         Method::CountTokens => encode(generate::count_tokens(call, parse(params)?).await?),
         Method::Tokenize => encode(generate::tokenize(call, parse(params)?).await?),

@@ -54,26 +54,19 @@ pub fn build_session(
         )
     };
     // Intra-op threads spin (between the many small nodes of a decode step, parking and waking
-    // them cost ~35% of decode speed). A decoder's keep spinning a bounded moment after a Run()
-    // returns, so the next step or sub-batch finds them awake; then they sleep. An encoder's stop
-    // when its Run() returns: its next run comes with the next request, and a thread spinning
-    // meanwhile takes a core from the client and the connection thread (2 cores, paired runs:
-    // one-text embeds through the socket 4-11% faster stopped, in 4 of 5 runs; 1,800 texts:
-    // p50 6.25 -> 5.88 ms). Measured idle CPU of the daemon over 10 s: 0.5% right after work,
-    // 0.1% after that. Spinning changes no number.
+    // them cost ~35% of decode speed), and keep spinning a bounded moment after a Run() returns,
+    // so that the next step, sub-batch or request finds them awake; then they sleep. An encoder's
+    // were once stopped at the end of each Run() (`session.force_spinning_stop`): with the answer
+    // in base64 (no float parsing for the client to do meanwhile) that lost, paired in one run,
+    // two daemons and Python taking turns, 600 one-text embeds each: p50 6.58 -> 6.18 ms,
+    // 5.43 -> 5.20, 6.62 -> 6.31 (base64); 5.51 -> 5.38, 5.15 -> 4.96 (JSON numbers). Spinning
+    // changes no number.
     let configure = |b: SessionBuilder| -> std::result::Result<SessionBuilder, ort::Error<SessionBuilder>> {
         b.with_optimization_level(GraphOptimizationLevel::All)?
             .with_intra_threads(s.intra_threads)?
             .with_inter_threads(1)?
             .with_parallel_execution(false)?
             .with_intra_op_spinning(true)?
-            .with_config_entry(
-                "session.force_spinning_stop",
-                match shapes {
-                    Shapes::Repeating => "1",
-                    Shapes::PerStep => "0",
-                },
-            )?
             .with_inter_op_spinning(false)?
             .with_deterministic_compute(true)?
             .with_memory_pattern(shapes == Shapes::Repeating)

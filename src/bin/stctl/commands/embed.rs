@@ -18,7 +18,8 @@ pub fn run(session: &Session, args: EmbedArgs) -> Result<()> {
         [one] if one == "-" => vec![read_stdin()?],
         many => many.to_vec(),
     };
-    let params = EmbedParams { texts, model: args.model, mode: args.mode, dimensions: args.dimensions };
+    let params =
+        EmbedParams { texts, model: args.model, mode: args.mode, dimensions: args.dimensions, ..Default::default() };
     let started = Instant::now();
     let (result, served) = session.embed(&params)?;
     if args.json {

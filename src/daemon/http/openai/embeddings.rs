@@ -3,7 +3,6 @@
 use axum::body::Body;
 use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::super::body::read_json;
@@ -15,7 +14,7 @@ use crate::cache::embedding_route_key;
 use crate::daemon::methods::generate as methods;
 use crate::error::Error;
 use crate::model::{ModelFiles, ModelKind};
-use crate::protocol::{EmbedParams, Method, ROUTE_KEY_HEADER};
+use crate::protocol::{base64_vector, EmbedParams, Method, ROUTE_KEY_HEADER};
 
 /// `POST /v1/embeddings`: float or base64 (little-endian f32) vectors; `dimensions` keeps the
 /// first N components and re-normalizes them (Matryoshka truncation).
@@ -30,18 +29,19 @@ pub(in super::super) async fn embeddings(ready: Ready, body: Body) -> Result<Res
     };
     let texts = request.input.into_vec();
     let route = embedding_route_key(Some(&request.model), None, &texts);
-    let params = EmbedParams { texts, model: Some(request.model), mode: None, dimensions: request.dimensions };
+    let params = EmbedParams {
+        texts,
+        model: Some(request.model),
+        mode: None,
+        dimensions: request.dimensions,
+        ..Default::default()
+    };
     let count = params.texts.len();
     let (result, tokens) =
         ready.run(Method::Embed, |call| Box::pin(methods::embed_counting(call, params, true))).await?;
     let mut data = Vec::with_capacity(result.embeddings.len());
     for (index, vector) in result.embeddings.into_iter().enumerate() {
-        let embedding = if base64 {
-            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
-        } else {
-            json!(vector)
-        };
+        let embedding = if base64 { Value::String(base64_vector(&vector)) } else { json!(vector) };
         data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
     }
     let body = axum::Json(json!({
