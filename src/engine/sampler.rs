@@ -5,6 +5,8 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::engine::kernels::exp::exp_below_zero_in_place;
+use crate::engine::kernels::int4_matmul::Isa;
 use crate::error::{Error, Result};
 
 /// Decoding parameters beyond greedy. `temperature == 0` means greedy (the default).
@@ -159,13 +161,9 @@ impl Weights {
         let ranked = ranked(logits, sampling.top_k);
         let t = f64::from(sampling.temperature);
         let max = f64::from(logit_of(ranked[0]));
-        let mut weights = Vec::with_capacity(ranked.len());
-        let mut total = 0.0;
-        for &key in &ranked {
-            let w = ((f64::from(logit_of(key)) - max) / t).exp();
-            total += w;
-            weights.push(w);
-        }
+        let mut weights: Vec<f64> = ranked.iter().map(|&key| (f64::from(logit_of(key)) - max) / t).collect();
+        exp_below_zero_in_place(&mut weights, Isa::detect());
+        let total = weights.iter().fold(0.0, |sum, w| sum + w);
         let mut kept = weights.len();
         if sampling.top_p > 0.0 && sampling.top_p < 1.0 {
             let mut acc = 0.0;
@@ -256,8 +254,9 @@ mod tests {
         }
     }
 
-    /// The sampler as first written: ids ordered by comparing the logits, the weights collected,
-    /// then summed by `Iterator::sum`. Returns the kept weights, their sum, and the draw of step
+    /// The sampler as first written (but for `exp`: the C library's then, ours, one value at a
+    /// time, now): ids ordered by comparing the logits, the weights collected, then summed by
+    /// `Iterator::sum`. Returns the kept weights, their sum, and the draw of step
     /// 0 for each of `seeds`.
     fn sampler_as_first_written(logits: &[f32], sampling: &Sampling, seeds: &[u64]) -> (Vec<f64>, f64, Vec<u32>) {
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
@@ -267,7 +266,8 @@ mod tests {
         }
         let t = f64::from(sampling.temperature);
         let max = f64::from(logits[order[0] as usize]);
-        let weights: Vec<f64> = order.iter().map(|&i| ((f64::from(logits[i as usize]) - max) / t).exp()).collect();
+        let exp = crate::engine::kernels::exp::exp_below_zero;
+        let weights: Vec<f64> = order.iter().map(|&i| exp((f64::from(logits[i as usize]) - max) / t)).collect();
         let total: f64 = weights.iter().sum();
         let mut keep = weights.len();
         if sampling.top_p > 0.0 && sampling.top_p < 1.0 {

@@ -1,13 +1,16 @@
-//! Our own decode kernels, the int4 x int8 matrix product and causal attention, written so that a
-//! row's result cannot depend on the other rows of a batch: every output element is computed by
-//! one thread, from its own row only, by the same sequence of operations whatever the batch, the
-//! thread count or the instruction set. Unsafe code stays in the `*_x86` files.
+//! Our own decode kernels, the int4 x int8 matrix product and causal attention (and the sampler's
+//! `exp`), written so that a row's result cannot depend on the other rows of a batch: every output
+//! element is computed by one thread, from its own row only, by the same sequence of operations
+//! whatever the batch, the thread count or the instruction set. Unsafe code stays in the `*_x86`
+//! files.
 
 /// Our kernels' versions, in the engine fingerprint: change one with any change to its numbers.
-pub const VERSION: &str = "int4-matmul-1 attention-1";
+pub const VERSION: &str = "int4-matmul-1 attention-1 exp-1";
 
 pub mod attention;
 mod attention_x86;
+pub mod exp;
+mod exp_x86;
 mod int4_layout;
 pub mod int4_matmul;
 mod int4_matmul_x86;
