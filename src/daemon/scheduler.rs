@@ -38,6 +38,11 @@ const MERGE_TEXTS: usize = 64;
 /// to the system, so one big request does not leave the daemon's RSS high.
 const LARGE_JOB_BYTES: usize = super::memory::LARGE_REQUEST_BYTES;
 
+/// Embed batches above this many bytes of text are followed by giving freed memory back: an
+/// encoder's intermediates grow with rows x tokens (and attention with tokens squared), so 64
+/// texts of ~2 KB (128 KB) left ~250 MB behind (measured, MiniLM) although no input was large.
+const LARGE_EMBED_BYTES: usize = 16 * 1024;
+
 /// Generations of at least this many tokens (prompt and output) are followed by giving freed
 /// memory back too.
 const LONG_SEQUENCE_TOKENS: usize = 512;
@@ -327,8 +332,9 @@ fn run(mut model: Box<dyn Model>, rx: Receiver<Job>, p: Progress, loader: Loader
                     }
                 }
                 Job::Embed { texts, reply } => {
-                    let large = texts.iter().map(String::len).sum::<usize>() > LARGE_JOB_BYTES;
                     let batch = take_embed_batch(texts, reply, &rx, &mut backlog);
+                    let text_bytes = batch.iter().flat_map(|(texts, _)| texts).map(String::len).sum::<usize>();
+                    let large = text_bytes > LARGE_EMBED_BYTES;
                     p.merged.fetch_add(batch.len() as u64 - 1, Ordering::Relaxed);
                     embed_merged(model.as_mut(), batch, &p);
                     if large {
