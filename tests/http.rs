@@ -25,21 +25,6 @@ fn f32_bits(line: &str) -> Vec<u64> {
     values.iter().map(|v| u64::from(v.to_bits())).collect()
 }
 
-/// A log without its terminal colours.
-fn plain(log: &str) -> String {
-    let mut out = String::new();
-    let mut escape = false;
-    for c in log.chars() {
-        match (escape, c) {
-            (false, '\u{1b}') => escape = true,
-            (true, 'm') => escape = false,
-            (false, c) => out.push(c),
-            (true, _) => {}
-        }
-    }
-    out
-}
-
 #[test]
 fn the_openai_package_gets_stctls_answers() {
     let python = python();
@@ -69,7 +54,8 @@ fn the_openai_package_gets_stctls_answers() {
     let cached: Vec<usize> = serde_json::from_value(got["conversation_cached_tokens"].clone()).unwrap();
     assert_eq!(cached[0], 0);
     assert!((cached[2] - 8..=cached[2] - 2).contains(&cached[1]), "{cached:?}");
-    let log = plain(&daemon.log());
+    let log = daemon.log();
+    assert!(!log.contains('\u{1b}'), "a log file gets no terminal colours: {log}");
     assert!(log.contains(&format!("prefix_tokens={}", cached[1])), "{log}");
 
     // Log-probabilities through the OpenAI shapes are stctl's (f32 values printed as f64).

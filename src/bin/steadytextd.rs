@@ -50,7 +50,9 @@ fn init_logging() {
     if let Some(layer) = journal {
         tracing_subscriber::registry().with(filter).with(layer).init();
     } else {
-        let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        // Colours for a terminal only: a log file, a pipe or a container's log gets plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
         tracing_subscriber::registry().with(filter).with(text).init();
     }
 }
