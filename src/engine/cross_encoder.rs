@@ -7,6 +7,7 @@
 use tokenizers::{Tokenizer, TruncationParams, TruncationStrategy};
 
 use crate::engine::backend::OnnxClassifier;
+use crate::engine::kernels::exp::logistic;
 use crate::error::{Error, Result};
 
 /// What `rerank` results name as their prompt version: a cross-encoder takes no prompt.
@@ -22,7 +23,7 @@ pub fn pair_text(query: &str, document: &str) -> String {
 
 /// The sigmoid of a logit, in f64 (text-embeddings-inference's default for one label).
 pub fn sigmoid(logit: f32) -> f32 {
-    (1.0 / (1.0 + (-f64::from(logit)).exp())) as f32
+    logistic(f64::from(logit)) as f32
 }
 
 /// A loaded cross-encoder.

@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use crate::engine::kernels::int4_matmul::Isa;
+use crate::engine::kernels::ln::log_sum_exp;
 use crate::engine::sampler;
 use crate::error::{Error, Result};
 
@@ -94,10 +96,8 @@ pub struct LogSoftmax<'a> {
 impl<'a> LogSoftmax<'a> {
     /// Over `logits` (NaN-free: the sampler has rejected NaN rows before this is used).
     pub fn new(logits: &'a [f32]) -> Self {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let max = f64::from(max);
-        let sum: f64 = logits.iter().map(|&v| (f64::from(v) - max).exp()).sum();
-        LogSoftmax { logits, log_sum_exp: max + sum.ln() }
+        let log_sum_exp = log_sum_exp(logits.iter().map(|&v| f64::from(v)), Isa::detect());
+        LogSoftmax { logits, log_sum_exp }
     }
 
     /// Token `id`'s log-probability, decoded with `tokenizer`.

@@ -11,6 +11,9 @@
 
 use crate::engine::constraint::Constraint;
 use crate::engine::generate::{ChatMessage, GenerateRequest, Generation};
+use crate::engine::kernels::exp::logistic;
+use crate::engine::kernels::int4_matmul::Isa;
+use crate::engine::kernels::ln::log_sum_exp;
 use crate::engine::logprobs::LogprobsRequest;
 use crate::engine::sampler::Sampling;
 use crate::error::{Error, Result};
@@ -71,17 +74,14 @@ pub fn score(generation: &Generation) -> Result<f32> {
         .map(|step| &step.followed)
         .filter(|f| f.len() == YES.len() + NO.len())
         .ok_or_else(|| Error::engine("rerank", "the judgement has no log-probabilities"))?;
-    let log_sum = |lps: &[f64]| {
-        let max = lps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        max + lps.iter().map(|l| (l - max).exp()).sum::<f64>().ln()
-    };
+    let log_sum = |lps: &[f64]| log_sum_exp(lps.iter().copied(), Isa::Portable);
     let (yes, no): (Vec<f64>, Vec<f64>) = (
         followed[..YES.len()].iter().map(|t| f64::from(t.logprob)).collect(),
         followed[YES.len()..].iter().map(|t| f64::from(t.logprob)).collect(),
     );
     // sigmoid(log P(yes) - log P(no)).
     let margin = log_sum(&yes) - log_sum(&no);
-    Ok((1.0 / (1.0 + (-margin).exp())) as f32)
+    Ok(logistic(margin) as f32)
 }
 
 /// Document indexes by score, best first (ties by input order).

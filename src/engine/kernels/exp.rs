@@ -1,4 +1,4 @@
-//! Our own float64 `exp`, for the sampler's weights: the same bits on every instruction set and
+//! Our own float64 `exp`, for the sampler's weights, log-probabilities and scores: the same bits on every instruction set and
 //! every C library (glibc's `exp` has an FMA and a generic variant that differ by one ulp on some
 //! inputs, and another C library may differ more), and eight or four at a time where the CPU has
 //! AVX-512 or AVX2 (the sampler takes 49,152 of them a sampled row: glibc's scalar calls were
@@ -17,8 +17,8 @@ use super::int4_matmul::Isa;
 /// ln 2's leading bits (the low 21 of the significand zero, so `k · LN2_HI` is exact) and the
 /// rest: fdlibm's `ln2HI[0]` and `ln2LO[0]` (`e_exp.c`, 6.93147180369123816490e-01 and
 /// 1.90821492927058770002e-10). The test below checks that they sum to ln 2.
-const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
-const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+pub(super) const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+pub(super) const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 /// Adding 1.5 · 2^52 rounds a float64 of magnitude below 2^51 to the nearest integer (ties to
 /// even) and leaves that integer in the low bits of the sum.
 const ROUND: f64 = 6_755_399_441_055_744.0;
@@ -59,6 +59,21 @@ pub fn exp_below_zero(x: f64) -> f64 {
         p * scale
     } else {
         0.0
+    }
+}
+
+/// The logistic function `1 / (1 + e^−x)` (a score from a logit or a log-odds), by `e` of
+/// non-positive numbers only: `1 / (1 + e^−x)` for `x >= 0`, `e^x / (1 + e^x)` below; NaN for
+/// NaN.
+pub fn logistic(x: f64) -> f64 {
+    if x.is_nan() {
+        return x;
+    }
+    let e = exp_below_zero(-x.abs());
+    if x >= 0.0 {
+        1.0 / (1.0 + e)
+    } else {
+        e / (1.0 + e)
     }
 }
 
@@ -146,5 +161,20 @@ mod tests {
         assert_eq!(exp_below_zero(0.0), 1.0);
         assert_eq!(exp_below_zero(-0.0), 1.0);
         assert!(exp_below_zero(LEAST).is_normal(), "the least input kept gives a normal number");
+    }
+
+    #[test]
+    fn the_logistic_function_is_close_to_the_plain_formula_on_both_sides() {
+        for x in [0.0, 1e-9, 0.5, 3.0, 20.0, 40.0, 800.0] {
+            assert!((logistic(x) + logistic(-x) - 1.0).abs() <= 2.0 * f64::EPSILON, "{x}");
+            for x in [x, -x] {
+                let plain = 1.0 / (1.0 + (-x).exp());
+                assert!((logistic(x) - plain).abs() <= 4.0 * f64::EPSILON * plain, "{x}: {} vs {plain}", logistic(x));
+            }
+        }
+        assert_eq!(logistic(0.0), 0.5);
+        assert_eq!(logistic(f64::INFINITY), 1.0);
+        assert_eq!(logistic(f64::NEG_INFINITY), 0.0);
+        assert!(logistic(f64::NAN).is_nan());
     }
 }

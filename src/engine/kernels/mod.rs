@@ -1,11 +1,13 @@
-//! Our own decode kernels, the int4 x int8 matrix product and causal attention (and the sampler's
-//! `exp`), written so that a row's result cannot depend on the other rows of a batch: every output
-//! element is computed by one thread, from its own row only, by the same sequence of operations
-//! whatever the batch, the thread count or the instruction set. Unsafe code stays in the `*_x86`
-//! files.
+//! Our own decode kernels, the int4 x int8 matrix product and causal attention (and the `exp` and
+//! `ln` of the sampler, log-probabilities and scores), written so that a row's result cannot
+//! depend on the other rows of a batch: every output element is computed by one thread, from its
+//! own row only, by the same sequence of operations whatever the batch, the thread count or the
+//! instruction set. Unsafe code stays in the `*_x86` files.
 
 /// Our kernels' versions, in the engine fingerprint: change one with any change to its numbers.
-pub const VERSION: &str = "int4-matmul-1 attention-1 exp-1";
+/// `scores-1`: log-probabilities, rerank judgements' and cross-encoders' scores by this `exp` and
+/// `ln` (before it, the C library's).
+pub const VERSION: &str = "int4-matmul-1 attention-1 exp-1 ln-1 scores-1";
 
 pub mod attention;
 mod attention_x86;
@@ -14,4 +16,5 @@ mod exp_x86;
 mod int4_layout;
 pub mod int4_matmul;
 mod int4_matmul_x86;
+pub mod ln;
 pub mod ort_op;
