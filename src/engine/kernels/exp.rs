@@ -1,8 +1,8 @@
-//! Our own float64 `exp`, for the sampler's weights, log-probabilities and scores: the same bits on every instruction set and
-//! every C library (glibc's `exp` has an FMA and a generic variant that differ by one ulp on some
-//! inputs, and another C library may differ more), and eight or four at a time where the CPU has
-//! AVX-512 or AVX2 (the sampler takes 49,152 of them a sampled row: glibc's scalar calls were
-//! about a third of its time).
+//! Our own float64 `exp`, for the sampler's weights, log-probabilities and scores: the same bits
+//! on every instruction set and every C library (glibc's `exp` has an FMA and a generic variant
+//! that differ by one ulp on some inputs, and another C library may differ more), and eight or
+//! four at a time where the CPU has AVX-512 or AVX2 (the sampler takes 49,152 of them a sampled
+//! row: glibc's scalar calls were about a third of its time).
 //!
 //! Cody and Waite's reduction with fdlibm's constants, then a Taylor polynomial: `x = k·ln 2 + r`
 //! with `k` the nearest integer to `x / ln 2` and `|r| <= ln 2 / 2`, `e^r` by Horner's rule to

@@ -3,7 +3,7 @@
 //! library (glibc's `log` and `exp` have per-CPU variants, and another C library may round
 //! otherwise).
 //!
-//! fdlibm's reduction (`e_log.c`): `x = 2^k · (1 + f)` with `√2/2 <= 1 + f < √2`,
+//! fdlibm's reduction (`e_log.c`): `x = 2^k · (1 + f)` with `√2/2 < 1 + f <= √2`,
 //! `s = f / (2 + f)`, and `ln(1 + f) = f − (hfsq − s · (hfsq + R))` with `hfsq = f²/2`, an
 //! identity of real numbers when `R` is `ln(1 + f) / s − 2` (the check: `s · (2 + f) = f`). Here
 //! `R` is the series of `2 · atanh(s) / s − 2 = Σ 2 s^(2n) / (2n + 1)`, `n = 1..=10`, by
