@@ -48,12 +48,12 @@ fn the_openai_package_gets_stctls_answers() {
     let usage: Vec<u64> = serde_json::from_value(got["chat_usage"].clone()).unwrap();
     assert_eq!(usage[0] + usage[1], usage[2]);
     assert!(got["fingerprint"].as_str().unwrap().starts_with("fp_"));
-    // The second turn of a conversation reused the first turn's prompt up to the end of its user
-    // turn (a prefill boundary; only the assistant's header after it is prefilled again), as
-    // OpenAI's usage and the request log say.
+    // The second turn of a conversation reused the whole first prompt (it ends with the
+    // assistant's header, where a turn opens: a prefill boundary), as OpenAI's usage and the
+    // request log say.
     let cached: Vec<usize> = serde_json::from_value(got["conversation_cached_tokens"].clone()).unwrap();
     assert_eq!(cached[0], 0);
-    assert!((cached[2] - 8..=cached[2] - 2).contains(&cached[1]), "{cached:?}");
+    assert_eq!(cached[1], cached[2], "{cached:?}");
     let log = daemon.log();
     assert!(!log.contains('\u{1b}'), "a log file gets no terminal colours: {log}");
     assert!(log.contains(&format!("prefix_tokens={}", cached[1])), "{log}");

@@ -43,7 +43,7 @@ impl<B: DecoderBackend> Generator<B> {
         }
         let prefix_stats = Arc::new(PrefixStats::default());
         prefix::disable(&prefix_stats, "not enabled".into());
-        let boundaries = Boundaries::new(eos.clone());
+        let boundaries = Boundaries::new(eos.clone(), newline_tokens(&tokenizer));
         Ok(Generator {
             backend,
             tokenizer,
@@ -406,6 +406,13 @@ impl<B: DecoderBackend> Generator<B> {
         }
         stream.finish()
     }
+}
+
+/// The ids of `tokenizer`'s tokens whose text ends with a newline (where a chat turn's header
+/// ends, see [`Boundaries`]).
+fn newline_tokens(tokenizer: &Tokenizer) -> Vec<u32> {
+    let ids = 0..tokenizer.get_vocab_size(true) as u32;
+    ids.filter(|&id| tokenizer.decode(&[id], false).is_ok_and(|text| text.ends_with('\n'))).collect()
 }
 
 /// Turns a growing list of token ids into text pieces that are always whole UTF-8 characters

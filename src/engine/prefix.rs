@@ -5,7 +5,7 @@
 //!
 //! Why it never changes an answer, by construction: every prompt is prefilled in calls that start
 //! and end at its prefill boundaries ([`Boundaries`]: every 64 tokens up to 512, then every 128,
-//! and after each end-of-turn token), a pure function of the prompt's tokens up to each boundary,
+//! and where each turn after the first begins), a pure function of the prompt's tokens up to each boundary,
 //! so two prompts sharing a prefix share its boundaries, with or without the cache. The cache keeps
 //! the KV of whole calls only (never a partial last call, never a generated token's), and a prompt
 //! takes from it only whole calls, ending at one of its boundaries at least [`MIN_PREFILL`] tokens
@@ -33,7 +33,13 @@ use crate::error::Result;
 pub const MIN_PREFILL: usize = 2;
 
 /// The boundaries below, for the engine fingerprint (a change changes answers' bits).
-pub const BOUNDARIES: &str = "every 64 to 512, then 128; after an end-of-turn token 2 or more from either";
+pub const BOUNDARIES: &str =
+    "every 64 to 512, then 128; after the first newline token 2-8 after an end-of-turn token, 2 or more from either";
+
+/// The most tokens from a turn's end token to the newline that closes the next turn's header
+/// (ChatML's `<|im_end|>`, `\n`, `<|im_start|>`, `assistant`, `\n` is 4; a longer role name a few
+/// more).
+const HEADER_MOST: usize = 8;
 
 /// Tokens between prefill boundaries around position `pos`: small calls early (shared system
 /// prompts and rerank instructions are reused at a fine grain), 128 after: a conversation turn
@@ -62,22 +68,57 @@ pub fn boundary_at_or_below(pos: usize) -> usize {
 }
 
 /// Where a model's prompts are cut into prefill calls: the fixed grid ([`next_boundary`]), and
-/// right after each end-of-turn token that lies [`MIN_PREFILL`] tokens or more past the previous
-/// boundary and before the next grid boundary. A conversation's earlier turns, a system prompt
-/// and a rerank query (its judgements' system turn) then end on a boundary, so the next prompt
-/// reuses all of them, not only up to the grid. Whether a position is a boundary depends on the
-/// prompt's tokens before it only (a prefix has its prompt's boundaries), and no call but a
-/// prompt's last is shorter than [`MIN_PREFILL`].
+/// where a turn's text begins after the previous turn's end (the first newline token 2 to
+/// [`HEADER_MOST`] tokens after an end-of-turn token: the end of the next turn's header, as
+/// ChatML, Llama 3, Gemma and Phi-3 templates write it), when that lies [`MIN_PREFILL`] tokens or
+/// more past the previous boundary and before the next grid boundary. A conversation's earlier
+/// turns with the next one's header, a system prompt and a rerank query (its judgements' system
+/// turn) then end on a boundary, so the next prompt reuses all of them, not only up to the grid;
+/// and a prompt that ends with the assistant's header (every chat prompt) ends on a boundary, so
+/// its last call is kept too and is no separate call of a few header tokens. Whether a position
+/// is a boundary depends on the prompt's tokens before it only (a prefix has its prompt's
+/// boundaries), and no call but a prompt's last is shorter than [`MIN_PREFILL`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Boundaries {
     /// The model's end-of-turn tokens (its end tokens: a chat template closes each turn with one).
     turn_ends: Vec<u32>,
+    /// Whether each token id's text ends with a newline (ids past the end: no).
+    newlines: Vec<bool>,
 }
 
 impl Boundaries {
-    /// The boundaries of a model whose turns end with `turn_ends` (none: the fixed grid only).
-    pub fn new(turn_ends: Vec<u32>) -> Self {
-        Boundaries { turn_ends }
+    /// The boundaries of a model whose turns end with `turn_ends` and whose tokens that end with
+    /// a newline are `newlines` (none: the fixed grid only).
+    pub fn new(turn_ends: Vec<u32>, newlines: impl IntoIterator<Item = u32>) -> Self {
+        let mut flags = Vec::new();
+        for id in newlines {
+            let id = id as usize;
+            if flags.len() <= id {
+                flags.resize(id + 1, false);
+            }
+            flags[id] = true;
+        }
+        Boundaries { turn_ends, newlines: flags }
+    }
+
+    /// Whether `token`'s text ends with a newline.
+    fn is_newline(&self, token: u32) -> bool {
+        self.newlines.get(token as usize).copied().unwrap_or(false)
+    }
+
+    /// Whether a turn's text begins at `end` (> 0): the token before it is the first newline
+    /// token 2 or more tokens after the last end-of-turn token, at most [`HEADER_MOST`] after.
+    fn opens_turn(&self, prompt: &[u32], end: usize) -> bool {
+        let header_end = end - 1;
+        if !self.is_newline(prompt[header_end]) {
+            return false;
+        }
+        let window = header_end.saturating_sub(HEADER_MOST)..header_end;
+        let Some(turn_end) = prompt[window.clone()].iter().rposition(|t| self.turn_ends.contains(t)) else {
+            return false;
+        };
+        let turn_end = window.start + turn_end;
+        header_end - turn_end >= 2 && !prompt[turn_end + 2..header_end].iter().any(|&t| self.is_newline(t))
     }
 
     /// The first boundary of `prompt` after `pos`, itself a boundary (0 included); a boundary
@@ -85,7 +126,7 @@ impl Boundaries {
     pub fn next(&self, prompt: &[u32], pos: usize) -> usize {
         let grid = next_boundary(pos);
         let last = grid.saturating_sub(MIN_PREFILL).min(prompt.len());
-        (pos + MIN_PREFILL..=last).find(|&end| self.turn_ends.contains(&prompt[end - 1])).unwrap_or(grid)
+        (pos + MIN_PREFILL..=last).find(|&end| self.opens_turn(prompt, end)).unwrap_or(grid)
     }
 
     /// The last boundary of `prompt` at or before `pos`.
@@ -405,7 +446,8 @@ impl PrefixCache {
 /// (other tokens after it) is prefilled, that prefix's KV read back, loaded into a fresh sequence,
 /// and the rest of the probe prompt prefilled after it. Returns `None` when the last logits and
 /// every position's KV matched bit for bit, else what differed. The probe prompt holds an
-/// end-of-turn token three quarters in, so that the prefix may end on a turn's boundary. With a
+/// end-of-turn token and a header's newline three quarters in, so that the prefix may end on a
+/// turn's boundary. With a
 /// rule other than [`ReuseRule::EXACT`] (a prefix that ends off a boundary, a 1-token call after
 /// it) the probe must fail.
 pub fn probe_prefix_reuse<B: DecoderBackend>(
@@ -415,8 +457,12 @@ pub fn probe_prefix_reuse<B: DecoderBackend>(
     rule: ReuseRule,
 ) -> Result<Option<String>> {
     let mut prompt: Vec<u32> = (0..tokens).map(|i| 100 + (i as u32 * 37) % 900).collect();
-    if let (Some(&turn_end), Some(slot)) = (boundaries.turn_ends.first(), (tokens * 3 / 4).checked_sub(1)) {
+    let newline = boundaries.newlines.iter().position(|&n| n).map(|id| id as u32);
+    if let (Some(&turn_end), Some(newline), Some(slot)) =
+        (boundaries.turn_ends.first(), newline, (tokens * 3 / 4).checked_sub(4))
+    {
         prompt[slot] = turn_end;
+        prompt[slot + 3] = newline;
     }
     let reuse = rule.reuse(boundaries, &prompt, tokens);
     // Prefills `tokens` from position `fed` on, call by call; the last call's logits.
@@ -525,30 +571,35 @@ mod tests {
     }
 
     #[test]
-    fn turn_ends_are_boundaries_two_tokens_or_more_from_any_other() {
-        let b = Boundaries::new(vec![2, 9]);
+    fn turns_open_after_their_headers_two_tokens_or_more_from_any_other_boundary() {
+        // End-of-turn tokens 2 and 9, newline token 7; a header is `2 7 1 3 7` (ChatML's shape).
+        let b = Boundaries::new(vec![2, 9], [7]);
         let mut prompt = vec![5u32; 300];
-        for end in [0, 40, 41, 62, 70, 126, 127, 200] {
-            prompt[end] = 2;
-        }
-        prompt[150] = 9;
+        let mut put = |at: usize, tokens: &[u32]| prompt[at..at + tokens.len()].copy_from_slice(tokens);
+        put(36, &[2, 7, 1, 3, 7]); // opens a turn at 41 (not at 38: a newline right after the end)
+        put(62, &[2, 1, 7]); // 65: one past the grid
+        put(66, &[2, 7, 1, 7]); // 70
+        put(124, &[2, 1, 7]); // 127: one before the grid
+        put(150, &[9, 5, 5, 5, 5, 5, 5, 5, 5, 7]); // 160: the newline 9 tokens after the end
+        put(200, &[9, 1, 7, 1, 7]); // 203, and not 205 (not the first newline)
+        put(220, &[2, 5, 5, 5, 5, 5, 5, 5, 7]); // 229: 8 after
         let ends: Vec<usize> = b.calls(&prompt, 0).map(|c| c.end).collect();
-        // 1 (too near 0), 42 (too near 41), 63 (one before the grid), 127 and 128 (too near
-        // the grid) are not boundaries.
-        assert_eq!(ends, [41, 64, 71, 128, 151, 192, 201, 256, 300]);
-        assert_eq!(b.at_or_below(&prompt, 70), 64);
-        assert_eq!(b.at_or_below(&prompt, 71), 71);
+        assert_eq!(ends, [41, 64, 70, 128, 192, 203, 229, 256, 300]);
+        assert_eq!(b.at_or_below(&prompt, 69), 64);
+        assert_eq!(b.at_or_below(&prompt, 70), 70);
         assert_eq!(b.at_or_below(&prompt, 298), 256);
-        // A prompt ending on a turn's end ends on a boundary.
-        assert_eq!(b.next(&prompt[..71], 64), 71);
+        // A prompt ending with a turn's header (every chat prompt) ends on a boundary; one ending
+        // with the turn's end token does not.
+        assert_eq!(b.next(&prompt[..70], 64), 70);
+        assert_eq!(b.next(&prompt[..67], 64), 128);
     }
 
     #[test]
     fn a_prefix_has_its_prompts_boundaries() {
-        // Prompts of random tokens, a quarter of them turn ends: every boundary of a prompt
-        // within a prefix is one of the prefix's, and the other way round; every call but the
-        // last is 2 tokens or more, none is longer than 128.
-        let b = Boundaries::new(vec![0]);
+        // Prompts of random tokens, a quarter of them turn ends and a quarter newlines: every
+        // boundary of a prompt within a prefix is one of the prefix's, and the other way round;
+        // every call but the last is 2 tokens or more, none is longer than 128.
+        let b = Boundaries::new(vec![0], [1]);
         let mut seed = 12345u64;
         for _ in 0..200 {
             let len = 2 + (seed % 700) as usize;

@@ -5,9 +5,9 @@
 //! would change with batch neighbours), and makes each one an ordinary cached generation: its
 //! request, hence its cache key, holds the query, the document, the prompt (so its version) and
 //! the model digest. The query closes the system turn, so that all of a query's judgements share
-//! that whole turn, which ends on a prefill boundary (see `engine::prefix`): the prefix cache
-//! gives each judgement after the first the instructions and the query, and it prefills the
-//! document only.
+//! that whole turn and the user turn's header, which end on a prefill boundary (see
+//! `engine::prefix`): the prefix cache gives each judgement after the first the instructions and
+//! the query, and it prefills the document and the assistant's header only.
 
 use crate::engine::constraint::Constraint;
 use crate::engine::generate::{ChatMessage, GenerateRequest, Generation};
