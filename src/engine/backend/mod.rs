@@ -8,6 +8,7 @@ use std::ops::Range;
 use crate::engine::kv_block::{KvBlock, KvPiece};
 use crate::error::{Error, Result};
 
+mod arena;
 mod onnx_classifier;
 mod onnx_decoder;
 mod onnx_encoder;

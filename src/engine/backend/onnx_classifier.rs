@@ -2,11 +2,11 @@
 
 use std::borrow::Cow;
 
-use ort::session::{Session, SessionInputValue};
+use ort::session::{RunOptions, Session, SessionInputValue};
 
 use crate::error::{Error, Result};
 
-use super::session::{bert_inputs, i64_tensor, inference};
+use super::session::{bert_inputs, i64_tensor, inference, run_in_arena, shrinking_run_options};
 
 /// A sequence-classification graph (a cross-encoder): `input_ids`, `attention_mask` and optional
 /// `token_type_ids` in, `logits` `[batch, labels]` out.
@@ -14,6 +14,8 @@ pub struct OnnxClassifier {
     session: Session,
     model: String,
     has_token_type_ids: bool,
+    /// Run options that give the CPU arena's free memory back at the end of a run.
+    shrink: RunOptions,
 }
 
 impl OnnxClassifier {
@@ -23,7 +25,8 @@ impl OnnxClassifier {
         if !session.outputs().iter().any(|o| o.name() == "logits") {
             return Err(Error::model(model, "cross-encoder ONNX graph has no `logits` output"));
         }
-        Ok(OnnxClassifier { session, model: model.to_string(), has_token_type_ids })
+        let shrink = shrinking_run_options().map_err(inference(model))?;
+        Ok(OnnxClassifier { session, model: model.to_string(), has_token_type_ids, shrink })
     }
 
     /// The logits of one sequence (its ids, and the segment of each: 0 query, 1 document).
@@ -37,7 +40,7 @@ impl OnnxClassifier {
         if self.has_token_type_ids {
             inputs.push(("token_type_ids".into(), i64_tensor([1, n], type_ids.to_vec(), &model)?.into()));
         }
-        let outputs = self.session.run(inputs).map_err(inference(&model))?;
+        let outputs = run_in_arena(&mut self.session, &self.shrink, inputs, n).map_err(inference(&model))?;
         let (shape, data) = outputs["logits"].try_extract_tensor::<f32>().map_err(inference(&model))?;
         if shape.len() != 2 || shape[0] != 1 {
             return Err(Error::model(&model, format!("unexpected logits shape {shape:?}")));

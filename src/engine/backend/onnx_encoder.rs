@@ -2,12 +2,12 @@
 
 use std::borrow::Cow;
 
-use ort::session::{Session, SessionInputValue};
+use ort::session::{RunOptions, Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType};
 
 use crate::error::{Error, Result};
 
-use super::session::{bert_inputs, i64_tensor, inference};
+use super::session::{bert_inputs, i64_tensor, inference, run_in_arena, shrinking_run_options};
 use super::{EncoderBackend, Hidden};
 
 /// An encoder ONNX export with `input_ids`, `attention_mask` and optional `token_type_ids`; or a
@@ -20,6 +20,8 @@ pub struct OnnxEncoder {
     has_position_ids: bool,
     /// Past KV inputs to feed empty: name, heads, head size.
     empty_past: Vec<(String, usize, usize)>,
+    /// Run options that give the CPU arena's free memory back at the end of a run.
+    shrink: RunOptions,
 }
 
 impl OnnxEncoder {
@@ -42,7 +44,8 @@ impl OnnxEncoder {
         let past: Vec<&str> = empty_past.iter().map(|(n, ..)| n.as_str()).collect();
         let has_token_type_ids = bert_inputs(&session, model, "encoder", &["position_ids"], &past)?;
         let has_position_ids = names.iter().any(|n| n == "position_ids");
-        Ok(OnnxEncoder { session, model: model.to_string(), has_token_type_ids, has_position_ids, empty_past })
+        let shrink = shrinking_run_options().map_err(inference(model))?;
+        Ok(OnnxEncoder { session, model: model.to_string(), has_token_type_ids, has_position_ids, empty_past, shrink })
     }
 }
 
@@ -88,7 +91,7 @@ impl EncoderBackend for OnnxEncoder {
                 Tensor::from_array(([batch, *heads, 0, *head_dim], Vec::<f32>::new())).map_err(inference(&model))?;
             inputs.push((name.clone().into(), empty.into_dyn().into()));
         }
-        let outputs = self.session.run(inputs).map_err(inference(&model))?;
+        let outputs = run_in_arena(&mut self.session, &self.shrink, inputs, batch * seq).map_err(inference(&model))?;
         let hidden = outputs
             .get("last_hidden_state")
             .or_else(|| outputs.get("token_embeddings"))

@@ -1,12 +1,13 @@
 //! ONNX Runtime sessions with the project's fixed options, and what the backends share: the
-//! input checks and tensor helpers.
+//! input checks, tensor helpers and runs in the shared CPU arena.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
-use ort::session::Session;
+use ort::session::{RunOptions, Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor};
 
 use crate::config::Device;
@@ -75,11 +76,26 @@ pub fn build_session(
     let mut builder = configure(builder).map_err(|e| fail(e.to_string()))?;
     let kernels = crate::engine::kernels::ort_op::domain(s.intra_threads).map_err(|e| fail(e.to_string()))?;
     builder = builder.with_operators(kernels).map_err(|e| fail(e.to_string()))?;
-    // No arena: ONNX Runtime's CPU arena keeps the peak of every run (a long sequence's KV
-    // cache, a large batch's attention scores) for the life of the process; with plain
-    // allocations the worker gives that memory back after large jobs (malloc_trim). Decode
-    // speed measured the same (40.3-40.9 vs 39.8-40.7 tokens/s, 48 tokens through the daemon).
+    // A decoder's session has no arena: ONNX Runtime's CPU arena keeps the peak of every run (a
+    // long sequence's KV cache) for the life of the process; with plain allocations the worker
+    // gives that memory back after large jobs (malloc_trim). Decode speed measured the same
+    // (40.3-40.9 vs 39.8-40.7 tokens/s, 48 tokens through the daemon). An encoder's takes the
+    // process's shared arena (`arena`: grown by what a run asks, shrunk after large runs), its
+    // weights outside it so that what runs freed can go back.
     if s.device == Device::Cpu {
+        if shapes == Shapes::Repeating {
+            match super::arena::register_cpu_arena(env) {
+                Ok(()) => {
+                    builder = builder
+                        .with_env_allocators()
+                        .and_then(|b| b.with_device_allocated_initializers())
+                        .map_err(|e| fail(e.to_string()))?;
+                }
+                Err(e) => {
+                    tracing::warn!(model, error = %e, "ONNX Runtime's CPU arena could not be set up; encoders run without it")
+                }
+            }
+        }
         builder = builder
             .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
             .map_err(|e| fail(e.to_string()))?;
@@ -93,6 +109,33 @@ pub fn build_session(
     }
     std::fs::File::open(onnx).map_err(|e| Error::io(onnx, e))?;
     in_turn_until_the_domain_is_added(|| builder.commit_from_file(onnx)).map_err(|e| fail(e.to_string()))
+}
+
+/// Runs over this many tokens (rows x padded length) of a session that takes the shared CPU
+/// arena (encoders, cross-encoders) shrink the arena when they end: what smaller runs use stays
+/// for the next ones, what larger ones used goes back.
+const SHRINK_AFTER_TOKENS: usize = 512;
+
+/// Run options that give the CPU arena's free memory back at the end of a run.
+pub(super) fn shrinking_run_options() -> ort::Result<RunOptions> {
+    let mut options = RunOptions::new()?;
+    options.set("memory.enable_memory_arena_shrinkage", "cpu:0")?;
+    Ok(options)
+}
+
+/// Runs `session` (which takes the shared CPU arena) on `inputs` of `tokens` tokens, with
+/// `shrink` (from [`shrinking_run_options`]) when the run is a large one.
+pub(super) fn run_in_arena<'s>(
+    session: &'s mut Session,
+    shrink: &'s RunOptions,
+    inputs: Vec<(Cow<'static, str>, SessionInputValue<'static>)>,
+    tokens: usize,
+) -> ort::Result<SessionOutputs<'s>> {
+    if tokens > SHRINK_AFTER_TOKENS {
+        session.run_with_options(inputs, shrink)
+    } else {
+        session.run(inputs)
+    }
 }
 
 /// Creates sessions one at a time until one has been created, then at once.
@@ -176,7 +219,7 @@ pub(super) fn shared_minilm() -> Session {
 
 /// ONNX Runtime from `ORT_DYLIB_PATH` (what `make` sets up), its hash not checked.
 #[cfg(test)]
-fn test_env() -> &'static ort::environment::Environment {
+pub(super) fn test_env() -> &'static ort::environment::Environment {
     let spec = crate::runtime::RuntimeSpec::resolve(None, Some("any"));
     crate::runtime::environment(&spec).expect("ONNX Runtime loads (ORT_DYLIB_PATH)")
 }
