@@ -5,19 +5,19 @@
 //!
 //! Why it never changes an answer, by construction: every prompt is prefilled in calls that start
 //! and end at its prefill boundaries ([`Boundaries`]: every 64 tokens up to 512, then every 128,
-//! and where each turn after the first begins), a pure function of the prompt's tokens up to each boundary,
-//! so two prompts sharing a prefix share its boundaries, with or without the cache. The cache keeps
-//! the KV of whole calls only (never a partial last call, never a generated token's), and a prompt
-//! takes from it only whole calls, ending at one of its boundaries at least [`MIN_PREFILL`] tokens
-//! before its end. So every position's KV was written by the very call (same tokens, same past,
-//! same length) that would have written it without the cache, and every later call of the prompt
-//! is the same call too. Cutting calls anywhere would not do: a chunk of 129, 257 or 385 tokens
-//! (length 1 modulo 128) gives other bits than the same tokens cut otherwise (measured on the
-//! fused SmolLM2, ONNX Runtime 1.31.1, AVX2: by up to 0.42 in the logits), as a 1-token chunk does
-//! (the decode path), and KV written by decode steps differs from prefill-written KV. What the
-//! construction still assumes (a call's bits do not depend on its buffers' capacity or on the
-//! sequence it was copied from) [`probe_prefix_reuse`] checks on each model at load; the cache is
-//! off for a model that fails it.
+//! and where each turn after the first begins), a pure function of the prompt's tokens up to
+//! each boundary, so two prompts sharing a prefix share its boundaries, with or without the
+//! cache. The cache keeps the KV of whole calls only (never a partial last call, never a
+//! generated token's), and a prompt takes from it only whole calls, ending at one of its
+//! boundaries at least [`MIN_PREFILL`] tokens before its end. So every position's KV was written
+//! by the very call (same tokens, same past, same length) that would have written it without the
+//! cache, and every later call of the prompt is the same call too. Cutting calls anywhere would
+//! not do: a chunk of 129, 257 or 385 tokens (length 1 modulo 128) gives other bits than the same
+//! tokens cut otherwise (measured on the fused SmolLM2, ONNX Runtime 1.31.1, AVX2: by up to 0.42
+//! in the logits), as a 1-token chunk does (the decode path), and KV written by decode steps
+//! differs from prefill-written KV. What the construction still assumes (a call's bits do not
+//! depend on its buffers' capacity or on the sequence it was copied from) [`probe_prefix_reuse`]
+//! checks on each model at load; the cache is off for a model that fails it.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -447,9 +447,8 @@ impl PrefixCache {
 /// and the rest of the probe prompt prefilled after it. Returns `None` when the last logits and
 /// every position's KV matched bit for bit, else what differed. The probe prompt holds an
 /// end-of-turn token and a header's newline three quarters in, so that the prefix may end on a
-/// turn's boundary. With a
-/// rule other than [`ReuseRule::EXACT`] (a prefix that ends off a boundary, a 1-token call after
-/// it) the probe must fail.
+/// turn's boundary. With a rule other than [`ReuseRule::EXACT`] (a prefix that ends off a
+/// boundary, a 1-token call after it) the probe must fail.
 pub fn probe_prefix_reuse<B: DecoderBackend>(
     backend: &mut B,
     boundaries: &Boundaries,
