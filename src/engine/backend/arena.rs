@@ -21,22 +21,37 @@ use ort::AsPointer;
 /// `onnxruntime_c_api.h`).
 const SETTINGS: [(&CStr, usize); 3] = [
     (c"arena_extend_strategy", 1),
-    // What a one-text run of a small encoder uses, so that it fits the first chunk.
+    // A sizing choice, not a measured figure: room for a short run of a small encoder (MiniLM's
+    // activations for a few hundred tokens) in the first chunk.
     (c"initial_chunk_size_bytes", 8 << 20),
     (c"initial_growth_chunk_size_bytes", 8 << 20),
 ];
 
+/// ONNX Runtime refused a step of setting the arena up (encoders then run without it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("ONNX Runtime's shared CPU arena could not be set up ({step}): {message}")]
+pub struct ArenaError {
+    step: &'static str,
+    message: String,
+}
+
+impl ArenaError {
+    fn at(step: &'static str) -> impl FnOnce(ort::Error) -> ArenaError {
+        move |e| ArenaError { step, message: e.to_string() }
+    }
+}
+
 /// Registers the shared CPU arena in `env` (first call only; later calls return the first
 /// outcome). Sessions take it with `session.use_env_allocators`.
-pub fn register_cpu_arena(env: &Environment) -> Result<(), String> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+pub fn register_cpu_arena(env: &Environment) -> Result<(), ArenaError> {
+    static REGISTERED: OnceLock<Result<(), ArenaError>> = OnceLock::new();
     REGISTERED.get_or_init(|| register(env)).clone()
 }
 
-fn register(env: &Environment) -> Result<(), String> {
+fn register(env: &Environment) -> Result<(), ArenaError> {
     let api = ort::api();
     let memory = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Arena, MemoryType::Default)
-        .map_err(|e| e.to_string())?;
+        .map_err(ArenaError::at("the CPU memory description"))?;
     let keys: Vec<*const c_char> = SETTINGS.iter().map(|(k, _)| k.as_ptr()).collect();
     let values: Vec<usize> = SETTINGS.iter().map(|(_, v)| *v).collect();
     let mut config = ptr::null_mut();
@@ -46,7 +61,7 @@ fn register(env: &Environment) -> Result<(), String> {
     unsafe {
         ort::Error::result_from_status((api.CreateArenaCfgV2)(keys.as_ptr(), values.as_ptr(), keys.len(), &mut config))
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(ArenaError::at("its settings"))?;
     // SAFETY: `env` and `memory` are live ONNX Runtime objects for the call's length; ONNX Runtime
     // copies what it needs from `config`, which is released right after (also on failure).
     let registered = unsafe {
@@ -54,7 +69,7 @@ fn register(env: &Environment) -> Result<(), String> {
         (api.ReleaseArenaCfg)(config);
         ort::Error::result_from_status(status)
     };
-    registered.map_err(|e| e.to_string())
+    registered.map_err(ArenaError::at("registering it in the environment"))
 }
 
 #[cfg(test)]
@@ -64,6 +79,8 @@ mod tests {
     #[test]
     fn onnx_runtime_takes_the_arenas_settings() {
         // A key ONNX Runtime does not know, or a value it refuses, fails here, not at run time.
-        register_cpu_arena(super::super::session::test_env()).unwrap();
+        if let Err(e) = register_cpu_arena(super::super::session::test_env()) {
+            panic!("{e}");
+        }
     }
 }

@@ -92,7 +92,7 @@ pub fn build_session(
                         .map_err(|e| fail(e.to_string()))?;
                 }
                 Err(e) => {
-                    tracing::warn!(model, error = %e, "ONNX Runtime's CPU arena could not be set up; encoders run without it")
+                    tracing::warn!(model, error = %e, "encoders run without a shared arena (the same numbers, more memory after large runs)")
                 }
             }
         }
