@@ -505,6 +505,11 @@ def tool_call_figures(daemon):
 # answers (prefill is a large share of the work), then long ones (decode dominates).
 SHORT_PASSES = {1: 64, 2: 32, 4: 64, 8: 128, 16: 320}
 LONG_PASSES = {1: 16, 8: 16, 16: 16}
+# The passes run in rounds (each round every number of clients in turn, on a share of the
+# requests): this machine's throughput moves by up to +-20% over minutes, and a ratio of two
+# passes run minutes apart moved with it (one binary's 16-client speedup read 2.15x and 3.08x in
+# one session). A share is at least the number of clients, so a pass keeps every client busy.
+ROUNDS = 3
 
 
 def concurrency_requests(prompts, count, new_tokens):
@@ -522,60 +527,66 @@ def concurrency_requests(prompts, count, new_tokens):
 
 def concurrency_figures(daemon, requests, passes, label, note, name="steadytextd fused"):
     """Aggregate tokens/s, time per output token, first-piece latency for each number of
-    concurrent clients in `passes` (each client on its own connection, streaming, cache off; the
-    requests in flight at once are distinct, since identical ones are computed once);
-    every answer of a concurrent pass is compared with the same request's answer alone (the
-    1-client pass, which runs every request). Returns the table rows."""
+    concurrent clients in `passes` (clients: requests in all; each client on its own connection,
+    streaming, cache off; the requests in flight at once are distinct, since identical ones are
+    computed once), in ROUNDS rounds that each run every number of clients in turn on a share of
+    the requests. A row's aggregate is the median of its rounds', its speedup the median of its
+    rounds' ratios to the same round's single stream, its latencies percentiles over all its
+    requests. Every answer of a concurrent pass is compared with the same request's answer alone
+    (the 1-client passes, which together run every request). Returns the table rows."""
     import threading
 
-    alone = {}
-    table = []
     Client(daemon.socket_path, daemon.log.name).call("generate", {"prompt": "warm up", "max_new_tokens": 4})
-    for clients, total in passes.items():
-        records = []
-        lock = threading.Lock()
+    records = {clients: [] for clients in passes}
+    rates = {clients: [] for clients in passes}
+    for round_ in range(ROUNDS):
+        for clients, total in passes.items():
+            share = max(clients, -(-total // ROUNDS))
+            lock = threading.Lock()
+            done = []
 
-        def worker(first):
-            c = Client(daemon.socket_path, daemon.log.name)
-            for n in range(first, total, clients):
-                index = (n * 7) % len(requests)
-                firsts = []
-                t = time.perf_counter()
-                result = c.call("generate_stream", requests[index],
-                                on_piece=lambda _: firsts or firsts.append(time.perf_counter()))
-                done = time.perf_counter()
-                with lock:
-                    records.append((index, result, t, firsts[0] if firsts else done, done))
+            def worker(first):
+                c = Client(daemon.socket_path, daemon.log.name)
+                for n in range(round_ * share + first, (round_ + 1) * share, clients):
+                    index = (n * 7) % len(requests)
+                    firsts = []
+                    t = time.perf_counter()
+                    result = c.call("generate_stream", requests[index],
+                                    on_piece=lambda _: firsts or firsts.append(time.perf_counter()))
+                    end = time.perf_counter()
+                    with lock:
+                        done.append((index, result, t, firsts[0] if firsts else end, end))
 
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-        start = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        wall = time.perf_counter() - start
-        tokens = sum(len(r[1]["token_ids"]) for r in records)
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+            start = time.perf_counter()
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            rates[clients].append(sum(len(r[1]["token_ids"]) for r in done) / (time.perf_counter() - start))
+            records[clients] += done
+    alone = {}
+    for index, result, *_ in records.get(1, []):
+        alone.setdefault(index, (result["text"], result["token_ids"]))
+    table = []
+    for clients in passes:
         per_token = [(done - first) / (len(r["token_ids"]) - 1)
-                     for _, r, _, first, done in records if len(r["token_ids"]) > 1]
-        first_ms = [1e3 * (first - t) for _, _, t, first, _ in records]
+                     for _, r, _, first, done in records[clients] if len(r["token_ids"]) > 1]
+        first_ms = [1e3 * (first - t) for _, _, t, first, _ in records[clients]]
         checked = differing = 0
-        for index, result, *_ in records:
-            answer = (result["text"], result["token_ids"])
-            if clients == 1:
-                alone.setdefault(index, answer)
-            else:
+        if clients > 1:
+            for index, result, *_ in records[clients]:
                 checked += 1
-                differing += answer != alone[index]
-        row = {"answers": label, "clients": clients, "requests": len(records), "tokens_per_s": tokens / wall,
+                differing += (result["text"], result["token_ids"]) != alone[index]
+        row = {"answers": label, "clients": clients, "requests": len(records[clients]),
+               "tokens_per_s": statistics.median(rates[clients]),
+               "speedup": statistics.median(r / one for r, one in zip(rates[clients], rates[min(passes)])),
                "tpot_p50_ms": 1e3 * percentile(per_token, 50), "tpot_p99_ms": 1e3 * percentile(per_token, 99),
                "first_piece_p50_ms": percentile(first_ms, 50), "first_piece_p99_ms": percentile(first_ms, 99),
                "checked": checked, "differing": differing}
         table.append(row)
         note(f"{name}, {label} answers, {clients} clients",
              {k: v for k, v in row.items() if k not in ("clients", "answers")})
-    single = table[0]["tokens_per_s"]
-    for row in table:
-        row["speedup"] = row["tokens_per_s"] / single
     return table
 
 
