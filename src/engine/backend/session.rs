@@ -92,7 +92,7 @@ pub fn build_session(
                         .map_err(|e| fail(e.to_string()))?;
                 }
                 Err(e) => {
-                    tracing::warn!(model, error = %e, "encoders run without a shared arena (the same numbers, more memory after large runs)")
+                    tracing::warn!(model, error = %e, "encoders run without a shared arena (the same numbers; large batches run slower)")
                 }
             }
         }
