@@ -507,8 +507,8 @@ SHORT_PASSES = {1: 64, 2: 32, 4: 64, 8: 128, 16: 320}
 LONG_PASSES = {1: 16, 8: 16, 16: 16}
 # The passes run in rounds (each round every number of clients in turn, on a share of the
 # requests): this machine's throughput moves by up to +-20% over minutes, and a ratio of two
-# passes run minutes apart moved with it (one binary's 16-client speedup read 2.15x and 3.08x in
-# one session). A share is at least the number of clients, so a pass keeps every client busy.
+# passes run minutes apart moved with it (the same engine's 16-client speedup read 2.15x and
+# 3.08x in one session's ad hoc runs). A share is at least the number of clients, so a pass keeps every client busy.
 ROUNDS = 3
 
 
@@ -566,7 +566,7 @@ def concurrency_figures(daemon, requests, passes, label, note, name="steadytextd
             rates[clients].append(sum(len(r[1]["token_ids"]) for r in done) / (time.perf_counter() - start))
             records[clients] += done
     alone = {}
-    for index, result, *_ in records.get(1, []):
+    for index, result, *_ in records[1]:
         alone.setdefault(index, (result["text"], result["token_ids"]))
     table = []
     for clients in passes:
@@ -580,7 +580,7 @@ def concurrency_figures(daemon, requests, passes, label, note, name="steadytextd
                 differing += (result["text"], result["token_ids"]) != alone[index]
         row = {"answers": label, "clients": clients, "requests": len(records[clients]),
                "tokens_per_s": statistics.median(rates[clients]),
-               "speedup": statistics.median(r / one for r, one in zip(rates[clients], rates[min(passes)])),
+               "speedup": statistics.median(r / one for r, one in zip(rates[clients], rates[1])),
                "tpot_p50_ms": 1e3 * percentile(per_token, 50), "tpot_p99_ms": 1e3 * percentile(per_token, 99),
                "first_piece_p50_ms": percentile(first_ms, 50), "first_piece_p99_ms": percentile(first_ms, 99),
                "checked": checked, "differing": differing}
