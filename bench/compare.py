@@ -406,20 +406,19 @@ def embedding_figures(engine, batched, single):
     return {"embeddings_per_s_batched": n / s, "embeddings_per_s_single": n1 / s1}
 
 
-def single_text_latency(daemon, ort_embedder, texts, rounds=6):
-    """One text per request, uncached: the daemon through its socket (a kept-open connection,
-    the answer decoded: JSON numbers, or base64 into numpy arrays) and Python onnxruntime in
-    process (tokenize, run, pool), taking turns in rounds (each round in another order) so that
-    all see the same machine; p50 and p99 of each."""
-    engines = [("daemon", DaemonEmbedder(daemon)), ("daemon_base64", DaemonBase64Embedder(daemon)),
-               ("ort", ort_embedder)]
+def single_text_latency(engines, texts, rounds=6):
+    """One text per request, uncached, each of `engines` ((name, embedder) pairs: daemons through
+    their sockets, a kept-open connection each, the answer decoded: JSON numbers, or base64 into
+    numpy arrays; Python onnxruntime in process: tokenize, run, pool) taking turns in rounds (each
+    round in another order) so that all see the same machine; p50 and p99 of each."""
     for _, engine in engines:
         engine.embed([texts[0]])
     per = len(texts) // rounds
     lat = {name: [] for name, _ in engines}
     for r in range(rounds):
         chunk = texts[r * per:(r + 1) * per]
-        for name, engine in engines[r % 3:] + engines[:r % 3]:
+        turn = r % len(engines)
+        for name, engine in engines[turn:] + engines[:turn]:
             for t in chunk:
                 lat[name].append(time_first(lambda: engine.embed([t])))
     figures = {}
@@ -926,6 +925,7 @@ def main():
     ap.add_argument("--baseline-bin", help="another steadytextd build to compare single-stream speed with")
     ap.add_argument("--only", choices=["concurrency", "prefix", "twin"], help="run only this section")
     ap.add_argument("--twin", help="tools/twin/build.sh's folder (genai/ and model-q4_0.gguf): the 1B twin section")
+    ap.add_argument("--fused-encoder", help="the fused encoder folder (tools/fused-encoder)")
     ap.add_argument("--fused-st", help="the fused model folder on our int4 x int8 kernel (tools/fused-decoder)")
     ap.add_argument("--ceiling", help="bench/ceiling.py's JSON, printed beside the concurrency table")
     args = ap.parse_args()
@@ -1013,14 +1013,22 @@ def main():
     note("steadytextd shared", {"idle_cpu_percent": idle_cpu(d.proc.pid), "peak_rss_mb": peak_rss_mb(d.proc.pid)})
     d.stop()
 
-    print("one text per request, uncached: steadytextd (socket) and Python onnxruntime (in process), in turns",
-          flush=True)
+    print("one text per request, uncached: steadytextd (socket) and Python onnxruntime (in process), in turns; "
+          "the shared encoder and its fused form (tools/fused-encoder)", flush=True)
+    if not args.fused_encoder:
+        sys.exit("--fused-encoder is needed for the one-text embed comparison (bench/run.sh passes it)")
     d = Daemon(args.bin, uncached)
-    d.connect()
-    d.settle()
-    latency = single_text_latency(d, OrtEmbedder(emb_dir), sentences(600, 3))
+    d_fused = Daemon(args.bin, f"embedding_model = {json.dumps(args.fused_encoder)}\n" + uncached)
+    for daemon in (d, d_fused):
+        daemon.connect()
+        daemon.settle()
+    latency = single_text_latency([
+        ("daemon", DaemonEmbedder(d)), ("daemon_base64", DaemonBase64Embedder(d)), ("ort", OrtEmbedder(emb_dir)),
+        ("daemon_fused_base64", DaemonBase64Embedder(d_fused)), ("ort_fused", OrtEmbedder(args.fused_encoder)),
+    ], sentences(600, 3))
     note("one-text embed", latency)
     d.stop()
+    d_fused.stop()
 
     print("steadytextd, fused model, uncached", flush=True)
     d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)
@@ -1088,10 +1096,11 @@ def main():
         ratio(f"fused daemon / fused daemon before batching {key}", "steadytextd fused", "baseline fused", key)
     if "one-text embed" in rows:
         r = rows["one-text embed"]
-        for daemon in ("daemon_base64", "daemon"):
+        for python, daemon in (("ort", "daemon_base64"), ("ort", "daemon"), ("ort", "daemon_fused_base64"),
+                               ("ort_fused", "daemon_fused_base64")):
             for q in ("p50", "p99"):
-                ratios[f"one-text embed {q}: python ort / {daemon} (>= 1: daemon as fast)"] = (
-                    r[f"one_text_embed_ort_{q}_ms"] / r[f"one_text_embed_{daemon}_{q}_ms"])
+                ratios[f"one-text embed {q}: python {python} / {daemon} (>= 1: daemon as fast)"] = (
+                    r[f"one_text_embed_{python}_{q}_ms"] / r[f"one_text_embed_{daemon}_{q}_ms"])
     for key in ("embeddings_per_s_batched", "embeddings_per_s_single"):
         ratio(f"daemon / python ort {key}", "steadytextd shared", "python onnxruntime shared", key)
         ratio(f"daemon / fastembed {key}", "steadytextd shared", "fastembed", key)

@@ -43,6 +43,12 @@ if [ -z "$only" ] || [ "$only" = twin ]; then
     echo "bench: the 1B twin (tools/twin/build.sh; built once)" >&2
     twin=$(TWIN_LLAMA_PYTHON="$python" "$root/tools/twin/build.sh")
 fi
+# The fused form of the shared encoder (tools/fused-encoder; built once, seconds), beside the shared
+# one in the one-text embed comparison.
+fused_encoder=
+if [ -z "$only" ]; then
+    fused_encoder="$("$root/tools/fused-encoder/build.sh")/all-MiniLM-L6-v2-fused"
+fi
 ceiling=
 if [ -z "$only" ] || [ "$only" = concurrency ]; then
     # What batching can gain here at most, measured outside the daemon (needs the `onnx` package of
@@ -56,5 +62,6 @@ if [ -z "$only" ] || [ "$only" = concurrency ]; then
     cargo bench --locked --manifest-path "$root/Cargo.toml" --bench kernels -- "$ceiling"
 fi
 exec "$python" "$root/bench/compare.py" --bin "$root/target/release" --shared "$STEADYTEXT_MODEL_DIR" \
-    --fused "$fused" --fused-st "${fused%-acc4}-st" --gguf "$gguf" ${ceiling:+--ceiling "$ceiling"} ${twin:+--twin "$twin"} \
+    --fused "$fused" --fused-st "${fused%-acc4}-st" --gguf "$gguf" ${ceiling:+--ceiling "$ceiling"} \
+    ${fused_encoder:+--fused-encoder "$fused_encoder"} ${twin:+--twin "$twin"} \
     --json "$root/target/bench/compare.json" "$@"

@@ -116,18 +116,28 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
     dot / (na * nb)
 }
 
+/// The shared encoder and its fused form (`tools/fused-encoder`): the config naming the folder
+/// each is in, and its name.
+fn encoders() -> [(steadytext::config::Config, &'static str); 2] {
+    let mut fused = common::config(1);
+    fused.model_dir = common::fused_encoder_models();
+    [(common::config(1), "all-MiniLM-L6-v2"), (fused, "all-MiniLM-L6-v2-fused")]
+}
+
 #[test]
 fn embeddings_match_sentence_transformers() {
     let reference = common::reference("all-MiniLM-L6-v2/reference_sentence_transformers.json");
-    let (_, mut embedder) = load_embedder(&common::config(1), "all-MiniLM-L6-v2").unwrap();
     let cases = reference["cases"].as_array().unwrap();
     let texts: Vec<String> = cases.iter().map(|c| c["text"].as_str().unwrap().to_string()).collect();
-    let vectors = embedder.embed(&texts).unwrap();
-    for (case, v) in cases.iter().zip(&vectors) {
-        let expected: Vec<f64> = serde_json::from_value(case["embedding"].clone()).unwrap();
-        assert_eq!(v.len(), expected.len());
-        let c = cosine(v, &expected);
-        assert!(c >= 0.9999999, "cosine {c} for {:?}", case["text"]);
+    for (config, name) in encoders() {
+        let (_, mut embedder) = load_embedder(&config, name).unwrap();
+        let vectors = embedder.embed(&texts).unwrap();
+        for (case, v) in cases.iter().zip(&vectors) {
+            let expected: Vec<f64> = serde_json::from_value(case["embedding"].clone()).unwrap();
+            assert_eq!(v.len(), expected.len());
+            let c = cosine(v, &expected);
+            assert!(c >= 0.9999999, "{name}: cosine {c} for {:?}", case["text"]);
+        }
     }
 }
 
@@ -143,22 +153,26 @@ fn embeddings_do_not_depend_on_batch_or_threads() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let (_, mut one) = load_embedder(&common::config(1), "all-MiniLM-L6-v2").unwrap();
-    let alone: Vec<Vec<f32>> = texts.iter().map(|t| one.embed(std::slice::from_ref(t)).unwrap().remove(0)).collect();
-    assert_eq!(one.embed(&texts).unwrap(), alone, "whole batch");
-    let reversed: Vec<String> = texts.iter().rev().cloned().collect();
-    let mut back = one.embed(&reversed).unwrap();
-    back.reverse();
-    assert_eq!(back, alone, "reversed batch");
-    assert_eq!(one.embed(&texts[1..3]).unwrap(), alone[1..3].to_vec(), "sub-batch");
-    // More texts than one encoder run takes, lengths mixed: runs are formed by token count, and
-    // every vector still comes back in its text's place, equal to the text embedded alone.
-    let many: Vec<String> = (0..41).map(|i| format!("text {i} ") + &"word ".repeat((i * 7919) % 53)).collect();
-    let many_alone: Vec<Vec<f32>> =
-        many.iter().map(|t| one.embed(std::slice::from_ref(t)).unwrap().remove(0)).collect();
-    assert_eq!(one.embed(&many).unwrap(), many_alone, "41 texts of mixed length");
-    for threads in [2, 3, 4, 8] {
-        let (_, mut other) = load_embedder(&common::config(threads), "all-MiniLM-L6-v2").unwrap();
-        assert_eq!(other.embed(&texts).unwrap(), alone, "{threads} intra-op threads");
+    for (config, name) in encoders() {
+        let (_, mut one) = load_embedder(&config, name).unwrap();
+        let alone: Vec<Vec<f32>> =
+            texts.iter().map(|t| one.embed(std::slice::from_ref(t)).unwrap().remove(0)).collect();
+        assert_eq!(one.embed(&texts).unwrap(), alone, "{name}: whole batch");
+        let reversed: Vec<String> = texts.iter().rev().cloned().collect();
+        let mut back = one.embed(&reversed).unwrap();
+        back.reverse();
+        assert_eq!(back, alone, "{name}: reversed batch");
+        assert_eq!(one.embed(&texts[1..3]).unwrap(), alone[1..3].to_vec(), "{name}: sub-batch");
+        // More texts than one encoder run takes, lengths mixed: runs are formed by token count, and
+        // every vector still comes back in its text's place, equal to the text embedded alone.
+        let many: Vec<String> = (0..41).map(|i| format!("text {i} ") + &"word ".repeat((i * 7919) % 53)).collect();
+        let many_alone: Vec<Vec<f32>> =
+            many.iter().map(|t| one.embed(std::slice::from_ref(t)).unwrap().remove(0)).collect();
+        assert_eq!(one.embed(&many).unwrap(), many_alone, "{name}: 41 texts of mixed length");
+        for threads in [2, 3, 4, 8] {
+            let (_, mut other) =
+                load_embedder(&steadytext::config::Config { intra_threads: threads, ..config.clone() }, name).unwrap();
+            assert_eq!(other.embed(&texts).unwrap(), alone, "{name}: {threads} intra-op threads");
+        }
     }
 }

@@ -34,6 +34,16 @@ pub fn fused_models() -> PathBuf {
     .clone()
 }
 
+/// The fused form of the shared encoder built by `tools/fused-encoder/build.sh` (once; cached
+/// outside git): the folder holding `all-MiniLM-L6-v2-fused`.
+pub fn fused_encoder_models() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        built("tools/fused-encoder/build.sh", ("STEADYTEXT_SHARED_MODEL", models_dir().join("all-MiniLM-L6-v2")))
+    })
+    .clone()
+}
+
 /// The tiny random-weight cross-encoder built by `tools/cross-encoder/build.sh` (once; cached
 /// outside git): its model folder.
 pub fn cross_encoder_model() -> PathBuf {
