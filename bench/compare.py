@@ -925,7 +925,7 @@ def main():
     ap.add_argument("--baseline-bin", help="another steadytextd build to compare single-stream speed with")
     ap.add_argument("--only", choices=["concurrency", "prefix", "twin"], help="run only this section")
     ap.add_argument("--twin", help="tools/twin/build.sh's folder (genai/ and model-q4_0.gguf): the 1B twin section")
-    ap.add_argument("--fused-encoder", help="the fused encoder folder (tools/fused-encoder)")
+    ap.add_argument("--fused-encoder", help="tools/fused-encoder's folder: the graph steadytextd runs, for Python")
     ap.add_argument("--fused-st", help="the fused model folder on our int4 x int8 kernel (tools/fused-decoder)")
     ap.add_argument("--ceiling", help="bench/ceiling.py's JSON, printed beside the concurrency table")
     args = ap.parse_args()
@@ -1013,22 +1013,19 @@ def main():
     note("steadytextd shared", {"idle_cpu_percent": idle_cpu(d.proc.pid), "peak_rss_mb": peak_rss_mb(d.proc.pid)})
     d.stop()
 
-    print("one text per request, uncached: steadytextd (socket) and Python onnxruntime (in process), in turns; "
-          "the shared encoder and its fused form (tools/fused-encoder)", flush=True)
+    print("one text per request, uncached: steadytextd (socket) and Python onnxruntime (in process) on the export "
+          "and on the graph steadytextd runs (its attention fused: tools/fused-encoder), in turns", flush=True)
     if not args.fused_encoder:
         sys.exit("--fused-encoder is needed for the one-text embed comparison (bench/run.sh passes it)")
     d = Daemon(args.bin, uncached)
-    d_fused = Daemon(args.bin, f"embedding_model = {json.dumps(args.fused_encoder)}\n" + uncached)
-    for daemon in (d, d_fused):
-        daemon.connect()
-        daemon.settle()
+    d.connect()
+    d.settle()
     latency = single_text_latency([
         ("daemon", DaemonEmbedder(d)), ("daemon_base64", DaemonBase64Embedder(d)), ("ort", OrtEmbedder(emb_dir)),
-        ("daemon_fused_base64", DaemonBase64Embedder(d_fused)), ("ort_fused", OrtEmbedder(args.fused_encoder)),
+        ("ort_fused", OrtEmbedder(args.fused_encoder)),
     ], sentences(600, 3))
     note("one-text embed", latency)
     d.stop()
-    d_fused.stop()
 
     print("steadytextd, fused model, uncached", flush=True)
     d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)
@@ -1096,8 +1093,7 @@ def main():
         ratio(f"fused daemon / fused daemon before batching {key}", "steadytextd fused", "baseline fused", key)
     if "one-text embed" in rows:
         r = rows["one-text embed"]
-        for python, daemon in (("ort", "daemon_base64"), ("ort", "daemon"), ("ort", "daemon_fused_base64"),
-                               ("ort_fused", "daemon_fused_base64")):
+        for python, daemon in (("ort", "daemon_base64"), ("ort", "daemon"), ("ort_fused", "daemon_base64")):
             for q in ("p50", "p99"):
                 ratios[f"one-text embed {q}: python {python} / {daemon} (>= 1: daemon as fast)"] = (
                     r[f"one_text_embed_{python}_{q}_ms"] / r[f"one_text_embed_{daemon}_{q}_ms"])

@@ -43,8 +43,8 @@ if [ -z "$only" ] || [ "$only" = twin ]; then
     echo "bench: the 1B twin (tools/twin/build.sh; built once)" >&2
     twin=$(TWIN_LLAMA_PYTHON="$python" "$root/tools/twin/build.sh")
 fi
-# The fused form of the shared encoder (tools/fused-encoder; built once, seconds), beside the shared
-# one in the one-text embed comparison.
+# The graph steadytextd makes of the shared encoder as it loads it (tools/fused-encoder; built once,
+# seconds): Python onnxruntime runs it beside the export in the one-text embed comparison.
 fused_encoder=
 if [ -z "$only" ]; then
     fused_encoder="$("$root/tools/fused-encoder/build.sh")/all-MiniLM-L6-v2-fused"

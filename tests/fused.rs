@@ -203,8 +203,9 @@ fn our_attention_operator_computes_what_onnxruntimes_computes() {
     use steadytext::engine::backend::Shapes;
 
     let dir = tempfile::tempdir().unwrap();
-    let [mut theirs, mut ours] = attention_layer_models(dir.path())
-        .map(|path| steadytext::engine::session(&common::config(2), &path, "attention", Shapes::PerStep).unwrap());
+    let [mut theirs, mut ours] = attention_layer_models(dir.path()).map(|path| {
+        steadytext::engine::session(&common::config(2), &path, None, "attention", Shapes::PerStep).unwrap()
+    });
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut random = |n: usize| -> Vec<f32> {
         (0..n)

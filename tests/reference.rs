@@ -142,6 +142,19 @@ fn embeddings_match_sentence_transformers() {
 }
 
 #[test]
+fn the_load_time_fusion_gives_the_bits_of_the_fused_encoder_tool() {
+    // The published export is fused as it loads (engine::backend::encoder_fusion, Rust); the tool's
+    // folder was fused by tools/fused-encoder (Python, onnx): one graph, two implementations.
+    let texts: Vec<String> = ["Hello world", "a", "determinism ".repeat(60).as_str(), "Ünïcödé 🚀 漢字"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let [(shared, a), (tool, b)] = encoders();
+    let from_export = load_embedder(&shared, a).unwrap().1.embed(&texts).unwrap();
+    assert_eq!(from_export, load_embedder(&tool, b).unwrap().1.embed(&texts).unwrap());
+}
+
+#[test]
 fn embeddings_do_not_depend_on_batch_or_threads() {
     let texts: Vec<String> = [
         "short",

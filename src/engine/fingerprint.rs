@@ -6,8 +6,9 @@
 //! file's own when the check is turned off), the execution provider, the session options that
 //! change numbers (graph optimization level, CPU arena), and the CPU's instruction-set class
 //! (ONNX Runtime's kernels differ by ISA), where prompts are cut into prefill calls (a call's
-//! length changes bits: see `engine::prefix`), and the version of our own kernels (a graph that
-//! names them gets their numbers; they give the same bits on every instruction set). Not in it: the intra-op thread count, because 1, 2, 3,
+//! length changes bits: see `engine::prefix`), the version of our own kernels (a graph that
+//! names them gets their numbers; they give the same bits on every instruction set) and of the
+//! encoders' attention fusion (`backend::encoder_fusion`: a fused encoder's bits are its own). Not in it: the intra-op thread count, because 1, 2, 3,
 //! 4 and 8 threads give identical bits (`tests/reference.rs` checks it for both models).
 
 use sha2::{Digest, Sha256};
@@ -86,12 +87,13 @@ pub fn fingerprint(config: &Config) -> Result<Fingerprint> {
     };
     let summary = format!(
         "onnxruntime {} (library sha256 {}), {device} execution provider, graph optimization all, cpu arena off, {}, \
-         prompts prefilled in calls between boundaries ({}), steadytext kernels {}",
+         prompts prefilled in calls between boundaries ({}), steadytext kernels {}, {} (cpu encoders)",
         crate::runtime::ORT_VERSION,
         &library[..library.len().min(16)],
         isa_class(),
         crate::engine::prefix::BOUNDARIES,
-        crate::engine::kernels::VERSION
+        crate::engine::kernels::VERSION,
+        crate::engine::backend::encoder_fusion::VERSION
     );
     let id = hex::encode(&Sha256::digest(summary.as_bytes())[..8]);
     Ok(Fingerprint { id, summary })
@@ -113,5 +115,6 @@ mod tests {
         assert_ne!(fingerprint(&other_library).unwrap().id, a.id);
         assert!(a.summary.contains(crate::runtime::ORT_VERSION) && a.summary.contains(isa_class()), "{}", a.summary);
         assert!(a.summary.contains(crate::engine::kernels::VERSION), "{}", a.summary);
+        assert!(a.summary.contains(crate::engine::backend::encoder_fusion::VERSION), "{}", a.summary);
     }
 }

@@ -72,21 +72,28 @@ fn load_common(config: &Config, name: &str, shapes: Shapes) -> Result<Loaded> {
     };
     let tokenizer = load_tokenizer(&files)?;
     let digest = files.digest()?;
-    let session = session(config, &files.onnx, &files.name, shapes)?;
+    let session = session(config, &files.onnx, None, &files.name, shapes)?;
     let info = ModelInfo { name: files.name.clone(), digest, dir };
     Ok(Loaded { files, info, config_json, genai_json, session, tokenizer })
 }
 
-/// An ONNX Runtime session of the file `onnx` (named `name` in errors) with the configured runtime,
-/// threads and device, and the engine's fixed options and operators.
-pub fn session(config: &Config, onnx: &Path, name: &str, shapes: Shapes) -> Result<ort::session::Session> {
+/// An ONNX Runtime session of the file `onnx` (or of `rewritten`, its graph rewritten; named
+/// `name` in errors) with the configured runtime, threads and device, and the engine's fixed
+/// options and operators.
+pub fn session(
+    config: &Config,
+    onnx: &Path,
+    rewritten: Option<&[u8]>,
+    name: &str,
+    shapes: Shapes,
+) -> Result<ort::session::Session> {
     let env = crate::runtime::environment(&crate::runtime::RuntimeSpec::from_config(config))?;
     let settings = SessionSettings {
         intra_threads: config.effective_intra_threads(),
         device: config.device,
         cuda_device_id: config.cuda_device_id,
     };
-    build_session(env, onnx, name, settings, shapes)
+    build_session(env, onnx, rewritten, name, settings, shapes)
 }
 
 /// A folder's tokenizer as its model uses it: no padding, no truncation.
@@ -280,9 +287,38 @@ pub fn load_embedder(config: &Config, name: &str) -> Result<(ModelInfo, OnnxEmbe
         .or_else(|| l.config_json.get("max_position_embeddings").and_then(|v| v.as_u64()))
         .unwrap_or(512) as usize;
     let pad_id = l.config_json.get("pad_token_id").and_then(|v| v.as_i64()).unwrap_or(0);
-    let backend = OnnxEncoder::new(l.session, m)?;
+    let backend = fused_or_export(config, &l.files, OnnxEncoder::new(l.session, m)?)?;
     let embedder = Embedder::new(backend, l.tokenizer, pooling, max_tokens, pad_id)?;
     Ok((l.info, embedder))
+}
+
+/// Largest export whose attention is fused at load: the fusion holds the file, its rewrite and
+/// both sessions at once. (Encoders are ~20-600 MB; larger files keep their own graph.)
+const MAX_FUSED_BYTES: u64 = 1 << 30;
+
+/// The encoder whose attention [`backend::encoder_fusion`] fused, when the CPU runs it, the graph
+/// has the expected shape and the fused session agrees with `export` (the folder's own graph) on a
+/// probe batch; else `export`. The fused form is ~10-17% faster on one-text embeds (MiniLM) and its
+/// bits are its own (the engine fingerprint names the fusion).
+fn fused_or_export(config: &Config, files: &ModelFiles, mut export: OnnxEncoder) -> Result<OnnxEncoder> {
+    let size = std::fs::metadata(&files.onnx).map_err(|e| Error::io(&files.onnx, e))?.len();
+    if config.device != crate::config::Device::Cpu || export.takes_past() || size > MAX_FUSED_BYTES {
+        return Ok(export);
+    }
+    let bytes = std::fs::read(&files.onnx).map_err(|e| Error::io(&files.onnx, e))?;
+    let Some((fused_bytes, layers)) = backend::encoder_fusion::fuse(&bytes) else {
+        return Ok(export);
+    };
+    drop(bytes);
+    let session = session(config, &files.onnx, Some(&fused_bytes), &files.name, Shapes::Repeating)?;
+    let mut fused = OnnxEncoder::new(session, &files.name)?;
+    if fused.agrees_with(&mut export)? {
+        tracing::debug!(model = %files.name, layers, "encoder attention fused");
+        Ok(fused)
+    } else {
+        tracing::warn!(model = %files.name, "the fused encoder graph disagreed with the export on a probe batch; serving the export's own graph");
+        Ok(export)
+    }
 }
 
 /// Loads a cross-encoder (sequence-classification export with one label) by name or path.

@@ -2,7 +2,10 @@
 weights, each layer's self-attention one `com.microsoft.Attention` node (one product for Q, K and V,
 scaled scores, masked softmax and the context in one kernel) instead of ~25 plain nodes, and the
 shape arithmetic of the export (Shape/Gather/Unsqueeze/Concat feeding each Reshape) replaced by
-constant shapes. Python onnxruntime runs a one-text embed ~10-17% faster on it (bench/run.sh).
+constant shapes. It is the graph steadytext makes of the export as it loads it
+(src/engine/backend/encoder_fusion.rs), written here by another implementation (Python's `onnx`):
+tests/reference.rs checks that both give the same bits, and bench/run.sh runs Python onnxruntime
+on it beside the daemon.
 
 Its numbers are not the export's bits: the check below holds every hidden state within
 TOLERANCE of the export's and every pooled vector at cosine >= COSINE to it, and requires what

@@ -9,6 +9,7 @@ use crate::engine::kv_block::{KvBlock, KvPiece};
 use crate::error::{Error, Result};
 
 mod arena;
+pub mod encoder_fusion;
 mod onnx_classifier;
 mod onnx_decoder;
 mod onnx_encoder;

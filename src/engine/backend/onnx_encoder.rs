@@ -49,7 +49,52 @@ impl OnnxEncoder {
     }
 }
 
+/// How far a rewritten graph's hidden state may be from the export's, relative to 1 + |value|:
+/// fp32 rounding of another summation order (2e-6 measured on MiniLM), with margin; a graph that
+/// computes something else (another mask, another head split) is off by far more.
+const REWRITE_TOLERANCE: f32 = 1e-4;
+
 impl OnnxEncoder {
+    /// Whether the graph takes an (empty) KV cache: a decoder exported as an embedder.
+    pub fn takes_past(&self) -> bool {
+        !self.empty_past.is_empty()
+    }
+
+    /// Whether this encoder (a rewritten form of `export`) gives `export`'s hidden states on a
+    /// probe batch (two rows of other lengths, one padded) within [`REWRITE_TOLERANCE`], and the
+    /// padded row the same bits in the batch as alone.
+    pub fn agrees_with(&mut self, export: &mut OnnxEncoder) -> Result<bool> {
+        const SEQ: usize = 7;
+        const LENGTHS: [usize; 2] = [SEQ, 4];
+        let (mut ids, mut mask) = (vec![0i64; 2 * SEQ], vec![0i64; 2 * SEQ]);
+        for (row, &len) in LENGTHS.iter().enumerate() {
+            for col in 0..len {
+                // Ids in 1000..1500: inside any BERT-like vocabulary, none repeated in a row.
+                ids[row * SEQ + col] = 1000 + ((row * SEQ + col) * 37 % 500) as i64;
+                mask[row * SEQ + col] = 1;
+            }
+        }
+        let got = self.encode(&ids, &mask, 2, SEQ)?;
+        let expected = export.encode(&ids, &mask, 2, SEQ)?;
+        if got.dim != expected.dim {
+            return Ok(false);
+        }
+        let dim = got.dim;
+        for (row, &len) in LENGTHS.iter().enumerate() {
+            let at = row * SEQ * dim..(row * SEQ + len) * dim;
+            let close = got.data[at.clone()]
+                .iter()
+                .zip(&expected.data[at])
+                .all(|(a, b)| (a - b).abs() <= REWRITE_TOLERANCE * (1.0 + b.abs()));
+            if !close {
+                return Ok(false);
+            }
+        }
+        let (len, start) = (LENGTHS[1], SEQ);
+        let alone = self.encode(&ids[start..start + len], &mask[start..start + len], 1, len)?;
+        Ok(alone.data[..] == got.data[start * dim..(start + len) * dim])
+    }
+
     /// A decoder embeds each (right-padded) row alone, unpadded, so that a text embeds the same
     /// alone or in company by construction: nothing bounds what padding does to a decoder graph's
     /// bits (left padding moved the shared SmolLM2's by 5e-5; right padding left the test's pair
@@ -107,7 +152,28 @@ impl EncoderBackend for OnnxEncoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::backend::session::shared_minilm;
+    use crate::engine::backend::encoder_fusion;
+    use crate::engine::backend::session::{shared_minilm, shared_minilm_path, shared_minilm_session};
+
+    #[test]
+    fn a_rewritten_graph_agrees_only_when_it_computes_the_exports_numbers() {
+        let (fused, _) = encoder_fusion::fuse(&std::fs::read(shared_minilm_path()).unwrap()).unwrap();
+        let mut export = OnnxEncoder::new(shared_minilm(), "minilm").unwrap();
+        let mut good = OnnxEncoder::new(shared_minilm_session(Some(&fused)), "minilm").unwrap();
+        assert!(good.agrees_with(&mut export).unwrap());
+        // The same graph with each attention's scale 10% off: close to the export, not its numbers.
+        let mut off = fused.clone();
+        let key = b"\x0a\x05scale\x15";
+        let at: Vec<usize> = (0..off.len() - key.len()).filter(|&i| &off[i..i + key.len()] == key).collect();
+        assert_eq!(at.len(), 6, "one scale per fused attention");
+        for i in at {
+            let p = i + key.len();
+            let scale = f32::from_le_bytes(off[p..p + 4].try_into().unwrap()) * 1.1;
+            off[p..p + 4].copy_from_slice(&scale.to_le_bytes());
+        }
+        let mut bad = OnnxEncoder::new(shared_minilm_session(Some(&off)), "minilm").unwrap();
+        assert!(!bad.agrees_with(&mut export).unwrap());
+    }
 
     #[test]
     fn a_padded_batch_gives_each_position_its_hidden_state() {

@@ -36,20 +36,23 @@ pub enum Shapes {
     PerStep,
 }
 
-/// Builds an ONNX Runtime session with the project's fixed options.
+/// Builds an ONNX Runtime session with the project's fixed options, of the file `onnx` or, given
+/// `rewritten`, of those bytes (the file's graph rewritten, as `encoder_fusion` does).
 #[allow(clippy::result_large_err)] // the large error type is ort's own builder error
 pub fn build_session(
     env: &ort::environment::Environment,
     onnx: &Path,
+    rewritten: Option<&[u8]>,
     model: &str,
     s: SessionSettings,
     shapes: Shapes,
 ) -> Result<Session> {
+    let form = if rewritten.is_some() { " (its attention fused)" } else { "" };
     let fail = |e: String| {
         Error::model(
             model,
             format!(
-                "cannot load {}: {e}; the file is corrupt or not an ONNX model, fetch the model again",
+                "cannot load {}{form}: {e}; the file is corrupt or not an ONNX model, fetch the model again",
                 onnx.display()
             ),
         )
@@ -106,6 +109,10 @@ pub fn build_session(
         builder = builder
             .with_execution_providers([cuda])
             .map_err(|e| Error::model(model, format!("CUDA execution provider unavailable: {e}; install the CUDA build of ONNX Runtime and CUDA 13 libraries, or set device = \"cpu\"")))?;
+    }
+    if let Some(bytes) = rewritten {
+        return in_turn_until_the_domain_is_added(|| builder.commit_from_memory(bytes))
+            .map_err(|e| fail(e.to_string()));
     }
     std::fs::File::open(onnx).map_err(|e| Error::io(onnx, e))?;
     in_turn_until_the_domain_is_added(|| builder.commit_from_file(onnx)).map_err(|e| fail(e.to_string()))
@@ -207,14 +214,25 @@ pub(super) fn bert_inputs(
     Ok(names.contains(&"token_type_ids"))
 }
 
-/// A session of the shared MiniLM encoder (`STEADYTEXT_MODEL_DIR`, else `../shared/models`).
+/// The shared MiniLM encoder's ONNX file (`STEADYTEXT_MODEL_DIR`, else `../shared/models`).
 #[cfg(test)]
-pub(super) fn shared_minilm() -> Session {
+pub(super) fn shared_minilm_path() -> std::path::PathBuf {
     let dir = std::env::var_os("STEADYTEXT_MODEL_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models"));
-    build_session(test_env(), &dir.join("all-MiniLM-L6-v2/model.onnx"), "minilm", TEST_SETTINGS, Shapes::Repeating)
-        .unwrap()
+    dir.join("all-MiniLM-L6-v2/model.onnx")
+}
+
+/// A session of the shared MiniLM encoder, or of `rewritten` (its graph rewritten).
+#[cfg(test)]
+pub(super) fn shared_minilm_session(rewritten: Option<&[u8]>) -> Session {
+    build_session(test_env(), &shared_minilm_path(), rewritten, "minilm", TEST_SETTINGS, Shapes::Repeating).unwrap()
+}
+
+/// A session of the shared MiniLM encoder.
+#[cfg(test)]
+pub(super) fn shared_minilm() -> Session {
+    shared_minilm_session(None)
 }
 
 /// ONNX Runtime from `ORT_DYLIB_PATH` (what `make` sets up), its hash not checked.
@@ -245,7 +263,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("model.onnx");
         std::fs::write(&bad, b"not a model").unwrap();
-        let err = build_session(test_env(), &bad, "bad", TEST_SETTINGS, Shapes::PerStep).unwrap_err().to_string();
+        let err = build_session(test_env(), &bad, None, "bad", TEST_SETTINGS, Shapes::PerStep).unwrap_err().to_string();
         assert!(err.contains("fetch the model again"), "{err}");
     }
 
