@@ -428,6 +428,38 @@ def single_text_latency(engines, texts, rounds=6):
     return figures
 
 
+def one_text_embed(args, emb_dir, uncached, note):
+    """make bench's one-text embed section: one daemon (base64 and JSON answers), Python
+    onnxruntime on the export and on the graph the daemon runs (tools/fused-encoder), in turns."""
+    print("one text per request, uncached: steadytextd (socket) and Python onnxruntime (in process) on the export "
+          "and on the graph steadytextd runs (its attention fused: tools/fused-encoder), in turns", flush=True)
+    if not args.fused_encoder:
+        sys.exit("--fused-encoder is needed for the one-text embed comparison (bench/run.sh passes it)")
+    d = Daemon(args.bin, uncached)
+    d.connect()
+    d.settle()
+    latency = single_text_latency([
+        ("daemon", DaemonEmbedder(d)), ("daemon_base64", DaemonBase64Embedder(d)), ("ort", OrtEmbedder(emb_dir)),
+        ("ort_fused", OrtEmbedder(args.fused_encoder)),
+    ], sentences(600, 3))
+    note("one-text embed", latency)
+    d.stop()
+
+
+def one_text_ratios(r):
+    """The one-text section's ratios (>= 1: the daemon as fast as Python in process)."""
+    return {f"one-text embed {q}: python {python} / {daemon} (>= 1: daemon as fast)":
+            r[f"one_text_embed_{python}_{q}_ms"] / r[f"one_text_embed_{daemon}_{q}_ms"]
+            for python, daemon in (("ort", "daemon_base64"), ("ort", "daemon"), ("ort_fused", "daemon_base64"))
+            for q in ("p50", "p99")}
+
+
+def print_ratios(ratios):
+    print("| ratio | value |\n|---|---|")
+    for k, v in ratios.items():
+        print(f"| {k} | {v:.2f} |")
+
+
 def constraint_figures(daemon):
     """Structured output's cost: one raw counting prompt run free and held to a regex its answer
     already matches (the same tokens, so the difference is the per-token mask), best of three."""
@@ -923,7 +955,7 @@ def main():
     ap.add_argument("--gguf", help="SmolLM2 Q4_1 GGUF for llama.cpp")
     ap.add_argument("--json", required=True)
     ap.add_argument("--baseline-bin", help="another steadytextd build to compare single-stream speed with")
-    ap.add_argument("--only", choices=["concurrency", "prefix", "twin"], help="run only this section")
+    ap.add_argument("--only", choices=["concurrency", "prefix", "twin", "embed"], help="run only this section")
     ap.add_argument("--twin", help="tools/twin/build.sh's folder (genai/ and model-q4_0.gguf): the 1B twin section")
     ap.add_argument("--fused-encoder", help="tools/fused-encoder's folder: the graph steadytextd runs, for Python")
     ap.add_argument("--fused-st", help="the fused model folder on our int4 x int8 kernel (tools/fused-decoder)")
@@ -973,6 +1005,15 @@ def main():
         print(f"  {name}: " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                         for k, v in figures.items()), flush=True)
 
+    if args.only == "embed":
+        one_text_embed(args, emb_dir, uncached, note)
+        ratios = one_text_ratios(rows["one-text embed"])
+        print()
+        print_ratios(ratios)
+        json.dump({"machine": machine(), "figures": rows, "ratios": ratios}, open(args.json, "w"), indent=1)
+        print(f"\nJSON: {args.json}")
+        return
+
     print("steadytextd, fused model, concurrent clients (continuous batching), uncached", flush=True)
     d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)
     short = concurrency_requests(prompts, 64, lambda i: 24 + (i * 13) % 73)
@@ -1013,19 +1054,7 @@ def main():
     note("steadytextd shared", {"idle_cpu_percent": idle_cpu(d.proc.pid), "peak_rss_mb": peak_rss_mb(d.proc.pid)})
     d.stop()
 
-    print("one text per request, uncached: steadytextd (socket) and Python onnxruntime (in process) on the export "
-          "and on the graph steadytextd runs (its attention fused: tools/fused-encoder), in turns", flush=True)
-    if not args.fused_encoder:
-        sys.exit("--fused-encoder is needed for the one-text embed comparison (bench/run.sh passes it)")
-    d = Daemon(args.bin, uncached)
-    d.connect()
-    d.settle()
-    latency = single_text_latency([
-        ("daemon", DaemonEmbedder(d)), ("daemon_base64", DaemonBase64Embedder(d)), ("ort", OrtEmbedder(emb_dir)),
-        ("ort_fused", OrtEmbedder(args.fused_encoder)),
-    ], sentences(600, 3))
-    note("one-text embed", latency)
-    d.stop()
+    one_text_embed(args, emb_dir, uncached, note)
 
     print("steadytextd, fused model, uncached", flush=True)
     d = Daemon(args.bin, f"generation_model = {json.dumps(args.fused)}\n" + uncached)
@@ -1091,12 +1120,7 @@ def main():
         ratio(f"fused daemon / python ort fused {key}", "steadytextd fused", "python onnxruntime fused", key)
         ratio(f"shared daemon / python ort shared {key}", "steadytextd shared", "python onnxruntime shared", key)
         ratio(f"fused daemon / fused daemon before batching {key}", "steadytextd fused", "baseline fused", key)
-    if "one-text embed" in rows:
-        r = rows["one-text embed"]
-        for python, daemon in (("ort", "daemon_base64"), ("ort", "daemon"), ("ort_fused", "daemon_base64")):
-            for q in ("p50", "p99"):
-                ratios[f"one-text embed {q}: python {python} / {daemon} (>= 1: daemon as fast)"] = (
-                    r[f"one_text_embed_{python}_{q}_ms"] / r[f"one_text_embed_{daemon}_{q}_ms"])
+    ratios.update(one_text_ratios(rows["one-text embed"]))
     for key in ("embeddings_per_s_batched", "embeddings_per_s_single"):
         ratio(f"daemon / python ort {key}", "steadytextd shared", "python onnxruntime shared", key)
         ratio(f"daemon / fastembed {key}", "steadytextd shared", "fastembed", key)
@@ -1120,9 +1144,7 @@ def main():
         print()
         twin.print_twin(twin_section)
     print()
-    print("| ratio | value |\n|---|---|")
-    for k, v in ratios.items():
-        print(f"| {k} | {v:.2f} |")
+    print_ratios(ratios)
     json.dump({"machine": machine(), "figures": rows, "ratios": ratios, "concurrency": concurrency,
                "ceiling": ceiling, "prefix": prefix, "twin": twin_section}, open(args.json, "w"), indent=1)
     print(f"\nJSON: {args.json}")

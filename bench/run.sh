@@ -34,6 +34,7 @@ case " $* " in
 *" --only twin "*) only=twin ;;
 *" --only prefix "*) only=prefix ;;
 *" --only concurrency "*) only=concurrency ;;
+*" --only embed "*) only=embed ;;
 esac
 # The 1B twin (random weights in Llama-3.2-1B's configuration, as the genai int4 graph and as GGUF
 # Q4_0 of the same weights; built once, a few minutes): its section runs steadytextd against llama.cpp
@@ -46,7 +47,7 @@ fi
 # The graph steadytextd makes of the shared encoder as it loads it (tools/fused-encoder; built once,
 # seconds): Python onnxruntime runs it beside the export in the one-text embed comparison.
 fused_encoder=
-if [ -z "$only" ]; then
+if [ -z "$only" ] || [ "$only" = embed ]; then
     fused_encoder="$("$root/tools/fused-encoder/build.sh")/all-MiniLM-L6-v2-fused"
 fi
 ceiling=

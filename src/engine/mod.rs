@@ -310,14 +310,23 @@ fn fused_or_export(config: &Config, files: &ModelFiles, mut export: OnnxEncoder)
         return Ok(export);
     };
     drop(bytes);
-    let session = session(config, &files.onnx, Some(&fused_bytes), &files.name, Shapes::Repeating)?;
-    let mut fused = OnnxEncoder::new(session, &files.name)?;
-    if fused.agrees_with(&mut export)? {
-        tracing::debug!(model = %files.name, layers, "encoder attention fused");
-        Ok(fused)
-    } else {
-        tracing::warn!(model = %files.name, "the fused encoder graph disagreed with the export on a probe batch; serving the export's own graph");
-        Ok(export)
+    // Whatever goes wrong with the fused form, the export serves: the fusion only ever saves time.
+    let checked = session(config, &files.onnx, Some(&fused_bytes), &files.name, Shapes::Repeating)
+        .and_then(|s| OnnxEncoder::new(s, &files.name))
+        .and_then(|mut fused| Ok(fused.agrees_with(&mut export)?.then_some(fused)));
+    match checked {
+        Ok(Some(fused)) => {
+            tracing::debug!(model = %files.name, layers, "encoder attention fused");
+            Ok(fused)
+        }
+        Ok(None) => {
+            tracing::warn!(model = %files.name, "the fused encoder graph disagreed with the export on a probe batch; serving the export's own graph");
+            Ok(export)
+        }
+        Err(e) => {
+            tracing::warn!(model = %files.name, error = %e, "the fused encoder graph did not load or run; serving the export's own graph");
+            Ok(export)
+        }
     }
 }
 
