@@ -292,21 +292,22 @@ pub fn load_embedder(config: &Config, name: &str) -> Result<(ModelInfo, OnnxEmbe
     Ok((l.info, embedder))
 }
 
-/// Largest export whose attention is fused at load: the fusion holds the file, its rewrite and
-/// both sessions at once. (Encoders are ~20-600 MB; larger files keep their own graph.)
+/// Largest export (graph and external data) whose attention is fused at load: the fusion holds
+/// the files, their rewrite and both sessions at once. (Encoders are ~20-600 MB; larger ones keep
+/// their own graph.)
 const MAX_FUSED_BYTES: u64 = 1 << 30;
 
 /// The encoder whose attention [`backend::encoder_fusion`] fused, when the CPU runs it, the graph
 /// has the expected shape and the fused session agrees with `export` (the folder's own graph) on a
-/// probe batch; else `export`. The fused form is ~10-17% faster on one-text embeds (MiniLM) and its
+/// probe batch; else `export`. The fused form is 5-19% faster on one-text embeds (MiniLM) and its
 /// bits are its own (the engine fingerprint names the fusion).
 fn fused_or_export(config: &Config, files: &ModelFiles, mut export: OnnxEncoder) -> Result<OnnxEncoder> {
-    let size = std::fs::metadata(&files.onnx).map_err(|e| Error::io(&files.onnx, e))?.len();
-    if config.device != crate::config::Device::Cpu || export.takes_past() || size > MAX_FUSED_BYTES {
+    if config.device != crate::config::Device::Cpu || export.takes_past() || files.weight_bytes() > MAX_FUSED_BYTES {
         return Ok(export);
     }
     let bytes = std::fs::read(&files.onnx).map_err(|e| Error::io(&files.onnx, e))?;
-    let Some((fused_bytes, layers)) = backend::encoder_fusion::fuse(&bytes) else {
+    let folder = files.onnx.parent().unwrap_or(Path::new("."));
+    let Some((fused_bytes, layers)) = backend::encoder_fusion::fuse(&bytes, folder) else {
         return Ok(export);
     };
     drop(bytes);
