@@ -161,6 +161,14 @@ const FLOAT: u64 = 1;
 const INT32: u64 = 6;
 const INT64: u64 = 7;
 
+fn le_f32(four: &[u8]) -> f32 {
+    f32::from_le_bytes(four.try_into().expect("chunks_exact(4) gives 4 bytes"))
+}
+
+fn le_i64(eight: &[u8]) -> i64 {
+    i64::from_le_bytes(eight.try_into().expect("chunks_exact(8) gives 8 bytes"))
+}
+
 /// A constant tensor's shape and values (float32 or int64 ones; others are not read).
 struct Tensor {
     dims: Vec<i64>,
@@ -178,9 +186,7 @@ impl Tensor {
                 TENSOR_DATA_TYPE => data_type = f.varints()?.first().copied()?,
                 TENSOR_FLOAT_DATA => match f.value {
                     Value::Fixed(b) => floats.push(f32::from_le_bytes(b.try_into().ok()?)),
-                    Value::Bytes(b) => {
-                        floats.extend(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())))
-                    }
+                    Value::Bytes(b) => floats.extend(b.chunks_exact(4).map(le_f32)),
                     Value::Varint(_) => return None,
                 },
                 TENSOR_INT64_DATA => ints.extend(f.varints()?.into_iter().map(|v| v as i64)),
@@ -192,8 +198,8 @@ impl Tensor {
         }
         if let Some(b) = raw_data {
             match data_type {
-                FLOAT => floats = b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
-                INT64 => ints = b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                FLOAT => floats = b.chunks_exact(4).map(le_f32).collect(),
+                INT64 => ints = b.chunks_exact(8).map(le_i64).collect(),
                 _ => return None,
             }
         }
