@@ -143,7 +143,9 @@ const ATTRIBUTE_NAME: u64 = 1;
 const ATTRIBUTE_F: u64 = 2;
 const ATTRIBUTE_I: u64 = 3;
 const ATTRIBUTE_T: u64 = 5;
+const ATTRIBUTE_G: u64 = 6;
 const ATTRIBUTE_INTS: u64 = 8;
+const ATTRIBUTE_GRAPHS: u64 = 11;
 const ATTRIBUTE_TYPE: u64 = 20;
 const ATTRIBUTE_TYPE_FLOAT: u64 = 1;
 const ATTRIBUTE_TYPE_INT: u64 = 2;
@@ -502,13 +504,12 @@ pub fn fuse(model: &[u8], dir: &Path) -> Option<(Vec<u8>, usize)> {
         match f.number {
             GRAPH_NODE => g.nodes.push(Node::parse(f.bytes()?)?),
             GRAPH_INITIALIZER => {
-                let name = fields(f.bytes()?)?.iter().find(|t| t.number == TENSOR_NAME)?.str()?;
-                g.initializers.insert(name, f.bytes()?);
+                g.initializers.insert(name_in(f, TENSOR_NAME)?, f.bytes()?);
             }
             GRAPH_INPUT => {
-                inputs.insert(fields(f.bytes()?)?.iter().find(|t| t.number == VALUE_INFO_NAME)?.str()?);
+                inputs.insert(name_in(f, VALUE_INFO_NAME)?);
             }
-            GRAPH_OUTPUT => outputs.push(fields(f.bytes()?)?.iter().find(|t| t.number == VALUE_INFO_NAME)?.str()?),
+            GRAPH_OUTPUT => outputs.push(name_in(f, VALUE_INFO_NAME)?),
             _ => {}
         }
     }
@@ -586,9 +587,14 @@ fn inline_external<'g>(graph: &'g [u8], dir: &Path) -> Option<Cow<'g, [u8]>> {
     Some(Cow::Owned(out))
 }
 
+/// The string field `number` (a tensor's or a value's name) of the message in field `f`.
+fn name_in<'a>(f: &Field<'a>, number: u64) -> Option<&'a str> {
+    fields(f.bytes()?)?.iter().find(|t| t.number == number)?.str()
+}
+
 /// Whether an attribute holds a graph (If, Loop, Scan bodies): such graphs are left alone.
 fn has_subgraph(attribute: &[u8]) -> bool {
-    fields(attribute).is_none_or(|fs| fs.iter().any(|f| matches!(f.number, 6 | 11)))
+    fields(attribute).is_none_or(|fs| fs.iter().any(|f| matches!(f.number, ATTRIBUTE_G | ATTRIBUTE_GRAPHS)))
 }
 
 /// The model's bytes with the graph's attention replaced; unused nodes and initializers dropped.
@@ -647,11 +653,7 @@ fn write(model_fields: &[Field], graph_fields: &[Field], g: &Graph, layers: &[La
             GRAPH_NODE => {}
             GRAPH_INITIALIZER | GRAPH_VALUE_INFO => {
                 let number = if f.number == GRAPH_INITIALIZER { TENSOR_NAME } else { VALUE_INFO_NAME };
-                let name = f
-                    .bytes()
-                    .and_then(fields)
-                    .and_then(|fs| fs.iter().find(|t| t.number == number).and_then(|t| t.str()));
-                if name.is_some_and(|n| needed.contains(n)) {
+                if name_in(f, number).is_some_and(|n| needed.contains(n)) {
                     graph.extend_from_slice(f.raw);
                 }
             }
