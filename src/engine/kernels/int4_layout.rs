@@ -73,13 +73,15 @@ pub(super) struct TileView<'a> {
 }
 
 /// Rows of activations quantized per block of 32: `q = round(x · 127 / max|x|)` (half to even),
-/// held as `u = q + 128` (a byte the vector paths multiply as unsigned), with the block's scale
-/// `max|x| / 127`.
+/// held as signed bytes, with the block's scale `max|x| / 127` and its sum `Σ q` (which takes a
+/// block's zero point out of the products: `Σ q·(w − zp) = Σ q·w − zp · Σ q`).
 pub struct QuantizedRows {
     pub(super) rows: usize,
     pub(super) k: usize,
-    /// `[rows, K]`: `q + 128`.
-    pub(super) u: Vec<u8>,
+    /// `[rows, K]`: `q`.
+    pub(super) q: Vec<i8>,
+    /// `[rows, K/32]`: `Σ q` of each block (at most 32 · 127 in size).
+    pub(super) sums: Vec<i32>,
     /// `[rows, K/32]`.
     pub(super) scales: Vec<f32>,
 }
@@ -96,16 +98,17 @@ impl QuantizedRows {
         x: &[f32],
         rows: usize,
         k: usize,
-        quantize: impl FnOnce(&[f32], &mut [u8], &mut [f32]),
+        quantize: impl FnOnce(&[f32], &mut [i8], &mut [i32], &mut [f32]),
     ) -> Result<Self, KernelError> {
         if !k.is_multiple_of(BLOCK) {
             return Err(KernelError::UnevenK(k));
         }
         check_len("x", x.len(), rows * k)?;
-        let mut u = vec![0u8; rows * k];
+        let mut q = vec![0i8; rows * k];
+        let mut sums = vec![0i32; rows * k / BLOCK];
         let mut scales = vec![0f32; rows * k / BLOCK];
-        quantize(x, &mut u, &mut scales);
-        Ok(QuantizedRows { rows, k, u, scales })
+        quantize(x, &mut q, &mut sums, &mut scales);
+        Ok(QuantizedRows { rows, k, q, sums, scales })
     }
 
     /// How many rows.
@@ -114,12 +117,14 @@ impl QuantizedRows {
     }
 }
 
-/// Quantizes `x` block by block into `u` and `scales` (lengths `x.len()` and `x.len() / 32`).
+/// Quantizes `x` block by block into `q`, `sums` and `scales` (lengths `x.len()`, `x.len() / 32`
+/// and `x.len() / 32`).
 /// Written on arrays of 16 lanes so that the instruction-set copies vectorize it; `max|x|` is
 /// exact in any order (NaN ignored), so every copy gives the same bits.
 #[inline(always)]
-pub(super) fn quantize_into(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
-    for ((values, quantized), scale) in x.chunks_exact(BLOCK).zip(u.chunks_exact_mut(BLOCK)).zip(scales) {
+pub(super) fn quantize_into(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
+    let blocks = x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK));
+    for (((values, quantized), sum), scale) in blocks.zip(sums).zip(scales) {
         let mut lanes = [0f32; 16];
         for half in values.chunks_exact(16) {
             for (lane, v) in lanes.iter_mut().zip(half) {
@@ -129,14 +134,16 @@ pub(super) fn quantize_into(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
         let max = lanes.iter().fold(0f32, |m, &v| m.max(v));
         let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
         for (v, out) in values.iter().zip(quantized.iter_mut()) {
-            // `r + 128` rounded half to even is the low byte of `r + 1.5 * 2^23 + 128`: that sum
-            // lies in [2^23, 2^24), where floats are the integers (and 1.5 * 2^23's low bits
-            // are 0). No `f32::round` (a libm call on baseline x86-64) and no float-to-int
-            // conversion, so the copies vectorize. NaN (a NaN or infinite row) gives 128, `q = 0`.
+            // `r` rounded half to even is the low byte of `r + 1.5 * 2^23`'s bits: that sum lies
+            // in [2^23, 2^24), where floats are the integers and the mantissa is the sum less
+            // 2^23 (whose low byte, as 1.5 * 2^23's, is 0). No `f32::round` (a libm call on
+            // baseline x86-64) and no float-to-int conversion, so the copies vectorize. NaN (a
+            // NaN or infinite row) gives 0.
             let r = (v * inverse).clamp(-127.0, 127.0);
-            let biased = (r + (ROUNDER + 128.0)).to_bits() as u8;
-            *out = if r.is_nan() { 128 } else { biased };
+            let rounded = (r + ROUNDER).to_bits() as u8 as i8;
+            *out = if r.is_nan() { 0 } else { rounded };
         }
+        *sum = quantized.iter().map(|&q| i32::from(q)).sum();
         *scale = max / 127.0;
     }
 }

@@ -168,19 +168,22 @@ impl Int4Matrix {
     /// The columns of the writer's tiles.
     fn tiles_into(&self, x: &QuantizedRows, mut out: x86::ColumnWriter, isa: Isa) {
         let blocks = self.blocks();
-        let mut acc = vec![0f32; x.rows * TILE];
+        let mut acc = vec![0f32; if isa == Isa::Avx512Vnni { 0 } else { x.rows * TILE }];
         for tile in out.tiles() {
-            acc.fill(0.0);
             let (first, end) = (tile * blocks, (tile + 1) * blocks);
             let view = TileView {
                 packed: &self.packed[first * TILE_BLOCK_BYTES..end * TILE_BLOCK_BYTES],
                 scales: &self.scales[first * TILE..end * TILE],
                 zero_points: &self.zero_points[first * TILE..end * TILE],
             };
+            if isa == Isa::Avx512Vnni {
+                x86::tile_avx512_vnni(&view, x, tile, &mut out);
+                continue;
+            }
+            acc.fill(0.0);
             match isa {
-                Isa::Avx512Vnni => x86::tile_avx512_vnni(&view, x, &mut acc),
                 Isa::Avx2 => x86::tile_avx2(&view, x, &mut acc),
-                Isa::Portable => tile_portable(&view, x, &mut acc),
+                _ => tile_portable(&view, x, &mut acc),
             }
             for (row, values) in acc.chunks_exact(TILE).enumerate() {
                 out.write(row, tile, values.try_into().expect("TILE values"));
@@ -195,8 +198,8 @@ fn tile_portable(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
     for block in 0..blocks {
         let bytes = &tile.packed[block * TILE_BLOCK_BYTES..(block + 1) * TILE_BLOCK_BYTES];
         for row in 0..x.rows {
-            let u = &x.u[row * x.k + block * BLOCK..][..BLOCK];
-            let q = |i: usize| i32::from(u[i]) - 128;
+            let q = &x.q[row * x.k + block * BLOCK..][..BLOCK];
+            let q = |i: usize| i32::from(q[i]);
             let scale = x.scales[row * blocks + block];
             for lane in 0..TILE {
                 let zero_point = i32::from(tile.zero_points[block * TILE + lane]);
@@ -361,9 +364,10 @@ mod tests {
             // Each activation comes back from its byte within half its block's step, and a
             // block's largest reaches ±127.
             let quantized = QuantizedRows::new(&x, rows, k).unwrap();
-            for (block, (values, bytes)) in x.chunks_exact(BLOCK).zip(quantized.u.chunks_exact(BLOCK)).enumerate() {
+            for (block, (values, bytes)) in x.chunks_exact(BLOCK).zip(quantized.q.chunks_exact(BLOCK)).enumerate() {
                 let step = quantized.scales[block];
-                let q: Vec<i32> = bytes.iter().map(|u| i32::from(*u) - 128).collect();
+                let q: Vec<i32> = bytes.iter().map(|q| i32::from(*q)).collect();
+                assert_eq!(quantized.sums[block], q.iter().sum::<i32>(), "case {case}: block {block}'s sum");
                 assert!(
                     step == 0.0 || q.iter().any(|q| q.abs() == 127),
                     "case {case}: block {block} never reaches 127"
@@ -437,19 +441,23 @@ mod tests {
         x[5 * BLOCK..6 * BLOCK].iter_mut().for_each(|v| *v *= 1e-30);
         x[6 * BLOCK..7 * BLOCK].iter_mut().for_each(|v| *v *= 1e30);
         // The formula, one value at a time: max |x| in order (NaN ignored), round half to even.
-        let (mut want_u, mut want_scales) = (Vec::new(), Vec::new());
+        let (mut want_q, mut want_sums, mut want_scales) = (Vec::new(), Vec::new(), Vec::new());
         for block in x.chunks_exact(BLOCK) {
             let max = block.iter().fold(0f32, |m, v| m.max(v.abs()));
             let inverse = if max > 0.0 { 127.0 / max } else { 0.0 };
+            let mut sum = 0;
             for v in block {
-                let r = (v * inverse).clamp(-127.0, 127.0).round_ties_even();
-                want_u.push((r as i32 + 128) as u8);
+                let r = (v * inverse).clamp(-127.0, 127.0).round_ties_even() as i8;
+                want_q.push(r);
+                sum += i32::from(r);
             }
+            want_sums.push(sum);
             want_scales.push(max / 127.0);
         }
         for isa in paths() {
             let q = quantize(&x, 3, 8 * BLOCK, isa).unwrap();
-            assert_eq!(q.u, want_u, "{isa:?}");
+            assert_eq!(q.q, want_q, "{isa:?}");
+            assert_eq!(q.sums, want_sums, "{isa:?}");
             let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&q.scales), bits(&want_scales), "{isa:?}");
         }

@@ -33,21 +33,41 @@ pub(super) fn has_avx2_fma() -> bool {
     false
 }
 
-/// One tile on AVX-512 VNNI; the caller has checked [`has_avx512_vnni`].
-pub(super) fn tile_avx512_vnni(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
-    check(tile, x, acc);
+/// Rows the AVX-512 path computes at once, their sums and outputs held in registers (eight
+/// weight vectors, eight sums and eight outputs: 24 of the 32 registers).
+const ROW_GROUP: usize = 8;
+
+/// One tile, every row, written through `out`, on AVX-512 VNNI; the caller has checked
+/// [`has_avx512_vnni`].
+pub(super) fn tile_avx512_vnni(tile: &TileView, x: &QuantizedRows, index: usize, out: &mut ColumnWriter) {
+    check(tile, x);
     assert!(has_avx512_vnni());
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU has the features (asserted above); `check` asserted every length the
-    // function reads and writes through raw pointers.
-    unsafe {
-        avx512_vnni(tile, x, acc)
+    let mut first = 0;
+    while first < x.rows {
+        let rows = (x.rows - first).min(ROW_GROUP);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the features (asserted above); `check` asserted every length the
+        // function reads through raw pointers, and `first + rows <= x.rows`.
+        unsafe {
+            match rows {
+                8 => avx512_vnni::<8>(tile, x, first, index, out),
+                7 => avx512_vnni::<7>(tile, x, first, index, out),
+                6 => avx512_vnni::<6>(tile, x, first, index, out),
+                5 => avx512_vnni::<5>(tile, x, first, index, out),
+                4 => avx512_vnni::<4>(tile, x, first, index, out),
+                3 => avx512_vnni::<3>(tile, x, first, index, out),
+                2 => avx512_vnni::<2>(tile, x, first, index, out),
+                _ => avx512_vnni::<1>(tile, x, first, index, out),
+            }
+        }
+        first += rows;
     }
 }
 
 /// One tile on AVX2 and FMA; the caller has checked [`has_avx2_fma`].
 pub(super) fn tile_avx2(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
-    check(tile, x, acc);
+    check(tile, x);
+    assert_eq!(acc.len(), x.rows * TILE);
     assert!(has_avx2_fma());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as in `tile_avx512_vnni`.
@@ -57,22 +77,22 @@ pub(super) fn tile_avx2(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
 }
 
 /// [`quantize_into`] on AVX-512 F/BW; the caller has checked [`has_avx512_vnni`].
-pub(super) fn quantize_avx512(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
+pub(super) fn quantize_avx512(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
     assert!(has_avx512_vnni());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the CPU has the features (asserted above); the function is safe code.
     unsafe {
-        quantize_avx512_copy(x, u, scales)
+        quantize_avx512_copy(x, q, sums, scales)
     }
 }
 
 /// [`quantize_into`] on AVX2; the caller has checked [`has_avx2_fma`].
-pub(super) fn quantize_avx2(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
+pub(super) fn quantize_avx2(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
     assert!(has_avx2_fma());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as in `quantize_avx512`.
     unsafe {
-        quantize_avx2_copy(x, u, scales)
+        quantize_avx2_copy(x, q, sums, scales)
     }
 }
 
@@ -80,115 +100,121 @@ pub(super) fn quantize_avx2(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
 /// The CPU has AVX-512 F and BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_avx512_copy(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
-    quantize_into(x, u, scales)
+unsafe fn quantize_avx512_copy(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
+    quantize_into(x, q, sums, scales)
 }
 
 /// # Safety
 /// The CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_avx2_copy(x: &[f32], u: &mut [u8], scales: &mut [f32]) {
-    quantize_into(x, u, scales)
+unsafe fn quantize_avx2_copy(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
+    quantize_into(x, q, sums, scales)
 }
 
 /// The lengths the vector tiles rely on.
-fn check(tile: &TileView, x: &QuantizedRows, acc: &[f32]) {
+fn check(tile: &TileView, x: &QuantizedRows) {
     let blocks = x.k / BLOCK;
     assert_eq!(x.k % BLOCK, 0);
     assert_eq!(tile.packed.len(), blocks * TILE_BLOCK_BYTES);
     assert_eq!(tile.scales.len(), blocks * TILE);
     assert_eq!(tile.zero_points.len(), blocks * TILE);
-    assert_eq!(x.u.len(), x.rows * x.k);
+    assert_eq!(x.q.len(), x.rows * x.k);
+    assert_eq!(x.sums.len(), x.rows * blocks);
     assert_eq!(x.scales.len(), x.rows * blocks);
-    assert_eq!(acc.len(), x.rows * TILE);
 }
 
-/// Per block: the 256 packed bytes unpacked once into eight vectors of 16 columns x 4 signed
-/// weights `w − zp`, and `c = −128 · Σ (w − zp)` per column; then per row, with the activations
-/// as unsigned bytes `u = q + 128`, `dot = c + Σ vpdpbusd(u, w − zp)` (= `Σ q·(w − zp)`) and
-/// `acc = fma(dot, s_w · s_x, acc)`.
+/// Rows `first..first + R` of one tile. Per block: the 256 packed bytes unpacked once into eight
+/// vectors of 16 columns x 4 weights `w` (0-15, the unsigned side of `vpdpbusd`), then per row
+/// `dot = Σ vpdpbusd(w, q) − zp · Σ q` (= `Σ q·(w − zp)`, exact) and
+/// `acc = fma(dot, s_w · s_x, acc)`; the rows' sums and outputs stay in registers, each row's
+/// `vpdpbusd`s interleaved with the other rows' (R independent chains).
 ///
 /// # Safety
-/// The CPU has AVX-512 F, BW and VNNI; the lengths are those [`check`] asserts.
+/// The CPU has AVX-512 F, BW and VNNI; the lengths are those [`check`] asserts;
+/// `first + R <= x.rows`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn avx512_vnni(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
+unsafe fn avx512_vnni<const R: usize>(
+    tile: &TileView,
+    x: &QuantizedRows,
+    first: usize,
+    index: usize,
+    out: &mut ColumnWriter,
+) {
     let blocks = x.k / BLOCK;
     let nibble = _mm512_set1_epi8(0x0f);
-    let ones = _mm512_set1_epi8(1);
+    let mut acc = [_mm512_setzero_ps(); R];
     for block in 0..blocks {
         let bytes = tile.packed.as_ptr().add(block * TILE_BLOCK_BYTES);
-        let zero_points = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.zero_points.as_ptr().add(block * TILE).cast()));
-        let zero_point_bytes = _mm512_mullo_epi32(zero_points, _mm512_set1_epi32(0x0101_0101));
         let mut w = [_mm512_setzero_si512(); 8];
-        let mut weight_sum = _mm512_setzero_si512();
         for chunk in 0..4 {
             let v = _mm512_loadu_si512(bytes.add(64 * chunk).cast());
-            w[2 * chunk] = _mm512_sub_epi8(_mm512_and_si512(v, nibble), zero_point_bytes);
-            w[2 * chunk + 1] = _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble), zero_point_bytes);
-            weight_sum = _mm512_dpbusd_epi32(weight_sum, ones, w[2 * chunk]);
-            weight_sum = _mm512_dpbusd_epi32(weight_sum, ones, w[2 * chunk + 1]);
+            w[2 * chunk] = _mm512_and_si512(v, nibble);
+            w[2 * chunk + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), nibble);
         }
-        let offset = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(weight_sum));
-        let scales = _mm512_loadu_ps(tile.scales.as_ptr().add(block * TILE));
-        for row in 0..x.rows {
-            let u = x.u.as_ptr().add(row * x.k + block * BLOCK).cast::<i32>();
-            // Two independent sums (even and odd quads), added at the end: integers, so exact in
-            // any order, and two chains keep the VNNI unit busier than one.
-            let mut dots = [offset, _mm512_setzero_si512()];
-            for (quad, weights) in w.iter().enumerate() {
-                let d = &mut dots[quad % 2];
-                *d = _mm512_dpbusd_epi32(*d, _mm512_set1_epi32(u.add(quad).read_unaligned()), *weights);
+        let mut dots = [_mm512_setzero_si512(); R];
+        for (quad, weights) in w.iter().enumerate() {
+            for (row, dot) in dots.iter_mut().enumerate() {
+                let q = x.q.as_ptr().add((first + row) * x.k + block * BLOCK).cast::<i32>().add(quad);
+                *dot = _mm512_dpbusd_epi32(*dot, *weights, _mm512_set1_epi32(q.read_unaligned()));
             }
-            let dot = _mm512_add_epi32(dots[0], dots[1]);
-            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(*x.scales.get_unchecked(row * blocks + block)));
-            let out = acc.as_mut_ptr().add(row * TILE);
-            _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, _mm512_loadu_ps(out)));
         }
+        // Zero points as 32-bit lanes whose high halves are 0: `vpmaddwd` with `Σ q` in the low
+        // half of every lane (|Σ q| <= 4,064 fits 16 bits) gives `zp · Σ q` exactly.
+        let zero_points = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.zero_points.as_ptr().add(block * TILE).cast()));
+        let scales = _mm512_loadu_ps(tile.scales.as_ptr().add(block * TILE));
+        for (row, (dot, acc)) in dots.iter().zip(&mut acc).enumerate() {
+            let at = (first + row) * blocks + block;
+            let sum = _mm512_set1_epi32(i32::from(*x.sums.get_unchecked(at) as i16 as u16));
+            let dot = _mm512_sub_epi32(*dot, _mm512_madd_epi16(zero_points, sum));
+            let scale = _mm512_mul_ps(scales, _mm512_set1_ps(*x.scales.get_unchecked(at)));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
+        }
+    }
+    for (row, acc) in acc.iter().enumerate() {
+        let mut values = [0f32; TILE];
+        _mm512_storeu_ps(values.as_mut_ptr(), *acc);
+        out.write(first + row, index, &values);
     }
 }
 
-/// As [`avx512_vnni`], eight columns at a time: `vpmaddubsw` (pairs of u8 x i8 products, at
-/// most 2·255·15 = 7,650, so never saturated) then `vpmaddwd` by ones give the same sums of four.
+/// As [`avx512_vnni`], eight columns at a time and every row's output through `acc`:
+/// `vpmaddubsw` (pairs of u8 x i8 products, at most 2·15·127 = 3,810, so never saturated) then
+/// `vpmaddwd` by ones give the same sums of four.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; the lengths are those [`check`] asserts.
+/// The CPU has AVX2 and FMA; the lengths are those [`check`] asserts, `acc` is `[rows, 16]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
     let blocks = x.k / BLOCK;
     let nibble = _mm256_set1_epi8(0x0f);
-    let ones8 = _mm256_set1_epi8(1);
     let ones16 = _mm256_set1_epi16(1);
-    let sum4 = |u: __m256i, w: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(u, w), ones16);
+    let sum4 = |w: __m256i, q: __m256i| _mm256_madd_epi16(_mm256_maddubs_epi16(w, q), ones16);
     for block in 0..blocks {
         let bytes = tile.packed.as_ptr().add(block * TILE_BLOCK_BYTES);
         for half in 0..2 {
             let lanes = block * TILE + 8 * half;
             let zero_points = _mm256_cvtepu8_epi32(_mm_loadl_epi64(tile.zero_points.as_ptr().add(lanes).cast()));
-            let zero_point_bytes = _mm256_mullo_epi32(zero_points, _mm256_set1_epi32(0x0101_0101));
             let mut w = [_mm256_setzero_si256(); 8];
-            let mut weight_sum = _mm256_setzero_si256();
             for chunk in 0..4 {
                 let v = _mm256_loadu_si256(bytes.add(64 * chunk + 32 * half).cast());
-                w[2 * chunk] = _mm256_sub_epi8(_mm256_and_si256(v, nibble), zero_point_bytes);
-                w[2 * chunk + 1] =
-                    _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble), zero_point_bytes);
-                weight_sum = _mm256_add_epi32(weight_sum, sum4(ones8, w[2 * chunk]));
-                weight_sum = _mm256_add_epi32(weight_sum, sum4(ones8, w[2 * chunk + 1]));
+                w[2 * chunk] = _mm256_and_si256(v, nibble);
+                w[2 * chunk + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(v), nibble);
             }
-            let offset = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<7>(weight_sum));
             let scales = _mm256_loadu_ps(tile.scales.as_ptr().add(lanes));
             for row in 0..x.rows {
-                let u = x.u.as_ptr().add(row * x.k + block * BLOCK).cast::<i32>();
-                let mut dots = [offset, _mm256_setzero_si256()];
+                let q = x.q.as_ptr().add(row * x.k + block * BLOCK).cast::<i32>();
+                let mut dots = [_mm256_setzero_si256(); 2];
                 for (quad, weights) in w.iter().enumerate() {
                     let d = &mut dots[quad % 2];
-                    *d = _mm256_add_epi32(*d, sum4(_mm256_set1_epi32(u.add(quad).read_unaligned()), *weights));
+                    *d = _mm256_add_epi32(*d, sum4(*weights, _mm256_set1_epi32(q.add(quad).read_unaligned())));
                 }
-                let dot = _mm256_add_epi32(dots[0], dots[1]);
-                let scale = _mm256_mul_ps(scales, _mm256_set1_ps(*x.scales.get_unchecked(row * blocks + block)));
+                let at = row * blocks + block;
+                let sum = _mm256_set1_epi32(i32::from(*x.sums.get_unchecked(at) as i16 as u16));
+                let dot = _mm256_sub_epi32(_mm256_add_epi32(dots[0], dots[1]), _mm256_madd_epi16(zero_points, sum));
+                let scale = _mm256_mul_ps(scales, _mm256_set1_ps(*x.scales.get_unchecked(at)));
                 let out = acc.as_mut_ptr().add(row * TILE + 8 * half);
                 _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), scale, _mm256_loadu_ps(out)));
             }
@@ -212,6 +238,7 @@ impl ColumnWriter<'_> {
     }
 
     /// One row of `tile` (its columns below `n`) into `row`.
+    #[inline(always)]
     pub(super) fn write(&mut self, row: usize, tile: usize, values: &[f32; TILE]) {
         let start = tile * TILE;
         assert!(self.tiles.contains(&tile) && row < self.rows);
