@@ -142,13 +142,28 @@ pub fn select(logits: &[f32], sampling: &Sampling, seed: u64, step: u64) -> Resu
     Ok(weights.token_at(logits, weights.draw(seed, step)))
 }
 
-/// What a sampled draw picks from: the kept tokens' rank keys in logit order with their weights
+/// A weight's exponent (a logit less the largest, over the temperature) below which the weight
+/// moves no sum: `e^-40` ≈ 4.2e-18 is less than half an ulp of any float64 of at least 0.5
+/// (2^-54 ≈ 5.6e-17), and every sum a draw takes reaches 1 (the largest logit's weight,
+/// `e^0`, exactly 1) or, as a running share of the total, about 1 by the time such weights come.
+const NEGLIGIBLE: f64 = -40.0;
+
+/// Kept positions above which the candidates are sorted by [`radix_sort`] (below, a comparison
+/// sort is quicker).
+const RADIX_FROM: usize = 4096;
+
+/// What a sampled draw picks from: the rank keys in logit order with their weights
 /// `exp((logit - max) / t)`, and the sum of the kept weights, every sum taken in logit order in
-/// float64 (tied logits have equal weights, so no sum depends on the order among them).
+/// float64 (tied logits have equal weights, so no sum depends on the order among them). Without
+/// `top_k`, only the keys whose weights can move a sum are ranked ([`NEGLIGIBLE`]): the rest
+/// come after them in the order and leave every sum, and so every draw, as a full ranking gives.
 #[derive(Debug)]
 struct Weights {
     ranked: Vec<u32>,
     weights: Vec<f64>,
+    /// Positions in the order: `ranked`'s, or every logit's when the negligible ones were left
+    /// out.
+    positions: usize,
     kept: usize,
     kept_total: f64,
 }
@@ -158,13 +173,28 @@ impl Weights {
         if logits.iter().any(|v| v.is_nan()) {
             return Err(nan_logits());
         }
-        let ranked = ranked(logits, sampling.top_k);
         let t = f64::from(sampling.temperature);
-        let max = f64::from(logit_of(ranked[0]));
+        let top_k = sampling.top_k > 0 && sampling.top_k < logits.len();
+        let largest = logits.iter().map(|&v| rank_key(v)).min().ok_or_else(|| Error::engine("decoder", "no logits"))?;
+        let max = f64::from(logit_of(largest));
+        let (ranked, positions) = if top_k || !max.is_finite() {
+            let ranked = ranked(logits, sampling.top_k);
+            let positions = ranked.len();
+            (ranked, positions)
+        } else {
+            let mut keys: Vec<u32> =
+                logits.iter().filter(|&&v| (f64::from(v) - max) / t >= NEGLIGIBLE).map(|&v| rank_key(v)).collect();
+            if keys.len() > RADIX_FROM {
+                keys = radix_sort(keys);
+            } else {
+                keys.sort_unstable();
+            }
+            (keys, logits.len())
+        };
         let mut weights: Vec<f64> = ranked.iter().map(|&key| (f64::from(logit_of(key)) - max) / t).collect();
         exp_below_zero_in_place(&mut weights, Isa::detect());
         let total = weights.iter().fold(0.0, |sum, w| sum + w);
-        let mut kept = weights.len();
+        let mut kept = positions;
         if sampling.top_p > 0.0 && sampling.top_p < 1.0 {
             let mut acc = 0.0;
             for (i, w) in weights.iter().enumerate() {
@@ -175,11 +205,11 @@ impl Weights {
                 }
             }
         }
-        let kept_total = match kept == weights.len() {
+        let kept_total = match kept >= weights.len() {
             true => total,
             false => weights[..kept].iter().fold(0.0, |sum, w| sum + w),
         };
-        Ok(Weights { ranked, weights, kept, kept_total })
+        Ok(Weights { ranked, weights, positions, kept, kept_total })
     }
 
     /// The position drawn at step `step` of the ChaCha20 stream seeded with `seed`.
@@ -188,7 +218,7 @@ impl Weights {
         rng.set_stream(step);
         let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * self.kept_total;
         let mut acc = 0.0;
-        for (i, w) in self.weights[..self.kept].iter().enumerate() {
+        for (i, w) in self.weights[..self.kept.min(self.weights.len())].iter().enumerate() {
             acc += w;
             if u < acc {
                 return i;
@@ -199,8 +229,15 @@ impl Weights {
 
     /// The token at position `i` of the logit order (ties by lower id): of the tokens whose
     /// logit has the key at `i`, the one whose rank by id is `i`'s distance from the key's first
-    /// position.
+    /// position. Past the ranked keys (a draw that passed every weight) only the last position
+    /// can come: the last id of the smallest logit.
     fn token_at(&self, logits: &[f32], i: usize) -> u32 {
+        if i >= self.ranked.len() {
+            debug_assert_eq!(i, self.positions - 1);
+            let smallest = logits.iter().map(|&v| rank_key(v)).max();
+            let id = logits.iter().rposition(|&v| Some(rank_key(v)) == smallest);
+            return id.expect("some logit is the smallest") as u32;
+        }
         let key = self.ranked[i];
         let rank = i - self.ranked.partition_point(|&k| k < key);
         let id = logits.iter().enumerate().filter(|&(_, &v)| rank_key(v) == key).nth(rank).map(|(id, _)| id);
@@ -300,11 +337,11 @@ mod tests {
     #[test]
     fn sampling_weighs_as_the_first_sampler_did() {
         let mut rng = ChaCha20Rng::seed_from_u64(11);
-        for round in 0..24 {
+        for round in 0..36 {
             // A vocabulary's size and spread of logits, with runs of ties (rounded to 1/8), or a
-            // small one with a few values.
+            // small one with a few values; some with −∞ logits (a masked vocabulary).
             let (n, scale) = if round % 3 == 0 { (37 + round, 4.0) } else { (49_152, 30.0) };
-            let logits: Vec<f32> = (0..n)
+            let mut logits: Vec<f32> = (0..n)
                 .map(|_| {
                     let v = (rng.next_u32() as f32 / u32::MAX as f32 - 0.8) * scale;
                     if round % 2 == 0 {
@@ -314,22 +351,46 @@ mod tests {
                     }
                 })
                 .collect();
+            if round % 7 == 3 {
+                logits.iter_mut().step_by(3).for_each(|v| *v = f32::NEG_INFINITY);
+            }
             let sampling = Sampling {
-                temperature: [0.3, 0.8, 1.0, 2.5][round % 4] as f32,
+                temperature: [0.3, 0.8, 1.0, 2.5, 100.0][round % 5] as f32,
                 top_k: [0, 0, 50, 1][round % 4] * usize::from(round % 5 != 0),
-                top_p: [0.0, 0.95, 0.5, 1.0, 0.999][round % 5],
+                top_p: [0.0, 0.95, 0.5, 1.0, 0.999, 1.0 - 1e-12][round % 6],
             };
             let seeds: Vec<u64> = (0..64).map(|_| rng.next_u64()).collect();
             let (weights, kept_total, draws) = sampler_as_first_written(&logits, &sampling, &seeds);
             let ours = Weights::new(&logits, &sampling).unwrap();
+            // The same kept positions; the weights ranked are the first ones, and those left out
+            // are all negligible.
+            assert_eq!(ours.kept, weights.len(), "round {round}");
+            let ranked = ours.weights.len().min(ours.kept);
             let bits = |w: &[f64], total: f64| (total.to_bits(), w.iter().map(|w| w.to_bits()).collect::<Vec<_>>());
-            assert_eq!(bits(&ours.weights[..ours.kept], ours.kept_total), bits(&weights, kept_total), "round {round}");
+            assert_eq!(
+                bits(&ours.weights[..ranked], ours.kept_total),
+                bits(&weights[..ranked], kept_total),
+                "round {round}"
+            );
+            assert!(weights[ranked..].iter().all(|&w| w < NEGLIGIBLE.exp() * 1.01), "round {round}");
             let ours: Vec<u32> = seeds.iter().map(|&seed| select(&logits, &sampling, seed, 0).unwrap()).collect();
             assert_eq!(ours, draws, "round {round}");
         }
         let mut with_nan = vec![0.5f32; 100];
         with_nan[60] = -f32::NAN;
         assert!(select(&with_nan, &Sampling { temperature: 1.0, top_k: 0, top_p: 0.0 }, 1, 0).is_err());
+    }
+
+    #[test]
+    fn a_draw_past_every_kept_weight_is_the_last_position_of_the_order() {
+        // The draw's fallback (a uniform rounded up to the kept total): with the negligible
+        // weights left out, the last position still names the smallest logit's last id.
+        let logits = [0.5, -30.0, 2.0, -30.0, 1.0, -29.0];
+        let sampling = Sampling { temperature: 0.5, top_k: 0, top_p: 0.0 };
+        let weights = Weights::new(&logits, &sampling).unwrap();
+        assert_eq!((weights.ranked.len(), weights.positions, weights.kept), (3, 6, 6));
+        assert_eq!(weights.token_at(&logits, 5), *by_logit(&logits, 0).last().unwrap());
+        assert_eq!(weights.token_at(&logits, 5), 3);
     }
 
     #[test]
