@@ -1,6 +1,6 @@
 //! What an ONNX file says about itself without loading it: the external-data files its tensors
-//! live in (`model.onnx_data`, `model.onnx_data_1`, `model.onnx.data`...) and its graph's inputs
-//! with their element types. Read straight from the protobuf, skipping tensor bytes with seeks,
+//! live in (`model.onnx_data`, `model.onnx_data_1`, `model.onnx.data`...), its graph's inputs
+//! with their element types and the operator domains it imports. Read straight from the protobuf, skipping tensor bytes with seeks,
 //! so that a graph of gigabytes costs milliseconds.
 
 use std::fs::File;
@@ -31,6 +31,8 @@ enum Message {
     Type,
     /// `TypeProto.Tensor` (TypeProto.tensor_type).
     TensorType,
+    /// `OperatorSetIdProto` (ModelProto.opset_import).
+    OpsetId,
 }
 
 impl Message {
@@ -39,6 +41,7 @@ impl Message {
         use Message::*;
         match (self, number) {
             (Model, 7) => Some(TopGraph),
+            (Model, 8) => Some(OpsetId),
             (TopGraph, 11) => Some(ValueInfo),
             (ValueInfo, 2) => Some(Type),
             (Type, 1) => Some(TensorType),
@@ -104,6 +107,8 @@ struct Found {
     locations: Vec<String>,
     /// The top-level graph's inputs: name and element type (`None` when not a tensor).
     inputs: Vec<GraphInput>,
+    /// The operator domains the model imports ("" for ONNX's own).
+    domains: Vec<String>,
 }
 
 /// An input of an ONNX graph.
@@ -152,6 +157,12 @@ pub fn graph_inputs(path: &Path) -> Result<Vec<GraphInput>> {
     Ok(read(path)?.inputs)
 }
 
+/// The operator domains the ONNX file imports (its `opset_import`: "" for ONNX's own,
+/// "com.microsoft", "ai.steadytext"...).
+pub fn opset_domains(path: &Path) -> Result<Vec<String>> {
+    Ok(read(path)?.domains)
+}
+
 /// Reads the fields of a `kind` message up to byte `end`, adding each external-data location and
 /// top-level graph input to `found`.
 fn walk(r: &mut Reader, kind: Message, end: u64, depth: usize, found: &mut Found) -> std::io::Result<()> {
@@ -185,6 +196,11 @@ fn walk(r: &mut Reader, kind: Message, end: u64, depth: usize, found: &mut Found
                 match (kind, number, kind.child(number)) {
                     (Message::Entry, 1, _) => key = Some(r.bytes(len.min(4096))?),
                     (Message::Entry, 2, _) => value = Some(r.bytes(len.min(4096))?),
+                    (Message::OpsetId, 1, _) => {
+                        let domain = r.bytes(len.min(4096))?;
+                        r.skip(len - len.min(4096))?;
+                        found.domains.push(String::from_utf8_lossy(&domain).into_owned());
+                    }
                     (Message::ValueInfo, 1, _) => {
                         let name = r.bytes(len.min(4096))?;
                         r.skip(len - len.min(4096))?;
@@ -305,5 +321,14 @@ mod tests {
         let bytes = [vec![0x08, 9], field(7, &[field(1, &node), top_input].concat())].concat();
         let inputs = graph_inputs(write(&bytes).path()).unwrap();
         assert_eq!(inputs, [GraphInput { name: "past_key_values.0.key".into(), elem_type: Some(10) }]);
+    }
+
+    #[test]
+    fn the_imported_operator_domains_are_read() {
+        let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/models/SmolLM2-135M-Instruct/model.onnx");
+        assert!(!opset_domains(&shared).unwrap().iter().any(|d| d == "ai.steadytext"));
+        let opset = |domain: &[u8]| field(8, &[field(1, domain), vec![0x10, 1]].concat());
+        let bytes = [vec![0x08, 9], field(7, &field(1, b"")), opset(b""), opset(b"ai.steadytext")].concat();
+        assert_eq!(opset_domains(write(&bytes).path()).unwrap(), ["", "ai.steadytext"]);
     }
 }

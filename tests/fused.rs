@@ -86,6 +86,36 @@ fn our_kernel_variant_gives_its_recorded_ids_with_1_and_2_threads() {
 }
 
 #[test]
+fn concurrent_sampled_and_greedy_clients_on_our_kernels_get_the_single_stream_bytes() {
+    // Our operators run on the session's own threads, and a batch's rows are sampled on them
+    // too: each answer must still be the one the request gets alone.
+    let model = common::fused_models().join("SmolLM2-135M-Instruct-fused-st");
+    let config = format!("generation_model = {:?}\n[cache]\ngeneration_capacity = 0\n", model.to_str().unwrap());
+    let d = common::Daemon::socket_activated(&config, &[]);
+    let requests: Vec<Value> = cases(&folder(4).join("reference.json"))
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, (prompt, _, _))| {
+            let greedy = json!({"prompt": prompt.clone(), "max_new_tokens": 40, "seed": i});
+            let sampled = json!({"prompt": prompt, "max_new_tokens": 40, "seed": i, "temperature": 0.8, "top_p": 0.95});
+            [greedy, sampled]
+        })
+        .collect();
+    let ids = |answer: Value| -> Vec<u32> {
+        serde_json::from_value(answer["result"]["token_ids"].clone()).unwrap_or_else(|e| panic!("{answer}: {e}"))
+    };
+    let alone: Vec<Vec<u32>> = requests.iter().map(|r| ids(d.connect().call("generate", r.clone()))).collect();
+    let clients: Vec<_> = requests.iter().map(|r| (r.clone(), d.connect())).collect();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|(request, mut c)| std::thread::spawn(move || ids(c.call("generate_stream", request))))
+        .collect();
+    for ((thread, want), request) in threads.into_iter().zip(&alone).zip(&requests) {
+        assert_eq!(&thread.join().unwrap(), want, "{request}");
+    }
+}
+
+#[test]
 fn onnxruntime_genai_runs_the_fused_folder_to_steadytexts_ids() {
     // onnxruntime-genai (its own ONNX Runtime, 1.32.0) reads genai_config.json and runs its own
     // greedy search: the folder is a real onnxruntime-genai model, and its answers are ours.
@@ -204,7 +234,7 @@ fn our_attention_operator_computes_what_onnxruntimes_computes() {
 
     let dir = tempfile::tempdir().unwrap();
     let [mut theirs, mut ours] = attention_layer_models(dir.path()).map(|path| {
-        steadytext::engine::session(&common::config(2), &path, None, "attention", Shapes::PerStep).unwrap()
+        steadytext::engine::session(&common::config(2), &path, None, "attention", Shapes::PerStep).unwrap().0
     });
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut random = |n: usize| -> Vec<f32> {

@@ -1,7 +1,7 @@
 //! Text generation: chat template, tokenization, decoding with a KV cache, streaming of valid
 //! UTF-8 pieces, stop strings.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokenizers::Tokenizer;
 
@@ -236,11 +236,29 @@ impl<B: DecoderBackend> Generator<B> {
                 self.keep_prefix(s, take);
             }
         }
-        sequences
+        // Each sequence's token is chosen on the backend's threads (masks and sampling are a
+        // row's own work: the same token whichever thread chooses it), then the rest in order.
+        let calls: Vec<Mutex<Called<'_, B::State>>> = sequences
             .iter_mut()
             .zip(takes)
             .zip(logits)
-            .map(|((s, take), logits)| self.after_call(s, take, logits))
+            .map(|((s, take), logits)| Mutex::new(Called { sequence: s, take, logits, choice: None }))
+            .collect();
+        let choose_one = |i: usize| {
+            let mut guard = calls[i].lock().unwrap_or_else(PoisonError::into_inner);
+            let call = &mut *guard;
+            call.choice = Some(choose(call.sequence, call.take, std::mem::take(&mut call.logits)));
+        };
+        match self.backend.threads() {
+            Some(threads) => threads.run(calls.len(), &choose_one),
+            None => (0..calls.len()).for_each(choose_one),
+        }
+        calls
+            .into_iter()
+            .map(|call| {
+                let call = call.into_inner().unwrap_or_else(PoisonError::into_inner);
+                self.after_choice(call.sequence, call.choice.expect("every sequence was chosen"))
+            })
             .collect()
     }
 
@@ -280,21 +298,13 @@ impl<B: DecoderBackend> Generator<B> {
         }
     }
 
-    /// A sequence's part after a model call that consumed `take` of its pending tokens.
-    fn after_call(&self, s: &mut Sequence<B::State>, take: usize, mut logits: Vec<f32>) -> Result<String> {
-        if take < s.pending_input.len() {
-            // More of the prompt to feed: this call's logits are not needed.
-            s.pending_input.drain(..take);
-            return Ok(String::new());
-        }
-        // Log-probabilities come from the raw logits, before the constraint's mask.
-        let raw = s.logprobs.is_some().then(|| logits.clone());
-        if let Some(guide) = &mut s.guide {
-            if let Err(e) = guide.mask(&mut logits) {
-                return Ok(s.fail(e));
-            }
-        }
-        let token = sampler::select(&logits, &s.request.sampling, s.request.seed, s.ids.len() as u64)?;
+    /// A sequence's part after its token was chosen (see [`choose`]).
+    fn after_choice(&self, s: &mut Sequence<B::State>, choice: Choice) -> Result<String> {
+        let (token, logits, raw) = match choice {
+            Choice::Prompt => return Ok(String::new()),
+            Choice::Failed(message) => return Ok(message),
+            Choice::Token { token, logits, raw } => (token?, logits, raw),
+        };
         if self.eos.contains(&token) {
             s.finish = Some(FinishReason::Eos);
             return s.release_rest(&self.tokenizer);
@@ -519,6 +529,44 @@ struct CallWatch {
     last_close: Option<usize>,
     /// Tokens of the longest call so far.
     longest: usize,
+}
+
+/// A sequence after a model call that consumed `take` of its pending tokens and gave `logits`,
+/// and its [`Choice`] once made.
+struct Called<'a, S> {
+    sequence: &'a mut Sequence<S>,
+    take: usize,
+    logits: Vec<f32>,
+    choice: Option<Choice>,
+}
+
+/// What a model call gave a sequence, before the rest of its step.
+enum Choice {
+    /// More of its prompt to feed: the call's logits are not needed.
+    Prompt,
+    /// Its constraint failed (the message shown so far: none).
+    Failed(String),
+    /// The next token, from `logits` (masked by its constraint); `raw` the logits before the
+    /// mask, when it reports log-probabilities.
+    Token { token: Result<u32>, logits: Vec<f32>, raw: Option<Vec<f32>> },
+}
+
+/// A sequence's choice after a model call that consumed `take` of its pending tokens: its
+/// constraint's mask and the sampler, a function of its own logits, request and step.
+fn choose<S>(s: &mut Sequence<S>, take: usize, mut logits: Vec<f32>) -> Choice {
+    if take < s.pending_input.len() {
+        s.pending_input.drain(..take);
+        return Choice::Prompt;
+    }
+    // Log-probabilities come from the raw logits, before the constraint's mask.
+    let raw = s.logprobs.is_some().then(|| logits.clone());
+    if let Some(guide) = &mut s.guide {
+        if let Err(e) = guide.mask(&mut logits) {
+            return Choice::Failed(s.fail(e));
+        }
+    }
+    let token = sampler::select(&logits, &s.request.sampling, s.request.seed, s.ids.len() as u64);
+    Choice::Token { token, logits, raw }
 }
 
 /// One generation in progress: its request, KV state and text so far. Advanced by

@@ -26,6 +26,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use crate::config::Config;
+use crate::engine::kernels::spin_pool::SpinPool;
 use crate::error::{Error, Result};
 use crate::model::{self, ModelFiles, ModelInfo};
 use backend::{build_session, DecoderLayout, OnnxClassifier, OnnxDecoder, OnnxEncoder, SessionSettings, Shapes};
@@ -48,6 +49,8 @@ struct Loaded {
     /// `genai_config.json` (onnxruntime-genai layout); `Null` when absent.
     genai_json: serde_json::Value,
     session: ort::session::Session,
+    /// The threads of the session's own operators.
+    threads: Arc<SpinPool>,
     tokenizer: Tokenizer,
 }
 
@@ -72,21 +75,21 @@ fn load_common(config: &Config, name: &str, shapes: Shapes) -> Result<Loaded> {
     };
     let tokenizer = load_tokenizer(&files)?;
     let digest = files.digest()?;
-    let session = session(config, &files.onnx, None, &files.name, shapes)?;
+    let (session, threads) = session(config, &files.onnx, None, &files.name, shapes)?;
     let info = ModelInfo { name: files.name.clone(), digest, dir };
-    Ok(Loaded { files, info, config_json, genai_json, session, tokenizer })
+    Ok(Loaded { files, info, config_json, genai_json, session, threads, tokenizer })
 }
 
 /// An ONNX Runtime session of the file `onnx` (or of `rewritten`, its graph rewritten; named
 /// `name` in errors) with the configured runtime, threads and device, and the engine's fixed
-/// options and operators.
+/// options and operators, with the threads of those operators.
 pub fn session(
     config: &Config,
     onnx: &Path,
     rewritten: Option<&[u8]>,
     name: &str,
     shapes: Shapes,
-) -> Result<ort::session::Session> {
+) -> Result<(ort::session::Session, Arc<SpinPool>)> {
     let env = crate::runtime::environment(&crate::runtime::RuntimeSpec::from_config(config))?;
     let settings = SessionSettings {
         intra_threads: config.effective_intra_threads(),
@@ -268,7 +271,7 @@ pub fn load_generator(config: &Config, name: &str) -> Result<(ModelInfo, OnnxGen
     let l = load_common(config, name, Shapes::PerStep)?;
     let m = l.files.name.as_str();
     let d = DecoderConfig::read(&l)?;
-    let backend = OnnxDecoder::new(l.session, m, d.layout, d.context, d.share_buffer)?;
+    let backend = OnnxDecoder::new(l.session, l.threads, m, d.layout, d.context, d.share_buffer)?;
     let template = ChatTemplate::load(&l.files)?;
     let generator =
         Generator::new(backend, l.tokenizer, template, d.eos, m)?.with_constraints(l.files.tokenizer.clone());
@@ -313,7 +316,7 @@ fn fused_or_export(config: &Config, files: &ModelFiles, mut export: OnnxEncoder)
     drop(bytes);
     // Whatever goes wrong with the fused form, the export serves: the fusion only ever saves time.
     let checked = session(config, &files.onnx, Some(&fused_bytes), &files.name, Shapes::Repeating)
-        .and_then(|s| OnnxEncoder::new(s, &files.name))
+        .and_then(|(s, _)| OnnxEncoder::new(s, &files.name))
         .and_then(|mut fused| Ok(fused.agrees_with(&mut export)?.then_some(fused)));
     match checked {
         Ok(Some(fused)) => {

@@ -5,6 +5,7 @@
 
 use std::ops::Range;
 
+use crate::engine::kernels::int4_matmul::ParallelFor;
 use crate::engine::kv_block::{KvBlock, KvPiece};
 use crate::error::{Error, Result};
 
@@ -56,6 +57,11 @@ pub trait DecoderBackend: Send {
     fn load_kv(&mut self, state: &mut Self::State, pieces: &[KvPiece<'_>]) -> Result<()> {
         let _ = (state, pieces);
         Err(Error::engine("decoder", "this backend cannot copy its KV cache"))
+    }
+    /// The threads its model calls run on, for work beside them (the sampler's rows), when it
+    /// has its own.
+    fn threads(&self) -> Option<&dyn ParallelFor> {
+        None
     }
     /// Whether [`DecoderBackend::forward`] runs the decode steps of several sequences as one call.
     fn batching(&self) -> BatchDecode {

@@ -6,6 +6,8 @@ use ort::session::{IoBinding, Session};
 use ort::value::{DynValue, Tensor, TensorElementType};
 
 use crate::engine::concat_kv::ConcatKv;
+use crate::engine::kernels::int4_matmul::ParallelFor;
+use crate::engine::kernels::spin_pool::SpinPool;
 use crate::engine::kv_arena::{self, KvArena, KvSlot};
 use crate::engine::kv_block::{KvBlock, KvPiece};
 use crate::error::{Error, Result};
@@ -67,6 +69,8 @@ fn last_logits(model: &str, outputs: &ort::session::SessionOutputs<'_>, rows: us
 /// onnxruntime-genai layout (GroupQueryAttention, which derives positions from the mask).
 pub struct OnnxDecoder {
     session: Session,
+    /// The threads of the session's own operators (see `kernels::spin_pool`).
+    threads: Arc<SpinPool>,
     model: String,
     layout: DecoderLayout,
     /// Per layer: past key, past value, present key, present value names.
@@ -116,6 +120,7 @@ impl OnnxDecoder {
     /// and decode steps are batched if [`probe_batch_invariance`] finds that changes no bit.
     pub fn new(
         session: Session,
+        threads: Arc<SpinPool>,
         model: &str,
         layout: DecoderLayout,
         context: usize,
@@ -166,6 +171,7 @@ impl OnnxDecoder {
             .then(|| Arc::new(Mutex::new(KvArena::new(layout.kv_heads, layout.head_dim, 2 * names.len(), context))));
         let mut decoder = OnnxDecoder {
             session,
+            threads,
             model: model.to_string(),
             layout,
             names,
@@ -396,6 +402,10 @@ impl DecoderBackend for OnnxDecoder {
 
     fn batching(&self) -> BatchDecode {
         self.batching.clone()
+    }
+
+    fn threads(&self) -> Option<&dyn ParallelFor> {
+        Some(&*self.threads)
     }
 
     fn kv_bytes_per_position(&self) -> usize {

@@ -4,13 +4,15 @@
 use std::borrow::Cow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{RunOptions, Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor};
 
 use crate::config::Device;
+use crate::engine::kernels;
+use crate::engine::kernels::spin_pool::SpinPool;
 use crate::error::{Error, Result};
 
 /// Fixed session settings; every one of them is part of the determinism contract.
@@ -37,7 +39,9 @@ pub enum Shapes {
 }
 
 /// Builds an ONNX Runtime session with the project's fixed options, of the file `onnx` or, given
-/// `rewritten`, of those bytes (the file's graph rewritten, as `encoder_fusion` does).
+/// `rewritten`, of those bytes (the file's graph rewritten, as `encoder_fusion` does); with the
+/// threads of its [`kernels`] operators (`intra_threads` of them for a graph that uses them, the
+/// caller's alone otherwise).
 #[allow(clippy::result_large_err)] // the large error type is ort's own builder error
 pub fn build_session(
     env: &ort::environment::Environment,
@@ -46,7 +50,7 @@ pub fn build_session(
     model: &str,
     s: SessionSettings,
     shapes: Shapes,
-) -> Result<Session> {
+) -> Result<(Session, Arc<SpinPool>)> {
     let form = if rewritten.is_some() { " (its attention fused)" } else { "" };
     let fail = |e: String| {
         Error::model(
@@ -65,9 +69,14 @@ pub fn build_session(
     // two daemons and Python taking turns, 600 one-text embeds each: p50 6.58 -> 6.18 ms,
     // 5.43 -> 5.20, 6.62 -> 6.31 (base64); 5.51 -> 5.38, 5.15 -> 4.96 (JSON numbers). Spinning
     // changes no number.
+    // A graph that uses our operators runs ONNX Runtime's own nodes on the caller's thread and
+    // our operators on a pool of its threads (see `kernels::spin_pool`).
+    let ours = rewritten.is_none()
+        && crate::onnx_proto::opset_domains(onnx).is_ok_and(|d| d.iter().any(|d| d == kernels::ort_op::DOMAIN));
+    let (ort_threads, our_threads) = if ours { (1, s.intra_threads) } else { (s.intra_threads, 1) };
     let configure = |b: SessionBuilder| -> std::result::Result<SessionBuilder, ort::Error<SessionBuilder>> {
         b.with_optimization_level(GraphOptimizationLevel::All)?
-            .with_intra_threads(s.intra_threads)?
+            .with_intra_threads(ort_threads)?
             .with_inter_threads(1)?
             .with_parallel_execution(false)?
             .with_intra_op_spinning(true)?
@@ -77,8 +86,11 @@ pub fn build_session(
     };
     let builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
     let mut builder = configure(builder).map_err(|e| fail(e.to_string()))?;
-    let kernels = crate::engine::kernels::ort_op::domain(s.intra_threads).map_err(|e| fail(e.to_string()))?;
-    builder = builder.with_operators(kernels).map_err(|e| fail(e.to_string()))?;
+    let pool = SpinPool::new(our_threads, "kernel-helper")
+        .map_err(|e| Error::model(model, format!("cannot start the kernels' threads: {e}")))?;
+    let pool = Arc::new(pool);
+    let operators = kernels::ort_op::domain(pool.clone()).map_err(|e| fail(e.to_string()))?;
+    builder = builder.with_operators(operators).map_err(|e| fail(e.to_string()))?;
     // A decoder's session has no arena: ONNX Runtime's CPU arena keeps the peak of every run (a
     // long sequence's KV cache) for the life of the process; with plain allocations the worker
     // gives that memory back after large jobs (malloc_trim). Decode speed measured the same
@@ -110,12 +122,13 @@ pub fn build_session(
             .with_execution_providers([cuda])
             .map_err(|e| Error::model(model, format!("CUDA execution provider unavailable: {e}; install the CUDA build of ONNX Runtime and CUDA 13 libraries, or set device = \"cpu\"")))?;
     }
-    if let Some(bytes) = rewritten {
-        return in_turn_until_the_domain_is_added(|| builder.commit_from_memory(bytes))
-            .map_err(|e| fail(e.to_string()));
-    }
-    std::fs::File::open(onnx).map_err(|e| Error::io(onnx, e))?;
-    in_turn_until_the_domain_is_added(|| builder.commit_from_file(onnx)).map_err(|e| fail(e.to_string()))
+    let session = if let Some(bytes) = rewritten {
+        in_turn_until_the_domain_is_added(|| builder.commit_from_memory(bytes)).map_err(|e| fail(e.to_string()))?
+    } else {
+        std::fs::File::open(onnx).map_err(|e| Error::io(onnx, e))?;
+        in_turn_until_the_domain_is_added(|| builder.commit_from_file(onnx)).map_err(|e| fail(e.to_string()))?
+    };
+    Ok((session, pool))
 }
 
 /// Runs over this many tokens (rows x padded length) of a session that takes the shared CPU
@@ -226,7 +239,7 @@ pub(super) fn shared_minilm_path() -> std::path::PathBuf {
 /// A session of the shared MiniLM encoder, or of `rewritten` (its graph rewritten).
 #[cfg(test)]
 pub(super) fn shared_minilm_session(rewritten: Option<&[u8]>) -> Session {
-    build_session(test_env(), &shared_minilm_path(), rewritten, "minilm", TEST_SETTINGS, Shapes::Repeating).unwrap()
+    build_session(test_env(), &shared_minilm_path(), rewritten, "minilm", TEST_SETTINGS, Shapes::Repeating).unwrap().0
 }
 
 /// A session of the shared MiniLM encoder.
@@ -263,7 +276,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("model.onnx");
         std::fs::write(&bad, b"not a model").unwrap();
-        let err = build_session(test_env(), &bad, None, "bad", TEST_SETTINGS, Shapes::PerStep).unwrap_err().to_string();
+        let Err(err) = build_session(test_env(), &bad, None, "bad", TEST_SETTINGS, Shapes::PerStep) else {
+            panic!("a file that is not ONNX loaded");
+        };
+        let err = err.to_string();
         assert!(err.contains("fetch the model again"), "{err}");
     }
 

@@ -18,3 +18,4 @@ pub mod int4_matmul;
 mod int4_matmul_x86;
 pub mod ln;
 pub mod ort_op;
+pub mod spin_pool;

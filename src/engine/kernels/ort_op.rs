@@ -1,27 +1,29 @@
-//! Our kernels as ONNX Runtime custom operators, in the domain [`DOMAIN`], on the session's
-//! intra-op threads: `Int4MatMul` takes `MatMulNBits`' inputs and attributes (4 bits, blocks of
+//! Our kernels as ONNX Runtime custom operators, in the domain [`DOMAIN`]: `Int4MatMul` takes `MatMulNBits`' inputs and attributes (4 bits, blocks of
 //! 32) and runs [`Int4Matrix`], its weights repacked once, when the session creates the kernel;
 //! `GroupQueryAttention` takes the inputs and attributes of ONNX Runtime's operator of that name
-//! (packed QKV, rotary embedding, non-interleaved) and runs [`AttentionHeads`].
+//! (packed QKV, rotary embedding, non-interleaved) and runs [`AttentionHeads`]. Both split their
+//! work over the session's [`SpinPool`].
+
+use std::sync::Arc;
 
 use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
 use ort::value::{DynTensorValueType, TensorElementType};
 
 use super::attention::{AttentionHeads, AttentionInput, KvCache};
-use super::int4_matmul::{quantize, Int4Matrix, Isa, ParallelFor, BLOCK};
+use super::int4_matmul::{quantize, Int4Matrix, Isa, BLOCK};
+use super::spin_pool::SpinPool;
 
 /// The custom domain a graph names to use our operators.
 pub const DOMAIN: &str = "ai.steadytext";
 
-/// Our operators, for a session of `threads` intra-op threads.
-pub fn domain(threads: usize) -> ort::Result<OperatorDomain> {
-    let threads = threads.max(1);
-    OperatorDomain::new(DOMAIN)?.add(Int4MatMul { threads })?.add(GroupQueryAttention { threads })
+/// Our operators, their work split over `pool`.
+pub fn domain(pool: Arc<SpinPool>) -> ort::Result<OperatorDomain> {
+    OperatorDomain::new(DOMAIN)?.add(Int4MatMul { pool: pool.clone() })?.add(GroupQueryAttention { pool })
 }
 
 /// `Y = A · Bᵀ` with `B` as `MatMulNBits` holds it.
 struct Int4MatMul {
-    threads: usize,
+    pool: Arc<SpinPool>,
 }
 
 impl Operator for Int4MatMul {
@@ -69,14 +71,14 @@ impl Operator for Int4MatMul {
             zero_points,
         )
         .map_err(|e| ort::Error::new(format!("Int4MatMul: {e}")))?;
-        Ok(Int4MatMulKernel { matrix, isa: Isa::detect(), threads: self.threads })
+        Ok(Int4MatMulKernel { matrix, isa: Isa::detect(), pool: self.pool.clone() })
     }
 }
 
 struct Int4MatMulKernel {
     matrix: Int4Matrix,
     isa: Isa,
-    threads: usize,
+    pool: Arc<SpinPool>,
 }
 
 impl Kernel for Int4MatMulKernel {
@@ -93,30 +95,13 @@ impl Kernel for Int4MatMulKernel {
         let x = quantize(a, rows, k, self.isa).map_err(|e| ort::Error::new(format!("Int4MatMul: {e}")))?;
         let mut output = ctx.output(0, out_shape)?.ok_or_else(|| ort::Error::new("Int4MatMul: no output Y"))?;
         let (_, y) = output.try_extract_tensor_mut::<f32>()?;
-        let threads = SessionThreads { ctx, threads: self.threads };
-        self.matrix.matmul(&x, y, self.isa, &threads).map_err(|e| ort::Error::new(format!("Int4MatMul: {e}")))
-    }
-}
-
-/// The session's intra-op thread pool.
-struct SessionThreads<'a> {
-    ctx: &'a ComputeContext,
-    threads: usize,
-}
-
-impl ParallelFor for SessionThreads<'_> {
-    fn threads(&self) -> usize {
-        self.threads
-    }
-
-    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
-        self.ctx.par_for(tasks, tasks, task).expect("ONNX Runtime's parallel for");
+        self.matrix.matmul(&x, y, self.isa, &*self.pool).map_err(|e| ort::Error::new(format!("Int4MatMul: {e}")))
     }
 }
 
 /// Causal attention as ONNX Runtime's `GroupQueryAttention` computes it, query by query.
 struct GroupQueryAttention {
-    threads: usize,
+    pool: Arc<SpinPool>,
 }
 
 impl Operator for GroupQueryAttention {
@@ -163,7 +148,7 @@ impl Operator for GroupQueryAttention {
             return Err(fail("takes softcap = 0 only".into()));
         }
         let scale = ctx.get::<f32>("scale").filter(|&s| s != 0.0);
-        Ok(AttentionKernel { heads, kv_heads, scale, isa: Isa::detect(), threads: self.threads })
+        Ok(AttentionKernel { heads, kv_heads, scale, isa: Isa::detect(), pool: self.pool.clone() })
     }
 }
 
@@ -173,7 +158,7 @@ struct AttentionKernel {
     /// `None`: 1 / sqrt(head size).
     scale: Option<f32>,
     isa: Isa,
-    threads: usize,
+    pool: Arc<SpinPool>,
 }
 
 impl Kernel for AttentionKernel {
@@ -246,8 +231,9 @@ impl Kernel for AttentionKernel {
             ctx.output(0, [rows, seq, heads.out_width()].map(|x| x as i64))?.ok_or_else(|| fail("no output".into()))?;
         let out = output.try_extract_tensor_mut::<f32>()?.1;
         let call = AttentionInput { qkv, seq, past: &past, valid: &valid, cos, sin };
-        let threads = SessionThreads { ctx, threads: self.threads };
-        heads.run(&call, KvCache { keys, values, capacity }, out, self.isa, &threads).map_err(|e| fail(e.to_string()))
+        heads
+            .run(&call, KvCache { keys, values, capacity }, out, self.isa, &*self.pool)
+            .map_err(|e| fail(e.to_string()))
     }
 }
 
