@@ -148,8 +148,8 @@ pub fn select(logits: &[f32], sampling: &Sampling, seed: u64, step: u64) -> Resu
 /// `e^0`, exactly 1) or, as a running share of the total, about 1 by the time such weights come.
 const NEGLIGIBLE: f64 = -40.0;
 
-/// Kept positions above which the candidates are sorted by [`radix_sort`] (below, a comparison
-/// sort is quicker).
+/// Ranked keys above which they are sorted by [`radix_sort`] (below, a comparison sort is
+/// quicker).
 const RADIX_FROM: usize = 4096;
 
 /// What a sampled draw picks from: the rank keys in logit order with their weights
