@@ -1,7 +1,7 @@
 //! What an ONNX file says about itself without loading it: the external-data files its tensors
 //! live in (`model.onnx_data`, `model.onnx_data_1`, `model.onnx.data`...), its graph's inputs
-//! with their element types and the operator domains it imports. Read straight from the protobuf, skipping tensor bytes with seeks,
-//! so that a graph of gigabytes costs milliseconds.
+//! with their element types and the operator domains it imports. Read straight from the protobuf,
+//! skipping tensor bytes with seeks, so that a graph of gigabytes costs milliseconds.
 
 use std::fs::File;
 use std::io::{BufReader, Read};

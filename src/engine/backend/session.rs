@@ -86,9 +86,10 @@ pub fn build_session(
     };
     let builder = Session::builder(env).map_err(|e| fail(e.to_string()))?;
     let mut builder = configure(builder).map_err(|e| fail(e.to_string()))?;
-    let pool = SpinPool::new(our_threads, "kernel-helper")
-        .map_err(|e| Error::model(model, format!("cannot start the kernels' threads: {e}")))?;
-    let pool = Arc::new(pool);
+    let pool = Arc::new(
+        SpinPool::new(our_threads, "kernel-helper")
+            .map_err(|e| Error::model(model, format!("cannot start the kernels' threads: {e}")))?,
+    );
     let operators = kernels::ort_op::domain(pool.clone()).map_err(|e| fail(e.to_string()))?;
     builder = builder.with_operators(operators).map_err(|e| fail(e.to_string()))?;
     // A decoder's session has no arena: ONNX Runtime's CPU arena keeps the peak of every run (a

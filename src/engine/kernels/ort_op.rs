@@ -1,8 +1,9 @@
-//! Our kernels as ONNX Runtime custom operators, in the domain [`DOMAIN`]: `Int4MatMul` takes `MatMulNBits`' inputs and attributes (4 bits, blocks of
-//! 32) and runs [`Int4Matrix`], its weights repacked once, when the session creates the kernel;
-//! `GroupQueryAttention` takes the inputs and attributes of ONNX Runtime's operator of that name
-//! (packed QKV, rotary embedding, non-interleaved) and runs [`AttentionHeads`]. Both split their
-//! work over the session's [`SpinPool`].
+//! Our kernels as ONNX Runtime custom operators, in the domain [`DOMAIN`]: `Int4MatMul` takes
+//! `MatMulNBits`' inputs and attributes (4 bits, blocks of 32) and runs [`Int4Matrix`], its
+//! weights repacked once, when the session creates the kernel; `GroupQueryAttention` takes the
+//! inputs and attributes of ONNX Runtime's operator of that name (packed QKV, rotary embedding,
+//! non-interleaved) and runs [`AttentionHeads`]. Both split their work over the session's
+//! [`SpinPool`].
 
 use std::sync::Arc;
 

@@ -175,7 +175,7 @@ impl ParallelFor for SpinPool {
         }
         shared.job().task = None;
         if shared.panicked.load(Ordering::Acquire) {
-            resume_unwind(Box::new("a task of our operators panicked"));
+            resume_unwind(Box::new("a task on the kernels' threads panicked"));
         }
     }
 }
