@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use half::f16;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Value};
@@ -96,8 +97,8 @@ fn attention_ms(shape: &AttentionShape, rows: usize, past: usize, isa: Isa, pool
     let mut rng = ChaCha8Rng::seed_from_u64(past as u64);
     let mut random = |n: usize| (0..n).map(|_| (rng.next_u32() % 2001) as f32 / 10_000.0 - 0.1).collect::<Vec<f32>>();
     let per_cache = rows * shape.kv_heads * shape.capacity * shape.head_dim;
-    let mut caches: Vec<(Vec<f32>, Vec<f32>)> =
-        (0..shape.layers).map(|_| (random(per_cache), random(per_cache))).collect();
+    let mut half = |n: usize| random(n).into_iter().map(f16::from_f32).collect::<Vec<f16>>();
+    let mut caches: Vec<(Vec<f16>, Vec<f16>)> = (0..shape.layers).map(|_| (half(per_cache), half(per_cache))).collect();
     let qkv = random(rows * heads.qkv_width());
     let rotary = random((past + 1) * shape.head_dim / 2);
     let mut out = vec![0f32; rows * heads.out_width()];

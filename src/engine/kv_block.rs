@@ -8,7 +8,8 @@ use std::ops::Range;
 pub struct KvBlock {
     /// Positions it holds.
     pub len: usize,
-    /// The floats, `[kinds][heads][len][dim]`.
+    /// The floats, `[kinds][heads][len][dim]` (a half-precision cache's values widened: they
+    /// narrow back exactly when loaded).
     pub data: Vec<f32>,
 }
 

@@ -370,23 +370,52 @@ def write_kernels_variant(served, config, shared_dir, out_dir, max_len):
     """SmolLM2-135M-Instruct-fused-st: the served graph on steadytext's own kernels
     (src/engine/kernels), same inputs and attributes: its MatMulNBits nodes on `ai.steadytext`
     `Int4MatMul` (int4 x int8), its GroupQueryAttention nodes on `ai.steadytext`
-    `GroupQueryAttention` (query by query). Only steadytextd runs it (the operators are ours), so it
+    `GroupQueryAttention` (query by query, its KV cache in float16: past_key_values.* and present.*
+    are float16 in this graph), its SkipSimplifiedLayerNormalization nodes on ours (one thread, no
+    parallel-for), and each MLP's Split, Sigmoid and two Muls as one `ai.steadytext` `SwiGlu`.
+    Only steadytextd runs it (the operators are ours), so it
     has no Python reference.json: tests/fused.rs holds its greedy ids, computed by the engine."""
     folder = os.path.join(out_dir, "SmolLM2-135M-Instruct-fused-st")
     tmp = folder + ".tmp"
     # Read back from the served folder: saving with external data emptied the in-memory tensors.
     variant = onnx.load(os.path.join(served, "model.onnx"))
+    swiglu(variant.graph)
     for node in variant.graph.node:
         if node.op_type == "MatMulNBits":
             node.domain, node.op_type = "ai.steadytext", "Int4MatMul"
-        elif node.op_type == "GroupQueryAttention":
+        elif node.op_type in ("GroupQueryAttention", "SkipSimplifiedLayerNormalization"):
             node.domain = "ai.steadytext"
+    for value in list(variant.graph.input) + list(variant.graph.output):
+        if value.name.startswith(("past_key_values.", "present.")):
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
     variant.opset_import.append(helper.make_opsetid("ai.steadytext", 1))
     write_folder(tmp, variant, config, shared_dir, max_len)
     shutil.rmtree(folder, ignore_errors=True)
     os.rename(tmp, folder)
-    print(f"{folder}: MatMulNBits and GroupQueryAttention on ai.steadytext's kernels")
+    print(f"{folder}: MatMulNBits, GroupQueryAttention, SkipSimplifiedLayerNormalization and the MLPs' activation "
+          "on ai.steadytext's kernels, a float16 KV cache")
 
+
+def swiglu(graph):
+    """Replaces each MLP's `Split` -> `Sigmoid` -> `Mul` (SiLU) -> `Mul` (by up), as
+    `llama_model` names them, by one `ai.steadytext` `SwiGlu` node from the gate/up product to
+    the activation."""
+    nodes = {node.name: node for node in graph.node}
+    prefixes = {name[: -len("/Split")] for name, node in nodes.items()
+                if node.op_type == "Split" and name.endswith("/mlp/Split")}
+    dropped = {f"{prefix}/{part}" for prefix in prefixes for part in ("Sigmoid", "SiLU", "Mul")}
+    if not prefixes or not dropped <= nodes.keys():
+        raise SystemExit("fused-st: the MLPs are not Split, Sigmoid, Mul, Mul as llama_model writes them")
+    kept = []
+    for node in graph.node:
+        prefix = node.name[: -len("/Split")]
+        if node.op_type == "Split" and prefix in prefixes:
+            kept.append(helper.make_node("SwiGlu", [node.input[0]], [nodes[f"{prefix}/Mul"].output[0]],
+                                         f"{prefix}/SwiGlu", domain="ai.steadytext"))
+        elif node.name not in dropped:
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,7 @@ use ort::value::{DynValue, Tensor, TensorElementType};
 use crate::engine::concat_kv::ConcatKv;
 use crate::engine::kernels::int4_matmul::ParallelFor;
 use crate::engine::kernels::spin_pool::SpinPool;
-use crate::engine::kv_arena::{self, KvArena, KvSlot};
+use crate::engine::kv_arena::{self, KvArena, KvElement, KvSlot};
 use crate::engine::kv_block::{KvBlock, KvPiece};
 use crate::error::{Error, Result};
 
@@ -84,6 +84,8 @@ pub struct OnnxDecoder {
     /// Graphs that write in place (GroupQueryAttention with `past_present_share_buffer`): every
     /// sequence's KV cache, one row each.
     arena: Option<Arc<Mutex<KvArena>>>,
+    /// The KV cache's element type.
+    element: KvElement,
     /// Whether decode steps of several sequences run as one call (see [`probe_batch_invariance`]).
     batching: BatchDecode,
     /// The last call's binding of arena rows `0..rows`, reused while the arena keeps its buffers
@@ -148,27 +150,46 @@ impl OnnxDecoder {
                 ),
             ));
         }
+        let logits = session.outputs().iter().find(|o| o.name() == "logits").map(|o| o.dtype().tensor_type());
+        if let Some(ty) = logits.filter(|&ty| ty != Some(TensorElementType::Float32)) {
+            return Err(Error::model(
+                model,
+                format!("decoder ONNX graph's logits are {ty:?}, not float32 (a GPU variant?): pull a CPU variant"),
+            ));
+        }
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
         if let Some(missing) = names.iter().flat_map(|n| &n[2..]).find(|n| !outputs.contains(&n.as_str())) {
             return Err(Error::model(model, format!("decoder ONNX graph has no `{missing}` output")));
         }
         let past: Vec<&str> = names.iter().flat_map(|n| [n[0].as_str(), n[1].as_str()]).collect();
+        // float32, or float16 in a shared buffer (our attention's cache; GPU variants, float16
+        // throughout, were refused by their logits above); one type for every layer.
+        let mut element = None;
         for input in session.inputs().iter().filter(|i| past.contains(&i.name())) {
-            if input.dtype().tensor_type() != Some(TensorElementType::Float32) {
+            let ty = input.dtype().tensor_type();
+            let this = ty.and_then(KvElement::of).filter(|&e| e == KvElement::F32 || share_buffer);
+            if this.is_none() || element.is_some_and(|e| Some(e) != this) {
                 return Err(Error::model(
                     model,
-                    format!("input {} is not float32; only float32 KV caches are supported", input.name()),
+                    format!(
+                        "input {} is {ty:?}; KV caches are float32, or float16 with past_present_share_buffer, one \
+                         type for every layer",
+                        input.name()
+                    ),
                 ));
             }
+            element = this;
         }
+        let element = element.unwrap_or(KvElement::F32);
         let fed: Vec<&str> = ["input_ids", "attention_mask"].iter().chain(DECODER_OPTIONAL_INPUTS).copied().collect();
         check_inputs(&session, model, "decoder", &fed, &past)?;
         let has_position_ids = inputs.contains(&"position_ids");
         let has_cache_position = inputs.contains(&"cache_position");
         let has_num_logits_to_keep = inputs.contains(&"num_logits_to_keep");
         let has_use_cache_branch = inputs.contains(&"use_cache_branch");
-        let arena = share_buffer
-            .then(|| Arc::new(Mutex::new(KvArena::new(layout.kv_heads, layout.head_dim, 2 * names.len(), context))));
+        let arena = share_buffer.then(|| {
+            Arc::new(Mutex::new(KvArena::new(layout.kv_heads, layout.head_dim, element, 2 * names.len(), context)))
+        });
         let mut decoder = OnnxDecoder {
             session,
             threads,
@@ -181,6 +202,7 @@ impl OnnxDecoder {
             has_num_logits_to_keep,
             has_use_cache_branch,
             arena,
+            element,
             batching: BatchDecode::Batched,
             bound: None,
         };
@@ -411,6 +433,6 @@ impl DecoderBackend for OnnxDecoder {
     fn kv_bytes_per_position(&self) -> usize {
         // A concatenating graph's cache is two sets of buffers (see ConcatKv).
         let sets = if self.arena.is_some() { 1 } else { 2 };
-        sets * 2 * self.names.len() * self.layout.kv_heads * self.layout.head_dim * std::mem::size_of::<f32>()
+        sets * 2 * self.names.len() * self.layout.kv_heads * self.layout.head_dim * self.element.size()
     }
 }

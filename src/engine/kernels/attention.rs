@@ -1,10 +1,15 @@
 //! Causal attention with GroupQueryAttention's inputs (packed QKV, query heads sharing a KV head,
 //! rotary embedding from cos/sin caches, the KV cache `[rows, kv_heads, capacity, head_dim]`
-//! written in place), computed one query at a time: a query's output is a function of its own
+//! written in place, in half precision), computed one query at a time: a query's output is a function of its own
 //! q, its position and the cache's keys and values up to that position, and nothing else. So it
 //! does not depend on the other rows of a batch, on how a prompt is cut into calls (a 1-token
 //! chunk gives the bits of one whole call), on threads, or on the instruction set; and a key or
 //! value is the same whether a prompt or a decode step wrote it.
+//!
+//! The cache holds keys (rotated) and values rounded to IEEE half precision (to nearest, ties to
+//! even), as llama.cpp's default cache does: a decode step of a batch reads every row's cache
+//! whole, so half the bytes is about half the time once the rows' caches outgrow the processor's
+//! caches. Everything else is float32; a half widens to float32 exactly.
 //!
 //! Per query head (`q` rotated, times the scale): `s_j = dot(q, k_j)` for every `j <= position`,
 //! `p_j = exp(s_j - max s)` (0 below `max - 30`), `out = (Σ_j p_j v_j) / Σ_j p_j`, with these fixed
@@ -21,6 +26,8 @@
 
 use std::cell::RefCell;
 use std::sync::{Mutex, PoisonError};
+
+use half::f16;
 
 pub use super::attention_x86::LANES;
 use super::attention_x86::{on_avx2, on_avx512, HeadDot, WithDot};
@@ -90,12 +97,12 @@ pub struct AttentionInput<'a> {
     pub sin: &'a [f32],
 }
 
-/// A KV cache `[rows, kv_heads, capacity, head_dim]`, keys and values.
+/// A KV cache `[rows, kv_heads, capacity, head_dim]`, keys and values in half precision.
 pub struct KvCache<'a> {
     /// Keys (after the rotary embedding).
-    pub keys: &'a mut [f32],
+    pub keys: &'a mut [f16],
     /// Values.
-    pub values: &'a mut [f32],
+    pub values: &'a mut [f16],
     /// Positions per row and head.
     pub capacity: usize,
 }
@@ -104,8 +111,8 @@ pub struct KvCache<'a> {
 struct Call<'a> {
     heads: AttentionHeads,
     input: &'a AttentionInput<'a>,
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: &'a [f16],
+    values: &'a [f16],
     capacity: usize,
     blocks: usize,
 }
@@ -153,7 +160,7 @@ impl AttentionHeads {
 }
 
 /// Runs `work` on `isa` (which the caller has checked the CPU has).
-fn on_isa(isa: Isa, work: impl WithDot) {
+pub(super) fn on_isa(isa: Isa, work: impl WithDot) {
     match isa {
         Isa::Avx512Vnni => on_avx512(work),
         Isa::Avx2 => on_avx2(work),
@@ -165,8 +172,8 @@ fn on_isa(isa: Isa, work: impl WithDot) {
 struct WriteKv<'a> {
     heads: &'a AttentionHeads,
     input: &'a AttentionInput<'a>,
-    keys: &'a mut [f32],
-    values: &'a mut [f32],
+    keys: &'a mut [f16],
+    values: &'a mut [f16],
     capacity: usize,
 }
 
@@ -191,9 +198,9 @@ impl WithDot for Attend<'_> {
     }
 }
 
-/// Writes row `row`'s valid tokens' keys (rotated) and values into the cache.
+/// Writes every row's valid tokens' keys (rotated) and values into the cache, rounded to half.
 #[inline(always)]
-fn write_kv(h: &AttentionHeads, input: &AttentionInput, keys: &mut [f32], values: &mut [f32], capacity: usize) {
+fn write_kv(h: &AttentionHeads, input: &AttentionInput, keys: &mut [f16], values: &mut [f16], capacity: usize) {
     let d = h.head_dim;
     for (row, (&past, &valid)) in input.past.iter().zip(input.valid).enumerate() {
         for i in 0..valid {
@@ -202,9 +209,11 @@ fn write_kv(h: &AttentionHeads, input: &AttentionInput, keys: &mut [f32], values
             for kv in 0..h.kv_heads {
                 let at = ((row * h.kv_heads + kv) * capacity + past + i) * d;
                 let k = &token[(h.heads + kv) * d..][..d];
-                rotate(k, cos, sin, 1.0, &mut keys[at..at + d]);
+                rotate(k, cos, sin, 1.0, |i, x| keys[at + i] = f16::from_f32(x));
                 let v = &token[(h.heads + h.kv_heads + kv) * d..][..d];
-                values[at..at + d].copy_from_slice(v);
+                for (to, &v) in values[at..at + d].iter_mut().zip(v) {
+                    *to = f16::from_f32(v);
+                }
             }
         }
     }
@@ -217,15 +226,15 @@ fn rotary<'a>(input: &AttentionInput<'a>, position: usize, d: usize) -> (&'a [f3
     (&input.cos[position * half..][..half], &input.sin[position * half..][..half])
 }
 
-/// `out = rotate(x) * scale` (the rotary embedding on halves: `x1 cos - x2 sin`, `x2 cos + x1 sin`).
+/// `put(i, rotate(x)[i] * scale)` for every `i` (the rotary embedding on halves:
+/// `x1 cos - x2 sin`, `x2 cos + x1 sin`).
 #[inline(always)]
-fn rotate(x: &[f32], cos: &[f32], sin: &[f32], scale: f32, out: &mut [f32]) {
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], scale: f32, mut put: impl FnMut(usize, f32)) {
     let half = x.len() / 2;
     let (x1, x2) = x.split_at(half);
-    let (o1, o2) = out.split_at_mut(half);
     for i in 0..half {
-        o1[i] = x1[i].mul_add(cos[i], -(x2[i] * sin[i])) * scale;
-        o2[i] = x2[i].mul_add(cos[i], x1[i] * sin[i]) * scale;
+        put(i, x1[i].mul_add(cos[i], -(x2[i] * sin[i])) * scale);
+        put(half + i, x2[i].mul_add(cos[i], x1[i] * sin[i]) * scale);
     }
 }
 
@@ -244,6 +253,8 @@ struct Scratch {
     sums: Vec<f32>,
     /// Their sums of weights.
     totals: Vec<f32>,
+    /// Keys or values of the cache widened to floats, once for all the block's queries.
+    widened: Vec<f32>,
 }
 
 thread_local! {
@@ -284,24 +295,27 @@ fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl He
     // path's target features).
     let mut scratch = SCRATCH.take();
     {
-        let Scratch { q, p, sums, totals } = &mut scratch;
+        let Scratch { q, p, sums, totals, widened } = &mut scratch;
         q.resize(vectors * d, 0.0);
         p.resize(vectors * most, 0.0);
         sums.clear();
         sums.resize(vectors * d, 0.0);
         totals.resize(vectors, 0.0);
+        widened.resize(VALUE_TILE.max(LANES) * d, 0.0);
         for n in 0..queries {
             let token = &input.qkv[(row * input.seq + first + n) * h.qkv_width()..][..h.qkv_width()];
             let (cos, sin) = rotary(input, keys(n) - 1, d);
             for g in 0..group {
                 let head = kv * group + g;
-                rotate(&token[head * d..][..d], cos, sin, h.scale, &mut q[(n * group + g) * d..][..d]);
+                let q = &mut q[(n * group + g) * d..][..d];
+                rotate(&token[head * d..][..d], cos, sin, h.scale, |i, x| q[i] = x);
             }
         }
         // Scores: whole tiles of 16 keys for every query that sees all of a tile, then the rest
         // one key at a time.
         for tile in (0..most / LANES).map(|t| t * LANES) {
-            let tile_keys = &call.keys[cache + tile * d..][..LANES * d];
+            let tile_keys = &mut widened[..LANES * d];
+            dots.widen(&call.keys[cache + tile * d..][..LANES * d], tile_keys);
             for v in (0..vectors).filter(|v| keys(v / group) >= tile + LANES) {
                 dots.dots16(&q[v * d..][..d], tile_keys, &mut p[v * most + tile..][..LANES]);
             }
@@ -310,15 +324,19 @@ fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl He
             let seen = keys(v / group);
             let q = &q[v * d..][..d];
             for j in seen / LANES * LANES..seen {
-                p[v * most + j] = dots.dot(q, &call.keys[cache + j * d..][..d]);
+                let key = &mut widened[..d];
+                dots.widen(&call.keys[cache + j * d..][..d], key);
+                p[v * most + j] = dots.dot(q, key);
             }
             totals[v] = softmax_weights(&mut p[v * most..][..seen]);
         }
         for tile in (0..most).step_by(VALUE_TILE) {
+            let end = most.min(tile + VALUE_TILE);
+            let tile_values = &mut widened[..(end - tile) * d];
+            dots.widen(&call.values[cache + tile * d..cache + end * d], tile_values);
             for v in (0..vectors).filter(|v| keys(v / group) > tile) {
-                let stop = keys(v / group).min(tile + VALUE_TILE);
-                let (weights, values) =
-                    (&p[v * most + tile..v * most + stop], &call.values[cache + tile * d..cache + stop * d]);
+                let stop = keys(v / group).min(end);
+                let (weights, values) = (&p[v * most + tile..v * most + stop], &tile_values[..(stop - tile) * d]);
                 let sum = &mut sums[v * d..][..d];
                 // 64 values of the head at a time (then 32), their sums in registers.
                 let mut offset = 0;
@@ -386,6 +404,13 @@ impl HeadDot for PortableDot {
     fn dot(&self, q: &[f32], k: &[f32]) -> f32 {
         dot(q, k)
     }
+
+    #[inline(always)]
+    fn widen(&self, x: &[f16], out: &mut [f32]) {
+        for (out, x) in out.iter_mut().zip(x) {
+            *out = x.to_f32();
+        }
+    }
 }
 
 /// The fixed sum of 16 lanes: halves added lane-wise (16 -> 8 -> 4 -> 2), then the last two.
@@ -423,7 +448,7 @@ fn softmax_weights(s: &mut [f32]) -> f32 {
 /// `e^r` by its Taylor series to degree 7 (|r| <= ln2 / 2: error under 1.1e-8 relative), times
 /// `2^n` built in the exponent bits. Only operations that round the same on every path.
 #[inline(always)]
-fn exp_weight(x: f32) -> f32 {
+pub(super) fn exp_weight(x: f32) -> f32 {
     // Adding 1.5 * 2^23 rounds a float of magnitude < 2^22 to an integer, half to even.
     const ROUND: f32 = 12_582_912.0;
     // ln 2 = LN2_HI + LN2_LO; LN2_HI has 9 significant bits, so n * LN2_HI is exact for |n| < 2^15.
@@ -511,8 +536,8 @@ mod tests {
         seq: usize,
         capacity: usize,
         /// The cache as it stands before the call.
-        keys: Vec<f32>,
-        values: Vec<f32>,
+        keys: Vec<f16>,
+        values: Vec<f16>,
     }
 
     impl Case {
@@ -531,7 +556,8 @@ mod tests {
             let per_cache = rows * heads.kv_heads * capacity * heads.head_dim;
             let mut random = |n: usize| (0..n).map(|_| rng.symmetric() * size).collect::<Vec<f32>>();
             let qkv = random(rows * seq * heads.qkv_width());
-            let (keys, values) = (random(per_cache), random(per_cache));
+            let half = |x: Vec<f32>| x.into_iter().map(f16::from_f32).collect::<Vec<f16>>();
+            let (keys, values) = (half(random(per_cache)), half(random(per_cache)));
             Case { heads, qkv, cos, sin, past, seq, capacity, keys, values }
         }
 
@@ -540,7 +566,7 @@ mod tests {
         }
 
         /// The kernel's output and cache after the call, on `isa` with `threads`.
-        fn run(&self, isa: Isa, threads: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        fn run(&self, isa: Isa, threads: usize) -> (Vec<f32>, Vec<f16>, Vec<f16>) {
             let valid = vec![self.seq; self.rows()];
             self.run_rows(isa, threads, &self.qkv, &self.past, &valid, self.seq)
         }
@@ -553,7 +579,7 @@ mod tests {
             past: &[usize],
             valid: &[usize],
             seq: usize,
-        ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        ) -> (Vec<f32>, Vec<f16>, Vec<f16>) {
             let (mut keys, mut values) = (self.keys.clone(), self.values.clone());
             let mut out = vec![f32::NAN; past.len() * seq * self.heads.out_width()];
             let input = AttentionInput { qkv, seq, past, valid, cos: &self.cos, sin: &self.sin };
@@ -562,8 +588,10 @@ mod tests {
             (out, keys, values)
         }
 
-        /// Row `row`'s output, in float64 from the same inputs.
-        fn reference(&self, row: usize) -> Vec<f64> {
+        /// Row `row`'s output, in float64 from the same inputs and the cache `keys` and
+        /// `values` the call left (checked to be the call's keys, rotated, and values, each
+        /// rounded to the nearest half).
+        fn reference(&self, row: usize, keys: &[f16], values: &[f16]) -> Vec<f64> {
             let h = &self.heads;
             let (d, half, group) = (h.head_dim, h.head_dim / 2, h.group());
             let rotate = |x: &[f32], position: usize| -> Vec<f64> {
@@ -585,15 +613,23 @@ mod tests {
                     let q = rotate(&token(i)[head * d..][..d], past + i);
                     let (mut ks, mut vs) = (Vec::new(), Vec::new());
                     for j in 0..=past + i {
+                        let at = ((row * h.kv_heads + kv) * self.capacity + j) * d;
+                        let (k, v) = (&keys[at..at + d], &values[at..at + d]);
                         if j < past {
-                            let at = ((row * h.kv_heads + kv) * self.capacity + j) * d;
-                            ks.push(self.keys[at..at + d].iter().map(|&x| x as f64).collect::<Vec<_>>());
-                            vs.push(self.values[at..at + d].iter().map(|&x| x as f64).collect::<Vec<_>>());
+                            assert!(k == &self.keys[at..at + d] && v == &self.values[at..at + d], "the past moved");
                         } else {
                             let t = token(j - past);
-                            ks.push(rotate(&t[(h.heads + kv) * d..][..d], j));
-                            vs.push(t[(h.heads + h.kv_heads + kv) * d..][..d].iter().map(|&x| x as f64).collect());
+                            let rotated = rotate(&t[(h.heads + kv) * d..][..d], j);
+                            let given = t[(h.heads + h.kv_heads + kv) * d..][..d].iter().map(|&x| x as f64);
+                            for (got, want) in k.iter().zip(rotated).chain(v.iter().zip(given)) {
+                                // Half an ulp of a half (11 significant bits), a little over for the
+                                // float32 rotation, or half the smallest subnormal.
+                                let bound = (want.abs() * 2f64.powi(-11) * (1.0 + 1e-4)).max(2f64.powi(-25));
+                                assert!((got.to_f64() - want).abs() <= bound, "cached {got} for {want}");
+                            }
                         }
+                        ks.push(k.iter().map(|&x| x.to_f64()).collect::<Vec<_>>());
+                        vs.push(v.iter().map(|&x| x.to_f64()).collect::<Vec<_>>());
                     }
                     let s: Vec<f64> =
                         ks.iter().map(|k| q.iter().zip(k).map(|(a, b)| a * b).sum::<f64>() * h.scale as f64).collect();
@@ -631,10 +667,10 @@ mod tests {
         ] {
             let case = Case::new(&mut rng, h, past, seq, size);
             for isa in PATHS.into_iter().filter(|i| i.available()) {
-                let (out, _, _) = case.run(isa, 2);
+                let (out, keys, values) = case.run(isa, 2);
                 let width = seq * h.out_width();
                 for row in 0..case.rows() {
-                    let err = worst_relative(&out[row * width..][..width], &case.reference(row));
+                    let err = worst_relative(&out[row * width..][..width], &case.reference(row, &keys, &values));
                     assert!(err < 2e-5, "{isa:?} {h:?} row {row}: relative error {err:e}");
                 }
             }
@@ -766,10 +802,10 @@ mod tests {
             let past = (0..rows).map(|_| rng.below(longest)).collect();
             let size = [0.01, 1.0, 8.0][rng.below(3)];
             let case = Case::new(&mut rng, h, past, seq, size);
-            let (want, _, _) = case.run(Isa::Portable, 1);
+            let (want, keys, values) = case.run(Isa::Portable, 1);
             let width = seq * h.out_width();
             let row = rng.below(rows);
-            let err = worst_relative(&want[row * width..][..width], &case.reference(row));
+            let err = worst_relative(&want[row * width..][..width], &case.reference(row, &keys, &values));
             assert!(err < 5e-5, "draw {draw} {h:?} seq {seq}: relative error {err:e}");
             for isa in PATHS.into_iter().filter(|i| i.available()) {
                 assert!(case.run(isa, 1 + draw % 3).0 == want, "draw {draw}: {isa:?} gives other bits");

@@ -1,21 +1,28 @@
 //! The instruction-set paths of [`super::attention`]: the same functions, compiled once more with
-//! AVX-512 F or with AVX2 and FMA enabled (the 16-lane loops become vector instructions), and the
-//! dot product of two heads written with intrinsics (the compiler vectorizes it two lanes at a
-//! time). Fused multiply-adds round once on every path and nothing is reassociated, so the paths
-//! give the same bits.
+//! AVX-512 F or with AVX2, FMA and F16C enabled (the 16-lane loops become vector instructions),
+//! the dot product of two heads written with intrinsics (the compiler vectorizes it two lanes at a
+//! time), and the cache's halves widened by the processor's conversion. Fused multiply-adds round
+//! once on every path, a half widens exactly, and nothing is reassociated, so the paths give the
+//! same bits.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+use half::f16;
 
 /// The lane count of attention's fixed summation orders.
 pub const LANES: usize = 16;
 
 /// How a path computes attention's dot product of two heads (16 lanes of fused multiply-adds,
-/// then a fixed reduction tree): the compiler splits the portable code's lanes into pairs, so the
-/// vector paths write it with intrinsics, the same operations in the same order.
+/// then a fixed reduction tree) and widens the cache's halves: the compiler splits the portable
+/// code's lanes into pairs, so the vector paths write it with intrinsics, the same operations in
+/// the same order.
 pub(super) trait HeadDot {
     /// The dot product of `q` and `k` (a multiple of 16 values each), bit for bit.
     fn dot(&self, q: &[f32], k: &[f32]) -> f32;
+
+    /// `out[i] = x[i]` as a float (exact), for `x` of a multiple of 16 halves.
+    fn widen(&self, x: &[f16], out: &mut [f32]);
 
     /// `out[j] = dot(q, k_j)` for the 16 keys `k_j` (rows of `q.len()` in `keys`), bit for bit.
     #[inline(always)]
@@ -48,12 +55,13 @@ pub(super) fn on_avx512(work: impl WithDot) {
     }
 }
 
-/// Runs `work` compiled for AVX2 and FMA.
+/// Runs `work` compiled for AVX2, FMA and F16C.
 pub(super) fn on_avx2(work: impl WithDot) {
     #[cfg(target_arch = "x86_64")]
     {
-        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"), "the CPU has no AVX2 and FMA");
-        // SAFETY: the CPU has AVX2 and FMA (asserted above); the function is safe code otherwise.
+        assert!(super::int4_matmul_x86::has_avx2(), "the CPU has no AVX2, FMA and F16C");
+        // SAFETY: the CPU has AVX2, FMA and F16C (asserted above); the function is safe code
+        // otherwise.
         unsafe { avx2(work) }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -70,7 +78,7 @@ fn avx512(work: impl WithDot) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn avx2(work: impl WithDot) {
     work.run(&Avx2Dot(()))
 }
@@ -99,6 +107,20 @@ impl HeadDot for Avx512Dot {
     /// 16 dot products at once: each key's 16 lanes as in `dot`, then the 16 reductions
     /// interleaved, each step of the tree adding the same lanes as `reduce` (halves of 8, 4, 2,
     /// then the last two) for two to eight keys in one instruction.
+    #[inline(always)]
+    fn widen(&self, x: &[f16], out: &mut [f32]) {
+        assert!(x.len().is_multiple_of(LANES) && out.len() >= x.len());
+        for c in (0..x.len()).step_by(LANES) {
+            // SAFETY: an `Avx512Dot` exists only where the CPU has AVX-512 F; the load reads
+            // `x[c..c + 16]` and the store writes `out[c..c + 16]`, `c + 16 <= x.len() <=
+            // out.len()` (asserted above).
+            unsafe {
+                let wide = _mm512_cvtph_ps(_mm256_loadu_si256(x.as_ptr().add(c).cast()));
+                _mm512_storeu_ps(out.as_mut_ptr().add(c), wide);
+            }
+        }
+    }
+
     #[inline(always)]
     fn dots16(&self, q: &[f32], keys: &[f32], out: &mut [f32]) {
         let d = q.len();
@@ -156,6 +178,20 @@ impl HeadDot for Avx2Dot {
                 high = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(8)), _mm256_loadu_ps(k.add(8)), high);
             }
             reduce8(_mm256_add_ps(low, high))
+        }
+    }
+
+    #[inline(always)]
+    fn widen(&self, x: &[f16], out: &mut [f32]) {
+        assert!(x.len().is_multiple_of(8) && out.len() >= x.len());
+        for c in (0..x.len()).step_by(8) {
+            // SAFETY: an `Avx2Dot` exists only where the CPU has AVX2, FMA and F16C; the load
+            // reads `x[c..c + 8]` and the store writes `out[c..c + 8]`, `c + 8 <= x.len() <=
+            // out.len()` (asserted above).
+            unsafe {
+                let wide = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(c).cast()));
+                _mm256_storeu_ps(out.as_mut_ptr().add(c), wide);
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 //! code, handed in by the caller and inlined here; LLVM vectorizes it without changing any
 //! operation's order or rounding).
 
-use super::int4_matmul_x86::{has_avx2_fma, has_avx512_vnni};
+use super::int4_matmul_x86::{has_avx2, has_avx512_vnni};
 
 /// `body(xs)` compiled for AVX-512 F; the caller has checked [`has_avx512_vnni`].
 pub(super) fn on_avx512(xs: &mut [f64], body: impl Fn(&mut [f64])) {
@@ -14,9 +14,9 @@ pub(super) fn on_avx512(xs: &mut [f64], body: impl Fn(&mut [f64])) {
     }
 }
 
-/// `body(xs)` compiled for AVX2 and FMA; the caller has checked [`has_avx2_fma`].
+/// `body(xs)` compiled for AVX2 and FMA; the caller has checked [`has_avx2`].
 pub(super) fn on_avx2(xs: &mut [f64], body: impl Fn(&mut [f64])) {
-    assert!(has_avx2_fma());
+    assert!(has_avx2());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as in `on_avx512`.
     unsafe {

@@ -18,7 +18,7 @@ use super::int4_matmul_x86 as x86;
 pub enum Isa {
     /// AVX-512 F/BW with VNNI (`vpdpbusd` on 16 columns at once).
     Avx512Vnni,
-    /// AVX2 with FMA (`vpmaddubsw` then `vpmaddwd`, 8 columns at once).
+    /// AVX2 with FMA and F16C (`vpmaddubsw` then `vpmaddwd`, 8 columns at once).
     Avx2,
     /// Plain Rust, one column at a time.
     Portable,
@@ -29,7 +29,7 @@ impl Isa {
     pub fn detect() -> Isa {
         if x86::has_avx512_vnni() {
             Isa::Avx512Vnni
-        } else if x86::has_avx2_fma() {
+        } else if x86::has_avx2() {
             Isa::Avx2
         } else {
             Isa::Portable
@@ -40,7 +40,7 @@ impl Isa {
     pub fn available(self) -> bool {
         match self {
             Isa::Avx512Vnni => x86::has_avx512_vnni(),
-            Isa::Avx2 => x86::has_avx2_fma(),
+            Isa::Avx2 => x86::has_avx2(),
             Isa::Portable => true,
         }
     }

@@ -23,11 +23,12 @@ pub(super) fn has_avx512_vnni() -> bool {
     false
 }
 
-/// Whether this CPU has AVX2 and FMA.
-pub(super) fn has_avx2_fma() -> bool {
+/// Whether this CPU has AVX2 with FMA and F16C (attention's half-precision cache; every CPU
+/// with AVX2 has F16C).
+pub(super) fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
@@ -64,11 +65,11 @@ pub(super) fn tile_avx512_vnni(tile: &TileView, x: &QuantizedRows, index: usize,
     }
 }
 
-/// One tile on AVX2 and FMA; the caller has checked [`has_avx2_fma`].
+/// One tile on AVX2 and FMA; the caller has checked [`has_avx2`].
 pub(super) fn tile_avx2(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
     check(tile, x);
     assert_eq!(acc.len(), x.rows * TILE);
-    assert!(has_avx2_fma());
+    assert!(has_avx2());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as in `tile_avx512_vnni`.
     unsafe {
@@ -86,9 +87,9 @@ pub(super) fn quantize_avx512(x: &[f32], q: &mut [i8], sums: &mut [i32], scales:
     }
 }
 
-/// [`quantize_into`] on AVX2; the caller has checked [`has_avx2_fma`].
+/// [`quantize_into`] on AVX2; the caller has checked [`has_avx2`].
 pub(super) fn quantize_avx2(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
-    assert!(has_avx2_fma());
+    assert!(has_avx2());
     #[cfg(target_arch = "x86_64")]
     // SAFETY: as in `quantize_avx512`.
     unsafe {

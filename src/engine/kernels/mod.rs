@@ -6,8 +6,9 @@
 
 /// Our kernels' versions, in the engine fingerprint: change one with any change to its numbers.
 /// `scores-1`: log-probabilities, rerank judgements' and cross-encoders' scores by this `exp` and
-/// `ln` (before it, the C library's).
-pub const VERSION: &str = "int4-matmul-1 attention-1 exp-1 ln-1 scores-1";
+/// `ln` (before it, the C library's). `attention-2`: the KV cache in half precision (before it,
+/// float32).
+pub const VERSION: &str = "int4-matmul-1 attention-2 exp-1 ln-1 scores-1";
 
 pub mod attention;
 mod attention_x86;
@@ -18,4 +19,6 @@ pub mod int4_matmul;
 mod int4_matmul_x86;
 pub mod ln;
 pub mod ort_op;
+pub mod rms_norm;
 pub mod spin_pool;
+pub mod swiglu;

@@ -2,24 +2,34 @@
 //! `MatMulNBits`' inputs and attributes (4 bits, blocks of 32) and runs [`Int4Matrix`], its
 //! weights repacked once, when the session creates the kernel; `GroupQueryAttention` takes the
 //! inputs and attributes of ONNX Runtime's operator of that name (packed QKV, rotary embedding,
-//! non-interleaved) and runs [`AttentionHeads`]. Both split their work over the session's
-//! [`SpinPool`].
+//! non-interleaved), its KV cache in half precision (`float16` past and present), and runs
+//! [`AttentionHeads`]. Both split their work over the session's
+//! [`SpinPool`]. `SkipSimplifiedLayerNormalization` (ONNX Runtime's inputs and attributes, no
+//! bias) runs [`SkipRmsNorm`], and `SwiGlu` (the gate/up product in, `silu(gate) · up` out)
+//! runs [`swiglu`], both on the calling thread.
 
 use std::sync::Arc;
 
+use half::f16;
 use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
 use ort::value::{DynTensorValueType, TensorElementType};
 
 use super::attention::{AttentionHeads, AttentionInput, KvCache};
 use super::int4_matmul::{quantize, Int4Matrix, Isa, BLOCK};
+use super::rms_norm::SkipRmsNorm;
 use super::spin_pool::SpinPool;
+use super::swiglu::swiglu;
 
 /// The custom domain a graph names to use our operators.
 pub const DOMAIN: &str = "ai.steadytext";
 
 /// Our operators, their work split over `pool`.
 pub fn domain(pool: Arc<SpinPool>) -> ort::Result<OperatorDomain> {
-    OperatorDomain::new(DOMAIN)?.add(Int4MatMul { pool: pool.clone() })?.add(GroupQueryAttention { pool })
+    OperatorDomain::new(DOMAIN)?
+        .add(Int4MatMul { pool: pool.clone() })?
+        .add(GroupQueryAttention { pool })?
+        .add(SkipSimplifiedLayerNormalization)?
+        .add(SwiGlu)
 }
 
 /// `Y = A · Bᵀ` with `B` as `MatMulNBits` holds it.
@@ -100,7 +110,8 @@ impl Kernel for Int4MatMulKernel {
     }
 }
 
-/// Causal attention as ONNX Runtime's `GroupQueryAttention` computes it, query by query.
+/// Causal attention as ONNX Runtime's `GroupQueryAttention` computes it, query by query, on a
+/// half-precision KV cache.
 struct GroupQueryAttention {
     pool: Arc<SpinPool>,
 }
@@ -115,12 +126,13 @@ impl Operator for GroupQueryAttention {
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
         let float = || OperatorInput::required(TensorElementType::Float32);
         let int = || OperatorInput::required(TensorElementType::Int32);
+        let half = || OperatorInput::required(TensorElementType::Float16);
         [
             float(),
             OperatorInput::optional(TensorElementType::Float32),
             OperatorInput::optional(TensorElementType::Float32),
-            float(),
-            float(),
+            half(),
+            half(),
             int(),
             int(),
             float(),
@@ -129,7 +141,8 @@ impl Operator for GroupQueryAttention {
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
-        (0..3).map(|_| OperatorOutput::required(TensorElementType::Float32))
+        [TensorElementType::Float32, TensorElementType::Float16, TensorElementType::Float16]
+            .map(OperatorOutput::required)
     }
 
     fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
@@ -188,7 +201,7 @@ impl Kernel for AttentionKernel {
         let (cos, sin) = (input(7, "cos_cache")?, input(8, "sin_cache")?);
         let (cos, sin) = (cos.try_extract_tensor::<f32>()?.1, sin.try_extract_tensor::<f32>()?.1);
         let (past_key, past_value) = (input(3, "past_key")?, input(4, "past_value")?);
-        let (kshape, past_keys) = past_key.try_extract_tensor::<f32>()?;
+        let (kshape, past_keys) = past_key.try_extract_tensor::<f16>()?;
         let want = [rows, self.kv_heads, kshape.get(2).copied().unwrap_or(0) as usize, head_dim];
         if kshape.iter().map(|&x| x as usize).ne(want) || seqlens.len() != rows || total < 0 {
             return Err(fail(format!(
@@ -213,11 +226,11 @@ impl Kernel for AttentionKernel {
         let past_capacity = want[2];
         let capacity = past_capacity.max(total as usize);
         let present_shape = [rows, self.kv_heads, capacity, head_dim].map(|x| x as i64);
-        let (past_keys_at, past_values) = (past_keys.as_ptr(), past_value.try_extract_tensor::<f32>()?.1);
+        let (past_keys_at, past_values) = (past_keys.as_ptr(), past_value.try_extract_tensor::<f16>()?.1);
         let mut present_key = ctx.output(1, present_shape)?.ok_or_else(|| fail("no present_key".into()))?;
         let mut present_value = ctx.output(2, present_shape)?.ok_or_else(|| fail("no present_value".into()))?;
-        let keys = present_key.try_extract_tensor_mut::<f32>()?.1;
-        let values = present_value.try_extract_tensor_mut::<f32>()?.1;
+        let keys = present_key.try_extract_tensor_mut::<f16>()?.1;
+        let values = present_value.try_extract_tensor_mut::<f16>()?.1;
         // ONNX Runtime gives the past's own buffer when past and present share it (the engine's
         // KV arena); otherwise the past is copied in first.
         if keys.as_ptr() != past_keys_at {
@@ -238,6 +251,108 @@ impl Kernel for AttentionKernel {
     }
 }
 
+/// The residual add and RMS norm as ONNX Runtime's `SkipSimplifiedLayerNormalization` computes
+/// them, without its optional bias.
+struct SkipSimplifiedLayerNormalization;
+
+impl Operator for SkipSimplifiedLayerNormalization {
+    type Kernel<'attr> = NormKernel;
+
+    fn name(&self) -> &str {
+        "SkipSimplifiedLayerNormalization"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        let float = || OperatorInput::required(TensorElementType::Float32);
+        [float(), float(), float(), OperatorInput::optional(TensorElementType::Float32)]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        let optional = || OperatorOutput::optional(TensorElementType::Float32);
+        [OperatorOutput::required(TensorElementType::Float32), optional(), optional(), optional()]
+    }
+
+    fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        let epsilon = ctx.get::<f32>("epsilon").unwrap_or(1e-12);
+        if ctx.inputs()?.len() > 3 {
+            return Err(ort::Error::new(format!("SkipSimplifiedLayerNormalization ({DOMAIN}) takes no bias")));
+        }
+        Ok(NormKernel { epsilon })
+    }
+}
+
+struct NormKernel {
+    epsilon: f32,
+}
+
+impl Kernel for NormKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let fail = |what: String| ort::Error::new(format!("SkipSimplifiedLayerNormalization ({DOMAIN}): {what}"));
+        let input = |idx: usize, name: &str| ctx.input(idx)?.ok_or_else(|| fail(format!("no {name}")));
+        let (x, skip, gamma) = (input(0, "input")?, input(1, "skip")?, input(2, "gamma")?);
+        let (shape, x) = x.try_extract_tensor::<f32>()?;
+        let (skip, gamma) = (skip.try_extract_tensor::<f32>()?.1, gamma.try_extract_tensor::<f32>()?.1);
+        if shape.last().map(|&w| w as usize) != Some(gamma.len()) {
+            return Err(fail(format!("input {shape:?} does not end in gamma's {} values", gamma.len())));
+        }
+        let norm = SkipRmsNorm { input: x, skip, gamma, epsilon: self.epsilon };
+        let mut output = ctx.output(0, shape.to_vec())?.ok_or_else(|| fail("no output".into()))?;
+        let out = output.try_extract_tensor_mut::<f32>()?.1;
+        let mut sum = ctx.output(3, shape.to_vec())?;
+        let sum = match &mut sum {
+            Some(sum) => Some(sum.try_extract_tensor_mut::<f32>()?.1),
+            None => None,
+        };
+        norm.run(out, sum).map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// A Llama layer's gated activation: `[..., 2 · width]` gate and up in, `[..., width]` out.
+struct SwiGlu;
+
+impl Operator for SwiGlu {
+    type Kernel<'attr> = SwiGluKernel;
+
+    fn name(&self) -> &str {
+        "SwiGlu"
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [OperatorInput::required(TensorElementType::Float32)]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        Ok(SwiGluKernel { isa: Isa::detect() })
+    }
+}
+
+struct SwiGluKernel {
+    isa: Isa,
+}
+
+impl Kernel for SwiGluKernel {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let fail = |what: String| ort::Error::new(format!("SwiGlu ({DOMAIN}): {what}"));
+        let input = ctx.input(0)?.ok_or_else(|| fail("no input".into()))?;
+        let (shape, gate_up) = input.try_extract_tensor::<f32>()?;
+        let mut out_shape = shape.to_vec();
+        let width = match out_shape.last_mut() {
+            Some(last) if *last > 0 && *last % 2 == 0 => {
+                *last /= 2;
+                *last as usize
+            }
+            _ => return Err(fail(format!("input {shape:?} does not end in an even, non-zero width"))),
+        };
+        let mut output = ctx.output(0, out_shape)?.ok_or_else(|| fail("no output".into()))?;
+        let out = output.try_extract_tensor_mut::<f32>()?.1;
+        swiglu(gate_up, width, out, self.isa).map_err(|e| fail(e.to_string()))
+    }
+}
+
 /// Two KV caches' shapes: `[rows, kv_heads, from or to, head_dim]`.
 struct CacheLayout {
     kv_heads: usize,
@@ -248,7 +363,7 @@ struct CacheLayout {
 
 impl CacheLayout {
     /// Copies each row's first `past[row]` positions of every head.
-    fn copy_past(&self, from: &[f32], to: &mut [f32], past: &[usize]) {
+    fn copy_past(&self, from: &[f16], to: &mut [f16], past: &[usize]) {
         let d = self.head_dim;
         for (row, &p) in past.iter().enumerate() {
             for kv in 0..self.kv_heads {
