@@ -22,3 +22,18 @@ pub mod ort_op;
 pub mod rms_norm;
 pub mod spin_pool;
 pub mod swiglu;
+
+/// `n` values of a fixed pseudo-random sequence (xorshift) in about [-scale, scale], for the
+/// kernels' tests.
+#[cfg(test)]
+fn test_values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state % 20_001) as f32 / 10_000.0 - 1.0) * scale
+        })
+        .collect()
+}

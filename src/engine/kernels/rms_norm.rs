@@ -81,19 +81,7 @@ fn mean_square(x: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `n` values of a fixed pseudo-random sequence in about [-scale, scale].
-    fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state % 20_001) as f32 / 10_000.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use crate::engine::kernels::test_values as values;
 
     #[test]
     fn rows_match_a_float64_reference() {

@@ -66,21 +66,9 @@ fn silu_times(g: f32, up: f32) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::kernels::test_values as values;
 
     const PATHS: [Isa; 3] = [Isa::Avx512Vnni, Isa::Avx2, Isa::Portable];
-
-    /// `n` values of a fixed pseudo-random sequence in about [-scale, scale].
-    fn values(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state % 20_001) as f32 / 10_000.0 - 1.0) * scale
-            })
-            .collect()
-    }
 
     #[test]
     fn every_path_gives_the_same_bits_close_to_a_float64_reference() {
