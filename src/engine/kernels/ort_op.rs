@@ -273,9 +273,11 @@ impl Operator for SkipSimplifiedLayerNormalization {
     }
 
     fn create_kernel<'attr>(&self, ctx: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
-        let epsilon = ctx.get::<f32>("epsilon").unwrap_or(1e-12);
+        let fail = |what: &str| ort::Error::new(format!("SkipSimplifiedLayerNormalization ({DOMAIN}) {what}"));
+        // No default: the graph says which epsilon its weights were trained with.
+        let epsilon = ctx.get::<f32>("epsilon").ok_or_else(|| fail("needs its epsilon attribute"))?;
         if ctx.inputs()?.len() > 3 {
-            return Err(ort::Error::new(format!("SkipSimplifiedLayerNormalization ({DOMAIN}) takes no bias")));
+            return Err(fail("takes no bias"));
         }
         Ok(NormKernel { epsilon })
     }
