@@ -4,10 +4,10 @@
 //!
 //! Per layer and kind (key, value) one tensor `[rows, kv_heads, capacity, head_dim]` of the
 //! graph's cache type ([`KvElement`]: float32, or float16 for our attention), allocated by ONNX
-//! Runtime and handled here as bytes. A sequence owns a row through a [`KvSlot`]; a batch call first moves its
-//! sequences to the first rows ([`KvArena::gather`]), then binds views of those rows as both
-//! past and present. Rows and capacity double when needed; when the last sequence leaves, the
-//! buffers are freed.
+//! Runtime and handled here as bytes. A sequence owns a row through a [`KvSlot`]; a batch call
+//! first moves its sequences to the first rows ([`KvArena::gather`]), then binds views of those
+//! rows as both past and present. Rows and capacity double when needed; when the last sequence
+//! leaves, the buffers are freed.
 
 use std::ffi::CString;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -202,30 +202,30 @@ impl KvArena {
 
     /// Copies the first `len` positions of row `from` over row `to`, in every buffer.
     fn copy_row(&mut self, from: usize, to: usize, len: usize) {
-        let (heads, cap, dim) = (self.heads, self.capacity, self.width);
+        let (heads, cap, width) = (self.heads, self.capacity, self.width);
         for buffer in &mut self.buffers {
             let data = buffer.extract_tensor_mut().1;
             for h in 0..heads {
-                let src = (from * heads + h) * cap * dim;
-                let dst = (to * heads + h) * cap * dim;
-                data.copy_within(src..src + len * dim, dst);
+                let src = (from * heads + h) * cap * width;
+                let dst = (to * heads + h) * cap * width;
+                data.copy_within(src..src + len * width, dst);
             }
         }
     }
 
     /// Swaps rows `a` and `b` (their first `len` positions each) and their owners.
     fn swap_rows(&mut self, a: usize, b: usize) {
-        let (heads, cap, dim) = (self.heads, self.capacity, self.width);
+        let (heads, cap, width) = (self.heads, self.capacity, self.width);
         let (la, lb) = (self.used[a].len, self.used[b].len);
-        let mut scratch = vec![0u8; la.max(lb) * dim];
+        let mut scratch = vec![0u8; la.max(lb) * width];
         for buffer in &mut self.buffers {
             let data = buffer.extract_tensor_mut().1;
             for h in 0..heads {
-                let pa = (a * heads + h) * cap * dim;
-                let pb = (b * heads + h) * cap * dim;
-                scratch[..la * dim].copy_from_slice(&data[pa..pa + la * dim]);
-                data.copy_within(pb..pb + lb * dim, pa);
-                data[pb..pb + la * dim].copy_from_slice(&scratch[..la * dim]);
+                let pa = (a * heads + h) * cap * width;
+                let pb = (b * heads + h) * cap * width;
+                scratch[..la * width].copy_from_slice(&data[pa..pa + la * width]);
+                data.copy_within(pb..pb + lb * width, pa);
+                data[pb..pb + la * width].copy_from_slice(&scratch[..la * width]);
             }
         }
         self.used.swap(a, b);
@@ -299,20 +299,20 @@ impl KvArena {
         } else {
             (self.capacity * 2).max(positions).max(MIN_CAPACITY).min(self.context.max(positions))
         };
-        let (heads, dim) = (self.heads, self.width);
+        let (heads, width) = (self.heads, self.width);
         let mut buffers = Vec::with_capacity(self.kinds);
         for k in 0..self.kinds {
             // Allocated by ONNX Runtime (outputs can only be bound to such tensors), zeroed.
-            let mut buffer = Tensor::<u8>::new(&Allocator::default(), [rows, heads, capacity, dim])?;
+            let mut buffer = Tensor::<u8>::new(&Allocator::default(), [rows, heads, capacity, width])?;
             let data = buffer.extract_tensor_mut().1;
             data.fill(0);
             if let Some(old) = self.buffers.get(k) {
                 let from = old.extract_tensor().1;
                 for (r, row) in self.used.iter().enumerate().filter(|(r, _)| *r < self.rows) {
                     for h in 0..heads {
-                        let src = (r * heads + h) * self.capacity * dim;
-                        let dst = (r * heads + h) * capacity * dim;
-                        data[dst..dst + row.len * dim].copy_from_slice(&from[src..src + row.len * dim]);
+                        let src = (r * heads + h) * self.capacity * width;
+                        let dst = (r * heads + h) * capacity * width;
+                        data[dst..dst + row.len * width].copy_from_slice(&from[src..src + row.len * width]);
                     }
                 }
             }
@@ -335,13 +335,13 @@ impl KvArena {
         n: usize,
     ) -> ort::Result<()> {
         let (heads, cap, width) = (self.heads, self.capacity, self.width);
-        let shape = Shape::new([n as i64, heads as i64, cap as i64, self.dim as i64]);
+        let (info, shape) = (cpu_memory()?, Shape::new([n as i64, heads as i64, cap as i64, self.dim as i64]));
         for (buffer, (input, output)) in self.buffers.iter_mut().zip(names) {
             let data = buffer.extract_tensor_mut().1;
             let rows = &mut data[first * heads * cap * width..(first + n) * heads * cap * width];
             match self.element {
-                KvElement::F32 => bind_view::<f32>(binding, (input, output), rows, &shape)?,
-                KvElement::F16 => bind_view::<f16>(binding, (input, output), rows, &shape)?,
+                KvElement::F32 => bind_view::<f32>(binding, (input, output), rows, &info, &shape)?,
+                KvElement::F16 => bind_view::<f16>(binding, (input, output), rows, &info, &shape)?,
             }
         }
         Ok(())
@@ -354,6 +354,7 @@ fn bind_view<T: PrimitiveTensorElementType + std::fmt::Debug>(
     binding: &mut IoBinding,
     (input, output): (&str, &str),
     rows: &mut [u8],
+    info: &MemoryInfo<'static>,
     shape: &Shape,
 ) -> ort::Result<()> {
     // SAFETY: the view covers `rows`, a slice of a buffer that outlives the binding's use: the
@@ -361,7 +362,7 @@ fn bind_view<T: PrimitiveTensorElementType + std::fmt::Debug>(
     // Runtime's allocator aligns a buffer for any element type, and a row starts at a multiple of
     // `heads x capacity x dim` values.
     let view: TensorRefMut<'_, T> =
-        unsafe { TensorRefMut::from_raw(cpu_memory()?, rows.as_mut_ptr().cast(), shape.clone())? };
+        unsafe { TensorRefMut::from_raw(info.clone(), rows.as_mut_ptr().cast(), shape.clone())? };
     bind_input_in_place(binding, input, &view)?;
     binding.bind_output(output, view)
 }
