@@ -179,8 +179,8 @@ struct WriteKv<'a> {
 
 impl WithDot for WriteKv<'_> {
     #[inline(always)]
-    fn run(self, _: &impl HeadDot) {
-        write_kv(self.heads, self.input, self.keys, self.values, self.capacity)
+    fn run(self, dots: &impl HeadDot) {
+        write_kv(self.heads, self.input, self.keys, self.values, self.capacity, dots)
     }
 }
 
@@ -200,20 +200,25 @@ impl WithDot for Attend<'_> {
 
 /// Writes every row's valid tokens' keys (rotated) and values into the cache, rounded to half.
 #[inline(always)]
-fn write_kv(h: &AttentionHeads, input: &AttentionInput, keys: &mut [f16], values: &mut [f16], capacity: usize) {
+fn write_kv(
+    h: &AttentionHeads,
+    input: &AttentionInput,
+    keys: &mut [f16],
+    values: &mut [f16],
+    capacity: usize,
+    dots: &impl HeadDot,
+) {
     let d = h.head_dim;
+    let mut rotated = vec![0f32; d];
     for (row, (&past, &valid)) in input.past.iter().zip(input.valid).enumerate() {
         for i in 0..valid {
             let token = &input.qkv[(row * input.seq + i) * h.qkv_width()..][..h.qkv_width()];
             let (cos, sin) = rotary(input, past + i, d);
             for kv in 0..h.kv_heads {
                 let at = ((row * h.kv_heads + kv) * capacity + past + i) * d;
-                let k = &token[(h.heads + kv) * d..][..d];
-                rotate(k, cos, sin, 1.0, |i, x| keys[at + i] = f16::from_f32(x));
-                let v = &token[(h.heads + h.kv_heads + kv) * d..][..d];
-                for (to, &v) in values[at..at + d].iter_mut().zip(v) {
-                    *to = f16::from_f32(v);
-                }
+                rotate(&token[(h.heads + kv) * d..][..d], cos, sin, 1.0, |i, x| rotated[i] = x);
+                dots.narrow(&rotated, &mut keys[at..at + d]);
+                dots.narrow(&token[(h.heads + h.kv_heads + kv) * d..][..d], &mut values[at..at + d]);
             }
         }
     }
@@ -409,6 +414,13 @@ impl HeadDot for PortableDot {
     fn widen(&self, x: &[f16], out: &mut [f32]) {
         for (out, x) in out.iter_mut().zip(x) {
             *out = x.to_f32();
+        }
+    }
+
+    #[inline(always)]
+    fn narrow(&self, x: &[f32], out: &mut [f16]) {
+        for (out, x) in out.iter_mut().zip(x) {
+            *out = f16::from_f32(*x);
         }
     }
 }
@@ -773,6 +785,32 @@ mod tests {
         let cache = KvCache { keys: &mut keys, values: &mut values, capacity: case.capacity };
         let err = h.run(&input, cache, &mut out, Isa::Portable, &Workers(1)).unwrap_err();
         assert_eq!(err, KernelError::Positions { end: case.capacity + 1, capacity: case.capacity });
+    }
+
+    /// The cache's rounding on one path: `narrow` of the given floats.
+    struct Narrow<'a>(&'a [f32], &'a mut [f16]);
+
+    impl WithDot for Narrow<'_> {
+        fn run(self, dots: &impl HeadDot) {
+            dots.narrow(self.0, self.1)
+        }
+    }
+
+    #[test]
+    fn every_path_rounds_to_half_as_from_f32() {
+        let mut rng = Random::new(29);
+        // Ties between halves (above 1, at the subnormals' edge), the largest half and the tie
+        // past it, overflow, subnormal halves, underflow, signed zeros, infinities, NaNs.
+        let mut x = vec![1.0 + 2f32.powi(-11), 1.0 + 3.0 * 2f32.powi(-11), 65_504.0, 65_520.0, 1e6, -1e6];
+        x.extend([6e-8, 2f32.powi(-25), 3.0 * 2f32.powi(-26), 1e-10, 0.0, -0.0]);
+        x.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -f32::NAN, f32::from_bits(0x7fa0_0001)]);
+        x.extend((0..47).map(|_| rng.symmetric() * 70_000.0 * rng.symmetric().powi(8)));
+        let want: Vec<u16> = x.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        for isa in PATHS.into_iter().filter(|i| i.available()) {
+            let mut out = vec![f16::ZERO; x.len()];
+            on_isa(isa, Narrow(&x, &mut out));
+            assert_eq!(out.iter().map(|h| h.to_bits()).collect::<Vec<_>>(), want, "{isa:?}");
+        }
     }
 
     #[test]

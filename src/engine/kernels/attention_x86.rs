@@ -24,6 +24,10 @@ pub(super) trait HeadDot {
     /// `out[i] = x[i]` as a float (exact), for `x` of a multiple of 16 halves.
     fn widen(&self, x: &[f16], out: &mut [f32]);
 
+    /// `out[i] = x[i]` rounded to the nearest half, ties to even (`f16::from_f32`), for `x` of
+    /// a multiple of 16 floats.
+    fn narrow(&self, x: &[f32], out: &mut [f16]);
+
     /// `out[j] = dot(q, k_j)` for the 16 keys `k_j` (rows of `q.len()` in `keys`), bit for bit.
     #[inline(always)]
     fn dots16(&self, q: &[f32], keys: &[f32], out: &mut [f32]) {
@@ -122,6 +126,20 @@ impl HeadDot for Avx512Dot {
     }
 
     #[inline(always)]
+    fn narrow(&self, x: &[f32], out: &mut [f16]) {
+        assert!(x.len().is_multiple_of(LANES) && out.len() >= x.len());
+        for c in (0..x.len()).step_by(LANES) {
+            // SAFETY: an `Avx512Dot` exists only where the CPU has AVX-512 F; the load reads
+            // `x[c..c + 16]` and the store writes `out[c..c + 16]`, `c + 16 <= x.len() <=
+            // out.len()` (asserted above).
+            unsafe {
+                let half = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_loadu_ps(x.as_ptr().add(c)));
+                _mm256_storeu_si256(out.as_mut_ptr().add(c).cast(), half);
+            }
+        }
+    }
+
+    #[inline(always)]
     fn dots16(&self, q: &[f32], keys: &[f32], out: &mut [f32]) {
         let d = q.len();
         assert!(d.is_multiple_of(LANES) && keys.len() >= LANES * d && out.len() >= LANES);
@@ -191,6 +209,20 @@ impl HeadDot for Avx2Dot {
             unsafe {
                 let wide = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(c).cast()));
                 _mm256_storeu_ps(out.as_mut_ptr().add(c), wide);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn narrow(&self, x: &[f32], out: &mut [f16]) {
+        assert!(x.len().is_multiple_of(8) && out.len() >= x.len());
+        for c in (0..x.len()).step_by(8) {
+            // SAFETY: an `Avx2Dot` exists only where the CPU has AVX2, FMA and F16C; the load
+            // reads `x[c..c + 8]` and the store writes `out[c..c + 8]`, `c + 8 <= x.len() <=
+            // out.len()` (asserted above).
+            unsafe {
+                let half = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(x.as_ptr().add(c)));
+                _mm_storeu_si128(out.as_mut_ptr().add(c).cast(), half);
             }
         }
     }

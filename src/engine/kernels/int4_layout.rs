@@ -75,6 +75,7 @@ pub(super) struct TileView<'a> {
 /// Rows of activations quantized per block of 32: `q = round(x · 127 / max|x|)` (half to even),
 /// held as signed bytes, with the block's scale `max|x| / 127` and its sum `Σ q` (which takes a
 /// block's zero point out of the products: `Σ q·(w − zp) = Σ q·w − zp · Σ q`).
+#[derive(Default)]
 pub struct QuantizedRows {
     pub(super) rows: usize,
     pub(super) k: usize,
@@ -89,31 +90,40 @@ pub struct QuantizedRows {
 impl QuantizedRows {
     /// `x` `[rows, k]` (row-major) quantized.
     pub fn new(x: &[f32], rows: usize, k: usize) -> Result<Self, KernelError> {
-        Self::with(x, rows, k, quantize_into)
+        let mut quantized = QuantizedRows::default();
+        quantized.refill(x, rows, k, quantize_into)?;
+        Ok(quantized)
     }
 
-    /// As [`QuantizedRows::new`], by `quantize` ([`quantize_into`] compiled for an instruction
-    /// set).
-    pub(super) fn with(
+    /// `x` quantized into these rows' buffers (grown when they are short, never zeroed first) by
+    /// `quantize` ([`quantize_into`] or a function of the same bits for an instruction set).
+    pub(super) fn refill(
+        &mut self,
         x: &[f32],
         rows: usize,
         k: usize,
         quantize: impl FnOnce(&[f32], &mut [i8], &mut [i32], &mut [f32]),
-    ) -> Result<Self, KernelError> {
+    ) -> Result<(), KernelError> {
         if !k.is_multiple_of(BLOCK) {
             return Err(KernelError::UnevenK(k));
         }
         check_len("x", x.len(), rows * k)?;
-        let mut q = vec![0i8; rows * k];
-        let mut sums = vec![0i32; rows * k / BLOCK];
-        let mut scales = vec![0f32; rows * k / BLOCK];
-        quantize(x, &mut q, &mut sums, &mut scales);
-        Ok(QuantizedRows { rows, k, q, sums, scales })
+        self.q.resize(rows * k, 0);
+        self.sums.resize(rows * k / BLOCK, 0);
+        self.scales.resize(rows * k / BLOCK, 0.0);
+        (self.rows, self.k) = (rows, k);
+        quantize(x, &mut self.q, &mut self.sums, &mut self.scales);
+        Ok(())
     }
 
     /// How many rows.
     pub fn rows(&self) -> usize {
         self.rows
+    }
+
+    /// The bytes its buffers hold (what keeping them between calls costs).
+    pub fn capacity_bytes(&self) -> usize {
+        self.q.capacity() + 4 * (self.sums.capacity() + self.scales.capacity())
     }
 }
 

@@ -9,7 +9,7 @@
 //! gives the same bits alone or in any batch, and any split of the columns over threads gives the
 //! same bits.
 
-use super::int4_layout::{check_len, TileView, TILE_BLOCK_BYTES};
+use super::int4_layout::{check_len, quantize_into, TileView, TILE_BLOCK_BYTES};
 pub use super::int4_layout::{KernelError, ParallelFor, QuantizedRows, BLOCK, TILE};
 use super::int4_matmul_x86 as x86;
 
@@ -49,10 +49,17 @@ impl Isa {
 /// `x` `[rows, k]` quantized on `isa` (which must be [`Isa::available`]): the bits of
 /// [`QuantizedRows::new`], faster.
 pub fn quantize(x: &[f32], rows: usize, k: usize, isa: Isa) -> Result<QuantizedRows, KernelError> {
+    let mut quantized = QuantizedRows::default();
+    requantize(&mut quantized, x, rows, k, isa)?;
+    Ok(quantized)
+}
+
+/// As [`quantize`], into `into`'s buffers (no allocation once they are large enough).
+pub fn requantize(into: &mut QuantizedRows, x: &[f32], rows: usize, k: usize, isa: Isa) -> Result<(), KernelError> {
     match isa {
-        Isa::Avx512Vnni => QuantizedRows::with(x, rows, k, x86::quantize_avx512),
-        Isa::Avx2 => QuantizedRows::with(x, rows, k, x86::quantize_avx2),
-        Isa::Portable => QuantizedRows::new(x, rows, k),
+        Isa::Avx512Vnni => into.refill(x, rows, k, x86::quantize_avx512),
+        Isa::Avx2 => into.refill(x, rows, k, x86::quantize_avx2),
+        Isa::Portable => into.refill(x, rows, k, quantize_into),
     }
 }
 

@@ -81,9 +81,10 @@ pub(super) fn tile_avx2(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
 pub(super) fn quantize_avx512(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
     assert!(has_avx512_vnni());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: the CPU has the features (asserted above); the function is safe code.
+    // SAFETY: the CPU has the features (asserted above); the function asserts the lengths its
+    // loads and stores rely on.
     unsafe {
-        quantize_avx512_copy(x, q, sums, scales)
+        quantize_avx512_blocks(x, q, sums, scales)
     }
 }
 
@@ -91,18 +92,47 @@ pub(super) fn quantize_avx512(x: &[f32], q: &mut [i8], sums: &mut [i32], scales:
 pub(super) fn quantize_avx2(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
     assert!(has_avx2());
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: as in `quantize_avx512`.
+    // SAFETY: the CPU has the features (asserted above); the function is safe code.
     unsafe {
         quantize_avx2_copy(x, q, sums, scales)
     }
 }
 
+/// [`quantize_into`] a block of 32 at a time in two vectors: `vmaxps` returns its second
+/// operand when either is NaN, so `max(|v|, lanes)` is the portable `lanes.max(|v|)`; the
+/// products `v · 127 / max` are those of the portable code, clamped, converted to integers
+/// rounding half to even (the portable code's rounding) and NaN set to 0 by a mask; the
+/// integer sum is exact in any order.
+///
 /// # Safety
 /// The CPU has AVX-512 F and BW.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn quantize_avx512_copy(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
-    quantize_into(x, q, sums, scales)
+unsafe fn quantize_avx512_blocks(x: &[f32], q: &mut [i8], sums: &mut [i32], scales: &mut [f32]) {
+    let blocks = x.len() / BLOCK;
+    assert!(x.len() == blocks * BLOCK && q.len() == x.len() && sums.len() == blocks && scales.len() == blocks);
+    let magnitude = _mm512_set1_epi32(0x7fff_ffff);
+    let abs = |v: __m512| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), magnitude));
+    let (low, high) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+    for block in 0..blocks {
+        let at = block * BLOCK;
+        let halves = [_mm512_loadu_ps(x.as_ptr().add(at)), _mm512_loadu_ps(x.as_ptr().add(at + 16))];
+        let lanes = _mm512_max_ps(abs(halves[1]), _mm512_max_ps(abs(halves[0]), _mm512_setzero_ps()));
+        let max = _mm512_reduce_max_ps(lanes);
+        let inverse = _mm512_set1_ps(if max > 0.0 { 127.0 / max } else { 0.0 });
+        let mut sum = _mm512_setzero_si512();
+        for (half, v) in halves.into_iter().enumerate() {
+            let r = _mm512_mul_ps(v, inverse);
+            let number = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r);
+            let clamped = _mm512_min_ps(_mm512_max_ps(r, low), high);
+            let n =
+                _mm512_maskz_cvt_roundps_epi32::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(number, clamped);
+            sum = _mm512_add_epi32(sum, n);
+            _mm_storeu_si128(q.as_mut_ptr().add(at + 16 * half).cast(), _mm512_cvtepi32_epi8(n));
+        }
+        sums[block] = _mm512_reduce_add_epi32(sum);
+        scales[block] = max / 127.0;
+    }
 }
 
 /// # Safety

@@ -8,6 +8,7 @@
 //! bias) runs [`SkipRmsNorm`], and `SwiGlu` (the gate/up product in, `silu(gate) · up` out)
 //! runs [`swiglu`], both on the calling thread.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use half::f16;
@@ -15,7 +16,7 @@ use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorDom
 use ort::value::{DynTensorValueType, TensorElementType};
 
 use super::attention::{AttentionHeads, AttentionInput, KvCache};
-use super::int4_matmul::{quantize, Int4Matrix, Isa, BLOCK};
+use super::int4_matmul::{requantize, Int4Matrix, Isa, QuantizedRows, BLOCK};
 use super::rms_norm::SkipRmsNorm;
 use super::spin_pool::SpinPool;
 use super::swiglu::swiglu;
@@ -103,11 +104,25 @@ impl Kernel for Int4MatMulKernel {
             Some(last) if *last as usize == k => *last = self.matrix.n() as i64,
             _ => return Err(ort::Error::new(format!("Int4MatMul: A's last dimension is not K = {k}"))),
         }
-        let x = quantize(a, rows, k, self.isa).map_err(|e| ort::Error::new(format!("Int4MatMul: {e}")))?;
         let mut output = ctx.output(0, out_shape)?.ok_or_else(|| ort::Error::new("Int4MatMul: no output Y"))?;
         let (_, y) = output.try_extract_tensor_mut::<f32>()?;
-        self.matrix.matmul(&x, y, self.isa, &*self.pool).map_err(|e| ort::Error::new(format!("Int4MatMul: {e}")))
+        let mut x = QUANTIZED.take();
+        let done =
+            requantize(&mut x, a, rows, k, self.isa).and_then(|()| self.matrix.matmul(&x, y, self.isa, &*self.pool));
+        if x.capacity_bytes() <= KEEP_QUANTIZED_BYTES {
+            QUANTIZED.set(x);
+        }
+        done.map_err(|e| ort::Error::new(format!("Int4MatMul: {e}")))
     }
+}
+
+/// The most bytes of quantized rows a thread keeps between products: a decode batch's rows
+/// (16 rows of 1,536 take 31 KiB), not a long prompt's.
+const KEEP_QUANTIZED_BYTES: usize = 256 * 1024;
+
+thread_local! {
+    /// The calling thread's buffers for a product's quantized rows, reused by every product.
+    static QUANTIZED: Cell<QuantizedRows> = Cell::new(QuantizedRows::default());
 }
 
 /// Causal attention as ONNX Runtime's `GroupQueryAttention` computes it, query by query, on a
