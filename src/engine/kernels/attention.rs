@@ -21,10 +21,12 @@
 //! multiply-adds round once everywhere, so every path gives the same bits. On this machine the
 //! vector paths read the KV cache about as fast as memory gives it (16 rows at 250 positions:
 //! 185 MB a step, 9 ms; `make bench`). A prompt's queries go in blocks of 16 that share each
-//! load of a key or value (each query's operations unchanged), which makes a long prompt's
-//! attention bound by arithmetic rather than by reading the cache once per query.
+//! load of a key (each query's operations unchanged), and a query's heads share each load of a
+//! value, which makes a long prompt's attention bound by arithmetic rather than by reading the
+//! cache once per query.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::{Mutex, PoisonError};
 
 use half::f16;
@@ -243,10 +245,6 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], scale: f32, mut put: impl FnMut(u
     }
 }
 
-/// Keys whose values one pass of [`attend`]'s weighted sums takes for every query of its block:
-/// 64 x the head's values stay in the first-level cache while every query uses them.
-const VALUE_TILE: usize = 64;
-
 /// A thread's buffers for [`attend`], kept between calls.
 #[derive(Default)]
 struct Scratch {
@@ -258,7 +256,7 @@ struct Scratch {
     sums: Vec<f32>,
     /// Their sums of weights.
     totals: Vec<f32>,
-    /// Keys or values of the cache widened to floats, once for all the block's queries.
+    /// Keys of the cache widened to floats, once for all the block's queries.
     widened: Vec<f32>,
 }
 
@@ -267,10 +265,10 @@ thread_local! {
 }
 
 /// Task `task` of `call`: one row's queries of one block for the query heads of one KV head.
-/// The block's queries share every load of a key or value: keys 16 at a time for all their
-/// dot products ([`HeadDot::dots16`]), then values [`VALUE_TILE`] at a time for all their
-/// weighted sums (each sum kept in `j` order across tiles). Each query's operations and their
-/// order are those of a query alone, so the bits are too.
+/// The block's queries share every load of a key: keys 16 at a time for all their dot products
+/// ([`HeadDot::dots16`]); then each query's heads share every load of a value, widened in
+/// registers for their weighted sums ([`weighted_sums_of_heads`]). Each query's operations and
+/// their order are those of a query alone, so the bits are too.
 #[inline(always)]
 fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl HeadDot) {
     let h = &call.heads;
@@ -303,10 +301,9 @@ fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl He
         let Scratch { q, p, sums, totals, widened } = &mut scratch;
         q.resize(vectors * d, 0.0);
         p.resize(vectors * most, 0.0);
-        sums.clear();
         sums.resize(vectors * d, 0.0);
         totals.resize(vectors, 0.0);
-        widened.resize(VALUE_TILE.max(LANES) * d, 0.0);
+        widened.resize(LANES * d, 0.0);
         for n in 0..queries {
             let token = &input.qkv[(row * input.seq + first + n) * h.qkv_width()..][..h.qkv_width()];
             let (cos, sin) = rotary(input, keys(n) - 1, d);
@@ -335,24 +332,9 @@ fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl He
             }
             totals[v] = softmax_weights(&mut p[v * most..][..seen]);
         }
-        for tile in (0..most).step_by(VALUE_TILE) {
-            let end = most.min(tile + VALUE_TILE);
-            let tile_values = &mut widened[..(end - tile) * d];
-            dots.widen(&call.values[cache + tile * d..cache + end * d], tile_values);
-            for v in (0..vectors).filter(|v| keys(v / group) > tile) {
-                let stop = keys(v / group).min(end);
-                let (weights, values) = (&p[v * most + tile..v * most + stop], &tile_values[..(stop - tile) * d]);
-                let sum = &mut sums[v * d..][..d];
-                // 64 values of the head at a time (then 32), their sums in registers.
-                let mut offset = 0;
-                while offset + 4 * LANES <= d {
-                    weighted_sum::<4>(weights, values, d, offset, sum);
-                    offset += 4 * LANES;
-                }
-                if offset < d {
-                    weighted_sum::<2>(weights, values, d, offset, sum);
-                }
-            }
+        for n in 0..queries {
+            let values = Values { p, most, values: &call.values[cache..cache + keys(n) * d], d };
+            weighted_sums_of_heads(dots, values, n * group..(n + 1) * group, sums);
         }
         for n in 0..queries {
             let mut out = share(first + n);
@@ -367,25 +349,73 @@ fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl He
     SCRATCH.set(scratch);
 }
 
-/// `sum[i] += Σ_j w_j v_j[i]` by fused multiply-adds in `j` order, for the `N` x 16 values `i`
-/// from `offset` of each head `v_j` (rows of `d` in `values`), the sums held in registers.
+/// Weights and values of one query's weighted sums: `p` holds a row of `most` weights per vector,
+/// `values` a row of `d` per key the query sees.
+#[derive(Clone, Copy)]
+struct Values<'a> {
+    p: &'a [f32],
+    most: usize,
+    values: &'a [f16],
+    d: usize,
+}
+
+/// `sums[v] = Σ_j w_vj v_j` for the `vectors` (one query's heads) and every key `j` it sees: 64
+/// values of the head at a time (then 32), up to four vectors at a time ([`weighted_sums`]).
 #[inline(always)]
-fn weighted_sum<const N: usize>(weights: &[f32], values: &[f32], d: usize, offset: usize, sum: &mut [f32]) {
-    let sum = &mut sum[offset..offset + N * LANES];
-    let mut acc = [[0f32; LANES]; N];
-    for c in 0..N {
-        acc[c].copy_from_slice(&sum[c * LANES..][..LANES]);
+fn weighted_sums_of_heads(dots: &impl HeadDot, at: Values, vectors: Range<usize>, sums: &mut [f32]) {
+    let mut offset = 0;
+    while offset < at.d {
+        let whole = offset + 4 * LANES <= at.d;
+        for first in vectors.clone().step_by(4) {
+            match (whole, vectors.end - first) {
+                (true, 1) => weighted_sums::<4, 1>(dots, at, first, offset, sums),
+                (true, 2) => weighted_sums::<4, 2>(dots, at, first, offset, sums),
+                (true, 3) => weighted_sums::<4, 3>(dots, at, first, offset, sums),
+                (true, _) => weighted_sums::<4, 4>(dots, at, first, offset, sums),
+                (false, 1) => weighted_sums::<2, 1>(dots, at, first, offset, sums),
+                (false, 2) => weighted_sums::<2, 2>(dots, at, first, offset, sums),
+                (false, 3) => weighted_sums::<2, 3>(dots, at, first, offset, sums),
+                (false, _) => weighted_sums::<2, 4>(dots, at, first, offset, sums),
+            }
+        }
+        offset += if whole { 4 * LANES } else { 2 * LANES };
     }
-    for (&w, v) in weights.iter().zip(values.chunks_exact(d)) {
-        let v = &v[offset..offset + N * LANES];
-        for c in 0..N {
-            for l in 0..LANES {
-                acc[c][l] = w.mul_add(v[c * LANES + l], acc[c][l]);
+}
+
+/// `sums[v][i] = Σ_j w_vj v_j[i]` for the `G` vectors `v` from `first`, by fused multiply-adds in
+/// `j` order from 0, for the `N` x 16 values `i` from `offset`: the sums held in registers, each
+/// value widened once for the `G` vectors.
+#[inline(always)]
+fn weighted_sums<const N: usize, const G: usize>(
+    dots: &impl HeadDot,
+    at: Values,
+    first: usize,
+    offset: usize,
+    sums: &mut [f32],
+) {
+    let Values { p, most, values, d } = at;
+    let seen = values.len() / d;
+    let weights: [&[f32]; G] = std::array::from_fn(|g| &p[(first + g) * most..][..seen]);
+    let mut acc = [[[0f32; LANES]; N]; G];
+    let mut wide = [[0f32; LANES]; N];
+    for (j, v) in values.chunks_exact(d).enumerate() {
+        for (c, wide) in wide.iter_mut().enumerate() {
+            dots.widen(&v[offset + c * LANES..][..LANES], wide);
+        }
+        for (acc, weights) in acc.iter_mut().zip(&weights) {
+            let w = weights[j];
+            for (acc, wide) in acc.iter_mut().zip(&wide) {
+                for l in 0..LANES {
+                    acc[l] = w.mul_add(wide[l], acc[l]);
+                }
             }
         }
     }
-    for c in 0..N {
-        sum[c * LANES..][..LANES].copy_from_slice(&acc[c]);
+    for (g, acc) in acc.iter().enumerate() {
+        let sum = &mut sums[(first + g) * d + offset..][..N * LANES];
+        for (sum, acc) in sum.chunks_exact_mut(LANES).zip(acc) {
+            sum.copy_from_slice(acc);
+        }
     }
 }
 
