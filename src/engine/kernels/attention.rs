@@ -218,7 +218,7 @@ fn write_kv(
             let (cos, sin) = rotary(input, past + i, d);
             for kv in 0..h.kv_heads {
                 let at = ((row * h.kv_heads + kv) * capacity + past + i) * d;
-                rotate(&token[(h.heads + kv) * d..][..d], cos, sin, 1.0, |i, x| rotated[i] = x);
+                rotate(&token[(h.heads + kv) * d..][..d], cos, sin, 1.0, &mut rotated);
                 dots.narrow(&rotated, &mut keys[at..at + d]);
                 dots.narrow(&token[(h.heads + h.kv_heads + kv) * d..][..d], &mut values[at..at + d]);
             }
@@ -233,15 +233,17 @@ fn rotary<'a>(input: &AttentionInput<'a>, position: usize, d: usize) -> (&'a [f3
     (&input.cos[position * half..][..half], &input.sin[position * half..][..half])
 }
 
-/// `put(i, rotate(x)[i] * scale)` for every `i` (the rotary embedding on halves:
-/// `x1 cos - x2 sin`, `x2 cos + x1 sin`).
+/// `out = rotate(x) * scale` (the rotary embedding on halves: `x1 cos - x2 sin`,
+/// `x2 cos + x1 sin`), written as zipped slices so that it vectorizes.
 #[inline(always)]
-fn rotate(x: &[f32], cos: &[f32], sin: &[f32], scale: f32, mut put: impl FnMut(usize, f32)) {
+fn rotate(x: &[f32], cos: &[f32], sin: &[f32], scale: f32, out: &mut [f32]) {
     let half = x.len() / 2;
     let (x1, x2) = x.split_at(half);
-    for i in 0..half {
-        put(i, x1[i].mul_add(cos[i], -(x2[i] * sin[i])) * scale);
-        put(half + i, x2[i].mul_add(cos[i], x1[i] * sin[i]) * scale);
+    let (out1, out2) = out[..2 * half].split_at_mut(half);
+    let (cos, sin) = (&cos[..half], &sin[..half]);
+    for ((((o1, o2), x1), x2), (cos, sin)) in out1.iter_mut().zip(out2).zip(x1).zip(x2).zip(cos.iter().zip(sin)) {
+        *o1 = x1.mul_add(*cos, -(x2 * sin)) * scale;
+        *o2 = x2.mul_add(*cos, x1 * sin) * scale;
     }
 }
 
@@ -310,7 +312,7 @@ fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl He
             for g in 0..group {
                 let head = kv * group + g;
                 let q = &mut q[(n * group + g) * d..][..d];
-                rotate(&token[head * d..][..d], cos, sin, h.scale, |i, x| q[i] = x);
+                rotate(&token[head * d..][..d], cos, sin, h.scale, q);
             }
         }
         // Scores: whole tiles of 16 keys for every query that sees all of a tile, then the rest
