@@ -268,7 +268,7 @@ thread_local! {
 
 /// Task `task` of `call`: one row's queries of one block for the query heads of one KV head.
 /// The block's queries share every load of a key: keys 16 at a time for all their dot products
-/// ([`HeadDot::dots16`]); then each query's heads share every load of a value, widened in
+/// ([`HeadDot::tile_dots`]); then each query's heads share every load of a value, widened in
 /// registers for their weighted sums ([`weighted_sums_of_heads`]). Each query's operations and
 /// their order are those of a query alone, so the bits are too.
 #[inline(always)]
@@ -318,11 +318,10 @@ fn attend(call: &Call, task: usize, shares: &[Mutex<&mut [f32]>], dots: &impl He
         // Scores: whole tiles of 16 keys for every query that sees all of a tile, then the rest
         // one key at a time.
         for tile in (0..most / LANES).map(|t| t * LANES) {
-            let tile_keys = &mut widened[..LANES * d];
-            dots.widen(&call.keys[cache + tile * d..][..LANES * d], tile_keys);
-            for v in (0..vectors).filter(|v| keys(v / group) >= tile + LANES) {
-                dots.dots16(&q[v * d..][..d], tile_keys, &mut p[v * most + tile..][..LANES]);
-            }
+            // The queries that see all of the tile are the last ones of the block.
+            let from = (0..queries).find(|&n| keys(n) >= tile + LANES).map_or(vectors, |n| n * group);
+            let tile_keys = &call.keys[cache + tile * d..][..LANES * d];
+            dots.tile_dots(&q[from * d..vectors * d], tile_keys, widened, &mut p[from * most + tile..], most);
         }
         for v in 0..vectors {
             let seen = keys(v / group);

@@ -28,11 +28,18 @@ pub(super) trait HeadDot {
     /// a multiple of 16 floats.
     fn narrow(&self, x: &[f32], out: &mut [f16]);
 
-    /// `out[j] = dot(q, k_j)` for the 16 keys `k_j` (rows of `q.len()` in `keys`), bit for bit.
+    /// `out[v · stride + j] = dot(q_v, k_j)` for the 16 keys `k_j` (rows of `d` halves in
+    /// `keys`) and the vectors `q_v` (rows of `d` in `qs`), bit for bit; `widened` holds at
+    /// least `16 d` floats of scratch. Here the keys are widened into it once for all vectors.
     #[inline(always)]
-    fn dots16(&self, q: &[f32], keys: &[f32], out: &mut [f32]) {
-        for (out, k) in out[..LANES].iter_mut().zip(keys.chunks_exact(q.len())) {
-            *out = self.dot(q, k);
+    fn tile_dots(&self, qs: &[f32], keys: &[f16], widened: &mut [f32], out: &mut [f32], stride: usize) {
+        let d = keys.len() / LANES;
+        let widened = &mut widened[..LANES * d];
+        self.widen(keys, widened);
+        for (v, q) in qs.chunks_exact(d).enumerate() {
+            for (out, k) in out[v * stride..][..LANES].iter_mut().zip(widened.chunks_exact(d)) {
+                *out = self.dot(q, k);
+            }
         }
     }
 }
@@ -108,9 +115,6 @@ impl HeadDot for Avx512Dot {
         }
     }
 
-    /// 16 dot products at once: each key's 16 lanes as in `dot`, then the 16 reductions
-    /// interleaved, each step of the tree adding the same lanes as `reduce` (halves of 8, 4, 2,
-    /// then the last two) for two to eight keys in one instruction.
     #[inline(always)]
     fn widen(&self, x: &[f16], out: &mut [f32]) {
         assert!(x.len().is_multiple_of(LANES) && out.len() >= x.len());
@@ -139,41 +143,81 @@ impl HeadDot for Avx512Dot {
         }
     }
 
+    /// Keys widened in registers, four at a time for up to three vectors (twelve sums of 16
+    /// lanes, each key's lanes as in `dot`), then each key's reduction as `reduce` takes it
+    /// ([`reduce4`]).
     #[inline(always)]
-    fn dots16(&self, q: &[f32], keys: &[f32], out: &mut [f32]) {
-        let d = q.len();
-        assert!(d.is_multiple_of(LANES) && keys.len() >= LANES * d && out.len() >= LANES);
-        // SAFETY: an `Avx512Dot` exists only where the CPU has AVX-512 F; every load reads 16
-        // values at `16c < d` of `q` or at `j d + 16c` of `keys` with `j < 16`, and the store
-        // writes `out[..16]` (asserted above).
-        unsafe {
-            let mut acc = [_mm512_setzero_ps(); LANES];
-            for c in (0..d).step_by(LANES) {
-                let q = _mm512_loadu_ps(q.as_ptr().add(c));
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm512_fmadd_ps(q, _mm512_loadu_ps(keys.as_ptr().add(j * d + c)), *acc);
+    fn tile_dots(&self, qs: &[f32], keys: &[f16], _: &mut [f32], out: &mut [f32], stride: usize) {
+        let d = keys.len() / LANES;
+        let vectors = qs.len() / d;
+        assert!(d.is_multiple_of(LANES) && keys.len() == LANES * d && qs.len() == vectors * d);
+        assert!(vectors == 0 || out.len() >= (vectors - 1) * stride + LANES);
+        let mut first = 0;
+        while first < vectors {
+            let (qs, out) = (&qs[first * d..], &mut out[first * stride..]);
+            // SAFETY: an `Avx512Dot` exists only where the CPU has AVX-512 F; `dots4` reads
+            // `V` rows of `d` from `qs`, 16 of `d` from `keys` and writes `V` rows of 16 at
+            // `stride` in `out`, all in bounds (asserted above, `first + V <= vectors`).
+            unsafe {
+                match vectors - first {
+                    1 => dots4::<1>(qs, keys, d, out, stride),
+                    2 => dots4::<2>(qs, keys, d, out, stride),
+                    _ => dots4::<3>(qs, keys, d, out, stride),
                 }
             }
-            // a[l] + a[l + 8]: keys 2m and 2m + 1 in one vector, 8 lanes each.
-            let b: [__m512; 8] = std::array::from_fn(|m| {
-                let (x, y) = (acc[2 * m], acc[2 * m + 1]);
-                _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x, y), _mm512_shuffle_f32x4::<0xEE>(x, y))
-            });
-            // b[l] + b[l + 4]: keys 4m to 4m + 3, 4 lanes each.
-            let c: [__m512; 4] = std::array::from_fn(|m| {
-                let (x, y) = (b[2 * m], b[2 * m + 1]);
-                _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(x, y), _mm512_shuffle_f32x4::<0xDD>(x, y))
-            });
-            // c[l] + c[l + 2]: in the 4-lane block k, keys 8m + k and 8m + 4 + k, 2 lanes each.
-            let e: [__m512; 2] = std::array::from_fn(|m| {
-                let (x, y) = (c[2 * m], c[2 * m + 1]);
-                _mm512_add_ps(_mm512_shuffle_ps::<0x44>(x, y), _mm512_shuffle_ps::<0xEE>(x, y))
-            });
-            // e[0] + e[1]: lane 4k + i holds key 4i + k; put key j in lane j.
-            let dots = _mm512_add_ps(_mm512_shuffle_ps::<0x88>(e[0], e[1]), _mm512_shuffle_ps::<0xDD>(e[0], e[1]));
-            let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-            _mm512_storeu_ps(out.as_mut_ptr(), _mm512_permutexvar_ps(order, dots));
+            first += (vectors - first).min(3);
         }
+    }
+}
+
+/// The 16 keys' dot products with `V` vectors, four keys at a time: each key chunk of 16 halves
+/// widened once for the `V` vectors.
+///
+/// # Safety
+/// The CPU has AVX-512 F; `qs` holds `V` rows of `d`, `keys` 16 rows of `d`, `out` `V` rows
+/// of 16 at `stride`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dots4<const V: usize>(qs: &[f32], keys: &[f16], d: usize, out: &mut [f32], stride: usize) {
+    let (qs, keys, out) = (qs.as_ptr(), keys.as_ptr(), out.as_mut_ptr());
+    for four in 0..LANES / 4 {
+        let mut acc = [[_mm512_setzero_ps(); 4]; V];
+        for c in (0..d).step_by(LANES) {
+            for j in 0..4 {
+                let key = _mm512_cvtph_ps(_mm256_loadu_si256(keys.add((4 * four + j) * d + c).cast()));
+                for (v, acc) in acc.iter_mut().enumerate() {
+                    acc[j] = _mm512_fmadd_ps(_mm512_loadu_ps(qs.add(v * d + c)), key, acc[j]);
+                }
+            }
+        }
+        for (v, acc) in acc.iter().enumerate() {
+            _mm_storeu_ps(out.add(v * stride + 4 * four), reduce4(acc));
+        }
+    }
+}
+
+/// Four keys' 16-lane sums reduced as `reduce` does each: halves of 8 (two keys a vector),
+/// halves of 4 (one key per 128-bit block), `[c0 + c2, c1 + c3]`, then their sum; key `j`'s
+/// result in lane `j`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn reduce4(a: &[__m512; 4]) -> __m128 {
+    // SAFETY: AVX-512 F (the only caller runs with it); register operations only.
+    unsafe {
+        let pair = |x: __m512, y: __m512| {
+            _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(x, y), _mm512_shuffle_f32x4::<0xEE>(x, y))
+        };
+        let (b0, b1) = (pair(a[0], a[1]), pair(a[2], a[3]));
+        // Block m: key m's b[l] + b[l + 4].
+        let c = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(b0, b1), _mm512_shuffle_f32x4::<0xDD>(b0, b1));
+        // Per block: [c0 + c2, c1 + c3, ...].
+        let e = _mm512_add_ps(_mm512_shuffle_ps::<0x44>(c, c), _mm512_shuffle_ps::<0xEE>(c, c));
+        // Lane 0 of each block: e0 + e1.
+        let sum = _mm512_add_ps(e, _mm512_shuffle_ps::<0xB1>(e, e));
+        _mm512_castps512_ps128(_mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            sum,
+        ))
     }
 }
 
