@@ -191,13 +191,14 @@ unsafe fn avx512_vnni<const R: usize>(
                 *dot = _mm512_dpbusd_epi32(*dot, *weights, _mm512_set1_epi32(q.read_unaligned()));
             }
         }
-        // Zero points as 32-bit lanes whose high halves are 0: `vpmaddwd` with `Σ q` in the low
-        // half of every lane (|Σ q| <= 4,064 fits 16 bits) gives `zp · Σ q` exactly.
+        // Zero points as 32-bit lanes whose high halves are 0: `vpmaddwd` with `Σ q` (|Σ q| <=
+        // 4,064 fits 16 bits, the low half of its 32 bits) gives `zp · Σ q + 0 · high half`,
+        // exactly; so the sum is broadcast from memory as it is.
         let zero_points = _mm512_cvtepu8_epi32(_mm_loadu_si128(tile.zero_points.as_ptr().add(block * TILE).cast()));
         let scales = _mm512_loadu_ps(tile.scales.as_ptr().add(block * TILE));
         for (row, (dot, acc)) in dots.iter().zip(&mut acc).enumerate() {
             let at = (first + row) * blocks + block;
-            let sum = _mm512_set1_epi32(i32::from(*x.sums.get_unchecked(at) as i16 as u16));
+            let sum = _mm512_set1_epi32(*x.sums.get_unchecked(at));
             let dot = _mm512_sub_epi32(*dot, _mm512_madd_epi16(zero_points, sum));
             let scale = _mm512_mul_ps(scales, _mm512_set1_ps(*x.scales.get_unchecked(at)));
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, *acc);
@@ -243,7 +244,7 @@ unsafe fn avx2(tile: &TileView, x: &QuantizedRows, acc: &mut [f32]) {
                     *d = _mm256_add_epi32(*d, sum4(*weights, _mm256_set1_epi32(q.add(quad).read_unaligned())));
                 }
                 let at = row * blocks + block;
-                let sum = _mm256_set1_epi32(i32::from(*x.sums.get_unchecked(at) as i16 as u16));
+                let sum = _mm256_set1_epi32(*x.sums.get_unchecked(at));
                 let dot = _mm256_sub_epi32(_mm256_add_epi32(dots[0], dots[1]), _mm256_madd_epi16(zero_points, sum));
                 let scale = _mm256_mul_ps(scales, _mm256_set1_ps(*x.scales.get_unchecked(at)));
                 let out = acc.as_mut_ptr().add(row * TILE + 8 * half);
