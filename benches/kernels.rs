@@ -1,10 +1,11 @@
 //! Our kernels on one decode step, beside ONNX Runtime's in make bench's ceiling table. The int4 x
 //! int8 kernel on the shapes of the fused model's `MatMulNBits` nodes (each product quantizing its
-//! input rows, as `MatMulNBits` does at int8 compute), under "int4_kernel"; our attention on its
-//! GroupQueryAttention layers (one call per layer, each layer its own KV buffer), under
-//! "attention_kernel". The shapes, rows, past lengths and thread count come from
-//! bench/ceiling.py's JSON. Weights and activations are random: the time does not depend on their
-//! values. Timed as ceiling.py times: three warm-up steps, then the fastest of three rounds.
+//! input rows, as `MatMulNBits` does at int8 compute, into one reused buffer as our operator
+//! does), under "int4_kernel"; our attention on its GroupQueryAttention layers (one call per
+//! layer, each layer its own KV buffer), under "attention_kernel". The shapes, rows, past lengths
+//! and thread count come from bench/ceiling.py's JSON. Weights and activations are random: the
+//! time does not depend on their values. Timed as ceiling.py times: three warm-up steps, then the
+//! fastest of three rounds.
 //!
 //!     cargo bench --bench kernels -- CEILING_JSON
 
@@ -16,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde_json::{json, Value};
 use steadytext::engine::kernels::attention::{AttentionHeads, AttentionInput, KvCache};
-use steadytext::engine::kernels::int4_matmul::{quantize, Int4Matrix, Isa, ParallelFor, BLOCK};
+use steadytext::engine::kernels::int4_matmul::{requantize, Int4Matrix, Isa, ParallelFor, QuantizedRows, BLOCK};
 
 /// A rayon pool as the kernel's threads; the steps run inside it, as a model's nodes run on the
 /// session's threads (between products the other threads are still awake, not parked).
@@ -71,10 +72,12 @@ fn step_ms(matrices: &[Int4Matrix], rows: usize, isa: Isa, pool: &Pool) -> Resul
         .map(|m| (0..rows * m.k()).map(|_| (rng.next_u32() % 2001) as f32 / 1000.0 - 1.0).collect())
         .collect();
     let mut outputs: Vec<Vec<f32>> = matrices.iter().map(|m| vec![0f32; rows * m.n()]).collect();
+    let mut quantized = QuantizedRows::default();
     best_ms(|| {
         pool.0.install(|| {
             for ((m, x), out) in matrices.iter().zip(&inputs).zip(&mut outputs) {
-                m.matmul(&quantize(x, rows, m.k(), isa)?, out, isa, pool)?;
+                requantize(&mut quantized, x, rows, m.k(), isa, pool)?;
+                m.matmul(&quantized, out, isa, pool)?;
             }
             Ok(())
         })

@@ -1,6 +1,8 @@
 //! The data of [`super::int4_matmul`] that its vector paths (`int4_matmul_x86`) share: block and
 //! tile sizes, quantized rows, one tile's weights, the threads a product runs on, its errors.
 
+use std::sync::{Mutex, PoisonError};
+
 /// Weights (and activations) per quantization block along K: `MatMulNBits`' `block_size` this
 /// kernel takes (the fused decoders are built with 32).
 pub const BLOCK: usize = 32;
@@ -17,6 +19,19 @@ pub trait ParallelFor {
     /// Runs `task(i)` once for each `i` in `0..tasks`, possibly at the same time, and returns
     /// when all have.
     fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync));
+}
+
+/// Runs every task on the calling thread, in order.
+pub struct Serial;
+
+impl ParallelFor for Serial {
+    fn threads(&self) -> usize {
+        1
+    }
+
+    fn run(&self, tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+        (0..tasks).for_each(task)
+    }
 }
 
 /// A shape or a buffer that does not fit the kernel.
@@ -91,28 +106,45 @@ impl QuantizedRows {
     /// `x` `[rows, k]` (row-major) quantized.
     pub fn new(x: &[f32], rows: usize, k: usize) -> Result<Self, KernelError> {
         let mut quantized = QuantizedRows::default();
-        quantized.refill(x, rows, k, quantize_into)?;
+        quantized.refill(x, rows, k, quantize_into, &Serial)?;
         Ok(quantized)
     }
 
     /// `x` quantized into these rows' buffers (grown when they are short, never zeroed first) by
-    /// `quantize` ([`quantize_into`] or a function of the same bits for an instruction set).
+    /// `quantize` ([`quantize_into`] or a function of the same bits for an instruction set), the
+    /// rows split over `parallel`'s threads (a block's bits depend on its own values only).
     pub(super) fn refill(
         &mut self,
         x: &[f32],
         rows: usize,
         k: usize,
-        quantize: impl FnOnce(&[f32], &mut [i8], &mut [i32], &mut [f32]),
+        quantize: impl Fn(&[f32], &mut [i8], &mut [i32], &mut [f32]) + Sync,
+        parallel: &dyn ParallelFor,
     ) -> Result<(), KernelError> {
         if !k.is_multiple_of(BLOCK) {
             return Err(KernelError::UnevenK(k));
         }
         check_len("x", x.len(), rows * k)?;
+        let blocks = k / BLOCK;
         self.q.resize(rows * k, 0);
-        self.sums.resize(rows * k / BLOCK, 0);
-        self.scales.resize(rows * k / BLOCK, 0.0);
+        self.sums.resize(rows * blocks, 0);
+        self.scales.resize(rows * blocks, 0.0);
         (self.rows, self.k) = (rows, k);
-        quantize(x, &mut self.q, &mut self.sums, &mut self.scales);
+        if rows * blocks == 0 {
+            return Ok(());
+        }
+        let per_share = rows.div_ceil(parallel.threads().clamp(1, rows));
+        let shares: Vec<Mutex<_>> = (self.q.chunks_mut(per_share * k))
+            .zip(self.sums.chunks_mut(per_share * blocks))
+            .zip(self.scales.chunks_mut(per_share * blocks))
+            .map(Mutex::new)
+            .collect();
+        parallel.run(shares.len(), &|share| {
+            let mut part = shares[share].lock().unwrap_or_else(PoisonError::into_inner);
+            let ((q, sums), scales) = &mut *part;
+            let from = share * per_share * k;
+            quantize(&x[from..from + q.len()], q, sums, scales);
+        });
         Ok(())
     }
 

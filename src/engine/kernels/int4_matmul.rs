@@ -10,7 +10,7 @@
 //! same bits.
 
 use super::int4_layout::{check_len, quantize_into, TileView, TILE_BLOCK_BYTES};
-pub use super::int4_layout::{KernelError, ParallelFor, QuantizedRows, BLOCK, TILE};
+pub use super::int4_layout::{KernelError, ParallelFor, QuantizedRows, Serial, BLOCK, TILE};
 use super::int4_matmul_x86 as x86;
 
 /// The instructions a product runs on.
@@ -50,16 +50,24 @@ impl Isa {
 /// [`QuantizedRows::new`], faster.
 pub fn quantize(x: &[f32], rows: usize, k: usize, isa: Isa) -> Result<QuantizedRows, KernelError> {
     let mut quantized = QuantizedRows::default();
-    requantize(&mut quantized, x, rows, k, isa)?;
+    requantize(&mut quantized, x, rows, k, isa, &Serial)?;
     Ok(quantized)
 }
 
-/// As [`quantize`], into `into`'s buffers (no allocation once they are large enough).
-pub fn requantize(into: &mut QuantizedRows, x: &[f32], rows: usize, k: usize, isa: Isa) -> Result<(), KernelError> {
+/// As [`quantize`], into `into`'s buffers (no allocation once they are large enough), the rows
+/// split over `parallel`'s threads.
+pub fn requantize(
+    into: &mut QuantizedRows,
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    isa: Isa,
+    parallel: &dyn ParallelFor,
+) -> Result<(), KernelError> {
     match isa {
-        Isa::Avx512Vnni => into.refill(x, rows, k, x86::quantize_avx512),
-        Isa::Avx2 => into.refill(x, rows, k, x86::quantize_avx2),
-        Isa::Portable => into.refill(x, rows, k, quantize_into),
+        Isa::Avx512Vnni => into.refill(x, rows, k, x86::quantize_avx512, parallel),
+        Isa::Avx2 => into.refill(x, rows, k, x86::quantize_avx2, parallel),
+        Isa::Portable => into.refill(x, rows, k, quantize_into, parallel),
     }
 }
 
@@ -461,12 +469,21 @@ mod tests {
             want_sums.push(sum);
             want_scales.push(max / 127.0);
         }
+        let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for isa in paths() {
             let q = quantize(&x, 3, 8 * BLOCK, isa).unwrap();
             assert_eq!(q.q, want_q, "{isa:?}");
             assert_eq!(q.sums, want_sums, "{isa:?}");
-            let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&q.scales), bits(&want_scales), "{isa:?}");
+            // The rows split over threads, into buffers a larger call left (reused as they are).
+            let mut reused = quantize(&vec![1.0; 5 * 8 * BLOCK], 5, 8 * BLOCK, isa).unwrap();
+            for threads in 1..=4 {
+                requantize(&mut reused, &x, 3, 8 * BLOCK, isa, &Spawned(threads)).unwrap();
+                assert_eq!(reused.q[..3 * 8 * BLOCK], want_q, "{isa:?}, {threads} threads");
+                assert_eq!(reused.sums[..3 * 8], want_sums, "{isa:?}, {threads} threads");
+                assert_eq!(bits(&reused.scales[..3 * 8]), bits(&want_scales), "{isa:?}, {threads} threads");
+                assert_eq!(reused.rows(), 3);
+            }
         }
         assert!(quantize(&x[..100], 1, 100, Isa::Portable).is_err());
     }

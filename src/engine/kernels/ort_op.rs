@@ -107,8 +107,8 @@ impl Kernel for Int4MatMulKernel {
         let mut output = ctx.output(0, out_shape)?.ok_or_else(|| ort::Error::new("Int4MatMul: no output Y"))?;
         let (_, y) = output.try_extract_tensor_mut::<f32>()?;
         let mut x = QUANTIZED.take();
-        let done =
-            requantize(&mut x, a, rows, k, self.isa).and_then(|()| self.matrix.matmul(&x, y, self.isa, &*self.pool));
+        let done = requantize(&mut x, a, rows, k, self.isa, &*self.pool)
+            .and_then(|()| self.matrix.matmul(&x, y, self.isa, &*self.pool));
         if x.capacity_bytes() <= KEEP_QUANTIZED_BYTES {
             QUANTIZED.set(x);
         }
