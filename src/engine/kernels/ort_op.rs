@@ -117,7 +117,7 @@ impl Kernel for Int4MatMulKernel {
 }
 
 /// The most bytes of quantized rows a thread keeps between products: a decode batch's rows
-/// (16 rows of 1,536 take 31 KiB), not a long prompt's.
+/// (16 rows of 1,536 take 30 KiB), not a long prompt's.
 const KEEP_QUANTIZED_BYTES: usize = 256 * 1024;
 
 thread_local! {
