@@ -11,6 +11,8 @@ weights (tools/twin/build.sh), the same tokenizer, 2 threads each, side by side:
                  request alone); llama.cpp batches the same prompts in one context, 8 or 16
                  sequences per llama_decode, prompts prefilled together, then one token per
                  sequence per call (greedy), as llama-server batches its slots
+  our kernels    the same aggregate on genai-st/, the same graph on steadytextd's own kernels
+                 (issue 32's goal: 3x one stream at 8 clients, 4x at 16)
   memory, start  peak RSS (VmHWM) of the daemon after its single-stream work, of a fresh llama.cpp
                  process after the same work; cold start: start to the first answer of one token
                  (files in the page cache; the daemon's load includes its load-time probes)
@@ -92,11 +94,11 @@ def daemon_single(args, genai, prompts, prefill):
     return figures
 
 
-def daemon_aggregate(args, genai, requests, note):
+def daemon_aggregate(args, genai, requests, note, name="steadytextd twin"):
     d = Daemon(args.bin, f"generation_model = {json.dumps(genai)}\n" + DAEMON_CONFIG)
     d.connect()
     d.settle(timeout=600)
-    table = concurrency_figures(d, requests, CLIENT_PASSES, f"{CONCURRENT_NEW} token", note, name="steadytextd twin")
+    table = concurrency_figures(d, requests, CLIENT_PASSES, f"{CONCURRENT_NEW} token", note, name=name)
     peak = peak_rss_mb(d.proc.pid)
     d.stop()
     return table, peak
@@ -172,6 +174,11 @@ def twin_figures(args):
     meter = Noise()
     daemon_table, daemon["peak_rss_mb_16_clients"] = daemon_aggregate(args, genai, requests, note)
     noise["steadytextd clients"] = meter.cores()
+    print("twin: steadytextd on genai-st/ (the same graph on our kernels), concurrent clients", flush=True)
+    meter = Noise()
+    kernels_table, _ = daemon_aggregate(args, os.path.join(args.twin, "genai-st"), requests, note,
+                                        name="steadytextd twin, our kernels")
+    noise["steadytextd clients, our kernels"] = meter.cores()
     print("twin: llama.cpp on model-q4_0.gguf, one stream (a fresh process)", flush=True)
     meter = Noise()
     with tempfile.TemporaryDirectory() as tmp:
@@ -203,6 +210,7 @@ def twin_figures(args):
                                  stdout=subprocess.PIPE, text=True).stdout
     return {"twin": args.twin, "fp32_check": built["fp32_check"], "profile": profile, "steadytextd": daemon, "llama_cpp": llama,
             "steadytextd_clients": daemon_table, "llama_cpp_clients": llama_table, "ratios": ratios,
+            "steadytextd_kernels_clients": kernels_table,
             "other_cores_busy": noise,
             "goals": goals}
 
@@ -239,6 +247,14 @@ def print_twin(t):
     print(f"| peak RSS MB, one stream (daemon: with its embedder loaded) | {d['peak_rss_mb']:.0f} "
           f"| {lc['peak_rss_mb']:.0f} | | |")
     print(f"| peak RSS MB, daemon after 16 clients | {d['peak_rss_mb_16_clients']:.0f} | | | |")
+    print(f"\nsteadytextd on genai-st/ (the same graph on our kernels: int4 x int8 products, attention with a float16 KV "
+          f"cache), {CONCURRENT_REQUESTS} requests of {CONCURRENT_NEW} tokens a pass; speedup = median of each round's "
+          f"ratio to its one stream (goal, issue 32: 3x at 8 clients, 4x at 16)")
+    print("| clients | aggregate tokens/s | speedup | time per token p50 ms | answers checked / differing |")
+    print("|---|---|---|---|---|")
+    for k in t["steadytextd_kernels_clients"]:
+        print(f"| {k['clients']} | {k['tokens_per_s']:.1f} | {k['speedup']:.2f}x | {k['tpot_p50_ms']:.1f} "
+              f"| {k['checked']} / {k['differing']} |")
     busy = {k: v for k, v in t["other_cores_busy"].items() if v > 0.1}
     if busy:
         print("\nNOT A QUIET MACHINE: other processes kept cores busy during " + ", ".join(

@@ -368,32 +368,37 @@ def main():
 
 def write_kernels_variant(served, config, shared_dir, out_dir, max_len):
     """SmolLM2-135M-Instruct-fused-st: the served graph on steadytext's own kernels
-    (src/engine/kernels), same inputs and attributes: its MatMulNBits nodes on `ai.steadytext`
-    `Int4MatMul` (int4 x int8), its GroupQueryAttention nodes on `ai.steadytext`
-    `GroupQueryAttention` (query by query, its KV cache in float16: past_key_values.* and present.*
-    are float16 in this graph), its SkipSimplifiedLayerNormalization nodes on ours (one thread, no
-    parallel-for), and each MLP's Split, Sigmoid and two Muls as one `ai.steadytext` `SwiGlu`.
-    Only steadytextd runs it (the operators are ours), so it
-    has no Python reference.json: tests/fused.rs holds its greedy ids, computed by the engine."""
+    (`on_our_kernels`). Only steadytextd runs it (the operators are ours), so it has no Python
+    reference.json: tests/fused.rs holds its greedy ids, computed by the engine."""
     folder = os.path.join(out_dir, "SmolLM2-135M-Instruct-fused-st")
     tmp = folder + ".tmp"
     # Read back from the served folder: saving with external data emptied the in-memory tensors.
-    variant = onnx.load(os.path.join(served, "model.onnx"))
-    swiglu(variant.graph)
-    for node in variant.graph.node:
-        if node.op_type == "MatMulNBits":
-            node.domain, node.op_type = "ai.steadytext", "Int4MatMul"
-        elif node.op_type in ("GroupQueryAttention", "SkipSimplifiedLayerNormalization"):
-            node.domain = "ai.steadytext"
-    for value in list(variant.graph.input) + list(variant.graph.output):
-        if value.name.startswith(("past_key_values.", "present.")):
-            value.type.tensor_type.elem_type = TensorProto.FLOAT16
-    variant.opset_import.append(helper.make_opsetid("ai.steadytext", 1))
+    variant = on_our_kernels(onnx.load(os.path.join(served, "model.onnx")))
     write_folder(tmp, variant, config, shared_dir, max_len)
     shutil.rmtree(folder, ignore_errors=True)
     os.rename(tmp, folder)
     print(f"{folder}: MatMulNBits, GroupQueryAttention, SkipSimplifiedLayerNormalization and the MLPs' activation "
           "on ai.steadytext's kernels, a float16 KV cache")
+
+
+def on_our_kernels(model):
+    """`model` (a graph `llama_model` wrote, accuracy_level 4) rewritten in place onto steadytext's
+    own kernels (src/engine/kernels), same inputs and attributes: its MatMulNBits nodes on
+    `ai.steadytext` `Int4MatMul` (int4 x int8), its GroupQueryAttention nodes on `ai.steadytext`
+    `GroupQueryAttention` (query by query, its KV cache in float16: past_key_values.* and present.*
+    are float16 in this graph), its SkipSimplifiedLayerNormalization nodes on ours (one thread, no
+    parallel-for), and each MLP's Split, Sigmoid and two Muls as one `ai.steadytext` `SwiGlu`."""
+    swiglu(model.graph)
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            node.domain, node.op_type = "ai.steadytext", "Int4MatMul"
+        elif node.op_type in ("GroupQueryAttention", "SkipSimplifiedLayerNormalization"):
+            node.domain = "ai.steadytext"
+    for value in list(model.graph.input) + list(model.graph.output):
+        if value.name.startswith(("past_key_values.", "present.")):
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    model.opset_import.append(helper.make_opsetid("ai.steadytext", 1))
+    return model
 
 
 def swiglu(graph):

@@ -7,6 +7,9 @@
                     rotary inside, packed gate+up, lm_head on the last position only), block 32,
                     accuracy_level 4 (int8 compute), genai_config.json, config.json, the tokenizer
                     and SmolLM2's chat template
+  genai-st/         genai/'s graph on steadytext's own kernels (tools/fused-decoder's
+                    `on_our_kernels`: int4 x int8 products, attention with a float16 KV cache,
+                    norms and SwiGLU in the `ai.steadytext` domain); only steadytextd runs it
   model-q4_0.gguf   GGUF, architecture `llama`, Q4_0 (llama.cpp's converter's q/k row permutation
                     and its llama3 `rope_freqs.weight`), the same 4-bit values and fp16 scales
   twin.json         what was built and the logit check's figures
@@ -427,6 +430,10 @@ def main():
     genai_dir = os.path.join(out_dir, "genai")
     save_genai(genai_model(config, mats, norms, 4), genai_dir, config, tok, shared_dir)
     log(f"twin: {genai_dir} written ({time.time() - t0:.0f} s)")
+    # Read back: saving with external data emptied the in-memory tensors.
+    st_dir = os.path.join(out_dir, "genai-st")
+    save_genai(fused.on_our_kernels(onnx.load(os.path.join(genai_dir, "model.onnx"))), st_dir, config, tok, shared_dir)
+    log(f"twin: {st_dir} written ({time.time() - t0:.0f} s)")
     write_gguf(os.path.join(out_dir, "model-q4_0.gguf"), config, mats, norms, tok, float32=False)
     log(f"twin: model-q4_0.gguf written ({time.time() - t0:.0f} s)")
 
